@@ -1,0 +1,1 @@
+"""Layer features: batched extraction into a resumable, memory-mappable store."""

@@ -1,0 +1,261 @@
+"""The feature store: every layer of one model over one list of utterances, on disk.
+
+Layout of a store folder:
+
+    meta.json        key (hash of the configuration), layers (name, dim, frame rate),
+                     dtype, embedding size, file sizes, provenance
+    index.json       utterance ids in storage order and their frame counts per layer
+    layer_XX.bin     raw float16/float32 rows, [total frames of layer XX, dim]
+    embedding.bin    [utterances, embedding dim] for models with an utterance embedding
+
+While it is being written the folder is `<store>.partial/`, with one line in
+`progress.jsonl` per committed batch (written after the data is flushed to
+disk). An interrupted build resumes from the last committed batch; the folder
+is renamed to its final name only once everything is written, so a store that
+exists is complete. A store whose key differs from the requested one is rebuilt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from repro.models.upstream import LayerInfo
+from repro.util.atomic import atomic_write_json, atomic_write_text, stable_json_dumps
+
+FORMAT_VERSION = 1
+DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+class StoreError(RuntimeError):
+    """A feature store that is missing, incomplete or inconsistent."""
+
+
+def partial_dir(store: Path) -> Path:
+    return store.with_name(store.name + ".partial")
+
+
+def layer_file(folder: Path, index: int) -> Path:
+    return folder / f"layer_{index:02d}.bin"
+
+
+@dataclass
+class _Committed:
+    ids: list[str]
+    lengths: list[list[int]]  # per utterance, per layer
+
+
+class StoreWriter:
+    """Appends batches to `<store>.partial/`; `finish()` renames it to `<store>`.
+
+    Opening a writer on an existing partial folder with the same key resumes
+    it: data past the last committed batch is truncated away.
+    """
+
+    def __init__(self, store: str | os.PathLike, key: str, info: dict, layers: list[LayerInfo],
+                 embedding_dim: int | None, dtype: str):
+        self.store = Path(store)
+        self.folder = partial_dir(self.store)
+        self.key = key
+        self.info = info
+        self.layers = layers
+        self.embedding_dim = embedding_dim
+        self.dtype = dtype
+        self.np_dtype = DTYPES[dtype]
+        header = {"key": key, "format": FORMAT_VERSION, "layers": [l.__dict__ for l in layers],
+                  "embedding_dim": embedding_dim, "dtype": dtype}
+        head_path = self.folder / "partial.json"
+        if self.folder.is_dir():
+            try:
+                same = json.loads(head_path.read_text()) == header
+            except (OSError, json.JSONDecodeError):
+                same = False
+            if not same:
+                shutil.rmtree(self.folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if not head_path.is_file():
+            atomic_write_json(head_path, header)
+        self.committed = self._read_progress()
+        self._truncate_to_committed()
+        self._files = [open(layer_file(self.folder, i), "ab") for i in range(len(layers))]
+        self._emb = open(self.folder / "embedding.bin", "ab") if embedding_dim else None
+        self._progress = open(self.folder / "progress.jsonl", "a")
+
+    def done_ids(self) -> set[str]:
+        return set(self.committed.ids)
+
+    def _read_progress(self) -> _Committed:
+        ids, lengths, good = [], [], []
+        path = self.folder / "progress.jsonl"
+        if path.is_file():
+            lines = path.read_text().splitlines(keepends=True)
+            for line in lines:
+                if not line.endswith("\n"):
+                    break  # a torn last line: that batch was never committed
+                rec = json.loads(line)
+                ids += rec["ids"]
+                lengths += rec["lengths"]
+                good.append(line)
+            if len(good) != len(lines):
+                atomic_write_text(path, "".join(good))
+        return _Committed(ids, lengths)
+
+    def _truncate_to_committed(self) -> None:
+        item = np.dtype(self.np_dtype).itemsize
+        for i, layer in enumerate(self.layers):
+            frames = sum(l[i] for l in self.committed.lengths)
+            _truncate(layer_file(self.folder, i), frames * layer.dim * item)
+        if self.embedding_dim:
+            _truncate(self.folder / "embedding.bin", len(self.committed.ids) * self.embedding_dim * item)
+
+    def append(self, ids: list[str], layers: list[list[np.ndarray]], embeddings: np.ndarray | None) -> None:
+        """Commit one batch.
+
+        Args:
+            ids: utterance ids of the batch.
+            layers: per layer, per utterance, an array `[T, D_l]` (unpadded).
+            embeddings: `[len(ids), E]` or None.
+        """
+        lengths = [[int(layers[l][b].shape[0]) for l in range(len(self.layers))] for b in range(len(ids))]
+        for l, f in enumerate(self._files):
+            for arr in layers[l]:
+                f.write(np.ascontiguousarray(arr, dtype=self.np_dtype).tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        if self._emb is not None:
+            self._emb.write(np.ascontiguousarray(embeddings, dtype=self.np_dtype).tobytes())
+            self._emb.flush()
+            os.fsync(self._emb.fileno())
+        self._progress.write(json.dumps({"ids": ids, "lengths": lengths}) + "\n")
+        self._progress.flush()
+        os.fsync(self._progress.fileno())
+        self.committed.ids += ids
+        self.committed.lengths += lengths
+
+    def finish(self, extra_meta: dict | None = None) -> "FeatureStore":
+        """Write index and meta, then rename the folder to its final name."""
+        self.close()
+        index = {"ids": self.committed.ids, "lengths": self.committed.lengths}
+        index_text = stable_json_dumps(index)
+        (self.folder / "index.json").write_text(index_text)
+        sizes = {p.name: p.stat().st_size for p in sorted(self.folder.glob("*.bin"))}
+        meta = {
+            "format": FORMAT_VERSION,
+            "key": self.key,
+            "info": self.info,
+            "layers": [l.__dict__ for l in self.layers],
+            "embedding_dim": self.embedding_dim,
+            "dtype": self.dtype,
+            "utterances": len(self.committed.ids),
+            "frames": [sum(l[i] for l in self.committed.lengths) for i in range(len(self.layers))],
+            "file_sizes": sizes,
+            **(extra_meta or {}),
+        }
+        atomic_write_json(self.folder / "meta.json", meta)
+        (self.folder / "progress.jsonl").unlink()
+        (self.folder / "partial.json").unlink()
+        if self.store.exists():
+            shutil.rmtree(self.store)
+        os.replace(self.folder, self.store)
+        return FeatureStore(self.store)
+
+    def close(self) -> None:
+        for f in self._files:
+            f.close()
+        if self._emb is not None:
+            self._emb.close()
+        self._progress.close()
+
+
+def _truncate(path: Path, size: int) -> None:
+    if path.exists():
+        if path.stat().st_size < size:
+            raise StoreError(f"{path}: shorter than its committed batches; delete {path.parent} and extract again")
+        os.truncate(path, size)
+
+
+class FeatureStore:
+    """Read access to a complete store (memory-mapped; nothing is loaded until used).
+
+    `store.layer(l, utt_id)` -> `[T, D_l]`; `store.utterance(utt_id)` -> list over layers;
+    `store.embedding(utt_id)` -> `[E]`.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        meta_path = self.path / "meta.json"
+        if not meta_path.is_file():
+            hint = " (an interrupted extraction: run it again to resume)" if partial_dir(self.path).exists() else ""
+            raise StoreError(f"{self.path}: no complete feature store here{hint}")
+        self.meta = json.loads(meta_path.read_text())
+        if self.meta.get("format") != FORMAT_VERSION:
+            raise StoreError(f"{self.path}: store format {self.meta.get('format')}, expected {FORMAT_VERSION}; extract again")
+        self.layers = [LayerInfo(**l) for l in self.meta["layers"]]
+        self.dtype = DTYPES[self.meta["dtype"]]
+        for name, size in self.meta["file_sizes"].items():
+            actual = (self.path / name).stat().st_size if (self.path / name).exists() else -1
+            if actual != size:
+                raise StoreError(f"{self.path / name}: {actual} bytes, expected {size}; delete {self.path} and extract again")
+        index = json.loads((self.path / "index.json").read_text())
+        self.ids: list[str] = index["ids"]
+        lengths = np.asarray(index["lengths"], dtype=np.int64).reshape(len(self.ids), len(self.layers))
+        self.lengths = lengths
+        self.offsets = np.concatenate([np.zeros((1, lengths.shape[1]), np.int64), np.cumsum(lengths, 0)[:-1]], 0)
+        self.position = {u: i for i, u in enumerate(self.ids)}
+        self._maps: dict[int, np.memmap] = {}
+        self._emb: np.memmap | None = None
+
+    @property
+    def key(self) -> str:
+        return self.meta["key"]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def _map(self, l: int) -> np.ndarray:
+        if l not in self._maps:
+            frames = int(self.meta["frames"][l])
+            dim = self.layers[l].dim
+            if frames == 0:
+                self._maps[l] = np.zeros((0, dim), self.dtype)
+            else:
+                self._maps[l] = np.memmap(layer_file(self.path, l), dtype=self.dtype, mode="r", shape=(frames, dim))
+        return self._maps[l]
+
+    def _pos(self, utt_id: str) -> int:
+        try:
+            return self.position[utt_id]
+        except KeyError:
+            raise StoreError(f"{self.path}: utterance {utt_id!r} is not in this store") from None
+
+    def layer(self, l: int, utt_id: str) -> np.ndarray:
+        """Features of layer `l` for one utterance, `[T, D_l]` (a read-only view)."""
+        i = self._pos(utt_id)
+        o, n = int(self.offsets[i, l]), int(self.lengths[i, l])
+        return self._map(l)[o : o + n]
+
+    def utterance(self, utt_id: str) -> list[np.ndarray]:
+        """All layers of one utterance: list of `[T_l, D_l]`."""
+        return [self.layer(l, utt_id) for l in range(self.num_layers)]
+
+    def embedding(self, utt_id: str) -> np.ndarray:
+        """The model's utterance embedding `[E]`; StoreError when the model has none."""
+        dim = self.meta["embedding_dim"]
+        if not dim:
+            raise StoreError(f"{self.path}: model {self.meta['info'].get('model')} has no utterance embedding")
+        if self._emb is None:
+            self._emb = np.memmap(self.path / "embedding.bin", dtype=self.dtype, mode="r", shape=(len(self.ids), dim))
+        return self._emb[self._pos(utt_id)]
+
+    def __contains__(self, utt_id: str) -> bool:
+        return utt_id in self.position
+
+    def __len__(self) -> int:
+        return len(self.ids)
+

@@ -1,0 +1,1 @@
+"""Models behind one upstream interface: `load_upstream(name)` returns an `Upstream`."""

@@ -1,0 +1,168 @@
+"""The model registry: names -> how to load them as an `Upstream`.
+
+Entries live in `registry.yaml` beside this file (and optionally in the YAML
+file named by `$REPRO_MODEL_REGISTRY`). A model can also be given directly as
+`path/to/file.py:factory`, a function returning an `Upstream`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+
+from repro.config.typed import ConfigError, from_dict
+from repro.models.upstream import Upstream
+from repro.util.atomic import atomic_directory
+
+REGISTRY_FILE = Path(__file__).with_name("registry.yaml")
+FAMILIES = ("speech_ssl", "speaker_ssl", "speaker_sup")
+
+
+class UnknownModelError(KeyError):
+    """A model name that is neither registered nor a `file.py:factory` reference."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One registry entry (see registry.yaml for the meaning of each field)."""
+
+    family: Literal["speech_ssl", "speaker_ssl", "speaker_sup"]
+    loader: Literal["hf", "hf_random", "speechbrain_ecapa", "ecapa_random", "python"]
+    about: str
+    source: str | None = None
+    revision: str | None = None
+    stand_in_for: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    name: str = ""
+
+
+def load_registry() -> dict[str, ModelSpec]:
+    """All registered models by name (built-in entries, then `$REPRO_MODEL_REGISTRY`)."""
+    files = [REGISTRY_FILE]
+    if os.environ.get("REPRO_MODEL_REGISTRY"):
+        files.append(Path(os.environ["REPRO_MODEL_REGISTRY"]))
+    specs: dict[str, ModelSpec] = {}
+    for path in files:
+        if not path.is_file():
+            raise ConfigError(f"{path}: model registry file not found (check $REPRO_MODEL_REGISTRY)")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a registry must map model names to entries")
+        for name, entry in data.items():
+            spec = from_dict(ModelSpec, {**(entry or {}), "name": str(name)}, str(path), str(name))
+            if spec.loader in ("hf", "speechbrain_ecapa", "python") and not spec.source:
+                raise ConfigError(f"{path}: model '{name}' needs a 'source'")
+            specs[str(name)] = spec
+    return specs
+
+
+def resolve_spec(name: str) -> ModelSpec:
+    """The spec of a registered name or of a `file.py:factory` reference."""
+    if _is_python_ref(name):
+        # A bare reference counts as speech SSL; give it a registry entry to set another family.
+        return ModelSpec(family="speech_ssl", loader="python", source=name, about=f"user model {name}", name=name)
+    registry = load_registry()
+    if name not in registry:
+        raise UnknownModelError(
+            f"unknown model '{name}'; known models: {', '.join(sorted(registry))} "
+            "(or give your own as path/to/file.py:factory)"
+        )
+    return registry[name]
+
+
+def load_upstream(name: str, models_dir: str | os.PathLike, ecapa_layers: tuple[str, ...] | None = None) -> Upstream:
+    """Load model `name` as a frozen `Upstream`.
+
+    Args:
+        name: a registry name or `path/to/file.py:factory`.
+        models_dir: where generated models (random tiny models, trained speaker
+            models) are saved, one folder per name.
+        ecapa_layers: for ECAPA-TDNN models, which frame-level blocks to expose
+            (default: the entry's `layers` option, else all five).
+    """
+    spec = resolve_spec(name)
+    folder = Path(models_dir) / spec.name
+    if spec.loader == "hf":
+        from repro.models.hf_ssl import load_hf_ssl
+
+        _require_pin(spec)
+        return load_hf_ssl(spec.source, spec.revision, spec.options.get("normalize_waveform"))
+    if spec.loader == "hf_random":
+        from repro.models.hf_ssl import load_hf_ssl, save_random_hf_ssl
+
+        if not (folder / "config.json").is_file():
+            with atomic_directory(folder, replace=True) as tmp:
+                save_random_hf_ssl(tmp, spec.source, int(spec.options.get("seed", 0)),
+                                   **spec.options.get("config", {}))
+        return load_hf_ssl(str(folder), None, spec.options.get("normalize_waveform"))
+    if spec.loader in ("speechbrain_ecapa", "ecapa_random"):
+        from repro.models import ecapa
+
+        source = spec.source
+        if spec.loader == "ecapa_random":
+            source = str(folder)
+            if not (folder / ecapa.CHECKPOINT_NAME).is_file():
+                torch.manual_seed(int(spec.options.get("seed", 0)))
+                with atomic_directory(folder, replace=True) as tmp:
+                    ecapa.save_ecapa_checkpoint(tmp, ecapa.speechbrain_ecapa(spec.options.get("arch", {})))
+        else:
+            _require_pin(spec)
+        model = ecapa.speechbrain_ecapa(spec.options.get("arch", {}))
+        model.load_state_dict(ecapa.load_ecapa_state(source, spec.revision), strict=True)
+        return ecapa.wrap_speechbrain_ecapa(model, spec.options.get("frontend", "speechbrain"),
+                                            ecapa_layers or tuple(spec.options.get("layers", ecapa.ECAPA_LAYERS)))
+    if spec.loader == "python":
+        return _load_python(spec.source)
+    raise AssertionError(spec.loader)
+
+
+def weights_fingerprint(model: Upstream) -> str:
+    """sha256 over every parameter and buffer (names, shapes, bytes): identifies the weights used."""
+    h = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{key}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update((t.float() if t.dtype == torch.bfloat16 else t).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _require_pin(spec: ModelSpec) -> None:
+    if Path(spec.source).is_dir():
+        return
+    if not spec.revision:
+        raise ConfigError(
+            f"model '{spec.name}' loads {spec.source} from the Hugging Face hub without a pinned revision; "
+            "set `revision:` (a 40-hex commit) in its registry entry, or point `source:` at a local folder"
+        )
+
+
+def _is_python_ref(name: str) -> bool:
+    return ".py:" in name
+
+
+def _load_python(ref: str) -> Upstream:
+    file, _, factory = ref.rpartition(":")
+    path = Path(file)
+    if not path.is_file():
+        raise UnknownModelError(f"{path}: model file not found (from '{ref}')")
+    module_name = "repro_user_model_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    fn = getattr(module, factory, None)
+    if not callable(fn):
+        raise UnknownModelError(f"{path}: no function '{factory}' (from '{ref}')")
+    model = fn()
+    if not isinstance(model, Upstream):
+        raise TypeError(f"{ref}: the factory must return a repro.models.upstream.Upstream, got {type(model).__name__}")
+    return model.freeze()
