@@ -1,0 +1,58 @@
+"""Shared fixtures: a tiny synthetic corpus and tiny models, made once per test session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from repro.config.schema import SynthConfig  # noqa: E402
+
+TINY_SYNTH = SynthConfig(
+    speakers=14, asv_speakers=4, asv_dev_speakers=2, dev_speakers=2, test_speakers=2,
+    pr_per_speaker=2, ks_repeats=1, ks_unknown_per_speaker=1, ks_silence_per_speaker=1,
+    ic_per_speaker=2, sid_per_speaker=3, er_per_style=1, er_folds=5, asv_per_speaker=3,
+)
+
+# A small HF speech SSL configuration: same CNN strides (50 frames/s), 2 Transformer layers.
+TINY_HF = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+               conv_dim=(8,) * 7, num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2)
+TINY_ECAPA = dict(channels=[16, 16, 16, 16, 48], lin_neurons=8, attention_channels=8, se_channels=8,
+                  res2net_scale=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    """A synthetic corpus with 14 speakers and every task (about 250 clips)."""
+    from repro.data.synth import make_corpus
+
+    return make_corpus(tmp_path_factory.mktemp("tiny") / "corpus", TINY_SYNTH, seed=0, progress=False)
+
+
+@pytest.fixture(scope="session")
+def hf_folder(tmp_path_factory):
+    """Factory: folder of a randomly initialised tiny transformers model of a given type."""
+    from repro.models.hf_ssl import save_random_hf_ssl
+
+    made = {}
+
+    def make(model_type: str = "wavlm", **overrides):
+        key = (model_type, tuple(sorted(overrides.items())))
+        if key not in made:
+            folder = tmp_path_factory.mktemp(f"hf-{model_type}")
+            save_random_hf_ssl(folder, model_type, seed=0, **{**TINY_HF, **overrides})
+            made[key] = folder
+        return made[key]
+
+    return make
+
+
+@pytest.fixture
+def workspace_env(tmp_path, monkeypatch):
+    """Point the work/results/figures roots at a temporary folder."""
+    for var, sub in (("REPRO_WORK", "work"), ("REPRO_RESULTS", "results"), ("REPRO_FIGURES", "figures")):
+        monkeypatch.setenv(var, str(tmp_path / sub))
+    return tmp_path

@@ -1,0 +1,57 @@
+import json
+
+from click.testing import CliRunner
+
+from repro.cli import main
+
+TINY_PROFILE = """
+name: tinyprof
+description: test profile
+seed: 0
+corpus:
+  kind: synthetic
+  synthetic: {speakers: 14, asv_speakers: 4, asv_dev_speakers: 2, dev_speakers: 2, test_speakers: 2,
+              pr_per_speaker: 1, ks_repeats: 1, ks_unknown_per_speaker: 1, ks_silence_per_speaker: 1,
+              ic_per_speaker: 1, sid_per_speaker: 3, er_per_style: 1, asv_per_speaker: 3}
+models: {speech_ssl: [tiny-hubert], speaker_ssl: [], speaker_sup: [tiny-ecapa-sup]}
+tasks: [KS, ASV]
+extraction: {device: cpu, max_batch_seconds: 16}
+"""
+
+
+def test_run_profile_end_to_end(tmp_path, workspace_env):
+    prof = tmp_path / "tinyprof.yaml"
+    prof.write_text(TINY_PROFILE)
+    runner = CliRunner()
+    res = runner.invoke(main, ["run", "--profile", str(prof), "--quiet"])
+    assert res.exit_code == 0, res.output
+    feats = workspace_env / "work" / "tinyprof" / "features"
+    stores = sorted(str(p.parent.relative_to(feats)) for p in feats.rglob("meta.json"))
+    assert stores == [f"{m}/{t}/{s}" for m in ("tiny-ecapa-sup", "tiny-hubert")
+                      for t, splits in (("ASV", ("dev", "test", "train")), ("KS", ("dev", "test", "train")))
+                      for s in splits]
+    meta = json.loads((feats / "tiny-ecapa-sup" / "ASV" / "test" / "meta.json").read_text())
+    assert meta["embedding_dim"] == 48 and len(meta["layers"]) == 5
+    # second run: everything is complete, nothing is redone
+    stamp = (feats / "tiny-hubert" / "KS" / "train" / "meta.json").stat().st_mtime_ns
+    res = runner.invoke(main, ["extract", "--profile", str(prof), "--quiet", "-m", "tiny-hubert"])
+    assert res.exit_code == 0 and "0 s of audio extracted now" in res.output
+    assert (feats / "tiny-hubert" / "KS" / "train" / "meta.json").stat().st_mtime_ns == stamp
+
+
+def test_user_errors_are_one_line_without_traceback(tmp_path, workspace_env):
+    runner = CliRunner()
+    res = runner.invoke(main, ["config", "show", "--profile", "nope"])
+    assert res.exit_code == 2 and res.output.startswith("error: unknown profile 'nope'")
+    assert "Traceback" not in res.output
+    prof = tmp_path / "p.yaml"
+    prof.write_text(TINY_PROFILE.replace("[tiny-hubert]", "[tiny-hubbert]"))
+    res = runner.invoke(main, ["extract", "--profile", str(prof), "--quiet"])
+    assert res.exit_code == 2 and "unknown model 'tiny-hubbert'; known models:" in res.output
+
+
+def test_config_explain_lists_open_settings_with_reasons():
+    res = CliRunner().invoke(main, ["config", "explain", "--profile", "full"])
+    assert res.exit_code == 0
+    assert "models.speech_ssl = ['wavlm-base-plus', 'hubert-base']" in res.output
+    assert "[open]" in res.output
