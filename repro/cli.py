@@ -130,5 +130,33 @@ def extract(profile: str, model_names: tuple[str, ...], tasks: tuple[str, ...], 
                    f"{stats['audio_seconds']:.0f} s of audio extracted now ({rate:.1f} audio s / wall s)")
 
 
+@main.command()
+@PROFILE
+@click.option("--model", "-m", "model_names", multiple=True, help="model(s) (default: every model of the profile)")
+@click.option("--task", "-t", "tasks", multiple=True, help="task(s): PR KS IC SID ASV ER (default: the profile's)")
+@click.option("--lr", "lrs", type=float, multiple=True, help="learning rate(s) (default: the task's lr_grid)")
+@click.option("--quiet", is_flag=True)
+def probe(profile: str, model_names: tuple[str, ...], tasks: tuple[str, ...], lrs: tuple[float, ...],
+          quiet: bool) -> None:
+    """Train probes (weighted sum of frozen layers + task head) and write their result files."""
+    from repro.probing.runner import result_dir, run_asv_idt, run_probe, select_best
+    from repro.workspace import Workspace
+
+    ws = Workspace.for_profile(profile)
+    for name in model_names or ws.profile.models.all():
+        for task in tasks or ws.profile.tasks:
+            grid = lrs or ws.profile.probing.tasks[task].lr_grid
+            for lr in grid:
+                r = run_probe(ws, name, task, lr, progress=not quiet)
+                click.echo(f"{name} {task} lr={lr:g}: dev {r['metric']} {r['dev']:.4f}, test {r['test']:.4f}")
+            if not lrs:
+                best = select_best(ws, name, task)
+                click.echo(f"{name} {task}: selected lr={best['selected_lr']:g} -> {result_dir(ws, name, task)}/best.json")
+        if "ASV" in (tasks or ws.profile.tasks):
+            idt = run_asv_idt(ws, name)
+            if idt:
+                click.echo(f"{name} ASV-IDT ({idt['embedding']}): test EER {idt['test']:.4f}")
+
+
 if __name__ == "__main__":
     main()

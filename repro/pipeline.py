@@ -30,9 +30,17 @@ def stage_features(ws: Workspace, progress: bool = True) -> None:
         extract_model(ws, name, progress=progress)
 
 
+def stage_probe(ws: Workspace, progress: bool = True) -> None:
+    """Train every probe of the profile (models x tasks x learning rates), select on dev, ASV-IDT."""
+    from repro.probing.runner import run_all
+
+    run_all(ws, progress=progress)
+
+
 STAGES: dict[str, Callable[..., None]] = {
     "corpus": stage_corpus,
     "features": stage_features,
+    "probe": stage_probe,
 }
 
 

@@ -105,6 +105,59 @@ class ExtractionConfig:
 
 
 @dataclass(frozen=True)
+class TaskBudget:
+    """Training budget of one probing task (SUPERB's values in the full profile)."""
+
+    steps: int
+    batch_size: int
+    lr_grid: list[float]
+    eval_every: int
+    grad_accum: int = 1
+    optimizer: Literal["adam", "adamw"] = "adam"
+    grad_clip: float = 1.0
+    train_crop_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class ProbingConfig:
+    """SUPERB probing: weighted sum of frozen layers + a small head per task."""
+
+    tasks: dict[str, TaskBudget] = field(default_factory=dict)
+    layer_norm: bool = setting(False, "SUPERB's default: layers enter the weighted sum as they are")
+    projection: Literal["auto", "always", "never"] = setting(
+        "auto", "a per-layer linear projection before the sum when layer widths differ (ECAPA-TDNN), as the paper does"
+    )
+    projection_dim: int = setting(
+        768, "the paper does not give the projection width; 768 matches the speech SSL models so heads are alike",
+        open=True,
+    )
+    head_dim: int = setting(256, "s3prl's projector width for PR/KS/IC/SID/ER")
+    xvector_dims: list[int] = setting(
+        [512, 512, 512, 512, 1500], "s3prl's ASV x-vector TDNN widths (frame layers; the last is pooled)"
+    )
+    xvector_embedding_dim: int = setting(512, "s3prl's ASV x-vector segment (embedding) layer")
+    am_softmax: list[float] = setting([0.4, 30.0], "s3prl's ASV AM-softmax margin and scale")
+    input: Literal["cache", "upstream"] = setting(
+        "cache", "read layer features from the feature store; `upstream` recomputes them on the fly"
+    )
+    pooled_shortcut: bool = setting(
+        True, "mean-pooled tasks without layer norm or cropping are exactly linear in the pooled layers: "
+        "train on per-layer utterance means (identical maths, far less I/O)"
+    )
+    er_folds: list[int] = setting([1, 2, 3, 4, 5], "SUPERB's ER: 5-fold cross-validation over IEMOCAP sessions")
+    er_dev_fraction: float = setting(0.2, "SUPERB's ER: a seeded random 20% of the training folds is the dev set")
+    asv_idt_without_embedding: Literal["mean_last_layer", "skip"] = setting(
+        "mean_last_layer", "ASV-IDT for models without an embedding output: cosine of the mean-pooled last layer",
+        open=True,
+    )
+    asv_selection: Literal["dev", "test"] = setting(
+        "dev", "select the ASV checkpoint on dev trials when the corpus has them (SUPERB picked on test)"
+    )
+    layers: list[int] | None = setting(None, "probe all layers; a list restricts the weighted sum to those indices")
+    device: Literal["auto", "cpu", "cuda"] = setting("auto", "cuda when available")
+
+
+@dataclass(frozen=True)
 class ProfileConfig:
     """A complete profile: corpus, models, and the settings of every stage."""
 
@@ -119,6 +172,7 @@ class ProfileConfig:
         open=True,
     )
     extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
+    probing: ProbingConfig = field(default_factory=ProbingConfig)
 
 
 def iter_settings(obj: Any, prefix: str = ""):

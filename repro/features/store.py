@@ -234,6 +234,10 @@ class FeatureStore:
         except KeyError:
             raise StoreError(f"{self.path}: utterance {utt_id!r} is not in this store") from None
 
+    def num_frames(self, l: int, utt_id: str) -> int:
+        """Frames of layer `l` for one utterance."""
+        return int(self.lengths[self._pos(utt_id), l])
+
     def layer(self, l: int, utt_id: str) -> np.ndarray:
         """Features of layer `l` for one utterance, `[T, D_l]` (a read-only view)."""
         i = self._pos(utt_id)

@@ -1,0 +1,147 @@
+"""Where a probe's layer features come from: the feature store, or the upstream on the fly.
+
+A source turns a list of utterance positions into `(layers, lengths)`: L tensors
+`[B, T, D_l]` and `[B]` valid frames. Three kinds:
+- `StoreFrames`: frames read from a feature store (memory-mapped), optionally cropped;
+- `StorePooled`: per-layer means over each utterance's frames, computed once from the
+  store and kept in memory; batches are `[B, 1, D_l]`. For mean-pooled heads
+  without layer norm this is the same computation (the weighted sum, the
+  projection and the head's first linear map all commute with the mean);
+- `UpstreamFrames`: audio read and run through the frozen upstream for every batch
+  (optionally mean-pooled the same way).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from repro.audio import read_audio
+from repro.data.manifest import Utterance
+from repro.features.store import FeatureStore, StoreError
+from repro.models.upstream import Upstream, pad_waveforms
+
+
+def check_layers(num_layers: int, wanted: list[int] | None, where: str) -> list[int]:
+    """The layer indices to use; an error when the model has fewer layers than asked for."""
+    if wanted is None:
+        return list(range(num_layers))
+    bad = [l for l in wanted if not 0 <= l < num_layers]
+    if bad:
+        raise ValueError(f"{where}: the model has {num_layers} layers, but layers {bad} were asked for (probing.layers)")
+    return list(wanted)
+
+
+def _pad(arrays: list[np.ndarray]) -> Tensor:
+    t = max(a.shape[0] for a in arrays)
+    out = np.zeros((len(arrays), t, arrays[0].shape[1]), dtype=np.float32)
+    for i, a in enumerate(arrays):
+        out[i, : a.shape[0]] = a
+    return torch.from_numpy(out)
+
+
+def _crop_rng(seed: int, utt_id: str, step: int) -> np.random.Generator:
+    h = int.from_bytes(hashlib.sha256(utt_id.encode()).digest()[:8], "little")
+    return np.random.default_rng([seed, h, step])
+
+
+class StoreFrames:
+    """Frames of `utts` from a feature store; with `crop_frames`, a seeded random crop per (utterance, step)."""
+
+    def __init__(self, store: FeatureStore, utts: Sequence[Utterance], layers: list[int],
+                 crop_frames: int | None = None, seed: int = 0):
+        missing = [u.id for u in utts if u.id not in store]
+        if missing:
+            raise StoreError(f"{store.path}: {len(missing)} utterance(s) are not in the store, e.g. {missing[:3]}; "
+                             "extract again (`repro extract`)")
+        lens = np.array([[store.num_frames(l, u.id) for l in layers] for u in utts])
+        if len(utts) and not (lens == lens[:, :1]).all():
+            raise ValueError(f"{store.path}: the chosen layers have different frame counts; they cannot be summed")
+        self.store, self.utts, self.layers = store, list(utts), layers
+        self.dims = [store.layers[l].dim for l in layers]
+        self.crop, self.seed = crop_frames, seed
+
+    def batch(self, idx: Sequence[int], step: int | None = None) -> tuple[list[Tensor], Tensor]:
+        spans = []
+        for i in idx:
+            u = self.utts[i]
+            n = self.store.num_frames(self.layers[0], u.id)
+            start, stop = 0, n
+            if self.crop and step is not None and n > self.crop:
+                start = int(_crop_rng(self.seed, u.id, step).integers(0, n - self.crop + 1))
+                stop = start + self.crop
+            spans.append((u.id, start, stop))
+        layers = [_pad([np.asarray(self.store.layer(l, uid)[a:b], dtype=np.float32) for uid, a, b in spans])
+                  for l in self.layers]
+        return layers, torch.tensor([b - a for _, a, b in spans], dtype=torch.long)
+
+
+class StorePooled:
+    """Per-layer utterance means `[N, D_l]` from a feature store, held in memory."""
+
+    def __init__(self, store: FeatureStore, utts: Sequence[Utterance], layers: list[int]):
+        frames = StoreFrames(store, utts, layers)
+        self.dims, self.layers = frames.dims, layers
+        self.means = [np.stack([np.asarray(store.layer(l, u.id), dtype=np.float64).mean(0) for u in utts])
+                      .astype(np.float32) for l in layers]
+
+    def batch(self, idx: Sequence[int], step: int | None = None) -> tuple[list[Tensor], Tensor]:
+        idx = list(idx)
+        return [torch.from_numpy(m[idx])[:, None, :] for m in self.means], torch.ones(len(idx), dtype=torch.long)
+
+
+class UpstreamFrames:
+    """Layer features computed by the upstream for every batch (the upstream stays frozen)."""
+
+    def __init__(self, upstream: Upstream, corpus_root: str | Path, utts: Sequence[Utterance], layers: list[int],
+                 pooled: bool = False, device: torch.device | str = "cpu"):
+        self.upstream, self.root, self.utts, self.layers = upstream, Path(corpus_root), list(utts), layers
+        info = upstream.layer_info()
+        self.dims = [info[l].dim for l in layers]
+        self.pooled, self.device = pooled, torch.device(device)
+
+    @torch.no_grad()
+    def batch(self, idx: Sequence[int], step: int | None = None) -> tuple[list[Tensor], Tensor]:
+        wavs = [torch.from_numpy(read_audio(self.root / self.utts[i].path)) for i in idx]
+        padded, lengths = pad_waveforms(wavs)
+        out = self.upstream(padded.to(self.device), lengths.to(self.device))
+        layers = [out.layers[l].float() for l in self.layers]
+        n = out.lengths[self.layers[0]]
+        if self.pooled:
+            from repro.probing.heads import masked_mean
+
+            return [masked_mean(h, n)[:, None, :].cpu() for h in layers], torch.ones(len(idx), dtype=torch.long)
+        return [h.cpu() for h in layers], n.cpu()
+
+
+def micro_batch(n: int, batch_size: int, seed: int, k: int) -> list[int]:
+    """The k-th batch of an endless stream of seeded permutations of `range(n)`.
+
+    A pure function of its arguments, so training resumed at any step sees the
+    same batches as an uninterrupted run.
+    """
+    out: list[int] = []
+    pos = k * batch_size
+    while len(out) < batch_size:
+        epoch, off = divmod(pos + len(out), n)
+        perm = _permutation(n, seed, epoch)
+        take = min(batch_size - len(out), n - off)
+        out.extend(perm[off : off + take].tolist())
+    return out
+
+
+_PERM_CACHE: dict[tuple[int, int, int], np.ndarray] = {}
+
+
+def _permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    key = (n, seed, epoch)
+    if key not in _PERM_CACHE:
+        if len(_PERM_CACHE) > 8:
+            _PERM_CACHE.clear()
+        _PERM_CACHE[key] = np.random.default_rng([seed, epoch]).permutation(n)
+    return _PERM_CACHE[key]

@@ -1,0 +1,230 @@
+"""The probing tasks: label encoding and validation, heads, losses, predictions, metrics.
+
+| task | head | metric (direction) |
+|---|---|---|
+| PR  | CTC over phones | phone error rate (lower is better) |
+| KS, SID, ER | mean-pool + linear | accuracy (higher) |
+| IC  | mean-pool + linear per slot | accuracy, every slot right (higher) |
+| ASV | x-vector + AM-softmax | equal error rate on trials, cosine scoring (lower) |
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from repro.config.schema import ProbingConfig
+from repro.data.manifest import ManifestError, Utterance
+from repro.metrics import accuracy, error_rate
+from repro.probing.heads import CTCHead, UtteranceHead, XVectorHead
+
+
+class TaskLabelError(ManifestError):
+    """Labels missing, or a label set that differs between splits."""
+
+
+class Task:
+    """Base class. Subclasses define `metric`, `higher_is_better`, `pooled` (mean-pooled head)."""
+
+    name: str
+    metric: str
+    higher_is_better: bool
+    pooled: bool
+
+    def encode(self, utt: Utterance) -> Any:
+        raise NotImplementedError
+
+    def collate(self, targets: list[Any]) -> Any:
+        raise NotImplementedError
+
+    def make_head(self, in_dim: int, cfg: ProbingConfig) -> nn.Module:
+        raise NotImplementedError
+
+    def loss(self, head: nn.Module, out: Any, targets: Any, lengths: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def predict(self, out: Any, lengths: Tensor) -> list[Any]:
+        raise NotImplementedError
+
+    def score(self, utts: Sequence[Utterance], predictions: Sequence[Any]) -> float:
+        raise NotImplementedError
+
+    def better(self, a: float, b: float | None) -> bool:
+        """Is metric `a` better than `b` (None: nothing yet)?"""
+        return b is None or (a > b if self.higher_is_better else a < b)
+
+
+def _check_labels(task: str, by_split: dict[str, Sequence[Utterance]], key=lambda u: u.label) -> list:
+    """Sorted training label set; errors on missing labels or labels unseen in training."""
+    for split, utts in by_split.items():
+        missing = [u.id for u in utts if u.label is None]
+        if missing:
+            raise TaskLabelError(f"task {task}: {len(missing)} {split} utterance(s) have no label, e.g. {missing[:3]}")
+    train = {key(u) for u in by_split["train"]}
+    for split, utts in by_split.items():
+        unseen = sorted({key(u) for u in utts} - train)
+        if unseen:
+            raise TaskLabelError(
+                f"task {task}: labels {unseen[:10]} appear in the {split} split but not in train; "
+                f"train labels: {sorted(train)[:20]}"
+            )
+    return sorted(train)
+
+
+class ClassificationTask(Task):
+    """One class per utterance (KS, SID, ER)."""
+
+    metric, higher_is_better, pooled = "accuracy", True, True
+
+    def __init__(self, name: str, by_split: dict[str, Sequence[Utterance]]):
+        self.name = name
+        self.labels = _check_labels(name, by_split)
+        self.index = {l: i for i, l in enumerate(self.labels)}
+
+    def encode(self, utt):
+        return self.index[utt.label]
+
+    def collate(self, targets):
+        return torch.tensor(targets, dtype=torch.long)
+
+    def make_head(self, in_dim, cfg):
+        return UtteranceHead(in_dim, cfg.head_dim, [len(self.labels)])
+
+    def loss(self, head, out, targets, lengths):
+        return F.cross_entropy(out[0], targets)
+
+    def predict(self, out, lengths):
+        return [self.labels[i] for i in out[0].argmax(-1).tolist()]
+
+    def score(self, utts, predictions):
+        return accuracy([u.label for u in utts], predictions)
+
+
+class SlotTask(Task):
+    """Intent classification: one class per slot; right only if every slot is right (IC)."""
+
+    metric, higher_is_better, pooled = "accuracy", True, True
+
+    def __init__(self, name: str, by_split: dict[str, Sequence[Utterance]]):
+        self.name = name
+        slots = sorted(by_split["train"][0].label)
+        for utts in by_split.values():
+            for u in utts:
+                if not isinstance(u.label, dict) or sorted(u.label) != slots:
+                    raise TaskLabelError(f"task {name}: utterance {u.id} has slots {u.label!r}, expected {slots}")
+        self.slots = slots
+        self.values = {s: _check_labels(f"{name}.{s}", by_split, key=lambda u, s=s: u.label[s]) for s in slots}
+
+    def encode(self, utt):
+        return [self.values[s].index(utt.label[s]) for s in self.slots]
+
+    def collate(self, targets):
+        return torch.tensor(targets, dtype=torch.long)
+
+    def make_head(self, in_dim, cfg):
+        return UtteranceHead(in_dim, cfg.head_dim, [len(self.values[s]) for s in self.slots])
+
+    def loss(self, head, out, targets, lengths):
+        return sum(F.cross_entropy(o, targets[:, k]) for k, o in enumerate(out))
+
+    def predict(self, out, lengths):
+        idx = [o.argmax(-1).tolist() for o in out]
+        return [tuple(self.values[s][idx[k][b]] for k, s in enumerate(self.slots)) for b in range(len(idx[0]))]
+
+    def score(self, utts, predictions):
+        return accuracy([tuple(u.label[s] for s in self.slots) for u in utts], predictions)
+
+
+class PhoneTask(Task):
+    """Phone recognition with CTC; greedy decoding; phone error rate (PR)."""
+
+    metric, higher_is_better, pooled = "per", False, False
+
+    def __init__(self, name: str, by_split: dict[str, Sequence[Utterance]], inventory: list[str] | None = None):
+        self.name = name
+        for split, utts in by_split.items():
+            bad = [u.id for u in utts if not isinstance(u.label, list) or not u.label]
+            if bad:
+                raise TaskLabelError(f"task {name}: {split} utterance(s) {bad[:3]} have no phoneme sequence")
+        seen = {p for u in by_split["train"] for p in u.label}
+        self.phones = list(inventory) if inventory else sorted(seen)
+        index = set(self.phones)
+        for split, utts in by_split.items():
+            unknown = sorted({p for u in utts for p in u.label} - index)
+            if unknown:
+                raise TaskLabelError(f"task {name}: phones {unknown} in the {split} split are not in the inventory")
+        self.index = {p: i + 1 for i, p in enumerate(self.phones)}  # 0 is the CTC blank
+
+    def encode(self, utt):
+        return [self.index[p] for p in utt.label]
+
+    def collate(self, targets):
+        lengths = torch.tensor([len(t) for t in targets], dtype=torch.long)
+        padded = torch.zeros(len(targets), int(lengths.max()), dtype=torch.long)
+        for i, t in enumerate(targets):
+            padded[i, : len(t)] = torch.tensor(t)
+        return padded, lengths
+
+    def make_head(self, in_dim, cfg):
+        return CTCHead(in_dim, cfg.head_dim, len(self.phones))
+
+    def loss(self, head, out, targets, lengths):
+        padded, target_lengths = targets
+        return F.ctc_loss(out.transpose(0, 1), padded, lengths, target_lengths, blank=0,
+                          reduction="mean", zero_infinity=True)
+
+    def predict(self, out, lengths):
+        best = out.argmax(-1).cpu().numpy()
+        hyps = []
+        for b, n in enumerate(lengths.tolist()):
+            seq = best[b, :n]
+            keep = seq[np.r_[True, seq[1:] != seq[:-1]]]
+            hyps.append([self.phones[i - 1] for i in keep if i != 0])
+        return hyps
+
+    def score(self, utts, predictions):
+        return error_rate([u.label for u in utts], predictions)
+
+
+class SpeakerVerificationTask(Task):
+    """ASV: an x-vector trained with AM-softmax over the training speakers; EER on trial lists."""
+
+    metric, higher_is_better, pooled = "eer", False, False
+
+    def __init__(self, name: str, by_split: dict[str, Sequence[Utterance]]):
+        self.name = name
+        self.speakers = _check_labels(name, {"train": by_split["train"]}, key=lambda u: u.speaker)
+        self.index = {s: i for i, s in enumerate(self.speakers)}
+
+    def encode(self, utt):
+        return self.index.get(utt.speaker, -1)  # trial utterances come from unseen speakers
+
+    def collate(self, targets):
+        return torch.tensor(targets, dtype=torch.long)
+
+    def make_head(self, in_dim, cfg):
+        margin, scale = cfg.am_softmax
+        return XVectorHead(in_dim, cfg.xvector_dims, cfg.xvector_embedding_dim, len(self.speakers), margin, scale)
+
+    def loss(self, head, out, targets, lengths):
+        return head.loss(out, targets)
+
+
+def make_task(name: str, by_split: dict[str, Sequence[Utterance]], corpus_info: dict | None = None) -> Task:
+    """The task object for `name`, validated on the utterances of every split."""
+    if "train" not in by_split:
+        raise TaskLabelError(f"task {name}: no train split")
+    if name == "PR":
+        inventory = (corpus_info or {}).get("labels", {}).get("PR")
+        return PhoneTask(name, by_split, inventory)
+    if name == "IC":
+        return SlotTask(name, by_split)
+    if name == "ASV":
+        return SpeakerVerificationTask(name, by_split)
+    if name in ("KS", "SID", "ER"):
+        return ClassificationTask(name, by_split)
+    raise ValueError(f"unknown task {name!r}; tasks: PR, KS, IC, SID, ASV, ER")

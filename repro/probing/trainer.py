@@ -1,0 +1,163 @@
+"""Training a probe: frozen features -> featurizer + head, with dev selection, checkpoints and resume.
+
+Batches are a pure function of (seed, step) (`sources.micro_batch`), and the
+checkpoint holds the model, the optimiser and the selection state, so a run
+interrupted at any evaluation and resumed gives the same result as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from repro.config.schema import TaskBudget
+from repro.data.manifest import Trial, Utterance
+from repro.metrics import equal_error_rate
+from repro.probing.sources import micro_batch
+from repro.probing.tasks import Task
+from repro.util.atomic import atomic_path
+
+
+class ProbeModel(nn.Module):
+    """Featurizer followed by a task head."""
+
+    def __init__(self, featurizer: nn.Module, head: nn.Module):
+        super().__init__()
+        self.featurizer, self.head = featurizer, head
+
+    def forward(self, layers: list[Tensor], lengths: Tensor) -> Any:
+        return self.head(self.featurizer(layers), lengths)
+
+
+@dataclass
+class Split:
+    """Utterances of one split, their feature source and encoded targets."""
+
+    utts: list[Utterance]
+    source: Any
+    targets: list[Any] = field(default_factory=list)
+    trials: list[Trial] | None = None
+
+
+def _to(x: Any, device: torch.device) -> Any:
+    if isinstance(x, Tensor):
+        return x.to(device)
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to(v, device) for v in x)
+    return x
+
+
+@torch.no_grad()
+def evaluate(task: Task, model: ProbeModel, split: Split, batch_size: int, device: torch.device) -> float:
+    """The task metric of `model` on `split` (EER on its trials for ASV)."""
+    model.eval()
+    if split.trials is not None:
+        emb = {}
+        for start in range(0, len(split.utts), batch_size):
+            idx = list(range(start, min(start + batch_size, len(split.utts))))
+            layers, lengths = _to(split.source.batch(idx), device)
+            e = torch.nn.functional.normalize(model.head.embed(model.featurizer(layers), lengths), dim=-1)
+            for i, v in zip(idx, e.cpu()):
+                emb[split.utts[i].id] = v
+        return score_trials(emb, split.trials)
+    predictions = []
+    for start in range(0, len(split.utts), batch_size):
+        idx = list(range(start, min(start + batch_size, len(split.utts))))
+        layers, lengths = _to(split.source.batch(idx), device)
+        predictions += task.predict(model(layers, lengths), lengths)
+    return task.score(split.utts, predictions)
+
+
+def score_trials(embeddings: dict[str, Tensor | np.ndarray], trials: Sequence[Trial]) -> float:
+    """EER of cosine scores over `trials`; embeddings (`[E]` each, by utterance id) are length-normalised here."""
+    def unit(v):
+        v = torch.as_tensor(np.asarray(v, dtype=np.float64))
+        return v / v.norm().clamp(min=1e-12)
+
+    cache = {k: unit(v) for k, v in embeddings.items()}
+    scores = np.array([float(cache[t.enroll] @ cache[t.test]) for t in trials])
+    return equal_error_rate(scores, np.array([t.target for t in trials]))[0]
+
+
+def train_probe(
+    task: Task,
+    model: ProbeModel,
+    train: Split,
+    dev: Split,
+    budget: TaskBudget,
+    lr: float,
+    seed: int,
+    checkpoint: str | os.PathLike,
+    run_key: str,
+    device: torch.device,
+    progress: bool = True,
+    on_eval: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Train `model` on `train`, evaluating on `dev` every `budget.eval_every` steps.
+
+    Returns the best dev metric, its step, the best state dict and the curve
+    (train loss averaged over each evaluation window, dev metric). A checkpoint
+    with the same `run_key` at `checkpoint` is resumed.
+    """
+    checkpoint = Path(checkpoint)
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt_cls = torch.optim.AdamW if budget.optimizer == "adamw" else torch.optim.Adam
+    opt = opt_cls(params, lr=lr)
+    state = {"step": 0, "best": None, "best_step": 0, "best_state": None,
+             "curve": {"step": [], "train_loss": [], "dev": []}, "window": [0.0, 0]}
+    if checkpoint.is_file():
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if saved.get("run_key") == run_key:
+            model.load_state_dict(saved["model"])
+            opt.load_state_dict(saved["optimizer"])
+            state = saved["state"]
+    bar = tqdm(total=budget.steps, initial=state["step"], desc=f"probe {task.name} lr={lr:g}", unit="step",
+               disable=not progress, leave=False)
+    n = len(train.utts)
+    while state["step"] < budget.steps:
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        step = state["step"]
+        total = 0.0
+        for a in range(budget.grad_accum):
+            idx = micro_batch(n, budget.batch_size, seed, step * budget.grad_accum + a)
+            layers, lengths = _to(train.source.batch(idx, step), device)
+            targets = _to(task.collate([train.targets[i] for i in idx]), device)
+            loss = task.loss(model.head, model(layers, lengths), targets, lengths) / budget.grad_accum
+            loss.backward()
+            total += float(loss.detach())
+        torch.nn.utils.clip_grad_norm_(params, budget.grad_clip)
+        opt.step()
+        state["step"] = step + 1
+        state["window"][0] += total
+        state["window"][1] += 1
+        bar.update(1)
+        if state["step"] % budget.eval_every == 0 or state["step"] == budget.steps:
+            metric = evaluate(task, model, dev, budget.batch_size, device)
+            curve = state["curve"]
+            curve["step"].append(state["step"])
+            curve["train_loss"].append(state["window"][0] / max(state["window"][1], 1))
+            curve["dev"].append(metric)
+            state["window"] = [0.0, 0]
+            if task.better(metric, state["best"]):
+                state["best"], state["best_step"] = metric, state["step"]
+                state["best_state"] = copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})
+            bar.set_postfix({task.metric: f"{metric:.4f}"})
+            with atomic_path(checkpoint) as tmp:
+                torch.save({"run_key": run_key, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                            "state": state}, tmp)
+            if on_eval is not None:
+                on_eval(state["step"])
+    bar.close()
+    return {"best": state["best"], "best_step": state["best_step"], "best_state": state["best_state"],
+            "curve": state["curve"]}
