@@ -79,7 +79,8 @@ RUN .venv/bin/python -m pip install --no-deps --no-build-isolation . \
 # Mounted folders (make docker-* mounts the host's; see scripts/docker.sh). The package reads
 # REPRO_WORK, REPRO_RESULTS and REPRO_FIGURES (repro/workspace.py) and REPRO_DATA for corpora;
 # the libraries read HF_HOME, TORCH_HOME and the XDG cache. Writable by any user, so that an
-# unmounted run as an arbitrary UID works too.
+# unmounted run as an arbitrary UID works too. NVIDIA_DRIVER_CAPABILITIES tells the NVIDIA
+# Container Toolkit to map CUDA (compute) and nvidia-smi (utility) in at `--gpus all`.
 ENV REPRO_DATA=/data \
     REPRO_WORK=/work \
     REPRO_RESULTS=/results \
@@ -89,6 +90,7 @@ ENV REPRO_DATA=/data \
     XDG_CACHE_HOME=/cache \
     MPLCONFIGDIR=/cache/matplotlib \
     TRITON_CACHE_DIR=/cache/triton \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     PYTEST_ADDOPTS="-p no:cacheprovider" \
     REPRO_IMAGE_VERSION=${VERSION} \
     REPRO_GIT_COMMIT=${REVISION}

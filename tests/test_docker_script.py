@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TOOLS = ("bash", "env", "sed", "dirname", "id", "mkdir", "make", "git")
+TOOLS = ("bash", "env", "sed", "dirname", "id", "mkdir", "make")
+OPTIONAL_TOOLS = ("git",)  # the script records the commit when git is there
 ENGINE_DOWN = "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?"
 
 FAKE_DOCKER = """#!{bash}
@@ -48,6 +49,9 @@ def sandbox(tmp_path):
         found = shutil.which(tool)
         assert found, f"{tool} is needed to run these tests"
         (bin_dir / tool).symlink_to(found)
+    for tool in OPTIONAL_TOOLS:
+        if shutil.which(tool):
+            (bin_dir / tool).symlink_to(shutil.which(tool))
     host = tmp_path / "host"
     env = {"PATH": str(bin_dir), "HOME": str(tmp_path), "FAKE_DOCKER_LOG": str(tmp_path / "docker.log"),
            "REPRO_DATA": str(host / "data"), "REPRO_CACHE": str(host / "cache"),
