@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 REPRO := $(PY) -m repro
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo reproduce corpus extract test test-fast models config clean
+.PHONY: help install demo reproduce corpus extract test test-fast models config clean docker-build
 
 help: ## list every target with one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_%-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -44,4 +44,13 @@ test: $(VENV)/.installed ## run the test suite
 	$(PY) -m pytest -q
 
 clean: ## remove the work, results and figures of PROFILE
-	rm -rf work/$(PROFILE) results/$(PROFILE)
+	rm -rf "$${REPRO_WORK:-work}/$(PROFILE)" "$${REPRO_RESULTS:-results}/$(PROFILE)"
+
+# Docker: the host needs only docker, make and bash (scripts/docker.sh says in one line what is
+# missing). docker-TARGET runs `make TARGET` inside the image with the data, cache, work,
+# results and figures folders mounted.
+docker-build: ## build the Docker image (Dockerfile) as repro:<version>
+	scripts/docker.sh build
+
+docker-%: ## run `make %` inside the image, e.g. make docker-reproduce PROFILE=fast
+	scripts/docker.sh make $* PROFILE=$(PROFILE)
