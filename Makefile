@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 REPRO := $(PY) -m repro
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo reproduce corpus extract test test-fast models config clean docker-build
+.PHONY: help install demo reproduce corpus extract probe test test-fast models config clean docker-build
 
 help: ## list every target with one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_%-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -33,6 +33,9 @@ corpus: $(VENV)/.installed ## create the corpus of PROFILE
 
 extract: $(VENV)/.installed ## extract layer features of every model of PROFILE
 	$(REPRO) run --profile $(PROFILE) --stage features
+
+probe: $(VENV)/.installed ## train every probe of PROFILE (models x tasks x learning rates)
+	$(REPRO) run --profile $(PROFILE) --stage probe
 
 models: $(VENV)/.installed ## list the model registry
 	$(REPRO) models list
