@@ -16,6 +16,15 @@ corpus:
 models: {speech_ssl: [tiny-hubert], speaker_ssl: [], speaker_sup: [tiny-ecapa-sup]}
 tasks: [KS, ASV]
 extraction: {device: cpu, max_batch_seconds: 16}
+probing:
+  device: cpu
+  projection_dim: 16
+  head_dim: 16
+  xvector_dims: [16, 16, 16, 16, 32]
+  xvector_embedding_dim: 16
+  tasks:
+    KS: {steps: 4, batch_size: 4, lr_grid: [0.01], eval_every: 2}
+    ASV: {steps: 4, batch_size: 4, lr_grid: [0.01], eval_every: 2, optimizer: adamw}
 """
 
 
@@ -32,6 +41,10 @@ def test_run_profile_end_to_end(tmp_path, workspace_env):
                       for s in splits]
     meta = json.loads((feats / "tiny-ecapa-sup" / "ASV" / "test" / "meta.json").read_text())
     assert meta["embedding_dim"] == 48 and len(meta["layers"]) == 5
+    results = workspace_env / "results" / "tinyprof" / "probing"
+    assert sorted(p.relative_to(results).as_posix() for p in results.rglob("best.json")) == [
+        f"{m}/{t}/best.json" for m in ("tiny-ecapa-sup", "tiny-hubert") for t in ("ASV", "KS")]
+    assert (results / "tiny-ecapa-sup" / "ASV-IDT.json").is_file()
     # second run: everything is complete, nothing is redone
     stamp = (feats / "tiny-hubert" / "KS" / "train" / "meta.json").stat().st_mtime_ns
     res = runner.invoke(main, ["extract", "--profile", str(prof), "--quiet", "-m", "tiny-hubert"])

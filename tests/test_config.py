@@ -23,7 +23,7 @@ def write(tmp_path: Path, text: str, name: str = "p.yaml") -> Path:
     return path
 
 
-BASE = "name: x\ndescription: d\nseed: 1\ncorpus: {kind: synthetic}\n"
+BASE = "name: x\ndescription: d\nseed: 1\ncorpus: {kind: synthetic}\ntasks: []\n"
 
 
 def test_unknown_key_names_file_key_and_allowed(tmp_path):
@@ -58,6 +58,12 @@ def test_extends_merges_and_detects_cycles(tmp_path):
     write(tmp_path, "extends: a.yaml\n", "b.yaml")
     with pytest.raises(ConfigError, match="cycle"):
         load_profile(tmp_path / "a.yaml")
+
+
+def test_tasks_need_a_probing_budget(tmp_path):
+    path = write(tmp_path, BASE + "tasks: [KS]\n")
+    with pytest.raises(ConfigError, match=r"tasks \['KS'\] have no budget under 'probing.tasks'"):
+        load_profile(path)
 
 
 def test_unknown_profile_lists_builtin():

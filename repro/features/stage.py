@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from repro.data.manifest import load_task
 from repro.features.extract import extract
 from repro.features.store import FeatureStore
-from repro.models.registry import load_upstream, resolve_spec, weights_fingerprint
+from repro.models.registry import load_upstream, spec_identity, weights_fingerprint
 from repro.models.upstream import Upstream
 from repro.workspace import Workspace
 
 
 def model_info(name: str, upstream: Upstream) -> dict:
     """What identifies a model's features: its registry entry (minus prose) and its weights."""
-    spec = dataclasses.asdict(resolve_spec(name))
-    for prose in ("about", "stand_in_for"):
-        spec.pop(prose, None)
-    return {"name": name, "spec": spec, "weights_sha256": weights_fingerprint(upstream),
+    return {"name": name, "spec": spec_identity(name), "weights_sha256": weights_fingerprint(upstream),
             "layers": [l.name for l in upstream.layer_info()]}
 
 

@@ -80,6 +80,17 @@ def resolve_spec(name: str) -> ModelSpec:
     return registry[name]
 
 
+def spec_identity(name: str) -> dict:
+    """The fields of a model's spec that determine its outputs (its prose, `about` and
+    `stand_in_for`, left out), as plain data for hashing."""
+    import dataclasses
+
+    spec = dataclasses.asdict(resolve_spec(name))
+    for prose in ("about", "stand_in_for"):
+        spec.pop(prose)
+    return spec
+
+
 def load_upstream(name: str, models_dir: str | os.PathLike, ecapa_layers: tuple[str, ...] | None = None) -> Upstream:
     """Load model `name` as a frozen `Upstream`.
 

@@ -24,7 +24,7 @@ from repro.config.typed import to_dict
 from repro.data.manifest import ManifestError, Utterance, load_task, read_corpus_info, read_trials, trials_path
 from repro.features.extract import resolve_device
 from repro.features.store import FeatureStore, StoreError
-from repro.models.registry import resolve_spec
+from repro.models.registry import resolve_spec, spec_identity
 from repro.probing.featurizer import make_featurizer
 from repro.probing.sources import StoreFrames, StorePooled, UpstreamFrames, check_layers
 from repro.probing.tasks import Task, make_task
@@ -53,6 +53,21 @@ class StoreUnion:
 
     def layer(self, l: int, uid: str) -> np.ndarray:
         return self._owner[uid].layer(l, uid)
+
+
+def profile_hash(profile, model: str, task: str, lr: float | None = None) -> str:
+    """Hash of every profile setting a probe result depends on, computable without data or models.
+
+    Figures and tables compare it with the result files they read, to refuse results made
+    under another configuration.
+    """
+    extraction = {k: v for k, v in to_dict(profile.extraction).items() if k not in ("device", "num_workers")}
+    probing = {k: v for k, v in to_dict(profile.probing).items() if k not in ("tasks", "device")}
+    budget = to_dict(profile.probing.tasks[task]) if task in profile.probing.tasks else None
+    return config_hash({"version": RESULT_VERSION, "model": spec_identity(model), "task": task, "lr": lr,
+                        "seed": profile.seed, "corpus": to_dict(profile.corpus), "extraction": extraction,
+                        "probing": probing, "budget": budget,
+                        "ecapa_layers": to_dict(profile.models.ecapa_layers)})
 
 
 def _lr_tag(lr: float) -> str:
@@ -204,6 +219,7 @@ def run_probe(ws: Workspace, model: str, task: str, lr: float, progress: bool = 
         "contributions": np.mean([r["contributions"] for r in runs], 0).tolist(),
         "projected": first["projected"], "pooled": first["pooled"], "input": inputs.cfg.input,
         "runs": runs, "budget": to_dict(inputs.budget), "config_hash": key, "features": inputs.store_keys,
+        "profile_hash": profile_hash(ws.profile, model, task, lr),
     }
     atomic_write_json(path, result)
     atomic_write_json(path.with_suffix(".timing.json"), {"wall_seconds": round(time.perf_counter() - started, 3),
@@ -250,7 +266,8 @@ def run_asv_idt(ws: Workspace, model: str) -> dict[str, Any] | None:
         results[split] = score_trials(emb, trials)
     result = {"version": RESULT_VERSION, "model": model, "family": resolve_spec(model).family, "task": "ASV-IDT",
               "metric": "eer", "higher_is_better": False, "embedding": source,
-              "dev": results.get("dev"), "test": results["test"]}
+              "dev": results.get("dev"), "test": results["test"],
+              "profile_hash": profile_hash(ws.profile, model, "ASV-IDT")}
     atomic_write_json(ws.results / "probing" / model / "ASV-IDT.json", result)
     return result
 
