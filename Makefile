@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 REPRO := $(PY) -m repro
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo reproduce corpus extract probe test test-fast models config clean docker-build
+.PHONY: help install demo reproduce corpus extract probe paper check verify test test-fast models config clean docker-build
 
 help: ## list every target with one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_%-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -36,6 +36,21 @@ extract: $(VENV)/.installed ## extract layer features of every model of PROFILE
 
 probe: $(VENV)/.installed ## train every probe of PROFILE (models x tasks x learning rates)
 	$(REPRO) run --profile $(PROFILE) --stage probe
+
+paper: $(VENV)/.installed ## every figure and table, claim checks, report and checksums of PROFILE
+	$(REPRO) run --profile $(PROFILE) --stage paper
+
+figure-%: $(VENV)/.installed ## redraw one figure from result files alone, e.g. make figure-3
+	$(REPRO) paper render --profile $(PROFILE) --id figure-$*
+
+table-%: $(VENV)/.installed ## rebuild one table from result files alone, e.g. make table-1
+	$(REPRO) paper render --profile $(PROFILE) --id table-$*
+
+check: $(VENV)/.installed ## claim checks and reference comparisons: PASS / FAIL / NOT-RUN
+	$(REPRO) paper check --profile $(PROFILE)
+
+verify: $(VENV)/.installed ## compare the sha256 of every output with the recorded checksums
+	$(REPRO) paper verify --profile $(PROFILE)
 
 models: $(VENV)/.installed ## list the model registry
 	$(REPRO) models list

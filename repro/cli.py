@@ -17,8 +17,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from repro.features.store import StoreError
     from repro.models.registry import UnknownModelError
 
+    from repro.paper.results import ConfigMismatchError
+
     return (ConfigError, AudioError, ManifestError, StoreError, UnknownModelError, ToolMissingError,
-            NotImplementedError, FileNotFoundError)
+            NotImplementedError, FileNotFoundError, ConfigMismatchError, KeyError)
 
 
 class _Group(click.Group):
@@ -156,6 +158,88 @@ def probe(profile: str, model_names: tuple[str, ...], tasks: tuple[str, ...], lr
             idt = run_asv_idt(ws, name)
             if idt:
                 click.echo(f"{name} ASV-IDT ({idt['embedding']}): test EER {idt['test']:.4f}")
+
+
+@main.group()
+def paper() -> None:
+    """The paper's figures, tables, claim checks and checksums."""
+
+
+@paper.command("list")
+def paper_list() -> None:
+    """Every registered figure and table: id, title, what it shows, what it reads."""
+    from repro.paper.registry import OUTPUTS
+
+    for o in OUTPUTS:
+        click.echo(f"{o.id:9s} {o.title}\n          shows: {o.shows}\n          reads: results/<profile>/{o.reads}")
+
+
+@paper.command("render")
+@PROFILE
+@click.option("--id", "ids", multiple=True, help="output id(s), e.g. figure-3 (default: all that apply)")
+def paper_render(profile: str, ids: tuple[str, ...]) -> None:
+    """Draw figures/tables from result files alone (no GPU, no models needed)."""
+    from repro.paper.registry import render_output
+    from repro.paper.stage import applicable
+    from repro.workspace import Workspace
+
+    ws = Workspace.for_profile(profile)
+    for oid in ids or applicable(ws):
+        for path in render_output(ws, oid):
+            click.echo(str(path))
+
+
+@paper.command("check")
+@PROFILE
+def paper_check(profile: str) -> None:
+    """Evaluate the claim checks and reference comparisons: PASS / FAIL / NOT-RUN."""
+    from repro.paper.claims import compare_references, evaluate_claims, write_checks
+    from repro.workspace import Workspace
+
+    ws = Workspace.for_profile(profile)
+    claims, refs = evaluate_claims(ws), compare_references(ws)
+    write_checks(ws, claims, refs)
+    click.echo(f"{'check':8s} {'status':8s} value")
+    for c in claims:
+        click.echo(f"{c.id:8s} {c.status:8s} {c.value}")
+    for r in refs:
+        ours = "-" if r["ours"] is None else f"{r['ours']:.2f}"
+        ref = "unknown" if r["value"] is None else f"{r['value']:.2f} +/- {r['tolerance']}"
+        click.echo(f"{'ref':8s} {r['status']:8s} {r['group']}: {r['model']} {r['task']}: ours {ours}, reference {ref}")
+    cfg = ws.profile.paper
+    failed = (cfg.enforce_claims and any(c.status == "FAIL" for c in claims)) or (
+        cfg.enforce_references and any(r["status"] == "FAIL" for r in refs))
+    if not (cfg.enforce_claims and cfg.enforce_references):
+        click.echo(f"note: profile {ws.profile.name} does not enforce "
+                   + " and ".join(k for k, on in (("claims", cfg.enforce_claims),
+                                                  ("references", cfg.enforce_references)) if not on)
+                   + (f": {cfg.enforcement_note}" if cfg.enforcement_note else ""))
+    click.echo(f"details: {ws.figures / 'checks.md'}")
+    if failed:
+        sys.exit(1)
+
+
+@paper.command("verify")
+@PROFILE
+@click.option("--record", is_flag=True, help="store the current checksums as the profile's record instead")
+def paper_verify(profile: str, record: bool) -> None:
+    """Compare the sha256 of every output with the checksums recorded for the profile."""
+    from repro.paper import checksums
+    from repro.workspace import Workspace
+
+    ws = Workspace.for_profile(profile)
+    if record:
+        click.echo(f"recorded {len(checksums.compute(ws))} checksums in {checksums.record(ws)}")
+        return
+    diff = checksums.verify(ws)
+    total = sum(len(v) for v in diff.values())
+    for kind, names in diff.items():
+        for n in names:
+            click.echo(f"{kind:8s} {n}")
+    if total:
+        click.echo(f"{total} difference(s) from {checksums.record_path(ws)}")
+        sys.exit(1)
+    click.echo(f"all {len(checksums.compute(ws))} outputs match {checksums.record_path(ws)}")
 
 
 if __name__ == "__main__":

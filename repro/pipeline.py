@@ -37,10 +37,18 @@ def stage_probe(ws: Workspace, progress: bool = True) -> None:
     run_all(ws, progress=progress)
 
 
+def stage_paper(ws: Workspace, progress: bool = True) -> None:
+    """Every figure and table, the claim checks, the report and the checksums."""
+    from repro.paper.stage import run_paper
+
+    run_paper(ws, progress=progress)
+
+
 STAGES: dict[str, Callable[..., None]] = {
     "corpus": stage_corpus,
     "features": stage_features,
     "probe": stage_probe,
+    "paper": stage_paper,
 }
 
 

@@ -158,6 +158,15 @@ class ProbingConfig:
 
 
 @dataclass(frozen=True)
+class PaperConfig:
+    """Figures, tables and checks."""
+
+    enforce_claims: bool = setting(True, "a FAIL of a claim check makes `make check` exit non-zero")
+    enforce_references: bool = setting(True, "a result outside a reference value's tolerance makes `make check` fail")
+    enforcement_note: str = setting("", "why checks are not enforced for this profile, shown with the results")
+
+
+@dataclass(frozen=True)
 class ProfileConfig:
     """A complete profile: corpus, models, and the settings of every stage."""
 
@@ -173,6 +182,7 @@ class ProfileConfig:
     )
     extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
     probing: ProbingConfig = field(default_factory=ProbingConfig)
+    paper: PaperConfig = field(default_factory=PaperConfig)
 
 
 def iter_settings(obj: Any, prefix: str = ""):
