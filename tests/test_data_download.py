@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -305,9 +306,13 @@ def test_verify_auto_reports_missing_and_deep_rehash(server, tmp_path):
     assert not rep.ok and "missing: toy/b (fetch it with `repro data fetch toy/b`)" in rep.lines
     _run(["toy/b"], tmp_path, cat)
     assert verify_auto(cat.corpus("toy"), tmp_path / "data", lock).ok
-    with open(tmp_path / "data/downloads/a.tar.gz", "r+b") as f:  # bit rot in the kept archive
+    kept = tmp_path / "data/downloads/a.tar.gz"
+    st = kept.stat()
+    with open(kept, "r+b") as f:  # bit rot in the kept archive: same size, same mtime
         f.seek(100)
         f.write(b"\0\0\0")
+    os.utime(kept, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert verify_auto(cat.corpus("toy"), tmp_path / "data", DataLock(tmp_path / "data.lock.json")).ok
     rep = verify_auto(cat.corpus("toy"), tmp_path / "data", DataLock(tmp_path / "data.lock.json"), deep=True)
     assert not rep.ok and any(line.startswith("checksum: a.tar.gz: sha256") for line in rep.lines)
 

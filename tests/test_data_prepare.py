@@ -19,6 +19,7 @@ from fake_corpora import (VOCAB, make_fsc, make_iemocap, make_librispeech, make_
 from repro.config import load_profile
 from repro.config.schema import SubsetRule
 from repro.data.catalog import CATALOG_PATH, load_catalog
+from repro.data.committed import CommittedList, CommittedListError, load_committed
 from repro.data.lock import DataLock, LockMismatchError
 from repro.data.manifest import load_task, read_corpus_info, read_manifest, read_trials
 from repro.data.prepare import DataMissingError, PrepareError, prepare_corpus
@@ -57,11 +58,12 @@ def _profile(tasks, **data):
                                data=dataclasses.replace(base.data, **{"cka_utterances": 0, "workers": 2, **data}))
 
 
-def _prepare(data, out: Path, prof, lock: Path | None = None, logs: list | None = None):
+def _prepare(data, out: Path, prof, lock: Path | None = None, logs: list | None = None, committed=()):
+    """Prepare from the fake corpora; `committed` replaces the built-in lists (which pin the real corpora)."""
     manual = {"iemocap": data["base"] / "IEMOCAP_full_release", "fluent-speech-commands": data["base"] / "fsc"}
     return prepare_corpus(out, prof, progress=False, catalog=data["catalog"], root=data["root"],
                           lock=DataLock(lock or out.parent / f"{out.name}.lock.json"), manual_override=manual,
-                          log=(logs.append if logs is not None else lambda m: None))
+                          committed=list(committed), log=(logs.append if logs is not None else lambda m: None))
 
 
 def _check_audio_fields(corpus: Path, utts) -> None:
@@ -243,3 +245,28 @@ def test_missing_data_lists_every_corpus_and_how_to_get_it(tmp_path):
     assert "librispeech/train-clean-100" in msg and "voxceleb1/iden-split" in msg
     assert f"Put it at {tmp_path / 'empty' / 'IEMOCAP_full_release'}" in msg and "sail.usc.edu" in msg
     assert not (tmp_path / "corpus").exists()
+
+
+def test_committed_lists_pin_whole_splits(data, tmp_path):
+    rows = data["iemocap"]
+    ids = "".join(f"{u}\n" for u in sorted(u for _, u, _ in rows))
+    labelled = "".join(f"{u}\t{lab}\n" for u, lab in sorted((u, lab) for _, u, lab in rows))
+    fold2 = sorted(u for k, u, _ in rows if k == 2)
+    good = [CommittedList("ER", len(rows), hashlib.sha256(ids.encode()).hexdigest(), "test"),
+            CommittedList("ER", len(rows), hashlib.sha256(labelled.encode()).hexdigest(), "test", with_labels=True),
+            CommittedList("ER", len(fold2), hashlib.sha256("".join(f"{u}\n" for u in fold2).encode()).hexdigest(),
+                          "test", fold=2)]
+    out = _prepare(data, tmp_path / "c1", _profile(["ER"]), committed=good)
+    assert [c["list"] for c in read_corpus_info(out)["committed"]["ER"]] == [
+        "ER (all splits)", "ER (all splits) with labels", "ER fold 2"]
+    bad = [dataclasses.replace(good[1], sha256="0" * 64)]  # e.g. a label parsed differently
+    with pytest.raises(CommittedListError, match="ER \\(all splits\\) with labels: prepared"):
+        _prepare(data, tmp_path / "c2", _profile(["ER"]), committed=bad)
+    # a subset rule on ER means the whole-task lists do not apply
+    sub = _profile(["ER"], subsets={"ER": {"train": SubsetRule(utterances=3)}})
+    assert read_corpus_info(_prepare(data, tmp_path / "c3", sub, committed=bad))["committed"]["ER"] == []
+
+
+def test_builtin_committed_lists_reject_a_different_corpus(data, tmp_path):
+    with pytest.raises(CommittedListError, match="ASV test: prepared 4 utterances .* fixes 4,715"):
+        _prepare(data, tmp_path / "c", _profile(["ASV"]), committed=load_committed())

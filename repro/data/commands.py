@@ -19,6 +19,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from repro.data.archives import UnsafeArchiveError
     from repro.data.catalog import UnknownCorpusError
     from repro.data.checksums import ChecksumError
+    from repro.data.committed import CommittedListError
     from repro.data.diskspace import NotEnoughSpaceError
     from repro.data.download import ExpectationError
     from repro.data.http import DownloadError
@@ -26,7 +27,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from repro.data.prepare.common import PrepareError
 
     return (UnsafeArchiveError, UnknownCorpusError, ChecksumError, NotEnoughSpaceError, ExpectationError,
-            DownloadError, LockMismatchError, PrepareError)
+            DownloadError, LockMismatchError, PrepareError, CommittedListError)
 
 
 def run_fetch(names: tuple[str, ...], profile: str, dry_run: bool, keep_archives: bool, quiet: bool) -> None:

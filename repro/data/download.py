@@ -28,7 +28,7 @@ from typing import Callable
 
 from repro.data.archives import extract, zip_uncompressed_bytes
 from repro.data.catalog import Archive, Catalog, Corpus, Expect, UnknownCorpusError, load_catalog
-from repro.data.checksums import ChecksumError, Expected, cached_digests, quarantine
+from repro.data.checksums import ChecksumError, Expected, cached_digests, digest_files, quarantine
 from repro.data.diskspace import EXTRACT_FACTOR, FreeSpace, free_bytes, gib, require_space
 from repro.data.http import RetryPolicy, download, part_path
 from repro.data.lock import DataLock
@@ -348,30 +348,24 @@ def verify_auto(corpus: Corpus, root: Path, lock: DataLock, *, deep: bool = Fals
             rep.ok = False
             rep.lines.append(f"missing: {key} (fetch it with `repro data fetch {key}`)")
             continue
+        problems = []
         if a.format != "file":
-            folder = archive_dir(root, corpus, a)
             try:
-                warns = check_expectations(folder, a.expect, key)
+                rep.lines += [f"warning: {w}" for w in check_expectations(archive_dir(root, corpus, a), a.expect, key)]
             except ExpectationError as err:
-                rep.ok = False
-                rep.lines.append(f"incomplete: {err}")
-                continue
-            rep.lines += [f"warning: {w}" for w in warns]
+                problems.append(f"incomplete: {err}")
         if deep:
-            files = [p.file for p in a.split_of] or [a.file]
-            for f in files:
+            for f in [p.file for p in a.split_of] or [a.file]:
                 path = downloads_dir(root) / f
                 if not path.is_file():
                     rep.lines.append(f"note: {f} is not in downloads/ (deleted after extraction?): not re-hashed")
                     continue
-                d = cached_digests([path], progress=progress)
+                d = digest_files([path], progress=progress)  # deep: never trust the stamp
                 entry = lock.archive(f"{corpus.name}/{f}")
                 src = [p for p in a.split_of if p.file == f]
                 exp = Expected(src[0].md5 if src else a.md5, src[0].sha256 if src else a.sha256,
                                entry["sha256"] if entry else None)
-                bad = exp.mismatches(d)
-                if bad:
-                    rep.ok = False
-                    rep.lines.append(f"checksum: {f}: " + "; ".join(bad))
-        rep.lines.append(f"ok: {key}")
+                problems += [f"checksum: {f}: {m}" for m in exp.mismatches(d)]
+        rep.lines += problems or [f"ok: {key}"]
+        rep.ok = rep.ok and not problems
     return rep

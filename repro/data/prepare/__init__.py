@@ -26,6 +26,7 @@ from repro.audio import SAMPLE_RATE
 from repro.config.schema import DataConfig, ProfileConfig, SubsetRule
 from repro.config.typed import to_dict
 from repro.data.catalog import Catalog, load_catalog
+from repro.data.committed import check_committed
 from repro.data.download import data_root, is_ready
 from repro.data.lock import DataLock, lock_path
 from repro.data.manifest import Trial, Utterance, manifest_path, trials_path, write_manifest, write_trials
@@ -119,6 +120,7 @@ def prepare_corpus(
     root: Path | None = None,
     lock: DataLock | None = None,
     manual_override: dict[str, Path] | None = None,
+    committed: list | None = None,
     log=print,
 ) -> Path:
     """Prepare the profile's tasks from the real corpora into `out` (see the module docstring)."""
@@ -151,7 +153,7 @@ def prepare_corpus(
             _link(tmp / "sources" / n, d)
         indexes = {"data": AudioIndex(root / ".audio-index" / "data.jsonl"),
                    **{n: AudioIndex(root / ".audio-index" / f"{n}.jsonl") for n in manual_dirs}}
-        info = _build(tmp, profile, root, manual_dirs, indexes, lock, progress, log)
+        info = _build(tmp, profile, root, manual_dirs, indexes, lock, progress, log, committed)
         info["config_hash"] = key
         atomic_write_json(tmp / "corpus.json", info)
     log(f"corpus: prepared {', '.join(profile.tasks)} into {out}")
@@ -207,11 +209,11 @@ def _label_key(label: Any) -> str:
 
 
 def _build(tmp: Path, profile: ProfileConfig, root: Path, manual_dirs, indexes, lock: DataLock, progress,
-           log) -> dict[str, Any]:
+           log, committed) -> dict[str, Any]:
     cfg = profile.data
     info: dict[str, Any] = {"name": "real", "preparer_version": PREPARER_VERSION, "seed": profile.seed,
                             "sample_rate": SAMPLE_RATE, "labels": {}, "counts": {}, "subsets": {}, "corpora": {},
-                            "asv_trials": {}}
+                            "asv_trials": {}, "committed": {}}
     pr_items: list[Item] | None = None
     seconds = 0.0
     for task in profile.tasks:
@@ -237,6 +239,9 @@ def _build(tmp: Path, profile: ProfileConfig, root: Path, manual_dirs, indexes, 
             utts = [u for u in utts if not (u.split == "train" and u.duration < cfg.asv_min_seconds)]
             if short:
                 log(f"  ASV: dropped {len(short)} training utterance(s) shorter than {cfg.asv_min_seconds} s")
+        rules = cfg.subsets.get(task, {})
+        info["committed"][task] = check_committed(task, utts, {s for s in SPLITS if s not in rules}, not rules,
+                                                  committed)
         write_manifest(manifest_path(tmp, task), utts)
         seconds += sum(u.duration for u in utts)
         info["counts"][task] = dict(sorted(Counter(u.split for u in utts).items()))
