@@ -30,6 +30,14 @@ def gib(n: int | float) -> str:
     return f"{n / 2**30:,.1f} GiB"
 
 
+def human(n: int | float) -> str:
+    """Bytes in the largest binary unit that keeps the number >= 1 (B, KiB, MiB, GiB)."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:,.1f} {unit}"
+    return f"{int(n)} B"
+
+
 def require_space(path: Path, needed: int, what: str, free: FreeSpace = free_bytes) -> None:
     """Raise NotEnoughSpaceError when `needed` bytes do not fit at `path`."""
     have = free(path)

@@ -29,7 +29,7 @@ from typing import Callable
 from repro.data.archives import extract, zip_uncompressed_bytes
 from repro.data.catalog import Archive, Catalog, Corpus, Expect, UnknownCorpusError, load_catalog
 from repro.data.checksums import ChecksumError, Expected, cached_digests, digest_files, quarantine
-from repro.data.diskspace import EXTRACT_FACTOR, FreeSpace, free_bytes, gib, require_space
+from repro.data.diskspace import EXTRACT_FACTOR, FreeSpace, free_bytes, gib, human, require_space
 from repro.data.http import RetryPolicy, download, part_path
 from repro.data.lock import DataLock
 from repro.util.atomic import atomic_directory, atomic_path, atomic_write_json
@@ -138,17 +138,18 @@ def plan(names: list[str], root: Path, catalog: Catalog | None = None) -> list[S
 
 def describe(steps: list[Step], root: Path, free: FreeSpace = free_bytes) -> str:
     """A table of the plan (the `--dry-run` output)."""
-    lines = [f"data root: {root.absolute()}", f"{'archive':36s} {'size':>12s}  {'state':28s} licence"]
+    lines = [f"data root: {root.absolute()}", f"{'archive':38s} {'size':>12s}  {'state':28s} licence"]
     for s in steps:
         size = s.archive.download_bytes
-        size_txt = "unknown" if size is None else gib(size) + ("" if _exact(s.archive) else "~")
+        size_txt = "unknown" if size is None else human(size) + ("" if _exact(s.archive) else "~")
         if s.ready:
             state = "ready"
         elif s.have_files:
             state = f"have {len(s.have_files)} file(s), to fetch"
         else:
             state = "to fetch"
-        lines.append(f"{s.key:36s} {size_txt:>12s}  {state:28s} {s.corpus.licence}")
+        licence = s.corpus.licence.split(" (")[0].split(";")[0]
+        lines.append(f"{s.key:38s} {size_txt:>12s}  {state:28s} {licence}")
     todo = [s for s in steps if not s.ready]
     dl = sum(s.to_download or 0 for s in todo)
     ex = sum(s.to_extract or 0 for s in todo)
