@@ -332,3 +332,20 @@ def test_builtin_catalog_loads_and_rejects_bad_entries(tmp_path):
     bad.write_text(bad.read_text().replace("md5: xyz", "sha1: abc"))
     with pytest.raises(ConfigError, match="unknown key 'corpora.x.archives\\[0\\].sha1'"):
         load_catalog(bad)
+
+
+def test_complete_part_file_is_finished_without_downloading_again(server, tmp_path):
+    data = make_tar_gz(FILES)
+    server.files["/a.tar.gz"] = data
+    cat = _catalog(tmp_path, [{"name": "a", "file": "a.tar.gz", "format": "tar.gz", "urls": [server.url("/a.tar.gz")],
+                               "sha256": sha256(data), "checksum_source": "test"}])
+    (tmp_path / "data/downloads").mkdir(parents=True)
+    (tmp_path / "data/downloads/a.tar.gz.part").write_bytes(data)  # killed between the last byte and the rename
+    _, lock, _ = _run(["toy"], tmp_path, cat)
+    assert server.requests == [("/a.tar.gz", f"bytes={len(data)}-")]  # answered 416: nothing left to send
+    assert lock.archive("toy/a.tar.gz")["sha256"] == sha256(data)
+
+
+def test_manual_corpora_are_never_fetched(tmp_path):
+    with pytest.raises(KeyError, match="iemocap is licence-restricted and never downloaded"):
+        plan(["iemocap"], tmp_path, load_catalog())

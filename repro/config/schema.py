@@ -113,6 +113,10 @@ class SubsetRule:
     per_label: int | None = None
     utterances: int | None = None
 
+    def __repr__(self) -> str:
+        set_ = ", ".join(f"{k}={v}" for k, v in vars(self).items() if v is not None)
+        return f"SubsetRule({set_})"
+
 
 @dataclass(frozen=True)
 class DataConfig:
