@@ -291,8 +291,7 @@ def _extract_into_place(corpus, archive, paths, target, lock, progress, log, fre
     key = f"{corpus.name}/{archive.name}"
     if archive.format == "zip":
         need = zip_uncompressed_bytes(paths)
-        require_space(target.parent if target.parent.exists() else target.parent.parent, need,
-                      f"extracting {key}", free)
+        require_space(target.parent, need, f"extracting {key}", free)
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_directory(target) as tmp:
         log(f"{key}: extracting into {target}")

@@ -88,8 +88,7 @@ def download(
                 _fetch_once(url, part, have, policy.timeout_s, expected_bytes, progress, dest.name)
             except _Fatal as err:
                 failures.append(f"{url}: {err}")
-                log(f"  {dest.name}: {url} failed ({err}); trying the next mirror" if url != urls[-1] else
-                    f"  {dest.name}: {url} failed ({err})")
+                log(f"  {dest.name}: {url} failed ({err})")
                 break
             except _Retryable as err:
                 now = part.stat().st_size if part.exists() else 0
