@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 REPRO := $(PY) -m repro
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo reproduce corpus extract probe paper check verify test test-fast models config clean docker-build
+.PHONY: help install demo reproduce corpus extract probe paper check verify test test-fast models config clean docker-build data data-plan
 
 help: ## list every target with one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_%-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -27,6 +27,12 @@ demo: $(VENV)/.installed ## run the whole pipeline on the synthetic corpus with 
 
 reproduce: $(VENV)/.installed ## run every stage of PROFILE (smoke|fast|full), skipping what is complete
 	$(REPRO) run --profile $(PROFILE)
+
+data: $(VENV)/.installed ## download, verify and extract the real corpora PROFILE needs (fast|full)
+	$(REPRO) data fetch --profile $(PROFILE)
+
+data-plan: $(VENV)/.installed ## list what `make data` would download and its size (downloads nothing)
+	$(REPRO) data fetch --profile $(PROFILE) --dry-run
 
 corpus: $(VENV)/.installed ## create the corpus of PROFILE
 	$(REPRO) run --profile $(PROFILE) --stage corpus

@@ -12,15 +12,16 @@ from repro.config import ConfigError, iter_settings, load_profile, profile_names
 # Errors the user can fix: shown as one line, without a traceback.
 def _user_errors() -> tuple[type[BaseException], ...]:
     from repro.audio import AudioError
+    from repro.data.commands import user_errors as data_errors
     from repro.data.espeak import ToolMissingError
     from repro.data.manifest import ManifestError
     from repro.features.store import StoreError
     from repro.models.registry import UnknownModelError
-
+    from repro.paper.registry import UnknownOutputError
     from repro.paper.results import ConfigMismatchError
 
     return (ConfigError, AudioError, ManifestError, StoreError, UnknownModelError, ToolMissingError,
-            NotImplementedError, FileNotFoundError, ConfigMismatchError, KeyError)
+            NotImplementedError, FileNotFoundError, ConfigMismatchError, UnknownOutputError, *data_errors())
 
 
 class _Group(click.Group):
@@ -79,7 +80,63 @@ def config_explain(profile: str, show_all: bool) -> None:
 
 @main.group()
 def data() -> None:
-    """Corpora: the synthetic corpus (and real corpora)."""
+    """Corpora: the synthetic corpus and the real ones (fetch, verify, prepare)."""
+
+
+@data.command("list")
+def data_list() -> None:
+    """Every corpus of the data catalogue: access, size, tasks, licence, checksums."""
+    from repro.data.commands import run_list
+
+    run_list()
+
+
+@data.command("fetch")
+@click.argument("names", nargs=-1)
+@PROFILE
+@click.option("--dry-run", is_flag=True, help="list what would be fetched and its size; download nothing")
+@click.option("--delete-archives", is_flag=True, help="delete each archive once it is verified and extracted")
+@click.option("--quiet", is_flag=True)
+def data_fetch(names: tuple[str, ...], profile: str, dry_run: bool, delete_archives: bool, quiet: bool) -> None:
+    """Download, verify and extract corpora (NAMES: corpus or corpus/archive; default: what PROFILE needs)."""
+    from repro.data.commands import run_fetch
+
+    run_fetch(names, profile, dry_run, not delete_archives, quiet)
+
+
+@data.command("verify")
+@click.argument("name")
+@click.option("--path", type=click.Path(path_type=Path), help="the corpus folder (manual corpora) or data root")
+@PROFILE
+@click.option("--deep", is_flag=True, help="also re-hash the downloaded archives")
+def data_verify(name: str, path: Path | None, profile: str, deep: bool) -> None:
+    """Check a corpus on disk; for a user-provided one, say where to get it and what is missing."""
+    from repro.data.commands import run_verify
+
+    if not run_verify(name, path, profile, deep):
+        sys.exit(1)
+
+
+@data.command("prepare")
+@PROFILE
+@click.option("--quiet", is_flag=True)
+def data_prepare(profile: str, quiet: bool) -> None:
+    """Prepare the task manifests of PROFILE from the real corpora (the corpus stage)."""
+    from repro.data.commands import run_prepare
+
+    run_prepare(profile, quiet)
+
+
+@data.command("prepare-vox2")
+@PROFILE
+@click.option("--speakers", type=int, default=None, help="only the first N speakers (a trial run)")
+@click.option("--workers", type=int, default=8, show_default=True)
+@click.option("--quiet", is_flag=True)
+def data_prepare_vox2(profile: str, speakers: int | None, workers: int, quiet: bool) -> None:
+    """Convert VoxCeleb2 dev (m4a) to 16 kHz WAV with ffmpeg and write its manifest."""
+    from repro.data.commands import run_prepare_vox2
+
+    run_prepare_vox2(profile, speakers, workers, quiet)
 
 
 @data.command("synth")

@@ -16,10 +16,9 @@ def stage_corpus(ws: Workspace, progress: bool = True) -> None:
 
         make_corpus(ws.corpus_dir, corpus.synthetic, ws.profile.seed, progress=progress)
         return
-    raise NotImplementedError(
-        "real corpora are prepared by `repro data prepare` (not available in this version); "
-        "use PROFILE=smoke"
-    )
+    from repro.data.prepare import prepare_corpus
+
+    prepare_corpus(ws.corpus_dir, ws.profile, progress=progress)
 
 
 def stage_features(ws: Workspace, progress: bool = True) -> None:

@@ -167,6 +167,62 @@ class PaperConfig:
 
 
 @dataclass(frozen=True)
+class SubsetRule:
+    """Which utterances of one task split to keep; the limits apply in this order, each keeping the
+    items whose hash rank (sha256 of seed, task and id) is lowest. None keeps everything."""
+
+    speakers: int | None = None
+    per_label: int | None = None
+    utterances: int | None = None
+
+    def __repr__(self) -> str:
+        set_ = ", ".join(f"{k}={v}" for k, v in vars(self).items() if v is not None)
+        return f"SubsetRule({set_})"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Real corpora: where they live, which corpus serves each task, and the subsets of a profile
+    (see `repro.data.prepare`)."""
+
+    root: str = setting("data", "downloads and extracted corpora; $REPRO_DATA overrides it")
+    lock_file: str = setting(
+        "data.lock.json", "sha256 of every verified download and hash of every utterance list; commit it "
+        "($REPRO_DATA_LOCK overrides)"
+    )
+    corpora: dict[str, str] = setting(
+        {"PR": "librispeech", "KS": "speech-commands", "IC": "fluent-speech-commands", "SID": "voxceleb1",
+         "ASV": "voxceleb1", "ER": "iemocap"},
+        "the SUPERB corpus of each task",
+    )
+    manual_paths: dict[str, str] = setting(
+        {}, "folders of user-provided corpora (IEMOCAP, Fluent Speech Commands) when not under the data root"
+    )
+    subsets: dict[str, dict[str, SubsetRule]] = setting(
+        {}, "per task and split, the utterances kept (e.g. the fast profile's smaller training sets); "
+        "empty keeps SUPERB's full splits", open=True,
+    )
+    cka_utterances: int = setting(
+        500, "LibriSpeech utterances in the CKA set (manifests/CKA.jsonl); the paper's CKA data is not known",
+        open=True,
+    )
+    cka_split: Literal["train", "dev", "test"] = setting(
+        "test", "the PR split (LibriSpeech test-clean) the CKA utterances come from", open=True,
+    )
+    pr_oov: Literal["error", "spn"] = setting(
+        "error", "a word in neither s3prl lexicon: refuse with the list of such words, or label it SPN"
+    )
+    er_test_fold: int = setting(
+        1, "the IEMOCAP session written as the test split (s3prl's default fold1); `fold` keeps every session"
+    )
+    er_valid_ratio: float = setting(0.2, "s3prl's emotion valid_ratio: dev = a seeded 20% of the training sessions")
+    asv_min_seconds: float = setting(
+        2.0, "s3prl drops ASV training utterances under 2 s (after sox silence trimming; here on raw length)"
+    )
+    workers: int = setting(8, "threads reading audio headers and hashing audio files at prepare time")
+
+
+@dataclass(frozen=True)
 class ProfileConfig:
     """A complete profile: corpus, models, and the settings of every stage."""
 
@@ -183,6 +239,7 @@ class ProfileConfig:
     extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
     probing: ProbingConfig = field(default_factory=ProbingConfig)
     paper: PaperConfig = field(default_factory=PaperConfig)
+    data: DataConfig = field(default_factory=DataConfig)
 
 
 def iter_settings(obj: Any, prefix: str = ""):

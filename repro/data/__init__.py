@@ -1,1 +1,2 @@
-"""Corpora: the task manifest format, the synthetic espeak-ng corpus, and (later) real corpora."""
+"""Corpora: the task manifest format, the synthetic espeak-ng corpus, and the real corpora
+(catalogue, verified downloads, preparation into task manifests)."""

@@ -16,6 +16,13 @@ from repro.paper.results import ResultReader
 from repro.workspace import Workspace
 
 
+class UnknownOutputError(LookupError):
+    """An output id that is not registered."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 @dataclass(frozen=True)
 class PaperOutput:
     """One figure or table."""
@@ -63,7 +70,7 @@ def get(output_id: str) -> PaperOutput:
     for o in OUTPUTS:
         if o.id == output_id:
             return o
-    raise KeyError(f"unknown output '{output_id}'; registered: {', '.join(o.id for o in OUTPUTS)}")
+    raise UnknownOutputError(f"unknown output '{output_id}'; registered: {', '.join(o.id for o in OUTPUTS)}")
 
 
 def render_output(ws: Workspace, output_id: str) -> list[Path]:

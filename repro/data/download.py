@@ -1,0 +1,371 @@
+"""Fetch catalogue corpora: plan, check disk space, download, verify, extract, record.
+
+For every archive of the requested corpora (`librispeech`, or one archive: `librispeech/dev-clean`):
+
+1. skip it if its folder already carries the extraction marker of the same checksum;
+2. remove what an interrupted extraction left behind (`.<dest>.tmp-*`), saying so;
+3. obtain each file (an archive or each part of a split archive) in `<root>/downloads/`:
+   an existing file is verified first; a missing one is downloaded (resumable, retried, mirrors);
+   a file that fails its checksum is quarantined and the next mirror is tried;
+4. for a split archive, verify the concatenation of the parts against the whole archive's checksum;
+5. record the sha256 of every verified file in the lock file (or check it against the record);
+6. extract into a temporary folder, check the expected file counts, write the marker and rename
+   the folder into place (a plain file is copied into place atomically).
+
+Free disk space is checked for the whole plan before step 3, with the shortfall in the message.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from repro.data.archives import extract, zip_uncompressed_bytes
+from repro.data.catalog import Archive, Catalog, Corpus, Expect, UnknownCorpusError, load_catalog
+from repro.data.checksums import ChecksumError, Expected, cached_digests, digest_files, quarantine
+from repro.data.diskspace import EXTRACT_FACTOR, FreeSpace, free_bytes, gib, human, require_space
+from repro.data.http import RetryPolicy, download, part_path
+from repro.data.lock import DataLock
+from repro.util.atomic import atomic_directory, atomic_path, atomic_write_json
+
+MARKER = ".repro-extracted.json"
+
+
+class ExpectationError(ValueError):
+    """Extracted content that does not hold what the catalogue says it must."""
+
+
+def data_root(configured: str | None = None) -> Path:
+    """The data root: `$REPRO_DATA`, else `configured`, else `data` under the current folder."""
+    return Path(os.environ.get("REPRO_DATA") or configured or "data")
+
+
+def downloads_dir(root: Path) -> Path:
+    return root / "downloads"
+
+
+def archive_dir(root: Path, corpus: Corpus, archive: Archive) -> Path:
+    """Where an archive's content lives (for a plain file: the folder that holds it)."""
+    return root / corpus.name / archive.dest_name
+
+
+def archive_path(root: Path, corpus: Corpus, archive: Archive) -> Path:
+    """The extracted folder of an archive, or the placed file of a `file` entry."""
+    d = archive_dir(root, corpus, archive)
+    return d / archive.file if archive.format == "file" else d
+
+
+def is_ready(root: Path, corpus: Corpus, archive: Archive) -> bool:
+    """True when the archive's content is in place and complete."""
+    if archive.format == "file":
+        return archive_path(root, corpus, archive).is_file()
+    return (archive_dir(root, corpus, archive) / MARKER).is_file()
+
+
+@dataclass
+class Step:
+    """One archive of a fetch plan."""
+
+    corpus: Corpus
+    archive: Archive
+    ready: bool
+    have_files: list[str]  # files already in downloads/ (complete or .part)
+    to_download: int | None  # bytes still to download, None when unknown
+    to_extract: int | None  # bytes the extraction needs (estimate)
+    unknown_size: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.corpus.name}/{self.archive.name}"
+
+
+def resolve(names: list[str], catalog: Catalog) -> list[tuple[Corpus, Archive]]:
+    """Corpus names (`librispeech`) or single archives (`librispeech/dev-clean`) -> pairs, in order."""
+    out: list[tuple[Corpus, Archive]] = []
+    for name in names:
+        corpus_name, _, archive_name = name.partition("/")
+        corpus = catalog.corpus(corpus_name)
+        if corpus.access == "manual":
+            raise UnknownCorpusError(
+                f"{corpus_name} is licence-restricted and never downloaded: request it ({corpus.homepage}) "
+                f"and check your copy with `repro data verify {corpus_name} --path DIR`"
+            )
+        chosen = [corpus.archive(archive_name)] if archive_name else corpus.archives
+        out += [(corpus, a) for a in chosen if (corpus, a) not in out]
+    return out
+
+
+def _files_of(archive: Archive) -> list[tuple[str, int | None]]:
+    if archive.split_of:
+        return [(p.file, p.bytes) for p in archive.split_of]
+    return [(archive.file, archive.bytes)]
+
+
+def plan(names: list[str], root: Path, catalog: Catalog | None = None) -> list[Step]:
+    """What fetching `names` would do, and how many bytes it needs."""
+    catalog = catalog or load_catalog()
+    steps = []
+    for corpus, archive in resolve(names, catalog):
+        ready = is_ready(root, corpus, archive)
+        have, missing, unknown = [], 0, False
+        for fname, size in _files_of(archive):
+            path = downloads_dir(root) / fname
+            part = part_path(path)
+            if path.is_file():
+                have.append(fname)
+                continue
+            if size is None:
+                unknown = True
+                continue
+            got = part.stat().st_size if part.is_file() else 0
+            if got:
+                have.append(fname + ".part")
+            missing += max(size - got, 0)
+        total = archive.download_bytes
+        if ready:
+            steps.append(Step(corpus, archive, True, have, 0, 0))
+            continue
+        extract_need = None if total is None else int(total * (1.0 if archive.format == "file" else EXTRACT_FACTOR))
+        steps.append(Step(corpus, archive, False, have, missing, extract_need, unknown or total is None))
+    return steps
+
+
+def describe(steps: list[Step], root: Path, free: FreeSpace = free_bytes) -> str:
+    """A table of the plan (the `--dry-run` output)."""
+    lines = [f"data root: {root.absolute()}", f"{'archive':38s} {'size':>12s}  {'state':28s} licence"]
+    for s in steps:
+        size = s.archive.download_bytes
+        size_txt = "unknown" if size is None else human(size) + ("" if _exact(s.archive) else "~")
+        if s.ready:
+            state = "ready"
+        elif s.have_files:
+            state = f"have {len(s.have_files)} file(s), to fetch"
+        else:
+            state = "to fetch"
+        licence = s.corpus.licence.split(" (")[0].split(";")[0]
+        lines.append(f"{s.key:38s} {size_txt:>12s}  {state:28s} {licence}")
+    todo = [s for s in steps if not s.ready]
+    dl = sum(s.to_download or 0 for s in todo)
+    ex = sum(s.to_extract or 0 for s in todo)
+    lines.append(f"to download: {gib(dl)}; to extract (estimate): {gib(ex)}; free at {root}: {gib(free(root))}")
+    unknown = [s.key for s in todo if s.unknown_size]
+    if unknown:
+        lines.append(f"size unknown (not counted): {', '.join(unknown)}")
+    lines.append("~ approximate size")
+    return "\n".join(lines)
+
+
+def _exact(a: Archive) -> bool:
+    return all(p.bytes_exact for p in a.split_of) if a.split_of else a.bytes_exact
+
+
+def fetch(
+    names: list[str],
+    *,
+    root: Path,
+    lock: DataLock,
+    catalog: Catalog | None = None,
+    progress: bool = True,
+    policy: RetryPolicy = RetryPolicy(),
+    free: FreeSpace = free_bytes,
+    sleep: Callable[[float], None] = time.sleep,
+    log: Callable[[str], None] = print,
+    keep_archives: bool = True,
+) -> list[Step]:
+    """Fetch, verify and extract `names` (see the module docstring); returns the plan it carried out."""
+    steps = plan(names, root, catalog)
+    todo = [s for s in steps if not s.ready]
+    need = sum(s.to_download or 0 for s in todo) + sum(s.to_extract or 0 for s in todo)
+    if todo:
+        require_space(root, need, f"{len(todo)} archive(s) ({', '.join(s.key for s in todo)})", free)
+    for s in steps:
+        if s.ready:
+            log(f"{s.key}: ready")
+            continue
+        _fetch_one(s.corpus, s.archive, root, lock, progress, policy, sleep, log, free, keep_archives)
+    return steps
+
+
+def _fetch_one(corpus, archive, root, lock, progress, policy, sleep, log, free, keep_archives) -> None:
+    key = f"{corpus.name}/{archive.name}"
+    target = archive_dir(root, corpus, archive)
+    if archive.format != "file":
+        _clean_interrupted(target, log)
+        if target.exists():
+            raise ExpectationError(
+                f"{target} exists but holds no complete extraction ({MARKER} missing); it was not made by "
+                "`repro data fetch` or its extraction was interrupted. Move it away and fetch again."
+            )
+    dl = downloads_dir(root)
+    if archive.split_of:
+        paths = []
+        for p in archive.split_of:
+            exp = Expected(p.md5, p.sha256, _lock_sha(lock, corpus, p.file), archive.part_checksum_source or "catalogue")
+            paths.append(_obtain(dl / p.file, p.urls, exp, p.bytes, f"{corpus.name}/{p.file}", lock, progress,
+                                 policy, sleep, log))
+        exp = Expected(archive.md5, archive.sha256, _lock_sha(lock, corpus, archive.file), archive.checksum_source)
+        d = cached_digests(paths, name=archive.file, progress=progress)
+        bad = exp.mismatches(d)
+        if bad:
+            raise ChecksumError(
+                f"{key}: the joined parts ({', '.join(p.name for p in paths)}) fail the whole archive's checksum: "
+                + "; ".join(bad) + ". Each part matched its own checksum, so the catalogue or a part without a "
+                "published checksum is at fault; nothing was extracted."
+            )
+        _record_key(lock, f"{corpus.name}/{archive.file}", d, exp, "joined parts", log)
+    else:
+        exp = Expected(archive.md5, archive.sha256, _lock_sha(lock, corpus, archive.file), archive.checksum_source)
+        paths = [_obtain(dl / archive.file, archive.urls, exp, archive.bytes, f"{corpus.name}/{archive.file}", lock,
+                         progress, policy, sleep, log)]
+    if archive.format == "file":
+        with atomic_path(target / archive.file) as tmp:
+            shutil.copyfile(paths[0], tmp)
+        log(f"{key}: placed {target / archive.file}")
+    else:
+        _extract_into_place(corpus, archive, paths, target, lock, progress, log, free)
+    if not keep_archives:
+        for p in paths:
+            p.unlink()
+
+
+def _lock_sha(lock: DataLock, corpus: Corpus, file: str) -> str | None:
+    entry = lock.archive(f"{corpus.name}/{file}")
+    return entry["sha256"] if entry else None
+
+
+def _obtain(path: Path, urls, exp: Expected, size, lock_key, lock, progress, policy, sleep, log) -> Path:
+    """A verified copy of one file at `path` (downloaded if needed); quarantines failures."""
+    if path.is_file():
+        d = cached_digests([path], progress=progress)
+        bad = exp.mismatches(d)
+        if not bad:
+            _record_key(lock, lock_key, d, exp, "already downloaded", log)
+            return path
+        q = quarantine(path, "; ".join(bad))
+        log(f"  {path.name}: the existing file fails its checksum ({'; '.join(bad)}); moved to {q}")
+    remaining = list(urls)
+    last_q = None
+    while remaining:
+        used = download(remaining, path, policy=policy, expected_bytes=size, progress=progress, sleep=sleep, log=log)
+        d = cached_digests([path], progress=progress)
+        bad = exp.mismatches(d)
+        if not bad:
+            _record_key(lock, lock_key, d, exp, used, log)
+            return path
+        last_q = quarantine(path, f"downloaded from {used}: " + "; ".join(bad))
+        log(f"  {path.name} from {used} fails its checksum ({'; '.join(bad)}); moved to {last_q}")
+        remaining = remaining[remaining.index(used) + 1:]
+    raise ChecksumError(
+        f"{path.name}: every download failed its checksum; the last one was moved to {last_q}. Nothing was "
+        "extracted. If the publisher changed the file, check its new checksum and update repro/data/catalog.yaml "
+        "(or the lock file)."
+    )
+
+
+def _record_key(lock: DataLock, key: str, d, exp: Expected, url: str, log) -> None:
+    first = lock.archive(key) is None
+    lock.record_archive(key, {
+        "sha256": d.sha256, "md5": d.md5, "bytes": d.bytes, "verified_by": exp.verified_by(), "url": url,
+        "recorded": _dt.date.today().isoformat(),
+    })
+    if first and not exp.known:
+        log(f"  {key}: no published checksum; recorded sha256 {d.sha256} in {lock.path} (commit it so later "
+            "downloads are checked against it)")
+    elif first:
+        log(f"  {key}: verified ({', '.join(exp.verified_by())}); sha256 recorded in {lock.path}")
+
+
+def _clean_interrupted(target: Path, log) -> None:
+    for leftover in sorted(target.parent.glob(f".{target.name}.tmp-*")) if target.parent.exists() else []:
+        log(f"  found an interrupted extraction ({leftover}); removing it and extracting again")
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _extract_into_place(corpus, archive, paths, target, lock, progress, log, free) -> None:
+    key = f"{corpus.name}/{archive.name}"
+    if archive.format == "zip":
+        need = zip_uncompressed_bytes(paths)
+        require_space(target.parent, need, f"extracting {key}", free)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_directory(target) as tmp:
+        log(f"{key}: extracting into {target}")
+        n = extract(paths, archive.format, tmp, progress=progress, desc=archive.file)
+        warnings = check_expectations(tmp, archive.expect, key)
+        entry = lock.archive(f"{corpus.name}/{archive.file}")
+        atomic_write_json(tmp / MARKER, {
+            "archive": archive.file, "sha256": entry["sha256"] if entry else None, "files": n,
+            "warnings": warnings, "extracted": _dt.datetime.now().isoformat(timespec="seconds"),
+        })
+    for w in warnings:
+        log(f"  warning: {w}")
+    log(f"{key}: {n:,} files in {target}")
+
+
+def check_expectations(folder: Path, expects: list[Expect], what: str) -> list[str]:
+    """Check `expects` under `folder`: raises ExpectationError for a confirmed count that does not
+    hold; returns warnings for third-party counts that do not."""
+    errors, warnings = [], []
+    for e in expects:
+        found = sum(1 for _ in folder.glob(e.glob))
+        ok = (e.count is None or found == e.count) and (e.min_count is None or found >= e.min_count)
+        if ok:
+            continue
+        want = f"{e.count:,}" if e.count is not None else f"at least {e.min_count:,}"
+        msg = f"{what}: {found:,} path(s) match '{e.glob}', expected {want} (source: {e.source})"
+        (errors if e.confirmed else warnings).append(msg)
+    if errors:
+        raise ExpectationError("; ".join(errors) + ". Nothing was put in place.")
+    return warnings
+
+
+def read_marker(folder: Path) -> dict | None:
+    p = folder / MARKER
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+@dataclass
+class VerifyReport:
+    """Result of checking a corpus on disk."""
+
+    name: str
+    ok: bool
+    lines: list[str] = field(default_factory=list)
+
+
+def verify_auto(corpus: Corpus, root: Path, lock: DataLock, *, deep: bool = False, progress: bool = False) -> VerifyReport:
+    """Check a downloaded corpus: every archive extracted (marker), expected counts, and with
+    `deep` the archives in downloads/ re-hashed against the catalogue and the lock."""
+    rep = VerifyReport(corpus.name, True)
+    for a in corpus.archives:
+        key = f"{corpus.name}/{a.name}"
+        if not is_ready(root, corpus, a):
+            rep.ok = False
+            rep.lines.append(f"missing: {key} (fetch it with `repro data fetch {key}`)")
+            continue
+        problems = []
+        if a.format != "file":
+            try:
+                rep.lines += [f"warning: {w}" for w in check_expectations(archive_dir(root, corpus, a), a.expect, key)]
+            except ExpectationError as err:
+                problems.append(f"incomplete: {err}")
+        if deep:
+            for f in [p.file for p in a.split_of] or [a.file]:
+                path = downloads_dir(root) / f
+                if not path.is_file():
+                    rep.lines.append(f"note: {f} is not in downloads/ (deleted after extraction?): not re-hashed")
+                    continue
+                d = digest_files([path], progress=progress)  # deep: never trust the stamp
+                entry = lock.archive(f"{corpus.name}/{f}")
+                src = [p for p in a.split_of if p.file == f]
+                exp = Expected(src[0].md5 if src else a.md5, src[0].sha256 if src else a.sha256,
+                               entry["sha256"] if entry else None)
+                problems += [f"checksum: {f}: {m}" for m in exp.mismatches(d)]
+        rep.lines += problems or [f"ok: {key}"]
+        rep.ok = rep.ok and not problems
+    return rep
