@@ -110,6 +110,11 @@ corpus: {kind: real}
 models: {speech_ssl: [tiny-hubert], speaker_ssl: [], speaker_sup: []}
 tasks: [KS, PR, IC]
 extraction: {device: cpu, max_batch_seconds: 16}
+probing:
+  tasks:
+    KS: {steps: 2, batch_size: 2, lr_grid: [0.01], eval_every: 2}
+    PR: {steps: 2, batch_size: 2, lr_grid: [0.01], eval_every: 2}
+    IC: {steps: 2, batch_size: 2, lr_grid: [0.01], eval_every: 2}
 data:
   cka_utterances: 3
   workers: 2
@@ -129,7 +134,7 @@ def test_pipeline_runs_unchanged_on_a_prepared_real_corpus(tmp_path, workspace_e
     prof.write_text(REAL_PROFILE + f"  manual_paths: {{fluent-speech-commands: {tmp_path / 'fsc'}}}\n")
     runner = CliRunner()
     # without IEMOCAP nothing else is missing: the profile has no ER
-    res = runner.invoke(main, ["run", "--profile", str(prof), "--quiet"])
+    res = runner.invoke(main, ["run", "--profile", str(prof), "--stage", "corpus", "--stage", "features", "--quiet"])
     assert res.exit_code == 0, res.output
     work = workspace_env / "work" / "realtiny"
     stores = sorted(str(p.parent.relative_to(work / "features")) for p in (work / "features").rglob("meta.json"))

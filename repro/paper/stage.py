@@ -22,8 +22,6 @@ def applicable(ws: Workspace) -> list[str]:
             continue
         if out.id == "figure-4" and len(fam.all()) < 2:
             continue
-        if out.kind == "figure" and out.id in ("figure-3", "figure-4") and not ws.profile.models.all():
-            continue
         ids.append(out.id)
     return ids
 

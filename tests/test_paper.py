@@ -1,0 +1,170 @@
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from repro.cli import main
+from repro.config import load_profile
+from repro.paper import checksums
+from repro.paper.claims import compare_references, evaluate_claims
+from repro.paper.registry import OUTPUTS, UnknownOutputError, get, render_output
+from repro.paper.results import ConfigMismatchError, MissingResultsError
+from repro.probing.runner import profile_hash, result_dir
+from repro.util.atomic import atomic_write_json
+from repro.workspace import Workspace
+
+SPEECH, SPK_SSL, SPK_SUP = ["tiny-wavlm", "tiny-hubert"], ["tiny-ecapa-dino"], ["tiny-ecapa-sup"]
+TASKS = ["PR", "KS", "IC", "SID", "ASV", "ER"]
+
+
+@pytest.fixture
+def ws(tmp_path):
+    return Workspace(load_profile("smoke"), tmp_path / "work", tmp_path / "results", tmp_path / "figures")
+
+
+def peaked(n, at, height=6.0):
+    w = np.ones(n)
+    w[at] = height
+    return (w / w.sum()).tolist()
+
+
+def write_probe(ws, model, task, test, weights, layers, contributions=None, dev=None):
+    metric = {"PR": "per", "ASV": "eer"}.get(task, "accuracy")
+    lr = ws.profile.probing.tasks[task].lr_grid[0]
+    rec = {"model": model, "task": task, "lr": lr, "selected_lr": lr, "metric": metric,
+           "higher_is_better": metric == "accuracy", "dev": test if dev is None else dev, "test": test,
+           "layers": layers, "layer_weights": weights, "contributions": contributions or weights,
+           "sweep": [{"lr": lr, "dev": test, "test": test}], "profile_hash": profile_hash(ws.profile, model, task, lr)}
+    atomic_write_json(result_dir(ws, model, task) / "best.json", rec)
+
+
+def write_paper_like(ws, invert=False):
+    """Results shaped like the paper's findings (or their opposite with `invert`)."""
+    ssl_layers = [f"L{i}" for i in range(13)]
+    ecapa_layers = ["tdnn", "res2net1", "res2net2", "res2net3", "mfa"]
+    for m in SPEECH:
+        for t in TASKS:
+            at = {"PR": 8, "KS": 7, "IC": 9, "SID": 3, "ASV": 3, "ER": 5}[t]
+            if invert and t == "PR":
+                at = 1
+            test = {"PR": 0.08, "ASV": 0.06}.get(t, 0.9)
+            write_probe(ws, m, t, test, peaked(13, at), ssl_layers)
+    for m in SPK_SSL + SPK_SUP:
+        for t in TASKS:
+            at = 4 if invert else 0
+            test = {"PR": 0.45, "ASV": 0.03}.get(t, 0.6)
+            if t in ("SID", "ASV"):
+                test = 0.95 if t == "SID" else 0.03
+            write_probe(ws, m, t, test, peaked(5, at, 3.0), ecapa_layers)
+    for m in SPEECH + SPK_SSL + SPK_SUP:
+        atomic_write_json(ws.results / "probing" / m / "ASV-IDT.json",
+                          {"model": m, "task": "ASV-IDT", "metric": "eer", "test": 0.2, "dev": 0.2,
+                           "profile_hash": profile_hash(ws.profile, m, "ASV-IDT")})
+
+
+def test_registry_ids_are_unique_and_described():
+    ids = [o.id for o in OUTPUTS]
+    assert len(ids) == len(set(ids)) and {"table-1", "figure-1", "figure-2", "figure-3", "figure-4"} <= set(ids)
+    for o in OUTPUTS:
+        assert o.title and o.shows and o.reads and o.writes
+    with pytest.raises(UnknownOutputError, match="registered: table-1"):
+        get("figure-99")
+
+
+def test_missing_results_name_the_files_and_the_target(ws):
+    with pytest.raises(MissingResultsError) as err:
+        render_output(ws, "figure-1")
+    msg = str(err.value)
+    assert "figure-1 needs result files" in msg
+    assert str(result_dir(ws, "tiny-wavlm", "PR") / "best.json") in msg
+    assert "make probe PROFILE=smoke" in msg
+
+
+def test_results_from_another_config_are_refused(ws):
+    write_paper_like(ws)
+    path = result_dir(ws, "tiny-wavlm", "KS") / "best.json"
+    data = json.loads(path.read_text())
+    data["profile_hash"] = "0123456789abcdef"
+    path.write_text(json.dumps(data))
+    expected = profile_hash(ws.profile, "tiny-wavlm", "KS", data["lr"])
+    with pytest.raises(ConfigMismatchError, match=f"0123456789abcdef.*{expected}"):
+        render_output(ws, "table-1")
+
+
+def test_tables_and_figures_are_byte_stable(ws, tmp_path):
+    write_paper_like(ws)
+    first = {}
+    for oid in ("table-1", "table-2", "figure-1", "figure-2"):
+        for p in render_output(ws, oid):
+            first[p.name] = p.read_bytes()
+    assert {"table-1.csv", "table-1.md", "table-1.tex", "figure-1.pdf", "figure-1.png"} <= set(first)
+    for oid in ("table-1", "table-2", "figure-1", "figure-2"):
+        for p in render_output(ws, oid):
+            assert p.read_bytes() == first[p.name], p.name
+    table = (ws.figures / "table-1.md").read_text()
+    assert "| tiny-wavlm | speech SSL | 8.00 | 90.00 |" in table
+    assert b"CreationDate" not in first["figure-1.pdf"]
+    assert r"\toprule" in (ws.figures / "table-1.tex").read_text()
+
+
+def test_claims_pass_on_paper_like_results_and_fail_on_the_opposite(ws, tmp_path):
+    write_paper_like(ws)
+    outcomes = {c.id: c for c in evaluate_claims(ws)}
+    for cid in ("C2a", "C2b", "C3a", "C3b", "C4a", "C4b"):
+        assert outcomes[cid].status == "PASS", (cid, outcomes[cid].value)
+    assert outcomes["C3c"].status == "NOT-RUN" and "make cka" in outcomes["C3c"].value
+    ws2 = dataclasses.replace(ws, results_root=tmp_path / "inverted")
+    write_paper_like(ws2, invert=True)
+    inverted = {c.id: c for c in evaluate_claims(ws2)}
+    for cid in ("C2b", "C4a", "C4b"):
+        assert inverted[cid].status == "FAIL", (cid, inverted[cid].value)
+
+
+def test_claims_without_speaker_ssl_are_not_run(ws):
+    prof = dataclasses.replace(ws.profile, models=dataclasses.replace(ws.profile.models, speaker_ssl=[]))
+    w = dataclasses.replace(ws, profile=prof)
+    write_paper_like(w)
+    outcomes = {c.id: c for c in evaluate_claims(w)}
+    assert outcomes["C3a"].status == "NOT-RUN" and "no speaker ssl model" in outcomes["C3a"].value
+    assert outcomes["C2a"].status == "PASS"
+
+
+def test_reference_comparison(ws, tmp_path):
+    refs = tmp_path / "refs.yaml"
+    refs.write_text("superb:\n  source: test\n  values:\n"
+                    "    - {model: tiny-wavlm, task: PR, value: 8.5, tolerance: 1.0}\n"
+                    "    - {model: tiny-hubert, task: PR, value: 3.0, tolerance: 1.0}\n"
+                    "    - {model: tiny-hubert, task: KS, value: null}\n"
+                    "    - {model: not-in-profile, task: PR, value: 1.0, tolerance: 1.0}\n")
+    write_paper_like(ws)
+    rows = compare_references(ws, refs)
+    assert [(r["model"], r["task"], r["status"]) for r in rows] == [
+        ("tiny-wavlm", "PR", "PASS"), ("tiny-hubert", "PR", "FAIL"), ("tiny-hubert", "KS", "NOT-RUN")]
+    assert rows[0]["ours"] == 8.0
+
+
+def test_check_exit_code_follows_enforcement(tmp_path, workspace_env):
+    prof = tmp_path / "p.yaml"
+    prof.write_text("extends: smoke\nname: enforced\npaper: {enforce_claims: true, enforce_references: false}\n")
+    ws = Workspace.for_profile(str(prof))
+    write_paper_like(ws, invert=True)
+    res = CliRunner().invoke(main, ["paper", "check", "--profile", str(prof)])
+    assert res.exit_code == 1 and "C4a      FAIL" in res.output
+    res = CliRunner().invoke(main, ["paper", "check", "--profile", "smoke"])
+    assert res.exit_code == 0 and "does not enforce claims and references" in res.output
+
+
+def test_verify_reports_changed_missing_and_extra(ws, tmp_path, monkeypatch):
+    monkeypatch.setattr(checksums, "RECORD_DIR", tmp_path / "records")
+    write_paper_like(ws)
+    render_output(ws, "table-1")
+    checksums.record(ws)
+    assert checksums.verify(ws) == {"changed": [], "missing": [], "extra": []}
+    (ws.figures / "table-1.csv").write_text("tampered\n")
+    (ws.figures / "table-1.md").unlink()
+    (ws.figures / "new.txt").write_text("x")
+    (ws.results / "probing" / "x.timing.json").write_text("{}")  # wall times are not checked
+    assert checksums.verify(ws) == {"changed": ["figures/table-1.csv"], "missing": ["figures/table-1.md"],
+                                    "extra": ["figures/new.txt"]}
