@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 REPRO := $(PY) -m repro
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo reproduce corpus extract test test-fast models config clean
+.PHONY: help install demo reproduce corpus extract train-speaker test test-fast models config clean
 
 help: ## list every target with one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_%-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -30,6 +30,10 @@ reproduce: $(VENV)/.installed ## run every stage of PROFILE (smoke|fast|full), s
 
 corpus: $(VENV)/.installed ## create the corpus of PROFILE
 	$(REPRO) run --profile $(PROFILE) --stage corpus
+
+RECIPE ?= dino
+train-speaker: $(VENV)/.installed ## train the speaker model of PROFILE with RECIPE=dino|supervised (resumes)
+	$(REPRO) train-speaker --recipe $(RECIPE) --profile $(PROFILE)
 
 extract: $(VENV)/.installed ## extract layer features of every model of PROFILE
 	$(REPRO) run --profile $(PROFILE) --stage features

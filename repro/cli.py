@@ -16,9 +16,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from repro.data.manifest import ManifestError
     from repro.features.store import StoreError
     from repro.models.registry import UnknownModelError
+    from repro.models.wespeaker_import import CheckpointError
+    from repro.speaker.train import SpeakerTrainingFailed
 
     return (ConfigError, AudioError, ManifestError, StoreError, UnknownModelError, ToolMissingError,
-            NotImplementedError, FileNotFoundError)
+            NotImplementedError, FileNotFoundError, CheckpointError, SpeakerTrainingFailed)
 
 
 class _Group(click.Group):
@@ -128,6 +130,25 @@ def extract(profile: str, model_names: tuple[str, ...], tasks: tuple[str, ...], 
         rate = stats["audio_seconds"] / stats["wall_seconds"] if stats["wall_seconds"] else float("nan")
         click.echo(f"{name}: {len(stores)} stores under {ws.features_dir / name}; "
                    f"{stats['audio_seconds']:.0f} s of audio extracted now ({rate:.1f} audio s / wall s)")
+
+
+@main.command("train-speaker")
+@click.option("--recipe", "-r", type=click.Choice(["supervised", "dino"]), required=True,
+              help="supervised ECAPA-TDNN (AAM-softmax) or DINO speaker SSL")
+@PROFILE
+@click.option("--force", is_flag=True, help="train again even if a model with these settings exists")
+@click.option("--quiet", is_flag=True)
+def train_speaker(recipe: str, profile: str, force: bool, quiet: bool) -> None:
+    """Train a speaker model with the profile's recipe (multi-GPU: launch with torchrun)."""
+    from repro.speaker.train import train_speaker as train
+    from repro.workspace import Workspace
+
+    ws = Workspace.for_profile(profile)
+    info = train(ws, recipe, force=force, progress=not quiet)
+    if info is not None:  # rank 0
+        eer = info["eer"]
+        click.echo(f"{info['name']}: EER {100 * eer['trained']:.2f}% (untrained {100 * eer['untrained']:.2f}%) "
+                   f"on {info['eval']['trials']} trials -> {ws.models_dir / info['name']}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,17 @@ corpus:
 models: {speech_ssl: [tiny-hubert], speaker_ssl: [], speaker_sup: [tiny-ecapa-sup]}
 tasks: [KS, ASV]
 extraction: {device: cpu, max_batch_seconds: 16}
+speaker_training:
+  pipeline_recipes: [supervised]
+  train_task: ASV
+  train_split: train
+  eval_split: test
+  device: cpu
+  num_workers: 0
+  require_eer_improvement: false
+  supervised: {output_name: tiny-ecapa-sup, epochs: 1, batch_size: 5, chunk_seconds: 1.0, augmentations: [],
+               arch: {channels: [16, 16, 16, 16, 48], lin_neurons: 48, attention_channels: 8, se_channels: 8,
+                      res2net_scale: 2}}
 """
 
 

@@ -67,9 +67,9 @@ class ModelsConfig:
         open=True,
     )
     speaker_ssl: list[str] = setting(
-        ["ecapa-dino"],
-        "DINO speaker SSL on ECAPA-TDNN; the paper's model was never released, a trained or public "
-        "stand-in is used",
+        ["ecapa-dino-wespeaker"],
+        "DINO speaker SSL on ECAPA-TDNN; the paper's model was never released, a trained (ecapa-dino) or "
+        "public (ecapa-dino-wespeaker) stand-in is used",
         open=True,
     )
     speaker_sup: list[str] = setting(
@@ -207,6 +207,8 @@ class SpeakerTrainingConfig:
     log_every: int = setting(50, "steps between training-log lines")
     checkpoint_every: int = setting(500, "steps between resumable checkpoints")
     eval_every_epochs: int = setting(10, "epochs between EER evaluations on the trial list")
+    require_eer_improvement: bool = setting(
+        True, "publish a model only if its EER is below the untrained network's (a broken run is not used)")
     collapse_min_embedding_std: float = setting(
         0.01, "DINO collapse: relative spread of the embeddings across utterances below this is a constant output")
     collapse_min_teacher_kl: float = setting(
