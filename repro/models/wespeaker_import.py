@@ -51,9 +51,12 @@ def fetch_checkpoint(source: str, folder: str | os.PathLike, sha256: str | None 
     URLs and zips are materialised under `folder` (downloaded / extracted once).
     """
     folder = Path(folder)
+    if sha256 is not None and not (isinstance(sha256, str) and len(sha256) == 64
+                                   and all(c in "0123456789abcdef" for c in sha256)):
+        raise CheckpointError(f"sha256 {sha256!r} is not a 64-digit lowercase hex digest (quote it in the YAML)")
     if is_url(source):
         downloaded = _download(source, folder, sha256)
-        return _from_archive(downloaded, folder) if zipfile.is_zipfile(downloaded) else downloaded
+        return _from_archive(downloaded, folder) if is_archive(downloaded) else downloaded
     path = Path(source).expanduser()
     if path.is_dir():
         found = sorted(path.rglob(CHECKPOINT_NAME))
@@ -64,9 +67,17 @@ def fetch_checkpoint(source: str, folder: str | os.PathLike, sha256: str | None 
         raise FileNotFoundError(f"{path}: checkpoint not found; give a file, a folder, a .zip or a URL")
     if sha256 and sha256_file(path) != sha256:
         raise CheckpointError(f"{path}: sha256 {sha256_file(path)} does not match the registry's {sha256}")
-    if zipfile.is_zipfile(path):
+    if is_archive(path):
         return _from_archive(path, folder)
     return path
+
+
+def is_archive(path: Path) -> bool:
+    """A zip that is not itself a PyTorch checkpoint (torch.save writes zips holding `*/data.pkl`)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return not any(n == "data.pkl" or n.endswith("/data.pkl") for n in zf.namelist())
 
 
 def _download(url: str, folder: Path, sha256: str | None) -> Path:
