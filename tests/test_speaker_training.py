@@ -199,3 +199,19 @@ def test_two_gloo_ranks_train_the_same_model_as_one_process_with_accumulation(ti
     log_b = [r for r in map(json.loads, (multi.models_dir / "tiny-ecapa-dino" / "train_log.jsonl").read_text().split("\n")[:-1]) if "loss" in r]
     assert [r["step"] for r in log_a] == [r["step"] for r in log_b] == [1, 2, 3, 4]
     assert np.allclose([r["loss"] for r in log_a], [r["loss"] for r in log_b], atol=1e-4)
+
+
+def test_cost_estimate_counts_flops_per_step_and_scales_with_batch_and_epochs(tiny_corpus, tmp_path):
+    import dataclasses
+
+    from repro.speaker.cost import estimate
+
+    cfg = make_ws(tmp_path, tiny_corpus).profile.speaker_training.dino
+    one = estimate("dino", cfg, 100, 10, tflops=1.0)
+    two = estimate("dino", dataclasses.replace(cfg, batch_size=8, epochs=4), 100, 10, tflops=1.0)
+    assert one["steps"] == 2 * (100 // 4) and two["steps"] == 4 * (100 // 8)
+    assert one["flops_per_step"] > 0 and np.isclose(two["flops_per_step"], 2 * one["flops_per_step"], rtol=1e-6)
+    assert np.isclose(one["gpu_hours"], one["steps"] * one["flops_per_step"] / 1e12 / 3600)
+    # longer crops cost proportionally more (convolutions dominate)
+    longer = estimate("dino", dataclasses.replace(cfg, global_frames=200, local_frames=100), 100, 10, tflops=1.0)
+    assert 1.6 < longer["flops_per_step"] / one["flops_per_step"] < 2.1

@@ -194,7 +194,7 @@ class SpeakerTrainingConfig:
 
     pipeline_recipes: list[Literal["supervised", "dino"]] = setting(
         [], "recipes the `speakers` stage trains; real profiles use public stand-ins unless asked "
-        "(`repro train-speaker`): DINO on VoxCeleb2 costs hundreds of GPU-hours")
+        "(`repro train-speaker`): DINO on VoxCeleb2 costs about 76 GPU-hours (README)")
     train_task: str = setting("VoxCeleb2", "manifests/<task>.jsonl of the training speakers (VoxCeleb2 dev, as "
                               "wespeaker's and speechbrain's recipes)", open=True)
     train_split: str = setting("dev", "the split of train_task used for training")

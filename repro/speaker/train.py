@@ -109,7 +109,7 @@ def train_speaker(ws: Workspace, recipe: str, *, force: bool = False, progress: 
 
 def _train(ws: Workspace, recipe: str, rcfg, env: DistEnv, progress: bool, stop_after_step: int | None) -> dict:
     cfg = ws.profile.speaker_training
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     key = training_key(ws, recipe)
     utts, speakers = D.load_training_set(ws.corpus_dir, cfg.train_task, cfg.train_split)
     spe = D.steps_per_epoch(len(utts), rcfg.batch_size)
@@ -137,12 +137,13 @@ def _train(ws: Workspace, recipe: str, rcfg, env: DistEnv, progress: bool, stop_
     r.finalize()
     info = None
     if env.is_main:
-        info = _judge_and_publish(ws, recipe, r, rcfg, trials, env, result, key, utts, speakers, started)
+        info = _judge_and_publish(ws, recipe, r, rcfg, trials, env, result, key, utts, speakers,
+                                  (started, cpu_started))
     barrier(env)
     return info
 
 
-def _judge_and_publish(ws, recipe, r, rcfg, trials, env, result, key, utts, speakers, started) -> dict:
+def _judge_and_publish(ws, recipe, r, rcfg, trials, env, result, key, utts, speakers, clocks) -> dict:
     cfg = ws.profile.speaker_training
     rdir = run_dir(ws, recipe)
     frontend, network = r.eval_network()
@@ -155,8 +156,9 @@ def _judge_and_publish(ws, recipe, r, rcfg, trials, env, result, key, utts, spea
     TrainLog(rdir / "train_log.jsonl", keep_until_step=result.steps).write(
         step=result.steps, epoch=rcfg.epochs, eer=eer, note="final")
     rows = read_log(rdir / "train_log.jsonl")
-    elapsed = time.perf_counter() - started
-    atomic_write_json(rdir / "timing.json", {"wall_seconds": round(elapsed, 1), "steps_run": result.steps - result.resumed_from,
+    elapsed, cpu = time.perf_counter() - clocks[0], time.process_time() - clocks[1]
+    atomic_write_json(rdir / "timing.json", {"wall_seconds": round(elapsed, 1), "cpu_seconds": round(cpu, 1),
+                                             "steps_run": result.steps - result.resumed_from,
                                              "resumed_from": result.resumed_from, "world_size": env.world_size,
                                              "device": str(env.device), "threads": torch.get_num_threads()})
     info = {
@@ -185,3 +187,20 @@ def _judge_and_publish(ws, recipe, r, rcfg, trials, env, result, key, utts, spea
         plot_log(rows, tmp / "loss.png", f"{rcfg.output_name} ({recipe}): loss and EER")
         atomic_write_json(tmp / "model.json", info)
     return info
+
+
+def cost_estimate(ws: Workspace, recipe: str, tflops: float, utterances: int | None = None) -> dict:
+    """FLOPs and GPU-hours of `recipe` (see `repro.speaker.cost`); sizes from the training manifest
+    unless `utterances` is given (then the speaker count is VoxCeleb2 dev's 5,994)."""
+    from repro.speaker.cost import estimate
+
+    cfg = ws.profile.speaker_training
+    if utterances is None:
+        utts, speakers = D.load_training_set(ws.corpus_dir, cfg.train_task, cfg.train_split)
+        utterances, n_speakers = len(utts), len(speakers)
+    else:
+        n_speakers = VOXCELEB2_DEV_SPEAKERS
+    return estimate(recipe, recipe_config(ws, recipe), utterances, n_speakers, tflops)
+
+
+VOXCELEB2_DEV_SPEAKERS = 5994
