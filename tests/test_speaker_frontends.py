@@ -160,3 +160,20 @@ def test_batched_fbank_dither_is_seeded_and_in_int16_units(utterances):
     assert (BatchedKaldiFbank(80, dither=32768.0)(wav, [torch.Generator().manual_seed(7)]) - clean).abs().mean() > 1
     with pytest.raises(ValueError, match="one torch.Generator per waveform"):
         fb(wav)
+
+
+def test_public_supervised_entry_is_the_hub_model_with_its_recipe_architecture():
+    """speechbrain's verification_ecapa.yaml (which loads spkrec-ecapa-voxceleb) sets these arguments."""
+    from repro.models.registry import load_registry
+
+    spec = load_registry()["ecapa-sup-speechbrain"]
+    assert spec.source == "speechbrain/spkrec-ecapa-voxceleb" and spec.revision == "0f99f2d0ebe89ac095bcc5903c4dd8f72b367286"
+    assert spec.options["frontend"] == "speechbrain" and spec.stand_in_for
+    arch = spec.options["arch"]
+    assert arch["channels"] == [1024, 1024, 1024, 1024, 3072] and arch["kernel_sizes"] == [5, 3, 3, 3, 1]
+    assert arch["dilations"] == [1, 2, 3, 4, 1] and arch["attention_channels"] == 128 and arch["lin_neurons"] == 192
+    # the pinned embedding_model.ckpt is 83,316,686 bytes: our state dict's tensors fill all of it but the
+    # pickle/zip bookkeeping (a few hundred bytes per tensor); another width or scale would not fit
+    state = ecapa.speechbrain_ecapa(arch).state_dict()
+    tensor_bytes = sum(v.numel() * v.element_size() for v in state.values())
+    assert 83_316_686 - 600 * len(state) < tensor_bytes < 83_316_686

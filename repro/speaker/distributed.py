@@ -64,21 +64,18 @@ def teardown(env: DistEnv) -> None:
 
 
 def all_reduce_sum(t: torch.Tensor, env: DistEnv) -> torch.Tensor:
-    """Sum of `t` over ranks (in place; returned for convenience)."""
+    """Sum of `t` over ranks (in place; returned for convenience). CPU tensors go through the
+    run's device when it is a GPU (NCCL reduces CUDA tensors only)."""
     if env.distributed:
-        dist.all_reduce(t)
+        if t.device != env.device:
+            moved = t.to(env.device)
+            dist.all_reduce(moved)
+            t.copy_(moved.to(t.device))
+        else:
+            dist.all_reduce(t)
     return t
 
 
 def barrier(env: DistEnv) -> None:
     if env.distributed:
         dist.barrier()
-
-
-def broadcast_object(obj, env: DistEnv):
-    """Rank 0's `obj` on every rank."""
-    if not env.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
