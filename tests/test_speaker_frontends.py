@@ -167,7 +167,8 @@ def test_public_supervised_entry_is_the_hub_model_with_its_recipe_architecture()
     from repro.models.registry import load_registry
 
     spec = load_registry()["ecapa-sup-speechbrain"]
-    assert spec.source == "speechbrain/spkrec-ecapa-voxceleb" and spec.revision == "0f99f2d0ebe89ac095bcc5903c4dd8f72b367286"
+    assert spec.source == "speechbrain/spkrec-ecapa-voxceleb"
+    assert spec.revision == "0f99f2d0ebe89ac095bcc5903c4dd8f72b367286"
     assert spec.options["frontend"] == "speechbrain" and spec.stand_in_for
     arch = spec.options["arch"]
     assert arch["channels"] == [1024, 1024, 1024, 1024, 3072] and arch["kernel_sizes"] == [5, 3, 3, 3, 1]

@@ -90,7 +90,8 @@ def test_resumed_run_gives_the_same_model_as_an_uninterrupted_one(recipe, tiny_c
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resumed model differs"
     assert info_b == info
     for f in ("train_log.jsonl", "model.json"):
-        assert (straight.models_dir / info["name"] / f).read_text() == (resumed.models_dir / info["name"] / f).read_text()
+        a_text = (straight.models_dir / info["name"] / f).read_text()
+        assert a_text == (resumed.models_dir / info["name"] / f).read_text()
     timing = json.loads((resumed.work / "speaker_training" / info["name"] / "timing.json").read_text())
     assert timing["resumed_from"] == 2 and timing["steps_run"] == 2
     # the published model loads through the registry; its embedding is the trained network's
@@ -195,8 +196,10 @@ def test_two_gloo_ranks_train_the_same_model_as_one_process_with_accumulation(ti
     assert len(params) > 50
     for k in params:  # batch statistics are per rank / per micro-batch in both; running buffers differ by design
         assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
-    log_a = [r for r in map(json.loads, (single.models_dir / "tiny-ecapa-dino" / "train_log.jsonl").read_text().split("\n")[:-1]) if "loss" in r]
-    log_b = [r for r in map(json.loads, (multi.models_dir / "tiny-ecapa-dino" / "train_log.jsonl").read_text().split("\n")[:-1]) if "loss" in r]
+    from repro.speaker.trainlog import read_log
+
+    log_a = [r for r in read_log(single.models_dir / "tiny-ecapa-dino" / "train_log.jsonl") if "loss" in r]
+    log_b = [r for r in read_log(multi.models_dir / "tiny-ecapa-dino" / "train_log.jsonl") if "loss" in r]
     assert [r["step"] for r in log_a] == [r["step"] for r in log_b] == [1, 2, 3, 4]
     assert np.allclose([r["loss"] for r in log_a], [r["loss"] for r in log_b], atol=1e-4)
 

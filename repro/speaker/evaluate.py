@@ -40,7 +40,8 @@ class TrialSet:
             raise ManifestError(f"{path}: trial utterance(s) {missing[:3]} are not in the {task} {split} manifest")
         index = {u: k for k, u in enumerate(needed)}
         audio = [read_audio(Path(corpus_dir) / utts[i].path) for i in needed]
-        return cls(needed, audio, np.array([index[t.enroll] for t in trials]), np.array([index[t.test] for t in trials]),
+        enroll = np.array([index[t.enroll] for t in trials])
+        return cls(needed, audio, enroll, np.array([index[t.test] for t in trials]),
                    np.array([t.target for t in trials], dtype=bool))
 
 

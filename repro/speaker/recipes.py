@@ -328,7 +328,8 @@ class DinoRecipe:
     @torch.no_grad()
     def after_step(self, step: int) -> None:
         dn.ema_update(self.teacher, self.student, float(self.momentum[step]))
-        stats = torch.cat([self._center_sum.reshape(-1), torch.tensor([float(self._center_n)], device=self.center.device)])
+        count = torch.tensor([float(self._center_n)], device=self.center.device)
+        stats = torch.cat([self._center_sum.reshape(-1), count])
         all_reduce_sum(stats, self.env)
         batch_center = stats[:-1].reshape(1, -1) / stats[-1]
         self.center = self.center * self.cfg.center_momentum + batch_center * (1 - self.cfg.center_momentum)

@@ -57,7 +57,8 @@ def training_key(ws: Workspace, recipe: str) -> str:
     """Hash of everything that determines the trained model: settings and data files."""
     cfg = ws.profile.speaker_training
     corpus = ws.corpus_dir
-    files = [manifest_path(corpus, cfg.train_task), manifest_path(corpus, cfg.eval_task), trials_path(corpus, cfg.eval_split)]
+    files = [manifest_path(corpus, cfg.train_task), manifest_path(corpus, cfg.eval_task),
+             trials_path(corpus, cfg.eval_split)]
     return config_hash({
         "trainer": TRAINER_VERSION, "recipe": recipe, "settings": to_dict(recipe_config(ws, recipe)),
         "train": [cfg.train_task, cfg.train_split], "eval": [cfg.eval_task, cfg.eval_split],
