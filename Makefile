@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 REPRO := $(PY) -m repro
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo reproduce corpus extract probe paper check verify test test-fast models config clean docker-build data data-plan
+.PHONY: help install demo reproduce corpus extract train-speaker probe paper check verify test test-fast models config clean docker-build data data-plan
 
 help: ## list every target with one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_%-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -36,6 +36,10 @@ data-plan: $(VENV)/.installed ## list what `make data` would download and its si
 
 corpus: $(VENV)/.installed ## create the corpus of PROFILE
 	$(REPRO) run --profile $(PROFILE) --stage corpus
+
+RECIPE ?= dino
+train-speaker: $(VENV)/.installed ## train the speaker model of PROFILE with RECIPE=dino|supervised (resumes)
+	$(REPRO) train-speaker --recipe $(RECIPE) --profile $(PROFILE)
 
 extract: $(VENV)/.installed ## extract layer features of every model of PROFILE
 	$(REPRO) run --profile $(PROFILE) --stage features

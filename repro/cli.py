@@ -17,11 +17,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from repro.data.manifest import ManifestError
     from repro.features.store import StoreError
     from repro.models.registry import UnknownModelError
+    from repro.models.wespeaker_import import CheckpointError
     from repro.paper.registry import UnknownOutputError
     from repro.paper.results import ConfigMismatchError
+    from repro.speaker.train import SpeakerTrainingFailed
 
     return (ConfigError, AudioError, ManifestError, StoreError, UnknownModelError, ToolMissingError,
-            NotImplementedError, FileNotFoundError, ConfigMismatchError, UnknownOutputError, *data_errors())
+            NotImplementedError, FileNotFoundError, ConfigMismatchError, UnknownOutputError, CheckpointError,
+            SpeakerTrainingFailed, *data_errors())
 
 
 class _Group(click.Group):
@@ -297,6 +300,40 @@ def paper_verify(profile: str, record: bool) -> None:
         click.echo(f"{total} difference(s) from {checksums.record_path(ws)}")
         sys.exit(1)
     click.echo(f"all {len(checksums.compute(ws))} outputs match {checksums.record_path(ws)}")
+
+
+@main.command("train-speaker")
+@click.option("--recipe", "-r", type=click.Choice(["supervised", "dino"]), required=True,
+              help="supervised ECAPA-TDNN (AAM-softmax) or DINO speaker SSL")
+@PROFILE
+@click.option("--force", is_flag=True, help="train again even if a model with these settings exists")
+@click.option("--estimate", is_flag=True, help="print the FLOPs and GPU-hours of the recipe instead of training")
+@click.option("--tflops", type=float, default=30.0, show_default=True,
+              help="--estimate: assumed sustained throughput per GPU (10^12 FLOP/s)")
+@click.option("--utterances", type=int, default=None,
+              help="--estimate: training utterances (default: the manifest's count)")
+@click.option("--quiet", is_flag=True)
+def train_speaker(recipe: str, profile: str, force: bool, estimate: bool, tflops: float, utterances: int | None,
+                  quiet: bool) -> None:
+    """Train a speaker model with the profile's recipe (multi-GPU: launch with torchrun)."""
+    from repro.speaker.train import train_speaker as train
+    from repro.workspace import Workspace
+
+    ws = Workspace.for_profile(profile)
+    if estimate:
+        from repro.speaker.train import cost_estimate
+
+        e = cost_estimate(ws, recipe, tflops, utterances)
+        click.echo(f"{recipe}: {e['epochs']} epochs x {e['steps'] // e['epochs']} steps (batch {e['batch_size']}, "
+                   f"{e['utterances']} utterances) = {e['steps']} steps; {e['flops_per_step']:.3g} FLOP/step "
+                   f"(counted) -> {e['total_flops']:.3g} FLOP; at {tflops:g} TFLOP/s sustained per GPU: "
+                   f"{e['gpu_hours']:.1f} GPU-hours")
+        return
+    info = train(ws, recipe, force=force, progress=not quiet)
+    if info is not None:  # rank 0
+        eer = info["eer"]
+        click.echo(f"{info['name']}: EER {100 * eer['trained']:.2f}% (untrained {100 * eer['untrained']:.2f}%) "
+                   f"on {info['eval']['trials']} trials -> {ws.models_dir / info['name']}")
 
 
 if __name__ == "__main__":

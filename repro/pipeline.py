@@ -21,6 +21,14 @@ def stage_corpus(ws: Workspace, progress: bool = True) -> None:
     prepare_corpus(ws.corpus_dir, ws.profile, progress=progress)
 
 
+def stage_speakers(ws: Workspace, progress: bool = True) -> None:
+    """Train the speaker models the profile asks for (`speaker_training.pipeline_recipes`), once."""
+    from repro.speaker.train import train_speaker
+
+    for recipe in ws.profile.speaker_training.pipeline_recipes:
+        train_speaker(ws, recipe, progress=progress)
+
+
 def stage_features(ws: Workspace, progress: bool = True) -> None:
     """Extract every model of the profile over every task split."""
     from repro.features.stage import extract_model
@@ -45,6 +53,7 @@ def stage_paper(ws: Workspace, progress: bool = True) -> None:
 
 STAGES: dict[str, Callable[..., None]] = {
     "corpus": stage_corpus,
+    "speakers": stage_speakers,
     "features": stage_features,
     "probe": stage_probe,
     "paper": stage_paper,

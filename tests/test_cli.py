@@ -25,6 +25,17 @@ probing:
   tasks:
     KS: {steps: 4, batch_size: 4, lr_grid: [0.01], eval_every: 2}
     ASV: {steps: 4, batch_size: 4, lr_grid: [0.01], eval_every: 2, optimizer: adamw}
+speaker_training:
+  pipeline_recipes: [supervised]
+  train_task: ASV
+  train_split: train
+  eval_split: test
+  device: cpu
+  num_workers: 0
+  require_eer_improvement: false
+  supervised: {output_name: tiny-ecapa-sup, epochs: 1, batch_size: 5, chunk_seconds: 1.0, augmentations: [],
+               arch: {channels: [16, 16, 16, 16, 48], lin_neurons: 48, attention_channels: 8, se_channels: 8,
+                      res2net_scale: 2}}
 """
 
 

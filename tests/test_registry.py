@@ -73,11 +73,16 @@ def test_python_factory_reference(tmp_path):
         load_upstream(f"{src}:nope", tmp_path)
 
 
-def test_random_models_are_materialised_once_and_reproducibly(tmp_path):
-    a = load_upstream("tiny-ecapa-sup", tmp_path / "a")
-    b = load_upstream("tiny-ecapa-sup", tmp_path / "b")
+def test_random_models_are_materialised_once_and_reproducibly(tmp_path, monkeypatch):
+    extra = tmp_path / "random.yaml"
+    extra.write_text("rand-ecapa:\n  family: speaker_sup\n  loader: ecapa_random\n  about: x\n"
+                     "  options: {seed: 3, arch: {channels: [16, 16, 16, 16, 48], lin_neurons: 8, "
+                     "attention_channels: 8, se_channels: 8, res2net_scale: 2}}\n")
+    monkeypatch.setenv("REPRO_MODEL_REGISTRY", str(extra))
+    a = load_upstream("rand-ecapa", tmp_path / "a")
+    b = load_upstream("rand-ecapa", tmp_path / "b")
     assert weights_fingerprint(a) == weights_fingerprint(b)
-    assert (tmp_path / "a" / "tiny-ecapa-sup" / "embedding_model.ckpt").is_file()
+    assert (tmp_path / "a" / "rand-ecapa" / "embedding_model.ckpt").is_file()
     c = load_upstream("tiny-hubert", tmp_path / "a")
     assert (tmp_path / "a" / "tiny-hubert" / "config.json").is_file() and c.num_layers == 13
     assert weights_fingerprint(c) != weights_fingerprint(load_upstream("tiny-wavlm", tmp_path / "a"))

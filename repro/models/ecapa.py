@@ -55,14 +55,16 @@ class SpeechbrainFbank(nn.Module):
 
 class KaldiFbank(nn.Module):
     """wespeaker-style front-end: audio scaled to the int16 range, Kaldi fbank (25 ms Hamming window,
-    10 ms hop, no dither, no energy), then mean normalisation over time (CMN).
+    10 ms hop, no energy; dither 0 at inference), then mean normalisation over time (CMN).
 
-    Frames: `1 + (S - 400) // 160` (Kaldi's `snip_edges`).
+    Frames: `1 + (S - 400) // 160` (Kaldi's `snip_edges`). `dither > 0` (training) draws from
+    torch's global RNG: seed it (see `repro.speaker.augment.seeded_torch`).
     """
 
-    def __init__(self, n_mels: int = 80):
+    def __init__(self, n_mels: int = 80, dither: float = 0.0):
         super().__init__()
         self.n_mels = n_mels
+        self.dither = dither
 
     def num_frames(self, num_samples: Tensor) -> Tensor:
         return (torch.div(num_samples - WIN, HOP, rounding_mode="floor") + 1).clamp(min=0)
@@ -70,7 +72,7 @@ class KaldiFbank(nn.Module):
     def forward(self, wav: Tensor) -> Tensor:
         """`wav` `[1, S]` -> features `[1, T, n_mels]`."""
         feats = torchaudio.compliance.kaldi.fbank(
-            wav * (1 << 15), num_mel_bins=self.n_mels, frame_length=25, frame_shift=10, dither=0.0,
+            wav * (1 << 15), num_mel_bins=self.n_mels, frame_length=25, frame_shift=10, dither=self.dither,
             sample_frequency=16000, window_type="hamming", use_energy=False,
         )
         return (feats - feats.mean(dim=0, keepdim=True))[None]

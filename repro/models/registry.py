@@ -37,7 +37,8 @@ class ModelSpec:
     """One registry entry (see registry.yaml for the meaning of each field)."""
 
     family: Literal["speech_ssl", "speaker_ssl", "speaker_sup"]
-    loader: Literal["hf", "hf_random", "speechbrain_ecapa", "ecapa_random", "python"]
+    loader: Literal["hf", "hf_random", "speechbrain_ecapa", "ecapa_random", "wespeaker_ecapa", "trained_ecapa",
+                    "python"]
     about: str
     source: str | None = None
     revision: str | None = None
@@ -60,7 +61,7 @@ def load_registry() -> dict[str, ModelSpec]:
             raise ConfigError(f"{path}: a registry must map model names to entries")
         for name, entry in data.items():
             spec = from_dict(ModelSpec, {**(entry or {}), "name": str(name)}, str(path), str(name))
-            if spec.loader in ("hf", "speechbrain_ecapa", "python") and not spec.source:
+            if spec.loader in ("hf", "speechbrain_ecapa", "wespeaker_ecapa", "python") and not spec.source:
                 raise ConfigError(f"{path}: model '{name}' needs a 'source'")
             specs[str(name)] = spec
     return specs
@@ -132,6 +133,20 @@ def load_upstream(name: str, models_dir: str | os.PathLike, ecapa_layers: tuple[
         model.load_state_dict(ecapa.load_ecapa_state(source, spec.revision), strict=True)
         return ecapa.wrap_speechbrain_ecapa(model, spec.options.get("frontend", "speechbrain"),
                                             ecapa_layers or tuple(spec.options.get("layers", ecapa.ECAPA_LAYERS)))
+    if spec.loader == "wespeaker_ecapa":
+        from repro.models.wespeaker_ecapa import WespeakerEcapaArch, wrap_wespeaker_ecapa
+        from repro.models.wespeaker_import import check_zip_config, fetch_checkpoint, load_wespeaker_ecapa
+
+        arch = WespeakerEcapaArch.from_dict(spec.options.get("arch", {}))
+        path = fetch_checkpoint(spec.source, folder, spec.options.get("sha256"))
+        check_zip_config(path.parent, arch)
+        model = load_wespeaker_ecapa(path, arch)
+        return wrap_wespeaker_ecapa(model, ecapa_layers or tuple(spec.options.get("layers", ())) or None)
+    if spec.loader == "trained_ecapa":
+        from repro.models.trained import load_trained_ecapa
+
+        return load_trained_ecapa(models_dir, spec.name, spec.options.get("recipe", "supervised"),
+                                  ecapa_layers or tuple(spec.options.get("layers", ())) or None)
     if spec.loader == "python":
         return _load_python(spec.source)
     raise AssertionError(spec.loader)

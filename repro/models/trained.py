@@ -1,0 +1,51 @@
+"""Loading the speaker models our recipes trained (`repro train-speaker`) as upstreams.
+
+A published model folder `<models_dir>/<name>/` holds `model.json` (recipe, architecture,
+front-end, EERs, weights digest) and the weights in the format of the library whose
+network it is: speechbrain's `embedding_model.ckpt` (supervised) or wespeaker's
+`avg_model.pt` layout (DINO).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from repro.models.upstream import Upstream
+from repro.util.hashing import sha256_file
+
+
+def load_trained_ecapa(models_dir: str | os.PathLike, name: str, recipe: str,
+                       layers: tuple[str, ...] | None = None) -> Upstream:
+    """The trained model `name` (made by `recipe`) from `<models_dir>/<name>/`, frozen.
+
+    Raises FileNotFoundError naming the command that trains it when it is absent.
+    """
+    folder = Path(models_dir) / name
+    info_path = folder / "model.json"
+    if not info_path.is_file():
+        profile = Path(models_dir).parent.name
+        raise FileNotFoundError(
+            f"model '{name}' has not been trained ({info_path} is missing); train it with "
+            f"`repro train-speaker --recipe {recipe} --profile {profile}` "
+            f"(or `repro run --profile {profile} --stage speakers`)")
+    info = json.loads(info_path.read_text())
+    weights = folder / info["weights_file"]
+    if not weights.is_file() or sha256_file(weights) != info["weights_sha256"]:
+        raise FileNotFoundError(f"{weights}: missing or damaged (digest differs from {info_path}); retrain with "
+                                f"`repro train-speaker --recipe {info['recipe']} --force`")
+    if info["kind"] == "speechbrain_ecapa":
+        from repro.models import ecapa
+
+        arch = dict(info["arch"])
+        model = ecapa.speechbrain_ecapa(arch)
+        model.load_state_dict(ecapa.load_ecapa_state(str(folder)), strict=True)
+        return ecapa.wrap_speechbrain_ecapa(model, info["frontend"], tuple(layers or ecapa.ECAPA_LAYERS))
+    if info["kind"] == "wespeaker_ecapa":
+        from repro.models.wespeaker_ecapa import WespeakerEcapaArch, wrap_wespeaker_ecapa
+        from repro.models.wespeaker_import import load_wespeaker_ecapa
+
+        model = load_wespeaker_ecapa(weights, WespeakerEcapaArch.from_dict(info["arch"]))
+        return wrap_wespeaker_ecapa(model, layers)
+    raise ValueError(f"{info_path}: unknown model kind {info['kind']!r}")

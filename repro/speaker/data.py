@@ -1,0 +1,113 @@
+"""Training data for the speaker recipes: utterances, the step plan, and random chunks.
+
+The plan is a pure function of (seed, step): epoch `e` visits the utterances in the
+order `default_rng([seed, e]).permutation(N)`, `steps_per_epoch = N // batch` (the
+remainder is dropped). Step `s` takes the next `batch` utterances; rank `r` of `W`
+with `A` accumulation micro-batches processes the micro-batches `r*A .. r*A+A-1`
+of that global batch. Each sample's randomness (chunk offsets, augmentation, dither)
+comes from `default_rng([seed, step, position])`, so one process with A=2 and two
+processes with A=1 see exactly the same samples, and a resumed run the same as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from repro.audio import read_audio
+from repro.data.manifest import ManifestError, load_task
+
+FRAME_SHIFT_MS = 10
+FRAME_LENGTH_MS = 25
+
+
+@dataclass(frozen=True)
+class TrainUtterance:
+    """One training utterance: its audio file, length (samples) and speaker index."""
+
+    path: Path
+    num_samples: int
+    speaker: int
+
+
+def load_training_set(corpus_dir: str | os.PathLike, task: str, split: str
+                      ) -> tuple[list[TrainUtterance], list[str]]:
+    """The utterances of `task`/`split` with integer speaker labels, and the sorted speaker ids."""
+    try:
+        utts = load_task(corpus_dir, task, split)
+    except ManifestError as err:
+        raise ManifestError(f"{err} (speaker training reads speaker_training.train_task/train_split)") from err
+    speakers = sorted({u.speaker for u in utts})
+    index = {s: i for i, s in enumerate(speakers)}
+    root = Path(corpus_dir)
+    return [TrainUtterance(root / u.path, u.num_samples, index[u.speaker]) for u in utts], speakers
+
+
+def frames_to_samples(frames: int, sample_rate: int = 16000) -> int:
+    """Samples that give exactly `frames` Kaldi frames (25 ms window, 10 ms shift): wespeaker's rule."""
+    return ((frames - 1) * FRAME_SHIFT_MS + FRAME_LENGTH_MS) * sample_rate // 1000
+
+
+def steps_per_epoch(num_utterances: int, batch_size: int) -> int:
+    """Optimizer steps per epoch (the last incomplete batch is dropped)."""
+    n = num_utterances // batch_size
+    if n == 0:
+        raise ValueError(f"batch size {batch_size} is larger than the {num_utterances} training utterances")
+    return n
+
+
+def step_utterances(seed: int, step: int, num_utterances: int, batch_size: int) -> np.ndarray:
+    """Indices `[batch_size]` of the utterances of global step `step`."""
+    spe = steps_per_epoch(num_utterances, batch_size)
+    epoch, k = divmod(step, spe)
+    order = np.random.default_rng([seed, 7, epoch]).permutation(num_utterances)
+    return order[k * batch_size : (k + 1) * batch_size]
+
+
+def micro_batch_positions(batch_size: int, world_size: int, accumulation: int, rank: int, micro: int) -> range:
+    """Positions (within the global batch) of micro-batch `micro` of `rank`."""
+    parts = world_size * accumulation
+    if batch_size % parts:
+        raise ValueError(f"batch size {batch_size} is not divisible by ranks x accumulation = {parts}")
+    size = batch_size // parts
+    start = (rank * accumulation + micro) * size
+    return range(start, start + size)
+
+
+def sample_rng(seed: int, step: int, position: int) -> np.random.Generator:
+    """The random generator of one sample of one step."""
+    return np.random.default_rng([seed, 11, step, position])
+
+
+class AudioSource:
+    """Reads random chunks of training utterances, optionally keeping decoded audio in memory."""
+
+    def __init__(self, utterances: list[TrainUtterance], cache: bool):
+        self.utterances = utterances
+        self.cache = cache
+        self._audio: dict[int, np.ndarray] = {}
+
+    def chunk(self, index: int, length: int, rng: np.random.Generator) -> np.ndarray:
+        """A random `length`-sample chunk (float64) of utterance `index`; short ones are repeated."""
+        u = self.utterances[index]
+        if self.cache or u.num_samples < length:
+            wav = self._audio.get(index)
+            if wav is None:
+                wav = read_audio(u.path)
+                if self.cache:
+                    self._audio[index] = wav
+            if len(wav) < length:
+                wav = np.tile(wav, length // len(wav) + 1)
+            start = int(rng.integers(0, len(wav) - length + 1))
+            return wav[start : start + length].astype(np.float64)
+        start = int(rng.integers(0, u.num_samples - length + 1))
+        data, sr = sf.read(str(u.path), start=start, frames=length, dtype="float64", always_2d=True)
+        if sr != 16000 or data.shape[1] != 1 or data.shape[0] != length:
+            read_audio(u.path)  # raises the clear error (rate, channels, damage)
+            raise ManifestError(f"{u.path}: shorter than the {u.num_samples} samples its manifest says")
+        return data[:, 0]

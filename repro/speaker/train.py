@@ -1,0 +1,207 @@
+"""`repro train-speaker`: train a speaker model with a profile's recipe and publish it.
+
+    work/<profile>/speaker_training/<name>/    checkpoint.pt, train_log.jsonl, timing.json,
+                                               failure.json (a rejected run)
+    work/<profile>/speaker_training/augmentation/   synthetic noise and RIRs (smoke)
+    work/<profile>/models/<name>/              the finished model: weights, model.json,
+                                               train_log.jsonl, loss.png
+
+A model is published only when training completed, its EER on the trial list is below the
+untrained network's, and (DINO) it has not collapsed; otherwise `failure.json` says why and
+`SpeakerTrainingFailed` is raised. A published model made with the same settings is reused.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from repro.config.typed import to_dict
+from repro.data.manifest import manifest_path, trials_path
+from repro.speaker import data as D
+from repro.speaker.augment import Augmenter, NoiseBank, RirBank
+from repro.speaker.distributed import DistEnv, barrier, setup, teardown
+from repro.speaker.evaluate import TrialSet, collapse_report, embed, trial_eer
+from repro.speaker.recipes import BatchMaker, DinoRecipe, Plan, SupervisedRecipe
+from repro.speaker.trainer import LoopSettings, run_loop
+from repro.speaker.trainlog import TrainLog, plot_log, read_log
+from repro.util.atomic import atomic_directory, atomic_write_json
+from repro.util.hashing import config_hash, sha256_file
+from repro.workspace import Workspace
+
+RECIPES = ("supervised", "dino")
+MODEL_FORMAT = 1
+TRAINER_VERSION = 1
+CACHE_AUDIO_BYTES = 512 << 20
+
+
+class SpeakerTrainingFailed(RuntimeError):
+    """A training run whose model must not be used (collapsed, or no better than untrained)."""
+
+
+def recipe_config(ws: Workspace, recipe: str):
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; recipes: {', '.join(RECIPES)}")
+    return getattr(ws.profile.speaker_training, recipe)
+
+
+def run_dir(ws: Workspace, recipe: str) -> Path:
+    return ws.work / "speaker_training" / recipe_config(ws, recipe).output_name
+
+
+def training_key(ws: Workspace, recipe: str) -> str:
+    """Hash of everything that determines the trained model: settings and data files."""
+    cfg = ws.profile.speaker_training
+    corpus = ws.corpus_dir
+    files = [manifest_path(corpus, cfg.train_task), manifest_path(corpus, cfg.eval_task),
+             trials_path(corpus, cfg.eval_split)]
+    return config_hash({
+        "trainer": TRAINER_VERSION, "recipe": recipe, "settings": to_dict(recipe_config(ws, recipe)),
+        "train": [cfg.train_task, cfg.train_split], "eval": [cfg.eval_task, cfg.eval_split],
+        "augment": to_dict(cfg.augment), "accumulation": cfg.grad_accumulation, "seed": ws.profile.seed,
+        "data": [sha256_file(f) if f.is_file() else None for f in files],
+    })
+
+
+def published(ws: Workspace, recipe: str) -> dict | None:
+    """model.json of the published model of `recipe` if it was made with the current settings."""
+    path = ws.models_dir / recipe_config(ws, recipe).output_name / "model.json"
+    if not path.is_file():
+        return None
+    info = json.loads(path.read_text())
+    return info if info.get("config_hash") == training_key(ws, recipe) else None
+
+
+def _augmenter(ws: Workspace, env: DistEnv) -> Augmenter:
+    cfg = ws.profile.speaker_training.augment
+    if cfg.synthetic:
+        from repro.speaker.synthetic_aug import make_synthetic_augmentation
+
+        folder = ws.work / "speaker_training" / "augmentation"
+        if env.is_main:
+            make_synthetic_augmentation(folder, ws.profile.seed)
+        barrier(env)
+        noise_dir, rir_dir = folder / "noise", folder / "rir"
+    else:
+        noise_dir, rir_dir = (ws.corpus_dir / cfg.noise_dir), (ws.corpus_dir / cfg.rir_dir)
+    snr = {"noise": tuple(cfg.snr_noise), "music": tuple(cfg.snr_music), "speech": tuple(cfg.snr_speech)}
+    return Augmenter(NoiseBank.from_folder(noise_dir, snr), RirBank.from_folder(rir_dir))
+
+
+def train_speaker(ws: Workspace, recipe: str, *, force: bool = False, progress: bool = True,
+                  stop_after_step: int | None = None) -> dict:
+    """Train (or reuse) the model of `recipe` for profile `ws`; returns its model.json content."""
+    rcfg = recipe_config(ws, recipe)
+    cfg = ws.profile.speaker_training
+    if not force and (info := published(ws, recipe)) is not None:
+        if progress:
+            print(f"{rcfg.output_name}: trained model with these settings exists ({ws.models_dir / rcfg.output_name})")
+        return info
+    env = setup(cfg.device)
+    try:
+        return _train(ws, recipe, rcfg, env, progress, stop_after_step)
+    finally:
+        teardown(env)
+
+
+def _train(ws: Workspace, recipe: str, rcfg, env: DistEnv, progress: bool, stop_after_step: int | None) -> dict:
+    cfg = ws.profile.speaker_training
+    started, cpu_started = time.perf_counter(), time.process_time()
+    key = training_key(ws, recipe)
+    utts, speakers = D.load_training_set(ws.corpus_dir, cfg.train_task, cfg.train_split)
+    spe = D.steps_per_epoch(len(utts), rcfg.batch_size)
+    total = rcfg.epochs * spe
+    D.micro_batch_positions(rcfg.batch_size, env.world_size, cfg.grad_accumulation, 0, 0)  # divisibility check
+    if recipe == "supervised":
+        r = SupervisedRecipe(rcfg, len(speakers), env, spe, total)
+        needs_aug = any(a in ("noise", "reverb") for a in rcfg.augmentations)
+        n_mels = rcfg.n_mels
+    else:
+        r = DinoRecipe(rcfg, env, spe, total)
+        needs_aug = rcfg.aug_prob > 0
+        n_mels = r.arch.feat_dim
+    augmenter = _augmenter(ws, env) if needs_aug else None
+    cache = sum(u.num_samples for u in utts) * 4 < CACHE_AUDIO_BYTES
+    plan = Plan(rcfg.seed, len(utts), rcfg.batch_size, env.world_size, cfg.grad_accumulation, env.rank)
+    maker = BatchMaker(recipe, rcfg, plan, D.AudioSource(utts, cache), augmenter,
+                       [u.speaker for u in utts], n_mels)
+    trials = TrialSet.load(ws.corpus_dir, cfg.eval_task, cfg.eval_split) if env.is_main else None
+    rdir = run_dir(ws, recipe)
+    rdir.mkdir(parents=True, exist_ok=True)
+    settings = LoopSettings(total, spe, cfg.grad_accumulation, cfg.num_workers, cfg.log_every, cfg.checkpoint_every,
+                            cfg.eval_every_epochs, key, progress, stop_after_step)
+    result = run_loop(r, maker, trials, env, rdir, settings)
+    r.finalize()
+    info = None
+    if env.is_main:
+        info = _judge_and_publish(ws, recipe, r, rcfg, trials, env, result, key, utts, speakers,
+                                  (started, cpu_started))
+    barrier(env)
+    return info
+
+
+def _judge_and_publish(ws, recipe, r, rcfg, trials, env, result, key, utts, speakers, clocks) -> dict:
+    cfg = ws.profile.speaker_training
+    rdir = run_dir(ws, recipe)
+    frontend, network = r.eval_network()
+    eer = trial_eer(frontend, network, trials, env.device)
+    emb = embed(frontend, network, trials.audio, env.device)
+    head = r.eval_head() if recipe == "dino" else None
+    temp = rcfg.teacher_temp if recipe == "dino" else 1.0
+    report = collapse_report(emb, head, r.center if recipe == "dino" else None, temp,
+                             cfg.collapse_min_embedding_std, cfg.collapse_min_teacher_kl)
+    TrainLog(rdir / "train_log.jsonl", keep_until_step=result.steps).write(
+        step=result.steps, epoch=rcfg.epochs, eer=eer, note="final")
+    rows = read_log(rdir / "train_log.jsonl")
+    elapsed, cpu = time.perf_counter() - clocks[0], time.process_time() - clocks[1]
+    atomic_write_json(rdir / "timing.json", {"wall_seconds": round(elapsed, 1), "cpu_seconds": round(cpu, 1),
+                                             "steps_run": result.steps - result.resumed_from,
+                                             "resumed_from": result.resumed_from, "world_size": env.world_size,
+                                             "device": str(env.device), "threads": torch.get_num_threads()})
+    info = {
+        "format": MODEL_FORMAT, "name": rcfg.output_name, "recipe": recipe, "profile": ws.profile.name,
+        "config_hash": key, "steps": result.steps, "epochs": rcfg.epochs, "batch_size": rcfg.batch_size,
+        "train": {"task": cfg.train_task, "split": cfg.train_split, "utterances": len(utts), "speakers": len(speakers)},
+        "eval": {"task": cfg.eval_task, "split": cfg.eval_split, "trials": int(len(trials.target)),
+                 "target_trials": int(trials.target.sum())},
+        "eer": {"untrained": round(result.eer_untrained, 6), "trained": round(eer, 6)},
+        "collapse": report.as_dict(),
+    }
+    problems = list(report.reasons)
+    if cfg.require_eer_improvement and not eer < result.eer_untrained:
+        problems.append(f"EER {eer:.4f} is not below the untrained network's {result.eer_untrained:.4f}")
+    if problems:
+        atomic_write_json(rdir / "failure.json", {**info, "problems": problems})
+        raise SpeakerTrainingFailed(
+            f"{recipe} training of '{rcfg.output_name}' failed and its model is not used: {'; '.join(problems)} "
+            f"(details: {rdir / 'failure.json'}; change the settings or retrain with --force)")
+    (rdir / "failure.json").unlink(missing_ok=True)
+    out = ws.models_dir / rcfg.output_name
+    with atomic_directory(out, replace=True) as tmp:
+        info.update(r.export(tmp))
+        info["weights_sha256"] = sha256_file(tmp / info["weights_file"])
+        shutil.copyfile(rdir / "train_log.jsonl", tmp / "train_log.jsonl")
+        plot_log(rows, tmp / "loss.png", f"{rcfg.output_name} ({recipe}): loss and EER")
+        atomic_write_json(tmp / "model.json", info)
+    return info
+
+
+def cost_estimate(ws: Workspace, recipe: str, tflops: float, utterances: int | None = None) -> dict:
+    """FLOPs and GPU-hours of `recipe` (see `repro.speaker.cost`); sizes from the training manifest
+    unless `utterances` is given (then the speaker count is VoxCeleb2 dev's 5,994)."""
+    from repro.speaker.cost import estimate
+
+    cfg = ws.profile.speaker_training
+    if utterances is None:
+        utts, speakers = D.load_training_set(ws.corpus_dir, cfg.train_task, cfg.train_split)
+        utterances, n_speakers = len(utts), len(speakers)
+    else:
+        n_speakers = VOXCELEB2_DEV_SPEAKERS
+    return estimate(recipe, recipe_config(ws, recipe), utterances, n_speakers, tflops)
+
+
+VOXCELEB2_DEV_SPEAKERS = 5994

@@ -1,0 +1,220 @@
+"""The speaker-training recipes on the tiny synthetic corpus: resume, collapse, ranks, publishing."""
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from repro.cli import main
+from repro.config import load_profile
+from repro.models.registry import load_upstream
+from repro.speaker import data as D
+from repro.speaker.train import SpeakerTrainingFailed, train_speaker
+from repro.speaker.trainer import TrainingInterrupted
+from repro.workspace import Workspace
+
+PROFILE = """
+name: spk
+description: speaker training test
+seed: 0
+corpus: {kind: synthetic}
+speaker_training:
+  train_task: ASV
+  train_split: train
+  eval_split: test
+  device: cpu
+  num_workers: 0
+  log_every: 1
+  checkpoint_every: 2
+  eval_every_epochs: 1
+  grad_accumulation: ACCUM
+  require_eer_improvement: false
+  augment: {synthetic: true}
+  supervised:
+    output_name: tiny-ecapa-sup
+    epochs: 2
+    batch_size: 4
+    chunk_seconds: 1.0
+    lr_step_size: 2
+    augmentations: [noise, reverb, drop_chunk]
+    arch: {channels: [16, 16, 16, 16, 48], lin_neurons: 12, attention_channels: 8, se_channels: 8, res2net_scale: 2}
+  dino:
+    output_name: tiny-ecapa-dino
+    epochs: 2
+    batch_size: 4
+    global_frames: 100
+    local_frames: 50
+    head_out_dim: 64
+    head_hidden_dim: 32
+    head_bottleneck_dim: 16
+    warmup_epochs: 1
+    num_avg: 2
+    TEMPS
+    arch: {channels: 16, mfa_channels: 48, embed_dim: 12, scale: 4, se_bottleneck: 8, attention_bottleneck: 8}
+"""
+
+
+def make_ws(root: Path, corpus: Path, accumulation: int = 1, temps: str = "") -> Workspace:
+    root.mkdir(parents=True, exist_ok=True)
+    prof = root / "spk.yaml"
+    prof.write_text(PROFILE.replace("ACCUM", str(accumulation)).replace("TEMPS", temps))
+    ws = Workspace(load_profile(prof), root / "work", root / "results", root / "figures")
+    ws.work.mkdir(parents=True, exist_ok=True)
+    ws.corpus_dir.symlink_to(corpus)
+    return ws
+
+
+def weights(ws: Workspace, recipe: str) -> dict[str, torch.Tensor]:
+    name = {"supervised": "tiny-ecapa-sup", "dino": "tiny-ecapa-dino"}[recipe]
+    info = json.loads((ws.models_dir / name / "model.json").read_text())
+    return torch.load(ws.models_dir / name / info["weights_file"])
+
+
+@pytest.mark.parametrize("recipe", ["dino", "supervised"])
+def test_resumed_run_gives_the_same_model_as_an_uninterrupted_one(recipe, tiny_corpus, tmp_path, monkeypatch):
+    straight = make_ws(tmp_path / "a", tiny_corpus)
+    info = train_speaker(straight, recipe, progress=False)
+    assert info["steps"] == 4 and info["train"] == {"task": "ASV", "split": "train", "utterances": 10, "speakers": 10}
+    resumed = make_ws(tmp_path / "b", tiny_corpus)
+    with pytest.raises(TrainingInterrupted):
+        train_speaker(resumed, recipe, progress=False, stop_after_step=3)  # crash after step 3; checkpoint at 2
+    assert not (resumed.models_dir / info["name"]).exists()
+    assert torch.load(resumed.work / "speaker_training" / info["name"] / "checkpoint.pt")["step"] == 2
+    info_b = train_speaker(resumed, recipe, progress=False)
+    a, b = weights(straight, recipe), weights(resumed, recipe)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resumed model differs"
+    assert info_b == info
+    for f in ("train_log.jsonl", "model.json"):
+        a_text = (straight.models_dir / info["name"] / f).read_text()
+        assert a_text == (resumed.models_dir / info["name"] / f).read_text()
+    timing = json.loads((resumed.work / "speaker_training" / info["name"] / "timing.json").read_text())
+    assert timing["resumed_from"] == 2 and timing["steps_run"] == 2
+    # the published model loads through the registry; its embedding is the trained network's
+    up = load_upstream(info["name"], straight.models_dir)
+    assert [l.dim for l in up.layer_info()][:4] == [16] * 4 and up.embedding_dim == 12
+    # the same settings again: nothing is retrained (CLI), the model is reused
+    monkeypatch.setenv("REPRO_WORK", str(straight.work_root))
+    res = CliRunner().invoke(main, ["train-speaker", "-r", recipe, "-p", str(tmp_path / "a" / "spk.yaml")])
+    assert res.exit_code == 0 and "exists" in res.output and "EER" in res.output
+
+
+def test_untrained_model_names_the_command_that_trains_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"repro train-speaker --recipe dino --profile smoke"):
+        load_upstream("tiny-ecapa-dino", tmp_path / "work" / "smoke" / "models")
+
+
+def test_a_collapsing_dino_run_is_reported_and_not_published(tiny_corpus, tmp_path):
+    # without sharpening (teacher temperature 10) DINO's teacher output is uniform for every input
+    ws = make_ws(tmp_path, tiny_corpus, temps="warmup_teacher_temp: 10.0\n    teacher_temp: 10.0")
+    with pytest.raises(SpeakerTrainingFailed, match="uniform collapse"):
+        train_speaker(ws, "dino", progress=False)
+    failure = json.loads((ws.work / "speaker_training" / "tiny-ecapa-dino" / "failure.json").read_text())
+    assert failure["collapse"]["collapsed"] and failure["collapse"]["teacher_entropy"] > 0.99
+    assert not (ws.models_dir / "tiny-ecapa-dino").exists()
+
+
+def test_collapse_detector_fires_on_collapsed_outputs_only(tiny_corpus):
+    from repro.data.manifest import load_task
+    from repro.models.ecapa import KaldiFbank
+    from repro.models.wespeaker_ecapa import WespeakerEcapa, WespeakerEcapaArch
+    from repro.speaker.dino import DinoHead
+    from repro.speaker.evaluate import collapse_report, embed
+    from repro.audio import read_audio
+
+    audio = [read_audio(tiny_corpus / u.path) for u in load_task(tiny_corpus, "ASV", "test")]
+    torch.manual_seed(0)
+    model = WespeakerEcapa(WespeakerEcapaArch(channels=16, mfa_channels=48, embed_dim=12, scale=4,
+                                              se_bottleneck=8, attention_bottleneck=8))
+    head = DinoHead(12, 64, 32, 16)
+    raw = torch.from_numpy(embed(KaldiFbank(80), model, audio, torch.device("cpu"))).float()
+    with torch.no_grad():  # healthy: embeddings standardised, as a trained emb_bn layer makes them
+        model.bn2.running_mean.copy_(raw.mean(0))
+        model.bn2.running_var.copy_(raw.var(0))
+    emb = embed(KaldiFbank(80), model, audio, torch.device("cpu"))
+    check = dict(center=None, temperature=0.07, min_embedding_std=0.01, min_teacher_kl=1e-3)
+    healthy = collapse_report(emb, head, **check)
+    assert not healthy.collapsed and healthy.teacher_kl > 0.1 and healthy.embedding_std > 0.5
+    # constant embedding (the network ignores its input)
+    with torch.no_grad():
+        model.linear.weight.zero_()
+    flat = collapse_report(embed(KaldiFbank(80), model, audio, torch.device("cpu")), None, **check)
+    assert flat.collapsed and "same embedding" in flat.reasons[0] and flat.embedding_std < 1e-6
+    # uniform teacher: every output unit has the same weights
+    with torch.no_grad():
+        head.last_layer.weight_v.copy_(head.last_layer.weight_v[:1].expand_as(head.last_layer.weight_v))
+    uniform = collapse_report(emb, head, **check)
+    assert uniform.collapsed and "uniform collapse" in uniform.reasons[0] and uniform.teacher_entropy > 0.99
+
+    class OneHot(torch.nn.Module):  # one unit dominates whatever the input
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(12, 64))
+
+        def forward(self, x):
+            return x @ self.w * 0 + torch.eye(64)[3] * 5
+
+    onehot = collapse_report(emb, OneHot(), **check)
+    assert onehot.collapsed and "one-hot collapse" in onehot.reasons[0] and onehot.teacher_entropy < 0.01
+
+
+def test_rank_and_micro_batch_partition_covers_the_global_batch():
+    for world, accum in ((1, 1), (1, 4), (2, 2), (4, 1)):
+        parts = [list(D.micro_batch_positions(16, world, accum, r, m)) for r in range(world) for m in range(accum)]
+        assert sorted(sum(parts, [])) == list(range(16)) and len({len(p) for p in parts}) == 1
+    with pytest.raises(ValueError, match="not divisible"):
+        D.micro_batch_positions(10, 4, 1, 0, 0)
+    # each epoch visits every utterance once (remainder dropped); epochs differ in order
+    e0 = np.concatenate([D.step_utterances(3, s, 10, 3) for s in range(3)])
+    e1 = np.concatenate([D.step_utterances(3, s, 10, 3) for s in range(3, 6)])
+    assert len(set(e0)) == 9 and not np.array_equal(e0, e1)
+
+
+def _rank_main(rank: int, root: str, corpus: str, port: int) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    ws_root = Path(root)
+    prof = load_profile(ws_root / "spk.yaml")
+    train_speaker(Workspace(prof, ws_root / "work", ws_root / "results", ws_root / "figures"), "dino", progress=False)
+
+
+def test_two_gloo_ranks_train_the_same_model_as_one_process_with_accumulation(tiny_corpus, tmp_path):
+    single = make_ws(tmp_path / "one", tiny_corpus, accumulation=2)
+    train_speaker(single, "dino", progress=False)
+    multi = make_ws(tmp_path / "two", tiny_corpus, accumulation=1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_rank_main, args=(str(tmp_path / "two"), str(tiny_corpus), port), nprocs=2)
+    a, b = weights(single, "dino"), weights(multi, "dino")
+    params = [k for k in a if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert len(params) > 50
+    for k in params:  # batch statistics are per rank / per micro-batch in both; running buffers differ by design
+        assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
+    from repro.speaker.trainlog import read_log
+
+    log_a = [r for r in read_log(single.models_dir / "tiny-ecapa-dino" / "train_log.jsonl") if "loss" in r]
+    log_b = [r for r in read_log(multi.models_dir / "tiny-ecapa-dino" / "train_log.jsonl") if "loss" in r]
+    assert [r["step"] for r in log_a] == [r["step"] for r in log_b] == [1, 2, 3, 4]
+    assert np.allclose([r["loss"] for r in log_a], [r["loss"] for r in log_b], atol=1e-4)
+
+
+def test_cost_estimate_counts_flops_per_step_and_scales_with_batch_and_epochs(tiny_corpus, tmp_path):
+    import dataclasses
+
+    from repro.speaker.cost import estimate
+
+    cfg = make_ws(tmp_path, tiny_corpus).profile.speaker_training.dino
+    one = estimate("dino", cfg, 100, 10, tflops=1.0)
+    two = estimate("dino", dataclasses.replace(cfg, batch_size=8, epochs=4), 100, 10, tflops=1.0)
+    assert one["steps"] == 2 * (100 // 4) and two["steps"] == 4 * (100 // 8)
+    assert one["flops_per_step"] > 0 and np.isclose(two["flops_per_step"], 2 * one["flops_per_step"], rtol=1e-6)
+    assert np.isclose(one["gpu_hours"], one["steps"] * one["flops_per_step"] / 1e12 / 3600)
+    # longer crops cost proportionally more (convolutions dominate)
+    longer = estimate("dino", dataclasses.replace(cfg, global_frames=200, local_frames=100), 100, 10, tflops=1.0)
+    assert 1.6 < longer["flops_per_step"] / one["flops_per_step"] < 2.1
