@@ -201,10 +201,11 @@ def extract(profile: str, model_names: tuple[str, ...], tasks: tuple[str, ...], 
 def probe(profile: str, model_names: tuple[str, ...], tasks: tuple[str, ...], lrs: tuple[float, ...],
           quiet: bool) -> None:
     """Train probes (weighted sum of frozen layers + task head) and write their result files."""
-    from repro.probing.runner import result_dir, run_asv_idt, run_probe, select_best
+    from repro.probing.runner import require_budgets, result_dir, run_asv_idt, run_probe, select_best
     from repro.workspace import Workspace
 
     ws = Workspace.for_profile(profile)
+    require_budgets(ws.profile, list(tasks or ws.profile.tasks))
     for name in model_names or ws.profile.models.all():
         for task in tasks or ws.profile.tasks:
             grid = lrs or ws.profile.probing.tasks[task].lr_grid

@@ -61,9 +61,11 @@ def test_extends_merges_and_detects_cycles(tmp_path):
 
 
 def test_tasks_need_a_probing_budget(tmp_path):
-    path = write(tmp_path, BASE + "tasks: [KS]\n")
-    with pytest.raises(ConfigError, match=r"tasks \['KS'\] have no budget under 'probing.tasks'"):
-        load_profile(path)
+    from repro.probing.runner import require_budgets
+
+    profile = load_profile(write(tmp_path, BASE + "tasks: [KS]\n"))
+    with pytest.raises(ConfigError, match=r"profile x: tasks \['KS'\] have no budget under 'probing.tasks'"):
+        require_budgets(profile, profile.tasks)
 
 
 def test_unknown_profile_lists_builtin():

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from repro.config.typed import to_dict
+from repro.config.typed import ConfigError, to_dict
 from repro.data.manifest import ManifestError, Utterance, load_task, read_corpus_info, read_trials, trials_path
 from repro.features.extract import resolve_device
 from repro.features.store import FeatureStore, StoreError
@@ -80,8 +80,7 @@ class ProbeInputs:
     def __init__(self, ws: Workspace, model: str, task_name: str):
         self.ws, self.model, self.task_name = ws, model, task_name
         self.cfg = ws.profile.probing
-        if task_name not in self.cfg.tasks:
-            raise ManifestError(f"profile {ws.profile.name}: no probing budget for task {task_name} (probing.tasks)")
+        require_budgets(ws.profile, [task_name])
         self.budget = self.cfg.tasks[task_name]
         utts = load_task(ws.corpus_dir, task_name)
         self.by_split = {s: [u for u in utts if u.split == s] for s in sorted({u.split for u in utts})}
@@ -272,9 +271,20 @@ def run_asv_idt(ws: Workspace, model: str) -> dict[str, Any] | None:
     return result
 
 
+def require_budgets(profile, tasks: list[str]) -> None:
+    """ConfigError unless every task has a probing budget in the profile."""
+    missing = [t for t in tasks if t not in profile.probing.tasks]
+    if missing:
+        raise ConfigError(
+            f"profile {profile.name}: tasks {missing} have no budget under 'probing.tasks'; add one per task "
+            "(steps, batch_size, lr_grid, eval_every) or remove them from 'tasks'"
+        )
+
+
 def run_all(ws: Workspace, models: list[str] | None = None, tasks: list[str] | None = None,
             progress: bool = True) -> None:
     """Every probe of the profile (all models x tasks x learning rates), then the selections and ASV-IDT."""
+    require_budgets(ws.profile, tasks or ws.profile.tasks)
     for model in models or ws.profile.models.all():
         for task in tasks or ws.profile.tasks:
             for lr in ws.profile.probing.tasks[task].lr_grid:
