@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 REPRO := $(PY) -m repro
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo reproduce corpus extract test test-fast models config clean
+.PHONY: help install demo reproduce corpus extract cka bench test test-fast models config clean
 
 help: ## list every target with one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_%-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -33,6 +33,12 @@ corpus: $(VENV)/.installed ## create the corpus of PROFILE
 
 extract: $(VENV)/.installed ## extract layer features of every model of PROFILE
 	$(REPRO) run --profile $(PROFILE) --stage features
+
+cka: $(VENV)/.installed ## layer similarity: linear CKA of every model pair of PROFILE (results/PROFILE/cka/)
+	$(REPRO) run --profile $(PROFILE) --stage cka
+
+bench: $(VENV)/.installed ## measure the numerical cores against baselines (artifacts/bench/*.json)
+	$(REPRO) bench all
 
 models: $(VENV)/.installed ## list the model registry
 	$(REPRO) models list

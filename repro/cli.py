@@ -16,9 +16,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from repro.data.manifest import ManifestError
     from repro.features.store import StoreError
     from repro.models.registry import UnknownModelError
+    from repro.similarity.align import AlignmentError
+    from repro.similarity.stage import CKAError
 
     return (ConfigError, AudioError, ManifestError, StoreError, UnknownModelError, ToolMissingError,
-            NotImplementedError, FileNotFoundError)
+            NotImplementedError, FileNotFoundError, CKAError, AlignmentError)
 
 
 class _Group(click.Group):
@@ -128,6 +130,47 @@ def extract(profile: str, model_names: tuple[str, ...], tasks: tuple[str, ...], 
         rate = stats["audio_seconds"] / stats["wall_seconds"] if stats["wall_seconds"] else float("nan")
         click.echo(f"{name}: {len(stores)} stores under {ws.features_dir / name}; "
                    f"{stats['audio_seconds']:.0f} s of audio extracted now ({rate:.1f} audio s / wall s)")
+
+
+@main.command()
+@PROFILE
+@click.option("--models", "-m", "models", nargs=2, default=None, metavar="A B",
+              help="two models (A may equal B); default: every model with itself and every pair of the profile")
+@click.option("--force", is_flag=True, help="recompute even if the result is up to date")
+@click.option("--quiet", is_flag=True)
+def cka(profile: str, models: tuple[str, str] | None, force: bool, quiet: bool) -> None:
+    """Linear CKA between every pair of layers of two models (writes results/<profile>/cka/)."""
+    from repro.similarity.stage import run_cka
+    from repro.workspace import Workspace
+
+    run_cka(Workspace.for_profile(profile), [tuple(models)] if models else None, force=force,
+            progress=not quiet, echo=click.echo)
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks of the numerical cores (write artifacts/bench/<name>.json)."""
+
+
+@bench.command("cka")
+@click.option("--frames", type=int, default=None, help="frames per model (default: a size that runs in seconds)")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts/bench"),
+              show_default=True)
+def bench_cka(frames: int | None, out: Path) -> None:
+    """Streaming CKA vs a per-pair numpy baseline: frames/s, peak memory, GFLOP/s."""
+    from repro.bench import run_benchmarks
+
+    run_benchmarks(["cka"], out, echo=click.echo, options={"cka": {"frames": frames}})
+
+
+@bench.command("all")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts/bench"),
+              show_default=True)
+def bench_all(out: Path) -> None:
+    """Every benchmark at its default size."""
+    from repro.bench import run_benchmarks
+
+    run_benchmarks(None, out, echo=click.echo)
 
 
 if __name__ == "__main__":

@@ -30,9 +30,17 @@ def stage_features(ws: Workspace, progress: bool = True) -> None:
         extract_model(ws, name, progress=progress)
 
 
+def stage_cka(ws: Workspace, progress: bool = True) -> None:
+    """Linear CKA between the layers of every model pair of the profile (within and across models)."""
+    from repro.similarity.stage import run_cka
+
+    run_cka(ws, progress=progress, echo=print if progress else None)
+
+
 STAGES: dict[str, Callable[..., None]] = {
     "corpus": stage_corpus,
     "features": stage_features,
+    "cka": stage_cka,
 }
 
 

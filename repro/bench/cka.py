@@ -1,0 +1,127 @@
+"""CKA benchmark: the streaming accumulator vs a per-pair numpy baseline, same frames, same process.
+
+Two synthetic "models" of `layers` layers of `dim` features (like Base SSL
+models: 13 x 768), float32 frames that share a low-dimensional latent (so the
+matrices are not trivial) plus a common offset. Four measurements:
+
+    within  ours: one within-model CKAAccumulator over the 13 layers (l <= m blocks only)
+            naive: `linear_cka` (centre, three products) for each of the 91 pairs l <= m
+    cross   ours: one cross-model CKAAccumulator, 13 x 13
+            naive: `linear_cka` for each of the 169 pairs
+
+Reported: frames/s, the speed-up (naive time / ours), peak resident memory
+above the level before each case, the achieved GFLOP/s (counted matrix-product
+flops / wall time) against this machine's float64 GEMM rate, and the largest
+difference between the two matrices (they must agree to rounding).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from repro.bench.common import gemm_gflops, machine_info, timed
+from repro.similarity.accumulator import CKAAccumulator
+from repro.similarity.cka import linear_cka
+
+DEFAULTS = {"frames": 1536, "layers": 13, "dim": 768, "batch": 768, "seed": 0}
+
+
+def make_frames(frames: int, layers: int, dim: int, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Two models' layers, `layers` arrays `[frames, dim]` float32 each, sharing a 32-d latent."""
+    rng = np.random.default_rng(seed)
+    latent = rng.standard_normal((frames, 32)).astype(np.float32)
+
+    def model() -> list[np.ndarray]:
+        out = []
+        for _ in range(layers):
+            w = rng.standard_normal((32, dim)).astype(np.float32)
+            noise = rng.standard_normal((frames, dim), dtype=np.float32)
+            out.append(latent @ w + 2.0 * noise + 5.0)
+        return out
+
+    return model(), model()
+
+
+def naive_grid(xs: list[np.ndarray], ys: list[np.ndarray] | None) -> np.ndarray:
+    """The baseline: `linear_cka` for every layer pair (within a model: pairs l <= m, mirrored)."""
+    if ys is None:
+        out = np.zeros((len(xs), len(xs)))
+        for l in range(len(xs)):
+            for m in range(l, len(xs)):
+                out[l, m] = out[m, l] = linear_cka(xs[l], xs[m])
+        return out
+    return np.array([[linear_cka(x, y) for y in ys] for x in xs])
+
+
+def ours_grid(xs: list[np.ndarray], ys: list[np.ndarray] | None, batch: int) -> np.ndarray:
+    """The streaming accumulator fed `batch` frames at a time, then its matrix."""
+    acc = CKAAccumulator([x.shape[1] for x in xs], None if ys is None else [y.shape[1] for y in ys])
+    for i in range(0, xs[0].shape[0], batch):
+        acc.update([x[i:i + batch] for x in xs], None if ys is None else [y[i:i + batch] for y in ys])
+    return acc.cka()
+
+
+def flops(frames: int, dims: list[int], symmetric: bool, naive: bool) -> float:
+    """Multiply-add flops (x2) of the matrix products each method performs."""
+    n, L = frames, len(dims)
+    if naive:
+        pairs = [(l, m) for l in range(L) for m in range(l if symmetric else 0, L)]
+        return float(sum(2 * n * (dims[l] * dims[m] + dims[l] ** 2 + dims[m] ** 2) for l, m in pairs))
+    D = sum(dims)
+    if symmetric:
+        ends = np.cumsum(dims)
+        return float(sum(2 * n * int(e) * d for e, d in zip(ends, dims)))
+    return float(2 * n * D * D + 2 * 2 * n * sum(d * d for d in dims))
+
+
+def run(frames: int = DEFAULTS["frames"], layers: int = DEFAULTS["layers"], dim: int = DEFAULTS["dim"],
+        batch: int = DEFAULTS["batch"], seed: int = DEFAULTS["seed"]) -> dict:
+    """Measure both grids with both methods; returns the result record (see module doc)."""
+    started = time.perf_counter()
+    xs, ys = make_frames(frames, layers, dim, seed)
+    gemm = gemm_gflops()
+    dims = [dim] * layers
+    cases = {}
+    for case, other in (("within", None), ("cross", ys)):
+        sym = other is None
+        ours, t_ours, m_ours = timed(lambda: ours_grid(xs, other, batch))
+        naive, t_naive, m_naive = timed(lambda: naive_grid(xs, other))
+        f_ours, f_naive = flops(frames, dims, sym, False), flops(frames, dims, sym, True)
+        cases[case] = {
+            "pairs": layers * (layers + 1) // 2 if sym else layers * layers,
+            "ours": {"seconds": t_ours, "frames_per_s": frames / t_ours, "peak_mib": _mib(m_ours),
+                     "gflop": f_ours / 1e9, "gflops": f_ours / t_ours / 1e9,
+                     "gemm_fraction": f_ours / t_ours / 1e9 / gemm["torch"]},
+            "naive": {"seconds": t_naive, "frames_per_s": frames / t_naive, "peak_mib": _mib(m_naive),
+                      "gflop": f_naive / 1e9, "gflops": f_naive / t_naive / 1e9,
+                      "gemm_fraction": f_naive / t_naive / 1e9 / gemm["numpy"]},
+            "speedup": t_naive / t_ours,
+            "max_abs_difference": float(np.max(np.abs(ours - naive))),
+        }
+    return {"benchmark": "cka", "machine": machine_info(), "gemm_float64_gflops": gemm,
+            "setup": {"frames": frames, "layers": layers, "dim": dim, "batch": batch, "seed": seed,
+                      "dtype_in": "float32", "accumulation": "float64"},
+            "cases": cases, "wall_seconds": time.perf_counter() - started}
+
+
+def _mib(b: int | None) -> float | None:
+    return None if b is None else round(b / 2**20, 1)
+
+
+def table(r: dict) -> str:
+    """A short text table of a `run` result."""
+    s, g = r["setup"], r["gemm_float64_gflops"]
+    lines = [f"CKA benchmark: {s['frames']} frames, {s['layers']} layers x {s['dim']}-d per model; "
+             f"float64 GEMM on this machine: {g['torch']:.1f} GFLOP/s (torch), {g['numpy']:.1f} (numpy)",
+             f"{'grid':8s} {'method':7s} {'seconds':>8s} {'frames/s':>9s} {'GFLOP/s':>8s} {'of GEMM':>8s} "
+             f"{'peak MiB':>9s} {'speed-up':>9s} {'max |diff|':>11s}"]
+    for case, c in r["cases"].items():
+        for method in ("ours", "naive"):
+            m = c[method]
+            peak = "n/a" if m["peak_mib"] is None else f"{m['peak_mib']:.0f}"
+            extra = (f"{c['speedup']:>8.2f}x {c['max_abs_difference']:>11.1e}" if method == "ours" else "")
+            lines.append(f"{case + ' ' + str(c['pairs']):8s} {method:7s} {m['seconds']:>8.2f} {m['frames_per_s']:>9.0f} "
+                         f"{m['gflops']:>8.1f} {m['gemm_fraction']:>7.0%} {peak:>9s} {extra}")
+    return "\n".join(lines)
