@@ -9,7 +9,8 @@ matrices are not trivial) plus a common offset. Four measurements:
     cross   ours: one cross-model CKAAccumulator, 13 x 13
             naive: `linear_cka` for each of the 169 pairs
 
-Reported: frames/s, the speed-up (naive time / ours), peak resident memory
+Reported: frames/s (end to end; for ours also the streaming rate without the one-off
+step from sums to matrix), the speed-up (naive time / ours), peak resident memory
 above the level before each case, the achieved GFLOP/s (counted matrix-product
 flops / wall time) against this machine's float64 GEMM rate, and the largest
 difference between the two matrices (they must agree to rounding).
@@ -21,7 +22,7 @@ import time
 
 import numpy as np
 
-from repro.bench.common import gemm_gflops, machine_info, timed
+from repro.bench.common import PeakMemory, gemm_gflops, machine_info, timed
 from repro.similarity.accumulator import CKAAccumulator
 from repro.similarity.cka import linear_cka
 
@@ -55,12 +56,14 @@ def naive_grid(xs: list[np.ndarray], ys: list[np.ndarray] | None) -> np.ndarray:
     return np.array([[linear_cka(x, y) for y in ys] for x in xs])
 
 
-def ours_grid(xs: list[np.ndarray], ys: list[np.ndarray] | None, batch: int) -> np.ndarray:
-    """The streaming accumulator fed `batch` frames at a time, then its matrix."""
+def ours_grid(xs: list[np.ndarray], ys: list[np.ndarray] | None, batch: int) -> tuple[np.ndarray, float]:
+    """The streaming accumulator fed `batch` frames at a time, then its matrix; also the seconds
+    spent turning the sums into the matrix (once per result, independent of the number of frames)."""
     acc = CKAAccumulator([x.shape[1] for x in xs], None if ys is None else [y.shape[1] for y in ys])
     for i in range(0, xs[0].shape[0], batch):
         acc.update([x[i:i + batch] for x in xs], None if ys is None else [y[i:i + batch] for y in ys])
-    return acc.cka()
+    start = time.perf_counter()
+    return acc.cka(), time.perf_counter() - start
 
 
 def flops(frames: int, dims: list[int], symmetric: bool, naive: bool) -> float:
@@ -86,12 +89,13 @@ def run(frames: int = DEFAULTS["frames"], layers: int = DEFAULTS["layers"], dim:
     cases = {}
     for case, other in (("within", None), ("cross", ys)):
         sym = other is None
-        ours, t_ours, m_ours = timed(lambda: ours_grid(xs, other, batch))
+        (ours, t_final), t_ours, m_ours = timed(lambda: ours_grid(xs, other, batch))
         naive, t_naive, m_naive = timed(lambda: naive_grid(xs, other))
         f_ours, f_naive = flops(frames, dims, sym, False), flops(frames, dims, sym, True)
         cases[case] = {
             "pairs": layers * (layers + 1) // 2 if sym else layers * layers,
             "ours": {"seconds": t_ours, "frames_per_s": frames / t_ours, "peak_mib": _mib(m_ours),
+                     "finalize_seconds": t_final, "streaming_frames_per_s": frames / (t_ours - t_final),
                      "gflop": f_ours / 1e9, "gflops": f_ours / t_ours / 1e9,
                      "gemm_fraction": f_ours / t_ours / 1e9 / gemm["torch"]},
             "naive": {"seconds": t_naive, "frames_per_s": frames / t_naive, "peak_mib": _mib(m_naive),
@@ -100,7 +104,10 @@ def run(frames: int = DEFAULTS["frames"], layers: int = DEFAULTS["layers"], dim:
             "speedup": t_naive / t_ours,
             "max_abs_difference": float(np.max(np.abs(ours - naive))),
         }
+    with PeakMemory() as probe:
+        pass
     return {"benchmark": "cka", "machine": machine_info(), "gemm_float64_gflops": gemm,
+            "peak_memory": f"resident memory above the level at the start of each case ({probe.method})",
             "setup": {"frames": frames, "layers": layers, "dim": dim, "batch": batch, "seed": seed,
                       "dtype_in": "float32", "accumulation": "float64"},
             "cases": cases, "wall_seconds": time.perf_counter() - started}
@@ -113,15 +120,17 @@ def _mib(b: int | None) -> float | None:
 def table(r: dict) -> str:
     """A short text table of a `run` result."""
     s, g = r["setup"], r["gemm_float64_gflops"]
-    lines = [f"CKA benchmark: {s['frames']} frames, {s['layers']} layers x {s['dim']}-d per model; "
-             f"float64 GEMM on this machine: {g['torch']:.1f} GFLOP/s (torch), {g['numpy']:.1f} (numpy)",
-             f"{'grid':8s} {'method':7s} {'seconds':>8s} {'frames/s':>9s} {'GFLOP/s':>8s} {'of GEMM':>8s} "
-             f"{'peak MiB':>9s} {'speed-up':>9s} {'max |diff|':>11s}"]
+    lines = [f"CKA benchmark: {s['frames']} frames, {s['layers']} layers x {s['dim']}-d per model, batches of "
+             f"{s['batch']}; float64 GEMM here: {g['torch']:.1f} GFLOP/s (torch), {g['numpy']:.1f} (numpy); "
+             f"load average {r['machine']['load_average_1min']}",
+             f"{'grid':9s} {'method':6s} {'seconds':>8s} {'(final)':>8s} {'frames/s':>9s} {'GFLOP/s':>8s} "
+             f"{'of GEMM':>8s} {'peak MiB':>9s} {'speed-up':>9s} {'max |diff|':>10s}"]
     for case, c in r["cases"].items():
         for method in ("ours", "naive"):
             m = c[method]
             peak = "n/a" if m["peak_mib"] is None else f"{m['peak_mib']:.0f}"
-            extra = (f"{c['speedup']:>8.2f}x {c['max_abs_difference']:>11.1e}" if method == "ours" else "")
-            lines.append(f"{case + ' ' + str(c['pairs']):8s} {method:7s} {m['seconds']:>8.2f} {m['frames_per_s']:>9.0f} "
-                         f"{m['gflops']:>8.1f} {m['gemm_fraction']:>7.0%} {peak:>9s} {extra}")
+            final = f"({m['finalize_seconds']:.2f})" if method == "ours" else ""
+            extra = f"{c['speedup']:>8.2f}x {c['max_abs_difference']:>10.1e}" if method == "ours" else ""
+            lines.append(f"{case + ' ' + str(c['pairs']):9s} {method:6s} {m['seconds']:>8.2f} {final:>8s} "
+                         f"{m['frames_per_s']:>9.0f} {m['gflops']:>8.1f} {m['gemm_fraction']:>8.0%} {peak:>9s} {extra}")
     return "\n".join(lines)

@@ -33,46 +33,62 @@ def machine_info() -> dict:
     return {"cpu": cpu, "logical_cores": os.cpu_count(), "memory_gib": mem, "platform": platform.platform(),
             "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
+            "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _status_kib(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1])
+    raise OSError(f"{key} not in /proc/self/status")
 
 
 class PeakMemory:
-    """Context manager: peak resident memory above the level at entry, sampled every `interval` s.
+    """Context manager: peak resident memory above the level at entry (`peak_bytes`).
 
-    Sees every allocator (numpy, torch, BLAS buffers), unlike tracemalloc. Linux only
-    (reads /proc/self/statm); elsewhere `peak_bytes` stays None.
+    Linux: resets the kernel's high-water mark (`/proc/self/clear_refs` <- 5) and reads
+    VmHWM at exit, so every allocator counts (numpy, torch, BLAS buffers) and no
+    short-lived peak is missed. Where that is not allowed, a thread samples VmRSS every
+    millisecond (may miss very short peaks). Elsewhere `peak_bytes` stays None.
     """
 
-    def __init__(self, interval: float = 0.002):
+    def __init__(self, interval: float = 0.001):
         self.interval = interval
         self.peak_bytes: int | None = None
+        self.method: str | None = None
         self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def __enter__(self) -> "PeakMemory":
         try:
-            self._start = self._peak = _rss_bytes()
+            self._start = _status_kib("VmRSS:")
         except OSError:
             return self
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self.method = "VmHWM"
+        except OSError:
+            self.method = "sampled VmRSS"
+            self._peak = self._start
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
         return self
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            self._peak = max(self._peak, _rss_bytes())
+            self._peak = max(self._peak, _status_kib("VmRSS:"))
             time.sleep(self.interval)
 
     def __exit__(self, *exc) -> None:
-        if hasattr(self, "_thread"):
+        if self.method == "VmHWM":
+            self.peak_bytes = (_status_kib("VmHWM:") - self._start) * 1024
+        elif self.method:
             self._stop.set()
             self._thread.join()
-            self._peak = max(self._peak, _rss_bytes())
-            self.peak_bytes = self._peak - self._start
+            self.peak_bytes = (max(self._peak, _status_kib("VmRSS:")) - self._start) * 1024
 
 
 def timed(fn: Callable[[], object]) -> tuple[object, float, int | None]:

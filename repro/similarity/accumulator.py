@@ -5,7 +5,8 @@ utterances) for all L1 layers of model X and all L2 layers of model Y at once
 and returns the full `[L1, L2]` CKA matrix. Memory is O(D1 D2) with
 D = sum of layer widths, whatever the number of items; nothing is approximated.
 
-What is kept (float64, on `device`), with every row first shifted by a fixed
+What is kept (float64: numpy arrays, or torch tensors on a GPU with
+`backend="torch"`; the matrix is always computed in numpy from the sums), with every row first shifted by a fixed
 reference `shift` (`x' = x - shift_x`, see below), q_l = ||x'_l||^2 and
 p_m = ||y'_m||^2 the per-layer squared row norms:
 
@@ -27,8 +28,8 @@ by addition into the single-pass result; `terms()` equals the one-shot
 feature-space computation of `repro.similarity.cka`.
 
 The shift. Centring at the end (sum x x^T - n mu mu^T) cancels catastrophically
-when the mean is large against the spread (e.g. mean 1e3, std 1 loses 12 of 16
-digits). So every row is first shifted by a reference vector, by default the
+when the mean is large against the spread (mean 1e3, std 1: both terms agree in
+their first 6 digits, so float64 keeps about 10 and float32 none). So every row is first shifted by a reference vector, by default the
 mean of the valid rows of the first batch (`shift_x`, recorded in the state);
 the sums are then about values of the data's own scale and the final centring
 only removes a small residual mean. CKA is invariant to the shift, so the choice

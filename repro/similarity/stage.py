@@ -152,8 +152,10 @@ def compute_pair(ws: Workspace, a: str, b: str, *, force: bool = False, progress
         raise CKAError(f"cka.bootstrap.blocks = {blocks} exceeds the {len(ids)} utterances of "
                        f"{cfg.task}/{cfg.split}; use fewer blocks")
     block_of = assign_blocks(ids, blocks, cfg.seed) if blocks > 1 else {u: 0 for u in ids}
+    device = resolve_device(cfg.device)  # products with numpy on the CPU, with torch on a GPU
     boot = BlockBootstrap(blocks, [l.dim for l in sa.layers], None if sym else [l.dim for l in sb.layers],
-                          compute_dtype=cfg.dtype, device=resolve_device(cfg.device))
+                          compute_dtype=cfg.dtype, backend="numpy" if device.type == "cpu" else "torch",
+                          device=str(device))
     # One reference row for all blocks (and any future shard): the first utterance's items, unsubsampled.
     first = next((u for u in ids if counts[row[u]] > 0), None)
     if first is None:
