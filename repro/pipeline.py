@@ -34,6 +34,12 @@ def stage_cka(ws: Workspace, progress: bool = True) -> None:
     """Linear CKA between the layers of every model pair of the profile (within and across models)."""
     from repro.similarity.stage import run_cka
 
+    task = ws.profile.cka.task
+    if task not in ws.profile.tasks:  # the features stage did not cover the CKA utterances
+        from repro.features.stage import extract_model
+
+        for name in ws.profile.models.all():
+            extract_model(ws, name, [task], progress=progress)
     run_cka(ws, progress=progress, echo=print if progress else None)
 
 

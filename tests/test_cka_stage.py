@@ -19,16 +19,16 @@ description: CKA test profile
 seed: 0
 corpus: {{kind: synthetic}}
 models: {{speech_ssl: [tiny-hubert], speaker_ssl: [], speaker_sup: [tiny-ecapa-sup]}}
-tasks: [PR]
+tasks: [{tasks}]
 extraction: {{device: cpu, max_batch_seconds: 16}}
 cka: {{task: PR, split: train, device: cpu, batch_frames: 300, {extra}}}
 """
 A, B = "tiny-hubert", "tiny-ecapa-sup"
 
 
-def write_profile(path, **extra):
+def write_profile(path, tasks="PR", **extra):
     text = ", ".join(f"{k}: {v}" for k, v in {"bootstrap": "{blocks: 4, resamples: 50}", **extra}.items())
-    path.write_text(PROFILE.format(extra=text))
+    path.write_text(PROFILE.format(extra=text, tasks=tasks))
     return str(path)
 
 
@@ -119,10 +119,14 @@ def test_cross_model_cka_matches_an_independent_computation_and_reruns_are_skipp
 
 
 def test_stage_runs_every_pair_within_and_across_models(env, tmp_path):
-    prof = write_profile(tmp_path / "ckaprof.yaml", level="utterance", estimator="debiased")
+    # the profile probes only KS: the stage extracts the CKA task's missing stores itself
+    prof = write_profile(tmp_path / "ckaprof.yaml", tasks="KS", level="utterance", estimator="debiased")
     ws = Workspace.for_profile(prof)
+    shutil.rmtree(ws.store_dir(B, "PR", "train"))
     res = run("run", "--profile", prof, "--stage", "cka", "--quiet")
     assert res.exit_code == 0, res.output
+    assert (ws.store_dir(B, "PR", "train") / "meta.json").is_file()
+    assert not ws.store_dir(A, "KS", "train").exists()
     names = sorted(p.name for p in (ws.results / "cka").iterdir())
     assert names == sorted(f"{a}__{b}.{ext}" for a, b in ((A, A), (B, B), (A, B)) for ext in ("npz", "json"))
     within = np.load(ws.results / "cka" / f"{A}__{A}.npz")

@@ -16,6 +16,7 @@ corpus:
 models: {speech_ssl: [tiny-hubert], speaker_ssl: [], speaker_sup: [tiny-ecapa-sup]}
 tasks: [KS, ASV]
 extraction: {device: cpu, max_batch_seconds: 16}
+cka: {task: KS, device: cpu}
 """
 
 
