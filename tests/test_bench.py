@@ -21,7 +21,7 @@ def test_cka_benchmark_writes_a_record_whose_methods_agree(tmp_path):
     for case, pairs in (("within", 6), ("cross", 9)):
         c = record["cases"][case]
         assert c["pairs"] == pairs and c["max_abs_difference"] < 1e-10
-        assert c["speedup"] > 0 and c["ours"]["frames_per_s"] > 0 and c["naive"]["gflop"] > c["ours"]["gflop"]
+        assert c["speedup"] > 0 and c["ours"]["frames_per_s"] > 0 and c["flop_ratio"] > 1
     assert "within 6" in lines[0] and lines[-1] == f"written: {tmp_path / 'cka.json'}"
 
 

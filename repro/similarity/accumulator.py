@@ -73,7 +73,9 @@ class _NumpyOps:
         self._scratch: dict = {}
 
     def zeros(self, *shape):
-        return np.zeros(shape, dtype=np.float64)
+        a = np.empty(shape, dtype=np.float64)  # numpy asks for huge pages here, not with np.zeros (calloc)
+        a.fill(0.0)
+        return a
 
     def rows(self, parts: list[np.ndarray]):
         return np.concatenate([np.asarray(p, dtype=np.float64) for p in parts], axis=1)
@@ -528,26 +530,38 @@ def _mirror(big: dict, symmetric: bool) -> None:
 def terms_of(accs: Sequence[CKAAccumulator]) -> CKATerms:
     """`CKATerms` of the union of the items of `accs` (same layers and shift), e.g. bootstrap blocks.
 
-    The O(D1 D2) terms are computed pair by pair from the summed blocks, centring
-    each block directly: ||S - s_l s_m^T / n||_F^2.
+    The O(D1 D2) terms are computed one row block (layer l against all of Y) at a
+    time, centring the summed block directly: ||S_lm - s_l s_m^T / n||_F^2.
     """
     _check_group(accs)
     small = _sum_small(accs)
     n = float(small["n"])
     if n < 2:
         raise ValueError(f"CKA needs at least 2 items, got {int(n)}")
-    big = _empty_big(accs[0])
-    for kind, l, m, blocks, sl, sm in _pair_blocks(accs):
-        S = blocks[0] if len(blocks) == 1 else sum(blocks[1:], blocks[0].copy())
-        s_l, s_m = sum(sl[1:], sl[0].copy()), sum(sm[1:], sm[0].copy())
-        C = S - np.multiply.outer(s_l, s_m / n)
-        frob, sSs = float(np.vdot(C, C)), float(s_l @ (S @ s_m))
-        if kind == "cross":
-            big["cross"][l, m], big["sSs"][l, m] = frob, sSs
-        else:
-            big[f"self_{kind}"][l], big[f"sBs_{kind}"][l] = frob, sSs
-    _mirror(big, accs[0].symmetric)
-    return assemble_terms(small, big, accs[0].dims_x, accs[0].dims_y)
+    a0 = accs[0]
+    big = _empty_big(a0)
+    sx, sy = small["sum_x"], small["sum_y"]
+    cross = "xx" if a0.symmetric else "xy"
+    for l in range(len(a0.dims_x)):
+        r0, r1 = int(a0.off_x[l]), int(a0.off_x[l + 1])
+        R = _summed([a.ops.numpy(a.stats[cross][r0:r1]) for a in accs])  # [d_l, D2]
+        C = R - np.multiply.outer(sx[r0:r1], sy / n)
+        big["cross"][l] = segment_sum(np.einsum("ij,ij->j", C, C), a0.dims_y)
+        big["sSs"][l] = segment_sum((sx[r0:r1] @ R) * sy, a0.dims_y)
+    if not a0.symmetric:
+        for side, off, s_all in (("x", a0.off_x, sx), ("y", a0.off_y, sy)):
+            for l in range(len(off) - 1):
+                s_l = s_all[off[l]:off[l + 1]]
+                B = _summed([a.self_block(side, l) for a in accs])
+                C = B - np.multiply.outer(s_l, s_l / n)
+                big[f"self_{side}"][l] = np.einsum("ij,ij->", C, C)
+                big[f"sBs_{side}"][l] = s_l @ B @ s_l
+    _mirror(big, a0.symmetric)  # within-model: row blocks held zeros left of the diagonal
+    return assemble_terms(small, big, a0.dims_x, a0.dims_y)
+
+
+def _summed(arrays: list[np.ndarray]) -> np.ndarray:
+    return arrays[0] if len(arrays) == 1 else sum(arrays[1:], arrays[0].copy())
 
 
 def assemble_terms(small: dict[str, np.ndarray], big: dict[str, np.ndarray], dims_x, dims_y) -> CKATerms:

@@ -29,6 +29,7 @@ from repro.config import to_dict
 from repro.features.store import FeatureStore
 from repro.similarity.align import aligned_length, align_frames, mean_pool, rate_factors
 from repro.similarity.bootstrap import BlockBootstrap
+from repro.similarity.cka import cka_from_terms
 from repro.similarity.sampling import assign_blocks, subsample_frames
 from repro.util.atomic import atomic_write_json
 from repro.util.hashing import config_hash
@@ -93,6 +94,79 @@ def _finite_or_none(m: np.ndarray) -> list:
     return [[None if not math.isfinite(v) else round(float(v), 6) for v in row] for row in m]
 
 
+class _PairReader:
+    """The paired items of one utterance for two stores (or one store with itself), per the CKA settings."""
+
+    def __init__(self, sa: FeatureStore, sb: FeatureStore, a: str, b: str, ids: list[str], cfg):
+        self.sa, self.sb, self.sym, self.cfg = sa, sb, sa is sb, cfg
+        self.row = {u: i for i, u in enumerate(ids)}
+        self.alignment = self.subsampling = self.selection = None
+        if cfg.level == "utterance":
+            self.counts = [1] * len(ids)
+            return
+        layers = list(sa.layers) + ([] if self.sym else list(sb.layers))
+        labels = [f"{a}:{l.name}" for l in sa.layers] + ([] if self.sym else [f"{b}:{l.name}" for l in sb.layers])
+        common, factors = rate_factors([l.frame_rate for l in layers], labels)
+        La = len(sa.layers)
+        self.fa, self.fb = factors[:La], (factors[:La] if self.sym else factors[La:])
+        self.counts = [aligned_length(self._lengths(u), factors) for u in ids]
+        self.selection = subsample_frames(self.counts, cfg.max_frames, cfg.seed)
+        self.alignment = {"alignment": cfg.alignment, "frame_rate": common, "factors": {"a": self.fa, "b": self.fb}}
+        self.subsampling = {"max_frames": cfg.max_frames, "available": int(sum(self.counts)), "seed": cfg.seed,
+                            "applied": self.selection is not None}
+
+    def _lengths(self, u: str) -> list[int]:
+        own = [int(t) for t in self.sa.lengths[self.sa.position[u]]]
+        return own if self.sym else own + [int(t) for t in self.sb.lengths[self.sb.position[u]]]
+
+    def count(self, u: str) -> int:
+        """Items of `u` before subsampling."""
+        return self.counts[self.row[u]]
+
+    def items(self, u: str, select: bool = True) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+        """Per layer `[items, d_l]` of model A and of model B (None within one model)."""
+        la = self.sa.utterance(u)
+        lb = None if self.sym else self.sb.utterance(u)
+        if self.cfg.level == "utterance":
+            return mean_pool(la), (None if self.sym else mean_pool(lb))
+        k = self.row[u]
+        xa = align_frames(la, self.fa, self.counts[k], self.cfg.alignment)
+        xb = None if self.sym else align_frames(lb, self.fb, self.counts[k], self.cfg.alignment)
+        if select and self.selection is not None:
+            xa = [x[self.selection[k]] for x in xa]
+            xb = None if xb is None else [x[self.selection[k]] for x in xb]
+        return xa, xb
+
+
+def _stream(boot: BlockBootstrap, reader: _PairReader, order: list[str], block_of: dict[str, int],
+            batch_frames: int, desc: str, progress: bool) -> None:
+    """Feed every utterance's items to its block, `batch_frames` items per update (blocks in order)."""
+    La = len(reader.sa.layers)
+    buf_a: list[list[np.ndarray]] = [[] for _ in range(La)]
+    buf_b: list[list[np.ndarray]] = [[] for _ in reader.sb.layers]
+    state = {"block": None, "rows": 0}
+
+    def flush() -> None:
+        if state["rows"]:
+            boot.update(state["block"], [np.concatenate(p) for p in buf_a],
+                        None if reader.sym else [np.concatenate(p) for p in buf_b])
+        for p in buf_a + buf_b:
+            p.clear()
+        state["rows"] = 0
+
+    for u in tqdm(order, desc=desc, unit="utt", disable=not progress, leave=False):
+        xa, xb = reader.items(u)
+        if state["block"] != block_of[u] or state["rows"] >= batch_frames:
+            flush()
+            state["block"] = block_of[u]
+        for p, x in zip(buf_a, xa):
+            p.append(x)
+        for p, x in zip(buf_b, xb or []):
+            p.append(x)
+        state["rows"] += xa[0].shape[0]
+    flush()
+
+
 def compute_pair(ws: Workspace, a: str, b: str, *, force: bool = False, progress: bool = True) -> dict:
     """Compute (or reuse) the CKA matrix of models `a` and `b`; returns the JSON metadata (+ "skipped")."""
     import json
@@ -110,43 +184,7 @@ def compute_pair(ws: Workspace, a: str, b: str, *, force: bool = False, progress
     if not force and _up_to_date(npz_path, json_path, expected):
         return {**json.loads(json_path.read_text()), "skipped": True}
 
-    names_a = [l.name for l in sa.layers]
-    names_b = [l.name for l in sb.layers]
-    La = len(names_a)
-    pos_a, pos_b = sa.position, sb.position
-    subsampling, alignment_meta = None, None
-    if cfg.level == "frame":
-        layers = list(sa.layers) + ([] if sym else list(sb.layers))
-        labels = [f"{a}:{l.name}" for l in sa.layers] + ([] if sym else [f"{b}:{l.name}" for l in sb.layers])
-        common, factors = rate_factors([l.frame_rate for l in layers], labels)
-        fa, fb = factors[:La], (factors[:La] if sym else factors[La:])
-
-        def lengths(u: str) -> list[int]:
-            own = [int(t) for t in sa.lengths[pos_a[u]]]
-            return own if sym else own + [int(t) for t in sb.lengths[pos_b[u]]]
-
-        counts = [aligned_length(lengths(u), factors) for u in ids]
-        selection = subsample_frames(counts, cfg.max_frames, cfg.seed)
-        alignment_meta = {"alignment": cfg.alignment, "frame_rate": common, "factors": {"a": fa, "b": fb}}
-        subsampling = {"max_frames": cfg.max_frames, "available": int(sum(counts)), "seed": cfg.seed,
-                       "applied": selection is not None}
-    else:
-        counts, selection = [1] * len(ids), None
-    row = {u: i for i, u in enumerate(ids)}
-
-    def items(u: str, select: bool = True) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
-        la = sa.utterance(u)
-        lb = None if sym else sb.utterance(u)
-        if cfg.level == "utterance":
-            return mean_pool(la), (None if sym else mean_pool(lb))
-        k = row[u]
-        xa = align_frames(la, fa, counts[k], cfg.alignment)
-        xb = None if sym else align_frames(lb, fb, counts[k], cfg.alignment)
-        if select and selection is not None:
-            xa = [x[selection[k]] for x in xa]
-            xb = None if xb is None else [x[selection[k]] for x in xb]
-        return xa, xb
-
+    reader = _PairReader(sa, sb, a, b, ids, cfg)
     blocks = max(1, cfg.bootstrap.blocks)
     if blocks > len(ids):
         raise CKAError(f"cka.bootstrap.blocks = {blocks} exceeds the {len(ids)} utterances of "
@@ -157,43 +195,21 @@ def compute_pair(ws: Workspace, a: str, b: str, *, force: bool = False, progress
                           compute_dtype=cfg.dtype, backend="numpy" if device.type == "cpu" else "torch",
                           device=str(device))
     # One reference row for all blocks (and any future shard): the first utterance's items, unsubsampled.
-    first = next((u for u in ids if counts[row[u]] > 0), None)
+    first = next((u for u in ids if reader.count(u) > 0), None)
     if first is None:
         raise CKAError(f"{sa.path}: no utterance has a frame left after alignment")
-    ref_a, ref_b = items(first, select=False)
+    ref_a, ref_b = reader.items(first, select=False)
     boot.set_shift(np.concatenate([x.mean(0, dtype=np.float64) for x in ref_a]),
                    None if sym else np.concatenate([x.mean(0, dtype=np.float64) for x in ref_b]))
+    _stream(boot, reader, sorted(ids, key=lambda u: (block_of[u], u)), block_of, cfg.batch_frames,
+            f"cka {a} x {b}", progress)
+    if boot.n < 4:
+        raise CKAError(f"only {boot.n} {cfg.level} items in {cfg.task}/{cfg.split}; CKA needs at least 4")
 
-    order = sorted(ids, key=lambda u: (block_of[u], u))
-    buf_a: list[list[np.ndarray]] = [[] for _ in range(La)]
-    buf_b: list[list[np.ndarray]] = [[] for _ in names_b]
-    state = {"block": None, "rows": 0}
-
-    def flush() -> None:
-        if state["rows"]:
-            xs = [np.concatenate(p) for p in buf_a]
-            ys = None if sym else [np.concatenate(p) for p in buf_b]
-            boot.update(state["block"], xs, ys)
-        for p in buf_a + buf_b:
-            p.clear()
-        state["rows"] = 0
-
-    for u in tqdm(order, desc=f"cka {a} x {b}", unit="utt", disable=not progress, leave=False):
-        xa, xb = items(u)
-        if state["block"] != block_of[u] or state["rows"] >= cfg.batch_frames:
-            flush()
-            state["block"] = block_of[u]
-        for p, x in zip(buf_a, xa):
-            p.append(x)
-        if not sym:
-            for p, x in zip(buf_b, xb):
-                p.append(x)
-        state["rows"] += xa[0].shape[0]
-    flush()
-
-    matrices = {"cka_biased": boot.cka(False), "cka_debiased": boot.cka(True)}
-    arrays = {**matrices, "cka": matrices[f"cka_{cfg.estimator}"], "layers_a": np.array(names_a),
-              "layers_b": np.array(names_b)}
+    terms = boot.terms()
+    matrices = {"cka_biased": cka_from_terms(terms, False), "cka_debiased": cka_from_terms(terms, True)}
+    arrays = {**matrices, "cka": matrices[f"cka_{cfg.estimator}"],
+              "layers_a": np.array([l.name for l in sa.layers]), "layers_b": np.array([l.name for l in sb.layers])}
     boot_meta = None
     if blocks > 1:
         low, high = boot.interval(cfg.bootstrap.resamples, cfg.bootstrap.confidence, cfg.seed,
@@ -207,13 +223,13 @@ def compute_pair(ws: Workspace, a: str, b: str, *, force: bool = False, progress
         "format": RESULT_FORMAT,
         "models": [a, b],
         "within_model": sym,
-        "layers": {"a": names_a, "b": names_b},
+        "layers": {"a": list(arrays["layers_a"]), "b": list(arrays["layers_b"])},
         "corpus": {"profile": ws.profile.name, "kind": ws.profile.corpus.kind, "task": cfg.task, "split": cfg.split,
                    "utterances": len(ids)},
         "level": cfg.level,
-        "alignment": alignment_meta,
+        "alignment": reader.alignment,
         "items": boot.n,
-        "subsampling": subsampling,
+        "subsampling": reader.subsampling,
         "seed": cfg.seed,
         "estimator": cfg.estimator,
         "dtype": cfg.dtype,
