@@ -153,14 +153,15 @@ def bench() -> None:
 
 
 @bench.command("cka")
-@click.option("--frames", type=int, default=None, help="frames per model (default: a size that runs in seconds)")
+@click.option("--frames", type=int, default=None, help="frames per model (default 1024: well under a minute)")
+@click.option("--repeats", type=int, default=None, help="alternate both methods this often, keep the fastest (default 1)")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts/bench"),
               show_default=True)
-def bench_cka(frames: int | None, out: Path) -> None:
+def bench_cka(frames: int | None, repeats: int | None, out: Path) -> None:
     """Streaming CKA vs a per-pair numpy baseline: frames/s, peak memory, GFLOP/s."""
     from repro.bench import run_benchmarks
 
-    run_benchmarks(["cka"], out, echo=click.echo, options={"cka": {"frames": frames}})
+    run_benchmarks(["cka"], out, echo=click.echo, options={"cka": {"frames": frames, "repeats": repeats}})
 
 
 @bench.command("all")

@@ -13,10 +13,11 @@ from repro.cli import main
 def test_cka_benchmark_writes_a_record_whose_methods_agree(tmp_path):
     lines = []
     results = run_benchmarks(["cka"], tmp_path, echo=lines.append,
-                             options={"cka": {"frames": 96, "layers": 3, "dim": 16, "batch": 40}})
+                             options={"cka": {"frames": 96, "layers": 3, "dim": 16, "batch": 40, "repeats": 2}})
     record = json.loads((tmp_path / "cka.json").read_text())
     assert record == json.loads(json.dumps(results["cka"]))
     assert record["setup"]["frames"] == 96 and record["machine"]["logical_cores"] >= 1
+    assert all(len(record["cases"][c][m]["runs"]) == 2 for c in ("within", "cross") for m in ("ours", "naive"))
     assert record["gemm_float64_gflops"]["torch"] > 0
     for case, pairs in (("within", 6), ("cross", 9)):
         c = record["cases"][case]
@@ -26,9 +27,10 @@ def test_cka_benchmark_writes_a_record_whose_methods_agree(tmp_path):
 
 
 def test_flop_counts_of_both_methods():
-    # within: blocks l <= m; cross: all pairs plus both sides' diagonal blocks; naive: three products per pair
-    assert flops(10, [2, 3], symmetric=True, naive=False) == 2 * 10 * (2 * 2 + 5 * 3)
-    assert flops(10, [2, 3], symmetric=False, naive=False) == 2 * 10 * 25 + 4 * 10 * 13
+    # within: the upper triangle of X^T X; cross: all of X^T Y plus both sides' layer blocks (upper
+    # triangles); naive: three full products per pair
+    assert flops(10, [2, 3], symmetric=True, naive=False) == 2 * 10 * (5 * 6 / 2)
+    assert flops(10, [2, 3], symmetric=False, naive=False) == 2 * 10 * 25 + 2 * 2 * 10 * (3 + 6)
     assert flops(10, [2], symmetric=True, naive=True) == 2 * 10 * 12
 
 

@@ -13,12 +13,12 @@ p_m = ||y'_m||^2 the per-layer squared row norms:
     n                       items seen
     sum_x [D1], sum_y [D2]  sums of x', y'
     xy  [D1, D2]            sum x' y'^T            (the cross products of every layer pair)
-    x_block_l [d_l, d_l]    sum x'_l x'_l^T        (and y_block_m: the normalisers)
+    x_block_l [d_l, d_l]    sum x'_l x'_l^T        (and y_block_m: the normalisers; upper triangle)
     x_q2 [L1], x_qx [D1]    sum q_l^2, sum q_l x'_l  (and y_*: for the debiased estimator)
     qp [L1, L2], qy [L1, D2], px [L2, D1]   sum q_l p_m, sum q_l y', sum p_m x'
 
-Within one model (`dims_y=None`, X = Y) only `xx` = the upper block triangle of
-sum x' x'^T (layer pairs l <= m, diagonal blocks included), `qq` [L, L] and
+Within one model (`dims_y=None`, X = Y) only `xx` = the upper triangle of
+sum x' x'^T (numpy: one SYRK; torch: the layer blocks l <= m), `qq` [L, L] and
 `qx` [L, D] are kept: no cross product is computed twice.
 
 Invariants (tested): the sums do not depend on how items are split into batches
@@ -44,6 +44,7 @@ import os
 from typing import Sequence
 
 import numpy as np
+from scipy.linalg import blas as _blas
 
 from repro.similarity.cka import CKATerms
 from repro.util.npz import atomic_write_npz, read_npz
@@ -61,8 +62,19 @@ def segment_sum(a: np.ndarray, dims: Sequence[int]) -> np.ndarray:
     return np.add.reduceat(a, _offsets(dims)[:-1], axis=-1)
 
 
+def symmetric_from_upper(B: np.ndarray) -> np.ndarray:
+    """A full symmetric matrix from the upper triangle of square `B` (what SYRK fills)."""
+    return np.triu(B) + np.triu(B, 1).T
+
+
 class _NumpyOps:
-    """Array operations of the streaming products with numpy (CPU; BLAS threads for the products)."""
+    """Array operations of the streaming products with numpy (CPU).
+
+    The products accumulate in place with BLAS (`dgemm` with beta = 1, `dsyrk` for
+    X^T X, which fills the upper triangle only): no temporary output, no extra
+    pass over the sums. The big sums are Fortran-ordered so that BLAS can write
+    into them directly.
+    """
 
     name = "numpy"
 
@@ -70,10 +82,9 @@ class _NumpyOps:
         if str(device) != "cpu":
             raise ValueError(f"the numpy backend runs on the CPU only, not {device!r}; use backend='torch'")
         self.device = "cpu"
-        self._scratch: dict = {}
 
     def zeros(self, *shape):
-        a = np.empty(shape, dtype=np.float64)  # numpy asks for huge pages here, not with np.zeros (calloc)
+        a = np.empty(shape, dtype=np.float64, order="F")  # numpy asks for huge pages here, np.zeros does not
         a.fill(0.0)
         return a
 
@@ -90,18 +101,27 @@ class _NumpyOps:
         return a
 
     def asarray(self, a: np.ndarray):
-        return np.array(a, dtype=np.float64)
+        return np.array(a, dtype=np.float64, order="F")
 
-    def addmm(self, C: np.ndarray, A: np.ndarray, B: np.ndarray) -> None:
-        """C += A @ B through a reused scratch buffer (no fresh pages per product)."""
-        dtype = np.result_type(A, B)
-        need = C.shape[0] * C.shape[1]
-        buf = self._scratch.get(dtype)
-        if buf is None or buf.size < need:
-            buf = self._scratch[dtype] = np.empty(need, dtype=dtype)
-        tmp = buf[:need].reshape(C.shape)
-        np.matmul(A, B, out=tmp)
-        C += tmp
+    def cross(self, C: np.ndarray, X: np.ndarray, Y: np.ndarray) -> None:
+        """C += X^T Y for C-ordered rows X `[m, D1]`, Y `[m, D2]`."""
+        if X.dtype == np.float64 and C.flags.f_contiguous:
+            out = _blas.dgemm(1.0, X.T, Y.T, beta=1.0, c=C, trans_b=1, overwrite_c=1)
+            if out is not C:
+                C[...] = out
+        else:
+            C += X.T @ Y
+
+    def gram(self, C: np.ndarray, X: np.ndarray, offsets: np.ndarray) -> None:
+        """C += X^T X on (at least) its upper triangle; layer blocks below the diagonal are not computed."""
+        if X.dtype == np.float64 and C.flags.f_contiguous:
+            out = _blas.dsyrk(1.0, np.ascontiguousarray(X).T, beta=1.0, c=C, overwrite_c=1)
+            if out is not C:
+                C[...] = out
+            return
+        for m in range(len(offsets) - 1):
+            c0, c1 = int(offsets[m]), int(offsets[m + 1])
+            C[:c1, c0:c1] += X[:, :c1].T @ X[:, c0:c1]
 
 
 class _TorchOps:
@@ -134,12 +154,18 @@ class _TorchOps:
     def asarray(self, a: np.ndarray):
         return self.torch.tensor(np.asarray(a, dtype=np.float64), device=self.device)
 
-    def addmm(self, C, A, B) -> None:
-        """C += A @ B (in place on the device)."""
-        if A.dtype == C.dtype:
-            C.addmm_(A, B)
+    def cross(self, C, X, Y) -> None:
+        """C += X^T Y in place on the device."""
+        if X.dtype == C.dtype:
+            C.addmm_(X.T, Y)
         else:
-            C += A @ B
+            C += X.T @ Y
+
+    def gram(self, C, X, offsets: np.ndarray) -> None:
+        """C += X^T X on the layer blocks at and above the diagonal only."""
+        for m in range(len(offsets) - 1):
+            c0, c1 = int(offsets[m]), int(offsets[m + 1])
+            self.cross(C[:c1, c0:c1], X[:, :c1], X[:, c0:c1])
 
 
 BACKENDS = {"numpy": _NumpyOps, "torch": _TorchOps}
@@ -328,10 +354,7 @@ class CKAAccumulator:
         Q = (X * X) @ self._ind_x  # [m, L1] squared row norm of every layer
         s["sum_x"] += X.sum(0)
         if self.symmetric:
-            off = self.off_x
-            for m in range(len(self.dims_x)):
-                c0, c1 = int(off[m]), int(off[m + 1])
-                self.ops.addmm(s["xx"][:c1, c0:c1], Xc[:, :c1].T, Xc[:, c0:c1])
+            self.ops.gram(s["xx"], Xc, self.off_x)
             s["qq"] += Q.T @ Q
             s["qx"] += Q.T @ X
             self.n += int(X.shape[0])
@@ -343,12 +366,10 @@ class CKAAccumulator:
                                          ("y", Y, Yc, P, self.off_y, self._col_y)):
             for l in range(len(off) - 1):
                 c0, c1 = int(off[l]), int(off[l + 1])
-                self.ops.addmm(s[f"{side}_block_{l:02d}"], Ac[:, c0:c1].T, Ac[:, c0:c1])
+                self.ops.gram(s[f"{side}_block_{l:02d}"], Ac[:, c0:c1], np.array([0, c1 - c0]))
             s[f"{side}_q2"] += (R * R).sum(0)
             s[f"{side}_qx"] += ((R @ col) * A).sum(0)
-        for m in range(len(self.dims_y)):
-            c0, c1 = int(self.off_y[m]), int(self.off_y[m + 1])
-            self.ops.addmm(s["xy"][:, c0:c1], Xc.T, Yc[:, c0:c1])
+        self.ops.cross(s["xy"], Xc, Yc)
         s["qp"] += Q.T @ P
         s["qy"] += Q.T @ Y
         s["px"] += P.T @ X
@@ -364,15 +385,17 @@ class CKAAccumulator:
         ox, oy = self.off_x, self.off_y
         if not self.symmetric:
             return self.ops.numpy(self.stats["xy"][ox[l]:ox[l + 1], oy[m]:oy[m + 1]])
-        if l <= m:
+        if l == m:
+            return symmetric_from_upper(self.ops.numpy(self.stats["xx"][ox[l]:ox[l + 1], ox[l]:ox[l + 1]]))
+        if l < m:
             return self.ops.numpy(self.stats["xx"][ox[l]:ox[l + 1], ox[m]:ox[m + 1]])
         return self.ops.numpy(self.stats["xx"][ox[m]:ox[m + 1], ox[l]:ox[l + 1]]).T
 
     def self_block(self, side: str, l: int) -> np.ndarray:
-        """sum x'_l x'_l^T (side "x") or sum y'_m y'_m^T (side "y"), `[d, d]` numpy."""
+        """sum x'_l x'_l^T (side "x") or sum y'_m y'_m^T (side "y"), `[d, d]` numpy (full, symmetric)."""
         if self.symmetric:
             return self.cross_block(l, l)
-        return self.stat(f"{side}_block_{l:02d}")
+        return symmetric_from_upper(self.stat(f"{side}_block_{l:02d}"))
 
     def small_stats(self) -> dict[str, np.ndarray]:
         """The O(L D) statistics (numpy float64), in the same form for both kinds of accumulator.
@@ -530,8 +553,8 @@ def _mirror(big: dict, symmetric: bool) -> None:
 def terms_of(accs: Sequence[CKAAccumulator]) -> CKATerms:
     """`CKATerms` of the union of the items of `accs` (same layers and shift), e.g. bootstrap blocks.
 
-    The O(D1 D2) terms are computed one row block (layer l against all of Y) at a
-    time, centring the summed block directly: ||S_lm - s_l s_m^T / n||_F^2.
+    The O(D1 D2) terms are computed one column block (all of X against layer m)
+    at a time, centring the summed block directly: ||S_lm - s_l s_m^T / n||_F^2.
     """
     _check_group(accs)
     small = _sum_small(accs)
@@ -542,12 +565,16 @@ def terms_of(accs: Sequence[CKAAccumulator]) -> CKATerms:
     big = _empty_big(a0)
     sx, sy = small["sum_x"], small["sum_y"]
     cross = "xx" if a0.symmetric else "xy"
-    for l in range(len(a0.dims_x)):
-        r0, r1 = int(a0.off_x[l]), int(a0.off_x[l + 1])
-        R = _summed([a.ops.numpy(a.stats[cross][r0:r1]) for a in accs])  # [d_l, D2]
-        C = R - np.multiply.outer(sx[r0:r1], sy / n)
-        big["cross"][l] = segment_sum(np.einsum("ij,ij->j", C, C), a0.dims_y)
-        big["sSs"][l] = segment_sum((sx[r0:r1] @ R) * sy, a0.dims_y)
+    for m in range(len(a0.dims_y)):
+        c0, c1 = int(a0.off_y[m]), int(a0.off_y[m + 1])
+        rows = c1 if a0.symmetric else len(sx)  # within-model: blocks l <= m only
+        S = _summed([a.ops.numpy(a.stats[cross][:rows, c0:c1]) for a in accs], copy=a0.symmetric)  # [rows, d_m]
+        if a0.symmetric:
+            S[c0:c1] = symmetric_from_upper(S[c0:c1])
+        C = S - np.multiply.outer(sx[:rows], sy[c0:c1] / n)
+        dims = a0.dims_x[:m + 1] if a0.symmetric else a0.dims_x
+        big["cross"][:len(dims), m] = segment_sum(np.einsum("ij,ij->i", C, C), dims)
+        big["sSs"][:len(dims), m] = segment_sum((S @ sy[c0:c1]) * sx[:rows], dims)
     if not a0.symmetric:
         for side, off, s_all in (("x", a0.off_x, sx), ("y", a0.off_y, sy)):
             for l in range(len(off) - 1):
@@ -556,12 +583,14 @@ def terms_of(accs: Sequence[CKAAccumulator]) -> CKATerms:
                 C = B - np.multiply.outer(s_l, s_l / n)
                 big[f"self_{side}"][l] = np.einsum("ij,ij->", C, C)
                 big[f"sBs_{side}"][l] = s_l @ B @ s_l
-    _mirror(big, a0.symmetric)  # within-model: row blocks held zeros left of the diagonal
+    _mirror(big, a0.symmetric)  # within-model: fill l > m from l < m
     return assemble_terms(small, big, a0.dims_x, a0.dims_y)
 
 
-def _summed(arrays: list[np.ndarray]) -> np.ndarray:
-    return arrays[0] if len(arrays) == 1 else sum(arrays[1:], arrays[0].copy())
+def _summed(arrays: list[np.ndarray], copy: bool = False) -> np.ndarray:
+    if len(arrays) == 1:
+        return arrays[0].copy() if copy else arrays[0]
+    return sum(arrays[1:], arrays[0].copy())
 
 
 def assemble_terms(small: dict[str, np.ndarray], big: dict[str, np.ndarray], dims_x, dims_y) -> CKATerms:
