@@ -64,7 +64,10 @@ def segment_sum(a: np.ndarray, dims: Sequence[int]) -> np.ndarray:
 
 def symmetric_from_upper(B: np.ndarray) -> np.ndarray:
     """A full symmetric matrix from the upper triangle of square `B` (what SYRK fills)."""
-    return np.triu(B) + np.triu(B, 1).T
+    U = np.triu(B)
+    full = U + U.T
+    full.flat[:: B.shape[0] + 1] = np.diagonal(B)
+    return full
 
 
 class _NumpyOps:
@@ -391,6 +394,13 @@ class CKAAccumulator:
             return self.ops.numpy(self.stats["xx"][ox[l]:ox[l + 1], ox[m]:ox[m + 1]])
         return self.ops.numpy(self.stats["xx"][ox[m]:ox[m + 1], ox[l]:ox[l + 1]]).T
 
+    def _raw_block(self, side: str, l: int) -> np.ndarray:
+        """A layer's own block as stored (its diagonal and upper triangle are computed)."""
+        if self.symmetric:
+            o = self.off_x
+            return self.ops.numpy(self.stats["xx"][o[l]:o[l + 1], o[l]:o[l + 1]])
+        return self.stat(f"{side}_block_{l:02d}")
+
     def self_block(self, side: str, l: int) -> np.ndarray:
         """sum x'_l x'_l^T (side "x") or sum y'_m y'_m^T (side "y"), `[d, d]` numpy (full, symmetric)."""
         if self.symmetric:
@@ -406,13 +416,13 @@ class CKAAccumulator:
         """
         s = {k: self.stat(k) for k in self.stats if k not in ("xx", "xy") and "_block_" not in k}
         out = {"n": np.float64(self.n), "sum_x": s["sum_x"]}
-        out["trace_x"] = np.array([np.trace(self.self_block("x", l)) for l in range(len(self.dims_x))])
+        out["trace_x"] = np.array([np.trace(self._raw_block("x", l)) for l in range(len(self.dims_x))])
         if self.symmetric:
             own = np.concatenate([s["qx"][l, self.off_x[l]:self.off_x[l + 1]] for l in range(len(self.dims_x))])
             out.update(sum_y=s["sum_x"], trace_y=out["trace_x"], q2_x=np.diag(s["qq"]).copy(),
                        q2_y=np.diag(s["qq"]).copy(), qx_x=own, qx_y=own, qp=s["qq"], qy=s["qx"], px=s["qx"])
         else:
-            out["trace_y"] = np.array([np.trace(self.self_block("y", m)) for m in range(len(self.dims_y))])
+            out["trace_y"] = np.array([np.trace(self._raw_block("y", m)) for m in range(len(self.dims_y))])
             out.update(sum_y=s["sum_y"], q2_x=s["x_q2"], q2_y=s["y_q2"], qx_x=s["x_qx"], qx_y=s["y_qx"],
                        qp=s["qp"], qy=s["qy"], px=s["px"])
         return out
@@ -568,13 +578,18 @@ def terms_of(accs: Sequence[CKAAccumulator]) -> CKATerms:
     for m in range(len(a0.dims_y)):
         c0, c1 = int(a0.off_y[m]), int(a0.off_y[m + 1])
         rows = c1 if a0.symmetric else len(sx)  # within-model: blocks l <= m only
-        S = _summed([a.ops.numpy(a.stats[cross][:rows, c0:c1]) for a in accs], copy=a0.symmetric)  # [rows, d_m]
-        if a0.symmetric:
-            S[c0:c1] = symmetric_from_upper(S[c0:c1])
-        C = S - np.multiply.outer(sx[:rows], sy[c0:c1] / n)
+        S = _summed([a.ops.numpy(a.stats[cross][:rows, c0:c1]) for a in accs])  # [rows, d_m]
+        C = np.empty(S.shape, order="F" if S.flags.f_contiguous or not S.flags.c_contiguous else "C")
+        np.multiply.outer(sx[:rows], -sy[c0:c1] / n, out=C)
+        C += S  # S - s_x s_m^T / n, in S's memory order
+        if a0.symmetric:  # the diagonal block holds its upper triangle only
+            D = symmetric_from_upper(S[c0:c1])
+            C[c0:c1] = D - np.multiply.outer(sx[c0:c1], sy[c0:c1] / n)
         dims = a0.dims_x[:m + 1] if a0.symmetric else a0.dims_x
         big["cross"][:len(dims), m] = segment_sum(np.einsum("ij,ij->i", C, C), dims)
         big["sSs"][:len(dims), m] = segment_sum((S @ sy[c0:c1]) * sx[:rows], dims)
+        if a0.symmetric:
+            big["sSs"][m, m] = sy[c0:c1] @ D @ sy[c0:c1]
     if not a0.symmetric:
         for side, off, s_all in (("x", a0.off_x, sx), ("y", a0.off_y, sy)):
             for l in range(len(off) - 1):
