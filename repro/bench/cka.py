@@ -76,14 +76,15 @@ def ours_grid(xs: list[np.ndarray], ys: list[np.ndarray] | None, batch: int) -> 
 def flops(frames: int, dims: list[int], symmetric: bool, naive: bool) -> float:
     """Flops (2 per multiply-add) of the matrix products each method performs.
 
-    Naive: three full products per pair. Ours (numpy backend): X^T X by SYRK (upper
-    triangle, D (D + 1) / 2 entries) within a model; X^T Y plus each side's own
-    layer blocks by SYRK across models.
+    Naive: per pair Xc^T Yc plus Xc^T Xc and Yc^T Yc, which numpy computes by SYRK
+    (d (d + 1) / 2 entries). Ours (numpy backend): X^T X by SYRK within a model; X^T Y
+    plus each side's own layer blocks by SYRK across models.
     """
     n, L = frames, len(dims)
     if naive:
         pairs = [(l, m) for l in range(L) for m in range(l if symmetric else 0, L)]
-        return float(sum(2 * n * (dims[l] * dims[m] + dims[l] ** 2 + dims[m] ** 2) for l, m in pairs))
+        return float(sum(2 * n * dims[l] * dims[m] + n * dims[l] * (dims[l] + 1) + n * dims[m] * (dims[m] + 1)
+                         for l, m in pairs))
     D = sum(dims)
     if symmetric:
         return float(n * D * (D + 1))

@@ -87,12 +87,27 @@ class _NumpyOps:
         self.device = "cpu"
 
     def zeros(self, *shape):
-        a = np.empty(shape, dtype=np.float64, order="F")  # numpy asks for huge pages here, np.zeros does not
-        a.fill(0.0)
-        return a
+        # calloc'd: pages are zero-filled when first written (by the BLAS threads), and pages
+        # below the diagonal of a within-model SYRK are never touched at all
+        return np.zeros(shape, dtype=np.float64, order="F")
 
-    def rows(self, parts: list[np.ndarray]):
-        return np.concatenate([np.asarray(p, dtype=np.float64) for p in parts], axis=1)
+    def rows(self, parts: list[np.ndarray], shift: np.ndarray | None):
+        """`[m, D]` float64 rows of all layers side by side, minus `shift` (one pass, no temporaries)."""
+        widths = [p.shape[1] for p in parts]
+        X = np.empty((parts[0].shape[0], sum(widths)), dtype=np.float64)
+        o = 0
+        for p, w in zip(parts, widths):
+            if shift is None:
+                X[:, o:o + w] = p
+            else:
+                np.subtract(p, shift[o:o + w], out=X[:, o:o + w])
+            o += w
+        return X
+
+    def row_norms(self, X: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """`[m, L]` squared norm of each layer's part of every row."""
+        return np.stack([np.einsum("ij,ij->i", X[:, offsets[l]:offsets[l + 1]], X[:, offsets[l]:offsets[l + 1]])
+                         for l in range(len(offsets) - 1)], axis=1)
 
     def cast(self, a, compute_dtype: str):
         return a if compute_dtype == "float64" else a.astype(np.float32)
@@ -141,9 +156,16 @@ class _TorchOps:
     def zeros(self, *shape):
         return self.torch.zeros(shape, dtype=self.torch.float64, device=self.device)
 
-    def rows(self, parts: list[np.ndarray]):
+    def rows(self, parts: list[np.ndarray], shift):
         t = self.torch
-        return t.cat([t.from_numpy(np.ascontiguousarray(p, dtype=np.float64)) for p in parts], dim=1).to(self.device)
+        X = t.cat([t.from_numpy(np.ascontiguousarray(p, dtype=np.float64)) for p in parts], dim=1).to(self.device)
+        return X if shift is None else X - shift
+
+    def row_norms(self, X, offsets: np.ndarray):
+        ind = self.torch.zeros(X.shape[1], len(offsets) - 1, dtype=X.dtype, device=X.device)
+        for l in range(len(offsets) - 1):
+            ind[offsets[l]:offsets[l + 1], l] = 1.0
+        return (X * X) @ ind
 
     def cast(self, a, compute_dtype: str):
         return a if compute_dtype == "float64" else a.to(self.torch.float32)
@@ -241,10 +263,6 @@ class CKAAccumulator:
                 self.stats[f"x_block_{l:02d}"] = z(d, d)
             for m, d in enumerate(self.dims_y):
                 self.stats[f"y_block_{m:02d}"] = z(d, d)
-        self._ind_x = self.ops.asarray(self._indicator(self.dims_x))
-        self._ind_y = self._ind_x if self.symmetric else self.ops.asarray(self._indicator(self.dims_y))
-        self._col_x = self.ops.asarray(self._indicator(self.dims_x).T)
-        self._col_y = self._col_x if self.symmetric else self.ops.asarray(self._indicator(self.dims_y).T)
         self._shift_x_dev = self._shift_y_dev = None
         if shift_x is not None or shift_y is not None:
             self.set_shift(shift_x, shift_y)
@@ -254,15 +272,6 @@ class CKAAccumulator:
         return self.ops.name
 
     # ----------------------------------------------------------------- input
-    @staticmethod
-    def _indicator(dims) -> np.ndarray:
-        """`[D, L]` 0/1 matrix: column l marks layer l's features."""
-        ind = np.zeros((sum(dims), len(dims)))
-        off = _offsets(dims)
-        for l in range(len(dims)):
-            ind[off[l]:off[l + 1], l] = 1.0
-        return ind
-
     def set_shift(self, shift_x, shift_y=None) -> None:
         """Fix the reference rows (`[D1]`, `[D2]`; within-model: `shift_x` only). Only before any update."""
         if self.n:
@@ -305,11 +314,11 @@ class CKAAccumulator:
         return xs, ys
 
     def _stack(self, layers: list[np.ndarray], start: int, stop: int, shift):
-        X = self.ops.rows([a[start:stop] for a in layers])
+        X = self.ops.rows([a[start:stop] for a in layers], shift)
         if not self.ops.finite(X):
             bad = [l for l, a in enumerate(layers) if not np.isfinite(np.asarray(a[start:stop], np.float64)).all()]
             raise ValueError(f"non-finite values (NaN or inf) in valid rows of layer(s) {bad}")
-        return X if shift is None else X - shift
+        return X
 
     def shift_from(self, xs, ys=None, mask=None) -> tuple[np.ndarray, np.ndarray | None]:
         """The default reference rows for a batch: the mean of its valid rows (`[D1]`, `[D2]` or None)."""
@@ -354,7 +363,7 @@ class CKAAccumulator:
     def _accumulate(self, X, Y) -> None:
         s, cd = self.stats, self.compute_dtype
         Xc = self.ops.cast(X, cd)
-        Q = (X * X) @ self._ind_x  # [m, L1] squared row norm of every layer
+        Q = self.ops.row_norms(X, self.off_x)  # [m, L1] squared row norm of every layer
         s["sum_x"] += X.sum(0)
         if self.symmetric:
             self.ops.gram(s["xx"], Xc, self.off_x)
@@ -363,15 +372,14 @@ class CKAAccumulator:
             self.n += int(X.shape[0])
             return
         Yc = self.ops.cast(Y, cd)
-        P = (Y * Y) @ self._ind_y
+        P = self.ops.row_norms(Y, self.off_y)
         s["sum_y"] += Y.sum(0)
-        for side, A, Ac, R, off, col in (("x", X, Xc, Q, self.off_x, self._col_x),
-                                         ("y", Y, Yc, P, self.off_y, self._col_y)):
+        for side, A, Ac, R, off in (("x", X, Xc, Q, self.off_x), ("y", Y, Yc, P, self.off_y)):
             for l in range(len(off) - 1):
                 c0, c1 = int(off[l]), int(off[l + 1])
                 self.ops.gram(s[f"{side}_block_{l:02d}"], Ac[:, c0:c1], np.array([0, c1 - c0]))
+                s[f"{side}_qx"][c0:c1] += R[:, l] @ A[:, c0:c1]
             s[f"{side}_q2"] += (R * R).sum(0)
-            s[f"{side}_qx"] += ((R @ col) * A).sum(0)
         self.ops.cross(s["xy"], Xc, Yc)
         s["qp"] += Q.T @ P
         s["qy"] += Q.T @ Y
