@@ -153,7 +153,7 @@ def bench() -> None:
 
 
 @bench.command("cka")
-@click.option("--frames", type=int, default=None, help="frames per model (default 1024: well under a minute)")
+@click.option("--frames", type=int, default=None, help="frames per model (default 2048: well under a minute)")
 @click.option("--repeats", type=int, default=None, help="alternate both methods this often, keep the fastest (default 1)")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts/bench"),
               show_default=True)
