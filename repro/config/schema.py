@@ -109,7 +109,7 @@ class CKABootstrapConfig:
     """Bootstrap intervals over blocks of utterances (see `repro.similarity.bootstrap`)."""
 
     blocks: int = setting(
-        0, "blocks of utterances resampled with replacement; 0 = no interval. Each block keeps its own "
+        0, "blocks of utterances resampled with replacement; 0 = no interval, else at least 2. Each block keeps its own "
         "sums (0.8 GB per block for two 13-layer 768-d models)"
     )
     resamples: int = setting(1000, "bootstrap resamples; cheap, they cost O(L1 L2 B^3) each")

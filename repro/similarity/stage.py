@@ -74,6 +74,23 @@ def _check_same_items(sa: FeatureStore, sb: FeatureStore) -> list[str]:
     return sorted(ia)
 
 
+def check_settings(cfg) -> None:
+    """Refuse `cka` settings outside their range, naming the key."""
+    problems = []
+    if cfg.batch_frames < 1:
+        problems.append(f"cka.batch_frames = {cfg.batch_frames} must be at least 1")
+    if cfg.max_frames < 0:
+        problems.append(f"cka.max_frames = {cfg.max_frames} must be 0 (all frames) or positive")
+    if cfg.bootstrap.blocks < 0 or cfg.bootstrap.blocks == 1:
+        problems.append(f"cka.bootstrap.blocks = {cfg.bootstrap.blocks} must be 0 (no interval) or at least 2")
+    if cfg.bootstrap.blocks and cfg.bootstrap.resamples < 1:
+        problems.append(f"cka.bootstrap.resamples = {cfg.bootstrap.resamples} must be at least 1")
+    if not 0 < cfg.bootstrap.confidence < 1:
+        problems.append(f"cka.bootstrap.confidence = {cfg.bootstrap.confidence} must be between 0 and 1")
+    if problems:
+        raise CKAError("; ".join(problems))
+
+
 def inputs_hash(cfg_hash: str, key_a: str, key_b: str) -> str:
     """What identifies a result: format, CKA config hash and both store keys."""
     return config_hash({"format": RESULT_FORMAT, "cka_config": cfg_hash, "stores": [key_a, key_b]})
@@ -174,6 +191,7 @@ def compute_pair(ws: Workspace, a: str, b: str, *, force: bool = False, progress
     from repro.features.extract import resolve_device
 
     cfg = ws.profile.cka
+    check_settings(cfg)
     sym = a == b
     sa = _open_store(ws, a, cfg.task, cfg.split)
     sb = sa if sym else _open_store(ws, b, cfg.task, cfg.split)
