@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 REPRO := $(PY) -m repro
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo reproduce corpus extract train-speaker probe paper check verify test test-fast models config clean docker-build data data-plan
+.PHONY: help install demo reproduce corpus extract train-speaker cka probe paper check verify bench test test-fast models config clean docker-build data data-plan
 
 help: ## list every target with one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_%-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -43,6 +43,12 @@ train-speaker: $(VENV)/.installed ## train the speaker model of PROFILE with REC
 
 extract: $(VENV)/.installed ## extract layer features of every model of PROFILE
 	$(REPRO) run --profile $(PROFILE) --stage features
+
+cka: $(VENV)/.installed ## layer similarity: linear CKA of every model pair of PROFILE (results/PROFILE/cka/)
+	$(REPRO) run --profile $(PROFILE) --stage cka
+
+bench: $(VENV)/.installed ## measure the numerical cores against baselines (artifacts/bench/*.json)
+	$(REPRO) bench all
 
 probe: $(VENV)/.installed ## train every probe of PROFILE (models x tasks x learning rates)
 	$(REPRO) run --profile $(PROFILE) --stage probe

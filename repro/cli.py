@@ -20,11 +20,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from repro.models.wespeaker_import import CheckpointError
     from repro.paper.registry import UnknownOutputError
     from repro.paper.results import ConfigMismatchError
+    from repro.similarity.align import AlignmentError
+    from repro.similarity.stage import CKAError
     from repro.speaker.train import SpeakerTrainingFailed
 
     return (ConfigError, AudioError, ManifestError, StoreError, UnknownModelError, ToolMissingError,
             NotImplementedError, FileNotFoundError, ConfigMismatchError, UnknownOutputError, CheckpointError,
-            SpeakerTrainingFailed, *data_errors())
+            SpeakerTrainingFailed, CKAError, AlignmentError, *data_errors())
 
 
 class _Group(click.Group):
@@ -335,6 +337,46 @@ def train_speaker(recipe: str, profile: str, force: bool, estimate: bool, tflops
         eer = info["eer"]
         click.echo(f"{info['name']}: EER {100 * eer['trained']:.2f}% (untrained {100 * eer['untrained']:.2f}%) "
                    f"on {info['eval']['trials']} trials -> {ws.models_dir / info['name']}")
+
+
+@click.option("--models", "-m", "models", nargs=2, default=None, metavar="A B",
+              help="two models (A may equal B); default: every model with itself and every pair of the profile")
+@click.option("--force", is_flag=True, help="recompute even if the result is up to date")
+@click.option("--quiet", is_flag=True)
+def cka(profile: str, models: tuple[str, str] | None, force: bool, quiet: bool) -> None:
+    """Linear CKA between every pair of layers of two models (writes results/<profile>/cka/)."""
+    from repro.similarity.stage import run_cka
+    from repro.workspace import Workspace
+
+    run_cka(Workspace.for_profile(profile), [tuple(models)] if models else None, force=force,
+            progress=not quiet, echo=click.echo)
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks of the numerical cores (write artifacts/bench/<name>.json)."""
+
+
+@bench.command("cka")
+@click.option("--frames", type=int, default=None, help="frames per model (default 2048: well under a minute)")
+@click.option("--repeats", type=int, default=None, help="alternate both methods this often, keep the fastest (default 1)")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts/bench"),
+              show_default=True)
+def bench_cka(frames: int | None, repeats: int | None, out: Path) -> None:
+    """Streaming CKA vs a per-pair numpy baseline: frames/s, peak memory, GFLOP/s."""
+    from repro.bench import run_benchmarks
+
+    run_benchmarks(["cka"], out, echo=click.echo, options={"cka": {"frames": frames, "repeats": repeats}})
+
+
+@bench.command("all")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts/bench"),
+              show_default=True)
+def bench_all(out: Path) -> None:
+    """Every benchmark at its default size."""
+    from repro.bench import run_benchmarks
+
+    run_benchmarks(None, out, echo=click.echo)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,19 @@ def stage_features(ws: Workspace, progress: bool = True) -> None:
         extract_model(ws, name, progress=progress)
 
 
+def stage_cka(ws: Workspace, progress: bool = True) -> None:
+    """Linear CKA between the layers of every model pair of the profile (within and across models)."""
+    from repro.similarity.stage import run_cka
+
+    task = ws.profile.cka.task
+    if task not in ws.profile.tasks:  # the features stage did not cover the CKA utterances
+        from repro.features.stage import extract_model
+
+        for name in ws.profile.models.all():
+            extract_model(ws, name, [task], progress=progress)
+    run_cka(ws, progress=progress, echo=print if progress else None)
+
+
 def stage_probe(ws: Workspace, progress: bool = True) -> None:
     """Train every probe of the profile (models x tasks x learning rates), select on dev, ASV-IDT."""
     from repro.probing.runner import run_all
@@ -55,6 +68,7 @@ STAGES: dict[str, Callable[..., None]] = {
     "corpus": stage_corpus,
     "speakers": stage_speakers,
     "features": stage_features,
+    "cka": stage_cka,
     "probe": stage_probe,
     "paper": stage_paper,
 }

@@ -36,6 +36,7 @@ speaker_training:
   supervised: {output_name: tiny-ecapa-sup, epochs: 1, batch_size: 5, chunk_seconds: 1.0, augmentations: [],
                arch: {channels: [16, 16, 16, 16, 48], lin_neurons: 48, attention_channels: 8, se_channels: 8,
                       res2net_scale: 2}}
+cka: {task: KS, device: cpu}
 """
 
 

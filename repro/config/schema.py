@@ -338,6 +338,54 @@ class SpeakerTrainingConfig:
 
 
 @dataclass(frozen=True)
+class CKABootstrapConfig:
+    """Bootstrap intervals over blocks of utterances (see `repro.similarity.bootstrap`)."""
+
+    blocks: int = setting(
+        0, "blocks of utterances resampled with replacement; 0 = no interval, else at least 2. Each block keeps its own "
+        "sums (0.8 GB per block for two 13-layer 768-d models)"
+    )
+    resamples: int = setting(1000, "bootstrap resamples; cheap, they cost O(L1 L2 B^3) each")
+    confidence: float = setting(0.95, "two-sided percentile interval")
+
+
+@dataclass(frozen=True)
+class CKAConfig:
+    """Layer similarity: linear CKA between every pair of layers (see `repro.similarity`)."""
+
+    task: Literal["PR", "KS", "IC", "SID", "ASV", "ER"] = setting(
+        "PR", "the paper's CKA data is unknown; read speech with a phonetic transcript (LibriSpeech "
+        "test-clean in the real profiles), whose features the PR probe extracts anyway", open=True
+    )
+    split: Literal["train", "dev", "test"] = setting(
+        "test", "held-out utterances, disjoint from any probe's training data", open=True
+    )
+    level: Literal["frame", "utterance"] = setting(
+        "frame", "frames keep within-utterance (phonetic) variation, which the content-vs-speaker findings "
+        "are about; utterance-level mean pooling is the alternative", open=True
+    )
+    alignment: Literal["average", "decimate"] = setting(
+        "average", "the paper does not say how 100 frames/s ECAPA frames meet 50 frames/s SSL frames; averaging "
+        "each pair spans the same 20 ms and low-pass filters before decimating", open=True
+    )
+    estimator: Literal["biased", "debiased"] = setting(
+        "biased", "the usual linear CKA of layer-similarity papers; the debiased estimator (Kornblith et al. "
+        "2019) is stored alongside", open=True
+    )
+    max_frames: int = setting(
+        0, "frames kept by seeded uniform subsampling at frame level (0 = all); bounds the cost on large corpora"
+    )
+    seed: int = setting(0, "seeds frame subsampling, utterance blocks and bootstrap draws")
+    bootstrap: CKABootstrapConfig = field(default_factory=CKABootstrapConfig)
+    dtype: Literal["float64", "float32"] = setting(
+        "float64", "precision of the matrix products; the sums are always float64 (float32: 2x faster, "
+        "about 1e-6 relative error)"
+    )
+    device: Literal["auto", "cpu", "cuda"] = setting("auto", "cuda when available")
+    batch_frames: int = setting(2048, "items per accumulator update; bounds working memory")
+
+
+@dataclass(frozen=True)
 class ProfileConfig:
     """A complete profile: corpus, models, and the settings of every stage."""
 
@@ -356,6 +404,7 @@ class ProfileConfig:
     paper: PaperConfig = field(default_factory=PaperConfig)
     data: DataConfig = field(default_factory=DataConfig)
     speaker_training: SpeakerTrainingConfig = field(default_factory=SpeakerTrainingConfig)
+    cka: CKAConfig = field(default_factory=CKAConfig)
 
 
 def iter_settings(obj: Any, prefix: str = ""):

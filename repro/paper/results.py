@@ -69,19 +69,14 @@ class ResultReader:
 
     def cka(self, a: str, b: str) -> dict | None:
         """The CKA result of models (a, b): `matrix` `[L_a, L_b]`, `layers_a`, `layers_b` and its metadata."""
-        from repro.similarity.stage import cka_config_hash, result_paths
+        from repro.similarity.stage import cka_profile_hash, result_paths
 
         target = f"make cka PROFILE={self.ws.profile.name}"
         _, path = result_paths(self.ws, a, b)
         data = self._load(path, target)
         if data is None:
             return None
-        expected = cka_config_hash(self.ws.profile)
-        if data.get("config_hash") != expected:
-            raise ConfigMismatchError(
-                f"{path} was made with CKA configuration {data.get('config_hash')}, but profile "
-                f"'{self.ws.profile.name}' now gives {expected}; rerun `{target}`"
-            )
+        self._same_config(path, data, cka_profile_hash(self.ws.profile, a, b), target)
         matrix = np.array([[np.nan if v is None else v for v in row] for row in data["cka"]], dtype=float)
         return {**data, "matrix": matrix, "layers_a": data["layers"]["a"], "layers_b": data["layers"]["b"]}
 

@@ -1,0 +1,35 @@
+"""Benchmarks of the numerical cores.
+
+Each benchmark module has `run(**options) -> dict` (measured against a baseline
+in the same process, so results are ratios as well as rates) and
+`table(result) -> str`. `run_benchmarks` runs them and writes
+`<out>/<name>.json` atomically, with the machine's description inside.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Callable
+
+from repro.util.atomic import atomic_write_json
+
+BENCHMARKS = {"cka": "repro.bench.cka"}
+
+
+def run_benchmarks(names: list[str] | None, out: Path, echo: Callable[[str], None] = print,
+                   options: dict[str, dict] | None = None) -> dict[str, dict]:
+    """Run `names` (default: all) and write `out/<name>.json`; returns the results by name."""
+    results = {}
+    for name in names or list(BENCHMARKS):
+        if name not in BENCHMARKS:
+            raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
+        module = importlib.import_module(BENCHMARKS[name])
+        opts = {k: v for k, v in (options or {}).get(name, {}).items() if v is not None}
+        result = module.run(**opts)
+        path = Path(out) / f"{name}.json"
+        atomic_write_json(path, result)
+        echo(module.table(result))
+        echo(f"written: {path}")
+        results[name] = result
+    return results

@@ -1,0 +1,292 @@
+"""The CKA stage: two models' feature stores -> `results/<profile>/cka/<A>__<B>.{npz,json}`.
+
+For a pair of models (A may equal B) it reads `Workspace.store_dir(model,
+cka.task, cka.split)` of both, pairs their items (frames aligned across frame
+rates, or mean-pooled utterances; `repro.similarity.align`), optionally keeps a
+seeded subset of frames, streams everything through one `CKAAccumulator` per
+bootstrap block and writes:
+
+    <A>__<B>.npz   cka [L_A, L_B] (the configured estimator), cka_biased, cka_debiased,
+                   ci_low / ci_high (with bootstrap), layers_a, layers_b (names)
+    <A>__<B>.json  models, layers, corpus/task/split, items, level, alignment, seed,
+                   subsampling, bootstrap, config hash, store keys, inputs_hash, the matrix
+
+Both files are written atomically, the JSON last. A pair whose JSON carries the
+same `inputs_hash` (store keys + CKA config hash + format) is skipped. The same
+inputs give the same bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+from tqdm import tqdm
+
+from repro.config import to_dict
+from repro.features.store import FeatureStore
+from repro.similarity.align import aligned_length, align_frames, mean_pool, rate_factors
+from repro.similarity.bootstrap import BlockBootstrap
+from repro.similarity.cka import cka_from_terms
+from repro.similarity.sampling import assign_blocks, subsample_frames
+from repro.util.atomic import atomic_write_json
+from repro.util.hashing import config_hash
+from repro.util.npz import atomic_write_npz
+from repro.workspace import Workspace, _safe
+
+RESULT_FORMAT = 1
+
+
+class CKAError(ValueError):
+    """Inputs of the CKA stage that cannot be used (missing or mismatched feature stores, settings)."""
+
+
+def default_pairs(models: list[str]) -> list[tuple[str, str]]:
+    """Every model with itself, then every unordered pair of different models, in profile order."""
+    return [(m, m) for m in models] + [(a, b) for i, a in enumerate(models) for b in models[i + 1:]]
+
+
+def result_paths(ws: Workspace, a: str, b: str) -> tuple[Path, Path]:
+    """(`.npz`, `.json`) of the pair under `results/<profile>/cka/`."""
+    stem = ws.results / "cka" / f"{_safe(a)}__{_safe(b)}"
+    return stem.with_suffix(".npz"), stem.with_suffix(".json")
+
+
+def _open_store(ws: Workspace, model: str, task: str, split: str) -> FeatureStore:
+    path = ws.store_dir(model, task, split)
+    if not (path / "meta.json").is_file():
+        raise CKAError(f"no feature store for model {model!r}, task {task}, split {split} at {path}; "
+                       f"extract it first: repro extract --profile {ws.profile.name} -m {model} -t {task}")
+    return FeatureStore(path)
+
+
+def _check_same_items(sa: FeatureStore, sb: FeatureStore) -> list[str]:
+    ia, ib = set(sa.ids), set(sb.ids)
+    if ia != ib:
+        only_a, only_b = sorted(ia - ib), sorted(ib - ia)
+        raise CKAError(f"{sa.path} and {sb.path} do not hold the same utterances ({len(only_a)} only in the first, "
+                       f"e.g. {only_a[:3]}; {len(only_b)} only in the second, e.g. {only_b[:3]}); "
+                       "extract both models over the same corpus again")
+    if not ia:
+        raise CKAError(f"{sa.path} holds no utterances")
+    return sorted(ia)
+
+
+def check_settings(cfg) -> None:
+    """Refuse `cka` settings outside their range, naming the key."""
+    problems = []
+    if cfg.batch_frames < 1:
+        problems.append(f"cka.batch_frames = {cfg.batch_frames} must be at least 1")
+    if cfg.max_frames < 0:
+        problems.append(f"cka.max_frames = {cfg.max_frames} must be 0 (all frames) or positive")
+    if cfg.bootstrap.blocks < 0 or cfg.bootstrap.blocks == 1:
+        problems.append(f"cka.bootstrap.blocks = {cfg.bootstrap.blocks} must be 0 (no interval) or at least 2")
+    if cfg.bootstrap.blocks and cfg.bootstrap.resamples < 1:
+        problems.append(f"cka.bootstrap.resamples = {cfg.bootstrap.resamples} must be at least 1")
+    if not 0 < cfg.bootstrap.confidence < 1:
+        problems.append(f"cka.bootstrap.confidence = {cfg.bootstrap.confidence} must be between 0 and 1")
+    if problems:
+        raise CKAError("; ".join(problems))
+
+
+def inputs_hash(cfg_hash: str, key_a: str, key_b: str) -> str:
+    """What identifies a result: format, CKA config hash and both store keys."""
+    return config_hash({"format": RESULT_FORMAT, "cka_config": cfg_hash, "stores": [key_a, key_b]})
+
+
+def _up_to_date(npz: Path, js: Path, expected: str) -> bool:
+    import json
+
+    if not (npz.is_file() and js.is_file()):
+        return False
+    try:
+        return json.loads(js.read_text()).get("inputs_hash") == expected
+    except (OSError, ValueError):
+        return False
+
+
+def _finite_or_none(m: np.ndarray) -> list:
+    return [[None if not math.isfinite(v) else round(float(v), 6) for v in row] for row in m]
+
+
+class _PairReader:
+    """The paired items of one utterance for two stores (or one store with itself), per the CKA settings."""
+
+    def __init__(self, sa: FeatureStore, sb: FeatureStore, a: str, b: str, ids: list[str], cfg):
+        self.sa, self.sb, self.sym, self.cfg = sa, sb, sa is sb, cfg
+        self.row = {u: i for i, u in enumerate(ids)}
+        self.alignment = self.subsampling = self.selection = None
+        if cfg.level == "utterance":
+            self.counts = [1] * len(ids)
+            return
+        layers = list(sa.layers) + ([] if self.sym else list(sb.layers))
+        labels = [f"{a}:{l.name}" for l in sa.layers] + ([] if self.sym else [f"{b}:{l.name}" for l in sb.layers])
+        common, factors = rate_factors([l.frame_rate for l in layers], labels)
+        La = len(sa.layers)
+        self.fa, self.fb = factors[:La], (factors[:La] if self.sym else factors[La:])
+        self.counts = [aligned_length(self._lengths(u), factors) for u in ids]
+        self.selection = subsample_frames(self.counts, cfg.max_frames, cfg.seed)
+        self.alignment = {"alignment": cfg.alignment, "frame_rate": common, "factors": {"a": self.fa, "b": self.fb}}
+        self.subsampling = {"max_frames": cfg.max_frames, "available": int(sum(self.counts)), "seed": cfg.seed,
+                            "applied": self.selection is not None}
+
+    def _lengths(self, u: str) -> list[int]:
+        own = [int(t) for t in self.sa.lengths[self.sa.position[u]]]
+        return own if self.sym else own + [int(t) for t in self.sb.lengths[self.sb.position[u]]]
+
+    def count(self, u: str) -> int:
+        """Items of `u` before subsampling."""
+        return self.counts[self.row[u]]
+
+    def items(self, u: str, select: bool = True) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+        """Per layer `[items, d_l]` of model A and of model B (None within one model)."""
+        la = self.sa.utterance(u)
+        lb = None if self.sym else self.sb.utterance(u)
+        if self.cfg.level == "utterance":
+            return mean_pool(la), (None if self.sym else mean_pool(lb))
+        k = self.row[u]
+        xa = align_frames(la, self.fa, self.counts[k], self.cfg.alignment)
+        xb = None if self.sym else align_frames(lb, self.fb, self.counts[k], self.cfg.alignment)
+        if select and self.selection is not None:
+            xa = [x[self.selection[k]] for x in xa]
+            xb = None if xb is None else [x[self.selection[k]] for x in xb]
+        return xa, xb
+
+
+def _stream(boot: BlockBootstrap, reader: _PairReader, order: list[str], block_of: dict[str, int],
+            batch_frames: int, desc: str, progress: bool) -> None:
+    """Feed every utterance's items to its block, `batch_frames` items per update (blocks in order)."""
+    La = len(reader.sa.layers)
+    buf_a: list[list[np.ndarray]] = [[] for _ in range(La)]
+    buf_b: list[list[np.ndarray]] = [[] for _ in reader.sb.layers]
+    state = {"block": None, "rows": 0}
+
+    def flush() -> None:
+        if state["rows"]:
+            boot.update(state["block"], [np.concatenate(p) for p in buf_a],
+                        None if reader.sym else [np.concatenate(p) for p in buf_b])
+        for p in buf_a + buf_b:
+            p.clear()
+        state["rows"] = 0
+
+    for u in tqdm(order, desc=desc, unit="utt", disable=not progress, leave=False):
+        xa, xb = reader.items(u)
+        if state["block"] != block_of[u] or state["rows"] >= batch_frames:
+            flush()
+            state["block"] = block_of[u]
+        for p, x in zip(buf_a, xa):
+            p.append(x)
+        for p, x in zip(buf_b, xb or []):
+            p.append(x)
+        state["rows"] += xa[0].shape[0]
+    flush()
+
+
+def cka_profile_hash(profile, a: str, b: str) -> str:
+    """Hash of every profile setting the CKA result of (a, b) depends on (CKA section, the two models'
+    registry entries, corpus, extraction precision), computable without data or models: figures refuse
+    results whose hash differs from the current profile's."""
+    from repro.models.registry import spec_identity
+
+    return config_hash({"format": RESULT_FORMAT, "cka": to_dict(profile.cka),
+                        "models": [spec_identity(a), spec_identity(b)], "corpus": to_dict(profile.corpus),
+                        "dtype": profile.extraction.dtype, "max_batch_seconds": profile.extraction.max_batch_seconds,
+                        "ecapa_layers": to_dict(profile.models.ecapa_layers)})
+
+
+def compute_pair(ws: Workspace, a: str, b: str, *, force: bool = False, progress: bool = True) -> dict:
+    """Compute (or reuse) the CKA matrix of models `a` and `b`; returns the JSON metadata (+ "skipped")."""
+    import json
+
+    from repro.features.extract import resolve_device
+
+    cfg = ws.profile.cka
+    check_settings(cfg)
+    sym = a == b
+    sa = _open_store(ws, a, cfg.task, cfg.split)
+    sb = sa if sym else _open_store(ws, b, cfg.task, cfg.split)
+    ids = _check_same_items(sa, sb)
+    cfg_hash = config_hash(to_dict(cfg))
+    expected = inputs_hash(cfg_hash, sa.key, sb.key)
+    npz_path, json_path = result_paths(ws, a, b)
+    if not force and _up_to_date(npz_path, json_path, expected):
+        return {**json.loads(json_path.read_text()), "skipped": True}
+
+    reader = _PairReader(sa, sb, a, b, ids, cfg)
+    blocks = max(1, cfg.bootstrap.blocks)
+    if blocks > len(ids):
+        raise CKAError(f"cka.bootstrap.blocks = {blocks} exceeds the {len(ids)} utterances of "
+                       f"{cfg.task}/{cfg.split}; use fewer blocks")
+    block_of = assign_blocks(ids, blocks, cfg.seed) if blocks > 1 else {u: 0 for u in ids}
+    device = resolve_device(cfg.device)  # products with numpy on the CPU, with torch on a GPU
+    boot = BlockBootstrap(blocks, [l.dim for l in sa.layers], None if sym else [l.dim for l in sb.layers],
+                          compute_dtype=cfg.dtype, backend="numpy" if device.type == "cpu" else "torch",
+                          device=str(device))
+    # One reference row for all blocks (and any future shard): the first utterance's items, unsubsampled.
+    first = next((u for u in ids if reader.count(u) > 0), None)
+    if first is None:
+        raise CKAError(f"{sa.path}: no utterance has a frame left after alignment")
+    ref_a, ref_b = reader.items(first, select=False)
+    boot.set_shift(np.concatenate([x.mean(0, dtype=np.float64) for x in ref_a]),
+                   None if sym else np.concatenate([x.mean(0, dtype=np.float64) for x in ref_b]))
+    _stream(boot, reader, sorted(ids, key=lambda u: (block_of[u], u)), block_of, cfg.batch_frames,
+            f"cka {a} x {b}", progress)
+    if boot.n < 4:
+        raise CKAError(f"only {boot.n} {cfg.level} items in {cfg.task}/{cfg.split}; CKA needs at least 4")
+
+    terms = boot.terms()
+    matrices = {"cka_biased": cka_from_terms(terms, False), "cka_debiased": cka_from_terms(terms, True)}
+    arrays = {**matrices, "cka": matrices[f"cka_{cfg.estimator}"],
+              "layers_a": np.array([l.name for l in sa.layers]), "layers_b": np.array([l.name for l in sb.layers])}
+    boot_meta = None
+    if blocks > 1:
+        low, high = boot.interval(cfg.bootstrap.resamples, cfg.bootstrap.confidence, cfg.seed,
+                                  debiased=cfg.estimator == "debiased")
+        arrays.update(ci_low=low, ci_high=high)
+        boot_meta = {"blocks": blocks, "resamples": cfg.bootstrap.resamples, "confidence": cfg.bootstrap.confidence,
+                     "seed": cfg.seed, "resampled": "blocks of utterances, with replacement; percentile interval",
+                     "utterances_per_block": sorted(int(c) for c in np.bincount(list(block_of.values()),
+                                                                                 minlength=blocks))}
+    meta = {
+        "format": RESULT_FORMAT,
+        "models": [a, b],
+        "within_model": sym,
+        "layers": {"a": list(arrays["layers_a"]), "b": list(arrays["layers_b"])},
+        "corpus": {"profile": ws.profile.name, "kind": ws.profile.corpus.kind, "task": cfg.task, "split": cfg.split,
+                   "utterances": len(ids)},
+        "level": cfg.level,
+        "alignment": reader.alignment,
+        "items": boot.n,
+        "subsampling": reader.subsampling,
+        "seed": cfg.seed,
+        "estimator": cfg.estimator,
+        "dtype": cfg.dtype,
+        "bootstrap": boot_meta,
+        "config_hash": cfg_hash,
+        "config": to_dict(cfg),
+        "store_keys": {"a": sa.key, "b": sb.key},
+        "inputs_hash": expected,
+        "profile_hash": cka_profile_hash(ws.profile, a, b),
+        "cka": _finite_or_none(arrays["cka"]),
+    }
+    atomic_write_npz(npz_path, arrays)
+    atomic_write_json(json_path, meta)
+    return {**meta, "skipped": False}
+
+
+def run_cka(ws: Workspace, pairs: Iterable[tuple[str, str]] | None = None, *, force: bool = False,
+            progress: bool = True, echo: Callable[[str], None] | None = print) -> list[dict]:
+    """Every requested pair (default: `default_pairs` of the profile's models); returns their metadata."""
+    chosen = list(pairs) if pairs is not None else default_pairs(ws.profile.models.all())
+    done = []
+    for a, b in chosen:
+        meta = compute_pair(ws, a, b, force=force, progress=progress)
+        done.append(meta)
+        if echo:
+            npz, _ = result_paths(ws, a, b)
+            shape = f"{len(meta['layers']['a'])}x{len(meta['layers']['b'])}"
+            what = "up to date" if meta["skipped"] else "written"
+            echo(f"cka {a} x {b}: {shape} layers, {meta['items']} {meta['level']} items; {what}: {npz}")
+    return done

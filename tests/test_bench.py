@@ -1,0 +1,49 @@
+"""The benchmark harness: it measures, cross-checks its two methods and writes a JSON record."""
+
+import json
+
+from click.testing import CliRunner
+
+from repro.bench import run_benchmarks
+from repro.bench.cka import flops
+from repro.bench.common import PeakMemory
+from repro.cli import main
+
+
+def test_cka_benchmark_writes_a_record_whose_methods_agree(tmp_path):
+    lines = []
+    results = run_benchmarks(["cka"], tmp_path, echo=lines.append,
+                             options={"cka": {"frames": 96, "layers": 3, "dim": 16, "batch": 40, "repeats": 2}})
+    record = json.loads((tmp_path / "cka.json").read_text())
+    assert record == json.loads(json.dumps(results["cka"]))
+    assert record["setup"]["frames"] == 96 and record["machine"]["logical_cores"] >= 1
+    assert all(len(record["cases"][c][m]["runs"]) == 2 for c in ("within", "cross") for m in ("ours", "naive"))
+    assert record["gemm_float64_gflops"]["torch"] > 0
+    for case, pairs in (("within", 6), ("cross", 9)):
+        c = record["cases"][case]
+        assert c["pairs"] == pairs and c["max_abs_difference"] < 1e-10
+        assert c["speedup"] > 0 and c["ours"]["frames_per_s"] > 0 and c["flop_ratio"] > 1
+    assert "within 6" in lines[0] and lines[-1] == f"written: {tmp_path / 'cka.json'}"
+
+
+def test_flop_counts_of_both_methods():
+    # within: the upper triangle of X^T X; cross: all of X^T Y plus both sides' layer blocks (upper
+    # triangles); naive: Xc^T Yc in full, Xc^T Xc and Yc^T Yc as triangles (numpy uses SYRK)
+    assert flops(10, [2, 3], symmetric=True, naive=False) == 2 * 10 * (5 * 6 / 2)
+    assert flops(10, [2, 3], symmetric=False, naive=False) == 2 * 10 * 25 + 2 * 2 * 10 * (3 + 6)
+    assert flops(10, [2], symmetric=True, naive=True) == 2 * 10 * (4 + 3 + 3)
+
+
+def test_peak_memory_sees_a_large_allocation():
+    import numpy as np
+
+    with PeakMemory() as mem:
+        a = np.ones(64 << 17)  # 64 MiB, touched
+        del a
+    assert mem.peak_bytes is None or mem.peak_bytes > 48 << 20
+    assert mem.method in (None, "VmHWM", "sampled VmRSS")
+
+
+def test_bench_commands_are_listed():
+    res = CliRunner().invoke(main, ["bench", "--help"])
+    assert res.exit_code == 0 and "cka" in res.output and "all" in res.output
