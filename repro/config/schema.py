@@ -353,9 +353,10 @@ class CKABootstrapConfig:
 class CKAConfig:
     """Layer similarity: linear CKA between every pair of layers (see `repro.similarity`)."""
 
-    task: Literal["PR", "KS", "IC", "SID", "ASV", "ER"] = setting(
-        "PR", "the paper's CKA data is unknown; read speech with a phonetic transcript (LibriSpeech "
-        "test-clean in the real profiles), whose features the PR probe extracts anyway", open=True
+    task: Literal["CKA", "PR", "KS", "IC", "SID", "ASV", "ER"] = setting(
+        "PR", "the paper's CKA data is unknown; read speech with a phonetic transcript: the real profiles use "
+        "the `CKA` manifest (a seeded subset of LibriSpeech test-clean, `data.cka_utterances`), the smoke "
+        "profile the synthetic PR test split", open=True
     )
     split: Literal["train", "dev", "test"] = setting(
         "test", "held-out utterances, disjoint from any probe's training data", open=True

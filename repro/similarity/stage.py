@@ -209,7 +209,7 @@ def compute_pair(ws: Workspace, a: str, b: str, *, force: bool = False, progress
     sb = sa if sym else _open_store(ws, b, cfg.task, cfg.split)
     ids = _check_same_items(sa, sb)
     cfg_hash = config_hash(to_dict(cfg))
-    expected = inputs_hash(cfg_hash, sa.key, sb.key)
+    expected = inputs_hash(cka_profile_hash(ws.profile, a, b), sa.key, sb.key)
     npz_path, json_path = result_paths(ws, a, b)
     if not force and _up_to_date(npz_path, json_path, expected):
         return {**json.loads(json_path.read_text()), "skipped": True}
