@@ -26,6 +26,14 @@ def _layer_label(name: str) -> str:
     return name[1:] if name[:1] == "L" and name[1:].isdigit() else name
 
 
+def _ticks(ax, axis: str, names: list[str]) -> None:
+    """Layer tick labels; every other one when there are more than 8, so they never overlap."""
+    step = 2 if len(names) > 8 else 1
+    pos = list(range(0, len(names), step))
+    labels = [_layer_label(names[i]) for i in pos]
+    (ax.set_xticks if axis == "x" else ax.set_yticks)(pos, labels)
+
+
 def stand_in_notes(models: list[str]) -> list[str]:
     """One note per model that stands in for one of the paper's (unreleased) models."""
     notes = []
@@ -77,7 +85,7 @@ def table_sweep(ws: Workspace, reader: ResultReader, out: Path) -> list[Path]:
 
 def _heatmap(ax, matrix, xlabels, ylabels, title, vmax=None, xlabel="layer", ylabel=""):
     im = ax.imshow(matrix, aspect="auto", origin="upper", vmin=0, vmax=vmax, interpolation="nearest")
-    ax.set_xticks(range(len(xlabels)), [_layer_label(x) for x in xlabels])
+    _ticks(ax, "x", xlabels)
     ax.set_yticks(range(len(ylabels)), ylabels)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
@@ -132,8 +140,8 @@ def _cka_figure(ws: Workspace, reader: ResultReader, out: Path, fig_id: str,
     for ax, (a, b) in zip(axes, pairs):
         r = results[(a, b)]
         im = ax.imshow(r["matrix"], origin="lower", vmin=0, vmax=1, interpolation="nearest", aspect="auto")
-        ax.set_xticks(range(len(r["layers_b"])), [_layer_label(x) for x in r["layers_b"]])
-        ax.set_yticks(range(len(r["layers_a"])), [_layer_label(x) for x in r["layers_a"]])
+        _ticks(ax, "x", r["layers_b"])
+        _ticks(ax, "y", r["layers_a"])
         ax.set_xlabel(f"{b} layer")
         ax.set_ylabel(f"{a} layer")
         ax.set_title(a if a == b else f"{a} vs {b}")
