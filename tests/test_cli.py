@@ -40,12 +40,26 @@ cka: {task: KS, device: cpu}
 """
 
 
-def test_run_profile_end_to_end(tmp_path, workspace_env):
+def test_run_profile_end_to_end(tmp_path, workspace_env, monkeypatch):
     prof = tmp_path / "tinyprof.yaml"
     prof.write_text(TINY_PROFILE)
     runner = CliRunner()
     res = runner.invoke(main, ["run", "--profile", str(prof), "--quiet"])
     assert res.exit_code == 0, res.output
+    from repro.paper import checksums
+    from repro.workspace import Workspace
+
+    first = checksums.compute(Workspace.for_profile(str(prof)))
+    assert {"figures/table-1.csv", "figures/figure-3.pdf", "corpus/manifests/KS.jsonl",
+            "results/cka/tiny-hubert__tiny-ecapa-sup.json"} <= set(first)
+    # the whole pipeline again in other folders: every output byte-identical
+    for var, sub in (("REPRO_WORK", "work2"), ("REPRO_RESULTS", "results2"), ("REPRO_FIGURES", "figures2")):
+        monkeypatch.setenv(var, str(tmp_path / sub))
+    res = runner.invoke(main, ["run", "--profile", str(prof), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert checksums.compute(Workspace.for_profile(str(prof))) == first
+    for var, sub in (("REPRO_WORK", "work"), ("REPRO_RESULTS", "results"), ("REPRO_FIGURES", "figures")):
+        monkeypatch.setenv(var, str(workspace_env / sub))
     feats = workspace_env / "work" / "tinyprof" / "features"
     stores = sorted(str(p.parent.relative_to(feats)) for p in feats.rglob("meta.json"))
     assert stores == [f"{m}/{t}/{s}" for m in ("tiny-ecapa-sup", "tiny-hubert")

@@ -1,9 +1,17 @@
 """sha256 of every output, recorded per profile and verified against the committed record.
 
-Covered: result files under `results/<profile>/` (wall-time files `*.timing.json`
-excluded) and figures/tables under `paper_figures/<profile>/` (the report and
-provenance, which name the git commit and the machine, excluded). The record
-for a profile lives in `artifacts/checksums/<profile>.sha256`.
+Covered: the corpus's manifests, `corpus.json` and `phones.txt` under
+`work/<profile>/corpus/` (the manifests hold every audio file's sha256), result
+files under `results/<profile>/` (wall-time files `*.timing.json` excluded) and
+figures/tables under `paper_figures/<profile>/` (the report and provenance,
+which name the git commit and the machine, excluded). The record for a profile
+lives in `artifacts/checksums/<profile>.sha256`.
+
+Portable outputs (`PORTABLE`) are those that do not depend on floating-point
+arithmetic, so they match on any machine: the synthetic corpus (espeak-ng's
+output, resampled in float64 and quantised to 16 bits). Everything downstream
+trains and sums floats, whose last bits may differ between CPU types; those
+files match on the same kind of machine.
 """
 
 from __future__ import annotations
@@ -16,11 +24,20 @@ from repro.workspace import Workspace
 
 RECORD_DIR = Path(__file__).resolve().parents[2] / "artifacts" / "checksums"
 UNCHECKED = ("REPORT.md", "provenance.json", "CHECKSUMS.sha256")
+PORTABLE = ("corpus/",)
 
 
 def output_files(ws: Workspace) -> dict[str, Path]:
     """Checked outputs by their stable name (`results/...` or `figures/...`)."""
     files = {}
+    corpus = ws.corpus_dir
+    for name in ("corpus.json", "phones.txt"):
+        if (corpus / name).is_file():
+            files[f"corpus/{name}"] = corpus / name
+    if (corpus / "manifests").is_dir():
+        for p in sorted((corpus / "manifests").iterdir()):
+            if p.is_file():
+                files[f"corpus/manifests/{p.name}"] = p
     for prefix, root in (("results", ws.results), ("figures", ws.figures)):
         if not root.is_dir():
             continue
@@ -67,13 +84,19 @@ def record(ws: Workspace) -> Path:
     return path
 
 
-def verify(ws: Workspace) -> dict[str, list[str]]:
-    """Differences from the record: `changed`, `missing` (recorded, not produced), `extra` (not recorded)."""
+def verify(ws: Workspace, portable: bool = False) -> dict[str, list[str]]:
+    """Differences from the record: `changed`, `missing` (recorded, not produced), `extra` (not recorded).
+
+    With `portable`, only the outputs that must match on any machine (`PORTABLE`).
+    """
     path = record_path(ws)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no recorded checksums for profile {ws.profile.name}; "
                                 f"record them with `repro paper verify --profile {ws.profile.name} --record`")
     want, have = parse_record(path.read_text()), compute(ws)
+    if portable:
+        want = {n: h for n, h in want.items() if n.startswith(PORTABLE)}
+        have = {n: h for n, h in have.items() if n.startswith(PORTABLE)}
     return {
         "changed": sorted(n for n in want if n in have and have[n] != want[n]),
         "missing": sorted(n for n in want if n not in have),

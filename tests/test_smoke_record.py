@@ -1,0 +1,28 @@
+"""The committed smoke checksums: the portable part (the synthetic corpus) must match on any machine."""
+
+from pathlib import Path
+
+from repro.config import load_profile
+from repro.data.synth import make_corpus
+from repro.paper import checksums
+from repro.workspace import Workspace
+
+
+def test_smoke_corpus_matches_the_committed_record(tmp_path):
+    ws = Workspace(load_profile("smoke"), tmp_path / "work", tmp_path / "results", tmp_path / "figures")
+    make_corpus(ws.corpus_dir, ws.profile.corpus.synthetic, ws.profile.seed, progress=False)
+    record = checksums.parse_record(checksums.record_path(ws).read_text())
+    portable = {n for n in record if n.startswith(checksums.PORTABLE)}
+    assert len(portable) >= 8  # corpus.json, phones.txt, 6 task manifests, 2 trial lists
+    assert checksums.verify(ws, portable=True) == {"changed": [], "missing": [], "extra": []}
+
+
+def test_record_covers_every_registered_output():
+    from repro.paper.registry import OUTPUTS
+
+    ws = Workspace.for_profile("smoke")
+    names = set(checksums.parse_record(checksums.record_path(ws).read_text()))
+    for out in OUTPUTS:
+        for suffix in out.writes:
+            assert f"figures/{out.id}{suffix}" in names
+    assert any(n.startswith("results/probing/") for n in names) and any(n.startswith("results/cka/") for n in names)
