@@ -340,6 +340,8 @@ def train_speaker(recipe: str, profile: str, force: bool, estimate: bool, tflops
                    f"on {info['eval']['trials']} trials -> {ws.models_dir / info['name']}")
 
 
+@main.command()
+@PROFILE
 @click.option("--models", "-m", "models", nargs=2, default=None, metavar="A B",
               help="two models (A may equal B); default: every model with itself and every pair of the profile")
 @click.option("--force", is_flag=True, help="recompute even if the result is up to date")

@@ -8,6 +8,9 @@ import pytest
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Models only the tests use: a random-weight tiny ECAPA-TDNN (the smoke profile's are trained).
+TEST_REGISTRY = os.path.join(os.path.dirname(__file__), "test_models.yaml")
+os.environ["REPRO_MODEL_REGISTRY"] = TEST_REGISTRY
 
 from repro.config.schema import SynthConfig  # noqa: E402
 

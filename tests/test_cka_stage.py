@@ -18,12 +18,12 @@ name: ckaprof
 description: CKA test profile
 seed: 0
 corpus: {{kind: synthetic}}
-models: {{speech_ssl: [tiny-hubert], speaker_ssl: [], speaker_sup: [tiny-ecapa-sup]}}
+models: {{speech_ssl: [tiny-hubert], speaker_ssl: [], speaker_sup: [rand-ecapa]}}
 tasks: [{tasks}]
 extraction: {{device: cpu, max_batch_seconds: 16}}
 cka: {{task: PR, split: train, device: cpu, batch_frames: 300, {extra}}}
 """
-A, B = "tiny-hubert", "tiny-ecapa-sup"
+A, B = "tiny-hubert", "rand-ecapa"
 
 
 def write_profile(path, tasks="PR", **extra):

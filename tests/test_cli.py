@@ -94,3 +94,12 @@ def test_config_explain_lists_open_settings_with_reasons():
     assert res.exit_code == 0
     assert "models.speech_ssl = ['wavlm-base-plus', 'hubert-base']" in res.output
     assert "[open]" in res.output
+
+
+def test_every_command_has_help():
+    runner = CliRunner()
+    names = sorted(main.commands)
+    assert {"run", "config", "data", "models", "extract", "probe", "paper", "train-speaker", "cka", "bench"} <= set(names)
+    for name in names:
+        res = runner.invoke(main, [name, "--help"])
+        assert res.exit_code == 0 and "Usage" in res.output, name

@@ -121,12 +121,12 @@ def test_planted_layers_get_the_weight(tmp_path, smoke_corpus, monkeypatch):
 
 @pytest.fixture(scope="module")
 def ecapa_ws(tmp_path_factory, smoke_corpus):
-    """tiny-ecapa-sup features over the smoke corpus, every task."""
+    """rand-ecapa features over the smoke corpus, every task."""
     root = tmp_path_factory.mktemp("ecapa")
-    prof = _profile(load_profile("smoke").corpus.synthetic, ["tiny-ecapa-sup"], ["PR", "KS", "IC", "SID", "ASV", "ER"],
+    prof = _profile(load_profile("smoke").corpus.synthetic, ["rand-ecapa"], ["PR", "KS", "IC", "SID", "ASV", "ER"],
                     steps=300, lr_grid=(0.01,))
     ws = workspace(root, prof, smoke_corpus)
-    extract_model(ws, "tiny-ecapa-sup", progress=False)
+    extract_model(ws, "rand-ecapa", progress=False)
     return ws
 
 
@@ -135,16 +135,16 @@ def test_each_probe_beats_chance_with_a_tiny_model(ecapa_ws):
     info = json.loads((ws.corpus_dir / "corpus.json").read_text())
     chance = {"KS": 1 / 12, "SID": 1 / len(info["labels"]["SID"]), "ER": 1 / 4, "IC": 1 / 21}
     for task, margin in (("KS", 3), ("SID", 4), ("ER", 1.4), ("IC", 2)):
-        r = run_probe(ws, "tiny-ecapa-sup", task, 0.01, progress=False)
+        r = run_probe(ws, "rand-ecapa", task, 0.01, progress=False)
         assert r["test"] > margin * chance[task], (task, r["test"])
         assert r["projected"] and abs(sum(r["contributions"]) - 1) < 1e-6
-    pr = run_probe(ws, "tiny-ecapa-sup", "PR", 0.01, progress=False)
+    pr = run_probe(ws, "rand-ecapa", "PR", 0.01, progress=False)
     assert pr["test"] < 0.8  # predicting nothing gives a PER of 1
-    asv = run_probe(ws, "tiny-ecapa-sup", "ASV", 0.01, progress=False)
+    asv = run_probe(ws, "rand-ecapa", "ASV", 0.01, progress=False)
     assert asv["test"] < 0.4  # chance is 0.5
-    idt = run_asv_idt(ws, "tiny-ecapa-sup")
+    idt = run_asv_idt(ws, "rand-ecapa")
     assert idt["embedding"] == "embedding" and 0 <= idt["test"] < 0.5
-    er = run_probe(ws, "tiny-ecapa-sup", "ER", 0.01, progress=False)
+    er = run_probe(ws, "rand-ecapa", "ER", 0.01, progress=False)
     assert [r["fold"] for r in er["runs"]] == [1, 2, 3, 4, 5]
     assert er["test"] == pytest.approx(np.mean([r["test"] for r in er["runs"]]))
 
@@ -157,7 +157,7 @@ def test_cache_and_on_the_fly_agree(ecapa_ws, tmp_path):
     for mode in ("cache", "upstream"):
         p = dataclasses.replace(prof, probing=dataclasses.replace(prof.probing, tasks=small, input=mode))
         w = dataclasses.replace(ws, profile=p, results_root=tmp_path / mode)
-        outs[mode] = [run_probe(w, "tiny-ecapa-sup", t, 0.01, progress=False) for t in ("KS", "PR")]
+        outs[mode] = [run_probe(w, "rand-ecapa", t, 0.01, progress=False) for t in ("KS", "PR")]
     for a, b in zip(outs["cache"], outs["upstream"]):
         assert a["dev"] == pytest.approx(b["dev"], abs=1e-4)
         assert a["test"] == pytest.approx(b["test"], abs=1e-4)
@@ -169,7 +169,7 @@ def test_interrupted_probe_resumes_to_the_same_result(ecapa_ws, tmp_path):
     import repro.probing.trainer as trainer
 
     ws = dataclasses.replace(ecapa_ws, results_root=tmp_path / "a")
-    whole = run_probe(ws, "tiny-ecapa-sup", "SID", 0.01, progress=False)
+    whole = run_probe(ws, "rand-ecapa", "SID", 0.01, progress=False)
     ws_b = dataclasses.replace(ecapa_ws, results_root=tmp_path / "b", work_root=tmp_path / "w")
     ws_b.work.mkdir(parents=True)
     (ws_b.work / "corpus").symlink_to(ecapa_ws.corpus_dir.resolve())
@@ -190,11 +190,11 @@ def test_interrupted_probe_resumes_to_the_same_result(ecapa_ws, tmp_path):
     trainer_mod.train_probe = interrupted
     try:
         with pytest.raises(Stop):
-            run_probe(ws_b, "tiny-ecapa-sup", "SID", 0.01, progress=False)
+            run_probe(ws_b, "rand-ecapa", "SID", 0.01, progress=False)
     finally:
         trainer_mod.train_probe = original
-    assert not (tmp_path / "b" / "ptest" / "probing" / "tiny-ecapa-sup" / "SID" / "lr-1e-02.json").exists()
-    resumed = run_probe(ws_b, "tiny-ecapa-sup", "SID", 0.01, progress=False)
+    assert not (tmp_path / "b" / "ptest" / "probing" / "rand-ecapa" / "SID" / "lr-1e-02.json").exists()
+    resumed = run_probe(ws_b, "rand-ecapa", "SID", 0.01, progress=False)
     assert resumed == whole
 
 
@@ -207,9 +207,9 @@ def test_results_are_byte_stable_and_the_sweep_selects_on_dev(ecapa_ws, tmp_path
     for run in ("one", "two"):
         ws = dataclasses.replace(ecapa_ws, profile=p, results_root=tmp_path / run)
         for lr in (0.001, 0.03):
-            run_probe(ws, "tiny-ecapa-sup", "KS", lr, progress=False)
-        best = select_best(ws, "tiny-ecapa-sup", "KS")
-        d = ws.results / "probing" / "tiny-ecapa-sup" / "KS"
+            run_probe(ws, "rand-ecapa", "KS", lr, progress=False)
+        best = select_best(ws, "rand-ecapa", "KS")
+        d = ws.results / "probing" / "rand-ecapa" / "KS"
         files.append({f.name: f.read_bytes() for f in sorted(d.iterdir()) if not f.name.endswith(".timing.json")})
     assert files[0] == files[1] and len(files[0]) == 3
     assert best["dev"] == max(r["dev"] for r in best["sweep"])
@@ -220,4 +220,4 @@ def test_too_few_layers_is_an_error(ecapa_ws, tmp_path):
     p = dataclasses.replace(prof, probing=dataclasses.replace(prof.probing, layers=[0, 7]))
     ws = dataclasses.replace(ecapa_ws, profile=p, results_root=tmp_path)
     with pytest.raises(ValueError, match=r"the model has 5 layers, but layers \[7\] were asked for"):
-        run_probe(ws, "tiny-ecapa-sup", "KS", 0.01, progress=False)
+        run_probe(ws, "rand-ecapa", "KS", 0.01, progress=False)

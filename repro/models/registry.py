@@ -48,10 +48,11 @@ class ModelSpec:
 
 
 def load_registry() -> dict[str, ModelSpec]:
-    """All registered models by name (built-in entries, then `$REPRO_MODEL_REGISTRY`)."""
+    """All registered models by name: built-in entries, then the files of `$REPRO_MODEL_REGISTRY`
+    (one path, or several separated by the path separator `:`), later entries winning."""
     files = [REGISTRY_FILE]
-    if os.environ.get("REPRO_MODEL_REGISTRY"):
-        files.append(Path(os.environ["REPRO_MODEL_REGISTRY"]))
+    extra = os.environ.get("REPRO_MODEL_REGISTRY", "")
+    files += [Path(p) for p in extra.split(os.pathsep) if p]
     specs: dict[str, ModelSpec] = {}
     for path in files:
         if not path.is_file():
