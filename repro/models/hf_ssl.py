@@ -45,7 +45,7 @@ class MaskedGroupNormConv(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """`x` `[B, 1, S]` -> `[B, C, T]`."""
-        y = self.conv(x)
+        y = self.conv(x).float()  # statistics in float32 also under autocast (as GroupNorm is)
         if self.valid_samples is None:
             return self.activation(self.layer_norm(y))
         k, s = self.conv.kernel_size[0], self.conv.stride[0]
