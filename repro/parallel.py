@@ -16,15 +16,16 @@ system every node sees (rank 0 checks, and says so when a marker it expects is n
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import traceback
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch.distributed as dist
 
-from repro.speaker.distributed import DistEnv, setup
+from repro.speaker.distributed import DistEnv, setup, teardown
 
 DEFAULT_TIMEOUT_S = 1800.0
 _GROUPS: dict[float, object] = {}
@@ -37,6 +38,17 @@ class RankFailure(RuntimeError):
 def join(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> DistEnv:
     """This process's `DistEnv`; with WORLD_SIZE > 1 the process group is joined (collectives time out)."""
     return setup(device, timeout_s=timeout_s)
+
+
+@contextlib.contextmanager
+def session(profile) -> Iterator[DistEnv]:
+    """The `DistEnv` of a profile's run: under torchrun the process group is joined (NCCL when
+    `probing.device` resolves to a GPU, else gloo; `distributed.timeout_minutes`) and left at the end."""
+    env = join(profile.probing.device, 60.0 * profile.distributed.timeout_minutes)
+    try:
+        yield env
+    finally:
+        teardown(env)
 
 
 def _control_group(timeout_s: float):
