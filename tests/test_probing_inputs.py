@@ -62,7 +62,7 @@ def test_pooled_store_probes_equal_frame_store_probes(tiny_corpus, tmp_path):
 def test_asv_idt_reads_the_pooled_store_when_asv_is_not_probed_from_the_cache(tiny_corpus, tmp_path):
     ws = _workspace(tmp_path, _profile({"ASV": "upstream"}), tiny_corpus)
     stores = extract_model(ws, "tiny-wavlm", progress=False)
-    assert sorted(stores) == [("ASV", "dev.pooled"), ("ASV", "test.pooled"), ("ASV", "train.pooled")]
+    assert sorted(stores) == [("ASV", "dev.pooled"), ("ASV", "test.pooled")]  # trial splits only
     idt = run_asv_idt(ws, "tiny-wavlm")
     frames = _workspace(tmp_path / "f", _profile({"ASV": "cache"}), tiny_corpus)
     extract_model(frames, "tiny-wavlm", progress=False)
@@ -120,3 +120,19 @@ def test_upstream_training_crops_are_cut_from_the_audio(hf_folder, tiny_corpus):
     assert all(torch.equal(a, b) for a, b in zip(layers, again)) and not torch.equal(layers[2], other[2])
     _, full_lengths = crop.batch([0, 1, 2])  # evaluation (no step): whole utterances
     assert full_lengths.tolist() == whole.batch([0, 1, 2])[1].tolist() and min(full_lengths.tolist()) > 49
+
+
+def test_prefetched_audio_gives_the_same_batches(hf_folder, tiny_corpus):
+    from repro.models.hf_ssl import load_hf_ssl
+
+    up = load_hf_ssl(str(hf_folder("wavlm")))
+    utts = load_task(tiny_corpus, "SID")[:6]
+    plain = UpstreamFrames(up, tiny_corpus, utts, [1], crop_samples=12000, seed=3)
+    ahead = UpstreamFrames(up, tiny_corpus, utts, [1], crop_samples=12000, seed=3, workers=2)
+    ahead.prefetch([0, 4, 5], 7)
+    ahead.prefetch([1, 2], None)
+    for idx, step in (([0, 4, 5], 7), ([1, 2], None), ([3], 2)):
+        (a,), la = plain.batch(idx, step)
+        (b,), lb = ahead.batch(idx, step)
+        assert torch.equal(a, b) and torch.equal(la, lb)
+    assert not ahead._pending

@@ -2,7 +2,7 @@
 
 Which stores a task gets follows its probing input (`repro.probing.inputs`): frame stores for
 `cache`, pooled stores (per-layer utterance means) for `pooled`, none for `upstream` (ASV
-keeps a pooled store for ASV-IDT's embeddings). Under torchrun every store is sharded
+keeps pooled stores of its trial splits for ASV-IDT's embeddings). Under torchrun every store is sharded
 across the ranks (`repro.features.shards`).
 """
 
@@ -56,7 +56,10 @@ def extract_model(ws: Workspace, name: str, tasks: list[str] | None = None, prog
     from repro.probing.inputs import stores_needed
 
     cfg = ws.profile.extraction
-    chosen = {t: (kinds if kinds is not None else stores_needed(ws.profile, t)) for t in tasks or ws.profile.tasks}
+    def wanted(task: str, split: str | None = None) -> list[str]:
+        return kinds if kinds is not None else stores_needed(ws.profile, task, split)
+
+    chosen = {t: wanted(t) for t in tasks or ws.profile.tasks}
     stores = {}
     totals = {"audio_seconds": 0.0, "wall_seconds": 0.0}
     fractions = []
@@ -70,7 +73,7 @@ def extract_model(ws: Workspace, name: str, tasks: list[str] | None = None, prog
         utts = load_task(ws.corpus_dir, task)
         for split in sorted({u.split for u in utts}):
             part = [u for u in utts if u.split == split]
-            for kind in task_kinds:
+            for kind in wanted(task, split):
                 one: dict = {}
                 pooled = kind == "pooled"
                 stores[(task, f"{split}.pooled" if pooled else split)] = extract(

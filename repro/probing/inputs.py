@@ -8,7 +8,7 @@
 
 `probing.tasks.<TASK>.input` chooses per task; unset, the task uses `probing.input`. ASV-IDT
 (the model's own embedding) reads the ASV frame store when ASV reads the cache, else the ASV
-pooled store, which holds the embeddings too.
+pooled stores of the splits with trial lists (dev, test), which hold the embeddings too.
 """
 
 from __future__ import annotations
@@ -46,14 +46,16 @@ def task_input(profile, task: str) -> str:
     return chosen
 
 
-def stores_needed(profile, task: str) -> list[str]:
-    """Store kinds (`frames`, `pooled`) the profile's probes of `task` read."""
+def stores_needed(profile, task: str, split: str | None = None) -> list[str]:
+    """Store kinds (`frames`, `pooled`) the profile's probes of `task` read from `split` (None: any split)."""
     if task not in profile.probing.tasks:
         return ["frames"]
     chosen = task_input(profile, task)
     if chosen == "cache":
         return ["frames"]
-    if chosen == "pooled" or task == "ASV":  # ASV-IDT's embeddings come from the pooled store
+    if chosen == "pooled":
+        return ["pooled"]
+    if task == "ASV" and split != "train":  # ASV-IDT scores the dev/test trials with the pooled stores' embeddings
         return ["pooled"]
     return []
 

@@ -122,9 +122,10 @@ class ProbeInputs:
             crop = None
             if train and self.budget.train_crop_seconds:  # cut from the audio, as s3prl does
                 crop = int(round(self.budget.train_crop_seconds * self.upstream.sample_rate))
-            return UpstreamFrames(self.upstream, self.ws.corpus_dir, utts, self.layers, pooled=pooled, device=self.device,
-                                  crop_samples=crop, seed=self.ws.profile.seed,
-                                  autocast=self.ws.profile.extraction.autocast)
+            extraction = self.ws.profile.extraction
+            return UpstreamFrames(self.upstream, self.ws.corpus_dir, utts, self.layers, pooled=pooled,
+                                  device=self.device, crop_samples=crop, seed=self.ws.profile.seed,
+                                  autocast=extraction.autocast, workers=extraction.num_workers)
         store = split_stores[0] if len(split_stores) == 1 else StoreUnion(split_stores)
         if pooled:
             return StorePooled(store, utts, self.layers)

@@ -76,6 +76,7 @@ def evaluate(task: Task, model: ProbeModel, split: Split, batch_size: int, devic
         emb = {}
         for start in range(0, len(split.utts), batch_size):
             idx = list(range(start, min(start + batch_size, len(split.utts))))
+            _prefetch(split.source, range(start + batch_size, min(start + 2 * batch_size, len(split.utts))), None)
             layers, lengths = _to(split.source.batch(idx), device)
             e = torch.nn.functional.normalize(model.head.embed(model.featurizer(layers), lengths), dim=-1)
             for i, v in zip(idx, e.cpu()):
@@ -84,6 +85,7 @@ def evaluate(task: Task, model: ProbeModel, split: Split, batch_size: int, devic
     predictions = []
     for start in range(0, len(split.utts), batch_size):
         idx = list(range(start, min(start + batch_size, len(split.utts))))
+        _prefetch(split.source, range(start + batch_size, min(start + 2 * batch_size, len(split.utts))), None)
         layers, lengths = _to(split.source.batch(idx), device)
         predictions += task.predict(model(layers, lengths), lengths)
     return task.score(split.utts, predictions)
@@ -148,6 +150,10 @@ def train_probe(
         opt.zero_grad(set_to_none=True)
         step = state["step"]
         total = 0.0
+        for ahead in range(step, min(step + 2, budget.steps)):  # decode this and the next step's audio meanwhile
+            for j in range(share):
+                k = ahead * budget.grad_accum + rank * share + j
+                _prefetch(train.source, micro_batch(n, budget.batch_size, seed, k), ahead)
         for j in range(share):
             a = rank * share + j  # this rank's micro-batches of the step
             idx = micro_batch(n, budget.batch_size, seed, step * budget.grad_accum + a)
@@ -206,3 +212,9 @@ def _sum_over_ranks(value: float, env) -> float:
 
     t = torch.tensor([value], dtype=torch.float64)
     return float(all_reduce_sum(t, env)[0])
+
+
+def _prefetch(source: Any, idx: Sequence[int], step: int | None) -> None:
+    """Let a source that reads audio start on a coming batch (sources without `prefetch` ignore it)."""
+    if len(idx) and hasattr(source, "prefetch"):
+        source.prefetch(list(idx), step)
