@@ -371,7 +371,8 @@ def cka(profile: str, models: tuple[str, str] | None, force: bool, quiet: bool) 
 
 @main.group()
 def bench() -> None:
-    """Benchmarks of the numerical cores (write artifacts/bench/<name>.json)."""
+    """Benchmarks: extraction, CKA, probing inputs, the smoke pipeline, the full-profile projection
+    (write artifacts/bench/<name>.json and docs/PERFORMANCE.md)."""
 
 
 @bench.command("cka")
@@ -386,15 +387,73 @@ def bench_cka(frames: int | None, repeats: int | None, out: Path) -> None:
     run_benchmarks(["cka"], out, echo=click.echo, options={"cka": {"frames": frames, "repeats": repeats}})
 
 
+@bench.command("extract")
+@click.option("--seconds", type=float, default=None, help="audio to extract (default 60 s)")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts/bench"),
+              show_default=True)
+def bench_extract(seconds: float | None, out: Path) -> None:
+    """Our extraction vs a plain transformers loop (batch 1): audio s / wall s, WavLM Base+ size."""
+    from repro.bench import run_benchmarks
+
+    run_benchmarks(["extract"], out, echo=click.echo, options={"extract": {"seconds": seconds}})
+
+
+@bench.command("probe")
+@click.option("--steps", type=int, default=None, help="training steps from the stores (default 20)")
+@click.option("--fly-steps", type=int, default=None, help="training steps recomputing the layers (default 3)")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts/bench"),
+              show_default=True)
+def bench_probe(steps: int | None, fly_steps: int | None, out: Path) -> None:
+    """Probe training steps/s from the frame cache, a pooled store and the upstream on the fly."""
+    from repro.bench import run_benchmarks
+
+    run_benchmarks(["probe"], out, echo=click.echo, options={"probe": {"steps": steps, "fly_steps": fly_steps}})
+
+
+@bench.command("pipeline")
+@click.option("--speakers", is_flag=True, help="also train the smoke profile's two speaker models (~12 min)")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts/bench"),
+              show_default=True)
+def bench_pipeline(speakers: bool, out: Path) -> None:
+    """The smoke pipeline from scratch in a temporary folder: seconds per stage."""
+    from repro.bench import run_benchmarks
+
+    run_benchmarks(["pipeline"], out, echo=click.echo, options={"pipeline": {"speakers": speakers}})
+
+
+@bench.command("projection")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts/bench"),
+              show_default=True)
+def bench_projection(out: Path) -> None:
+    """Hours per stage of the full profile on one GPU, from the records in --out and stated assumptions."""
+    from repro.bench import run_benchmarks
+
+    run_benchmarks(["projection"], out, echo=click.echo)
+
+
+@bench.command("report")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts/bench"),
+              show_default=True)
+@click.option("--doc", type=click.Path(dir_okay=False, path_type=Path), default=Path("docs/PERFORMANCE.md"),
+              show_default=True)
+def bench_report(out: Path, doc: Path) -> None:
+    """Rewrite docs/PERFORMANCE.md from the records in --out."""
+    from repro.bench.report import write_performance
+
+    click.echo(f"written: {write_performance(out, doc)}")
+
+
 @bench.command("all")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts/bench"),
               show_default=True)
-def bench_all(out: Path) -> None:
-    """Every benchmark at its default size."""
-    from repro.bench import run_benchmarks
+@click.option("--doc", type=click.Path(dir_okay=False, path_type=Path), default=Path("docs/PERFORMANCE.md"),
+              show_default=True)
+@click.option("--large", is_flag=True, help="longer runs (5 min of audio, 8192 CKA frames x 3, the whole smoke "
+              "pipeline with speaker training): about 30 min on 2 cores")
+def bench_all(out: Path, doc: Path, large: bool) -> None:
+    """Every benchmark (about 5 minutes on 2 cores), then docs/PERFORMANCE.md."""
+    from repro.bench import LARGE, run_benchmarks
+    from repro.bench.report import write_performance
 
-    run_benchmarks(None, out, echo=click.echo)
-
-
-if __name__ == "__main__":
-    main()
+    run_benchmarks(None, out, echo=click.echo, options=LARGE if large else None)
+    click.echo(f"written: {write_performance(out, doc)}")
