@@ -197,7 +197,8 @@ def extract(profile: str, model_names: tuple[str, ...], tasks: tuple[str, ...], 
             if env.is_main:
                 ranks = f" on rank 0 of {env.world_size}" if env.distributed else ""
                 click.echo(f"{name}: {len(stores)} stores under {ws.features_dir / name}; "
-                           f"{stats['audio_seconds']:.0f} s of audio extracted now{ranks} ({rate:.1f} audio s / wall s); "
+                           f"{stats['audio_seconds']:.0f} s of audio extracted now{ranks} "
+                           f"({rate:.1f} audio s / wall s); "
                            f"padding {100 * stats.get('padding_fraction', 0.0):.1f}% of the batched samples")
 
 

@@ -147,8 +147,8 @@ def test_a_failing_rank_fails_every_rank_with_its_name_and_error(tiny_corpus, tm
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    torch.multiprocessing.spawn(_failing_rank, args=(port, str(tiny_corpus), str(tmp_path), str(bad), str(hf_folder("wavlm"))),
-                                nprocs=2)
+    args = (port, str(tiny_corpus), str(tmp_path), str(bad), str(hf_folder("wavlm")))
+    torch.multiprocessing.spawn(_failing_rank, args=args, nprocs=2)
     for rank in (0, 1):
         message = (tmp_path / f"rank{rank}.txt").read_text()
         assert message.startswith(f"extraction of {tmp_path / 'store'}: rank 1 failed: AudioError:"), message

@@ -145,3 +145,30 @@ def test_pooled_store_holds_the_utterance_means_of_the_frame_store(upstream, eca
             assert np.array_equal(pooled.embedding(some[3].id), frames.embedding(some[3].id))
         size = sum(json.loads((pooled.path / "meta.json").read_text())["file_sizes"].values())
         assert size == len(some) * (sum(l.dim for l in frames.layers) + (model.embedding_dim or 0)) * 4
+
+
+@pytest.mark.parametrize("kind", ["speechbrain", "wespeaker"])
+def test_ecapa_batches_equal_length_utterances_exactly(kind):
+    from conftest import TINY_ECAPA
+    from repro.models import ecapa
+    from repro.models.wespeaker_ecapa import WespeakerEcapa, WespeakerEcapaArch, wrap_wespeaker_ecapa
+
+    torch.manual_seed(0)
+    if kind == "speechbrain":
+        up = ecapa.wrap_speechbrain_ecapa(ecapa.speechbrain_ecapa(TINY_ECAPA))
+    else:
+        up = wrap_wespeaker_ecapa(WespeakerEcapa(WespeakerEcapaArch(channels=16, mfa_channels=48, embed_dim=8,
+                                                                     scale=2, se_bottleneck=8,
+                                                                     attention_bottleneck=8)).eval())
+    wavs = torch.randn(5, 16000) * 0.1
+    lengths = torch.tensor([16000, 12000, 16000, 12000, 9000])  # two pairs of equal length and one alone
+    for b, n in enumerate(lengths.tolist()):
+        wavs[b, n:] = 0
+    batch = up(wavs, lengths)
+    for b, n in enumerate(lengths.tolist()):
+        alone = up(wavs[b : b + 1, :n], torch.tensor([n]))
+        assert torch.allclose(batch.embedding[b], alone.embedding[0], atol=1e-5, rtol=1e-5)
+        for l in range(len(batch.layers)):
+            t = int(batch.lengths[l][b])
+            assert t == alone.layers[l].shape[1]
+            assert torch.allclose(batch.layers[l][b, :t], alone.layers[l][0], atol=1e-5, rtol=1e-5)

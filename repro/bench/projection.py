@@ -72,6 +72,14 @@ ASSUMED = {
     "decode_threads": 8,       # extraction.num_workers of the full profile
 }
 CKA_FRAME_RATE = 50.0
+SPEECH = ["wavlm-base-plus", "hubert-base"]
+# The paper's claims (README, "Claims, commands, outputs, costs"): the probes and CKA pairs each needs.
+CLAIMS = {
+    "1": {"models": list(MODELS), "tasks": ["PR", "KS", "IC", "SID", "ASV", "ER"], "cka": "none"},
+    "2": {"models": SPEECH, "tasks": ["PR", "KS", "IC"], "cka": "within"},
+    "3": {"models": list(MODELS), "tasks": ["PR", "IC", "SID", "ASV"], "cka": "across"},
+    "4": {"models": list(MODELS), "tasks": ["PR"], "cka": "none"},
+}
 
 
 def count_flops(seconds: float = 8.0) -> dict[str, float]:
@@ -138,7 +146,7 @@ def _hours(profile, rates: dict, flops: dict, autocast: bool) -> dict:
     from repro.probing.inputs import task_input
 
     tput = 1e12 * (rates["autocast_tflops"] if autocast else rates["fp32_tflops"])
-    out: dict[str, dict[str, float]] = {"features": {}, "probe": {}, "decode": {}, "cka": {}}
+    out: dict[str, dict] = {"features": {}, "probe": {}, "decode": {}, "cka": {}, "probe_tasks": {}}
     for model, spec in MODELS.items():
         ecapa = spec["kind"] == "ecapa"
 
@@ -157,13 +165,15 @@ def _hours(profile, rates: dict, flops: dict, autocast: bool) -> dict:
         feats += gpu_hours(CORPUS["CKA"]["test"], CORPUS["CKA"]["utterances"]["test"])
         out["features"][model] = feats
         probe = decode = 0.0
+        per_task = out["probe_tasks"][model] = {}
         for task in profile.tasks:
             b, c = profile.probing.tasks[task], CORPUS[task]
             lrs = len(b.lr_grid)
             folds = len(profile.probing.er_folds) if task == "ER" else 1
             micro = b.steps * b.grad_accum * lrs * folds
             if task_input(profile, task) == "pooled":
-                probe += micro / rates["pooled_steps_per_s"] / 3600
+                per_task[task] = micro / rates["pooled_steps_per_s"] / 3600
+                probe += per_task[task]
                 continue
             item = min(c["item_seconds"], b.train_crop_seconds or c["item_seconds"])
             train_audio = micro * b.batch_size * item / 3600
@@ -175,16 +185,32 @@ def _hours(profile, rates: dict, flops: dict, autocast: bool) -> dict:
             utts = train_utts + evals * dev_utts + lrs * c["utterances"].get("test", 0)
             gpu = gpu_hours(audio, utts)
             dec = audio * 3600 / (rates["decode"][c["format"]] * rates["decode_threads"]) / 3600
-            probe += max(gpu, dec)
+            per_task[task] = max(gpu, dec)
+            probe += per_task[task]
             decode += dec
         out["probe"][model] = probe
         out["decode"][model] = decode
     frames = CORPUS["CKA"]["test"] * 3600 * CKA_FRAME_RATE
     names = list(MODELS)
     pairs = [(a, a) for a in names] + [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
-    total_flops = sum(cka_pair_flops(frames, MODELS[a]["dims"], None if a == b else MODELS[b]["dims"])
-                      for a, b in pairs)
-    out["cka"]["all pairs"] = total_flops / (1e12 * rates["fp64_tflops"] * rates["cka_gemm_fraction"]) / 3600
+    rate = 1e12 * rates["fp64_tflops"] * rates["cka_gemm_fraction"]
+    for a, b in pairs:
+        flops_ab = cka_pair_flops(frames, MODELS[a]["dims"], None if a == b else MODELS[b]["dims"])
+        out["cka"][f"{a}__{b}"] = flops_ab / rate / 3600
+    return out
+
+
+def claim_hours(h: dict) -> dict[str, float]:
+    """GPU hours of each claim's probes, features and CKA pairs (from `_hours`)."""
+    out = {}
+    for claim, need in CLAIMS.items():
+        total = sum(h["probe_tasks"][m].get(t, 0.0) for m in need["models"] for t in need["tasks"])
+        total += sum(h["features"][m] for m in need["models"])
+        for pair, hours in h["cka"].items():
+            a, b = pair.split("__")
+            if (need["cka"] == "within" and a == b and a in need["models"]) or (need["cka"] == "across" and a != b):
+                total += hours
+        out[claim] = total
     return out
 
 
@@ -223,8 +249,9 @@ def run(bench_dir: Path | str = "artifacts/bench", flop_seconds: float = 8.0) ->
     return {"benchmark": "projection", "machine": machine_info(), "profile": "full",
             "flops_per_audio_second": flops, "rates": rates, "sources": sources,
             "hours": {"float32": exact, "autocast": fast},
-            "totals": {mode: {stage: sum(v.values()) for stage, v in h.items() if stage != "decode"}
+            "totals": {mode: {stage: sum(v.values()) for stage, v in h.items() if stage in ("features", "probe", "cka")}
                        for mode, h in (("float32", exact), ("autocast", fast))},
+            "claims": {"float32": claim_hours(exact), "autocast": claim_hours(fast)},
             "corpus": CORPUS, "wall_seconds": time.perf_counter() - started}
 
 
@@ -241,6 +268,8 @@ def table(r: dict) -> str:
     t32, tamp = r["totals"]["float32"], r["totals"]["autocast"]
     lines.append(f"{'all (+ CKA ' + format(t32['cka'] * 60, '.0f') + ' min)':24s} {'':>13s} {t32['features']:>9.2f} "
                  f"{t32['probe']:>10.1f} {tamp['probe']:>10.1f}")
+    lines.append("per claim (float32 / autocast): " + ", ".join(
+        f"{c}: {r['claims']['float32'][c]:.0f} / {r['claims']['autocast'][c]:.0f} h" for c in r["claims"]["float32"]))
     for key, src in r["sources"].items():
         value = r["rates"][key]
         shown = ", ".join(f"{k} {v:.0f}" for k, v in value.items()) if isinstance(value, dict) else f"{value:g}"

@@ -1,10 +1,10 @@
 """Where each probing task reads its layers from, and which feature stores that needs.
 
-| input | what the probe reads | store needed | for |
-|---|---|---|---|
-| `cache` | every frame, from the feature store | frames `<split>/` | any task |
-| `pooled` | per-layer utterance means, from a pooled store (KB per utterance) | pooled `<split>.pooled/` | mean-pooled heads without layer norm or training crops (KS, IC, ER; SID without crops) |
-| `upstream` | layers recomputed by the frozen model at every step (training crops cut from the audio) | none | any task; no disk |
+    cache     every frame, from a frame store `<split>/`; any task
+    pooled    per-layer utterance means, from a pooled store `<split>.pooled/` (KB per utterance);
+              mean-pooled heads without layer norm or training crops (KS, IC, ER; SID without crops)
+    upstream  layers recomputed by the frozen model at every step (training crops cut from the
+              audio); any task, no store
 
 `probing.tasks.<TASK>.input` chooses per task; unset, the task uses `probing.input`. ASV-IDT
 (the model's own embedding) reads the ASV frame store when ASV reads the cache, else the ASV
