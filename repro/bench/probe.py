@@ -10,9 +10,10 @@ Same data, same head: a randomly initialised WavLM-Base+-sized model (94M parame
 Reported per path: training steps per second (the dev set is one utterance, so the single
 evaluation at the end costs little), the one-off setup (building the source: reading the
 frames to average them, or the means), the extraction time and bytes on disk per utterance
-of the store it reads, and ratios against the on-the-fly path. Each probe is trained `repeats`
-times and its fastest run kept: small heads take a few milliseconds per step, which other work on
-a shared machine can stretch many times over (idle-waiting compute threads).
+of the store it reads, and ratios against the on-the-fly path. Each probe from a store is trained
+`repeats` times and its fastest run kept: small heads take a few milliseconds per step, which
+other work on a shared machine can stretch many times over (idle-waiting compute threads); the
+on-the-fly path (seconds per step) runs once.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from repro.config.schema import SynthConfig, TaskBudget
 BENCH_SYNTH = SynthConfig(speakers=14, asv_speakers=4, asv_dev_speakers=2, dev_speakers=2, test_speakers=2,
                           pr_per_speaker=1, ks_repeats=1, ks_unknown_per_speaker=1, ks_silence_per_speaker=1,
                           ic_per_speaker=1, sid_per_speaker=3, er_per_style=1, asv_per_speaker=3)
-DEFAULTS = {"steps": 20, "fly_steps": 3, "batch_size": 8, "repeats": 2}
+DEFAULTS = {"steps": 20, "fly_steps": 3, "batch_size": 8, "repeats": 3}
 
 
 def _steps_per_second(task, source, utts, steps: int, batch_size: int, device, work: Path, tag: str,
