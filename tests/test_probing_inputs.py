@@ -136,3 +136,11 @@ def test_prefetched_audio_gives_the_same_batches(hf_folder, tiny_corpus):
         (b,), lb = ahead.batch(idx, step)
         assert torch.equal(a, b) and torch.equal(la, lb)
     assert not ahead._pending
+
+
+def test_tasks_read_from_the_upstream_need_no_store(tiny_corpus, tmp_path):
+    ws = _workspace(tmp_path, _profile({"PR": "upstream", "SID": "upstream"}), tiny_corpus)
+    stats = {}
+    assert extract_model(ws, "tiny-wavlm", progress=False, stats=stats) == {}
+    assert stats == {"audio_seconds": 0.0, "wall_seconds": 0.0, "padding_fraction": 0.0}
+    assert not ws.features_dir.exists()

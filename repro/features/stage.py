@@ -64,6 +64,8 @@ def extract_model(ws: Workspace, name: str, tasks: list[str] | None = None, prog
     totals = {"audio_seconds": 0.0, "wall_seconds": 0.0}
     fractions = []
     if not any(chosen.values()):
+        if stats is not None:
+            stats.update(totals, padding_fraction=0.0)
         return stores
     upstream = load_profile_upstream(ws, name, env)
     info = model_info(name, upstream)

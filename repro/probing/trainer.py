@@ -120,9 +120,10 @@ def train_probe(
     """Train `model` on `train`, evaluating on `dev` every `budget.eval_every` steps.
 
     Returns the best dev metric, its step, the best state dict and the curve
-    (train loss and gradient norm before clipping averaged over each evaluation window, dev metric). A checkpoint
-    with the same `run_key` at `checkpoint` is resumed. `env` (a `DistEnv` with
-    more than one rank) trains with DistributedDataParallel (see the module doc).
+    (train loss and gradient norm before clipping, each averaged over an
+    evaluation window; dev metric). A checkpoint with the same `run_key` at
+    `checkpoint` is resumed. `env` (a `DistEnv` with more than one rank) trains
+    with DistributedDataParallel (see the module doc).
     """
     checkpoint = Path(checkpoint)
     model.to(device)
