@@ -97,7 +97,7 @@ def store_key(model_info: dict, utterances: list[Utterance], dtype: str, max_bat
 
 def gather_batch(out: UpstreamOutput, dtype: str, pooled: bool = False
                  ) -> tuple[list[np.ndarray], list[list[int]], np.ndarray | None]:
-    """The rows a store keeps of one batch, with a single device-to-host copy.
+    """The rows a store keeps of one batch, with a single device-to-host copy of the features.
 
     Returns, per layer, `[valid frames of the batch, D_l]` (utterance after utterance; for
     `pooled`, `[B, D_l]` means over each utterance's valid frames, float32), the frames of every
@@ -124,7 +124,7 @@ def gather_batch(out: UpstreamOutput, dtype: str, pooled: bool = False
         views.append(flat[start:start + p.numel()].reshape(tuple(p.shape)))
         start += p.numel()
     emb = views.pop() if out.embedding is not None else None
-    lengths = torch.stack([c.cpu() for c in counts], 1).tolist()
+    lengths = torch.stack(counts, 1).cpu().tolist()  # [B][L]: a few integers
     return views, lengths, emb
 
 
