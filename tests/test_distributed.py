@@ -1,7 +1,7 @@
 """torchrun on the CPU (gloo, two processes) gives the single-process results: sharded extraction
 (byte-identical stores), sharded CKA statistics (matrices to 1e-12), probes trained with
-DistributedDataParallel (metrics and layer weights to rounding); a failed rank fails every rank
-with a message naming it."""
+DistributedDataParallel whatever the split of a step's micro-batches (metrics and layer weights to
+rounding); a failed rank fails every rank with a message naming it."""
 
 import json
 import os
@@ -15,11 +15,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from repro.config import ConfigError, load_profile
+from repro.config import load_profile
 from repro.data.manifest import load_task
 from repro.parallel import RankFailure
 from repro.pipeline import run as run_pipeline
-from repro.probing.trainer import ddp_share
+from repro.probing.trainer import rank_micro_batches
 from repro.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,13 +28,14 @@ PROFILE = """\
 extends: smoke
 name: ddp
 models: {speech_ssl: [tiny-wavlm, tiny-hubert], speaker_ssl: [], speaker_sup: []}
-tasks: [KS, PR]
+tasks: [KS, SID, PR]
 extraction: {device: cpu, max_batch_seconds: 8}
 probing:
   device: cpu
-  tasks:
-    KS: {steps: 12, batch_size: 8, grad_accum: 2, lr_grid: [0.01], eval_every: 6, input: pooled}
-    PR: {steps: 12, batch_size: 4, grad_accum: 2, lr_grid: [0.01], eval_every: 6}
+  tasks:  # grad_accum: 1 (a rank without micro-batch), 2 (one each), 3 (two and one)
+    KS: {steps: 12, batch_size: 8, grad_accum: 1, lr_grid: [0.01], eval_every: 6, input: pooled}
+    SID: {steps: 12, batch_size: 8, grad_accum: 2, lr_grid: [0.01], eval_every: 6, input: pooled}
+    PR: {steps: 12, batch_size: 4, grad_accum: 3, lr_grid: [0.01], eval_every: 6}
 cka: {task: PR, split: test, max_frames: 0, batch_frames: 200, bootstrap: {blocks: 4, resamples: 20}, device: cpu}
 speaker_training: {pipeline_recipes: []}
 """
@@ -97,22 +98,26 @@ def test_sharded_cka_equals_the_single_process_matrices(runs):
 def test_ddp_probes_equal_the_single_process_probes(runs):
     one, two = runs
     for model in ("tiny-wavlm", "tiny-hubert"):
-        for task, input_ in (("KS", "pooled"), ("PR", "cache")):
+        for task, input_ in (("KS", "pooled"), ("SID", "pooled"), ("PR", "cache")):
             x = json.loads((one.results / "probing" / model / task / "lr-1e-02.json").read_text())
             y = json.loads((two.results / "probing" / model / task / "lr-1e-02.json").read_text())
             assert x["input"] == y["input"] == input_ and x["config_hash"] == y["config_hash"]
             assert y["dev"] == pytest.approx(x["dev"], abs=1e-6) and y["test"] == pytest.approx(x["test"], abs=1e-6)
-            assert np.allclose(x["layer_weights"], y["layer_weights"], rtol=0, atol=1e-6)
+            # bit for bit when the ranks get equal shares (the scale is a power of 2); rounding otherwise
+            assert np.allclose(x["layer_weights"], y["layer_weights"], rtol=0, atol=1e-5)
             for series in ("train_loss", "grad_norm"):  # the gradient's scale, which Adam and clipping hide
-                assert np.allclose(x["runs"][0]["curve"][series], y["runs"][0]["curve"][series], rtol=1e-5), series
+                assert np.allclose(x["runs"][0]["curve"][series], y["runs"][0]["curve"][series], rtol=5e-5), series
             timing = json.loads((two.results / "probing" / model / task / "lr-1e-02.timing.json").read_text())
             assert timing["ranks"] == 2
 
 
-def test_grad_accum_must_divide_among_the_ranks():
-    assert ddp_share(4, 2, "PR") == 2 and ddp_share(3, 1, "PR") == 3
-    with pytest.raises(ConfigError, match=r"probing.tasks.KS.grad_accum = 1 is not divisible by the 2 ranks"):
-        ddp_share(1, 2, "KS")
+def test_every_micro_batch_of_a_step_goes_to_exactly_one_rank():
+    for accum in (1, 2, 3, 5, 8):
+        for world in (1, 2, 3, 4, 8):
+            shares = [rank_micro_batches(accum, world, r) for r in range(world)]
+            assert sorted(a for s in shares for a in s if a >= 0) == list(range(accum))
+            assert max(map(len, shares)) - min(map(len, shares)) <= 1
+            assert all(s == [-1] for s in shares[accum:])  # ranks beyond the micro-batches: weight 0
 
 
 def _failing_rank(rank: int, port: int, corpus: str, folder: str, bad: str, model_dir: str) -> None:

@@ -6,12 +6,14 @@ interrupted at any evaluation and resumed gives the same result as an
 uninterrupted one.
 
 Under torchrun (W ranks) the probe is wrapped in DistributedDataParallel and the
-effective batch stays `batch_size x grad_accum`: rank r computes micro-batches
-r*k .. r*k + k - 1 of every step (k = grad_accum / W; an error when W does not
-divide grad_accum), each loss is divided by k, and DDP's average over the ranks
-then gives exactly the single-process gradient (sum over all micro-batches /
-grad_accum). Every rank evaluates, selects and keeps the same best state; rank 0
-writes the checkpoints. BatchNorm (the ASV x-vector head) is the exception: its
+effective batch stays `batch_size x grad_accum` (G): the G micro-batches of a step
+are dealt round-robin (rank r computes those with index a mod W = r: G / W each
+when W divides G, otherwise some ranks one more), each loss is divided by G / W,
+and DDP's average over the ranks then gives the single-process gradient (sum over
+all micro-batches / G) whatever the split. With more ranks than micro-batches, the
+ranks left over run a micro-batch with weight 0 (DDP needs every rank's backward).
+Every rank evaluates, selects and keeps the same best state; rank 0 writes the
+checkpoints. BatchNorm (the ASV x-vector head) is the exception: its
 running statistics follow rank 0's micro-batches (DDP broadcasts its buffers),
 so ASV under DDP matches a single process statistically, not to rounding.
 """
@@ -31,7 +33,6 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from repro.config.schema import TaskBudget
-from repro.config.typed import ConfigError
 from repro.data.manifest import Trial, Utterance
 from repro.metrics import equal_error_rate
 from repro.probing.sources import micro_batch
@@ -128,7 +129,7 @@ def train_probe(
     checkpoint = Path(checkpoint)
     model.to(device)
     world, rank = (env.world_size, env.rank) if env is not None and env.distributed else (1, 0)
-    share = ddp_share(budget.grad_accum, world, task.name)
+    mine = rank_micro_batches(budget.grad_accum, world, rank)
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -152,19 +153,20 @@ def train_probe(
         step = state["step"]
         total = 0.0
         for ahead in range(step, min(step + 2, budget.steps)):  # decode this and the next step's audio meanwhile
-            for j in range(share):
-                k = ahead * budget.grad_accum + rank * share + j
+            for a in mine:
+                k = ahead * budget.grad_accum + (a if a >= 0 else rank % budget.grad_accum)
                 _prefetch(train.source, micro_batch(n, budget.batch_size, seed, k), ahead)
-        for j in range(share):
-            a = rank * share + j  # this rank's micro-batches of the step
-            idx = micro_batch(n, budget.batch_size, seed, step * budget.grad_accum + a)
+        for j, a in enumerate(mine):  # this rank's micro-batches of the step (-1: a weight-0 pass)
+            k = step * budget.grad_accum + (a if a >= 0 else rank % budget.grad_accum)
+            idx = micro_batch(n, budget.batch_size, seed, k)
             layers, lengths = _to(train.source.batch(idx, step), device)
             targets = _to(task.collate([train.targets[i] for i in idx]), device)
-            sync = net.no_sync() if world > 1 and j < share - 1 else contextlib.nullcontext()
+            sync = net.no_sync() if world > 1 and j < len(mine) - 1 else contextlib.nullcontext()
             with sync:
                 loss = task.loss(model.head, net(layers, lengths), targets, lengths)
-                (loss / share).backward()
-            total += float((loss / budget.grad_accum).detach())
+                (loss / (budget.grad_accum / world) if a >= 0 else loss * 0.0).backward()
+            if a >= 0:
+                total += float((loss / budget.grad_accum).detach())
         if world > 1:
             total = _sum_over_ranks(total, env)
         norm = torch.nn.utils.clip_grad_norm_(params, budget.grad_clip)
@@ -197,15 +199,13 @@ def train_probe(
             "curve": state["curve"]}
 
 
-def ddp_share(grad_accum: int, world_size: int, task: str) -> int:
-    """Micro-batches per rank and step: grad_accum / world_size (ConfigError unless it divides)."""
-    if grad_accum % world_size:
-        raise ConfigError(
-            f"probing.tasks.{task}.grad_accum = {grad_accum} is not divisible by the {world_size} ranks (WORLD_SIZE): "
-            f"each rank computes grad_accum / WORLD_SIZE micro-batches per step; in a profile that extends this one, "
-            f"divide batch_size and multiply grad_accum by the same factor (the effective batch stays the same) or "
-            f"run on a number of processes that divides {grad_accum}")
-    return grad_accum // world_size
+def rank_micro_batches(grad_accum: int, world_size: int, rank: int) -> list[int]:
+    """Indices of the micro-batches of a step that `rank` computes: a with a mod W = rank.
+
+    `[-1]` when there are more ranks than micro-batches and this rank has none: it then runs a
+    micro-batch with weight 0, so that every rank takes part in DDP's gradient reduction.
+    """
+    return list(range(rank, grad_accum, world_size)) or [-1]
 
 
 def _sum_over_ranks(value: float, env) -> float:
