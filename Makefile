@@ -47,7 +47,7 @@ extract: $(VENV)/.installed ## extract layer features of every model of PROFILE
 cka: $(VENV)/.installed ## layer similarity: linear CKA of every model pair of PROFILE (results/PROFILE/cka/)
 	$(REPRO) run --profile $(PROFILE) --stage cka
 
-bench: $(VENV)/.installed ## measure the numerical cores against baselines (artifacts/bench/*.json)
+bench: $(VENV)/.installed ## benchmarks vs baselines + full-profile projection (artifacts/bench/*.json, docs/PERFORMANCE.md)
 	$(REPRO) bench all
 
 probe: $(VENV)/.installed ## train every probe of PROFILE (models x tasks x learning rates)

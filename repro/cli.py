@@ -18,6 +18,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from repro.features.store import StoreError
     from repro.models.registry import UnknownModelError
     from repro.models.wespeaker_import import CheckpointError
+    from repro.parallel import RankFailure
     from repro.paper.registry import UnknownOutputError
     from repro.paper.results import ConfigMismatchError
     from repro.similarity.align import AlignmentError
@@ -26,7 +27,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     return (ConfigError, AudioError, ManifestError, StoreError, UnknownModelError, ToolMissingError,
             NotImplementedError, FileNotFoundError, ConfigMismatchError, UnknownOutputError, CheckpointError,
-            SpeakerTrainingFailed, CKAError, AlignmentError, *data_errors())
+            SpeakerTrainingFailed, CKAError, AlignmentError, RankFailure, *data_errors())
 
 
 class _Group(click.Group):
@@ -181,17 +182,24 @@ def models_list() -> None:
 @click.option("--task", "-t", "tasks", multiple=True, help="task(s) to extract (default: the profile's)")
 @click.option("--quiet", is_flag=True)
 def extract(profile: str, model_names: tuple[str, ...], tasks: tuple[str, ...], quiet: bool) -> None:
-    """Extract every layer of models over the profile's corpus into the feature cache."""
+    """Extract every layer of models over the profile's corpus into the feature cache (torchrun: sharded)."""
     from repro.features.stage import extract_model
+    from repro.parallel import session
     from repro.workspace import Workspace
 
     ws = Workspace.for_profile(profile)
-    for name in model_names or ws.profile.models.all():
-        stats: dict = {}
-        stores = extract_model(ws, name, list(tasks) or None, progress=not quiet, stats=stats)
-        rate = stats["audio_seconds"] / stats["wall_seconds"] if stats["wall_seconds"] else float("nan")
-        click.echo(f"{name}: {len(stores)} stores under {ws.features_dir / name}; "
-                   f"{stats['audio_seconds']:.0f} s of audio extracted now ({rate:.1f} audio s / wall s)")
+    with session(ws.profile) as env:
+        for name in model_names or ws.profile.models.all():
+            stats: dict = {}
+            stores = extract_model(ws, name, list(tasks) or None, progress=not quiet and env.is_main, stats=stats,
+                                   env=env if env.distributed else None)
+            rate = stats["audio_seconds"] / stats["wall_seconds"] if stats["wall_seconds"] else float("nan")
+            if env.is_main:
+                ranks = f" on rank 0 of {env.world_size}" if env.distributed else ""
+                click.echo(f"{name}: {len(stores)} stores under {ws.features_dir / name}; "
+                           f"{stats['audio_seconds']:.0f} s of audio extracted now{ranks} "
+                           f"({rate:.1f} audio s / wall s); "
+                           f"padding {100 * stats.get('padding_fraction', 0.0):.1f}% of the batched samples")
 
 
 @main.command()
@@ -203,24 +211,31 @@ def extract(profile: str, model_names: tuple[str, ...], tasks: tuple[str, ...], 
 def probe(profile: str, model_names: tuple[str, ...], tasks: tuple[str, ...], lrs: tuple[float, ...],
           quiet: bool) -> None:
     """Train probes (weighted sum of frozen layers + task head) and write their result files."""
+    from repro.parallel import session
     from repro.probing.runner import require_budgets, result_dir, run_asv_idt, run_probe, select_best
+    from repro.speaker.distributed import barrier
     from repro.workspace import Workspace
 
     ws = Workspace.for_profile(profile)
     require_budgets(ws.profile, list(tasks or ws.profile.tasks))
-    for name in model_names or ws.profile.models.all():
-        for task in tasks or ws.profile.tasks:
-            grid = lrs or ws.profile.probing.tasks[task].lr_grid
-            for lr in grid:
-                r = run_probe(ws, name, task, lr, progress=not quiet)
-                click.echo(f"{name} {task} lr={lr:g}: dev {r['metric']} {r['dev']:.4f}, test {r['test']:.4f}")
-            if not lrs:
-                best = select_best(ws, name, task)
-                click.echo(f"{name} {task}: selected lr={best['selected_lr']:g} -> {result_dir(ws, name, task)}/best.json")
-        if "ASV" in (tasks or ws.profile.tasks):
-            idt = run_asv_idt(ws, name)
-            if idt:
-                click.echo(f"{name} ASV-IDT ({idt['embedding']}): test EER {idt['test']:.4f}")
+    with session(ws.profile) as env:
+        dist_env = env if env.distributed else None
+        for name in model_names or ws.profile.models.all():
+            for task in tasks or ws.profile.tasks:
+                grid = lrs or ws.profile.probing.tasks[task].lr_grid
+                for lr in grid:
+                    r = run_probe(ws, name, task, lr, progress=not quiet and env.is_main, env=dist_env)
+                    if env.is_main:
+                        click.echo(f"{name} {task} lr={lr:g}: dev {r['metric']} {r['dev']:.4f}, test {r['test']:.4f}")
+                if not lrs and env.is_main:
+                    best = select_best(ws, name, task)
+                    click.echo(f"{name} {task}: selected lr={best['selected_lr']:g} -> "
+                               f"{result_dir(ws, name, task)}/best.json")
+            if "ASV" in (tasks or ws.profile.tasks) and env.is_main:
+                idt = run_asv_idt(ws, name)
+                if idt:
+                    click.echo(f"{name} ASV-IDT ({idt['embedding']}): test EER {idt['test']:.4f}")
+            barrier(env)
 
 
 @main.group()
@@ -347,17 +362,21 @@ def train_speaker(recipe: str, profile: str, force: bool, estimate: bool, tflops
 @click.option("--force", is_flag=True, help="recompute even if the result is up to date")
 @click.option("--quiet", is_flag=True)
 def cka(profile: str, models: tuple[str, str] | None, force: bool, quiet: bool) -> None:
-    """Linear CKA between every pair of layers of two models (writes results/<profile>/cka/)."""
+    """Linear CKA between every pair of layers of two models (writes results/<profile>/cka/; torchrun: sharded)."""
+    from repro.parallel import session
     from repro.similarity.stage import run_cka
     from repro.workspace import Workspace
 
-    run_cka(Workspace.for_profile(profile), [tuple(models)] if models else None, force=force,
-            progress=not quiet, echo=click.echo)
+    ws = Workspace.for_profile(profile)
+    with session(ws.profile) as env:
+        run_cka(ws, [tuple(models)] if models else None, force=force, progress=not quiet and env.is_main,
+                echo=click.echo, env=env if env.distributed else None)
 
 
 @main.group()
 def bench() -> None:
-    """Benchmarks of the numerical cores (write artifacts/bench/<name>.json)."""
+    """Benchmarks: extraction, CKA, probing inputs, the smoke pipeline, the full-profile projection
+    (write artifacts/bench/<name>.json and docs/PERFORMANCE.md)."""
 
 
 @bench.command("cka")
@@ -372,15 +391,73 @@ def bench_cka(frames: int | None, repeats: int | None, out: Path) -> None:
     run_benchmarks(["cka"], out, echo=click.echo, options={"cka": {"frames": frames, "repeats": repeats}})
 
 
+@bench.command("extract")
+@click.option("--seconds", type=float, default=None, help="audio to extract (default 60 s)")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts/bench"),
+              show_default=True)
+def bench_extract(seconds: float | None, out: Path) -> None:
+    """Our extraction vs a plain transformers loop (batch 1): audio s / wall s, WavLM Base+ size."""
+    from repro.bench import run_benchmarks
+
+    run_benchmarks(["extract"], out, echo=click.echo, options={"extract": {"seconds": seconds}})
+
+
+@bench.command("probe")
+@click.option("--steps", type=int, default=None, help="training steps from the stores (default 20)")
+@click.option("--fly-steps", type=int, default=None, help="training steps recomputing the layers (default 3)")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts/bench"),
+              show_default=True)
+def bench_probe(steps: int | None, fly_steps: int | None, out: Path) -> None:
+    """Probe training steps/s from the frame cache, a pooled store and the upstream on the fly."""
+    from repro.bench import run_benchmarks
+
+    run_benchmarks(["probe"], out, echo=click.echo, options={"probe": {"steps": steps, "fly_steps": fly_steps}})
+
+
+@bench.command("pipeline")
+@click.option("--speakers", is_flag=True, help="also train the smoke profile's two speaker models (~12 min)")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts/bench"),
+              show_default=True)
+def bench_pipeline(speakers: bool, out: Path) -> None:
+    """The smoke pipeline from scratch in a temporary folder: seconds per stage."""
+    from repro.bench import run_benchmarks
+
+    run_benchmarks(["pipeline"], out, echo=click.echo, options={"pipeline": {"speakers": speakers}})
+
+
+@bench.command("projection")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts/bench"),
+              show_default=True)
+def bench_projection(out: Path) -> None:
+    """Hours per stage of the full profile on one GPU, from the records in --out and stated assumptions."""
+    from repro.bench import run_benchmarks
+
+    run_benchmarks(["projection"], out, echo=click.echo)
+
+
+@bench.command("report")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts/bench"),
+              show_default=True)
+@click.option("--doc", type=click.Path(dir_okay=False, path_type=Path), default=Path("docs/PERFORMANCE.md"),
+              show_default=True)
+def bench_report(out: Path, doc: Path) -> None:
+    """Rewrite docs/PERFORMANCE.md from the records in --out."""
+    from repro.bench.report import write_performance
+
+    click.echo(f"written: {write_performance(out, doc)}")
+
+
 @bench.command("all")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts/bench"),
               show_default=True)
-def bench_all(out: Path) -> None:
-    """Every benchmark at its default size."""
-    from repro.bench import run_benchmarks
+@click.option("--doc", type=click.Path(dir_okay=False, path_type=Path), default=Path("docs/PERFORMANCE.md"),
+              show_default=True)
+@click.option("--large", is_flag=True, help="longer runs (5 min of audio, 8192 CKA frames x 3, the whole smoke "
+              "pipeline with speaker training): about 30 min on 2 cores")
+def bench_all(out: Path, doc: Path, large: bool) -> None:
+    """Every benchmark (about 5 minutes on 2 cores), then docs/PERFORMANCE.md."""
+    from repro.bench import LARGE, run_benchmarks
+    from repro.bench.report import write_performance
 
-    run_benchmarks(None, out, echo=click.echo)
-
-
-if __name__ == "__main__":
-    main()
+    run_benchmarks(None, out, echo=click.echo, options=LARGE if large else None)
+    click.echo(f"written: {write_performance(out, doc)}")

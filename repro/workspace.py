@@ -2,7 +2,7 @@
 
     work/<profile>/corpus/            the corpus (synthetic, or prepared real manifests)
     work/<profile>/models/<name>/     generated or trained models
-    work/<profile>/features/<model>/<task>/<split>/   feature stores
+    work/<profile>/features/<model>/<task>/<split>/   feature stores (<split>.pooled/: utterance means)
     results/<profile>/                result files (metrics, layer weights, CKA matrices)
     paper_figures/<profile>/          figures, tables, report
 
@@ -59,9 +59,9 @@ class Workspace:
     def figures(self) -> Path:
         return self.figures_root / self.profile.name
 
-    def store_dir(self, model: str, task: str, split: str) -> Path:
-        """Feature store of `model` over one task split."""
-        return self.features_dir / _safe(model) / task / split
+    def store_dir(self, model: str, task: str, split: str, pooled: bool = False) -> Path:
+        """Feature store of `model` over one task split (`<split>.pooled`: its per-layer utterance means)."""
+        return self.features_dir / _safe(model) / task / (f"{split}.pooled" if pooled else split)
 
 
 def _safe(name: str) -> str:

@@ -14,7 +14,12 @@ from typing import Callable
 
 from repro.util.atomic import atomic_write_json
 
-BENCHMARKS = {"cka": "repro.bench.cka"}
+# In the order `repro bench all` runs them; the projection reads the others' records.
+BENCHMARKS = {"extract": "repro.bench.extract", "cka": "repro.bench.cka", "probe": "repro.bench.probe",
+              "pipeline": "repro.bench.pipeline", "projection": "repro.bench.projection"}
+# `repro bench all --large`: longer runs for steadier figures.
+LARGE = {"extract": {"seconds": 300.0}, "cka": {"frames": 8192, "repeats": 3},
+         "probe": {"steps": 50, "fly_steps": 10}, "pipeline": {"speakers": True}}
 
 
 def run_benchmarks(names: list[str] | None, out: Path, echo: Callable[[str], None] = print,
@@ -26,6 +31,8 @@ def run_benchmarks(names: list[str] | None, out: Path, echo: Callable[[str], Non
             raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
         module = importlib.import_module(BENCHMARKS[name])
         opts = {k: v for k, v in (options or {}).get(name, {}).items() if v is not None}
+        if name == "projection":
+            opts.setdefault("bench_dir", Path(out))
         result = module.run(**opts)
         path = Path(out) / f"{name}.json"
         atomic_write_json(path, result)

@@ -1,12 +1,28 @@
-"""Batched extraction of every layer of an upstream into a feature store (resumable)."""
+"""Batched extraction of every layer of an upstream into a feature store (resumable, shardable).
+
+One batch of the length-sorted batch plan (`repro.features.batching`) at a time:
+audio is decoded and padded in DataLoader worker processes, the upstream runs
+(optionally under `torch.autocast`), and the valid frames of the whole batch
+are gathered on the device with one mask per layer, converted to the store's
+precision and brought to the host in one copy. A `pooled` store keeps only the
+mean of each layer over each utterance's valid frames (float32): what
+mean-pooled probes without layer norm or crops need.
+
+Under torchrun (`WORLD_SIZE > 1`) the batches are dealt round-robin to the
+ranks (batch b to rank b mod W); each rank writes its own shard and rank 0
+merges them, batch by batch in plan order, into a store that is byte-identical
+to the one a single process writes (`repro.features.shards`).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -15,10 +31,12 @@ from repro.audio import read_audio
 from repro.data.manifest import Utterance
 from repro.features.batching import padding_fraction, plan_batches
 from repro.features.store import FeatureStore, StoreError, StoreWriter
-from repro.models.upstream import Upstream, pad_waveforms
+from repro.models.upstream import Upstream, UpstreamOutput, length_mask, pad_waveforms
 from repro.util.hashing import config_hash
 
 EXTRACTOR_VERSION = 1
+AUTOCAST_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 
 class _AudioDataset(Dataset):
@@ -41,20 +59,73 @@ class _AudioDataset(Dataset):
 
 
 def resolve_device(device: str) -> torch.device:
-    """`auto` -> cuda when available, else cpu."""
+    """`auto` -> cuda when available, else cpu. Under torchrun a GPU is the rank's own (`LOCAL_RANK`)."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but no GPU is visible (check `nvidia-smi` and --gpus all)")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("device 'cuda' requested but no GPU is visible (check `nvidia-smi` and --gpus all)")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device(device)
 
 
-def store_key(model_info: dict, utterances: list[Utterance], dtype: str, max_batch_seconds: float) -> str:
+def autocast_context(device: torch.device, mode: str):
+    """`torch.autocast` for `mode` (none | bf16 | fp16) on `device`; fp16 needs a GPU."""
+    if mode not in AUTOCAST_DTYPES:
+        raise ValueError(f"extraction.autocast is {mode!r}; allowed: {', '.join(AUTOCAST_DTYPES)}")
+    if mode == "none":
+        return contextlib.nullcontext()
+    if mode == "fp16" and device.type != "cuda":
+        raise ValueError("extraction.autocast 'fp16' runs on a GPU only; on the CPU use 'bf16' or 'none'")
+    return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[mode])
+
+
+def store_key(model_info: dict, utterances: list[Utterance], dtype: str, max_batch_seconds: float,
+              autocast: str = "none", pooled: bool = False) -> str:
     """Hash of everything that determines a store's bytes: model, utterances (ids and audio hashes),
-    precision and batch plan."""
+    precision, autocast, batch plan and whether only utterance means are kept."""
     corpus = config_hash([(u.id, u.sha256, u.num_samples) for u in utterances], length=64)
-    return config_hash({"extractor": EXTRACTOR_VERSION, "model": model_info, "utterances": corpus,
-                        "dtype": dtype, "max_batch_seconds": max_batch_seconds})
+    what = {"extractor": EXTRACTOR_VERSION, "model": model_info, "utterances": corpus,
+            "dtype": dtype, "max_batch_seconds": max_batch_seconds}
+    if autocast != "none":  # stores made before autocast existed keep their key
+        what["autocast"] = autocast
+    if pooled:
+        what["pooled"] = True
+    return config_hash(what)
+
+
+def gather_batch(out: UpstreamOutput, dtype: str, pooled: bool = False
+                 ) -> tuple[list[np.ndarray], list[list[int]], np.ndarray | None]:
+    """The rows a store keeps of one batch, with a single device-to-host copy of the features.
+
+    Returns, per layer, `[valid frames of the batch, D_l]` (utterance after utterance; for
+    `pooled`, `[B, D_l]` means over each utterance's valid frames, float32), the frames of every
+    utterance in every layer (`[B][L]`; 1 when pooled) and the embeddings `[B, E]` (or None).
+    Values are first made float32, then rounded to `dtype` (round to nearest even, as numpy).
+    """
+    target = torch.float32 if pooled else TORCH_DTYPES[dtype]
+    parts, counts = [], []
+    for h, n in zip(out.layers, out.lengths):
+        n = n.to(h.device).clamp(max=h.shape[1])
+        mask = length_mask(n, h.shape[1])
+        if pooled:
+            total = torch.where(mask[..., None], h.to(torch.float64), 0.0).sum(1)
+            parts.append((total / n.clamp(min=1).to(torch.float64)[:, None]).to(target))
+            counts.append(torch.ones_like(n))
+        else:
+            parts.append(h[mask].float().to(target))
+            counts.append(n)
+    if out.embedding is not None:
+        parts.append(out.embedding.float().to(target))
+    flat = torch.cat([p.reshape(-1) for p in parts]).cpu().numpy()
+    views, start = [], 0
+    for p in parts:
+        views.append(flat[start:start + p.numel()].reshape(tuple(p.shape)))
+        start += p.numel()
+    emb = views.pop() if out.embedding is not None else None
+    lengths = torch.stack(counts, 1).cpu().tolist()  # [B][L]: a few integers
+    return views, lengths, emb
 
 
 def extract(
@@ -70,9 +141,13 @@ def extract(
     num_workers: int = 0,
     resample: bool = False,
     downmix: bool = False,
+    autocast: str = "none",
+    pooled: bool = False,
     progress: bool = True,
     on_batch: Callable[[int], None] | None = None,
     stats: dict | None = None,
+    env=None,
+    timeout_s: float = 1800.0,
 ) -> FeatureStore:
     """Write every layer of `upstream` over `utterances` to the store folder `store`.
 
@@ -81,49 +156,85 @@ def extract(
 
     Args:
         model_info: identifies the model (registry spec and weight fingerprint); part of the key.
+        autocast: run the upstream under `torch.autocast` (none | bf16 | fp16; fp16 on a GPU only).
+        pooled: keep only each layer's mean over each utterance's frames (float32; `dtype` is ignored).
         on_batch: called with the number of batches committed so far, after each commit.
-        stats: if given, filled with `audio_seconds` and `wall_seconds` of this call's extraction.
+        stats: if given, filled with `audio_seconds` and `wall_seconds` of this call's extraction
+            and the batch plan's `padding_fraction`.
+        env: a `repro.speaker.distributed.DistEnv`; with more than one rank the batches are
+            sharded (see the module doc); every rank returns the merged store.
+        timeout_s: how long ranks wait for each other (sharded extraction only).
     """
     store = Path(store)
-    key = store_key(model_info, utterances, dtype, max_batch_seconds)
+    dtype = "float32" if pooled else dtype
+    key = store_key(model_info, utterances, dtype, max_batch_seconds, autocast, pooled)
+    batches = plan_batches(utterances, max_batch_seconds)
+    fraction = round(padding_fraction(utterances, batches), 6)
+    if stats is not None:
+        stats.update(audio_seconds=0.0, wall_seconds=0.0, padding_fraction=fraction)
     if store.is_dir():
         try:
             existing = FeatureStore(store)
             if existing.key == key:
-                if stats is not None:
-                    stats.update(audio_seconds=0.0, wall_seconds=0.0)
                 return existing
         except StoreError:
             pass
-    batches = plan_batches(utterances, max_batch_seconds)
-    dev = resolve_device(device)
-    upstream.to(dev)
     info = {"model": model_info.get("name"), "model_info": model_info, "max_batch_seconds": max_batch_seconds,
-            "padding_fraction": round(padding_fraction(utterances, batches), 6)}
-    writer = StoreWriter(store, key, info, upstream.layer_info(), upstream.embedding_dim, dtype)
-    done = writer.done_ids()
-    todo = [b for b, batch in enumerate(batches) if not all(utterances[i].id in done for i in batch)]
-    loader = DataLoader(_AudioDataset(utterances, batches, Path(corpus_root), resample, downmix),
-                        sampler=todo, batch_size=None, num_workers=num_workers)
-    audio_seconds, started = 0.0, time.perf_counter()
-    committed = len(batches) - len(todo)
-    bar = tqdm(total=len(batches), initial=committed, desc=f"extract {store.parent.name}/{store.name}",
-               unit="batch", disable=not progress)
-    try:
-        for _, ids, wavs, lengths in loader:
-            out = upstream(wavs.to(dev), lengths.to(dev))
-            per_layer = [[h[b, : int(n[b])].float().cpu().numpy() for b in range(len(ids))]
-                         for h, n in zip(out.layers, out.lengths)]
-            emb = out.embedding.float().cpu().numpy() if out.embedding is not None else None
-            writer.append(ids, per_layer, emb)
-            audio_seconds += float(lengths.sum()) / upstream.sample_rate
-            committed += 1
-            bar.update(1)
-            if on_batch is not None:
-                on_batch(committed)
-    finally:
-        bar.close()
-        writer.close()
-    if stats is not None:
-        stats.update(audio_seconds=audio_seconds, wall_seconds=time.perf_counter() - started)
-    return writer.finish({"device": dev.type})
+            "padding_fraction": fraction}
+    if autocast != "none":
+        info["autocast"] = autocast
+    if pooled:
+        info["pooled"] = True
+    job = _Job(upstream, utterances, batches, Path(corpus_root), dtype, device, num_workers, resample, downmix,
+               autocast, pooled, progress, on_batch, stats)
+    if env is not None and env.distributed:
+        from repro.features.shards import extract_sharded
+
+        return extract_sharded(job, store, key, info, env, timeout_s)
+    return job.run(list(range(len(batches))), store, key, info)
+
+
+class _Job:
+    """One extraction: the upstream, the utterances, the batch plan and the settings."""
+
+    def __init__(self, upstream, utterances, batches, corpus_root, dtype, device, num_workers, resample, downmix,
+                 autocast, pooled, progress, on_batch, stats):
+        self.upstream, self.utterances, self.batches, self.root = upstream, utterances, batches, corpus_root
+        self.dtype, self.device, self.num_workers = dtype, device, num_workers
+        self.resample, self.downmix, self.autocast, self.pooled = resample, downmix, autocast, pooled
+        self.progress, self.on_batch, self.stats = progress, on_batch, stats
+
+    def run(self, selected: list[int], store: Path, key: str, info: dict) -> FeatureStore:
+        """Write the batches `selected` (indices into the plan, in this order) to `store`."""
+        upstream, utterances = self.upstream, self.utterances
+        dev = resolve_device(self.device)
+        cast = autocast_context(dev, self.autocast)
+        upstream.to(dev)
+        writer = StoreWriter(store, key, info, upstream.layer_info(), upstream.embedding_dim, self.dtype)
+        done = writer.done_ids()
+        todo = [b for b in selected if not all(utterances[i].id in done for i in self.batches[b])]
+        loader = DataLoader(_AudioDataset(utterances, self.batches, self.root, self.resample, self.downmix),
+                            sampler=todo, batch_size=None, num_workers=self.num_workers,
+                            pin_memory=dev.type == "cuda")
+        audio_seconds, started = 0.0, time.perf_counter()
+        committed = len(selected) - len(todo)
+        bar = tqdm(total=len(selected), initial=committed, desc=f"extract {store.parent.name}/{store.name}",
+                   unit="batch", disable=not self.progress)
+        try:
+            for _, ids, wavs, lengths in loader:
+                with cast:
+                    out = upstream(wavs.to(dev, non_blocking=True), lengths.to(dev, non_blocking=True))
+                rows, counts, emb = gather_batch(out, self.dtype, self.pooled)
+                writer.append_rows(ids, rows, counts, emb)
+                audio_seconds += float(lengths.sum()) / upstream.sample_rate
+                committed += 1
+                bar.update(1)
+                if self.on_batch is not None:
+                    self.on_batch(committed)
+        finally:
+            bar.close()
+            writer.close()
+        if self.stats is not None:
+            self.stats.update(audio_seconds=audio_seconds, wall_seconds=time.perf_counter() - started)
+        return writer.finish({"device": dev.type})
+

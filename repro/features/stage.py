@@ -1,4 +1,10 @@
-"""The extraction stage of a profile: every model over every split of every task."""
+"""The extraction stage of a profile: every model over every split of every task.
+
+Which stores a task gets follows its probing input (`repro.probing.inputs`): frame stores for
+`cache`, pooled stores (per-layer utterance means) for `pooled`, none for `upstream` (ASV
+keeps pooled stores of its trial splits for ASV-IDT's embeddings). Under torchrun every store is sharded
+across the ranks (`repro.features.shards`).
+"""
 
 from __future__ import annotations
 
@@ -16,32 +22,73 @@ def model_info(name: str, upstream: Upstream) -> dict:
             "layers": [l.name for l in upstream.layer_info()]}
 
 
-def load_profile_upstream(ws: Workspace, name: str) -> Upstream:
-    """Load a profile's model with the profile's layer selection."""
-    return load_upstream(name, ws.models_dir, ecapa_layers=tuple(ws.profile.models.ecapa_layers))
+def load_profile_upstream(ws: Workspace, name: str, env=None) -> Upstream:
+    """Load a profile's model with the profile's layer selection.
+
+    Under torchrun (`env` with several ranks) rank 0 loads first, so that a model made on
+    first use (random tiny models) is written once, then the other ranks load it.
+    """
+    def load() -> Upstream:
+        return load_upstream(name, ws.models_dir, ecapa_layers=tuple(ws.profile.models.ecapa_layers))
+
+    if env is None or not env.distributed:
+        return load()
+    from repro.parallel import run_sharded
+
+    loaded = []
+    run_sharded(env, f"loading model {name}", lambda: loaded.append(load()) if env.is_main else None,
+                60.0 * ws.profile.distributed.timeout_minutes)
+    return loaded[0] if loaded else load()
 
 
 def extract_model(ws: Workspace, name: str, tasks: list[str] | None = None, progress: bool = True,
-                  stats: dict | None = None) -> dict[tuple[str, str], FeatureStore]:
-    """Extract (or reuse) the stores of model `name` for every split of the profile's tasks."""
+                  stats: dict | None = None, kinds: list[str] | None = None,
+                  env=None) -> dict[tuple[str, str], FeatureStore]:
+    """Extract (or reuse) the stores of model `name` for every split of the profile's tasks.
+
+    Args:
+        kinds: store kinds to make for every task (`frames`, `pooled`); default: what each
+            task's probing input needs (`repro.probing.inputs.stores_needed`).
+        env: a `DistEnv` (torchrun): stores are sharded across its ranks.
+
+    Returns the stores by (task, split), with split `<split>.pooled` for pooled stores.
+    """
+    from repro.probing.inputs import stores_needed
+
     cfg = ws.profile.extraction
-    upstream = load_profile_upstream(ws, name)
-    info = model_info(name, upstream)
+    def wanted(task: str, split: str | None = None) -> list[str]:
+        return kinds if kinds is not None else stores_needed(ws.profile, task, split)
+
+    chosen = {t: wanted(t) for t in tasks or ws.profile.tasks}
     stores = {}
     totals = {"audio_seconds": 0.0, "wall_seconds": 0.0}
-    for task in tasks or ws.profile.tasks:
+    fractions = []
+    if not any(chosen.values()):
+        if stats is not None:
+            stats.update(totals, padding_fraction=0.0)
+        return stores
+    upstream = load_profile_upstream(ws, name, env)
+    info = model_info(name, upstream)
+    for task, task_kinds in chosen.items():
+        if not task_kinds:
+            continue
         utts = load_task(ws.corpus_dir, task)
         for split in sorted({u.split for u in utts}):
             part = [u for u in utts if u.split == split]
-            one: dict = {}
-            stores[(task, split)] = extract(
-                upstream, part, ws.corpus_dir, ws.store_dir(name, task, split), model_info=info,
-                dtype=cfg.dtype, max_batch_seconds=cfg.max_batch_seconds, device=cfg.device,
-                num_workers=cfg.num_workers, resample=cfg.resample, downmix=cfg.downmix,
-                progress=progress, stats=one,
-            )
-            for k in totals:
-                totals[k] += one[k]
-    if stats is not None:
-        stats.update(totals)
+            for kind in wanted(task, split):
+                one: dict = {}
+                pooled = kind == "pooled"
+                stores[(task, f"{split}.pooled" if pooled else split)] = extract(
+                    upstream, part, ws.corpus_dir, ws.store_dir(name, task, split, pooled=pooled), model_info=info,
+                    dtype=cfg.dtype, max_batch_seconds=cfg.max_batch_seconds, device=cfg.device,
+                    num_workers=cfg.num_workers, resample=cfg.resample, downmix=cfg.downmix, autocast=cfg.autocast,
+                    pooled=pooled, progress=progress, stats=one, env=env,
+                    timeout_s=60.0 * ws.profile.distributed.timeout_minutes,
+                )
+                for k in totals:
+                    totals[k] += one[k]
+                fractions.append((one["padding_fraction"], sum(u.duration for u in part)))
+    if stats is not None:  # padded share of all planned batches: 1 - valid / padded seconds
+        valid, padded = sum(v for _, v in fractions), sum(v / (1.0 - f) for f, v in fractions if f < 1.0)
+        stats.update(totals, padding_fraction=1.0 - valid / padded if padded else 0.0)
     return stores

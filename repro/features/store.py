@@ -122,15 +122,32 @@ class StoreWriter:
             embeddings: `[len(ids), E]` or None.
         """
         lengths = [[int(layers[l][b].shape[0]) for l in range(len(self.layers))] for b in range(len(ids))]
-        for l, f in enumerate(self._files):
-            for arr in layers[l]:
-                f.write(np.ascontiguousarray(arr, dtype=self.np_dtype).tobytes())
+        rows = [np.concatenate([np.asarray(a, dtype=self.np_dtype) for a in per_utt]) if per_utt
+                else np.zeros((0, self.layers[l].dim), self.np_dtype) for l, per_utt in enumerate(layers)]
+        self.append_rows(ids, rows, lengths, embeddings)
+
+    def append_rows(self, ids: list[str], rows: list[np.ndarray], lengths: list[list[int]],
+                    embeddings: np.ndarray | None) -> None:
+        """Commit one batch given as the valid rows of every layer.
+
+        Args:
+            ids: utterance ids of the batch.
+            rows: per layer, `[sum of the batch's frames of that layer, D_l]`, utterance after utterance.
+            lengths: per utterance, its frames in every layer (`[len(ids)][L]`).
+            embeddings: `[len(ids), E]` or None.
+        """
+        for l, (f, arr) in enumerate(zip(self._files, rows)):
+            expected = sum(n[l] for n in lengths)
+            if arr.shape != (expected, self.layers[l].dim):
+                raise ValueError(f"layer {l}: rows of shape {arr.shape}, expected ({expected}, {self.layers[l].dim})")
+            f.write(memoryview(np.ascontiguousarray(arr, dtype=self.np_dtype)).cast("B"))
             f.flush()
             os.fsync(f.fileno())
         if self._emb is not None:
-            self._emb.write(np.ascontiguousarray(embeddings, dtype=self.np_dtype).tobytes())
+            self._emb.write(memoryview(np.ascontiguousarray(embeddings, dtype=self.np_dtype)).cast("B"))
             self._emb.flush()
             os.fsync(self._emb.fileno())
+        lengths = [[int(n) for n in per_utt] for per_utt in lengths]
         self._progress.write(json.dumps({"ids": ids, "lengths": lengths}) + "\n")
         self._progress.flush()
         os.fsync(self._progress.fileno())
@@ -243,6 +260,23 @@ class FeatureStore:
         i = self._pos(utt_id)
         o, n = int(self.offsets[i, l]), int(self.lengths[i, l])
         return self._map(l)[o : o + n]
+
+    def rows(self, l: int, start: int, stop: int) -> np.ndarray:
+        """Layer `l` of the utterances at storage positions `start:stop`, one block `[frames, D_l]`."""
+        if start >= stop:
+            return self._map(l)[:0]
+        first = int(self.offsets[start, l])
+        return self._map(l)[first : int(self.offsets[stop - 1, l] + self.lengths[stop - 1, l])]
+
+    def embeddings(self, start: int, stop: int) -> np.ndarray:
+        """Embeddings of the utterances at storage positions `start:stop`, `[stop - start, E]`."""
+        self.embedding(self.ids[start])  # maps the file (or raises for a model without embedding)
+        return self._emb[start:stop]
+
+    @property
+    def pooled(self) -> bool:
+        """True for a store of per-layer utterance means (one row per utterance and layer)."""
+        return bool(self.meta["info"].get("pooled", False))
 
     def utterance(self, utt_id: str) -> list[np.ndarray]:
         """All layers of one utterance: list of `[T_l, D_l]`."""

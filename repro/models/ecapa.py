@@ -120,19 +120,32 @@ class EcapaUpstream(Upstream):
 
     @torch.no_grad()
     def forward(self, wavs: Tensor, wav_lengths: Tensor) -> UpstreamOutput:
-        per_layer: list[list[Tensor]] = [[] for _ in self._names]
-        embeddings = []
-        for b in range(wavs.shape[0]):
-            feats = self.frontend(wavs[b : b + 1, : int(wav_lengths[b])])
+        """Utterances of equal length run through the encoder together, any other one alone.
+
+        Padding would change an ECAPA-TDNN's output (reflection-padded convolutions, means over
+        time in the SE blocks and the pooling), but a batch of equal-length utterances has none:
+        every operation acts on each utterance separately (BatchNorm in eval mode), so grouping
+        them is exact (equal to one at a time up to float rounding) and batches 1 s keyword clips
+        and 8 s training crops. The front-end runs per utterance.
+        """
+        n = [int(v) for v in wav_lengths.tolist()]
+        groups: dict[int, list[int]] = {}
+        for b, length in enumerate(n):
+            groups.setdefault(length, []).append(b)
+        per_layer: list[list[Tensor | None]] = [[None] * len(n) for _ in self._names]
+        embeddings: list[Tensor | None] = [None] * len(n)
+        for length, members in groups.items():
+            feats = torch.cat([self.frontend(wavs[b : b + 1, :length]) for b in members])
             self._captured.clear()
-            emb = self.encoder(feats)
-            embeddings.append(emb.reshape(1, -1))
-            for i, name in enumerate(self._names):
-                per_layer[i].append(self._captured[name][0].transpose(0, 1))  # [T, C]
+            emb = self.encoder(feats).reshape(len(members), -1)
+            for j, b in enumerate(members):
+                embeddings[b] = emb[j]
+                for i, name in enumerate(self._names):
+                    per_layer[i][b] = self._captured[name][j].transpose(0, 1)  # [T, C]
         lengths = self.frame_lengths(wav_lengths.cpu())
         layers = [nn.utils.rnn.pad_sequence(xs, batch_first=True) for xs in per_layer]
-        return UpstreamOutput(layers=layers, lengths=[n.to(wavs.device) for n in lengths],
-                              embedding=torch.cat(embeddings))
+        return UpstreamOutput(layers=layers, lengths=[t.to(wavs.device) for t in lengths],
+                              embedding=torch.stack(embeddings))
 
 
 def speechbrain_ecapa(arch: dict) -> nn.Module:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from repro.models.upstream import LayerInfo, Upstream, UpstreamOutput, length_mask
@@ -44,18 +45,24 @@ class MaskedGroupNormConv(nn.Module):
         self.valid_samples: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        """`x` `[B, 1, S]` -> `[B, C, T]`."""
-        y = self.conv(x)
+        """`x` `[B, 1, S]` -> `[B, C, T]`.
+
+        Each utterance's valid frames are normalised by the library's own group norm, one call per
+        utterance: the result is bit for bit that of the unpadded utterance, and the calls (each
+        over C x T values, millions) measured faster than a masked vectorised form (four extra
+        passes over the batch). Padded frames are set to zero; no valid frame of a later layer sees them.
+        """
+        y = self.conv(x).float()  # statistics in float32 also under autocast (as GroupNorm is)
+        norm = self.layer_norm
         if self.valid_samples is None:
-            return self.activation(self.layer_norm(y))
+            return self.activation(norm(y))
         k, s = self.conv.kernel_size[0], self.conv.stride[0]
-        n = torch.div(self.valid_samples.to(y.device) - k, s, rounding_mode="floor").add(1).clamp(min=1)
-        mask = length_mask(n, y.shape[-1])[:, None, :].to(y.dtype)
-        count = n.to(y.dtype)[:, None, None]
-        mean = (y * mask).sum(-1, keepdim=True) / count
-        var = (((y - mean) * mask) ** 2).sum(-1, keepdim=True) / count
-        y = (y - mean) * torch.rsqrt(var + self.layer_norm.eps)
-        y = y * self.layer_norm.weight[None, :, None] + self.layer_norm.bias[None, :, None]
+        frames = torch.div(self.valid_samples.cpu() - k, s, rounding_mode="floor").add(1).clamp(1, y.shape[-1])
+        if bool((frames == y.shape[-1]).all()):
+            return self.activation(norm(y))
+        for b, n in enumerate(frames.tolist()):
+            y[b : b + 1, :, :n] = F.group_norm(y[b : b + 1, :, :n], norm.num_groups, norm.weight, norm.bias, norm.eps)
+            y[b, :, n:] = 0.0
         return self.activation(y)
 
 

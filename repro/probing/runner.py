@@ -26,9 +26,11 @@ from repro.features.extract import resolve_device
 from repro.features.store import FeatureStore, StoreError
 from repro.models.registry import resolve_spec, spec_identity
 from repro.probing.featurizer import make_featurizer
+from repro.probing.inputs import idt_store_kind, task_input
 from repro.probing.sources import StoreFrames, StorePooled, UpstreamFrames, check_layers
 from repro.probing.tasks import Task, make_task
 from repro.probing.trainer import ProbeModel, Split, evaluate, score_trials, train_probe
+from repro.speaker.distributed import barrier
 from repro.util.atomic import atomic_write_json
 from repro.util.hashing import config_hash
 from repro.workspace import Workspace
@@ -75,21 +77,26 @@ def _lr_tag(lr: float) -> str:
 
 
 class ProbeInputs:
-    """Everything a probe of (model, task) needs: utterances, task, stores or upstream."""
+    """Everything a probe of (model, task) needs: utterances, task, stores or upstream.
 
-    def __init__(self, ws: Workspace, model: str, task_name: str):
+    `input` is the task's input (`repro.probing.inputs.task_input`): frame stores (`cache`),
+    pooled stores (`pooled`) or the upstream on the fly (`upstream`).
+    """
+
+    def __init__(self, ws: Workspace, model: str, task_name: str, env=None):
         self.ws, self.model, self.task_name = ws, model, task_name
         self.cfg = ws.profile.probing
         require_budgets(ws.profile, [task_name])
         self.budget = self.cfg.tasks[task_name]
+        self.input = task_input(ws.profile, task_name)
         utts = load_task(ws.corpus_dir, task_name)
         self.by_split = {s: [u for u in utts if u.split == s] for s in sorted({u.split for u in utts})}
         self.info = read_corpus_info(ws.corpus_dir)
         self.upstream = None
         self.stores: dict[str, FeatureStore] = {}
-        if self.cfg.input == "cache":
+        if self.input in ("cache", "pooled"):
             for split in self.by_split:
-                path = ws.store_dir(model, task_name, split)
+                path = ws.store_dir(model, task_name, split, pooled=self.input == "pooled")
                 try:
                     self.stores[split] = FeatureStore(path)
                 except StoreError as err:
@@ -100,7 +107,7 @@ class ProbeInputs:
         else:
             from repro.features.stage import load_profile_upstream, model_info
 
-            self.upstream = load_profile_upstream(ws, model)
+            self.upstream = load_profile_upstream(ws, model, env)
             self.layer_info = self.upstream.layer_info()
             self.store_keys = {"upstream": model_info(model, self.upstream)["weights_sha256"]}
         self.layers = check_layers(len(self.layer_info), self.cfg.layers, f"model {model}")
@@ -112,7 +119,13 @@ class ProbeInputs:
         pooled = task.pooled and self.cfg.pooled_shortcut and not self.cfg.layer_norm and not (
             train and self.budget.train_crop_seconds)
         if self.upstream is not None:
-            return UpstreamFrames(self.upstream, self.ws.corpus_dir, utts, self.layers, pooled=pooled, device=self.device)
+            crop = None
+            if train and self.budget.train_crop_seconds:  # cut from the audio, as s3prl does
+                crop = int(round(self.budget.train_crop_seconds * self.upstream.sample_rate))
+            extraction = self.ws.profile.extraction
+            return UpstreamFrames(self.upstream, self.ws.corpus_dir, utts, self.layers, pooled=pooled,
+                                  device=self.device, crop_samples=crop, seed=self.ws.profile.seed,
+                                  autocast=extraction.autocast, workers=extraction.num_workers)
         store = split_stores[0] if len(split_stores) == 1 else StoreUnion(split_stores)
         if pooled:
             return StorePooled(store, utts, self.layers)
@@ -150,7 +163,7 @@ def _folds(inputs: ProbeInputs) -> list[tuple[int | None, dict[str, list[Utteran
 
 
 def _train_one(inputs: ProbeInputs, splits: dict[str, list[Utterance]], lr: float, fold: int | None,
-               progress: bool) -> dict[str, Any]:
+               progress: bool, env=None) -> dict[str, Any]:
     task = make_task(inputs.task_name, splits, inputs.info)
     all_stores = list(inputs.stores.values())
     seed = inputs.ws.profile.seed
@@ -179,7 +192,7 @@ def _train_one(inputs: ProbeInputs, splits: dict[str, list[Utterance]], lr: floa
     tag = _lr_tag(lr) + (f"-fold{fold}" if fold is not None else "")
     ckpt = inputs.ws.work / "probes" / inputs.model / inputs.task_name / f"{tag}.pt"
     out = train_probe(task, model, train, dev, inputs.budget, lr, seed, ckpt, inputs.run_key(lr, fold),
-                      inputs.device, progress)
+                      inputs.device, progress, env=env)
     model.load_state_dict(out["best_state"])
     test_metric = out["best"] if dev is test else evaluate(task, model, test, inputs.budget.batch_size, inputs.device)
     return {
@@ -196,9 +209,13 @@ def result_dir(ws: Workspace, model: str, task: str) -> Path:
     return ws.results / "probing" / model / task
 
 
-def run_probe(ws: Workspace, model: str, task: str, lr: float, progress: bool = True) -> dict[str, Any]:
-    """Train (or reuse) the probe of (model, task, lr) and write its result file."""
-    inputs = ProbeInputs(ws, model, task)
+def run_probe(ws: Workspace, model: str, task: str, lr: float, progress: bool = True, env=None) -> dict[str, Any]:
+    """Train (or reuse) the probe of (model, task, lr) and write its result file.
+
+    With `env` (a `DistEnv` of several ranks) every rank trains the probe together
+    (DistributedDataParallel) and returns the result; rank 0 writes the files.
+    """
+    inputs = ProbeInputs(ws, model, task, env)
     key = inputs.run_key(lr)
     path = result_dir(ws, model, task) / f"{_lr_tag(lr)}.json"
     if path.is_file():
@@ -206,7 +223,7 @@ def run_probe(ws: Workspace, model: str, task: str, lr: float, progress: bool = 
         if existing.get("config_hash") == key:
             return existing
     started = time.perf_counter()
-    runs = [_train_one(inputs, splits, lr, fold, progress) for fold, splits in _folds(inputs)]
+    runs = [_train_one(inputs, splits, lr, fold, progress, env) for fold, splits in _folds(inputs)]
     first = runs[0]
     spec = resolve_spec(model)
     result = {
@@ -216,13 +233,18 @@ def run_probe(ws: Workspace, model: str, task: str, lr: float, progress: bool = 
         "layers": [inputs.layer_info[l].name for l in inputs.layers],
         "layer_weights": np.mean([r["layer_weights"] for r in runs], 0).tolist(),
         "contributions": np.mean([r["contributions"] for r in runs], 0).tolist(),
-        "projected": first["projected"], "pooled": first["pooled"], "input": inputs.cfg.input,
+        "projected": first["projected"], "pooled": first["pooled"], "input": inputs.input,
         "runs": runs, "budget": to_dict(inputs.budget), "config_hash": key, "features": inputs.store_keys,
         "profile_hash": profile_hash(ws.profile, model, task, lr),
     }
-    atomic_write_json(path, result)
-    atomic_write_json(path.with_suffix(".timing.json"), {"wall_seconds": round(time.perf_counter() - started, 3),
-                                                         "device": inputs.device.type})
+    if env is None or env.is_main:
+        timing = {"wall_seconds": round(time.perf_counter() - started, 3), "device": inputs.device.type}
+        if env is not None and env.distributed:
+            timing["ranks"] = env.world_size
+        atomic_write_json(path, result)
+        atomic_write_json(path.with_suffix(".timing.json"), timing)
+    if env is not None:
+        barrier(env)
     return result
 
 
@@ -250,7 +272,7 @@ def run_asv_idt(ws: Workspace, model: str) -> dict[str, Any] | None:
         tpath = trials_path(ws.corpus_dir, split)
         if not tpath.is_file():
             continue
-        store = FeatureStore(ws.store_dir(model, "ASV", split))
+        store = FeatureStore(ws.store_dir(model, "ASV", split, pooled=idt_store_kind(ws.profile) == "pooled"))
         trials = read_trials(tpath)
         ids = {t.enroll for t in trials} | {t.test for t in trials}
         if store.meta["embedding_dim"]:
@@ -282,13 +304,19 @@ def require_budgets(profile, tasks: list[str]) -> None:
 
 
 def run_all(ws: Workspace, models: list[str] | None = None, tasks: list[str] | None = None,
-            progress: bool = True) -> None:
-    """Every probe of the profile (all models x tasks x learning rates), then the selections and ASV-IDT."""
+            progress: bool = True, env=None) -> None:
+    """Every probe of the profile (all models x tasks x learning rates), then the selections and ASV-IDT.
+
+    With `env` (torchrun) every probe is trained by all ranks together; rank 0 writes the results."""
     require_budgets(ws.profile, tasks or ws.profile.tasks)
+    main = env is None or env.is_main
     for model in models or ws.profile.models.all():
         for task in tasks or ws.profile.tasks:
             for lr in ws.profile.probing.tasks[task].lr_grid:
-                run_probe(ws, model, task, lr, progress)
-            select_best(ws, model, task)
-        if "ASV" in (tasks or ws.profile.tasks):
+                run_probe(ws, model, task, lr, progress and main, env)
+            if main:
+                select_best(ws, model, task)
+        if "ASV" in (tasks or ws.profile.tasks) and main:
             run_asv_idt(ws, model)
+        if env is not None:
+            barrier(env)

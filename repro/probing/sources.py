@@ -8,12 +8,14 @@ A source turns a list of utterance positions into `(layers, lengths)`: L tensors
   without layer norm this is the same computation (the weighted sum, the
   projection and the head's first linear map all commute with the mean);
 - `UpstreamFrames`: audio read and run through the frozen upstream for every batch
-  (optionally mean-pooled the same way).
+  (optionally mean-pooled the same way; training crops are cut from the audio, as
+  s3prl does, with the same seeded start per (utterance, step)).
 """
 
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -96,20 +98,50 @@ class StorePooled:
 
 
 class UpstreamFrames:
-    """Layer features computed by the upstream for every batch (the upstream stays frozen)."""
+    """Layer features computed by the upstream for every batch (the upstream stays frozen).
+
+    With `crop_samples`, batches given a training step get a seeded random crop of that many
+    samples of every longer utterance (start drawn from (seed, utterance, step)); `autocast`
+    runs the upstream under `torch.autocast` (none | bf16 | fp16). With `workers` > 0, audio
+    announced by `prefetch` is decoded ahead by that many threads (libsndfile releases the GIL),
+    so the GPU does not wait for the disk; the batches are the same either way.
+    """
 
     def __init__(self, upstream: Upstream, corpus_root: str | Path, utts: Sequence[Utterance], layers: list[int],
-                 pooled: bool = False, device: torch.device | str = "cpu"):
+                 pooled: bool = False, device: torch.device | str = "cpu", crop_samples: int | None = None,
+                 seed: int = 0, autocast: str = "none", workers: int = 0):
+        from repro.features.extract import autocast_context
+
         self.upstream, self.root, self.utts, self.layers = upstream, Path(corpus_root), list(utts), layers
         info = upstream.layer_info()
         self.dims = [info[l].dim for l in layers]
         self.pooled, self.device = pooled, torch.device(device)
+        self.crop, self.seed = crop_samples, seed
+        self._autocast = lambda: autocast_context(self.device, autocast)
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="audio") if workers > 0 else None
+        self._pending: dict[tuple, list[Future]] = {}
+
+    def prefetch(self, idx: Sequence[int], step: int | None = None) -> None:
+        """Start decoding the audio of a coming `batch(idx, step)` (no-op without workers)."""
+        key = (tuple(idx), step)
+        if self._pool is not None and key not in self._pending:
+            self._pending[key] = [self._pool.submit(self._audio, i, step) for i in idx]
+
+    def _audio(self, i: int, step: int | None) -> Tensor:
+        u = self.utts[i]
+        wav = read_audio(self.root / u.path)
+        if self.crop and step is not None and len(wav) > self.crop:
+            start = int(_crop_rng(self.seed, u.id, step).integers(0, len(wav) - self.crop + 1))
+            wav = wav[start:start + self.crop]
+        return torch.from_numpy(wav)
 
     @torch.no_grad()
     def batch(self, idx: Sequence[int], step: int | None = None) -> tuple[list[Tensor], Tensor]:
-        wavs = [torch.from_numpy(read_audio(self.root / self.utts[i].path)) for i in idx]
+        pending = self._pending.pop((tuple(idx), step), None)
+        wavs = [f.result() for f in pending] if pending is not None else [self._audio(i, step) for i in idx]
         padded, lengths = pad_waveforms(wavs)
-        out = self.upstream(padded.to(self.device), lengths.to(self.device))
+        with self._autocast():
+            out = self.upstream(padded.to(self.device), lengths.to(self.device))
         layers = [out.layers[l].float() for l in self.layers]
         n = out.lengths[self.layers[0]]
         if self.pooled:

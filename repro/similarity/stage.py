@@ -196,8 +196,12 @@ def cka_profile_hash(profile, a: str, b: str) -> str:
                         "ecapa_layers": to_dict(profile.models.ecapa_layers)})
 
 
-def compute_pair(ws: Workspace, a: str, b: str, *, force: bool = False, progress: bool = True) -> dict:
-    """Compute (or reuse) the CKA matrix of models `a` and `b`; returns the JSON metadata (+ "skipped")."""
+def compute_pair(ws: Workspace, a: str, b: str, *, force: bool = False, progress: bool = True, env=None) -> dict:
+    """Compute (or reuse) the CKA matrix of models `a` and `b`; returns the JSON metadata (+ "skipped").
+
+    With `env` (torchrun, several ranks) the utterances are sharded across the ranks and the
+    statistics merged by addition on rank 0, which writes the result (`repro.similarity.shards`).
+    """
     import json
 
     from repro.features.extract import resolve_device
@@ -231,8 +235,34 @@ def compute_pair(ws: Workspace, a: str, b: str, *, force: bool = False, progress
     ref_a, ref_b = reader.items(first, select=False)
     boot.set_shift(np.concatenate([x.mean(0, dtype=np.float64) for x in ref_a]),
                    None if sym else np.concatenate([x.mean(0, dtype=np.float64) for x in ref_b]))
-    _stream(boot, reader, sorted(ids, key=lambda u: (block_of[u], u)), block_of, cfg.batch_frames,
-            f"cka {a} x {b}", progress)
+    order = sorted(ids, key=lambda u: (block_of[u], u))
+    if env is not None and env.distributed:
+        from repro.parallel import exchange
+        from repro.similarity.shards import stream_sharded
+
+        timeout = 60.0 * ws.profile.distributed.timeout_minutes
+        merged = stream_sharded(
+            boot, lambda mine: _stream(boot, reader, mine, block_of, cfg.batch_frames, f"cka {a} x {b}",
+                                       progress and env.is_main),
+            order, env, ws.work / "cka_shards" / f"{_safe(a)}__{_safe(b)}", f"CKA statistics of {a} x {b}", timeout)
+        error = None
+        if merged is not None:  # rank 0 finalises and writes; the others wait for it
+            try:
+                meta = _finish(ws, a, b, merged, reader, sa, sb, ids, block_of, blocks, cfg, cfg_hash, expected)
+            except Exception as err:
+                error = err
+        exchange(env, f"CKA result of {a} x {b}", error, timeout)
+        return meta if merged is not None else {**json.loads(json_path.read_text()), "skipped": False}
+    _stream(boot, reader, order, block_of, cfg.batch_frames, f"cka {a} x {b}", progress)
+    return _finish(ws, a, b, boot, reader, sa, sb, ids, block_of, blocks, cfg, cfg_hash, expected)
+
+
+def _finish(ws: Workspace, a: str, b: str, boot: BlockBootstrap, reader: _PairReader, sa: FeatureStore,
+            sb: FeatureStore, ids: list[str], block_of: dict[str, int], blocks: int, cfg, cfg_hash: str,
+            expected: str) -> dict:
+    """Matrices, bootstrap interval and the two result files of a pair from its accumulated sums."""
+    npz_path, json_path = result_paths(ws, a, b)
+    sym = a == b
     if boot.n < 4:
         raise CKAError(f"only {boot.n} {cfg.level} items in {cfg.task}/{cfg.split}; CKA needs at least 4")
 
@@ -277,14 +307,16 @@ def compute_pair(ws: Workspace, a: str, b: str, *, force: bool = False, progress
 
 
 def run_cka(ws: Workspace, pairs: Iterable[tuple[str, str]] | None = None, *, force: bool = False,
-            progress: bool = True, echo: Callable[[str], None] | None = print) -> list[dict]:
-    """Every requested pair (default: `default_pairs` of the profile's models); returns their metadata."""
+            progress: bool = True, echo: Callable[[str], None] | None = print, env=None) -> list[dict]:
+    """Every requested pair (default: `default_pairs` of the profile's models); returns their metadata.
+
+    With `env` (torchrun) each pair's statistics are sharded across the ranks."""
     chosen = list(pairs) if pairs is not None else default_pairs(ws.profile.models.all())
     done = []
     for a, b in chosen:
-        meta = compute_pair(ws, a, b, force=force, progress=progress)
+        meta = compute_pair(ws, a, b, force=force, progress=progress, env=env)
         done.append(meta)
-        if echo:
+        if echo and (env is None or env.is_main):
             npz, _ = result_paths(ws, a, b)
             shape = f"{len(meta['layers']['a'])}x{len(meta['layers']['b'])}"
             what = "up to date" if meta["skipped"] else "written"

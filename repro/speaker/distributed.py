@@ -6,6 +6,7 @@ LOCAL_RANK; without them the run is a single process. NCCL is used on GPUs, gloo
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ class DistEnv:
     world_size: int
     local_rank: int
     device: torch.device
+    owns_group: bool = False  # this setup() joined the process group (and teardown() leaves it)
 
     @property
     def is_main(self) -> bool:
@@ -44,8 +46,9 @@ def env_ranks() -> tuple[int, int, int]:
     return rank, world, local
 
 
-def setup(device: str = "auto") -> DistEnv:
-    """Read the ranks, pick the device and, with more than one process, join the process group."""
+def setup(device: str = "auto", timeout_s: float | None = None) -> DistEnv:
+    """Read the ranks, pick the device and, with more than one process, join the process group
+    (collectives give up after `timeout_s`, default torch's). A group that is already joined is reused."""
     rank, world, local = env_ranks()
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if use_cuda and not torch.cuda.is_available():
@@ -53,13 +56,17 @@ def setup(device: str = "auto") -> DistEnv:
     dev = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
+    owns = False
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return DistEnv(rank, world, local, dev)
+        timeout = {} if timeout_s is None else {"timeout": datetime.timedelta(seconds=timeout_s)}
+        dist.init_process_group("nccl" if use_cuda else "gloo", **timeout)
+        owns = True
+    return DistEnv(rank, world, local, dev, owns)
 
 
 def teardown(env: DistEnv) -> None:
-    if env.distributed and dist.is_initialized():
+    """Leave the process group if `setup` joined it (an enclosing run keeps its group)."""
+    if env.distributed and env.owns_group and dist.is_initialized():
         dist.destroy_process_group()
 
 

@@ -1,0 +1,87 @@
+"""docs/PERFORMANCE.md from the benchmark records in artifacts/bench/ (whatever exists there)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+from repro.util.atomic import atomic_write_text
+
+INTRO = """\
+# Performance
+
+Written by `make bench` (`repro bench all`) from the records in `{bench}/`; every figure is
+measured on the machine named in its section, against a baseline run in the same process on
+the same data, unless it is marked as an assumption. Rerun `make bench` on your machine (with a
+GPU, the same command records GPU figures) and this page is rewritten from your records.
+"""
+
+SECTIONS = {
+    "extract": ("Extraction", "Audio seconds per wall second of our extraction against a plain loop over "
+                "utterances with transformers (batch 1, float32), same model and utterances. On a CPU the "
+                "model's matrix products already run near the machine's GEMM rate one utterance at a time, "
+                "so padded batches cannot win there (their working sets are larger and attention runs over the "
+                "padded length): batching is for GPUs, where a single utterance leaves most of the device idle."),
+    "cka": ("Linear CKA", "The full layer grid (within a model and across two models), the streaming "
+            "accumulator against a per-pair numpy implementation, and as a fraction of the machine's measured "
+            "float64 matrix-multiply rate."),
+    "probe": ("Probing inputs", "Training steps per second of one probe from each input (`probing.tasks.<T>.input`) "
+              "against recomputing the layers every step; setup = building the source once, KB/utt = bytes on "
+              "disk per utterance of the store it reads."),
+    "pipeline": ("The smoke pipeline", "Wall seconds per stage of `make demo`'s pipeline run from scratch in a "
+                 "temporary folder."),
+    "projection": ("Projection: the full profile on one GPU", None),
+}
+
+
+def _projection_text(r: dict) -> str:
+    t32, tamp = r["totals"]["float32"], r["totals"]["autocast"]
+    measured = [k for k, v in r["sources"].items() if v.startswith("measured")]
+    assumed = [k for k, v in r["sources"].items() if not v.startswith("measured")]
+    return (
+        "Hours per stage for the full profile (four models, every learning rate of the grids) on one GPU: "
+        f"features {t32['features']:.1f} h, probing {t32['probe']:.0f} h in float32 (`extraction.autocast: none`, "
+        f"exact) or {tamp['probe']:.0f} h under fp16/bf16 autocast, CKA {3600 * t32['cka']:.0f} s of matrix "
+        "products (reading its 15 GB of frames takes longer); the corpus preparation (hashing every file once) "
+        "and the optional speaker-model training are not included. The fast profile's probes: "
+        f"{r['fast_profile_probe_hours']['float32']:.0f} h in float32, {r['fast_profile_probe_hours']['autocast']:.0f} h "
+        "under autocast (an upper bound: its dev sets are smaller than the full ones used here). With N GPUs "
+        "(torchrun), the probes whose input is `upstream` take about 1/N of the time, N up to the task's "
+        "grad_accum (README, \"Several GPUs or nodes\").\n\n"
+        "How it is computed is in `repro/bench/projection.py` (module doc): per task and model, the audio the "
+        "probes push through the model (steps x grad_accum x batch x seconds per item, plus every dev "
+        "evaluation), times the model's FLOPs per audio second, over a throughput; the ECAPA-TDNN models run "
+        "one utterance at a time, so they pay a fixed overhead per utterance on top; decoding overlaps and "
+        "counts only when it is slower.\n\n"
+        f"- **Counted or measured here** ({r['machine']['cpu']}): {', '.join(measured)}, and the FLOPs per "
+        "audio second of every model (`torch.utils.flop_counter`, random weights at the real sizes).\n"
+        f"- **Assumed about the GPU** (H100 class; replaced by measured values when `make bench` runs on a "
+        f"GPU): {', '.join(assumed)}. Change them in `repro/bench/projection.py` (`ASSUMED`) for your GPU."
+    )
+
+
+def render(bench_dir: Path) -> str:
+    """The page's Markdown from the records in `bench_dir`."""
+    parts = [INTRO.format(bench=bench_dir)]
+    for name, (title, text) in SECTIONS.items():
+        path = Path(bench_dir) / f"{name}.json"
+        if not path.is_file():
+            parts.append(f"## {title}\n\nNot measured yet: `repro bench {name}`.\n")
+            continue
+        record = json.loads(path.read_text())
+        module = importlib.import_module(f"repro.bench.{name}")
+        where = record.get("device_name") or record.get("machine", {}).get("cpu", "")
+        gpu = record.get("machine", {}).get("gpu")
+        host = f"Measured on {where}" + (f" (GPU: {gpu})" if gpu and gpu != where else " (no GPU)") + \
+            f", {record.get('machine', {}).get('logical_cores')} logical cores, load average " \
+            f"{record.get('machine', {}).get('load_average_1min')} at the start; record: `{path}`."
+        body = _projection_text(record) if name == "projection" else text
+        parts.append(f"## {title}\n\n{body}\n\n{host}\n\n```\n{module.table(record)}\n```\n")
+    return "\n".join(parts)
+
+
+def write_performance(bench_dir: Path, doc: Path) -> Path:
+    """Write `doc` (atomically) from the records in `bench_dir`."""
+    atomic_write_text(doc, render(bench_dir))
+    return doc

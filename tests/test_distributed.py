@@ -1,0 +1,163 @@
+"""torchrun on the CPU (gloo, two processes) gives the single-process results: sharded extraction
+(byte-identical stores), sharded CKA statistics (matrices to 1e-12), probes trained with
+DistributedDataParallel whatever the split of a step's micro-batches (metrics and layer weights to
+rounding); a failed rank fails every rank with a message naming it."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from repro.config import load_profile
+from repro.data.manifest import load_task
+from repro.parallel import RankFailure
+from repro.pipeline import run as run_pipeline
+from repro.probing.trainer import rank_micro_batches
+from repro.workspace import Workspace
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PROFILE = """\
+extends: smoke
+name: ddp
+models: {speech_ssl: [tiny-wavlm, tiny-hubert], speaker_ssl: [], speaker_sup: []}
+tasks: [KS, SID, PR]
+extraction: {device: cpu, max_batch_seconds: 8}
+probing:
+  device: cpu
+  tasks:  # grad_accum: 1 (a rank without micro-batch), 2 (one each), 3 (two and one)
+    KS: {steps: 12, batch_size: 8, grad_accum: 1, lr_grid: [0.01], eval_every: 6, input: pooled}
+    SID: {steps: 12, batch_size: 8, grad_accum: 2, lr_grid: [0.01], eval_every: 6, input: pooled}
+    PR: {steps: 12, batch_size: 4, grad_accum: 3, lr_grid: [0.01], eval_every: 6}
+cka: {task: PR, split: test, max_frames: 0, batch_frames: 200, bootstrap: {blocks: 4, resamples: 20}, device: cpu}
+speaker_training: {pipeline_recipes: []}
+"""
+STAGES = ["features", "cka", "probe"]
+
+
+def _workspace(root: Path, profile_path: Path, corpus: Path) -> Workspace:
+    ws = Workspace(load_profile(profile_path), root / "work", root / "results", root / "figures")
+    ws.work.mkdir(parents=True)
+    (ws.work / "corpus").symlink_to(corpus)
+    return ws
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_corpus, tmp_path_factory):
+    """The same profile run by one process and by `torchrun --nproc_per_node 2` (gloo)."""
+    root = tmp_path_factory.mktemp("ddp")
+    prof = root / "ddp.yaml"
+    prof.write_text(PROFILE)
+    one = _workspace(root / "one", prof, tiny_corpus)
+    two = _workspace(root / "two", prof, tiny_corpus)
+    env = {**os.environ, "REPRO_WORK": str(two.work_root), "REPRO_RESULTS": str(two.results_root),
+           "REPRO_FIGURES": str(two.figures_root), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "repro",
+           "run", "--profile", str(prof), "--quiet", *[a for s in STAGES for a in ("--stage", s)]]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    torch.set_num_threads(1)
+    run_pipeline(one, STAGES, progress=False)  # meanwhile, the single-process reference
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-4000:]
+    return one, two
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_sharded_extraction_writes_the_single_process_stores(runs):
+    one, two = runs
+    a, b = _files(one.features_dir), _files(two.features_dir)
+    assert sorted(a) == sorted(b)
+    assert any(k.endswith(".pooled/meta.json") for k in a) and any(k.endswith("test/layer_12.bin") for k in a)
+    assert not [k for k in b if ".shards" in k or ".partial" in k]
+    for name in a:
+        assert a[name] == b[name], name
+
+
+def test_sharded_cka_equals_the_single_process_matrices(runs):
+    one, two = runs
+    files = sorted((one.results / "cka").glob("*.npz"))
+    assert len(files) == 3  # two models with themselves, and the pair
+    for path in files:
+        x, y = np.load(path), np.load(two.results / "cka" / path.name)
+        for key in ("cka_biased", "cka_debiased", "ci_low", "ci_high"):
+            assert np.allclose(x[key], y[key], rtol=0, atol=1e-12), (path.name, key)
+        assert x["cka_biased"].shape == (13, 13)
+    assert not (two.work / "cka_shards").exists() or not any((two.work / "cka_shards").iterdir())
+
+
+def test_ddp_probes_equal_the_single_process_probes(runs):
+    one, two = runs
+    for model in ("tiny-wavlm", "tiny-hubert"):
+        for task, input_ in (("KS", "pooled"), ("SID", "pooled"), ("PR", "cache")):
+            x = json.loads((one.results / "probing" / model / task / "lr-1e-02.json").read_text())
+            y = json.loads((two.results / "probing" / model / task / "lr-1e-02.json").read_text())
+            assert x["input"] == y["input"] == input_ and x["config_hash"] == y["config_hash"]
+            assert y["dev"] == pytest.approx(x["dev"], abs=1e-6) and y["test"] == pytest.approx(x["test"], abs=1e-6)
+            # bit for bit when the ranks get equal shares (the scale is a power of 2); rounding otherwise
+            assert np.allclose(x["layer_weights"], y["layer_weights"], rtol=0, atol=1e-5)
+            for series in ("train_loss", "grad_norm"):  # the gradient's scale, which Adam and clipping hide
+                assert np.allclose(x["runs"][0]["curve"][series], y["runs"][0]["curve"][series], rtol=5e-5), series
+            timing = json.loads((two.results / "probing" / model / task / "lr-1e-02.timing.json").read_text())
+            assert timing["ranks"] == 2
+
+
+def test_every_micro_batch_of_a_step_goes_to_exactly_one_rank():
+    for accum in (1, 2, 3, 5, 8):
+        for world in (1, 2, 3, 4, 8):
+            shares = [rank_micro_batches(accum, world, r) for r in range(world)]
+            assert sorted(a for s in shares for a in s if a >= 0) == list(range(accum))
+            assert max(map(len, shares)) - min(map(len, shares)) <= 1
+            assert all(s == [-1] for s in shares[accum:])  # ranks beyond the micro-batches: weight 0
+
+
+def _failing_rank(rank: int, port: int, corpus: str, folder: str, bad: str, model_dir: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from repro.features.extract import extract
+    from repro.models.hf_ssl import load_hf_ssl
+    from repro.parallel import join
+
+    env = join("cpu", timeout_s=60)
+    utts = load_task(Path(corpus), "SID")[:24]
+    if rank == 1:  # only rank 1 reads a broken copy of one of its utterances
+        utts = [u if u.id != Path(bad).stem else u.__class__(**{**u.__dict__, "path": bad}) for u in utts]
+    message = "no error"
+    try:
+        extract(load_hf_ssl(model_dir), utts, corpus, Path(folder) / "store", model_info={"name": "tiny"},
+                max_batch_seconds=6, device="cpu", progress=False, env=env, timeout_s=60)
+    except RankFailure as err:
+        message = str(err)
+    Path(folder, f"rank{rank}.txt").write_text(message)
+
+
+def test_a_failing_rank_fails_every_rank_with_its_name_and_error(tiny_corpus, tmp_path, hf_folder):
+    from repro.features.batching import plan_batches
+
+    utts = load_task(tiny_corpus, "SID")[:24]
+    batches = plan_batches(utts, 6)
+    victim = utts[batches[1][0]]  # batch 1 belongs to rank 1
+    bad = tmp_path / f"{victim.id}.wav"
+    sf.write(bad, np.zeros((victim.num_samples, 2), np.float32), 16000)  # two channels: refused
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = (port, str(tiny_corpus), str(tmp_path), str(bad), str(hf_folder("wavlm")))
+    torch.multiprocessing.spawn(_failing_rank, args=args, nprocs=2)
+    for rank in (0, 1):
+        message = (tmp_path / f"rank{rank}.txt").read_text()
+        assert message.startswith(f"extraction of {tmp_path / 'store'}: rank 1 failed: AudioError:"), message
+        assert f"{victim.id}.wav: 2 channels" in message
+    marker = json.loads((tmp_path / "store.shards" / "rank-001-of-002.failed").read_text())
+    assert "2 channels" in marker["message"]
+    assert (tmp_path / "store.shards" / "rank-000-of-002.done").is_file() and not (tmp_path / "store").exists()

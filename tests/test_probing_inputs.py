@@ -1,0 +1,146 @@
+"""Per-task probing inputs: pooled stores give the frame-store results, inputs are validated,
+the features stage makes only the stores the inputs need, and upstream crops come from the audio."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from repro.config import ConfigError, load_profile
+from repro.data.manifest import load_task
+from repro.features.stage import extract_model
+from repro.probing.inputs import MEAN_POOLED_TASKS, stores_needed, task_input
+from repro.probing.runner import run_asv_idt, run_probe
+from repro.probing.sources import UpstreamFrames
+from repro.probing.tasks import make_task
+from repro.workspace import Workspace
+
+torch.set_num_threads(2)
+POOLED = ("KS", "ER")  # the tiny corpus has too few IC commands to train on
+
+
+def _profile(inputs: dict[str, str | None], steps: int = 20, **probing):
+    probing.setdefault("er_folds", [1, 2])
+    base = load_profile("smoke")
+    tasks = {t: dataclasses.replace(base.probing.tasks[t], steps=steps, eval_every=10, lr_grid=[0.01], input=i)
+             for t, i in inputs.items()}
+    return dataclasses.replace(
+        base, name="inputs", tasks=list(inputs),
+        models=dataclasses.replace(base.models, speech_ssl=["tiny-wavlm"], speaker_ssl=[], speaker_sup=[]),
+        probing=dataclasses.replace(base.probing, tasks=tasks, **probing))
+
+
+def _workspace(root, profile, corpus) -> Workspace:
+    ws = Workspace(profile, root / "work", root / "results", root / "figures")
+    ws.work.mkdir(parents=True, exist_ok=True)
+    if not ws.corpus_dir.exists():
+        ws.corpus_dir.symlink_to(corpus)
+    return ws
+
+
+def test_pooled_store_probes_equal_frame_store_probes(tiny_corpus, tmp_path):
+    cache = _workspace(tmp_path / "cache", _profile({t: "cache" for t in POOLED}), tiny_corpus)
+    pooled = _workspace(tmp_path / "pooled", _profile({t: "pooled" for t in POOLED}), tiny_corpus)
+    extract_model(cache, "tiny-wavlm", progress=False)
+    extract_model(pooled, "tiny-wavlm", progress=False)
+    assert not list((pooled.features_dir / "tiny-wavlm" / "KS").glob("train")), "a pooled input needs no frames"
+    for task in POOLED:
+        a = run_probe(cache, "tiny-wavlm", task, 0.01, progress=False)
+        b = run_probe(pooled, "tiny-wavlm", task, 0.01, progress=False)
+        assert (a["input"], b["input"]) == ("cache", "pooled") and a["pooled"] and b["pooled"]
+        assert a["features"] != b["features"]
+        assert b["dev"] == pytest.approx(a["dev"], abs=1e-4) and b["test"] == pytest.approx(a["test"], abs=1e-4)
+        assert np.allclose(a["layer_weights"], b["layer_weights"], atol=1e-4)
+        assert np.allclose(a["runs"][0]["curve"]["train_loss"], b["runs"][0]["curve"]["train_loss"], rtol=1e-3)
+    frames = sum(p.stat().st_size for p in (cache.features_dir / "tiny-wavlm").rglob("*.bin"))
+    means = sum(p.stat().st_size for p in (pooled.features_dir / "tiny-wavlm").rglob("*.bin"))
+    assert means * 10 < frames
+
+
+def test_asv_idt_reads_the_pooled_store_when_asv_is_not_probed_from_the_cache(tiny_corpus, tmp_path):
+    ws = _workspace(tmp_path, _profile({"ASV": "upstream"}), tiny_corpus)
+    stores = extract_model(ws, "tiny-wavlm", progress=False)
+    assert sorted(stores) == [("ASV", "dev.pooled"), ("ASV", "test.pooled")]  # trial splits only
+    idt = run_asv_idt(ws, "tiny-wavlm")
+    frames = _workspace(tmp_path / "f", _profile({"ASV": "cache"}), tiny_corpus)
+    extract_model(frames, "tiny-wavlm", progress=False)
+    ref = run_asv_idt(frames, "tiny-wavlm")
+    assert idt["embedding"] == ref["embedding"] == "mean of layer L12"
+    assert idt["test"] == pytest.approx(ref["test"], abs=1e-6)
+
+
+def test_inputs_are_validated_per_task():
+    prof = _profile({"KS": "pooled", "PR": None, "SID": "upstream"})
+    assert [task_input(prof, t) for t in ("KS", "PR", "SID")] == ["pooled", "cache", "upstream"]
+    assert [stores_needed(prof, t) for t in ("KS", "PR", "SID")] == [["pooled"], ["frames"], []]
+    for inputs, reason in (({"PR": "pooled"}, "the PR head does not average its frames"),
+                           ({"ASV": "pooled"}, "the ASV head does not average its frames"),
+                           ({"KS": "pooled"}, "probing.layer_norm normalises every frame")):
+        prof = _profile(inputs, layer_norm="KS" in inputs)
+        with pytest.raises(ConfigError, match=f"probing.tasks.{next(iter(inputs))}.input is 'pooled', but {reason}"):
+            task_input(prof, next(iter(inputs)))
+    sid = _profile({"SID": "pooled"})  # the smoke SID budget has no crops; with crops it needs frames
+    assert task_input(sid, "SID") == "pooled"
+    cropped = dataclasses.replace(sid, probing=dataclasses.replace(sid.probing, tasks={
+        "SID": dataclasses.replace(sid.probing.tasks["SID"], train_crop_seconds=8.0)}))
+    with pytest.raises(ConfigError, match="training crops"):
+        task_input(cropped, "SID")
+
+
+def test_mean_pooled_tasks_are_the_tasks_with_mean_pooled_heads(tiny_corpus):
+    for name in ("PR", "KS", "IC", "SID", "ASV", "ER"):
+        utts = load_task(tiny_corpus, name)
+        task = make_task(name, {"train": [u for u in utts if u.split == "train"]},
+                         json.loads((tiny_corpus / "corpus.json").read_text()))
+        assert task.pooled == (name in MEAN_POOLED_TASKS), name
+
+
+def test_full_and_fast_profiles_choose_the_cheapest_exact_input():
+    for name in ("full", "fast"):
+        prof = load_profile(name)
+        chosen = {t: task_input(prof, t) for t in prof.tasks}
+        assert chosen == {"PR": "upstream", "KS": "pooled", "IC": "pooled", "SID": "upstream", "ASV": "upstream",
+                          "ER": "pooled"}, name
+        assert prof.probing.tasks["SID"].train_crop_seconds == prof.probing.tasks["ASV"].train_crop_seconds == 8.0
+
+
+def test_upstream_training_crops_are_cut_from_the_audio(hf_folder, tiny_corpus):
+    from repro.models.hf_ssl import load_hf_ssl
+
+    up = load_hf_ssl(str(hf_folder("wavlm")))
+    utts = [u for u in load_task(tiny_corpus, "SID") if u.num_samples > 20000][:3]
+    crop = UpstreamFrames(up, tiny_corpus, utts, [0, 1, 2], crop_samples=16000, seed=0)
+    whole = UpstreamFrames(up, tiny_corpus, utts, [0, 1, 2])
+    layers, lengths = crop.batch([0, 1, 2], step=5)
+    assert lengths.tolist() == [49] * 3  # 1 s of audio: 49 frames
+    again, _ = crop.batch([0, 1, 2], step=5)
+    other, _ = crop.batch([0, 1, 2], step=6)
+    assert all(torch.equal(a, b) for a, b in zip(layers, again)) and not torch.equal(layers[2], other[2])
+    _, full_lengths = crop.batch([0, 1, 2])  # evaluation (no step): whole utterances
+    assert full_lengths.tolist() == whole.batch([0, 1, 2])[1].tolist() and min(full_lengths.tolist()) > 49
+
+
+def test_prefetched_audio_gives_the_same_batches(hf_folder, tiny_corpus):
+    from repro.models.hf_ssl import load_hf_ssl
+
+    up = load_hf_ssl(str(hf_folder("wavlm")))
+    utts = load_task(tiny_corpus, "SID")[:6]
+    plain = UpstreamFrames(up, tiny_corpus, utts, [1], crop_samples=12000, seed=3)
+    ahead = UpstreamFrames(up, tiny_corpus, utts, [1], crop_samples=12000, seed=3, workers=2)
+    ahead.prefetch([0, 4, 5], 7)
+    ahead.prefetch([1, 2], None)
+    for idx, step in (([0, 4, 5], 7), ([1, 2], None), ([3], 2)):
+        (a,), la = plain.batch(idx, step)
+        (b,), lb = ahead.batch(idx, step)
+        assert torch.equal(a, b) and torch.equal(la, lb)
+    assert not ahead._pending
+
+
+def test_tasks_read_from_the_upstream_need_no_store(tiny_corpus, tmp_path):
+    ws = _workspace(tmp_path, _profile({"PR": "upstream", "SID": "upstream"}), tiny_corpus)
+    stats = {}
+    assert extract_model(ws, "tiny-wavlm", progress=False, stats=stats) == {}
+    assert stats == {"audio_seconds": 0.0, "wall_seconds": 0.0, "padding_fraction": 0.0}
+    assert not ws.features_dir.exists()
