@@ -50,7 +50,9 @@ def main() -> None:
 
 @main.command()
 @PROFILE
-@click.option("--stage", "stages", multiple=True, help="run only these stages (repeatable)")
+@click.option("--stage", "stages", multiple=True,
+              type=click.Choice(["corpus", "speakers", "features", "cka", "probe", "paper"]),
+              help="run only these stages (repeatable)")
 @click.option("--quiet", is_flag=True, help="no progress bars")
 def run(profile: str, stages: tuple[str, ...], quiet: bool) -> None:
     """Run the pipeline of a profile, skipping what is complete."""

@@ -44,7 +44,7 @@ def join(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> DistEnv:
 def session(profile) -> Iterator[DistEnv]:
     """The `DistEnv` of a profile's run: under torchrun the process group is joined (NCCL when
     `probing.device` resolves to a GPU, else gloo; `distributed.timeout_minutes`) and left at the end."""
-    env = join(profile.probing.device, 60.0 * profile.distributed.timeout_minutes)
+    env = join(profile.probing.device, profile.distributed.timeout_seconds)
     try:
         yield env
     finally:

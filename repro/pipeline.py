@@ -21,7 +21,7 @@ def _on_rank_zero(ws: Workspace, env, what: str, fn: Callable[[], None]) -> None
         return
     from repro.parallel import run_sharded
 
-    run_sharded(env, what, fn if env.is_main else (lambda: None), 60.0 * ws.profile.distributed.timeout_minutes)
+    run_sharded(env, what, fn if env.is_main else (lambda: None), ws.profile.distributed.timeout_seconds)
 
 
 def stage_corpus(ws: Workspace, progress: bool = True, env=None) -> None:

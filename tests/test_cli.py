@@ -103,3 +103,15 @@ def test_every_command_has_help():
     for name in names:
         res = runner.invoke(main, [name, "--help"])
         assert res.exit_code == 0 and "Usage" in res.output, name
+
+
+def test_stage_names_match_the_pipeline():
+    import click
+
+    from repro.cli import run
+    from repro.pipeline import STAGES
+
+    option = next(p for p in run.params if p.name == "stages")
+    assert isinstance(option.type, click.Choice) and list(option.type.choices) == list(STAGES)
+    res = CliRunner().invoke(main, ["run", "--stage", "features2"])
+    assert res.exit_code == 2 and "Traceback" not in res.output and "'features2' is not one of" in res.output

@@ -399,6 +399,10 @@ class DistributedConfig:
         60.0, "how long a rank waits for the others (shards, collectives) before the run fails naming the missing ranks"
     )
 
+    @property
+    def timeout_seconds(self) -> float:
+        return 60.0 * self.timeout_minutes
+
 
 @dataclass(frozen=True)
 class ProfileConfig:

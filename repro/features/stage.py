@@ -37,7 +37,7 @@ def load_profile_upstream(ws: Workspace, name: str, env=None) -> Upstream:
 
     loaded = []
     run_sharded(env, f"loading model {name}", lambda: loaded.append(load()) if env.is_main else None,
-                60.0 * ws.profile.distributed.timeout_minutes)
+                ws.profile.distributed.timeout_seconds)
     return loaded[0] if loaded else load()
 
 
@@ -83,7 +83,7 @@ def extract_model(ws: Workspace, name: str, tasks: list[str] | None = None, prog
                     dtype=cfg.dtype, max_batch_seconds=cfg.max_batch_seconds, device=cfg.device,
                     num_workers=cfg.num_workers, resample=cfg.resample, downmix=cfg.downmix, autocast=cfg.autocast,
                     pooled=pooled, progress=progress, stats=one, env=env,
-                    timeout_s=60.0 * ws.profile.distributed.timeout_minutes,
+                    timeout_s=ws.profile.distributed.timeout_seconds,
                 )
                 for k in totals:
                     totals[k] += one[k]

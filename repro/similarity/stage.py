@@ -240,7 +240,7 @@ def compute_pair(ws: Workspace, a: str, b: str, *, force: bool = False, progress
         from repro.parallel import exchange
         from repro.similarity.shards import stream_sharded
 
-        timeout = 60.0 * ws.profile.distributed.timeout_minutes
+        timeout = ws.profile.distributed.timeout_seconds
         merged = stream_sharded(
             boot, lambda mine: _stream(boot, reader, mine, block_of, cfg.batch_frames, f"cka {a} x {b}",
                                        progress and env.is_main),
