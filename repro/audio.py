@@ -15,12 +15,13 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
+from repro.errors import ReproError
 from repro.util.atomic import atomic_path
 
 SAMPLE_RATE = 16000
 
 
-class AudioError(ValueError):
+class AudioError(ReproError, ValueError):
     """An audio file that cannot be used as it is."""
 
 

@@ -18,7 +18,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from repro.features.store import StoreError
     from repro.models.registry import UnknownModelError
     from repro.models.wespeaker_import import CheckpointError
-    from repro.parallel import RankFailure
+    from repro.runtime import RankFailure
     from repro.paper.registry import UnknownOutputError
     from repro.paper.results import ConfigMismatchError
     from repro.similarity.align import AlignmentError
@@ -186,7 +186,7 @@ def models_list() -> None:
 def extract(profile: str, model_names: tuple[str, ...], tasks: tuple[str, ...], quiet: bool) -> None:
     """Extract every layer of models over the profile's corpus into the feature cache (torchrun: sharded)."""
     from repro.features.stage import extract_model
-    from repro.parallel import session
+    from repro.runtime import session
     from repro.workspace import Workspace
 
     ws = Workspace.for_profile(profile)
@@ -213,9 +213,9 @@ def extract(profile: str, model_names: tuple[str, ...], tasks: tuple[str, ...], 
 def probe(profile: str, model_names: tuple[str, ...], tasks: tuple[str, ...], lrs: tuple[float, ...],
           quiet: bool) -> None:
     """Train probes (weighted sum of frozen layers + task head) and write their result files."""
-    from repro.parallel import session
+    from repro.runtime import session
     from repro.probing.runner import require_budgets, result_dir, run_asv_idt, run_probe, select_best
-    from repro.speaker.distributed import barrier
+    from repro.runtime import barrier
     from repro.workspace import Workspace
 
     ws = Workspace.for_profile(profile)
@@ -365,7 +365,7 @@ def train_speaker(recipe: str, profile: str, force: bool, estimate: bool, tflops
 @click.option("--quiet", is_flag=True)
 def cka(profile: str, models: tuple[str, str] | None, force: bool, quiet: bool) -> None:
     """Linear CKA between every pair of layers of two models (writes results/<profile>/cka/; torchrun: sharded)."""
-    from repro.parallel import session
+    from repro.runtime import session
     from repro.similarity.stage import run_cka
     from repro.workspace import Workspace
 

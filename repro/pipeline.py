@@ -19,7 +19,7 @@ def _on_rank_zero(ws: Workspace, env, what: str, fn: Callable[[], None]) -> None
     if env is None or not env.distributed:
         fn()
         return
-    from repro.parallel import run_sharded
+    from repro.runtime import run_sharded
 
     run_sharded(env, what, fn if env.is_main else (lambda: None), ws.profile.distributed.timeout_seconds)
 
@@ -99,12 +99,12 @@ STAGES: dict[str, Callable[..., None]] = {
 def run(ws: Workspace, stages: list[str] | None = None, progress: bool = True) -> dict[str, float]:
     """Run `stages` (default: all, in order); returns wall seconds per stage.
 
-    Under torchrun (WORLD_SIZE > 1) every rank joins the process group first (`repro.parallel`)."""
+    Under torchrun (WORLD_SIZE > 1) every rank joins the process group first (`repro.runtime`)."""
     chosen = stages or list(STAGES)
     unknown = [s for s in chosen if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {', '.join(unknown)}; stages: {', '.join(STAGES)}")
-    from repro.parallel import session
+    from repro.runtime import session
 
     times = {}
     with session(ws.profile) as env:

@@ -17,7 +17,7 @@ import torch
 
 from repro.config import load_profile
 from repro.data.manifest import load_task
-from repro.parallel import RankFailure
+from repro.runtime import RankFailure
 from repro.pipeline import run as run_pipeline
 from repro.probing.trainer import rank_micro_batches
 from repro.workspace import Workspace
@@ -126,9 +126,9 @@ def _failing_rank(rank: int, port: int, corpus: str, folder: str, bad: str, mode
     torch.set_num_threads(1)
     from repro.features.extract import extract
     from repro.models.hf_ssl import load_hf_ssl
-    from repro.parallel import join
+    from repro.runtime import setup
 
-    env = join("cpu", timeout_s=60)
+    env = setup("cpu", timeout_s=60)
     utts = load_task(Path(corpus), "SID")[:24]
     if rank == 1:  # only rank 1 reads a broken copy of one of its utterances
         utts = [u if u.id != Path(bad).stem else u.__class__(**{**u.__dict__, "path": bad}) for u in utts]

@@ -126,7 +126,8 @@ def run(seconds: float = DEFAULTS["seconds"], max_batch_seconds: float = DEFAULT
     """Measure (see module doc) and return the result record. `corpus` (an existing synthetic corpus)
     and `model_config` (other model sizes) are for tests."""
     from repro.data.synth import make_corpus
-    from repro.features.extract import extract, resolve_device
+    from repro.features.extract import extract
+    from repro.runtime import resolve_device
     from repro.models.hf_ssl import load_hf_ssl
 
     started = time.perf_counter()

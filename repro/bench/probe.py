@@ -69,7 +69,8 @@ def run(work: Path | None = None, steps: int = DEFAULTS["steps"], fly_steps: int
     from repro.bench.extract import base_plus_model
     from repro.data.manifest import load_task
     from repro.data.synth import make_corpus
-    from repro.features.extract import extract, resolve_device
+    from repro.features.extract import extract
+    from repro.runtime import resolve_device
     from repro.models.hf_ssl import load_hf_ssl
     from repro.probing.sources import StoreFrames, StorePooled, UpstreamFrames
     from repro.probing.tasks import make_task

@@ -14,8 +14,10 @@ import types
 import typing
 from typing import Any, Literal, Union
 
+from repro.errors import ReproError
 
-class ConfigError(ValueError):
+
+class ConfigError(ReproError, ValueError):
     """A configuration file that does not match the schema."""
 
 

@@ -20,8 +20,10 @@ from typing import Callable
 
 from tqdm import tqdm
 
+from repro.errors import ReproError
 
-class UnsafeArchiveError(ValueError):
+
+class UnsafeArchiveError(ReproError, ValueError):
     """An archive member that would land outside the target folder (or is not a plain file/folder)."""
 
 

@@ -22,6 +22,7 @@ from typing import Literal
 import yaml
 
 from repro.config.typed import ConfigError, from_dict
+from repro.errors import ReproError
 
 CATALOG_PATH = Path(__file__).with_name("catalog.yaml")
 
@@ -149,7 +150,7 @@ class Catalog:
         return self.corpora[name]
 
 
-class UnknownCorpusError(KeyError):
+class UnknownCorpusError(ReproError, KeyError):
     """A corpus or archive name that is not in the catalogue."""
 
     def __str__(self) -> str:

@@ -19,12 +19,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from repro.errors import ReproError
 from repro.util.atomic import atomic_write_json
 
 _CHUNK = 4 << 20
 
 
-class ChecksumError(ValueError):
+class ChecksumError(ReproError, ValueError):
     """A downloaded file whose bytes differ from the expected checksum."""
 
 

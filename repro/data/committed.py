@@ -11,11 +11,12 @@ import yaml
 
 from repro.config.typed import from_dict
 from repro.data.manifest import Utterance
+from repro.errors import ReproError
 
 COMMITTED_PATH = Path(__file__).with_name("committed_lists.yaml")
 
 
-class CommittedListError(ValueError):
+class CommittedListError(ReproError, ValueError):
     """A prepared split that differs from the utterance list its published metadata fixes."""
 
 

@@ -6,6 +6,8 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from repro.errors import ReproError
+
 # Audio barely compresses: an extracted archive takes about its own size again. We plan for
 # 1.25x the archive size when the catalogue gives no extracted size (zip archives are checked
 # again with their exact member sizes just before extraction).
@@ -14,7 +16,7 @@ EXTRACT_FACTOR = 1.25
 FreeSpace = Callable[[Path], int]
 
 
-class NotEnoughSpaceError(OSError):
+class NotEnoughSpaceError(ReproError, OSError):
     """Too little free disk space for what was asked; the message gives the shortfall."""
 
 

@@ -32,12 +32,13 @@ from repro.data.checksums import ChecksumError, Expected, cached_digests, digest
 from repro.data.diskspace import EXTRACT_FACTOR, FreeSpace, free_bytes, gib, human, require_space
 from repro.data.http import RetryPolicy, download, part_path
 from repro.data.lock import DataLock
+from repro.errors import ReproError
 from repro.util.atomic import atomic_directory, atomic_path, atomic_write_json
 
 MARKER = ".repro-extracted.json"
 
 
-class ExpectationError(ValueError):
+class ExpectationError(ReproError, ValueError):
     """Extracted content that does not hold what the catalogue says it must."""
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import soundfile as sf
 
 from repro.audio import resample_to_16k
+from repro.errors import ReproError
 
 INSTALL_HINT = (
     "install it with `sudo apt-get install espeak-ng` (Debian/Ubuntu), `brew install espeak-ng` (macOS) "
@@ -31,7 +32,7 @@ _STRESS = re.compile(r"[',%=]")
 _PHONEME = re.compile(r"^[A-Za-z0-9@#:&*^~]+$")
 
 
-class ToolMissingError(RuntimeError):
+class ToolMissingError(ReproError, RuntimeError):
     """A required command-line program is not installed."""
 
 

@@ -24,11 +24,13 @@ from typing import Callable
 
 from tqdm import tqdm
 
+from repro.errors import ReproError
+
 USER_AGENT = "repro-data/1 (+https://arxiv.org/abs/2401.17632 reproduction)"
 _CHUNK = 1 << 20
 
 
-class DownloadError(RuntimeError):
+class DownloadError(ReproError, RuntimeError):
     """Every URL of a file failed; the message lists each URL and why."""
 
 

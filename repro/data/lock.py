@@ -21,12 +21,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from repro.errors import ReproError
 from repro.util.atomic import atomic_write_json
 
 LOCK_FORMAT = 1
 
 
-class LockMismatchError(ValueError):
+class LockMismatchError(ReproError, ValueError):
     """Data that differs from what the lock file recorded."""
 
 

@@ -14,12 +14,13 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable
 
+from repro.errors import ReproError
 from repro.util.atomic import atomic_write_text
 
 TASKS = ("PR", "KS", "IC", "SID", "ASV", "ER")
 
 
-class ManifestError(ValueError):
+class ManifestError(ReproError, ValueError):
     """A manifest or corpus folder that cannot be used."""
 
 

@@ -16,7 +16,6 @@ to the one a single process writes (`repro.features.shards`).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from pathlib import Path
@@ -32,10 +31,10 @@ from repro.data.manifest import Utterance
 from repro.features.batching import padding_fraction, plan_batches
 from repro.features.store import FeatureStore, StoreError, StoreWriter
 from repro.models.upstream import Upstream, UpstreamOutput, length_mask, pad_waveforms
+from repro.runtime import autocast_context, resolve_device
 from repro.util.hashing import config_hash
 
 EXTRACTOR_VERSION = 1
-AUTOCAST_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 
@@ -56,29 +55,6 @@ class _AudioDataset(Dataset):
                 for u in utts]
         padded, lengths = pad_waveforms(wavs)
         return b, [u.id for u in utts], padded, lengths
-
-
-def resolve_device(device: str) -> torch.device:
-    """`auto` -> cuda when available, else cpu. Under torchrun a GPU is the rank's own (`LOCAL_RANK`)."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' requested but no GPU is visible (check `nvidia-smi` and --gpus all)")
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device(device)
-
-
-def autocast_context(device: torch.device, mode: str):
-    """`torch.autocast` for `mode` (none | bf16 | fp16) on `device`; fp16 needs a GPU."""
-    if mode not in AUTOCAST_DTYPES:
-        raise ValueError(f"extraction.autocast is {mode!r}; allowed: {', '.join(AUTOCAST_DTYPES)}")
-    if mode == "none":
-        return contextlib.nullcontext()
-    if mode == "fp16" and device.type != "cuda":
-        raise ValueError("extraction.autocast 'fp16' runs on a GPU only; on the CPU use 'bf16' or 'none'")
-    return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[mode])
 
 
 def store_key(model_info: dict, utterances: list[Utterance], dtype: str, max_batch_seconds: float,
@@ -161,7 +137,7 @@ def extract(
         on_batch: called with the number of batches committed so far, after each commit.
         stats: if given, filled with `audio_seconds` and `wall_seconds` of this call's extraction
             and the batch plan's `padding_fraction`.
-        env: a `repro.speaker.distributed.DistEnv`; with more than one rank the batches are
+        env: a `repro.runtime.DistEnv`; with more than one rank the batches are
             sharded (see the module doc); every rank returns the merged store.
         timeout_s: how long ranks wait for each other (sharded extraction only).
     """

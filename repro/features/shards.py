@@ -8,7 +8,7 @@ rank 1, ...) through the same store writer, so the merged store has the bytes a 
 process writes: same layer files, index and meta. Then the shards are deleted.
 
 A rank that fails leaves `rank-RRR-of-WWW.failed` with its error, and every rank stops with
-a `RankFailure` naming it (`repro.parallel`).
+a `RankFailure` naming it (`repro.runtime`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from repro.data.manifest import Utterance
 from repro.features.store import FeatureStore, StoreError, StoreWriter
-from repro.parallel import Markers, run_sharded
+from repro.runtime import Markers, run_sharded
 from repro.util.hashing import config_hash
 
 

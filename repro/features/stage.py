@@ -33,7 +33,7 @@ def load_profile_upstream(ws: Workspace, name: str, env=None) -> Upstream:
 
     if env is None or not env.distributed:
         return load()
-    from repro.parallel import run_sharded
+    from repro.runtime import run_sharded
 
     loaded = []
     run_sharded(env, f"loading model {name}", lambda: loaded.append(load()) if env.is_main else None,

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from repro.errors import ReproError
 from repro.models.upstream import LayerInfo
 from repro.util.atomic import atomic_write_json, atomic_write_text, stable_json_dumps
 
@@ -32,7 +33,7 @@ FORMAT_VERSION = 1
 DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
-class StoreError(RuntimeError):
+class StoreError(ReproError, RuntimeError):
     """A feature store that is missing, incomplete or inconsistent."""
 
 

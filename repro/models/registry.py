@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from repro.config.typed import ConfigError, from_dict
+from repro.errors import ReproError
 from repro.models.upstream import Upstream
 from repro.util.atomic import atomic_directory
 
@@ -25,7 +26,7 @@ REGISTRY_FILE = Path(__file__).with_name("registry.yaml")
 FAMILIES = ("speech_ssl", "speaker_ssl", "speaker_sup")
 
 
-class UnknownModelError(KeyError):
+class UnknownModelError(ReproError, KeyError):
     """A model name that is neither registered nor a `file.py:factory` reference."""
 
     def __str__(self) -> str:

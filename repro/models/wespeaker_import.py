@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from repro.errors import ReproError
 from repro.models.wespeaker_ecapa import WespeakerEcapa, WespeakerEcapaArch
 from repro.util.atomic import atomic_path, atomic_write_json
 from repro.util.hashing import sha256_file
@@ -37,7 +38,7 @@ CHECKPOINT_NAME = "avg_model.pt"
 HEAD_PREFIX = "projection_head."
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ReproError, ValueError):
     """A checkpoint that does not match the architecture it should load into."""
 
 

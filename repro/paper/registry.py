@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from repro.errors import ReproError
 from repro.paper import render
 from repro.paper.results import ResultReader
 from repro.workspace import Workspace
 
 
-class UnknownOutputError(LookupError):
+class UnknownOutputError(ReproError, LookupError):
     """An output id that is not registered."""
 
     def __str__(self) -> str:

@@ -15,15 +15,16 @@ from typing import Any
 
 import numpy as np
 
+from repro.errors import ReproError
 from repro.probing.runner import profile_hash, result_dir
 from repro.workspace import Workspace
 
 
-class MissingResultsError(FileNotFoundError):
+class MissingResultsError(ReproError, FileNotFoundError):
     """Result files an output needs do not exist yet."""
 
 
-class ConfigMismatchError(ValueError):
+class ConfigMismatchError(ReproError, ValueError):
     """A result file was made under another configuration."""
 
 

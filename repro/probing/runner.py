@@ -22,7 +22,6 @@ import torch
 
 from repro.config.typed import ConfigError, to_dict
 from repro.data.manifest import ManifestError, Utterance, load_task, read_corpus_info, read_trials, trials_path
-from repro.features.extract import resolve_device
 from repro.features.store import FeatureStore, StoreError
 from repro.models.registry import resolve_spec, spec_identity
 from repro.probing.featurizer import make_featurizer
@@ -30,7 +29,7 @@ from repro.probing.inputs import idt_store_kind, task_input
 from repro.probing.sources import StoreFrames, StorePooled, UpstreamFrames, check_layers
 from repro.probing.tasks import Task, make_task
 from repro.probing.trainer import ProbeModel, Split, evaluate, score_trials, train_probe
-from repro.speaker.distributed import barrier
+from repro.runtime import barrier, resolve_device
 from repro.util.atomic import atomic_write_json
 from repro.util.hashing import config_hash
 from repro.workspace import Workspace

@@ -27,6 +27,7 @@ from repro.audio import read_audio
 from repro.data.manifest import Utterance
 from repro.features.store import FeatureStore, StoreError
 from repro.models.upstream import Upstream, pad_waveforms
+from repro.runtime import autocast_context
 
 
 def check_layers(num_layers: int, wanted: list[int] | None, where: str) -> list[int]:
@@ -110,8 +111,6 @@ class UpstreamFrames:
     def __init__(self, upstream: Upstream, corpus_root: str | Path, utts: Sequence[Utterance], layers: list[int],
                  pooled: bool = False, device: torch.device | str = "cpu", crop_samples: int | None = None,
                  seed: int = 0, autocast: str = "none", workers: int = 0):
-        from repro.features.extract import autocast_context
-
         self.upstream, self.root, self.utts, self.layers = upstream, Path(corpus_root), list(utts), layers
         info = upstream.layer_info()
         self.dims = [info[l].dim for l in layers]

@@ -209,7 +209,7 @@ def rank_micro_batches(grad_accum: int, world_size: int, rank: int) -> list[int]
 
 
 def _sum_over_ranks(value: float, env) -> float:
-    from repro.speaker.distributed import all_reduce_sum
+    from repro.runtime import all_reduce_sum
 
     t = torch.tensor([value], dtype=torch.float64)
     return float(all_reduce_sum(t, env)[0])

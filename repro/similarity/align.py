@@ -23,11 +23,13 @@ from typing import Sequence
 
 import numpy as np
 
+from repro.errors import ReproError
+
 LEVELS = ("frame", "utterance")
 ALIGNMENTS = ("average", "decimate")
 
 
-class AlignmentError(ValueError):
+class AlignmentError(ReproError, ValueError):
     """Frame rates that cannot be aligned at frame level."""
 
 

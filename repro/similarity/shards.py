@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from repro.parallel import Markers, run_sharded
+from repro.runtime import Markers, run_sharded
 from repro.similarity.bootstrap import BlockBootstrap
 
 

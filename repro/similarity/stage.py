@@ -26,7 +26,9 @@ import numpy as np
 from tqdm import tqdm
 
 from repro.config import to_dict
+from repro.errors import ReproError
 from repro.features.store import FeatureStore
+from repro.runtime import resolve_device
 from repro.similarity.align import aligned_length, align_frames, mean_pool, rate_factors
 from repro.similarity.bootstrap import BlockBootstrap
 from repro.similarity.cka import cka_from_terms
@@ -39,7 +41,7 @@ from repro.workspace import Workspace, _safe
 RESULT_FORMAT = 1
 
 
-class CKAError(ValueError):
+class CKAError(ReproError, ValueError):
     """Inputs of the CKA stage that cannot be used (missing or mismatched feature stores, settings)."""
 
 
@@ -204,7 +206,6 @@ def compute_pair(ws: Workspace, a: str, b: str, *, force: bool = False, progress
     """
     import json
 
-    from repro.features.extract import resolve_device
 
     cfg = ws.profile.cka
     check_settings(cfg)
@@ -237,7 +238,7 @@ def compute_pair(ws: Workspace, a: str, b: str, *, force: bool = False, progress
                    None if sym else np.concatenate([x.mean(0, dtype=np.float64) for x in ref_b]))
     order = sorted(ids, key=lambda u: (block_of[u], u))
     if env is not None and env.distributed:
-        from repro.parallel import exchange
+        from repro.runtime import exchange
         from repro.similarity.shards import stream_sharded
 
         timeout = ws.profile.distributed.timeout_seconds

@@ -26,12 +26,13 @@ import torch
 from scipy.signal import fftconvolve
 
 from repro.audio import read_audio
+from repro.errors import ReproError
 
 AUDIO_SUFFIXES = (".wav", ".flac")
 DEFAULT_SNR = {"noise": (0.0, 15.0), "music": (5.0, 15.0), "speech": (10.0, 30.0)}
 
 
-class AugmentationDataError(FileNotFoundError):
+class AugmentationDataError(ReproError, FileNotFoundError):
     """A noise or RIR folder that is missing or holds no usable audio."""
 
 

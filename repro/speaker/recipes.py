@@ -19,7 +19,7 @@ from repro.config.schema import DinoRecipeConfig, SupervisedRecipeConfig
 from repro.speaker import augment as A
 from repro.speaker import data as D
 from repro.speaker import dino as dn
-from repro.speaker.distributed import DistEnv, all_reduce_sum
+from repro.runtime import DistEnv, all_reduce_sum
 
 
 # ----------------------------------------------------------------------------- batches

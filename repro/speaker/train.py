@@ -22,9 +22,10 @@ import torch
 
 from repro.config.typed import to_dict
 from repro.data.manifest import manifest_path, trials_path
+from repro.errors import ReproError
 from repro.speaker import data as D
 from repro.speaker.augment import Augmenter, NoiseBank, RirBank
-from repro.speaker.distributed import DistEnv, barrier, setup, teardown
+from repro.runtime import DistEnv, barrier, setup, teardown
 from repro.speaker.evaluate import TrialSet, collapse_report, embed, trial_eer
 from repro.speaker.recipes import BatchMaker, DinoRecipe, Plan, SupervisedRecipe
 from repro.speaker.trainer import LoopSettings, run_loop
@@ -39,7 +40,7 @@ TRAINER_VERSION = 1
 CACHE_AUDIO_BYTES = 512 << 20
 
 
-class SpeakerTrainingFailed(RuntimeError):
+class SpeakerTrainingFailed(ReproError, RuntimeError):
     """A training run whose model must not be used (collapsed, or no better than untrained)."""
 
 
@@ -101,7 +102,7 @@ def train_speaker(ws: Workspace, recipe: str, *, force: bool = False, progress: 
         if progress:
             print(f"{rcfg.output_name}: trained model with these settings exists ({ws.models_dir / rcfg.output_name})")
         return info
-    env = setup(cfg.device)
+    env = setup(cfg.device, setting="speaker_training.device")
     try:
         return _train(ws, recipe, rcfg, env, progress, stop_after_step)
     finally:

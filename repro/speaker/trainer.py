@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from repro.speaker.distributed import DistEnv, all_reduce_sum, barrier
+from repro.runtime import DistEnv, all_reduce_sum, barrier
 from repro.speaker.evaluate import TrialSet, trial_eer
 from repro.speaker.recipes import BatchMaker, micro_batch_loader
 from repro.speaker.trainlog import TrainLog

@@ -20,10 +20,11 @@ import soundfile as sf
 from tqdm import tqdm
 
 from repro.audio import SAMPLE_RATE
+from repro.errors import ReproError
 from repro.util.atomic import atomic_write_text
 
 
-class PrepareError(ValueError):
+class PrepareError(ReproError, ValueError):
     """A corpus that cannot be prepared as it is; the message names the file and the fix."""
 
 

@@ -1,8 +1,10 @@
-"""Ranks that share one job (torchrun): completion markers, status exchange with a timeout, and
-an error naming the rank that failed.
+"""Where a run executes: the device, the torchrun ranks, process groups, barriers and timeouts.
 
-The ranks come from `repro.speaker.distributed` (RANK / WORLD_SIZE / LOCAL_RANK, as torchrun
-sets them). A sharded job runs in two steps, each ended by `run_sharded`:
+`torchrun --nproc_per_node N -m repro ...` sets RANK, WORLD_SIZE and LOCAL_RANK; without them
+the run is a single process. NCCL is used on GPUs, gloo on the CPU. Every stage reaches ranks
+and devices through this module only.
+
+A sharded job runs in two steps, each ended by `run_sharded`:
 
 1. every rank does its share and leaves a marker in a folder shared by all ranks
    (`rank-RRR-of-WWW.done`, or `.failed` with the error);
@@ -19,36 +21,136 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import os
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+import torch
 import torch.distributed as dist
 
-from repro.speaker.distributed import DistEnv, setup, teardown
+from repro.config.typed import ConfigError
+from repro.errors import ReproError
 
 DEFAULT_TIMEOUT_S = 1800.0
+AUTOCAST_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 _GROUPS: dict[float, object] = {}
 
 
-class RankFailure(RuntimeError):
+class RankFailure(ReproError, RuntimeError):
     """A rank of a distributed job failed or did not report in time."""
 
 
-def join(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> DistEnv:
-    """This process's `DistEnv`; with WORLD_SIZE > 1 the process group is joined (collectives time out)."""
-    return setup(device, timeout_s=timeout_s)
+@dataclass(frozen=True)
+class DistEnv:
+    """This process's place in the run."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    owns_group: bool = False  # this setup() joined the process group (and teardown() leaves it)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+SINGLE = DistEnv(0, 1, 0, torch.device("cpu"))
+
+
+def env_ranks() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from RANK / WORLD_SIZE / LOCAL_RANK (defaults 0, 1, 0)."""
+    try:
+        rank = int(os.environ.get("RANK", "0"))
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    except ValueError as err:
+        raise ConfigError(f"RANK / WORLD_SIZE / LOCAL_RANK must be integers ({err}); launch with torchrun") from err
+    if not 0 <= rank < world:
+        raise ConfigError(f"RANK={rank} is outside WORLD_SIZE={world}; launch with torchrun")
+    return rank, world, local
+
+
+def resolve_device(device: str, setting: str = "device") -> torch.device:
+    """`auto` -> cuda when available, else cpu. Under torchrun a GPU is the rank's own (`LOCAL_RANK`).
+
+    `setting` names the profile key that asked for `device`, for the error when no GPU is visible."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{setting} is 'cuda' but no GPU is visible (check `nvidia-smi` and `docker run "
+                              "--gpus all`); use 'auto' or 'cpu'")
+        return torch.device("cuda", env_ranks()[2])
+    return torch.device(device)
+
+
+def autocast_context(device: torch.device, mode: str):
+    """`torch.autocast` for `mode` (none | bf16 | fp16) on `device`; fp16 needs a GPU."""
+    if mode not in AUTOCAST_DTYPES:
+        raise ConfigError(f"extraction.autocast is {mode!r}; allowed: {', '.join(AUTOCAST_DTYPES)}")
+    if mode == "none":
+        return contextlib.nullcontext()
+    if mode == "fp16" and device.type != "cuda":
+        raise ConfigError("extraction.autocast is 'fp16', which runs on a GPU only; on the CPU use 'bf16' or 'none'")
+    return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[mode])
+
+
+def setup(device: str = "auto", timeout_s: float | None = None, setting: str = "device") -> DistEnv:
+    """Read the ranks, pick the device and, with more than one process, join the process group
+    (collectives give up after `timeout_s`, default torch's). A group that is already joined is reused."""
+    rank, world, local = env_ranks()
+    dev = resolve_device(device, setting)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    owns = False
+    if world > 1 and not dist.is_initialized():
+        timeout = {} if timeout_s is None else {"timeout": datetime.timedelta(seconds=timeout_s)}
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", **timeout)
+        owns = True
+    return DistEnv(rank, world, local, dev, owns)
+
+
+def teardown(env: DistEnv) -> None:
+    """Leave the process group if `setup` joined it (an enclosing run keeps its group)."""
+    if env.distributed and env.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 @contextlib.contextmanager
 def session(profile) -> Iterator[DistEnv]:
     """The `DistEnv` of a profile's run: under torchrun the process group is joined (NCCL when
     `probing.device` resolves to a GPU, else gloo; `distributed.timeout_minutes`) and left at the end."""
-    env = join(profile.probing.device, profile.distributed.timeout_seconds)
+    env = setup(profile.probing.device, profile.distributed.timeout_seconds, "probing.device")
     try:
         yield env
     finally:
         teardown(env)
+
+
+def all_reduce_sum(t: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Sum of `t` over ranks (in place; returned for convenience). CPU tensors go through the
+    run's device when it is a GPU (NCCL reduces CUDA tensors only)."""
+    if env.distributed:
+        if t.device != env.device:
+            moved = t.to(env.device)
+            dist.all_reduce(moved)
+            t.copy_(moved.to(t.device))
+        else:
+            dist.all_reduce(t)
+    return t
+
+
+def barrier(env: DistEnv | None) -> None:
+    """Wait for every rank (a no-op in a single process)."""
+    if env is not None and env.distributed:
+        dist.barrier()
 
 
 def _control_group(timeout_s: float):
@@ -117,7 +219,7 @@ def exchange(env: DistEnv, what: str, error: BaseException | None, timeout_s: fl
 
     Raises `RankFailure` on every rank when some rank failed (naming it and its error) or when
     the ranks do not all answer within `timeout_s` (naming, from the markers, the ranks that
-    left none). A no-op in a single process.
+    left none). A no-op in a single process, where `error` is raised as it is.
     """
     if not env.distributed:
         if error is not None:
@@ -160,3 +262,11 @@ def run_sharded(env: DistEnv, what: str, work: Callable[[], None], timeout_s: fl
             raise RankFailure(f"{what}: ranks {invisible} reported success, but their markers are not visible here "
                               f"({markers.summary()}); the work folder (REPRO_WORK) must be on a file system "
                               "that every node shares")
+
+
+def on_rank_zero(env: DistEnv | None, what: str, fn: Callable[[], None], timeout_s: float) -> None:
+    """Run `fn` on rank 0 only; the other ranks wait for it (and fail with it)."""
+    if env is None or not env.distributed:
+        fn()
+        return
+    run_sharded(env, what, fn if env.is_main else (lambda: None), timeout_s)
