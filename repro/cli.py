@@ -7,40 +7,28 @@ from pathlib import Path
 
 import click
 
-from repro.config import ConfigError, iter_settings, load_profile, profile_names, to_dict
-
-# Errors the user can fix: shown as one line, without a traceback.
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from repro.audio import AudioError
-    from repro.data.commands import user_errors as data_errors
-    from repro.data.espeak import ToolMissingError
-    from repro.data.manifest import ManifestError
-    from repro.features.store import StoreError
-    from repro.models.registry import UnknownModelError
-    from repro.models.wespeaker_import import CheckpointError
-    from repro.runtime import RankFailure
-    from repro.paper.registry import UnknownOutputError
-    from repro.paper.results import ConfigMismatchError
-    from repro.similarity.align import AlignmentError
-    from repro.similarity.stage import CKAError
-    from repro.speaker.train import SpeakerTrainingFailed
-
-    return (ConfigError, AudioError, ManifestError, StoreError, UnknownModelError, ToolMissingError,
-            NotImplementedError, FileNotFoundError, ConfigMismatchError, UnknownOutputError, CheckpointError,
-            SpeakerTrainingFailed, CKAError, AlignmentError, RankFailure, *data_errors())
+from repro import console
+from repro.recipes import RECIPES
+from repro.config import iter_settings, load_profile, profile_names, to_dict
+from repro.errors import ReproError
 
 
 class _Group(click.Group):
+    """Prints every `ReproError` (an error the user can fix) as one line and exits with status 2;
+    any other exception is a bug and keeps its traceback."""
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except _user_errors() as err:
-            click.echo(f"error: {err}", err=True)
+        except ReproError as err:
+            click.echo(f"error: {' '.join(str(err).split()) if chr(10) not in str(err) else err}", err=True)
             sys.exit(2)
 
 
 PROFILE = click.option("--profile", "-p", default="smoke", show_default=True,
                        help=f"profile name ({', '.join(profile_names())}) or a .yaml file")
+FORCE = click.option("--force", is_flag=True, help="redo what is complete (outputs are replaced when the new ones are)")
+QUIET = click.option("--quiet", is_flag=True, help="no progress bars")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -50,16 +38,25 @@ def main() -> None:
 
 @main.command()
 @PROFILE
-@click.option("--stage", "stages", multiple=True,
-              type=click.Choice(["corpus", "speakers", "features", "cka", "probe", "paper"]),
-              help="run only these stages (repeatable)")
-@click.option("--quiet", is_flag=True, help="no progress bars")
-def run(profile: str, stages: tuple[str, ...], quiet: bool) -> None:
-    """Run the pipeline of a profile, skipping what is complete."""
+@click.option("--stage", "stages", multiple=True, metavar="STAGE",
+              help="run only this stage (repeatable): corpus, train, features, cka, probe or paper")
+@FORCE
+@QUIET
+def run(profile: str, stages: tuple[str, ...], force: bool, quiet: bool) -> None:
+    """Run the pipeline of a profile, keeping what is complete."""
     from repro.pipeline import run as run_pipeline
     from repro.workspace import Workspace
 
-    run_pipeline(Workspace.for_profile(profile), list(stages) or None, progress=not quiet)
+    ws = Workspace.for_profile(profile)
+    done = run_pipeline(ws, list(stages) or None, progress=not quiet, force=force,
+                        on_stage=lambda r, env: _echo(console.stage_lines(ws, r)) if env.is_main else None)
+    if len(done) > 1:
+        _echo(console.summary(ws, done))
+
+
+def _echo(lines) -> None:
+    for line in lines:
+        click.echo(line)
 
 
 @main.group()
@@ -182,8 +179,9 @@ def models_list() -> None:
 @click.option("--model", "-m", "model_names", multiple=True,
               help="registry name or path/to/file.py:factory (default: every model of the profile)")
 @click.option("--task", "-t", "tasks", multiple=True, help="task(s) to extract (default: the profile's)")
-@click.option("--quiet", is_flag=True)
-def extract(profile: str, model_names: tuple[str, ...], tasks: tuple[str, ...], quiet: bool) -> None:
+@FORCE
+@QUIET
+def extract(profile: str, model_names: tuple[str, ...], tasks: tuple[str, ...], force: bool, quiet: bool) -> None:
     """Extract every layer of models over the profile's corpus into the feature cache (torchrun: sharded)."""
     from repro.features.stage import extract_model
     from repro.runtime import session
@@ -192,52 +190,34 @@ def extract(profile: str, model_names: tuple[str, ...], tasks: tuple[str, ...], 
     ws = Workspace.for_profile(profile)
     with session(ws.profile) as env:
         for name in model_names or ws.profile.models.all():
-            stats: dict = {}
-            stores = extract_model(ws, name, list(tasks) or None, progress=not quiet and env.is_main, stats=stats,
-                                   env=env if env.distributed else None)
-            rate = stats["audio_seconds"] / stats["wall_seconds"] if stats["wall_seconds"] else float("nan")
+            done = extract_model(ws, name, list(tasks) or None, progress=not quiet and env.is_main,
+                                 env=env if env.distributed else None, force=force)
             if env.is_main:
-                ranks = f" on rank 0 of {env.world_size}" if env.distributed else ""
-                click.echo(f"{name}: {len(stores)} stores under {ws.features_dir / name}; "
-                           f"{stats['audio_seconds']:.0f} s of audio extracted now{ranks} "
-                           f"({rate:.1f} audio s / wall s); "
-                           f"padding {100 * stats.get('padding_fraction', 0.0):.1f}% of the batched samples")
+                _echo(console.describe("features", done, ws))
 
 
 @main.command()
 @PROFILE
-@click.option("--model", "-m", "model_names", multiple=True, help="model(s) (default: every model of the profile)")
+@click.option("--model", "-m", "model_names", multiple=True,
+              help="registry name or path/to/file.py:factory (default: every model of the profile)")
 @click.option("--task", "-t", "tasks", multiple=True, help="task(s): PR KS IC SID ASV ER (default: the profile's)")
-@click.option("--lr", "lrs", type=float, multiple=True, help="learning rate(s) (default: the task's lr_grid)")
-@click.option("--quiet", is_flag=True)
-def probe(profile: str, model_names: tuple[str, ...], tasks: tuple[str, ...], lrs: tuple[float, ...],
+@click.option("--lr", "lrs", type=float, multiple=True,
+              help="train only these learning rate(s), no selection (default: the task's lr_grid, then select)")
+@FORCE
+@QUIET
+def probe(profile: str, model_names: tuple[str, ...], tasks: tuple[str, ...], lrs: tuple[float, ...], force: bool,
           quiet: bool) -> None:
     """Train probes (weighted sum of frozen layers + task head) and write their result files."""
+    from repro.probing.runner import run_all
     from repro.runtime import session
-    from repro.probing.runner import require_budgets, result_dir, run_asv_idt, run_probe, select_best
-    from repro.runtime import barrier
     from repro.workspace import Workspace
 
     ws = Workspace.for_profile(profile)
-    require_budgets(ws.profile, list(tasks or ws.profile.tasks))
     with session(ws.profile) as env:
-        dist_env = env if env.distributed else None
-        for name in model_names or ws.profile.models.all():
-            for task in tasks or ws.profile.tasks:
-                grid = lrs or ws.profile.probing.tasks[task].lr_grid
-                for lr in grid:
-                    r = run_probe(ws, name, task, lr, progress=not quiet and env.is_main, env=dist_env)
-                    if env.is_main:
-                        click.echo(f"{name} {task} lr={lr:g}: dev {r['metric']} {r['dev']:.4f}, test {r['test']:.4f}")
-                if not lrs and env.is_main:
-                    best = select_best(ws, name, task)
-                    click.echo(f"{name} {task}: selected lr={best['selected_lr']:g} -> "
-                               f"{result_dir(ws, name, task)}/best.json")
-            if "ASV" in (tasks or ws.profile.tasks) and env.is_main:
-                idt = run_asv_idt(ws, name)
-                if idt:
-                    click.echo(f"{name} ASV-IDT ({idt['embedding']}): test EER {idt['test']:.4f}")
-            barrier(env)
+        done = run_all(ws, list(model_names) or None, list(tasks) or None, list(lrs) or None,
+                       progress=not quiet and env.is_main, env=env if env.distributed else None, force=force)
+    if env.is_main:
+        _echo(line for o in done for line in console.describe("probe", o, ws))
 
 
 @main.group()
@@ -273,29 +253,12 @@ def paper_render(profile: str, ids: tuple[str, ...]) -> None:
 @PROFILE
 def paper_check(profile: str) -> None:
     """Evaluate the claim checks and reference comparisons: PASS / FAIL / NOT-RUN."""
-    from repro.paper.claims import compare_references, evaluate_claims, write_checks
+    from repro.paper.claims import check
     from repro.workspace import Workspace
 
-    ws = Workspace.for_profile(profile)
-    claims, refs = evaluate_claims(ws), compare_references(ws)
-    write_checks(ws, claims, refs)
-    click.echo(f"{'check':8s} {'status':8s} value")
-    for c in claims:
-        click.echo(f"{c.id:8s} {c.status:8s} {c.value}")
-    for r in refs:
-        ours = "-" if r["ours"] is None else f"{r['ours']:.2f}"
-        ref = "unknown" if r["value"] is None else f"{r['value']:.2f} +/- {r['tolerance']}"
-        click.echo(f"{'ref':8s} {r['status']:8s} {r['group']}: {r['model']} {r['task']}: ours {ours}, reference {ref}")
-    cfg = ws.profile.paper
-    failed = (cfg.enforce_claims and any(c.status == "FAIL" for c in claims)) or (
-        cfg.enforce_references and any(r["status"] == "FAIL" for r in refs))
-    if not (cfg.enforce_claims and cfg.enforce_references):
-        click.echo(f"note: profile {ws.profile.name} does not enforce "
-                   + " and ".join(k for k, on in (("claims", cfg.enforce_claims),
-                                                  ("references", cfg.enforce_references)) if not on)
-                   + (f": {cfg.enforcement_note}" if cfg.enforcement_note else ""))
-    click.echo(f"details: {ws.figures / 'checks.md'}")
-    if failed:
+    result = check(Workspace.for_profile(profile))
+    _echo(console.check_table(result))
+    if result.failed:
         sys.exit(1)
 
 
@@ -323,46 +286,41 @@ def paper_verify(profile: str, record: bool, portable: bool) -> None:
     click.echo(f"all {len(checksums.compute(ws))} outputs match {checksums.record_path(ws)}")
 
 
-@main.command("train-speaker")
-@click.option("--recipe", "-r", type=click.Choice(["supervised", "dino"]), required=True,
-              help="supervised ECAPA-TDNN (AAM-softmax) or DINO speaker SSL")
+@main.command("train")
+@click.option("--recipe", "-r", type=click.Choice(list(RECIPES)), required=True, help="the training recipe")
 @PROFILE
-@click.option("--force", is_flag=True, help="train again even if a model with these settings exists")
+@FORCE
 @click.option("--estimate", is_flag=True, help="print the FLOPs and GPU-hours of the recipe instead of training")
 @click.option("--tflops", type=float, default=30.0, show_default=True,
               help="--estimate: assumed sustained throughput per GPU (10^12 FLOP/s)")
 @click.option("--utterances", type=int, default=None,
               help="--estimate: training utterances (default: the manifest's count)")
-@click.option("--quiet", is_flag=True)
-def train_speaker(recipe: str, profile: str, force: bool, estimate: bool, tflops: float, utterances: int | None,
-                  quiet: bool) -> None:
-    """Train a speaker model with the profile's recipe (multi-GPU: launch with torchrun)."""
-    from repro.speaker.train import train_speaker as train
+@QUIET
+def train(recipe: str, profile: str, force: bool, estimate: bool, tflops: float, utterances: int | None,
+          quiet: bool) -> None:
+    """Train a model with one of the profile's recipes (multi-GPU: launch with torchrun)."""
+    from repro import recipes
     from repro.workspace import Workspace
 
     ws = Workspace.for_profile(profile)
     if estimate:
-        from repro.speaker.train import cost_estimate
-
-        e = cost_estimate(ws, recipe, tflops, utterances)
+        e = recipes.estimate(ws, recipe, tflops, utterances)
         click.echo(f"{recipe}: {e['epochs']} epochs x {e['steps'] // e['epochs']} steps (batch {e['batch_size']}, "
                    f"{e['utterances']} utterances) = {e['steps']} steps; {e['flops_per_step']:.3g} FLOP/step "
                    f"(counted) -> {e['total_flops']:.3g} FLOP; at {tflops:g} TFLOP/s sustained per GPU: "
                    f"{e['gpu_hours']:.1f} GPU-hours")
         return
-    info = train(ws, recipe, force=force, progress=not quiet)
+    info = recipes.train(ws, recipe, force=force, progress=not quiet)
     if info is not None:  # rank 0
-        eer = info["eer"]
-        click.echo(f"{info['name']}: EER {100 * eer['trained']:.2f}% (untrained {100 * eer['untrained']:.2f}%) "
-                   f"on {info['eval']['trials']} trials -> {ws.models_dir / info['name']}")
+        _echo(console.describe("train", info, ws))
 
 
 @main.command()
 @PROFILE
 @click.option("--models", "-m", "models", nargs=2, default=None, metavar="A B",
               help="two models (A may equal B); default: every model with itself and every pair of the profile")
-@click.option("--force", is_flag=True, help="recompute even if the result is up to date")
-@click.option("--quiet", is_flag=True)
+@FORCE
+@QUIET
 def cka(profile: str, models: tuple[str, str] | None, force: bool, quiet: bool) -> None:
     """Linear CKA between every pair of layers of two models (writes results/<profile>/cka/; torchrun: sharded)."""
     from repro.runtime import session
@@ -371,8 +329,10 @@ def cka(profile: str, models: tuple[str, str] | None, force: bool, quiet: bool) 
 
     ws = Workspace.for_profile(profile)
     with session(ws.profile) as env:
-        run_cka(ws, [tuple(models)] if models else None, force=force, progress=not quiet and env.is_main,
-                echo=click.echo, env=env if env.distributed else None)
+        done = run_cka(ws, [tuple(models)] if models else None, force=force, progress=not quiet and env.is_main,
+                       env=env if env.distributed else None)
+    if env.is_main:
+        _echo(line for meta in done for line in console.describe("cka", meta, ws))
 
 
 @main.group()

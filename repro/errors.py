@@ -10,3 +10,7 @@ from __future__ import annotations
 
 class ReproError(Exception):
     """An error the user can fix: bad input, a missing prerequisite, a refused result."""
+
+
+class ConfigError(ReproError, ValueError):
+    """A setting or configuration file that cannot be used: the message names the file or key and what is allowed."""

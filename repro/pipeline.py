@@ -1,94 +1,107 @@
-"""A profile's pipeline as named stages; each stage skips what is already complete.
+"""A profile's pipeline as named stages; each stage keeps what is complete and returns what it did.
 
-Launched with torchrun (`torchrun --nproc_per_node N -m repro run ...`) every rank runs the
-pipeline: the corpus and paper stages run on rank 0 while the others wait, extraction and
-CKA statistics are sharded across the ranks, probes train with DistributedDataParallel and
-speaker models with the recipes' own DDP.
+    corpus    the synthetic corpus, or the task manifests prepared from the real corpora
+    train     the models the profile trains itself (`repro.recipes`)
+    features  every layer of every model over the task splits the probes read from stores
+    cka       linear CKA between the layers of every model pair
+    probe     every probe (models x tasks x learning rates), the selection on dev, ASV-IDT
+    paper     figures, tables, claim checks, report and checksums
+
+A stage function takes (workspace, progress, env, force) and returns a list of outcomes (the
+outcome types of the stage's own package); `force` makes it redo what is complete. Printing is
+the command line's. Launched with torchrun (`torchrun --nproc_per_node N -m repro run ...`) every
+rank runs the pipeline: the corpus and paper stages run on rank 0 while the others wait,
+extraction and CKA statistics are sharded across the ranks, probes train with
+DistributedDataParallel and models with their recipes' own DDP.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
 
+from repro import recipes
+from repro.errors import ConfigError
+from repro.features.stage import extract_model
+from repro.paper.stage import run_paper
+from repro.probing.runner import run_all
+from repro.runtime import DistEnv, on_rank_zero, session
+from repro.similarity.stage import run_cka
 from repro.workspace import Workspace
 
 
-def _on_rank_zero(ws: Workspace, env, what: str, fn: Callable[[], None]) -> None:
-    """Run `fn` on rank 0 only; the other ranks wait for it (and fail with it)."""
-    if env is None or not env.distributed:
-        fn()
-        return
-    from repro.runtime import run_sharded
+@dataclass(frozen=True)
+class CorpusOutcome:
+    """The corpus folder of a profile."""
 
-    run_sharded(env, what, fn if env.is_main else (lambda: None), ws.profile.distributed.timeout_seconds)
+    path: Path
+    kind: str
 
 
-def stage_corpus(ws: Workspace, progress: bool = True, env=None) -> None:
+def stage_corpus(ws: Workspace, progress: bool = True, env: DistEnv | None = None,
+                 force: bool = False) -> list[CorpusOutcome]:
     """Create the profile's corpus (the synthetic one, or the prepared real corpora)."""
-    _on_rank_zero(ws, env, "the corpus stage", lambda: _make_corpus(ws, progress))
+    def make() -> None:
+        corpus = ws.profile.corpus
+        if corpus.kind == "synthetic":
+            from repro.data.synth import make_corpus
+
+            make_corpus(ws.corpus_dir, corpus.synthetic, ws.profile.seed, progress=progress, force=force)
+        else:
+            from repro.data.prepare import prepare_corpus
+
+            prepare_corpus(ws.corpus_dir, ws.profile, progress=progress, force=force)
+
+    on_rank_zero(env, "the corpus stage", make, ws.profile.distributed.timeout_seconds)
+    return [CorpusOutcome(ws.corpus_dir, ws.profile.corpus.kind)]
 
 
-def _make_corpus(ws: Workspace, progress: bool) -> None:
-    corpus = ws.profile.corpus
-    if corpus.kind == "synthetic":
-        from repro.data.synth import make_corpus
-
-        make_corpus(ws.corpus_dir, corpus.synthetic, ws.profile.seed, progress=progress)
-        return
-    from repro.data.prepare import prepare_corpus
-
-    prepare_corpus(ws.corpus_dir, ws.profile, progress=progress)
-
-
-def stage_speakers(ws: Workspace, progress: bool = True, env=None) -> None:
-    """Train the speaker models the profile asks for (`speaker_training.pipeline_recipes`), once."""
-    from repro.speaker.train import train_speaker
-
-    for recipe in ws.profile.speaker_training.pipeline_recipes:
-        train_speaker(ws, recipe, progress=progress)
+def stage_train(ws: Workspace, progress: bool = True, env: DistEnv | None = None,
+                force: bool = False) -> list[dict]:
+    """Train the models the profile asks for (`speaker_training.pipeline_recipes`); their model.json."""
+    out = []
+    for name in ws.profile.speaker_training.pipeline_recipes:
+        info = recipes.train(ws, name, force=force, progress=progress)
+        if info is not None:
+            out.append(info)
+    return out
 
 
-def stage_features(ws: Workspace, progress: bool = True, env=None) -> None:
-    """Extract every model of the profile over every task split (the stores each task's probing input needs)."""
-    from repro.features.stage import extract_model
-
-    for name in ws.profile.models.all():
-        extract_model(ws, name, progress=progress and _main(env), env=env)
+def stage_features(ws: Workspace, progress: bool = True, env: DistEnv | None = None, force: bool = False) -> list:
+    """Extract every model of the profile over every task split whose probing input is a store."""
+    return [extract_model(ws, name, progress=progress and _main(env), env=env, force=force)
+            for name in ws.profile.models.all()]
 
 
-def stage_cka(ws: Workspace, progress: bool = True, env=None) -> None:
+def stage_cka(ws: Workspace, progress: bool = True, env: DistEnv | None = None, force: bool = False) -> list[dict]:
     """Linear CKA between the layers of every model pair of the profile (within and across models)."""
-    from repro.features.stage import extract_model
-    from repro.similarity.stage import run_cka
-
     # the frame stores of the CKA utterances (the features stage makes them only for tasks probed from the cache)
     for name in ws.profile.models.all():
         extract_model(ws, name, [ws.profile.cka.task], progress=progress and _main(env), kinds=["frames"], env=env)
-    run_cka(ws, progress=progress and _main(env), echo=print if progress else None, env=env)
+    return run_cka(ws, force=force, progress=progress and _main(env), env=env)
 
 
-def stage_probe(ws: Workspace, progress: bool = True, env=None) -> None:
+def stage_probe(ws: Workspace, progress: bool = True, env: DistEnv | None = None, force: bool = False) -> list:
     """Train every probe of the profile (models x tasks x learning rates), select on dev, ASV-IDT."""
-    from repro.probing.runner import run_all
-
-    run_all(ws, progress=progress, env=env)
+    return run_all(ws, progress=progress, env=env, force=force)
 
 
-def stage_paper(ws: Workspace, progress: bool = True, env=None) -> None:
-    """Every figure and table, the claim checks, the report and the checksums."""
-    from repro.paper.stage import run_paper
+def stage_paper(ws: Workspace, progress: bool = True, env: DistEnv | None = None, force: bool = False) -> list:
+    """Every figure and table, the claim checks, the report and the checksums (always redrawn)."""
+    done: list[Any] = []
+    on_rank_zero(env, "the paper stage", lambda: done.append(run_paper(ws)), ws.profile.distributed.timeout_seconds)
+    return done
 
-    _on_rank_zero(ws, env, "the paper stage", lambda: run_paper(ws, progress=progress))
 
-
-def _main(env) -> bool:
+def _main(env: DistEnv | None) -> bool:
     return env is None or env.is_main
 
 
-STAGES: dict[str, Callable[..., None]] = {
+STAGES: dict[str, Callable[..., list]] = {
     "corpus": stage_corpus,
-    "speakers": stage_speakers,
+    "train": stage_train,
     "features": stage_features,
     "cka": stage_cka,
     "probe": stage_probe,
@@ -96,23 +109,32 @@ STAGES: dict[str, Callable[..., None]] = {
 }
 
 
-def run(ws: Workspace, stages: list[str] | None = None, progress: bool = True) -> dict[str, float]:
-    """Run `stages` (default: all, in order); returns wall seconds per stage.
+@dataclass
+class StageRun:
+    """What one stage of `run` did: its outcomes and its wall time."""
 
-    Under torchrun (WORLD_SIZE > 1) every rank joins the process group first (`repro.runtime`)."""
+    stage: str
+    seconds: float
+    outcomes: list = field(default_factory=list)
+
+
+def run(ws: Workspace, stages: list[str] | None = None, progress: bool = True, force: bool = False,
+        on_stage: Callable[[StageRun, DistEnv], None] | None = None) -> list[StageRun]:
+    """Run `stages` (default: all, in order); returns what each did.
+
+    `on_stage` is called after each stage (the command line prints it there). Under torchrun
+    (WORLD_SIZE > 1) every rank joins the process group first (`repro.runtime.session`)."""
     chosen = stages or list(STAGES)
     unknown = [s for s in chosen if s not in STAGES]
     if unknown:
-        raise ValueError(f"unknown stage(s) {', '.join(unknown)}; stages: {', '.join(STAGES)}")
-    from repro.runtime import session
-
-    times = {}
+        raise ConfigError(f"unknown stage(s) {', '.join(unknown)}; stages: {', '.join(STAGES)}")
+    done = []
     with session(ws.profile) as env:
         for name in STAGES:
             if name in chosen:
                 start = time.perf_counter()
-                STAGES[name](ws, progress=progress, env=env if env.distributed else None)
-                times[name] = time.perf_counter() - start
-                if progress and env.is_main:
-                    print(f"[{ws.profile.name}] stage {name}: {times[name]:.1f} s")
-    return times
+                outcomes = STAGES[name](ws, progress=progress, env=env if env.distributed else None, force=force)
+                done.append(StageRun(name, time.perf_counter() - start, outcomes))
+                if on_stage is not None:
+                    on_stage(done[-1], env)
+    return done

@@ -30,8 +30,7 @@ from typing import Callable, Iterator
 import torch
 import torch.distributed as dist
 
-from repro.config.typed import ConfigError
-from repro.errors import ReproError
+from repro.errors import ConfigError, ReproError
 
 DEFAULT_TIMEOUT_S = 1800.0
 AUTOCAST_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}

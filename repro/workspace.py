@@ -3,8 +3,14 @@
     work/<profile>/corpus/            the corpus (synthetic, or prepared real manifests)
     work/<profile>/models/<name>/     generated or trained models
     work/<profile>/features/<model>/<task>/<split>/   feature stores (<split>.pooled/: utterance means)
-    results/<profile>/                result files (metrics, layer weights, CKA matrices)
+    work/<profile>/probes/<model>/<task>/             probe checkpoints
+    results/<profile>/probing/<model>/<task>/         probe results (lr-*.json, best.json); ASV-IDT.json
+    results/<profile>/cka/<A>__<B>.{npz,json}         CKA results
     paper_figures/<profile>/          figures, tables, report
+
+<model> is `model_folder(name)`: a registry name as it is, and any other name (a
+`path/to/file.py:factory` plug-in) made into one safe folder name, so that every output of a
+plug-in lands in the same places as a registered model's.
 
 The three roots default to `work`, `results` and `paper_figures` under the
 current folder; `$REPRO_WORK`, `$REPRO_RESULTS` and `$REPRO_FIGURES` move them
@@ -13,7 +19,9 @@ current folder; `$REPRO_WORK`, `$REPRO_RESULTS` and `$REPRO_FIGURES` move them
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,9 +69,42 @@ class Workspace:
 
     def store_dir(self, model: str, task: str, split: str, pooled: bool = False) -> Path:
         """Feature store of `model` over one task split (`<split>.pooled`: its per-layer utterance means)."""
-        return self.features_dir / _safe(model) / task / (f"{split}.pooled" if pooled else split)
+        return self.features_dir / model_folder(model) / task / (f"{split}.pooled" if pooled else split)
+
+    def probe_dir(self, model: str, task: str) -> Path:
+        """Result files of the probes of (`model`, `task`): `lr-*.json` and `best.json`."""
+        return self.results / "probing" / model_folder(model) / task
+
+    def asv_idt_file(self, model: str) -> Path:
+        """The ASV-IDT result of `model` (its own embedding, cosine scoring)."""
+        return self.results / "probing" / model_folder(model) / "ASV-IDT.json"
+
+    def probe_checkpoint_dir(self, model: str, task: str) -> Path:
+        """Checkpoints of the probes of (`model`, `task`) while they train."""
+        return self.work / "probes" / model_folder(model) / task
+
+    def cka_stem(self, a: str, b: str) -> Path:
+        """`results/<profile>/cka/<A>__<B>` (add `.npz` or `.json`)."""
+        return self.results / "cka" / f"{model_folder(a)}__{model_folder(b)}"
+
+    def cka_shard_dir(self, a: str, b: str) -> Path:
+        """Per-rank CKA statistics of a pair under torchrun."""
+        return self.work / "cka_shards" / f"{model_folder(a)}__{model_folder(b)}"
 
 
-def _safe(name: str) -> str:
-    """A folder name for a model name (user models are given as paths)."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def model_folder(name: str) -> str:
+    """The folder name of model `name` in every output.
+
+    A name made only of letters, digits, `.`, `_` and `-` (every registry name) is kept as it
+    is. Any other name (`path/to/my_model.py:factory`) becomes its safe characters followed by
+    eight hex digits of the name's sha256, so two different names never share a folder:
+    `my_model.py:factory` -> `my_model.py_factory-1f0c3a9b`.
+    """
+    if _SAFE.fullmatch(name):
+        return name
+    tail = name.rsplit("/", 1)[-1]
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in tail).strip("._") or "model"
+    return f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"

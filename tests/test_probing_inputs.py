@@ -11,7 +11,7 @@ import torch
 from repro.config import ConfigError, load_profile
 from repro.data.manifest import load_task
 from repro.features.stage import extract_model
-from repro.probing.inputs import MEAN_POOLED_TASKS, stores_needed, task_input
+from repro.tasks import MEAN_POOLED_TASKS, stores_needed, task_input
 from repro.probing.runner import run_asv_idt, run_probe
 from repro.probing.sources import UpstreamFrames
 from repro.probing.tasks import make_task

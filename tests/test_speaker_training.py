@@ -122,7 +122,7 @@ def test_collapse_detector_fires_on_collapsed_outputs_only(tiny_corpus):
     from repro.data.manifest import load_task
     from repro.models.ecapa import KaldiFbank
     from repro.models.wespeaker_ecapa import WespeakerEcapa, WespeakerEcapaArch
-    from repro.speaker.dino import DinoHead
+    from repro.models.dino_head import DinoHead
     from repro.speaker.evaluate import collapse_report, embed
     from repro.audio import read_audio
 

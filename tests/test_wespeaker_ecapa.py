@@ -14,7 +14,7 @@ from repro.models.registry import load_upstream
 from repro.models.upstream import pad_waveforms
 from repro.models.wespeaker_ecapa import WespeakerEcapa, WespeakerEcapaArch, wrap_wespeaker_ecapa
 from repro.models.wespeaker_import import CheckpointError, read_state_dict
-from repro.speaker.dino import DinoHead
+from repro.models.dino_head import DinoHead
 
 TINY = WespeakerEcapaArch(channels=16, mfa_channels=48, embed_dim=12, scale=4, se_bottleneck=8,
                           attention_bottleneck=8)

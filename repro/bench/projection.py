@@ -143,7 +143,7 @@ def _read(bench_dir: Path, name: str) -> dict | None:
 
 def _hours(profile, rates: dict, flops: dict, autocast: bool) -> dict:
     """Hours per stage and model (see the module doc)."""
-    from repro.probing.inputs import task_input
+    from repro.tasks import task_input
 
     tput = 1e12 * (rates["autocast_tflops"] if autocast else rates["fp32_tflops"])
     out: dict[str, dict] = {"features": {}, "probe": {}, "decode": {}, "cka": {}, "probe_tasks": {}}

@@ -12,6 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from repro.tasks import TASK_NAMES, TASKS
+
 
 def setting(default: Any, reason: str, *, open: bool = False) -> Any:
     """A dataclass field with a documented reason.
@@ -149,8 +151,9 @@ class ProbingConfig:
         True, "mean-pooled tasks without layer norm or cropping are exactly linear in the pooled layers: "
         "train on per-layer utterance means (identical maths, far less I/O)"
     )
-    er_folds: list[int] = setting([1, 2, 3, 4, 5], "SUPERB's ER: 5-fold cross-validation over IEMOCAP sessions")
-    er_dev_fraction: float = setting(0.2, "SUPERB's ER: a seeded random 20% of the training folds is the dev set")
+    er_folds: list[int] = setting(
+        [1, 2, 3, 4, 5], "SUPERB's ER: 5-fold cross-validation over IEMOCAP sessions; each fold's train and dev splits "
+        "are the ones its manifest records (s3prl's rule, `data.er_valid_ratio`)")
     asv_idt_without_embedding: Literal["mean_last_layer", "skip"] = setting(
         "mean_last_layer", "ASV-IDT for models without an embedding output: cosine of the mean-pooled last layer",
         open=True,
@@ -196,10 +199,7 @@ class DataConfig:
         "($REPRO_DATA_LOCK overrides)"
     )
     corpora: dict[str, str] = setting(
-        {"PR": "librispeech", "KS": "speech-commands", "IC": "fluent-speech-commands", "SID": "voxceleb1",
-         "ASV": "voxceleb1", "ER": "iemocap"},
-        "the SUPERB corpus of each task",
-    )
+        {t.name: t.corpus for t in TASKS.values()}, "the SUPERB corpus of each task (repro/tasks.py)")
     manual_paths: dict[str, str] = setting(
         {}, "folders of user-provided corpora (IEMOCAP, Fluent Speech Commands) when not under the data root"
     )
@@ -358,7 +358,7 @@ class CKABootstrapConfig:
 class CKAConfig:
     """Layer similarity: linear CKA between every pair of layers (see `repro.similarity`)."""
 
-    task: Literal["CKA", "PR", "KS", "IC", "SID", "ASV", "ER"] = setting(
+    task: Literal[("CKA", *TASK_NAMES)] = setting(
         "PR", "the paper's CKA data is unknown; read speech with a phonetic transcript: the real profiles use "
         "the `CKA` manifest (a seeded subset of LibriSpeech test-clean, `data.cka_utterances`), the smoke "
         "profile the synthetic PR test split", open=True
@@ -413,8 +413,8 @@ class ProfileConfig:
     seed: int
     corpus: CorpusConfig
     models: ModelsConfig = field(default_factory=ModelsConfig)
-    tasks: list[Literal["PR", "KS", "IC", "SID", "ASV", "ER"]] = setting(
-        ["PR", "KS", "IC", "SID", "ASV", "ER"],
+    tasks: list[Literal[TASK_NAMES]] = setting(
+        list(TASK_NAMES),
         "the SUPERB tasks the paper probes: content, semantics, speaker, paralinguistics",
         open=True,
     )

@@ -14,11 +14,9 @@ import types
 import typing
 from typing import Any, Literal, Union
 
-from repro.errors import ReproError
+from repro.errors import ConfigError
 
-
-class ConfigError(ReproError, ValueError):
-    """A configuration file that does not match the schema."""
+__all__ = ["ConfigError", "from_dict", "to_dict"]
 
 
 def from_dict(cls: type, data: Any, source: str, prefix: str = "") -> Any:

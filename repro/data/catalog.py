@@ -136,7 +136,7 @@ class Corpus:
         for a in self.archives:
             if a.name == name:
                 return a
-        raise KeyError(f"corpus {self.name!r} has no archive {name!r}; archives: {', '.join(a.name for a in self.archives)}")
+        raise UnknownCorpusError(f"corpus {self.name!r} has no archive {name!r}; archives: {', '.join(a.name for a in self.archives)}")
 
 
 @dataclass(frozen=True)

@@ -14,22 +14,6 @@ from repro.data.lock import DataLock, lock_path
 from repro.data.manual import manual_path, verify_manual
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Errors of the data commands that the user can fix (printed as one line by the CLI)."""
-    from repro.data.archives import UnsafeArchiveError
-    from repro.data.catalog import UnknownCorpusError
-    from repro.data.checksums import ChecksumError
-    from repro.data.committed import CommittedListError
-    from repro.data.diskspace import NotEnoughSpaceError
-    from repro.data.download import ExpectationError
-    from repro.data.http import DownloadError
-    from repro.data.lock import LockMismatchError
-    from repro.data.prepare.common import PrepareError
-
-    return (UnsafeArchiveError, UnknownCorpusError, ChecksumError, NotEnoughSpaceError, ExpectationError,
-            DownloadError, LockMismatchError, PrepareError, CommittedListError)
-
-
 def run_fetch(names: tuple[str, ...], profile: str, dry_run: bool, keep_archives: bool, quiet: bool) -> None:
     from repro.data.prepare import _needs
 

@@ -17,9 +17,6 @@ from typing import Any, Iterable
 from repro.errors import ReproError
 from repro.util.atomic import atomic_write_text
 
-TASKS = ("PR", "KS", "IC", "SID", "ASV", "ER")
-
-
 class ManifestError(ReproError, ValueError):
     """A manifest or corpus folder that cannot be used."""
 
@@ -40,6 +37,9 @@ class Utterance:
         sha256: hex digest of the audio file.
         text: what was said, when known.
         fold: cross-validation fold (ER), when the corpus defines folds.
+        fold_splits: with folds, this utterance's split (`train`, `dev`, `test`) when each fold
+            (a string key: "1", "2", ...) is the held-out one; the corpus defines the rule
+            (IEMOCAP: s3prl's, the synthetic corpus: the next fold is dev), probing only reads it.
     """
 
     id: str
@@ -52,9 +52,10 @@ class Utterance:
     sha256: str
     text: str | None = None
     fold: int | None = None
+    fold_splits: dict[str, str] | None = None
 
 
-_REQUIRED = [f.name for f in fields(Utterance) if f.name not in ("text", "fold")]
+_REQUIRED = [f.name for f in fields(Utterance) if f.name not in ("text", "fold", "fold_splits")]
 
 
 @dataclass(frozen=True)

@@ -37,10 +37,12 @@ from repro.config.typed import to_dict
 from repro.data import synth_text as T
 from repro.data.espeak import Voice, require_tool, synthesize
 from repro.data.manifest import Trial, Utterance, manifest_path, trials_path, write_manifest, write_trials
+from repro.errors import ConfigError
+from repro.tasks import TASK_NAMES
 from repro.util.atomic import atomic_directory, atomic_write_json, atomic_write_text
 from repro.util.hashing import config_hash, sha256_file
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 LANGUAGES = ["en", "en-us", "en-029", "en-gb-scotland", "en-gb-x-rp", "en-us-nyc"]
 VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5"]
 KS_CLIP_SAMPLES = SAMPLE_RATE  # 1 s, as in Speech Commands
@@ -72,6 +74,14 @@ class Job:
     voice: Voice | None
     clip_samples: int | None = None  # pad or crop to this length (KS)
     fold: int | None = None
+    fold_splits: dict[str, str] | None = None
+
+
+def fold_splits(fold: int, folds: int) -> dict[str, str]:
+    """The split of an utterance of `fold` when each of `folds` folds is held out: that fold is
+    test, the next one (cyclically) dev, the others train; speaker-disjoint, like IEMOCAP sessions."""
+    return {str(held): "test" if fold == held else "dev" if fold == held % folds + 1 else "train"
+            for held in range(1, folds + 1)}
 
 
 def corpus_config_hash(config: SynthConfig, seed: int) -> str:
@@ -84,9 +94,9 @@ def plan_speakers(config: SynthConfig, seed: int) -> list[Speaker]:
     grid = list(itertools.product(LANGUAGES, VARIANTS))
     closed = config.speakers - config.asv_speakers
     if config.speakers > len(grid):
-        raise ValueError(f"synthetic.speakers={config.speakers}: at most {len(grid)} distinct voices exist")
+        raise ConfigError(f"synthetic.speakers={config.speakers}: at most {len(grid)} distinct voices exist")
     if closed < config.dev_speakers + config.test_speakers + 1 or config.asv_dev_speakers >= config.asv_speakers:
-        raise ValueError(
+        raise ConfigError(
             "synthetic corpus sizes are inconsistent: need speakers - asv_speakers > dev_speakers + test_speakers "
             "and asv_dev_speakers < asv_speakers"
         )
@@ -123,7 +133,7 @@ def _jitter(voice: Voice, rng: np.random.Generator, style: dict[str, float] | No
 def plan_jobs(config: SynthConfig, seed: int, speakers: list[Speaker]) -> list[Job]:
     """Every clip of the corpus, in a fixed order."""
     if config.sid_per_speaker < 3:
-        raise ValueError("synthetic.sid_per_speaker must be at least 3 (train, dev and test utterances)")
+        raise ConfigError("synthetic.sid_per_speaker must be at least 3 (train, dev and test utterances)")
     jobs: list[Job] = []
     closed = [s for s in speakers if s.role == "closed"]
     intents = sorted(T.INTENTS)
@@ -151,12 +161,13 @@ def plan_jobs(config: SynthConfig, seed: int, speakers: list[Speaker]) -> list[J
             split = "test" if k == config.sid_per_speaker - 1 else "dev" if k == config.sid_per_speaker - 2 else "train"
             uid = f"SID-{s.id}-{k:03d}"
             jobs.append(Job("SID", uid, split, s.id, s.id, T.random_sentence(rng), _jitter(s.voice, _utt_rng(seed, uid))))
-        er_split = "test" if s.fold == 1 else "dev" if s.fold == 2 else "train"
+        er_splits = fold_splits(s.fold, config.er_folds)
         for style, params in T.ER_STYLES.items():
             for k in range(config.er_per_style):
                 uid = f"ER-{s.id}-{style}-{k:03d}"
                 voice = _jitter(s.voice, _utt_rng(seed, uid), params)
-                jobs.append(Job("ER", uid, er_split, s.id, style, T.random_sentence(rng), voice, fold=s.fold))
+                jobs.append(Job("ER", uid, er_splits["1"], s.id, style, T.random_sentence(rng), voice, fold=s.fold,
+                                fold_splits=er_splits))
     for s in speakers:
         if s.role == "closed":
             continue
@@ -223,17 +234,18 @@ def make_corpus(
     *,
     workers: int | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> Path:
     """Write the synthetic corpus to folder `out` (atomically) and return its path.
 
     An existing complete corpus made from the same (config, seed) is kept as it
-    is; any other content of `out` is replaced.
+    is, unless `force`; any other content of `out` is replaced.
     """
     out = Path(out)
     require_tool("espeak-ng")
     key = corpus_config_hash(config, seed)
     info_path = out / "corpus.json"
-    if info_path.is_file():
+    if info_path.is_file() and not force:
         import json
 
         if json.loads(info_path.read_text()).get("config_hash") == key:
@@ -248,7 +260,7 @@ def make_corpus(
             write_wav(tmp / "audio" / "KS" / "_background_noise_" / f"{name}.wav", wav)
         with ThreadPoolExecutor(max_workers=workers) as pool:
             results = pool.map(lambda j: render(j, seed, config, noises), jobs)
-            utterances: dict[str, list[Utterance]] = {t: [] for t in ("PR", "KS", "IC", "SID", "ASV", "ER")}
+            utterances: dict[str, list[Utterance]] = {t: [] for t in TASK_NAMES}
             phone_counts: Counter[str] = Counter()
             for job, (wav, phonemes) in tqdm(
                 zip(jobs, results), total=len(jobs), desc="synth corpus", unit="clip", disable=not progress
@@ -262,7 +274,7 @@ def make_corpus(
                     Utterance(
                         id=job.id, split=job.split, path=rel, num_samples=len(wav),
                         duration=round(len(wav) / SAMPLE_RATE, 6), speaker=job.speaker, label=label,
-                        sha256=sha256_file(tmp / rel), text=job.text, fold=job.fold,
+                        sha256=sha256_file(tmp / rel), text=job.text, fold=job.fold, fold_splits=job.fold_splits,
                     )
                 )
         # ASV trains on the closed-set speakers' SID training utterances (same files).

@@ -58,9 +58,10 @@ class _AudioDataset(Dataset):
 
 
 def store_key(model_info: dict, utterances: list[Utterance], dtype: str, max_batch_seconds: float,
-              autocast: str = "none", pooled: bool = False) -> str:
+              autocast: str = "none", pooled: bool = False, settings: str | None = None) -> str:
     """Hash of everything that determines a store's bytes: model, utterances (ids and audio hashes),
-    precision, autocast, batch plan and whether only utterance means are kept."""
+    precision, autocast, batch plan, whether only utterance means are kept, and the profile's
+    settings key of the store (`repro.provenance.store_key`), when a profile made it."""
     corpus = config_hash([(u.id, u.sha256, u.num_samples) for u in utterances], length=64)
     what = {"extractor": EXTRACTOR_VERSION, "model": model_info, "utterances": corpus,
             "dtype": dtype, "max_batch_seconds": max_batch_seconds}
@@ -68,6 +69,8 @@ def store_key(model_info: dict, utterances: list[Utterance], dtype: str, max_bat
         what["autocast"] = autocast
     if pooled:
         what["pooled"] = True
+    if settings is not None:
+        what["settings"] = settings
     return config_hash(what)
 
 
@@ -124,6 +127,8 @@ def extract(
     stats: dict | None = None,
     env=None,
     timeout_s: float = 1800.0,
+    settings: str | None = None,
+    force: bool = False,
 ) -> FeatureStore:
     """Write every layer of `upstream` over `utterances` to the store folder `store`.
 
@@ -140,15 +145,18 @@ def extract(
         env: a `repro.runtime.DistEnv`; with more than one rank the batches are
             sharded (see the module doc); every rank returns the merged store.
         timeout_s: how long ranks wait for each other (sharded extraction only).
+        settings: the profile's settings key of this store (`repro.provenance.store_key`): part of
+            the store's key and recorded in its meta (`info.settings`), where readers check it.
+        force: build the store again even if a complete one with the same key exists.
     """
     store = Path(store)
     dtype = "float32" if pooled else dtype
-    key = store_key(model_info, utterances, dtype, max_batch_seconds, autocast, pooled)
+    key = store_key(model_info, utterances, dtype, max_batch_seconds, autocast, pooled, settings)
     batches = plan_batches(utterances, max_batch_seconds)
     fraction = round(padding_fraction(utterances, batches), 6)
     if stats is not None:
         stats.update(audio_seconds=0.0, wall_seconds=0.0, padding_fraction=fraction)
-    if store.is_dir():
+    if store.is_dir() and not force:
         try:
             existing = FeatureStore(store)
             if existing.key == key:
@@ -161,6 +169,8 @@ def extract(
         info["autocast"] = autocast
     if pooled:
         info["pooled"] = True
+    if settings is not None:
+        info["settings"] = settings
     job = _Job(upstream, utterances, batches, Path(corpus_root), dtype, device, num_workers, resample, downmix,
                autocast, pooled, progress, on_batch, stats)
     if env is not None and env.distributed:

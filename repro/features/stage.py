@@ -1,19 +1,48 @@
-"""The extraction stage of a profile: every model over every split of every task.
+"""The features stage of a profile: every model over every split of every task, and the one way
+later stages open a store or a model of the profile.
 
-Which stores a task gets follows its probing input (`repro.probing.inputs`): frame stores for
-`cache`, pooled stores (per-layer utterance means) for `pooled`, none for `upstream` (ASV
-keeps pooled stores of its trial splits for ASV-IDT's embeddings). Under torchrun every store is sharded
-across the ranks (`repro.features.shards`).
+Which stores a task gets follows its probing input (`repro.tasks.stores_needed`): frame stores
+for `cache`, pooled stores (per-layer utterance means) for `pooled`, none for `upstream` (ASV
+keeps pooled stores of its trial splits for ASV-IDT's embeddings). Each store carries the
+profile's settings key of the store (`repro.provenance.store_key`); `open_store` refuses a
+store made under other settings, naming the command that remakes it. Under torchrun every store
+is sharded across the ranks (`repro.features.shards`).
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
+
 from repro.data.manifest import load_task
 from repro.features.extract import extract
-from repro.features.store import FeatureStore
-from repro.models.registry import load_upstream, spec_identity, weights_fingerprint
+from repro.features.store import FeatureStore, StoreError
+from repro.models.registry import load_upstream, resolve_spec, spec_identity, weights_fingerprint
 from repro.models.upstream import Upstream
+from repro.provenance import TRAINED_LOADERS, store_key, trained_model_key
+from repro.runtime import DistEnv, run_sharded
+from repro.tasks import stores_needed
 from repro.workspace import Workspace
+
+
+class StaleInputError(StoreError):
+    """A store or model made under other settings than the profile's."""
+
+
+@dataclass
+class Extraction:
+    """What `extract_model` did for one model: its stores by (task, split[.pooled]) and the work done now."""
+
+    model: str
+    stores: dict[tuple[str, str], FeatureStore] = field(default_factory=dict)
+    audio_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    padding_fraction: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        """Audio seconds extracted per wall second now (nan when nothing was extracted)."""
+        return self.audio_seconds / self.wall_seconds if self.wall_seconds else float("nan")
 
 
 def model_info(name: str, upstream: Upstream) -> dict:
@@ -22,53 +51,82 @@ def model_info(name: str, upstream: Upstream) -> dict:
             "layers": [l.name for l in upstream.layer_info()]}
 
 
-def load_profile_upstream(ws: Workspace, name: str, env=None) -> Upstream:
+def check_trained_model(ws: Workspace, name: str) -> None:
+    """Refuse a model trained by a recipe under other settings than the profile's (StaleInputError)."""
+    spec = resolve_spec(name)
+    if spec.loader not in TRAINED_LOADERS:
+        return
+    recipe = spec.options.get("recipe", "supervised")
+    path = ws.models_dir / spec.name / "model.json"
+    if not path.is_file():
+        return  # the loader says how to train it
+    made = json.loads(path.read_text()).get("settings")
+    if made != trained_model_key(ws.profile, recipe):
+        raise StaleInputError(
+            f"{path}: model '{name}' was trained under other settings than profile '{ws.profile.name}' gives; "
+            f"train it again with `repro train-speaker --recipe {recipe} --profile {ws.profile.name}`")
+
+
+def load_profile_upstream(ws: Workspace, name: str, env: DistEnv | None = None) -> Upstream:
     """Load a profile's model with the profile's layer selection.
 
     Under torchrun (`env` with several ranks) rank 0 loads first, so that a model made on
     first use (random tiny models) is written once, then the other ranks load it.
     """
+    check_trained_model(ws, name)
+
     def load() -> Upstream:
         return load_upstream(name, ws.models_dir, ecapa_layers=tuple(ws.profile.models.ecapa_layers))
 
     if env is None or not env.distributed:
         return load()
-    from repro.runtime import run_sharded
-
     loaded = []
     run_sharded(env, f"loading model {name}", lambda: loaded.append(load()) if env.is_main else None,
                 ws.profile.distributed.timeout_seconds)
     return loaded[0] if loaded else load()
 
 
+def open_store(ws: Workspace, model: str, task: str, split: str, kind: str = "frames") -> FeatureStore:
+    """The store of `model` over one split of `task` (`frames` or `pooled`), if the profile accepts it.
+
+    StoreError when it is missing or incomplete, StaleInputError when it was made under other
+    settings; both name the command that makes it."""
+    path = ws.store_dir(model, task, split, pooled=kind == "pooled")
+    remedy = f"`repro extract --profile {ws.profile.name} -m {model} -t {task}`"
+    try:
+        store = FeatureStore(path)
+    except StoreError as err:
+        raise StoreError(f"{err}; make it with {remedy}") from None
+    if store.meta["info"].get("settings") != store_key(ws.profile, model, task, kind):
+        raise StaleInputError(f"{path}: made under other settings than profile '{ws.profile.name}' gives; "
+                              f"make it again with {remedy}")
+    return store
+
+
 def extract_model(ws: Workspace, name: str, tasks: list[str] | None = None, progress: bool = True,
-                  stats: dict | None = None, kinds: list[str] | None = None,
-                  env=None) -> dict[tuple[str, str], FeatureStore]:
+                  kinds: list[str] | None = None, env: DistEnv | None = None, force: bool = False) -> Extraction:
     """Extract (or reuse) the stores of model `name` for every split of the profile's tasks.
 
     Args:
         kinds: store kinds to make for every task (`frames`, `pooled`); default: what each
-            task's probing input needs (`repro.probing.inputs.stores_needed`).
+            task's probing input needs (`repro.tasks.stores_needed`).
         env: a `DistEnv` (torchrun): stores are sharded across its ranks.
+        force: rebuild stores that are up to date.
 
-    Returns the stores by (task, split), with split `<split>.pooled` for pooled stores.
+    Returns an `Extraction` with the stores by (task, split), split `<split>.pooled` for pooled stores.
     """
-    from repro.probing.inputs import stores_needed
-
     cfg = ws.profile.extraction
+
     def wanted(task: str, split: str | None = None) -> list[str]:
         return kinds if kinds is not None else stores_needed(ws.profile, task, split)
 
     chosen = {t: wanted(t) for t in tasks or ws.profile.tasks}
-    stores = {}
-    totals = {"audio_seconds": 0.0, "wall_seconds": 0.0}
-    fractions = []
+    done = Extraction(name)
     if not any(chosen.values()):
-        if stats is not None:
-            stats.update(totals, padding_fraction=0.0)
-        return stores
+        return done
     upstream = load_profile_upstream(ws, name, env)
     info = model_info(name, upstream)
+    fractions = []
     for task, task_kinds in chosen.items():
         if not task_kinds:
             continue
@@ -78,17 +136,19 @@ def extract_model(ws: Workspace, name: str, tasks: list[str] | None = None, prog
             for kind in wanted(task, split):
                 one: dict = {}
                 pooled = kind == "pooled"
-                stores[(task, f"{split}.pooled" if pooled else split)] = extract(
-                    upstream, part, ws.corpus_dir, ws.store_dir(name, task, split, pooled=pooled), model_info=info,
+                path = ws.store_dir(name, task, split, pooled=pooled)
+                done.stores[(task, f"{split}.pooled" if pooled else split)] = extract(
+                    upstream, part, ws.corpus_dir, path, model_info=info,
                     dtype=cfg.dtype, max_batch_seconds=cfg.max_batch_seconds, device=cfg.device,
                     num_workers=cfg.num_workers, resample=cfg.resample, downmix=cfg.downmix, autocast=cfg.autocast,
                     pooled=pooled, progress=progress, stats=one, env=env,
                     timeout_s=ws.profile.distributed.timeout_seconds,
+                    settings=store_key(ws.profile, name, task, kind), force=force,
                 )
-                for k in totals:
-                    totals[k] += one[k]
+                done.audio_seconds += one["audio_seconds"]
+                done.wall_seconds += one["wall_seconds"]
                 fractions.append((one["padding_fraction"], sum(u.duration for u in part)))
-    if stats is not None:  # padded share of all planned batches: 1 - valid / padded seconds
-        valid, padded = sum(v for _, v in fractions), sum(v / (1.0 - f) for f, v in fractions if f < 1.0)
-        stats.update(totals, padding_fraction=1.0 - valid / padded if padded else 0.0)
-    return stores
+    # padded share of all planned batches: 1 - valid / padded seconds
+    valid, padded = sum(v for _, v in fractions), sum(v / (1.0 - f) for f, v in fractions if f < 1.0)
+    done.padding_fraction = 1.0 - valid / padded if padded else 0.0
+    return done

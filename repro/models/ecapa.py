@@ -20,7 +20,8 @@ import torch
 import torchaudio
 from torch import Tensor, nn
 
-from repro.models.upstream import LayerInfo, Upstream, UpstreamOutput
+from repro.errors import ConfigError
+from repro.models.upstream import LayerInfo, ModelUnavailableError, Upstream, UpstreamOutput
 
 ECAPA_LAYERS = ("tdnn", "res2net1", "res2net2", "res2net3", "mfa")
 FRAME_RATE = 100.0
@@ -161,7 +162,7 @@ def wrap_speechbrain_ecapa(model: nn.Module, frontend: str = "speechbrain",
     """An `EcapaUpstream` over a speechbrain `ECAPA_TDNN`, exposing `layers` (a subset of ECAPA_LAYERS)."""
     unknown = [n for n in layers if n not in ECAPA_LAYERS]
     if unknown:
-        raise ValueError(f"unknown ECAPA layer(s) {unknown}; known: {', '.join(ECAPA_LAYERS)}")
+        raise ConfigError(f"unknown ECAPA layer(s) {unknown}; known: {', '.join(ECAPA_LAYERS)}")
     modules = {"tdnn": model.blocks[0], "res2net1": model.blocks[1], "res2net2": model.blocks[2],
                "res2net3": model.blocks[3], "mfa": model.mfa}
     n_mels = model.blocks[0].conv.conv.in_channels
@@ -185,7 +186,8 @@ def load_ecapa_state(source: str, revision: str | None = None) -> dict[str, Tens
     if folder.is_dir():
         path = folder / CHECKPOINT_NAME
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no ECAPA checkpoint in this folder")
+            raise ModelUnavailableError(f"{path}: no ECAPA checkpoint in this folder; point the registry entry's "
+                                        "`source:` at a folder holding one")
     else:
         from huggingface_hub import hf_hub_download
 

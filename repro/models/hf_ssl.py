@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from repro.models.upstream import LayerInfo, Upstream, UpstreamOutput, length_mask
+from repro.errors import ConfigError
+from repro.models.upstream import LayerInfo, ModelUnavailableError, Upstream, UpstreamOutput, length_mask
 
 
 class MaskedGroupNormConv(nn.Module):
@@ -142,14 +143,20 @@ def load_hf_ssl(source: str, revision: str | None = None, normalize_waveform: bo
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-    config = AutoConfig.from_pretrained(source, revision=revision)
-    config.layerdrop = 0.0
-    model = AutoModel.from_pretrained(source, revision=revision, config=config)
+    try:
+        config = AutoConfig.from_pretrained(source, revision=revision)
+        config.layerdrop = 0.0
+        model = AutoModel.from_pretrained(source, revision=revision, config=config)
+    except OSError as err:  # not in the cache and not reachable, or not a model folder
+        where = f"{source}@{revision[:10]}" if revision else source
+        raise ModelUnavailableError(
+            f"{where}: cannot load the model ({' '.join(str(err).split())[:200]}); check the network or "
+            "HF_HOME (the cache), or point the registry entry's `source:` at a local folder") from err
     if normalize_waveform is None:
         try:
             fe = AutoFeatureExtractor.from_pretrained(source, revision=revision)
         except OSError as err:
-            raise OSError(
+            raise ModelUnavailableError(
                 f"{source}: no preprocessor_config.json; set `normalize_waveform` in the model's registry entry"
             ) from err
         normalize_waveform = bool(getattr(fe, "do_normalize", False))
@@ -175,7 +182,7 @@ def save_random_hf_ssl(folder, model_type: str, seed: int, **config_kwargs) -> N
 
     hf_logging.disable_progress_bar()
     if model_type not in _TINY_CLASSES:
-        raise ValueError(f"model_type {model_type!r}; known: {', '.join(_TINY_CLASSES)}")
+        raise ConfigError(f"model_type {model_type!r}; known: {', '.join(_TINY_CLASSES)}")
     cfg_cls, model_cls = (getattr(transformers, n) for n in _TINY_CLASSES[model_type])
     torch.manual_seed(seed)
     model = model_cls(cfg_cls(**config_kwargs)).eval()

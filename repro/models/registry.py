@@ -19,7 +19,7 @@ import yaml
 
 from repro.config.typed import ConfigError, from_dict
 from repro.errors import ReproError
-from repro.models.upstream import Upstream
+from repro.models.upstream import ModelUnavailableError, Upstream
 from repro.util.atomic import atomic_directory
 
 REGISTRY_FILE = Path(__file__).with_name("registry.yaml")
@@ -37,7 +37,7 @@ class UnknownModelError(ReproError, KeyError):
 class ModelSpec:
     """One registry entry (see registry.yaml for the meaning of each field)."""
 
-    family: Literal["speech_ssl", "speaker_ssl", "speaker_sup"]
+    family: Literal["speech_ssl", "speaker_ssl", "speaker_sup"] | None
     loader: Literal["hf", "hf_random", "speechbrain_ecapa", "ecapa_random", "wespeaker_ecapa", "trained_ecapa",
                     "python"]
     about: str
@@ -65,15 +65,16 @@ def load_registry() -> dict[str, ModelSpec]:
             spec = from_dict(ModelSpec, {**(entry or {}), "name": str(name)}, str(path), str(name))
             if spec.loader in ("hf", "speechbrain_ecapa", "wespeaker_ecapa", "python") and not spec.source:
                 raise ConfigError(f"{path}: model '{name}' needs a 'source'")
+            if spec.family is None:
+                raise ConfigError(f"{path}: model '{name}' needs a 'family' ({', '.join(FAMILIES)})")
             specs[str(name)] = spec
     return specs
 
 
 def resolve_spec(name: str) -> ModelSpec:
     """The spec of a registered name or of a `file.py:factory` reference."""
-    if _is_python_ref(name):
-        # A bare reference counts as speech SSL; give it a registry entry to set another family.
-        return ModelSpec(family="speech_ssl", loader="python", source=name, about=f"user model {name}", name=name)
+    if _is_python_ref(name):  # its family is the profile's to give (`family_of`)
+        return ModelSpec(family=None, loader="python", source=name, about=f"user model {name}", name=name)
     registry = load_registry()
     if name not in registry:
         raise UnknownModelError(
@@ -81,6 +82,24 @@ def resolve_spec(name: str) -> ModelSpec:
             "(or give your own as path/to/file.py:factory)"
         )
     return registry[name]
+
+
+def family_of(profile, name: str) -> str:
+    """The family of model `name` in `profile`: the list of `models` that names it.
+
+    A registered model must be listed under its registry entry's family (ConfigError otherwise);
+    a `file.py:factory` plug-in takes the family of the list that names it."""
+    lists = {f: getattr(profile.models, f) for f in FAMILIES}
+    listed = [f for f, names in lists.items() if name in names]
+    if len(listed) != 1:
+        where = ", ".join(f"models.{f}" for f in listed) or "no list"
+        raise ConfigError(f"profile {profile.name}: model '{name}' must be named in exactly one of "
+                          f"{', '.join(f'models.{f}' for f in FAMILIES)} (found in {where})")
+    registered = resolve_spec(name).family
+    if registered is not None and registered != listed[0]:
+        raise ConfigError(f"profile {profile.name}: model '{name}' is listed under models.{listed[0]}, but its "
+                          f"registry entry says family '{registered}'; move it to models.{registered} or fix the entry")
+    return listed[0]
 
 
 def spec_identity(name: str) -> dict:
@@ -192,5 +211,5 @@ def _load_python(ref: str) -> Upstream:
         raise UnknownModelError(f"{path}: no function '{factory}' (from '{ref}')")
     model = fn()
     if not isinstance(model, Upstream):
-        raise TypeError(f"{ref}: the factory must return a repro.models.upstream.Upstream, got {type(model).__name__}")
+        raise ModelUnavailableError(f"{ref}: the factory must return a repro.models.upstream.Upstream, got {type(model).__name__}")
     return model.freeze()

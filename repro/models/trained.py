@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from repro.models.upstream import Upstream
+from repro.models.upstream import ModelUnavailableError, Upstream
 from repro.util.hashing import sha256_file
 
 
@@ -20,21 +20,21 @@ def load_trained_ecapa(models_dir: str | os.PathLike, name: str, recipe: str,
                        layers: tuple[str, ...] | None = None) -> Upstream:
     """The trained model `name` (made by `recipe`) from `<models_dir>/<name>/`, frozen.
 
-    Raises FileNotFoundError naming the command that trains it when it is absent.
+    Raises ModelUnavailableError naming the command that trains it when it is absent.
     """
     folder = Path(models_dir) / name
     info_path = folder / "model.json"
     if not info_path.is_file():
         profile = Path(models_dir).parent.name
-        raise FileNotFoundError(
+        raise ModelUnavailableError(
             f"model '{name}' has not been trained ({info_path} is missing); train it with "
-            f"`repro train-speaker --recipe {recipe} --profile {profile}` "
-            f"(or `repro run --profile {profile} --stage speakers`)")
+            f"`repro train --recipe {recipe} --profile {profile}` "
+            f"(or `repro run --profile {profile} --stage train`)")
     info = json.loads(info_path.read_text())
     weights = folder / info["weights_file"]
     if not weights.is_file() or sha256_file(weights) != info["weights_sha256"]:
-        raise FileNotFoundError(f"{weights}: missing or damaged (digest differs from {info_path}); retrain with "
-                                f"`repro train-speaker --recipe {info['recipe']} --force`")
+        raise ModelUnavailableError(f"{weights}: missing or damaged (digest differs from {info_path}); retrain with "
+                                    f"`repro train --recipe {info['recipe']} --force`")
     if info["kind"] == "speechbrain_ecapa":
         from repro.models import ecapa
 
@@ -48,4 +48,5 @@ def load_trained_ecapa(models_dir: str | os.PathLike, name: str, recipe: str,
 
         model = load_wespeaker_ecapa(weights, WespeakerEcapaArch.from_dict(info["arch"]))
         return wrap_wespeaker_ecapa(model, layers)
-    raise ValueError(f"{info_path}: unknown model kind {info['kind']!r}")
+    raise ModelUnavailableError(f"{info_path}: unknown model kind {info['kind']!r}; retrain with "
+                                f"`repro train --recipe {info.get('recipe', '...')} --force`")

@@ -12,7 +12,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from repro.errors import ReproError
+
 SAMPLE_RATE = 16000
+
+
+class ModelUnavailableError(ReproError):
+    """A model whose weights cannot be found, fetched or loaded; the message says how to get them."""
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from repro.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class WespeakerEcapaArch:
@@ -49,7 +51,7 @@ class WespeakerEcapaArch:
     def from_dict(cls, arch: dict) -> "WespeakerEcapaArch":
         unknown = sorted(set(arch) - set(cls.__dataclass_fields__))
         if unknown:
-            raise ValueError(f"unknown wespeaker ECAPA argument(s) {unknown}; known: "
+            raise ConfigError(f"unknown wespeaker ECAPA argument(s) {unknown}; known: "
                              f"{', '.join(cls.__dataclass_fields__)}")
         return cls(**arch)
 
@@ -77,7 +79,7 @@ class Res2ConvReluBn(nn.Module):
     def __init__(self, channels: int, dilation: int, scale: int):
         super().__init__()
         if channels % scale:
-            raise ValueError(f"channels ({channels}) must be a multiple of scale ({scale})")
+            raise ConfigError(f"channels ({channels}) must be a multiple of scale ({scale})")
         self.width = channels // scale
         branches = scale - 1 if scale > 1 else 1
         self.convs = nn.ModuleList(
@@ -199,6 +201,6 @@ def wrap_wespeaker_ecapa(model: WespeakerEcapa, layers: tuple[str, ...] | None =
     layers = tuple(layers or ECAPA_LAYERS)
     unknown = [n for n in layers if n not in WESPEAKER_BLOCKS]
     if unknown:
-        raise ValueError(f"unknown ECAPA layer(s) {unknown}; known: {', '.join(WESPEAKER_BLOCKS)}")
+        raise ConfigError(f"unknown ECAPA layer(s) {unknown}; known: {', '.join(WESPEAKER_BLOCKS)}")
     modules = {n: getattr(model, WESPEAKER_BLOCKS[n]) for n in layers}
     return EcapaUpstream(KaldiFbank(model.arch.feat_dim), model, modules)

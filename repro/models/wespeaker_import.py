@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from repro.errors import ReproError
+from repro.models.dino_head import DinoHead
 from repro.models.wespeaker_ecapa import WespeakerEcapa, WespeakerEcapaArch
 from repro.util.atomic import atomic_path, atomic_write_json
 from repro.util.hashing import sha256_file
@@ -62,10 +63,10 @@ def fetch_checkpoint(source: str, folder: str | os.PathLike, sha256: str | None 
     if path.is_dir():
         found = sorted(path.rglob(CHECKPOINT_NAME))
         if not found:
-            raise FileNotFoundError(f"{path}: no {CHECKPOINT_NAME} in this folder")
+            raise CheckpointError(f"{path}: no {CHECKPOINT_NAME} in this folder")
         return found[0]
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found; give a file, a folder, a .zip or a URL")
+        raise CheckpointError(f"{path}: checkpoint not found; give a file, a folder, a .zip or a URL")
     if sha256 and sha256_file(path) != sha256:
         raise CheckpointError(f"{path}: sha256 {sha256_file(path)} does not match the registry's {sha256}")
     if is_archive(path):
@@ -96,7 +97,7 @@ def _download(url: str, folder: Path, sha256: str | None) -> Path:
                 with urllib.request.urlopen(url, timeout=120) as resp, open(tmp, "wb") as out:
                     shutil.copyfileobj(resp, out, 1 << 20)
             except OSError as err:
-                raise FileNotFoundError(
+                raise CheckpointError(
                     f"{url}: download failed ({err}); download it yourself and set the registry entry's "
                     "`source:` to the file") from err
     digest = sha256_file(target)
@@ -183,8 +184,6 @@ def strict_load(module: torch.nn.Module, state: dict[str, Tensor], what: str) ->
 
 def head_from_state(head: dict[str, Tensor]):
     """A `DinoHead` sized from its checkpoint keys (in/hidden/bottleneck/out dims, BN, layers)."""
-    from repro.speaker.dino import DinoHead
-
     linears = sorted({int(k.split(".")[1]) for k in head if k.startswith("mlp.") and k.endswith(".weight")
                       and head[k].ndim == 2})
     if not linears or "last_layer.weight_v" not in head:

@@ -17,6 +17,7 @@ import yaml
 from scipy.stats import spearmanr
 
 from repro.paper.results import ResultReader, models_by_family, relative_depth
+from repro.tasks import TASKS
 from repro.workspace import Workspace
 
 REFERENCE_FILE = Path(__file__).resolve().parents[2] / "artifacts" / "reference_values.yaml"
@@ -72,8 +73,8 @@ def _content_speaker(ws, reader):
     models = ws.profile.models.all()
     if len(models) < 3:
         raise NotRun("needs at least three models")
-    content_tasks = [t for t in ("PR", "KS", "IC") if t in ws.profile.tasks]
-    speaker_tasks = [t for t in ("SID", "ASV") if t in ws.profile.tasks]
+    content_tasks = [t for t in ws.profile.tasks if TASKS[t].aspect in ("content", "semantics")]
+    speaker_tasks = [t for t in ws.profile.tasks if TASKS[t].aspect == "speaker"]
     if not content_tasks or not speaker_tasks:
         raise NotRun("needs a content task (PR, KS, IC) and a speaker task (SID, ASV)")
     res = {(m, t): reader.probe(m, t) for m in models for t in content_tasks + speaker_tasks}
@@ -281,3 +282,32 @@ def checks_markdown(ws: Workspace, claims: list[Outcome], refs: list[dict[str, A
     if not refs:
         lines.append("| – | no model of this profile has a reference value | | | | | NOT-RUN |")
     return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """The claim checks and reference comparisons of a profile, and whether they fail it.
+
+    `failed` is True when an enforced kind of check (`paper.enforce_claims`,
+    `paper.enforce_references`) has a FAIL; `note` says which kinds the profile does not enforce."""
+
+    claims: list[Outcome]
+    references: list[dict[str, Any]]
+    failed: bool
+    note: str
+    files: list[Path]
+
+
+def check(ws: Workspace) -> CheckReport:
+    """Evaluate the claims and references, write `checks.json` / `checks.md`, and judge them."""
+    claims, refs = evaluate_claims(ws), compare_references(ws)
+    files = write_checks(ws, claims, refs)
+    cfg = ws.profile.paper
+    failed = (cfg.enforce_claims and any(c.status == "FAIL" for c in claims)) or (
+        cfg.enforce_references and any(r["status"] == "FAIL" for r in refs))
+    off = [k for k, on in (("claims", cfg.enforce_claims), ("references", cfg.enforce_references)) if not on]
+    note = ""
+    if off:
+        note = f"profile {ws.profile.name} does not enforce {' and '.join(off)}" + (
+            f": {cfg.enforcement_note}" if cfg.enforcement_note else "")
+    return CheckReport(claims, refs, failed, note, files)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from repro.models.registry import resolve_spec
+from repro.errors import ConfigError
+from repro.models.registry import family_of, resolve_spec
 from repro.paper import style
 from repro.paper.results import ResultReader, models_by_family
 from repro.paper.tables import Table, percent
@@ -54,7 +55,7 @@ def table_probing(ws: Workspace, reader: ResultReader, out: Path) -> list[Path]:
     headers = ["Model", "Family"] + [TASK_COLUMNS[t][0] for t in tasks] + (["ASV-IDT EER↓"] if idt else [])
     rows = []
     for m in models:
-        row = [m, FAMILY_NAMES[resolve_spec(m).family]] + [percent(cells[(m, t)]["test"]) for t in tasks]
+        row = [m, FAMILY_NAMES[family_of(ws.profile, m)]] + [percent(cells[(m, t)]["test"]) for t in tasks]
         if idt:
             row.append(percent(idt[m]["test"]))
         rows.append(row)
@@ -102,7 +103,7 @@ def _weights_figure(ws: Workspace, reader: ResultReader, out: Path, fig_id: str,
     results = {(m, t): reader.probe(m, t) for m in models for t in tasks}
     reader.check(fig_id)
     if not models:
-        raise ValueError(f"{fig_id}: profile {ws.profile.name} has no {' or '.join(families)} model")
+        raise ConfigError(f"{fig_id}: profile {ws.profile.name} has no {' or '.join(families)} model")
     kinds = [("layer_weights", "softmax weights")] + ([("contributions", "norm-corrected")] if corrected else [])
     fig = style.figure(style.PAGE_WIDTH if corrected else style.COLUMN_WIDTH * 1.4,
                        1.25 + 1.15 * len(models))
@@ -111,7 +112,7 @@ def _weights_figure(ws: Workspace, reader: ResultReader, out: Path, fig_id: str,
         layers = results[(m, tasks[0])]["layers"]
         for j, (key, label) in enumerate(kinds):
             mat = np.array([results[(m, t)][key] for t in tasks])
-            title = f"{m} ({FAMILY_NAMES[resolve_spec(m).family]})" + (f": {label}" if corrected else "")
+            title = f"{m} ({FAMILY_NAMES[family_of(ws.profile, m)]})" + (f": {label}" if corrected else "")
             im = _heatmap(axes[i, j], mat, layers, tasks, title, vmax=float(mat.max()), ylabel="task")
             fig.colorbar(im, ax=axes[i, j], label="weight", shrink=0.9)
     return style.save(fig, out / fig_id)
@@ -132,7 +133,7 @@ def _cka_figure(ws: Workspace, reader: ResultReader, out: Path, fig_id: str,
     results = {p: reader.cka(*p) for p in pairs}
     reader.check(fig_id)
     if not pairs:
-        raise ValueError(f"{fig_id}: profile {ws.profile.name} has no model pair for this figure")
+        raise ConfigError(f"{fig_id}: profile {ws.profile.name} has no model pair for this figure")
     cols = min(3, len(pairs))
     rows = int(np.ceil(len(pairs) / cols))
     fig = style.figure(style.PAGE_WIDTH if cols > 1 else style.COLUMN_WIDTH, 0.4 + 2.3 * rows)

@@ -2,8 +2,8 @@
 
 A `ResultReader` collects every missing file of an output before failing, so
 the message lists them all with the Make target that creates them; a result
-made under another configuration (its `profile_hash` differs from the current
-profile's) is refused with both hashes shown.
+made under other settings (the settings key of its provenance stamp differs from
+the one the profile gives now, `repro.provenance`) is refused with both keys shown.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from repro.errors import ReproError
-from repro.probing.runner import profile_hash, result_dir
+from repro.models.registry import FAMILIES, family_of
+from repro.provenance import asv_idt_key, cka_key, is_acceptable, probe_key, recorded_settings
 from repro.workspace import Workspace
 
 
@@ -42,42 +43,39 @@ class ResultReader:
         return json.loads(path.read_text())
 
     def _same_config(self, path: Path, data: dict, expected: str, target: str) -> dict:
-        found = data.get("profile_hash")
-        if found != expected:
+        if not is_acceptable(data.get("provenance"), expected):
             raise ConfigMismatchError(
-                f"{path} was made with configuration {found}, but profile '{self.ws.profile.name}' now gives "
-                f"{expected}; rerun `{target}` or render with the profile that made it"
+                f"{path} was made under settings {recorded_settings(data.get('provenance'))}, but profile "
+                f"'{self.ws.profile.name}' now gives {expected}; rerun `{target}` or render with the profile that made it"
             )
         return data
 
     def probe(self, model: str, task: str) -> dict | None:
         """`best.json` of (model, task): the learning rate selected on dev and the sweep."""
         target = f"make probe PROFILE={self.ws.profile.name}"
-        path = result_dir(self.ws, model, task) / "best.json"
+        path = self.ws.probe_dir(model, task) / "best.json"
         data = self._load(path, target)
         if data is None:
             return None
-        return self._same_config(path, data, profile_hash(self.ws.profile, model, task, data["lr"]), target)
+        return self._same_config(path, data, probe_key(self.ws.profile, model, task, None), target)
 
     def asv_idt(self, model: str) -> dict | None:
         """`ASV-IDT.json` of a model."""
         target = f"make probe PROFILE={self.ws.profile.name}"
-        path = self.ws.results / "probing" / model / "ASV-IDT.json"
+        path = self.ws.asv_idt_file(model)
         data = self._load(path, target)
         if data is None:
             return None
-        return self._same_config(path, data, profile_hash(self.ws.profile, model, "ASV-IDT"), target)
+        return self._same_config(path, data, asv_idt_key(self.ws.profile, model), target)
 
     def cka(self, a: str, b: str) -> dict | None:
         """The CKA result of models (a, b): `matrix` `[L_a, L_b]`, `layers_a`, `layers_b` and its metadata."""
-        from repro.similarity.stage import cka_profile_hash, result_paths
-
         target = f"make cka PROFILE={self.ws.profile.name}"
-        _, path = result_paths(self.ws, a, b)
+        path = self.ws.cka_stem(a, b).with_suffix(".json")
         data = self._load(path, target)
         if data is None:
             return None
-        self._same_config(path, data, cka_profile_hash(self.ws.profile, a, b), target)
+        self._same_config(path, data, cka_key(self.ws.profile, a, b), target)
         matrix = np.array([[np.nan if v is None else v for v in row] for row in data["cka"]], dtype=float)
         return {**data, "matrix": matrix, "layers_a": data["layers"]["a"], "layers_b": data["layers"]["b"]}
 
@@ -94,9 +92,12 @@ class ResultReader:
 
 
 def models_by_family(ws: Workspace) -> dict[str, list[str]]:
-    """The profile's models grouped by family, in profile order."""
-    m = ws.profile.models
-    return {"speech_ssl": list(m.speech_ssl), "speaker_ssl": list(m.speaker_ssl), "speaker_sup": list(m.speaker_sup)}
+    """The profile's models grouped by family, in profile order (`repro.models.registry.family_of`
+    checks each against its registry entry)."""
+    out: dict[str, list[str]] = {f: [] for f in FAMILIES}
+    for m in ws.profile.models.all():
+        out[family_of(ws.profile, m)].append(m)
+    return out
 
 
 def relative_depth(weights: list[float]) -> float:

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from repro.paper import checksums
-from repro.paper.claims import compare_references, evaluate_claims, write_checks
+from repro.paper.claims import CheckReport, check
 from repro.paper.registry import OUTPUTS, render_output
 from repro.paper.report import write_report
 from repro.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class PaperOutcome:
+    """What the paper stage wrote: every output's files, the checks, the report and the checksums."""
+
+    rendered: dict[str, list[Path]]
+    checks: CheckReport
+    report: Path
+    checksums: Path
 
 
 def applicable(ws: Workspace) -> list[str]:
@@ -26,17 +37,9 @@ def applicable(ws: Workspace) -> list[str]:
     return ids
 
 
-def run_paper(ws: Workspace, progress: bool = True) -> dict[str, list[Path]]:
-    """Render all applicable outputs, then checks, report and CHECKSUMS.sha256; returns the rendered files."""
-    rendered = {}
-    for oid in applicable(ws):
-        rendered[oid] = render_output(ws, oid)
-        if progress:
-            print(f"[{ws.profile.name}] {oid}: " + ", ".join(str(p) for p in rendered[oid]))
-    claims, refs = evaluate_claims(ws), compare_references(ws)
-    write_checks(ws, claims, refs)
-    report = write_report(ws, claims, refs, rendered)
-    checksums.write_current(ws)
-    if progress:
-        print(f"[{ws.profile.name}] report: {report}")
-    return rendered
+def run_paper(ws: Workspace) -> PaperOutcome:
+    """Render all applicable outputs, then checks, report and CHECKSUMS.sha256."""
+    rendered = {oid: render_output(ws, oid) for oid in applicable(ws)}
+    report = check(ws)
+    path = write_report(ws, report.claims, report.references, rendered)
+    return PaperOutcome(rendered, report, path, checksums.write_current(ws))

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from repro.errors import ConfigError
+
 
 class WeightedSum(nn.Module):
     """`sum_l softmax(w)_l h_l` over layers of equal width.
@@ -93,7 +95,7 @@ def make_featurizer(dims: list[int], projection: str, projection_dim: int, layer
     """
     differ = len(set(dims)) > 1
     if projection == "never" and differ:
-        raise ValueError(f"layer widths differ ({sorted(set(dims))}): a weighted sum needs projection 'auto' or 'always'")
+        raise ConfigError(f"layer widths differ ({sorted(set(dims))}): a weighted sum needs projection 'auto' or 'always'")
     if projection == "always" or (projection == "auto" and differ):
         return ProjectedWeightedSum(dims, projection_dim, layer_norm)
     return WeightedSum(len(dims), layer_norm)

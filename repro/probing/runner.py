@@ -1,19 +1,19 @@
-"""Running the probes of a profile and writing their result files.
+"""The probe stage: every (model, task, learning rate) of a profile, its selection on dev, ASV-IDT.
 
-For each (model, task, learning rate) one file
-`results/<profile>/probing/<model>/<task>/lr-<lr>.json` with dev and test
-metrics, raw and norm-corrected layer weights, the training curve, the config
-hash and the seed (wall time goes to a `.timing.json` beside it, so result
-files are byte-stable); `best.json` beside them selects the learning rate on
-dev. ASV-IDT (the model's own embedding, cosine, no training) goes to
-`results/<profile>/probing/<model>/ASV-IDT.json`.
+For each (model, task, learning rate) one file `ws.probe_dir(model, task)/lr-<lr>.json` with
+dev and test metrics, raw and norm-corrected layer weights, the training curve, the seed and
+the provenance stamp (`repro.provenance`; wall time goes to a `.timing.json` beside it, so
+result files are byte-stable); `best.json` beside them selects the learning rate on dev.
+ASV-IDT (the model's own embedding, cosine, no training) goes to `ws.asv_idt_file(model)`.
+
+A result whose stamp equals the one a run would write now is kept; anything else is trained
+again. The functions return what they did (`ProbeOutcome`); printing is the caller's.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +21,37 @@ import numpy as np
 import torch
 
 from repro.config.typed import ConfigError, to_dict
-from repro.data.manifest import ManifestError, Utterance, load_task, read_corpus_info, read_trials, trials_path
-from repro.features.store import FeatureStore, StoreError
-from repro.models.registry import resolve_spec, spec_identity
+from repro.data.manifest import ManifestError, Utterance, load_task, manifest_path, read_corpus_info, read_trials, \
+    trials_path
+from repro.features.stage import load_profile_upstream, model_info, open_store
+from repro.features.store import FeatureStore
 from repro.probing.featurizer import make_featurizer
-from repro.probing.inputs import idt_store_kind, task_input
 from repro.probing.sources import StoreFrames, StorePooled, UpstreamFrames, check_layers
 from repro.probing.tasks import Task, make_task
 from repro.probing.trainer import ProbeModel, Split, evaluate, score_trials, train_probe
-from repro.runtime import barrier, resolve_device
+from repro.provenance import Stamp, asv_idt_key, is_complete, probe_key
+from repro.runtime import DistEnv, barrier, resolve_device
+from repro.tasks import idt_store_kind, task_input, task_spec
 from repro.util.atomic import atomic_write_json
-from repro.util.hashing import config_hash
+from repro.util.hashing import sha256_file
 from repro.workspace import Workspace
 
-RESULT_VERSION = 1
+RESULT_VERSION = 2
+
+
+@dataclass(frozen=True)
+class ProbeOutcome:
+    """One result file of the probe stage, and whether it was made now or was up to date."""
+
+    model: str
+    task: str
+    lr: float | None  # None: the selection (`best.json`) or ASV-IDT
+    metric: str
+    dev: float | None
+    test: float
+    path: Path
+    skipped: bool
+    detail: str = ""  # the selected lr (best.json), the embedding used (ASV-IDT)
 
 
 class StoreUnion:
@@ -56,34 +73,22 @@ class StoreUnion:
         return self._owner[uid].layer(l, uid)
 
 
-def profile_hash(profile, model: str, task: str, lr: float | None = None) -> str:
-    """Hash of every profile setting a probe result depends on, computable without data or models.
-
-    Figures and tables compare it with the result files they read, to refuse results made
-    under another configuration.
-    """
-    extraction = {k: v for k, v in to_dict(profile.extraction).items() if k not in ("device", "num_workers")}
-    probing = {k: v for k, v in to_dict(profile.probing).items() if k not in ("tasks", "device")}
-    budget = to_dict(profile.probing.tasks[task]) if task in profile.probing.tasks else None
-    return config_hash({"version": RESULT_VERSION, "model": spec_identity(model), "task": task, "lr": lr,
-                        "seed": profile.seed, "corpus": to_dict(profile.corpus), "extraction": extraction,
-                        "probing": probing, "budget": budget,
-                        "ecapa_layers": to_dict(profile.models.ecapa_layers)})
-
-
-def _lr_tag(lr: float) -> str:
+def lr_tag(lr: float) -> str:
+    """The file tag of a learning rate: `lr-1e-03` for 0.001."""
     return f"lr-{lr:.0e}"
 
 
 class ProbeInputs:
-    """Everything a probe of (model, task) needs: utterances, task, stores or upstream.
+    """Everything the probes of (model, task) need: utterances, task, stores or upstream.
 
-    `input` is the task's input (`repro.probing.inputs.task_input`): frame stores (`cache`),
-    pooled stores (`pooled`) or the upstream on the fly (`upstream`).
+    `input` is the task's input (`repro.tasks.task_input`): frame stores (`cache`), pooled stores
+    (`pooled`) or the upstream on the fly (`upstream`). `content` identifies what is read (store
+    keys, or the weights and the task's manifest), for the probes' provenance stamps.
     """
 
-    def __init__(self, ws: Workspace, model: str, task_name: str, env=None):
+    def __init__(self, ws: Workspace, model: str, task_name: str, env: DistEnv | None = None):
         self.ws, self.model, self.task_name = ws, model, task_name
+        self.spec = task_spec(task_name)
         self.cfg = ws.profile.probing
         require_budgets(ws.profile, [task_name])
         self.budget = self.cfg.tasks[task_name]
@@ -94,25 +99,23 @@ class ProbeInputs:
         self.upstream = None
         self.stores: dict[str, FeatureStore] = {}
         if self.input in ("cache", "pooled"):
-            for split in self.by_split:
-                path = ws.store_dir(model, task_name, split, pooled=self.input == "pooled")
-                try:
-                    self.stores[split] = FeatureStore(path)
-                except StoreError as err:
-                    raise StoreError(f"{err}; create it with `repro extract --profile {ws.profile.name} "
-                                     f"-m {model} -t {task_name}`") from None
+            kind = "pooled" if self.input == "pooled" else "frames"
+            self.stores = {s: open_store(ws, model, task_name, s, kind) for s in self.by_split}
             self.layer_info = self.stores["train"].layers
-            self.store_keys = {s: st.key for s, st in sorted(self.stores.items())}
+            self.content = {s: st.key for s, st in sorted(self.stores.items())}
         else:
-            from repro.features.stage import load_profile_upstream, model_info
-
             self.upstream = load_profile_upstream(ws, model, env)
             self.layer_info = self.upstream.layer_info()
-            self.store_keys = {"upstream": model_info(model, self.upstream)["weights_sha256"]}
+            self.content = {"weights": model_info(model, self.upstream)["weights_sha256"],
+                            "manifest": sha256_file(manifest_path(ws.corpus_dir, task_name))}
         self.layers = check_layers(len(self.layer_info), self.cfg.layers, f"model {model}")
-        self.device = resolve_device(self.cfg.device)
+        self.device = resolve_device(self.cfg.device, "probing.device")
         if self.upstream is not None:
             self.upstream.to(self.device)
+
+    def stamp(self, lr: float | None) -> Stamp:
+        """The provenance stamp of the probe of this (model, task) at `lr` (None: the selection)."""
+        return Stamp(probe_key(self.ws.profile, self.model, self.task_name, lr), self.content)
 
     def source(self, utts: list[Utterance], split_stores: list[FeatureStore], task: Task, train: bool):
         pooled = task.pooled and self.cfg.pooled_shortcut and not self.cfg.layer_norm and not (
@@ -133,36 +136,30 @@ class ProbeInputs:
             crop = int(round(self.budget.train_crop_seconds * self.layer_info[self.layers[0]].frame_rate))
         return StoreFrames(store, utts, self.layers, crop_frames=crop, seed=self.ws.profile.seed)
 
-    def run_key(self, lr: float, fold: int | None = None) -> str:
-        return config_hash({
-            "version": RESULT_VERSION, "model": self.model, "task": self.task_name, "lr": lr, "fold": fold,
-            "seed": self.ws.profile.seed, "budget": to_dict(self.budget),
-            "probing": {k: v for k, v in to_dict(self.cfg).items() if k not in ("tasks", "device")},
-            "features": self.store_keys,
-        })
-
-
-def _folds(inputs: ProbeInputs) -> list[tuple[int | None, dict[str, list[Utterance]]]]:
-    """(fold, splits) pairs: ER with folds gives one per configured fold; everything else one."""
-    every = [u for utts in inputs.by_split.values() for u in utts]
-    if inputs.task_name != "ER" or any(u.fold is None for u in every):
-        return [(None, inputs.by_split)]
-    out = []
-    for fold in inputs.cfg.er_folds:
-        test = [u for u in every if u.fold == fold]
-        rest = [u for u in every if u.fold != fold]
-        if not test:
-            raise ManifestError(f"task ER: no utterance in fold {fold}; folds present: {sorted({u.fold for u in every})}")
-        rng = np.random.default_rng([inputs.ws.profile.seed, fold])
-        dev_mask = np.zeros(len(rest), bool)
-        dev_mask[rng.permutation(len(rest))[: int(round(inputs.cfg.er_dev_fraction * len(rest)))]] = True
-        out.append((fold, {"train": [u for u, d in zip(rest, dev_mask) if not d],
-                           "dev": [u for u, d in zip(rest, dev_mask) if d], "test": test}))
-    return out
+    def folds(self) -> list[tuple[int | None, dict[str, list[Utterance]]]]:
+        """(fold, splits) pairs: a task selected over folds gives one per `probing.er_folds`, with the
+        splits the manifest records for that fold; any other task gives its manifest's splits."""
+        every = [u for utts in self.by_split.values() for u in utts]
+        if self.spec.selection != "folds" or any(u.fold is None for u in every):
+            return [(None, self.by_split)]
+        path = manifest_path(self.ws.corpus_dir, self.task_name)
+        out = []
+        for fold in self.cfg.er_folds:
+            key = str(fold)
+            lacking = [u.id for u in every if not u.fold_splits or key not in u.fold_splits]
+            if lacking:
+                raise ManifestError(f"{path}: {len(lacking)} utterance(s) have no split for fold {fold} (fold_splits), "
+                                    f"e.g. {lacking[:3]}; folds present: {sorted({u.fold for u in every})}; make the "
+                                    "corpus again (`repro run --stage corpus --force`) or set probing.er_folds")
+            splits = {s: [u for u in every if u.fold_splits[key] == s] for s in ("train", "dev", "test")}
+            if not splits["test"]:
+                raise ManifestError(f"{path}: no utterance is held out for fold {fold}; set probing.er_folds")
+            out.append((fold, splits))
+        return out
 
 
 def _train_one(inputs: ProbeInputs, splits: dict[str, list[Utterance]], lr: float, fold: int | None,
-               progress: bool, env=None) -> dict[str, Any]:
+               progress: bool, env: DistEnv | None = None) -> dict[str, Any]:
     task = make_task(inputs.task_name, splits, inputs.info)
     all_stores = list(inputs.stores.values())
     seed = inputs.ws.profile.seed
@@ -171,70 +168,83 @@ def _train_one(inputs: ProbeInputs, splits: dict[str, list[Utterance]], lr: floa
         utts = splits[name]
         stores = [inputs.stores[name]] if fold is None and name in inputs.stores else all_stores
         s = Split(utts, inputs.source(utts, stores, task, train), [task.encode(u) for u in utts])
-        if inputs.task_name == "ASV" and name != "train":
+        if inputs.spec.selection == "trials" and name != "train":
             s.trials = read_trials(trials_path(inputs.ws.corpus_dir, name))
         return s
 
     train, test = split("train", True), split("test", False)
-    dev_name = "dev" if "dev" in splits else None
-    if inputs.task_name == "ASV" and (inputs.cfg.asv_selection == "test" or dev_name is None
-                                      or not trials_path(inputs.ws.corpus_dir, "dev").is_file()):
+    dev_name = "dev" if splits.get("dev") else None
+    if inputs.spec.selection == "trials" and (inputs.cfg.asv_selection == "test" or dev_name is None
+                                              or not trials_path(inputs.ws.corpus_dir, "dev").is_file()):
         dev_name = "test"  # SUPERB's ASV protocol: the checkpoint is chosen on the test trials
     if dev_name is None:
-        raise ManifestError(f"task {inputs.task_name}: no dev split to select on")
+        raise ManifestError(f"{manifest_path(inputs.ws.corpus_dir, inputs.task_name)}: task {inputs.task_name} "
+                            "has no dev split to select on")
     dev = test if dev_name == "test" else split(dev_name, False)
     torch.manual_seed(seed)
     dims = [inputs.layer_info[l].dim for l in inputs.layers]
     featurizer = make_featurizer(dims, inputs.cfg.projection, inputs.cfg.projection_dim, inputs.cfg.layer_norm)
     head = task.make_head(featurizer.output_dim or dims[0], inputs.cfg)
     model = ProbeModel(featurizer, head)
-    tag = _lr_tag(lr) + (f"-fold{fold}" if fold is not None else "")
-    ckpt = inputs.ws.work / "probes" / inputs.model / inputs.task_name / f"{tag}.pt"
-    out = train_probe(task, model, train, dev, inputs.budget, lr, seed, ckpt, inputs.run_key(lr, fold),
-                      inputs.device, progress, env=env)
+    tag = lr_tag(lr) + (f"-fold{fold}" if fold is not None else "")
+    ckpt = inputs.ws.probe_checkpoint_dir(inputs.model, inputs.task_name) / f"{tag}.pt"
+    run_key = Stamp(inputs.stamp(lr).settings, {**inputs.content, "fold": fold}).key
+    out = train_probe(task, model, train, dev, inputs.budget, lr, seed, ckpt, run_key, inputs.device, progress,
+                      env=env)
     model.load_state_dict(out["best_state"])
     test_metric = out["best"] if dev is test else evaluate(task, model, test, inputs.budget.batch_size, inputs.device)
     return {
         "fold": fold, "dev": out["best"], "test": test_metric, "best_step": out["best_step"],
         "selected_on": dev_name, "layer_weights": [float(x) for x in featurizer.layer_weights()],
         "contributions": [float(x) for x in featurizer.contributions()], "curve": out["curve"],
-        "metric": task.metric, "higher_is_better": task.higher_is_better,
         "projected": type(featurizer).__name__ == "ProjectedWeightedSum",
         "pooled": isinstance(train.source, StorePooled) or getattr(train.source, "pooled", False),
     }
 
 
-def result_dir(ws: Workspace, model: str, task: str) -> Path:
-    return ws.results / "probing" / model / task
+def _read_json(path: Path) -> dict | None:
+    import json
+
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None  # a damaged result is made again
 
 
-def run_probe(ws: Workspace, model: str, task: str, lr: float, progress: bool = True, env=None) -> dict[str, Any]:
-    """Train (or reuse) the probe of (model, task, lr) and write its result file.
+def _outcome(data: dict, path: Path, skipped: bool, detail: str = "") -> ProbeOutcome:
+    return ProbeOutcome(data["model"], data["task"], data.get("lr"), data["metric"], data.get("dev"), data["test"],
+                        path, skipped, detail)
+
+
+def run_probe(ws: Workspace, model: str, task: str, lr: float, progress: bool = True, env: DistEnv | None = None,
+              force: bool = False, inputs: ProbeInputs | None = None) -> ProbeOutcome:
+    """Train (or keep, when complete) the probe of (model, task, lr) and write its result file.
 
     With `env` (a `DistEnv` of several ranks) every rank trains the probe together
-    (DistributedDataParallel) and returns the result; rank 0 writes the files.
+    (DistributedDataParallel); rank 0 writes the files. `force` trains again from scratch.
     """
-    inputs = ProbeInputs(ws, model, task, env)
-    key = inputs.run_key(lr)
-    path = result_dir(ws, model, task) / f"{_lr_tag(lr)}.json"
-    if path.is_file():
-        existing = json.loads(path.read_text())
-        if existing.get("config_hash") == key:
-            return existing
+    inputs = inputs or ProbeInputs(ws, model, task, env)
+    stamp = inputs.stamp(lr)
+    path = ws.probe_dir(model, task) / f"{lr_tag(lr)}.json"
+    existing = _read_json(path)
+    if not force and existing is not None and is_complete(existing.get("provenance"), stamp):
+        return _outcome(existing, path, skipped=True)
+    if force and (env is None or env.is_main):
+        for ckpt in ws.probe_checkpoint_dir(model, task).glob(f"{lr_tag(lr)}*.pt"):
+            ckpt.unlink()
+    barrier(env)
     started = time.perf_counter()
-    runs = [_train_one(inputs, splits, lr, fold, progress, env) for fold, splits in _folds(inputs)]
+    runs = [_train_one(inputs, splits, lr, fold, progress, env) for fold, splits in inputs.folds()]
     first = runs[0]
-    spec = resolve_spec(model)
     result = {
-        "version": RESULT_VERSION, "model": model, "family": spec.family, "task": task, "lr": lr,
-        "seed": ws.profile.seed, "metric": first["metric"], "higher_is_better": first["higher_is_better"],
+        "version": RESULT_VERSION, "model": model, "task": task, "lr": lr, "seed": ws.profile.seed,
+        "metric": inputs.spec.metric, "higher_is_better": inputs.spec.higher_is_better,
         "dev": float(np.mean([r["dev"] for r in runs])), "test": float(np.mean([r["test"] for r in runs])),
         "layers": [inputs.layer_info[l].name for l in inputs.layers],
         "layer_weights": np.mean([r["layer_weights"] for r in runs], 0).tolist(),
         "contributions": np.mean([r["contributions"] for r in runs], 0).tolist(),
         "projected": first["projected"], "pooled": first["pooled"], "input": inputs.input,
-        "runs": runs, "budget": to_dict(inputs.budget), "config_hash": key, "features": inputs.store_keys,
-        "profile_hash": profile_hash(ws.profile, model, task, lr),
+        "runs": runs, "budget": to_dict(inputs.budget), "provenance": stamp.as_dict(),
     }
     if env is None or env.is_main:
         timing = {"wall_seconds": round(time.perf_counter() - started, 3), "device": inputs.device.type}
@@ -242,37 +252,49 @@ def run_probe(ws: Workspace, model: str, task: str, lr: float, progress: bool = 
             timing["ranks"] = env.world_size
         atomic_write_json(path, result)
         atomic_write_json(path.with_suffix(".timing.json"), timing)
-    if env is not None:
-        barrier(env)
-    return result
+    barrier(env)
+    return _outcome(result, path, skipped=False)
 
 
-def select_best(ws: Workspace, model: str, task: str) -> dict[str, Any]:
+def select_best(ws: Workspace, model: str, task: str, inputs: ProbeInputs | None = None) -> ProbeOutcome:
     """Choose the learning rate on dev among the task's grid and write `best.json`."""
-    cfg = ws.profile.probing.tasks[task]
+    import json
+
+    grid = ws.profile.probing.tasks[task].lr_grid
     runs = []
-    for lr in cfg.lr_grid:
-        path = result_dir(ws, model, task) / f"{_lr_tag(lr)}.json"
+    for lr in grid:
+        path = ws.probe_dir(model, task) / f"{lr_tag(lr)}.json"
         if not path.is_file():
-            raise StoreError(f"{path}: missing; run `repro probe --profile {ws.profile.name} -m {model} -t {task}`")
+            raise ManifestError(f"{path}: missing; run `repro probe --profile {ws.profile.name} -m {model} -t {task}`")
         runs.append(json.loads(path.read_text()))
     higher = runs[0]["higher_is_better"]
     best = max(runs, key=lambda r: r["dev"] if higher else -r["dev"])
-    summary = {**best, "selected_lr": best["lr"],
+    stamp = (inputs or ProbeInputs(ws, model, task)).stamp(None)
+    summary = {**best, "selected_lr": best["lr"], "provenance": stamp.as_dict(),
                "sweep": [{"lr": r["lr"], "dev": r["dev"], "test": r["test"]} for r in runs]}
-    atomic_write_json(result_dir(ws, model, task) / "best.json", summary)
-    return summary
+    path = ws.probe_dir(model, task) / "best.json"
+    atomic_write_json(path, summary)
+    return _outcome({**summary, "lr": None}, path, skipped=False, detail=f"selected lr={best['lr']:g}")
 
 
-def run_asv_idt(ws: Workspace, model: str) -> dict[str, Any] | None:
-    """ASV with the model's own embedding (cosine, no training): EER on dev and test trials."""
+def run_asv_idt(ws: Workspace, model: str, force: bool = False) -> ProbeOutcome | None:
+    """ASV with the model's own embedding (cosine, no training): EER on dev and test trials.
+
+    None when the model has no embedding and `probing.asv_idt_without_embedding` is `skip`."""
+    kind = idt_store_kind(ws.profile)
+    splits = [s for s in ("dev", "test") if trials_path(ws.corpus_dir, s).is_file()]
+    if "test" not in splits:
+        raise ManifestError(f"{trials_path(ws.corpus_dir, 'test')}: missing; ASV-IDT scores the test trials")
+    stores = {s: open_store(ws, model, "ASV", s, kind) for s in splits}
+    stamp = Stamp(asv_idt_key(ws.profile, model), {s: st.key for s, st in stores.items()})
+    path = ws.asv_idt_file(model)
+    existing = _read_json(path)
+    if not force and existing is not None and is_complete(existing.get("provenance"), stamp):
+        return _outcome(existing, path, skipped=True, detail=existing["embedding"])
     results = {}
-    for split in ("dev", "test"):
-        tpath = trials_path(ws.corpus_dir, split)
-        if not tpath.is_file():
-            continue
-        store = FeatureStore(ws.store_dir(model, "ASV", split, pooled=idt_store_kind(ws.profile) == "pooled"))
-        trials = read_trials(tpath)
+    source = ""
+    for split, store in stores.items():
+        trials = read_trials(trials_path(ws.corpus_dir, split))
         ids = {t.enroll for t in trials} | {t.test for t in trials}
         if store.meta["embedding_dim"]:
             emb = {u: store.embedding(u) for u in ids}
@@ -284,12 +306,11 @@ def run_asv_idt(ws: Workspace, model: str) -> dict[str, Any] | None:
         else:
             return None
         results[split] = score_trials(emb, trials)
-    result = {"version": RESULT_VERSION, "model": model, "family": resolve_spec(model).family, "task": "ASV-IDT",
-              "metric": "eer", "higher_is_better": False, "embedding": source,
-              "dev": results.get("dev"), "test": results["test"],
-              "profile_hash": profile_hash(ws.profile, model, "ASV-IDT")}
-    atomic_write_json(ws.results / "probing" / model / "ASV-IDT.json", result)
-    return result
+    result = {"version": RESULT_VERSION, "model": model, "task": "ASV-IDT", "metric": "eer",
+              "higher_is_better": False, "embedding": source, "dev": results.get("dev"), "test": results["test"],
+              "provenance": stamp.as_dict()}
+    atomic_write_json(path, result)
+    return _outcome(result, path, skipped=False, detail=source)
 
 
 def require_budgets(profile, tasks: list[str]) -> None:
@@ -303,19 +324,28 @@ def require_budgets(profile, tasks: list[str]) -> None:
 
 
 def run_all(ws: Workspace, models: list[str] | None = None, tasks: list[str] | None = None,
-            progress: bool = True, env=None) -> None:
-    """Every probe of the profile (all models x tasks x learning rates), then the selections and ASV-IDT.
+            lrs: list[float] | None = None, progress: bool = True, env: DistEnv | None = None,
+            force: bool = False) -> list[ProbeOutcome]:
+    """Every probe of the profile (models x tasks x learning rates), then the selections and ASV-IDT.
 
-    With `env` (torchrun) every probe is trained by all ranks together; rank 0 writes the results."""
-    require_budgets(ws.profile, tasks or ws.profile.tasks)
+    `lrs` trains only those learning rates and selects nothing. With `env` (torchrun) every probe is
+    trained by all ranks together; rank 0 writes the results and returns the outcomes (the other
+    ranks return theirs too, identical). `force` trains everything again."""
+    tasks = list(tasks or ws.profile.tasks)
+    require_budgets(ws.profile, tasks)
     main = env is None or env.is_main
+    done: list[ProbeOutcome] = []
     for model in models or ws.profile.models.all():
-        for task in tasks or ws.profile.tasks:
-            for lr in ws.profile.probing.tasks[task].lr_grid:
-                run_probe(ws, model, task, lr, progress and main, env)
-            if main:
-                select_best(ws, model, task)
-        if "ASV" in (tasks or ws.profile.tasks) and main:
-            run_asv_idt(ws, model)
-        if env is not None:
-            barrier(env)
+        for task in tasks:
+            inputs = ProbeInputs(ws, model, task, env)
+            for lr in lrs or ws.profile.probing.tasks[task].lr_grid:
+                done.append(run_probe(ws, model, task, lr, progress and main, env, force, inputs))
+            if not lrs and main:
+                done.append(select_best(ws, model, task, inputs))
+        if "ASV" in tasks and not lrs and main:
+            idt = run_asv_idt(ws, model, force)
+            if idt is not None:
+                done.append(idt)
+        barrier(env)
+    return done
+

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from repro.audio import read_audio
 from repro.data.manifest import Utterance
+from repro.errors import ConfigError
 from repro.features.store import FeatureStore, StoreError
 from repro.models.upstream import Upstream, pad_waveforms
 from repro.runtime import autocast_context
@@ -36,7 +37,7 @@ def check_layers(num_layers: int, wanted: list[int] | None, where: str) -> list[
         return list(range(num_layers))
     bad = [l for l in wanted if not 0 <= l < num_layers]
     if bad:
-        raise ValueError(f"{where}: the model has {num_layers} layers, but layers {bad} were asked for (probing.layers)")
+        raise ConfigError(f"{where}: the model has {num_layers} layers, but layers {bad} were asked for (probing.layers)")
     return list(wanted)
 
 
@@ -64,7 +65,7 @@ class StoreFrames:
                              "extract again (`repro extract`)")
         lens = np.array([[store.num_frames(l, u.id) for l in layers] for u in utts])
         if len(utts) and not (lens == lens[:, :1]).all():
-            raise ValueError(f"{store.path}: the chosen layers have different frame counts; they cannot be summed")
+            raise ConfigError(f"{store.path}: the chosen layers have different frame counts; they cannot be summed")
         self.store, self.utts, self.layers = store, list(utts), layers
         self.dims = [store.layers[l].dim for l in layers]
         self.crop, self.seed = crop_frames, seed

@@ -1,11 +1,14 @@
-"""The probing tasks: label encoding and validation, heads, losses, predictions, metrics.
+"""What a probing task does with tensors: label encoding and validation, heads, losses, predictions, scores.
 
-| task | head | metric (direction) |
-|---|---|---|
-| PR  | CTC over phones | phone error rate (lower is better) |
-| KS, SID, ER | mean-pool + linear | accuracy (higher) |
-| IC  | mean-pool + linear per slot | accuracy, every slot right (higher) |
-| ASV | x-vector + AM-softmax | equal error rate on trials, cosine scoring (lower) |
+What each task is (its head, metric and direction, labels, selection) is defined once in
+`repro.tasks`; the classes here implement one `TaskSpec.head` each:
+
+| head | tasks | model | score |
+|---|---|---|---|
+| `ctc` | PR | CTC over phones, greedy decoding | phone error rate |
+| `utterance` | KS, SID, ER | mean-pool + linear | accuracy |
+| `slots` | IC | mean-pool + linear per slot | accuracy, every slot right |
+| `xvector` | ASV | x-vector + AM-softmax | equal error rate on trials, cosine scoring |
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from repro.config.schema import ProbingConfig
 from repro.data.manifest import ManifestError, Utterance
 from repro.metrics import accuracy, error_rate
 from repro.probing.heads import CTCHead, UtteranceHead, XVectorHead
+from repro.tasks import TaskSpec, task_spec
 
 
 class TaskLabelError(ManifestError):
@@ -28,12 +32,26 @@ class TaskLabelError(ManifestError):
 
 
 class Task:
-    """Base class. Subclasses define `metric`, `higher_is_better`, `pooled` (mean-pooled head)."""
+    """Base class: one task's labels and head; `spec` says what the task is (`repro.tasks`)."""
 
-    name: str
-    metric: str
-    higher_is_better: bool
-    pooled: bool
+    spec: TaskSpec
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def metric(self) -> str:
+        return self.spec.metric
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.spec.higher_is_better
+
+    @property
+    def pooled(self) -> bool:
+        """The head averages frames first (it may train on per-layer utterance means)."""
+        return self.spec.mean_pooled
 
     def encode(self, utt: Utterance) -> Any:
         raise NotImplementedError
@@ -78,11 +96,9 @@ def _check_labels(task: str, by_split: dict[str, Sequence[Utterance]], key=lambd
 class ClassificationTask(Task):
     """One class per utterance (KS, SID, ER)."""
 
-    metric, higher_is_better, pooled = "accuracy", True, True
-
-    def __init__(self, name: str, by_split: dict[str, Sequence[Utterance]]):
-        self.name = name
-        self.labels = _check_labels(name, by_split)
+    def __init__(self, spec: TaskSpec, by_split: dict[str, Sequence[Utterance]]):
+        self.spec = spec
+        self.labels = _check_labels(spec.name, by_split)
         self.index = {l: i for i, l in enumerate(self.labels)}
 
     def encode(self, utt):
@@ -107,10 +123,9 @@ class ClassificationTask(Task):
 class SlotTask(Task):
     """Intent classification: one class per slot; right only if every slot is right (IC)."""
 
-    metric, higher_is_better, pooled = "accuracy", True, True
-
-    def __init__(self, name: str, by_split: dict[str, Sequence[Utterance]]):
-        self.name = name
+    def __init__(self, spec: TaskSpec, by_split: dict[str, Sequence[Utterance]]):
+        self.spec = spec
+        name = spec.name
         slots = sorted(by_split["train"][0].label)
         for utts in by_split.values():
             for u in utts:
@@ -142,10 +157,9 @@ class SlotTask(Task):
 class PhoneTask(Task):
     """Phone recognition with CTC; greedy decoding; phone error rate (PR)."""
 
-    metric, higher_is_better, pooled = "per", False, False
-
-    def __init__(self, name: str, by_split: dict[str, Sequence[Utterance]], inventory: list[str] | None = None):
-        self.name = name
+    def __init__(self, spec: TaskSpec, by_split: dict[str, Sequence[Utterance]], inventory: list[str] | None = None):
+        self.spec = spec
+        name = spec.name
         for split, utts in by_split.items():
             bad = [u.id for u in utts if not isinstance(u.label, list) or not u.label]
             if bad:
@@ -193,11 +207,9 @@ class PhoneTask(Task):
 class SpeakerVerificationTask(Task):
     """ASV: an x-vector trained with AM-softmax over the training speakers; EER on trial lists."""
 
-    metric, higher_is_better, pooled = "eer", False, False
-
-    def __init__(self, name: str, by_split: dict[str, Sequence[Utterance]]):
-        self.name = name
-        self.speakers = _check_labels(name, {"train": by_split["train"]}, key=lambda u: u.speaker)
+    def __init__(self, spec: TaskSpec, by_split: dict[str, Sequence[Utterance]]):
+        self.spec = spec
+        self.speakers = _check_labels(spec.name, {"train": by_split["train"]}, key=lambda u: u.speaker)
         self.index = {s: i for i, s in enumerate(self.speakers)}
 
     def encode(self, utt):
@@ -214,17 +226,15 @@ class SpeakerVerificationTask(Task):
         return head.loss(out, targets)
 
 
+HEADS: dict[str, type[Task]] = {"ctc": PhoneTask, "utterance": ClassificationTask, "slots": SlotTask,
+                                 "xvector": SpeakerVerificationTask}
+
+
 def make_task(name: str, by_split: dict[str, Sequence[Utterance]], corpus_info: dict | None = None) -> Task:
     """The task object for `name`, validated on the utterances of every split."""
+    spec = task_spec(name)
     if "train" not in by_split:
         raise TaskLabelError(f"task {name}: no train split")
-    if name == "PR":
-        inventory = (corpus_info or {}).get("labels", {}).get("PR")
-        return PhoneTask(name, by_split, inventory)
-    if name == "IC":
-        return SlotTask(name, by_split)
-    if name == "ASV":
-        return SpeakerVerificationTask(name, by_split)
-    if name in ("KS", "SID", "ER"):
-        return ClassificationTask(name, by_split)
-    raise ValueError(f"unknown task {name!r}; tasks: PR, KS, IC, SID, ASV, ER")
+    if spec.head == "ctc":
+        return PhoneTask(spec, by_split, (corpus_info or {}).get("labels", {}).get(name))
+    return HEADS[spec.head](spec, by_split)

@@ -37,6 +37,7 @@ from repro.data.manifest import Trial, Utterance
 from repro.metrics import equal_error_rate
 from repro.probing.sources import micro_batch
 from repro.probing.tasks import Task
+from repro.runtime import all_reduce_sum
 from repro.util.atomic import atomic_path
 
 
@@ -209,8 +210,6 @@ def rank_micro_batches(grad_accum: int, world_size: int, rank: int) -> list[int]
 
 
 def _sum_over_ranks(value: float, env) -> float:
-    from repro.runtime import all_reduce_sum
-
     t = torch.tensor([value], dtype=torch.float64)
     return float(all_reduce_sum(t, env)[0])
 

@@ -9,25 +9,27 @@ bootstrap block and writes:
     <A>__<B>.npz   cka [L_A, L_B] (the configured estimator), cka_biased, cka_debiased,
                    ci_low / ci_high (with bootstrap), layers_a, layers_b (names)
     <A>__<B>.json  models, layers, corpus/task/split, items, level, alignment, seed,
-                   subsampling, bootstrap, config hash, store keys, inputs_hash, the matrix
+                   subsampling, bootstrap, the provenance stamp, the matrix
 
-Both files are written atomically, the JSON last. A pair whose JSON carries the
-same `inputs_hash` (store keys + CKA config hash + format) is skipped. The same
-inputs give the same bytes.
+Both files are written atomically, the JSON last. A pair whose JSON carries the stamp a run
+would write now (`repro.provenance`: the CKA settings key and both store keys) is skipped.
+The same inputs give the same bytes.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
 from tqdm import tqdm
 
 from repro.config import to_dict
 from repro.errors import ReproError
+from repro.features.stage import open_store
 from repro.features.store import FeatureStore
+from repro.provenance import Stamp, cka_key, is_complete
 from repro.runtime import resolve_device
 from repro.similarity.align import aligned_length, align_frames, mean_pool, rate_factors
 from repro.similarity.bootstrap import BlockBootstrap
@@ -36,7 +38,7 @@ from repro.similarity.sampling import assign_blocks, subsample_frames
 from repro.util.atomic import atomic_write_json
 from repro.util.hashing import config_hash
 from repro.util.npz import atomic_write_npz
-from repro.workspace import Workspace, _safe
+from repro.workspace import Workspace
 
 RESULT_FORMAT = 1
 
@@ -52,16 +54,8 @@ def default_pairs(models: list[str]) -> list[tuple[str, str]]:
 
 def result_paths(ws: Workspace, a: str, b: str) -> tuple[Path, Path]:
     """(`.npz`, `.json`) of the pair under `results/<profile>/cka/`."""
-    stem = ws.results / "cka" / f"{_safe(a)}__{_safe(b)}"
+    stem = ws.cka_stem(a, b)
     return stem.with_suffix(".npz"), stem.with_suffix(".json")
-
-
-def _open_store(ws: Workspace, model: str, task: str, split: str) -> FeatureStore:
-    path = ws.store_dir(model, task, split)
-    if not (path / "meta.json").is_file():
-        raise CKAError(f"no feature store for model {model!r}, task {task}, split {split} at {path}; "
-                       f"extract it first: repro extract --profile {ws.profile.name} -m {model} -t {task}")
-    return FeatureStore(path)
 
 
 def _check_same_items(sa: FeatureStore, sb: FeatureStore) -> list[str]:
@@ -93,18 +87,13 @@ def check_settings(cfg) -> None:
         raise CKAError("; ".join(problems))
 
 
-def inputs_hash(cfg_hash: str, key_a: str, key_b: str) -> str:
-    """What identifies a result: format, CKA config hash and both store keys."""
-    return config_hash({"format": RESULT_FORMAT, "cka_config": cfg_hash, "stores": [key_a, key_b]})
-
-
-def _up_to_date(npz: Path, js: Path, expected: str) -> bool:
+def _up_to_date(npz: Path, js: Path, expected: Stamp) -> bool:
     import json
 
     if not (npz.is_file() and js.is_file()):
         return False
     try:
-        return json.loads(js.read_text()).get("inputs_hash") == expected
+        return is_complete(json.loads(js.read_text()).get("provenance"), expected)
     except (OSError, ValueError):
         return False
 
@@ -186,18 +175,6 @@ def _stream(boot: BlockBootstrap, reader: _PairReader, order: list[str], block_o
     flush()
 
 
-def cka_profile_hash(profile, a: str, b: str) -> str:
-    """Hash of every profile setting the CKA result of (a, b) depends on (CKA section, the two models'
-    registry entries, corpus, extraction precision), computable without data or models: figures refuse
-    results whose hash differs from the current profile's."""
-    from repro.models.registry import spec_identity
-
-    return config_hash({"format": RESULT_FORMAT, "cka": to_dict(profile.cka),
-                        "models": [spec_identity(a), spec_identity(b)], "corpus": to_dict(profile.corpus),
-                        "dtype": profile.extraction.dtype, "max_batch_seconds": profile.extraction.max_batch_seconds,
-                        "ecapa_layers": to_dict(profile.models.ecapa_layers)})
-
-
 def compute_pair(ws: Workspace, a: str, b: str, *, force: bool = False, progress: bool = True, env=None) -> dict:
     """Compute (or reuse) the CKA matrix of models `a` and `b`; returns the JSON metadata (+ "skipped").
 
@@ -210,11 +187,11 @@ def compute_pair(ws: Workspace, a: str, b: str, *, force: bool = False, progress
     cfg = ws.profile.cka
     check_settings(cfg)
     sym = a == b
-    sa = _open_store(ws, a, cfg.task, cfg.split)
-    sb = sa if sym else _open_store(ws, b, cfg.task, cfg.split)
+    sa = open_store(ws, a, cfg.task, cfg.split)
+    sb = sa if sym else open_store(ws, b, cfg.task, cfg.split)
     ids = _check_same_items(sa, sb)
     cfg_hash = config_hash(to_dict(cfg))
-    expected = inputs_hash(cka_profile_hash(ws.profile, a, b), sa.key, sb.key)
+    expected = Stamp(cka_key(ws.profile, a, b), {"a": sa.key, "b": sb.key})
     npz_path, json_path = result_paths(ws, a, b)
     if not force and _up_to_date(npz_path, json_path, expected):
         return {**json.loads(json_path.read_text()), "skipped": True}
@@ -225,7 +202,7 @@ def compute_pair(ws: Workspace, a: str, b: str, *, force: bool = False, progress
         raise CKAError(f"cka.bootstrap.blocks = {blocks} exceeds the {len(ids)} utterances of "
                        f"{cfg.task}/{cfg.split}; use fewer blocks")
     block_of = assign_blocks(ids, blocks, cfg.seed) if blocks > 1 else {u: 0 for u in ids}
-    device = resolve_device(cfg.device)  # products with numpy on the CPU, with torch on a GPU
+    device = resolve_device(cfg.device, "cka.device")  # products with numpy on the CPU, with torch on a GPU
     boot = BlockBootstrap(blocks, [l.dim for l in sa.layers], None if sym else [l.dim for l in sb.layers],
                           compute_dtype=cfg.dtype, backend="numpy" if device.type == "cpu" else "torch",
                           device=str(device))
@@ -245,7 +222,7 @@ def compute_pair(ws: Workspace, a: str, b: str, *, force: bool = False, progress
         merged = stream_sharded(
             boot, lambda mine: _stream(boot, reader, mine, block_of, cfg.batch_frames, f"cka {a} x {b}",
                                        progress and env.is_main),
-            order, env, ws.work / "cka_shards" / f"{_safe(a)}__{_safe(b)}", f"CKA statistics of {a} x {b}", timeout)
+            order, env, ws.cka_shard_dir(a, b), f"CKA statistics of {a} x {b}", timeout)
         error = None
         if merged is not None:  # rank 0 finalises and writes; the others wait for it
             try:
@@ -260,7 +237,7 @@ def compute_pair(ws: Workspace, a: str, b: str, *, force: bool = False, progress
 
 def _finish(ws: Workspace, a: str, b: str, boot: BlockBootstrap, reader: _PairReader, sa: FeatureStore,
             sb: FeatureStore, ids: list[str], block_of: dict[str, int], blocks: int, cfg, cfg_hash: str,
-            expected: str) -> dict:
+            expected: Stamp) -> dict:
     """Matrices, bootstrap interval and the two result files of a pair from its accumulated sums."""
     npz_path, json_path = result_paths(ws, a, b)
     sym = a == b
@@ -297,9 +274,7 @@ def _finish(ws: Workspace, a: str, b: str, boot: BlockBootstrap, reader: _PairRe
         "bootstrap": boot_meta,
         "config_hash": cfg_hash,
         "config": to_dict(cfg),
-        "store_keys": {"a": sa.key, "b": sb.key},
-        "inputs_hash": expected,
-        "profile_hash": cka_profile_hash(ws.profile, a, b),
+        "provenance": expected.as_dict(),
         "cka": _finite_or_none(arrays["cka"]),
     }
     atomic_write_npz(npz_path, arrays)
@@ -308,18 +283,10 @@ def _finish(ws: Workspace, a: str, b: str, boot: BlockBootstrap, reader: _PairRe
 
 
 def run_cka(ws: Workspace, pairs: Iterable[tuple[str, str]] | None = None, *, force: bool = False,
-            progress: bool = True, echo: Callable[[str], None] | None = print, env=None) -> list[dict]:
-    """Every requested pair (default: `default_pairs` of the profile's models); returns their metadata.
+            progress: bool = True, env=None) -> list[dict]:
+    """Every requested pair (default: `default_pairs` of the profile's models); returns their metadata
+    (the result JSON, plus `skipped`: True when the result was up to date).
 
     With `env` (torchrun) each pair's statistics are sharded across the ranks."""
     chosen = list(pairs) if pairs is not None else default_pairs(ws.profile.models.all())
-    done = []
-    for a, b in chosen:
-        meta = compute_pair(ws, a, b, force=force, progress=progress, env=env)
-        done.append(meta)
-        if echo and (env is None or env.is_main):
-            npz, _ = result_paths(ws, a, b)
-            shape = f"{len(meta['layers']['a'])}x{len(meta['layers']['b'])}"
-            what = "up to date" if meta["skipped"] else "written"
-            echo(f"cka {a} x {b}: {shape} layers, {meta['items']} {meta['level']} items; {what}: {npz}")
-    return done
+    return [compute_pair(ws, a, b, force=force, progress=progress, env=env) for a, b in chosen]

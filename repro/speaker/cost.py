@@ -52,7 +52,8 @@ def supervised_step_flops(cfg: SupervisedRecipeConfig, n_speakers: int, micro: i
 def dino_step_flops(cfg: DinoRecipeConfig, micro: int = 2) -> float:
     """FLOPs of one optimizer step (global batch `cfg.batch_size`), student and teacher."""
     from repro.models.wespeaker_ecapa import WespeakerEcapa, WespeakerEcapaArch
-    from repro.speaker.dino import DinoHead, DinoStudent
+    from repro.models.dino_head import DinoHead
+    from repro.speaker.dino import DinoStudent
 
     arch = WespeakerEcapaArch.from_dict(cfg.arch)
 

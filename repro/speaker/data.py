@@ -21,6 +21,7 @@ import soundfile as sf
 
 from repro.audio import read_audio
 from repro.data.manifest import ManifestError, load_task
+from repro.errors import ConfigError
 
 FRAME_SHIFT_MS = 10
 FRAME_LENGTH_MS = 25
@@ -57,7 +58,7 @@ def steps_per_epoch(num_utterances: int, batch_size: int) -> int:
     """Optimizer steps per epoch (the last incomplete batch is dropped)."""
     n = num_utterances // batch_size
     if n == 0:
-        raise ValueError(f"batch size {batch_size} is larger than the {num_utterances} training utterances")
+        raise ConfigError(f"batch size {batch_size} is larger than the {num_utterances} training utterances")
     return n
 
 
@@ -73,7 +74,7 @@ def micro_batch_positions(batch_size: int, world_size: int, accumulation: int, r
     """Positions (within the global batch) of micro-batch `micro` of `rank`."""
     parts = world_size * accumulation
     if batch_size % parts:
-        raise ValueError(f"batch size {batch_size} is not divisible by ranks x accumulation = {parts}")
+        raise ConfigError(f"batch size {batch_size} is not divisible by ranks x accumulation = {parts}")
     size = batch_size // parts
     start = (rank * accumulation + micro) * size
     return range(start, start + size)

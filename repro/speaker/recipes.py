@@ -16,10 +16,12 @@ import torch
 from torch import Tensor, nn
 
 from repro.config.schema import DinoRecipeConfig, SupervisedRecipeConfig
+from repro.errors import ConfigError
+from repro.models.dino_head import DinoHead
+from repro.runtime import DistEnv, all_reduce_sum
 from repro.speaker import augment as A
 from repro.speaker import data as D
 from repro.speaker import dino as dn
-from repro.runtime import DistEnv, all_reduce_sum
 
 
 # ----------------------------------------------------------------------------- batches
@@ -91,7 +93,7 @@ class BatchMaker:
             return A.drop_freq(wav, rng)
         if kind == "drop_chunk":
             return A.drop_chunk(wav, rng)
-        raise ValueError(f"unknown augmentation {kind!r}")
+        raise ConfigError(f"unknown augmentation {kind!r}")
 
     def _dino(self, step: int, utts: np.ndarray, positions: range) -> dict[str, Tensor]:
         cfg = self.cfg
@@ -181,7 +183,7 @@ class SupervisedRecipe:
         from repro.models.ecapa import speechbrain_ecapa
 
         if not cfg.concat_original and not cfg.augmentations:
-            raise ValueError("supervised recipe: concat_original is false and there are no augmentations")
+            raise ConfigError("supervised recipe: concat_original is false and there are no augmentations")
         self.cfg, self.env = cfg, env
         self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
         torch.manual_seed(cfg.seed)
@@ -260,7 +262,7 @@ class DinoRecipe:
         torch.manual_seed(cfg.seed)
 
         def build() -> dn.DinoStudent:
-            head = dn.DinoHead(self.arch.embed_dim, cfg.head_out_dim, cfg.head_hidden_dim, cfg.head_bottleneck_dim,
+            head = DinoHead(self.arch.embed_dim, cfg.head_out_dim, cfg.head_hidden_dim, cfg.head_bottleneck_dim,
                                cfg.head_layers, cfg.head_use_bn, cfg.norm_last_layer)
             return dn.DinoStudent(WespeakerEcapa(self.arch), head)
 

@@ -22,10 +22,11 @@ import torch
 
 from repro.config.typed import to_dict
 from repro.data.manifest import manifest_path, trials_path
-from repro.errors import ReproError
+from repro.errors import ConfigError, ReproError
+from repro.provenance import trained_model_key
+from repro.runtime import DistEnv, barrier, setup, teardown
 from repro.speaker import data as D
 from repro.speaker.augment import Augmenter, NoiseBank, RirBank
-from repro.runtime import DistEnv, barrier, setup, teardown
 from repro.speaker.evaluate import TrialSet, collapse_report, embed, trial_eer
 from repro.speaker.recipes import BatchMaker, DinoRecipe, Plan, SupervisedRecipe
 from repro.speaker.trainer import LoopSettings, run_loop
@@ -46,7 +47,7 @@ class SpeakerTrainingFailed(ReproError, RuntimeError):
 
 def recipe_config(ws: Workspace, recipe: str):
     if recipe not in RECIPES:
-        raise ValueError(f"unknown recipe {recipe!r}; recipes: {', '.join(RECIPES)}")
+        raise ConfigError(f"unknown speaker recipe {recipe!r}; recipes: {', '.join(RECIPES)}")
     return getattr(ws.profile.speaker_training, recipe)
 
 
@@ -62,6 +63,7 @@ def training_key(ws: Workspace, recipe: str) -> str:
              trials_path(corpus, cfg.eval_split)]
     return config_hash({
         "trainer": TRAINER_VERSION, "recipe": recipe, "settings": to_dict(recipe_config(ws, recipe)),
+        "provenance": trained_model_key(ws.profile, recipe),
         "train": [cfg.train_task, cfg.train_split], "eval": [cfg.eval_task, cfg.eval_split],
         "augment": to_dict(cfg.augment), "accumulation": cfg.grad_accumulation, "seed": ws.profile.seed,
         "data": [sha256_file(f) if f.is_file() else None for f in files],
@@ -165,7 +167,7 @@ def _judge_and_publish(ws, recipe, r, rcfg, trials, env, result, key, utts, spea
                                              "device": str(env.device), "threads": torch.get_num_threads()})
     info = {
         "format": MODEL_FORMAT, "name": rcfg.output_name, "recipe": recipe, "profile": ws.profile.name,
-        "config_hash": key, "steps": result.steps, "epochs": rcfg.epochs, "batch_size": rcfg.batch_size,
+        "config_hash": key, "settings": trained_model_key(ws.profile, recipe), "steps": result.steps, "epochs": rcfg.epochs, "batch_size": rcfg.batch_size,
         "train": {"task": cfg.train_task, "split": cfg.train_split, "utterances": len(utts), "speakers": len(speakers)},
         "eval": {"task": cfg.eval_task, "split": cfg.eval_split, "trials": int(len(trials.target)),
                  "target_trials": int(trials.target.sum())},
@@ -191,7 +193,12 @@ def _judge_and_publish(ws, recipe, r, rcfg, trials, env, result, key, utts, spea
     return info
 
 
-def cost_estimate(ws: Workspace, recipe: str, tflops: float, utterances: int | None = None) -> dict:
+def train(ws: Workspace, recipe: str, *, force: bool = False, progress: bool = True) -> dict | None:
+    """The recipe interface (`repro.recipes`): train (or keep) the model of `recipe`."""
+    return train_speaker(ws, recipe, force=force, progress=progress)
+
+
+def estimate(ws: Workspace, recipe: str, tflops: float, utterances: int | None = None) -> dict:
     """FLOPs and GPU-hours of `recipe` (see `repro.speaker.cost`); sizes from the training manifest
     unless `utterances` is given (then the speaker count is VoxCeleb2 dev's 5,994)."""
     from repro.speaker.cost import estimate

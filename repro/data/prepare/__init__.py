@@ -122,8 +122,10 @@ def prepare_corpus(
     manual_override: dict[str, Path] | None = None,
     committed: list | None = None,
     log=print,
+    force: bool = False,
 ) -> Path:
-    """Prepare the profile's tasks from the real corpora into `out` (see the module docstring)."""
+    """Prepare the profile's tasks from the real corpora into `out` (see the module docstring);
+    a folder prepared with the same settings is kept unless `force`."""
     out = Path(out)
     cfg = profile.data
     catalog = catalog or load_catalog()
@@ -138,7 +140,7 @@ def prepare_corpus(
                    for n in manual}
     key = _settings_hash(profile)
     info_path = out / "corpus.json"
-    if info_path.is_file():
+    if info_path.is_file() and not force:
         import json
 
         if json.loads(info_path.read_text()).get("config_hash") == key:
@@ -233,7 +235,8 @@ def _build(tmp: Path, profile: ProfileConfig, root: Path, manual_dirs, indexes, 
         infos = inspect_all(chosen, indexes, workers=cfg.workers, progress=progress, desc=f"{task} audio")
         utts = [Utterance(id=it.id, split=it.split, path=it.path, num_samples=a.frames,
                           duration=round(a.frames / SAMPLE_RATE, 6), speaker=it.speaker, label=it.label,
-                          sha256=a.sha256, text=it.text, fold=it.fold) for it, a in zip(chosen, infos)]
+                          sha256=a.sha256, text=it.text, fold=it.fold, fold_splits=it.fold_splits)
+                for it, a in zip(chosen, infos)]
         if task == "ASV":
             short = [u for u in utts if u.split == "train" and u.duration < cfg.asv_min_seconds]
             utts = [u for u in utts if not (u.split == "train" and u.duration < cfg.asv_min_seconds)]

@@ -43,6 +43,7 @@ class Item:
     label: Any
     text: str | None = None
     fold: int | None = None
+    fold_splits: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)

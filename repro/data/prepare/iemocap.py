@@ -8,7 +8,8 @@ renamed hap (4 classes, 5,531 utterances); an utterance without its wav under
 Splits for a held-out fold (s3prl: `test_fold`): test = that session; the other four sessions,
 in order, are split by `torch.randperm` seeded 0 into the first `int((1 - valid_ratio) * N)`
 for train and the rest for dev (what `torch.manual_seed(0); random_split(...)` does).
-The manifest's `split` is for `data.er_test_fold`; `fold_splits` gives any other fold's.
+The manifest's `split` is for `data.er_test_fold`; each utterance's `fold_splits` records its split
+for every held-out session, which is what the five-fold probes read.
 s3prl's own order came from `os.listdir`; here label files are read in sorted order, so the
 dev utterances can differ from s3prl's metadata while the test folds are the same.
 
@@ -72,7 +73,9 @@ def items(folder: Path, source: str, test_fold: int, valid_ratio: float) -> tupl
     rows = labelled_utterances(folder)
     if test_fold not in {k for k, *_ in rows}:
         raise PrepareError(f"data.er_test_fold={test_fold}: no labelled utterances in Session{test_fold} of {folder}")
-    split = fold_splits([(u, k) for k, u, _, _ in rows], test_fold, valid_ratio)
-    out = [Item(u, split[u], f"sources/{source}/{rel}", folder / rel, speaker_of(u), label, fold=k)
+    by_fold = [(u, k) for k, u, _, _ in rows]
+    every = {str(f): fold_splits(by_fold, f, valid_ratio) for f in sorted({k for k, *_ in rows})}
+    out = [Item(u, every[str(test_fold)][u], f"sources/{source}/{rel}", folder / rel, speaker_of(u), label, fold=k,
+                fold_splits={f: splits[u] for f, splits in every.items()})
            for k, u, label, rel in rows]
     return out, list(LABELS)

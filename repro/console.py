@@ -1,0 +1,92 @@
+"""What the command line prints: one line per thing a stage did, and the end-of-run summary.
+
+Stages return outcomes (`repro.pipeline`); these functions turn them into text and nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from repro.workspace import Workspace
+
+
+def describe(stage: str, outcome: Any, ws: Workspace) -> list[str]:
+    """Lines for one outcome of `stage`."""
+    return _DESCRIBE[stage](outcome, ws)
+
+
+def _corpus(o, ws) -> list[str]:
+    return [f"{o.kind} corpus at {o.path}"]
+
+
+def _train(info: dict, ws) -> list[str]:
+    eer = info["eer"]
+    return [f"{info['name']} ({info['recipe']}): EER {100 * eer['trained']:.2f}% (untrained "
+            f"{100 * eer['untrained']:.2f}%) on {info['eval']['trials']} trials -> {ws.models_dir / info['name']}"]
+
+
+def _features(e, ws) -> list[str]:
+    if not e.stores:
+        return [f"{e.model}: no store needed (every task reads the upstream)"]
+    now = (f"{e.audio_seconds:.0f} s of audio extracted now ({e.rate:.1f} audio s / wall s), "
+           f"padding {100 * e.padding_fraction:.1f}%") if e.wall_seconds else "all up to date"
+    return [f"{e.model}: {len(e.stores)} stores under {ws.features_dir}; {now}"]
+
+
+def _cka(meta: dict, ws) -> list[str]:
+    a, b = meta["models"]
+    shape = f"{len(meta['layers']['a'])}x{len(meta['layers']['b'])}"
+    what = "up to date" if meta["skipped"] else "written"
+    return [f"cka {a} x {b}: {shape} layers, {meta['items']} {meta['level']} items; {what}: "
+            f"{ws.cka_stem(a, b).with_suffix('.npz')}"]
+
+
+def _probe(o, ws) -> list[str]:
+    state = "up to date" if o.skipped else "written"
+    if o.task == "ASV-IDT":
+        return [f"{o.model} ASV-IDT ({o.detail}): test EER {o.test:.4f}; {state}: {o.path}"]
+    if o.lr is None:
+        return [f"{o.model} {o.task}: {o.detail}, test {o.metric} {o.test:.4f} -> {o.path}"]
+    return [f"{o.model} {o.task} lr={o.lr:g}: dev {o.metric} {o.dev:.4f}, test {o.test:.4f}; {state}"]
+
+
+def _paper(o, ws) -> list[str]:
+    lines = [f"{oid}: " + ", ".join(str(p) for p in paths) for oid, paths in o.rendered.items()]
+    return lines + check_table(o.checks) + [f"report: {o.report}", f"checksums: {o.checksums}"]
+
+
+_DESCRIBE = {"corpus": _corpus, "train": _train, "features": _features, "cka": _cka, "probe": _probe,
+             "paper": _paper}
+
+
+def check_table(result) -> list[str]:
+    """The claim checks and reference comparisons as a small table, then the notes."""
+    lines = [f"{'check':8s} {'status':8s} value"]
+    lines += [f"{c.id:8s} {c.status:8s} {c.value}" for c in result.claims]
+    for r in result.references:
+        ours = "-" if r["ours"] is None else f"{r['ours']:.2f}"
+        ref = "unknown" if r["value"] is None else f"{r['value']:.2f} +/- {r['tolerance']}"
+        lines.append(f"{'ref':8s} {r['status']:8s} {r['group']}: {r['model']} {r['task']}: ours {ours}, "
+                     f"reference {ref}")
+    if result.note:
+        lines.append(f"note: {result.note}")
+    lines.append(f"details: {result.files[-1]}")
+    return lines
+
+
+def stage_lines(ws: Workspace, run) -> list[str]:
+    """Every outcome of one stage of a pipeline run, then its wall time."""
+    tag = f"[{ws.profile.name}] {run.stage}:"
+    lines = [f"{tag} {line}" for o in run.outcomes for line in describe(run.stage, o, ws)]
+    return lines + [f"[{ws.profile.name}] stage {run.stage}: {run.seconds:.1f} s"]
+
+
+def summary(ws: Workspace, runs: Iterable) -> list[str]:
+    """The end of a pipeline run: wall time per stage and where the report is."""
+    runs = list(runs)
+    lines = [f"[{ws.profile.name}] done: " + ", ".join(f"{r.stage} {r.seconds:.1f} s" for r in runs)
+             + f"; {sum(r.seconds for r in runs):.1f} s in all"]
+    for r in runs:
+        if r.stage == "paper" and r.outcomes:
+            lines.append(f"[{ws.profile.name}] report: {r.outcomes[0].report}")
+    return lines

@@ -1,0 +1,226 @@
+"""What every output of the pipeline depends on, and the one key that says whether it is up to date.
+
+Each kind of output declares, in `READS`, the profile settings it reads itself and, in
+`inputs_of`, the outputs it is made from. Its **settings key** hashes the values of those
+settings, the settings keys of its inputs (recursively) and the identities of the models
+involved (`model_identity`: the registry entry, the ECAPA-TDNN layers exposed, the settings of
+the recipe that trained it). A settings key is computed from the profile and the model registry
+alone: no data, no model weights.
+
+Every output records a `Stamp`: its settings key and the content identities of what it actually
+read (feature-store keys, weight digests, manifest digests). Then
+
+    complete, skip it       the recorded stamp equals the stamp the run would write now;
+    acceptable as input     the recorded settings key equals the settings key the profile gives now.
+
+A complete output is always acceptable, and an output a later stage refuses is never
+skipped by the stage that makes it: both questions are answered from the same declarations.
+
+Settings that never change a result (devices, worker counts, logging, timeouts, where files
+live) are listed in `RUNTIME`; settings that only choose which outputs exist (the model lists,
+the task list, the learning-rate grid of single-lr results) in `SELECTION`. Every setting of the
+profile schema is in exactly one of `READS`, `RUNTIME` or `SELECTION` (a test checks this).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from repro.config.typed import to_dict
+from repro.tasks import PROBE_READS, TASKS, task_input, idt_store_kind
+from repro.util.hashing import config_hash
+
+FORMAT = 1
+
+# Settings read by each kind of output, as dotted profile keys. `{task}` and `{recipe}` are filled
+# in per output; a key names a whole section when it names a mapping.
+READS: dict[str, tuple[str, ...]] = {
+    # one task's manifest (and, for ASV, its trial lists)
+    "corpus": ("seed", "corpus.kind", "corpus.synthetic", "data.corpora.{task}", "data.subsets.{task}"),
+    # a model trained by one of the project's recipes
+    "trained_model": ("seed", "speaker_training.{recipe}", "speaker_training.train_task",
+                      "speaker_training.train_split", "speaker_training.eval_task", "speaker_training.eval_split",
+                      "speaker_training.grad_accumulation", "speaker_training.augment"),
+    # the layers a model exposes
+    "model": ("models.ecapa_layers",),
+    # every layer of a model over one split of a task (`frames`) or their utterance means (`pooled`)
+    "store": ("extraction.dtype", "extraction.max_batch_seconds", "extraction.autocast", "extraction.resample",
+              "extraction.downmix"),
+    # the probe of one (model, task, learning rate)
+    "probe": ("seed", "probing.tasks.{task}.steps", "probing.tasks.{task}.batch_size",
+              "probing.tasks.{task}.eval_every", "probing.tasks.{task}.grad_accum", "probing.tasks.{task}.optimizer",
+              "probing.tasks.{task}.grad_clip", "probing.tasks.{task}.train_crop_seconds"),
+    # the learning rate selected on dev among a task's grid
+    "best": ("probing.tasks.{task}.lr_grid",),
+    # ASV with the model's own embedding
+    "asv_idt": ("probing.asv_idt_without_embedding",),
+    # linear CKA between the layers of two models
+    "cka": ("cka.task", "cka.split", "cka.level", "cka.alignment", "cka.estimator", "cka.max_frames", "cka.seed",
+            "cka.bootstrap", "cka.dtype", "cka.batch_frames"),
+    # figures, tables, checks and report (always redrawn from the results)
+    "paper": ("paper",),
+}
+# Settings that never change a result.
+RUNTIME: tuple[str, ...] = (
+    "name", "description", "extraction.device", "extraction.num_workers", "probing.device", "cka.device",
+    "data.root", "data.lock_file", "data.manual_paths", "data.workers", "distributed",
+    "speaker_training.device", "speaker_training.num_workers", "speaker_training.log_every",
+    "speaker_training.checkpoint_every", "speaker_training.eval_every_epochs",
+    # whether a finished training run is published, not what it is
+    "speaker_training.require_eer_improvement", "speaker_training.collapse_min_embedding_std",
+    "speaker_training.collapse_min_teacher_kl",
+)
+# Settings that choose which outputs exist, not what any of them holds.
+SELECTION: tuple[str, ...] = (
+    "models.speech_ssl", "models.speaker_ssl", "models.speaker_sup", "tasks", "speaker_training.pipeline_recipes",
+    "speaker_training.supervised.output_name", "speaker_training.dino.output_name",
+)
+ECAPA_LOADERS = ("speechbrain_ecapa", "ecapa_random", "wespeaker_ecapa", "trained_ecapa")
+TRAINED_LOADERS = {"trained_ecapa": "speaker_training"}
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """What an output was made from: its settings key and the content identities of its inputs."""
+
+    settings: str
+    inputs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "settings": self.settings, "inputs": self.inputs}
+
+    @property
+    def key(self) -> str:
+        """One hash of the whole stamp (for outputs that carry a single key, like feature stores)."""
+        return config_hash(self.as_dict())
+
+
+def is_complete(recorded: Any, expected: Stamp) -> bool:
+    """Is an output stamped `recorded` exactly what a run would make now (skip it)?"""
+    return recorded == expected.as_dict()
+
+
+def is_acceptable(recorded: Any, settings: str) -> bool:
+    """May a later stage read an output stamped `recorded` under the current settings key?"""
+    return isinstance(recorded, dict) and recorded.get("settings") == settings
+
+
+def recorded_settings(recorded: Any) -> str | None:
+    """The settings key in a recorded stamp (None for outputs made before stamps existed)."""
+    return recorded.get("settings") if isinstance(recorded, dict) else None
+
+
+def _value(tree: dict, dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None  # an absent optional entry (a task without a budget, a subset rule not given)
+        node = node[part]
+    return node
+
+
+def settings_read(profile, kind: str, *, task: str | None = None, recipe: str | None = None) -> dict[str, Any]:
+    """The settings `kind` reads itself, `{dotted key: value}`, for one task or recipe."""
+    tree = to_dict(profile)
+    keys = list(READS[kind])
+    if kind == "corpus":
+        keys += TASKS[task].data_reads if task in TASKS else CKA_DATA_READS if task == "CKA" else ()
+        if profile.corpus.kind == "synthetic":  # the synthetic corpus reads no real-corpus setting
+            keys = [k for k in keys if not k.startswith("data.")]
+        else:
+            keys.remove("corpus.synthetic")
+    if kind == "probe":
+        keys += [f"probing.{k}" for k in PROBE_READS + TASKS[task].reads]
+    chosen = {k.format(task=task, recipe=recipe): None for k in keys}
+    read = {k: _value(tree, k) for k in sorted(chosen)}
+    if kind == "probe":  # the input actually used, from `probing.input` and the task's own `input`
+        read["input"] = task_input(profile, task)
+    return read
+
+
+# The CKA manifest (a seeded subset of LibriSpeech test-clean) of the real profiles.
+CKA_DATA_READS = ("data.cka_utterances", "data.cka_split", "data.corpora.PR", "data.pr_oov")
+
+
+def _key(kind: str, own: dict, inputs: Iterable[str], **ids) -> str:
+    return config_hash({"format": FORMAT, "kind": kind, "reads": own, "inputs": sorted(inputs), **ids})
+
+
+def corpus_key(profile, task: str) -> str:
+    """Settings key of one task's manifest (`CKA` for the CKA utterance set)."""
+    return _key("corpus", settings_read(profile, "corpus", task=task), [], task=task)
+
+
+def trained_model_key(profile, recipe: str) -> str:
+    """Settings key of the model a recipe trains (its settings and its training and evaluation data)."""
+    st = profile.speaker_training
+    data = {corpus_key(profile, st.train_task if st.train_task in TASKS else "ASV"),
+            corpus_key(profile, st.eval_task if st.eval_task in TASKS else "ASV")}
+    return _key("trained_model", settings_read(profile, "trained_model", recipe=recipe), data, recipe=recipe)
+
+
+def model_identity(profile, name: str) -> dict[str, Any]:
+    """What identifies model `name` under `profile`, without loading it.
+
+    Its registry entry (prose and family left out: the family is the profile's to give), the
+    ECAPA-TDNN blocks it exposes, and for a model trained by a recipe that recipe's settings key.
+    A `path/to/file.py:factory` plug-in is identified by that reference; its weights are
+    identified by the feature stores made from it (their keys hold a digest of the weights).
+    """
+    from repro.models.registry import resolve_spec, spec_identity
+
+    spec = resolve_spec(name)
+    ident = spec_identity(name)
+    ident.pop("family", None)
+    if spec.loader in ECAPA_LOADERS:
+        ident["layers"] = settings_read(profile, "model")["models.ecapa_layers"]
+    if spec.loader in TRAINED_LOADERS:
+        ident["trained"] = trained_model_key(profile, spec.options.get("recipe", "supervised"))
+    return ident
+
+
+def model_key(profile, name: str) -> str:
+    """Settings key of a model's identity (`model_identity`)."""
+    return config_hash({"format": FORMAT, "kind": "model", "identity": model_identity(profile, name)})
+
+
+def store_key(profile, model: str, task: str, kind: str = "frames") -> str:
+    """Settings key of the feature store of `model` over one split of `task` (`frames` or `pooled`).
+
+    Every split of a task shares it: the split is part of the store's place, not of its settings."""
+    own = settings_read(profile, "store")
+    if kind == "pooled":  # utterance means are kept in float32 whatever the cache precision
+        own.pop("extraction.dtype")
+    return _key("store", own, [model_key(profile, model), corpus_key(profile, task)], task=task, store_kind=kind)
+
+
+def probe_key(profile, model: str, task: str, lr: float | None) -> str:
+    """Settings key of the probe of (`model`, `task`, `lr`); `lr=None` for the learning-rate selection."""
+    own = settings_read(profile, "probe", task=task)
+    source = task_input(profile, task)
+    if source == "upstream":  # layers recomputed from the audio: the model, the corpus, how it runs
+        store_settings = settings_read(profile, "store")
+        store_settings.pop("extraction.dtype")
+        store_settings.pop("extraction.max_batch_seconds")
+        inputs = [model_key(profile, model), corpus_key(profile, task), config_hash(store_settings)]
+    else:
+        inputs = [store_key(profile, model, task, "pooled" if source == "pooled" else "frames")]
+    if lr is None:
+        own.update(settings_read(profile, "best", task=task))
+    return _key("probe", own, inputs, task=task, lr=lr)
+
+
+def asv_idt_key(profile, model: str) -> str:
+    """Settings key of ASV-IDT of `model` (its own embedding scored on the ASV trials)."""
+    kind = idt_store_kind(profile)
+    return _key("asv_idt", settings_read(profile, "asv_idt"), [store_key(profile, model, "ASV", kind)],
+                store_kind=kind)
+
+
+def cka_key(profile, a: str, b: str) -> str:
+    """Settings key of the linear CKA of models `a` and `b` on the profile's CKA utterances."""
+    task = profile.cka.task
+    return _key("cka", settings_read(profile, "cka"),
+                [store_key(profile, a, task), store_key(profile, b, task)], pair=[a, b])
