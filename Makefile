@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 REPRO := $(PY) -m repro
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo reproduce corpus extract train-speaker cka probe paper check verify bench test test-fast models config clean docker-build data data-plan
+.PHONY: help install demo reproduce corpus extract train cka probe paper check verify bench test test-fast models config clean docker-build data data-plan
 
 help: ## list every target with one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_%-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -38,8 +38,8 @@ corpus: $(VENV)/.installed ## create the corpus of PROFILE
 	$(REPRO) run --profile $(PROFILE) --stage corpus
 
 RECIPE ?= dino
-train-speaker: $(VENV)/.installed ## train the speaker model of PROFILE with RECIPE=dino|supervised (resumes)
-	$(REPRO) train-speaker --recipe $(RECIPE) --profile $(PROFILE)
+train: $(VENV)/.installed ## train a model of PROFILE with RECIPE=dino|supervised (resumes)
+	$(REPRO) train --recipe $(RECIPE) --profile $(PROFILE)
 
 extract: $(VENV)/.installed ## extract layer features of every model of PROFILE
 	$(REPRO) run --profile $(PROFILE) --stage features
@@ -74,8 +74,11 @@ models: $(VENV)/.installed ## list the model registry
 config: $(VENV)/.installed ## show the settings the paper leaves open, with our values and reasons
 	$(REPRO) config explain --profile $(PROFILE)
 
-test: $(VENV)/.installed ## run the test suite
+test: $(VENV)/.installed ## run the whole test suite (what CI runs)
 	$(PY) -m pytest -q
+
+test-fast: $(VENV)/.installed ## the test suite without the long end-to-end tests (marked slow)
+	$(PY) -m pytest -q -m "not slow"
 
 clean: ## remove the work, results and figures of PROFILE
 	rm -rf "$${REPRO_WORK:-work}/$(PROFILE)" "$${REPRO_RESULTS:-results}/$(PROFILE)"

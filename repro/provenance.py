@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from repro.config.typed import to_dict
+from repro.models.registry import resolve_spec, spec_identity
 from repro.tasks import PROBE_READS, TASKS, task_input, idt_store_kind
 from repro.util.hashing import config_hash
 
@@ -112,18 +113,22 @@ def recorded_settings(recorded: Any) -> str | None:
     return recorded.get("settings") if isinstance(recorded, dict) else None
 
 
-def _value(tree: dict, dotted: str) -> Any:
-    node: Any = tree
+def _value(config: Any, dotted: str) -> Any:
+    """The plain-data value of setting `dotted` in a profile (None for an absent optional entry,
+    like a task without a budget or a subset rule not given)."""
+    node: Any = config
     for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None  # an absent optional entry (a task without a budget, a subset rule not given)
-        node = node[part]
-    return node
+        if dataclasses.is_dataclass(node):
+            node = getattr(node, part)
+        elif isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            return None
+    return to_dict(node)
 
 
 def settings_read(profile, kind: str, *, task: str | None = None, recipe: str | None = None) -> dict[str, Any]:
     """The settings `kind` reads itself, `{dotted key: value}`, for one task or recipe."""
-    tree = to_dict(profile)
     keys = list(READS[kind])
     if kind == "corpus":
         keys += TASKS[task].data_reads if task in TASKS else CKA_DATA_READS if task == "CKA" else ()
@@ -134,7 +139,7 @@ def settings_read(profile, kind: str, *, task: str | None = None, recipe: str | 
     if kind == "probe":
         keys += [f"probing.{k}" for k in PROBE_READS + TASKS[task].reads]
     chosen = {k.format(task=task, recipe=recipe): None for k in keys}
-    read = {k: _value(tree, k) for k in sorted(chosen)}
+    read = {k: _value(profile, k) for k in sorted(chosen)}
     if kind == "probe":  # the input actually used, from `probing.input` and the task's own `input`
         read["input"] = task_input(profile, task)
     return read
@@ -156,8 +161,7 @@ def corpus_key(profile, task: str) -> str:
 def trained_model_key(profile, recipe: str) -> str:
     """Settings key of the model a recipe trains (its settings and its training and evaluation data)."""
     st = profile.speaker_training
-    data = {corpus_key(profile, st.train_task if st.train_task in TASKS else "ASV"),
-            corpus_key(profile, st.eval_task if st.eval_task in TASKS else "ASV")}
+    data = {corpus_key(profile, st.train_task), corpus_key(profile, st.eval_task)}
     return _key("trained_model", settings_read(profile, "trained_model", recipe=recipe), data, recipe=recipe)
 
 
@@ -169,8 +173,6 @@ def model_identity(profile, name: str) -> dict[str, Any]:
     A `path/to/file.py:factory` plug-in is identified by that reference; its weights are
     identified by the feature stores made from it (their keys hold a digest of the weights).
     """
-    from repro.models.registry import resolve_spec, spec_identity
-
     spec = resolve_spec(name)
     ident = spec_identity(name)
     ident.pop("family", None)

@@ -55,7 +55,7 @@ def test_records_are_json_and_the_methods_agree(records):
     ks = results["probe"]["tasks"]["KS"]["paths"]
     assert set(ks) == {"cache", "pooled", "upstream"} and ks["upstream"]["vs_upstream"] == 1.0
     assert 0 < ks["pooled"]["bytes_per_utterance"] < ks["cache"]["bytes_per_utterance"]
-    assert set(results["pipeline"]["stages"]) == {"corpus", "speakers", "features", "cka", "probe", "paper"}
+    assert set(results["pipeline"]["stages"]) == {"corpus", "train", "features", "cka", "probe", "paper"}
     assert abs(sum(s["share"] for s in results["pipeline"]["stages"].values()) - 1) < 0.05
     pj = results["projection"]
     assert set(pj["flops_per_audio_second"]) == set(MODELS)

@@ -92,7 +92,7 @@ def test_cross_model_cka_matches_an_independent_computation_and_reruns_are_skipp
     assert list(data["layers_b"]) == meta["layers"]["b"] == ["tdnn", "res2net1", "res2net2", "res2net3", "mfa"]
     stores = [FeatureStore(ws.store_dir(m, "PR", "train")) for m in (A, B)]
     assert meta["models"] == [A, B] and meta["items"] == xs[0].shape[0]
-    assert meta["store_keys"] == {"a": stores[0].key, "b": stores[1].key}
+    assert meta["provenance"]["inputs"] == {"a": stores[0].key, "b": stores[1].key}
     assert meta["corpus"] == {"profile": "ckaprof", "kind": "synthetic", "task": "PR", "split": "train",
                               "utterances": len(stores[0])}
     assert meta["alignment"] == {"alignment": "average", "frame_rate": 50.0, "factors": {"a": [1] * 13, "b": [2] * 5}}
@@ -153,7 +153,7 @@ def test_mismatched_or_missing_stores_are_one_line_errors(env, tmp_path):
     shutil.rmtree(train)
     res = run("cka", "--profile", prof, "--models", A, B, "--quiet")
     assert res.exit_code == 2
-    assert f"no feature store for model '{B}', task PR, split train" in res.output
+    assert f"{train}: no complete feature store here" in res.output
     assert f"repro extract --profile ckaprof -m {B} -t PR" in res.output
     assert not (ws.results / "cka" / f"{A}__{B}.npz").exists()
     prof = write_profile(tmp_path / "ckaprof.yaml", bootstrap="{blocks: 500}")

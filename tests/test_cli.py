@@ -74,7 +74,7 @@ def test_run_profile_end_to_end(tmp_path, workspace_env, monkeypatch):
     # second run: everything is complete, nothing is redone
     stamp = (feats / "tiny-hubert" / "KS" / "train" / "meta.json").stat().st_mtime_ns
     res = runner.invoke(main, ["extract", "--profile", str(prof), "--quiet", "-m", "tiny-hubert"])
-    assert res.exit_code == 0 and "0 s of audio extracted now" in res.output
+    assert res.exit_code == 0 and "all up to date" in res.output, res.output
     assert (feats / "tiny-hubert" / "KS" / "train" / "meta.json").stat().st_mtime_ns == stamp
 
 
@@ -99,19 +99,18 @@ def test_config_explain_lists_open_settings_with_reasons():
 def test_every_command_has_help():
     runner = CliRunner()
     names = sorted(main.commands)
-    assert {"run", "config", "data", "models", "extract", "probe", "paper", "train-speaker", "cka", "bench"} <= set(names)
+    assert {"run", "config", "data", "models", "extract", "probe", "paper", "train", "cka", "bench"} <= set(names)
     for name in names:
         res = runner.invoke(main, [name, "--help"])
         assert res.exit_code == 0 and "Usage" in res.output, name
 
 
 def test_stage_names_match_the_pipeline():
-    import click
-
     from repro.cli import run
     from repro.pipeline import STAGES
 
     option = next(p for p in run.params if p.name == "stages")
-    assert isinstance(option.type, click.Choice) and list(option.type.choices) == list(STAGES)
+    assert all(stage in option.help for stage in STAGES)
     res = CliRunner().invoke(main, ["run", "--stage", "features2"])
-    assert res.exit_code == 2 and "Traceback" not in res.output and "'features2' is not one of" in res.output
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert res.output.strip() == f"error: unknown stage(s) features2; stages: {', '.join(STAGES)}"

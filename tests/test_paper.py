@@ -11,7 +11,7 @@ from repro.paper import checksums
 from repro.paper.claims import compare_references, evaluate_claims
 from repro.paper.registry import OUTPUTS, UnknownOutputError, get, render_output
 from repro.paper.results import ConfigMismatchError, MissingResultsError
-from repro.probing.runner import profile_hash, result_dir
+from repro.provenance import asv_idt_key, probe_key
 from repro.util.atomic import atomic_write_json
 from repro.workspace import Workspace
 
@@ -36,8 +36,9 @@ def write_probe(ws, model, task, test, weights, layers, contributions=None, dev=
     rec = {"model": model, "task": task, "lr": lr, "selected_lr": lr, "metric": metric,
            "higher_is_better": metric == "accuracy", "dev": test if dev is None else dev, "test": test,
            "layers": layers, "layer_weights": weights, "contributions": contributions or weights,
-           "sweep": [{"lr": lr, "dev": test, "test": test}], "profile_hash": profile_hash(ws.profile, model, task, lr)}
-    atomic_write_json(result_dir(ws, model, task) / "best.json", rec)
+           "sweep": [{"lr": lr, "dev": test, "test": test}],
+           "provenance": {"format": 1, "settings": probe_key(ws.profile, model, task, None), "inputs": {}}}
+    atomic_write_json(ws.probe_dir(model, task) / "best.json", rec)
 
 
 def write_paper_like(ws, invert=False):
@@ -59,9 +60,9 @@ def write_paper_like(ws, invert=False):
                 test = 0.95 if t == "SID" else 0.03
             write_probe(ws, m, t, test, peaked(5, at, 3.0), ecapa_layers)
     for m in SPEECH + SPK_SSL + SPK_SUP:
-        atomic_write_json(ws.results / "probing" / m / "ASV-IDT.json",
+        atomic_write_json(ws.asv_idt_file(m),
                           {"model": m, "task": "ASV-IDT", "metric": "eer", "test": 0.2, "dev": 0.2,
-                           "profile_hash": profile_hash(ws.profile, m, "ASV-IDT")})
+                           "provenance": {"format": 1, "settings": asv_idt_key(ws.profile, m), "inputs": {}}})
 
 
 def test_registry_ids_are_unique_and_described():
@@ -78,17 +79,17 @@ def test_missing_results_name_the_files_and_the_target(ws):
         render_output(ws, "figure-1")
     msg = str(err.value)
     assert "figure-1 needs result files" in msg
-    assert str(result_dir(ws, "tiny-wavlm", "PR") / "best.json") in msg
+    assert str(ws.probe_dir("tiny-wavlm", "PR") / "best.json") in msg
     assert "make probe PROFILE=smoke" in msg
 
 
 def test_results_from_another_config_are_refused(ws):
     write_paper_like(ws)
-    path = result_dir(ws, "tiny-wavlm", "KS") / "best.json"
+    path = ws.probe_dir("tiny-wavlm", "KS") / "best.json"
     data = json.loads(path.read_text())
-    data["profile_hash"] = "0123456789abcdef"
+    data["provenance"]["settings"] = "0123456789abcdef"
     path.write_text(json.dumps(data))
-    expected = profile_hash(ws.profile, "tiny-wavlm", "KS", data["lr"])
+    expected = probe_key(ws.profile, "tiny-wavlm", "KS", None)
     with pytest.raises(ConfigMismatchError, match=f"0123456789abcdef.*{expected}"):
         render_output(ws, "table-1")
 

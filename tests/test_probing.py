@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from repro.config import load_profile
+from repro.config import ConfigError, load_profile
 from repro.config.schema import ProbingConfig, TaskBudget
 from repro.data.manifest import Utterance, load_task
 from repro.features.stage import extract_model
@@ -112,8 +112,8 @@ def test_planted_layers_get_the_weight(tmp_path, smoke_corpus, monkeypatch):
     ws = workspace(tmp_path, _profile(load_profile("smoke").corpus.synthetic, ["planted"], ["SID", "KS"], steps=150,
                                       lr_grid=(0.05,)), smoke_corpus)
     extract_model(ws, "planted", progress=False)
-    sid = run_probe(ws, "planted", "SID", 0.05, progress=False)
-    ks = run_probe(ws, "planted", "KS", 0.05, progress=False)
+    sid = run_probe(ws, "planted", "SID", 0.05, progress=False).result
+    ks = run_probe(ws, "planted", "KS", 0.05, progress=False).result
     assert int(np.argmax(sid["layer_weights"])) == K_SPEAKER and sid["layer_weights"][K_SPEAKER] > 0.5
     assert int(np.argmax(ks["layer_weights"])) == K_WORD and ks["layer_weights"][K_WORD] > 0.5
     assert sid["test"] > 0.9 and ks["test"] > 0.9
@@ -135,16 +135,16 @@ def test_each_probe_beats_chance_with_a_tiny_model(ecapa_ws):
     info = json.loads((ws.corpus_dir / "corpus.json").read_text())
     chance = {"KS": 1 / 12, "SID": 1 / len(info["labels"]["SID"]), "ER": 1 / 4, "IC": 1 / 21}
     for task, margin in (("KS", 3), ("SID", 4), ("ER", 1.4), ("IC", 2)):
-        r = run_probe(ws, "rand-ecapa", task, 0.01, progress=False)
+        r = run_probe(ws, "rand-ecapa", task, 0.01, progress=False).result
         assert r["test"] > margin * chance[task], (task, r["test"])
         assert r["projected"] and abs(sum(r["contributions"]) - 1) < 1e-6
-    pr = run_probe(ws, "rand-ecapa", "PR", 0.01, progress=False)
+    pr = run_probe(ws, "rand-ecapa", "PR", 0.01, progress=False).result
     assert pr["test"] < 0.8  # predicting nothing gives a PER of 1
-    asv = run_probe(ws, "rand-ecapa", "ASV", 0.01, progress=False)
+    asv = run_probe(ws, "rand-ecapa", "ASV", 0.01, progress=False).result
     assert asv["test"] < 0.4  # chance is 0.5
-    idt = run_asv_idt(ws, "rand-ecapa")
+    idt = run_asv_idt(ws, "rand-ecapa").result
     assert idt["embedding"] == "embedding" and 0 <= idt["test"] < 0.5
-    er = run_probe(ws, "rand-ecapa", "ER", 0.01, progress=False)
+    er = run_probe(ws, "rand-ecapa", "ER", 0.01, progress=False).result
     assert [r["fold"] for r in er["runs"]] == [1, 2, 3, 4, 5]
     assert er["test"] == pytest.approx(np.mean([r["test"] for r in er["runs"]]))
 
@@ -157,7 +157,7 @@ def test_cache_and_on_the_fly_agree(ecapa_ws, tmp_path):
     for mode in ("cache", "upstream"):
         p = dataclasses.replace(prof, probing=dataclasses.replace(prof.probing, tasks=small, input=mode))
         w = dataclasses.replace(ws, profile=p, results_root=tmp_path / mode)
-        outs[mode] = [run_probe(w, "rand-ecapa", t, 0.01, progress=False) for t in ("KS", "PR")]
+        outs[mode] = [run_probe(w, "rand-ecapa", t, 0.01, progress=False).result for t in ("KS", "PR")]
     for a, b in zip(outs["cache"], outs["upstream"]):
         assert a["dev"] == pytest.approx(b["dev"], abs=1e-4)
         assert a["test"] == pytest.approx(b["test"], abs=1e-4)
@@ -169,7 +169,7 @@ def test_interrupted_probe_resumes_to_the_same_result(ecapa_ws, tmp_path):
     import repro.probing.trainer as trainer
 
     ws = dataclasses.replace(ecapa_ws, results_root=tmp_path / "a")
-    whole = run_probe(ws, "rand-ecapa", "SID", 0.01, progress=False)
+    whole = run_probe(ws, "rand-ecapa", "SID", 0.01, progress=False).result
     ws_b = dataclasses.replace(ecapa_ws, results_root=tmp_path / "b", work_root=tmp_path / "w")
     ws_b.work.mkdir(parents=True)
     (ws_b.work / "corpus").symlink_to(ecapa_ws.corpus_dir.resolve())
@@ -194,7 +194,7 @@ def test_interrupted_probe_resumes_to_the_same_result(ecapa_ws, tmp_path):
     finally:
         trainer_mod.train_probe = original
     assert not (tmp_path / "b" / "ptest" / "probing" / "rand-ecapa" / "SID" / "lr-1e-02.json").exists()
-    resumed = run_probe(ws_b, "rand-ecapa", "SID", 0.01, progress=False)
+    resumed = run_probe(ws_b, "rand-ecapa", "SID", 0.01, progress=False).result
     assert resumed == whole
 
 
@@ -207,8 +207,8 @@ def test_results_are_byte_stable_and_the_sweep_selects_on_dev(ecapa_ws, tmp_path
     for run in ("one", "two"):
         ws = dataclasses.replace(ecapa_ws, profile=p, results_root=tmp_path / run)
         for lr in (0.001, 0.03):
-            run_probe(ws, "rand-ecapa", "KS", lr, progress=False)
-        best = select_best(ws, "rand-ecapa", "KS")
+            run_probe(ws, "rand-ecapa", "KS", lr, progress=False).result
+        best = select_best(ws, "rand-ecapa", "KS").result
         d = ws.results / "probing" / "rand-ecapa" / "KS"
         files.append({f.name: f.read_bytes() for f in sorted(d.iterdir()) if not f.name.endswith(".timing.json")})
     assert files[0] == files[1] and len(files[0]) == 3
@@ -219,5 +219,5 @@ def test_too_few_layers_is_an_error(ecapa_ws, tmp_path):
     prof = ecapa_ws.profile
     p = dataclasses.replace(prof, probing=dataclasses.replace(prof.probing, layers=[0, 7]))
     ws = dataclasses.replace(ecapa_ws, profile=p, results_root=tmp_path)
-    with pytest.raises(ValueError, match=r"the model has 5 layers, but layers \[7\] were asked for"):
+    with pytest.raises(ConfigError, match=r"the model has 5 layers, but layers \[7\] were asked for"):
         run_probe(ws, "rand-ecapa", "KS", 0.01, progress=False)

@@ -47,10 +47,10 @@ def test_pooled_store_probes_equal_frame_store_probes(tiny_corpus, tmp_path):
     extract_model(pooled, "tiny-wavlm", progress=False)
     assert not list((pooled.features_dir / "tiny-wavlm" / "KS").glob("train")), "a pooled input needs no frames"
     for task in POOLED:
-        a = run_probe(cache, "tiny-wavlm", task, 0.01, progress=False)
-        b = run_probe(pooled, "tiny-wavlm", task, 0.01, progress=False)
+        a = run_probe(cache, "tiny-wavlm", task, 0.01, progress=False).result
+        b = run_probe(pooled, "tiny-wavlm", task, 0.01, progress=False).result
         assert (a["input"], b["input"]) == ("cache", "pooled") and a["pooled"] and b["pooled"]
-        assert a["features"] != b["features"]
+        assert a["provenance"]["inputs"] != b["provenance"]["inputs"]
         assert b["dev"] == pytest.approx(a["dev"], abs=1e-4) and b["test"] == pytest.approx(a["test"], abs=1e-4)
         assert np.allclose(a["layer_weights"], b["layer_weights"], atol=1e-4)
         assert np.allclose(a["runs"][0]["curve"]["train_loss"], b["runs"][0]["curve"]["train_loss"], rtol=1e-3)
@@ -61,12 +61,12 @@ def test_pooled_store_probes_equal_frame_store_probes(tiny_corpus, tmp_path):
 
 def test_asv_idt_reads_the_pooled_store_when_asv_is_not_probed_from_the_cache(tiny_corpus, tmp_path):
     ws = _workspace(tmp_path, _profile({"ASV": "upstream"}), tiny_corpus)
-    stores = extract_model(ws, "tiny-wavlm", progress=False)
+    stores = extract_model(ws, "tiny-wavlm", progress=False).stores
     assert sorted(stores) == [("ASV", "dev.pooled"), ("ASV", "test.pooled")]  # trial splits only
-    idt = run_asv_idt(ws, "tiny-wavlm")
+    idt = run_asv_idt(ws, "tiny-wavlm").result
     frames = _workspace(tmp_path / "f", _profile({"ASV": "cache"}), tiny_corpus)
     extract_model(frames, "tiny-wavlm", progress=False)
-    ref = run_asv_idt(frames, "tiny-wavlm")
+    ref = run_asv_idt(frames, "tiny-wavlm").result
     assert idt["embedding"] == ref["embedding"] == "mean of layer L12"
     assert idt["test"] == pytest.approx(ref["test"], abs=1e-6)
 
@@ -140,7 +140,6 @@ def test_prefetched_audio_gives_the_same_batches(hf_folder, tiny_corpus):
 
 def test_tasks_read_from_the_upstream_need_no_store(tiny_corpus, tmp_path):
     ws = _workspace(tmp_path, _profile({"PR": "upstream", "SID": "upstream"}), tiny_corpus)
-    stats = {}
-    assert extract_model(ws, "tiny-wavlm", progress=False, stats=stats) == {}
-    assert stats == {"audio_seconds": 0.0, "wall_seconds": 0.0, "padding_fraction": 0.0}
+    done = extract_model(ws, "tiny-wavlm", progress=False)
+    assert done.stores == {} and (done.audio_seconds, done.wall_seconds, done.padding_fraction) == (0.0, 0.0, 0.0)
     assert not ws.features_dir.exists()

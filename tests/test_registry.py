@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from repro.cli import main
 from repro.config import ConfigError
 from repro.models.registry import UnknownModelError, load_registry, load_upstream, weights_fingerprint
-from repro.models.upstream import Upstream
+from repro.models.upstream import ModelUnavailableError, Upstream
 
 
 def test_unknown_model_lists_known_ones(tmp_path):
@@ -67,7 +67,7 @@ def test_python_factory_reference(tmp_path):
     '''))
     up = load_upstream(f"{src}:build", tmp_path)
     assert isinstance(up, Upstream) and up.layer_info()[0].name == "frames"
-    with pytest.raises(TypeError, match="must return a repro"):
+    with pytest.raises(ModelUnavailableError, match="must return a repro"):
         load_upstream(f"{src}:wrong", tmp_path)
     with pytest.raises(UnknownModelError, match="no function 'nope'"):
         load_upstream(f"{src}:nope", tmp_path)

@@ -99,7 +99,7 @@ def test_resumed_run_gives_the_same_model_as_an_uninterrupted_one(recipe, tiny_c
     assert [l.dim for l in up.layer_info()][:4] == [16] * 4 and up.embedding_dim == 12
     # the same settings again: nothing is retrained (CLI), the model is reused
     monkeypatch.setenv("REPRO_WORK", str(straight.work_root))
-    res = CliRunner().invoke(main, ["train-speaker", "-r", recipe, "-p", str(tmp_path / "a" / "spk.yaml")])
+    res = CliRunner().invoke(main, ["train", "-r", recipe, "-p", str(tmp_path / "a" / "spk.yaml")])
     assert res.exit_code == 0 and "exists" in res.output and "EER" in res.output
 
 

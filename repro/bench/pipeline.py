@@ -47,7 +47,7 @@ def run(speakers: bool = DEFAULTS["speakers"], work: Path | None = None, profile
             profile = load_profile(root / "smoke-bench.yaml")
         ws = Workspace.for_profile(profile)
         started = time.perf_counter()
-        times = run_pipeline(ws, progress=False)
+        times = {r.stage: r.seconds for r in run_pipeline(ws, progress=False)}
         total = time.perf_counter() - started
         models = ws.profile.models.all()
         audio = sum(u.duration for t in ws.profile.tasks for u in load_task(ws.corpus_dir, t)) * len(models)

@@ -313,11 +313,11 @@ class DinoRecipeConfig:
 
 @dataclass(frozen=True)
 class SpeakerTrainingConfig:
-    """Training the speaker models (`repro train-speaker`, pipeline stage `speakers`)."""
+    """Training the speaker models (`repro train`, pipeline stage `train`)."""
 
     pipeline_recipes: list[Literal["supervised", "dino"]] = setting(
         [], "recipes the `speakers` stage trains; real profiles use public stand-ins unless asked "
-        "(`repro train-speaker`): DINO on VoxCeleb2 costs about 76 GPU-hours (README)")
+        "(`repro train`): DINO on VoxCeleb2 costs about 76 GPU-hours (README)")
     train_task: str = setting("VoxCeleb2", "manifests/<task>.jsonl of the training speakers (VoxCeleb2 dev, as "
                               "wespeaker's and speechbrain's recipes)", open=True)
     train_split: str = setting("dev", "the split of train_task used for training")

@@ -64,7 +64,7 @@ def check_trained_model(ws: Workspace, name: str) -> None:
     if made != trained_model_key(ws.profile, recipe):
         raise StaleInputError(
             f"{path}: model '{name}' was trained under other settings than profile '{ws.profile.name}' gives; "
-            f"train it again with `repro train-speaker --recipe {recipe} --profile {ws.profile.name}`")
+            f"train it again with `repro train --recipe {recipe} --profile {ws.profile.name}`")
 
 
 def load_profile_upstream(ws: Workspace, name: str, env: DistEnv | None = None) -> Upstream:

@@ -7,6 +7,7 @@ file named by `$REPRO_MODEL_REGISTRY`). A model can also be given directly as
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -54,10 +55,18 @@ def load_registry() -> dict[str, ModelSpec]:
     files = [REGISTRY_FILE]
     extra = os.environ.get("REPRO_MODEL_REGISTRY", "")
     files += [Path(p) for p in extra.split(os.pathsep) if p]
-    specs: dict[str, ModelSpec] = {}
     for path in files:
         if not path.is_file():
             raise ConfigError(f"{path}: model registry file not found (check $REPRO_MODEL_REGISTRY)")
+    return dict(_parse_registry(tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files)))
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_registry(files: tuple[tuple[str, int, int], ...]) -> dict[str, ModelSpec]:
+    """The entries of registry files (path, mtime, size): parsed once while the files stay the same."""
+    specs: dict[str, ModelSpec] = {}
+    for name_, _, _ in files:
+        path = Path(name_)
         data = yaml.safe_load(path.read_text()) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a registry must map model names to entries")

@@ -1,4 +1,4 @@
-"""Loading the speaker models our recipes trained (`repro train-speaker`) as upstreams.
+"""Loading the speaker models our recipes trained (`repro train`) as upstreams.
 
 A published model folder `<models_dir>/<name>/` holds `model.json` (recipe, architecture,
 front-end, EERs, weights digest) and the weights in the format of the library whose

@@ -13,7 +13,7 @@ again. The functions return what they did (`ProbeOutcome`); printing is the call
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ class ProbeOutcome:
     path: Path
     skipped: bool
     detail: str = ""  # the selected lr (best.json), the embedding used (ASV-IDT)
+    result: dict = field(default_factory=dict, repr=False)  # the result file's content
 
 
 class StoreUnion:
@@ -213,7 +214,7 @@ def _read_json(path: Path) -> dict | None:
 
 def _outcome(data: dict, path: Path, skipped: bool, detail: str = "") -> ProbeOutcome:
     return ProbeOutcome(data["model"], data["task"], data.get("lr"), data["metric"], data.get("dev"), data["test"],
-                        path, skipped, detail)
+                        path, skipped, detail, data)
 
 
 def run_probe(ws: Workspace, model: str, task: str, lr: float, progress: bool = True, env: DistEnv | None = None,

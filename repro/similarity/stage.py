@@ -30,11 +30,12 @@ from repro.errors import ReproError
 from repro.features.stage import open_store
 from repro.features.store import FeatureStore
 from repro.provenance import Stamp, cka_key, is_complete
-from repro.runtime import resolve_device
+from repro.runtime import exchange, resolve_device
 from repro.similarity.align import aligned_length, align_frames, mean_pool, rate_factors
 from repro.similarity.bootstrap import BlockBootstrap
 from repro.similarity.cka import cka_from_terms
 from repro.similarity.sampling import assign_blocks, subsample_frames
+from repro.similarity.shards import stream_sharded
 from repro.util.atomic import atomic_write_json
 from repro.util.hashing import config_hash
 from repro.util.npz import atomic_write_npz
@@ -215,9 +216,6 @@ def compute_pair(ws: Workspace, a: str, b: str, *, force: bool = False, progress
                    None if sym else np.concatenate([x.mean(0, dtype=np.float64) for x in ref_b]))
     order = sorted(ids, key=lambda u: (block_of[u], u))
     if env is not None and env.distributed:
-        from repro.runtime import exchange
-        from repro.similarity.shards import stream_sharded
-
         timeout = ws.profile.distributed.timeout_seconds
         merged = stream_sharded(
             boot, lambda mine: _stream(boot, reader, mine, block_of, cfg.batch_frames, f"cka {a} x {b}",

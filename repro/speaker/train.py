@@ -1,4 +1,4 @@
-"""`repro train-speaker`: train a speaker model with a profile's recipe and publish it.
+"""`repro train`: train a speaker model with a profile's recipe and publish it.
 
     work/<profile>/speaker_training/<name>/    checkpoint.pt, train_log.jsonl, timing.json,
                                                failure.json (a rejected run)
