@@ -25,6 +25,7 @@ from typing import Any, Callable
 from repro import recipes
 from repro.errors import ConfigError
 from repro.features.stage import extract_model
+from repro.models.registry import family_of
 from repro.paper.stage import run_paper
 from repro.probing.runner import run_all
 from repro.runtime import DistEnv, on_rank_zero, session
@@ -128,6 +129,8 @@ def run(ws: Workspace, stages: list[str] | None = None, progress: bool = True, f
     unknown = [s for s in chosen if s not in STAGES]
     if unknown:
         raise ConfigError(f"unknown stage(s) {', '.join(unknown)}; stages: {', '.join(STAGES)}")
+    for model in ws.profile.models.all():  # every model named once, in the family its registry entry says
+        family_of(ws.profile, model)
     done = []
     with session(ws.profile) as env:
         for name in STAGES:

@@ -24,12 +24,14 @@ profile schema is in exactly one of `READS`, `RUNTIME` or `SELECTION` (a test ch
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 from repro.config.typed import to_dict
-from repro.models.registry import resolve_spec, spec_identity
+from repro.models.registry import registry_signature, resolve_spec, spec_identity
 from repro.tasks import PROBE_READS, TASKS, task_input, idt_store_kind
 from repro.util.hashing import config_hash
 
@@ -124,7 +126,10 @@ def _value(config: Any, dotted: str) -> Any:
             node = node[part]
         else:
             return None
-    return to_dict(node)
+    value = to_dict(node)
+    if isinstance(value, dict):  # a section: without the settings that change no result
+        value = {k: v for k, v in value.items() if f"{dotted}.{k}" not in RUNTIME + SELECTION}
+    return value
 
 
 def settings_read(profile, kind: str, *, task: str | None = None, recipe: str | None = None) -> dict[str, Any]:
@@ -149,15 +154,48 @@ def settings_read(profile, kind: str, *, task: str | None = None, recipe: str | 
 CKA_DATA_READS = ("data.cka_utterances", "data.cka_split", "data.corpora.PR", "data.pr_oov")
 
 
+class _Memo:
+    """Keys already computed for a profile object (profiles are frozen: a key of the same object does not
+    change while the model registry files stay the same). Holds the last few profiles."""
+
+    def __init__(self, size: int = 16):
+        self.size, self.entries = size, collections.OrderedDict()
+
+    def get(self, profile, what: tuple, compute):
+        ident = (id(profile), registry_signature())
+        entry = self.entries.get(ident)
+        if entry is None or entry[0] is not profile:
+            entry = (profile, {})
+            self.entries[ident] = entry
+            while len(self.entries) > self.size:
+                self.entries.popitem(last=False)
+        if what not in entry[1]:
+            entry[1][what] = compute()
+        return entry[1][what]
+
+
+_MEMO = _Memo()
+
+
+def _memoized(fn):
+    """`fn(profile, *args)` computed once per (profile object, args, registry files)."""
+    @functools.wraps(fn)
+    def wrapper(profile, *args):
+        return _MEMO.get(profile, (fn.__name__, *args), lambda: fn(profile, *args))
+    return wrapper
+
+
 def _key(kind: str, own: dict, inputs: Iterable[str], **ids) -> str:
     return config_hash({"format": FORMAT, "kind": kind, "reads": own, "inputs": sorted(inputs), **ids})
 
 
+@_memoized
 def corpus_key(profile, task: str) -> str:
     """Settings key of one task's manifest (`CKA` for the CKA utterance set)."""
     return _key("corpus", settings_read(profile, "corpus", task=task), [], task=task)
 
 
+@_memoized
 def trained_model_key(profile, recipe: str) -> str:
     """Settings key of the model a recipe trains (its settings and its training and evaluation data)."""
     st = profile.speaker_training
@@ -183,11 +221,13 @@ def model_identity(profile, name: str) -> dict[str, Any]:
     return ident
 
 
+@_memoized
 def model_key(profile, name: str) -> str:
     """Settings key of a model's identity (`model_identity`)."""
     return config_hash({"format": FORMAT, "kind": "model", "identity": model_identity(profile, name)})
 
 
+@_memoized
 def store_key(profile, model: str, task: str, kind: str = "frames") -> str:
     """Settings key of the feature store of `model` over one split of `task` (`frames` or `pooled`).
 
@@ -198,6 +238,7 @@ def store_key(profile, model: str, task: str, kind: str = "frames") -> str:
     return _key("store", own, [model_key(profile, model), corpus_key(profile, task)], task=task, store_kind=kind)
 
 
+@_memoized
 def probe_key(profile, model: str, task: str, lr: float | None) -> str:
     """Settings key of the probe of (`model`, `task`, `lr`); `lr=None` for the learning-rate selection."""
     own = settings_read(profile, "probe", task=task)
@@ -214,6 +255,7 @@ def probe_key(profile, model: str, task: str, lr: float | None) -> str:
     return _key("probe", own, inputs, task=task, lr=lr)
 
 
+@_memoized
 def asv_idt_key(profile, model: str) -> str:
     """Settings key of ASV-IDT of `model` (its own embedding scored on the ASV trials)."""
     kind = idt_store_kind(profile)
@@ -221,6 +263,7 @@ def asv_idt_key(profile, model: str) -> str:
                 store_kind=kind)
 
 
+@_memoized
 def cka_key(profile, a: str, b: str) -> str:
     """Settings key of the linear CKA of models `a` and `b` on the profile's CKA utterances."""
     task = profile.cka.task

@@ -49,16 +49,25 @@ class ModelSpec:
     name: str = ""
 
 
-def load_registry() -> dict[str, ModelSpec]:
-    """All registered models by name: built-in entries, then the files of `$REPRO_MODEL_REGISTRY`
-    (one path, or several separated by the path separator `:`), later entries winning."""
+def registry_signature() -> tuple[tuple[str, int, int], ...]:
+    """(path, mtime, size) of every registry file: the built-in one, then those of `$REPRO_MODEL_REGISTRY`
+    (one path, or several separated by the path separator `:`)."""
     files = [REGISTRY_FILE]
     extra = os.environ.get("REPRO_MODEL_REGISTRY", "")
     files += [Path(p) for p in extra.split(os.pathsep) if p]
+    out = []
     for path in files:
-        if not path.is_file():
-            raise ConfigError(f"{path}: model registry file not found (check $REPRO_MODEL_REGISTRY)")
-    return dict(_parse_registry(tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files)))
+        try:
+            st = path.stat()
+        except OSError:
+            raise ConfigError(f"{path}: model registry file not found (check $REPRO_MODEL_REGISTRY)") from None
+        out.append((str(path), st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+def load_registry() -> dict[str, ModelSpec]:
+    """All registered models by name (`registry_signature` lists the files), later entries winning."""
+    return dict(_parse_registry(registry_signature()))
 
 
 @functools.lru_cache(maxsize=8)
