@@ -154,3 +154,32 @@ def test_cosine_scores_of_trials():
     enroll, test = rng.integers(0, 30, 200), rng.integers(0, 30, 200)
     expected = [float(emb[a] @ emb[b] / np.linalg.norm(emb[a]) / np.linalg.norm(emb[b])) for a, b in zip(enroll, test)]
     np.testing.assert_allclose(cosine_scores(emb, enroll, test), expected, rtol=0, atol=1e-12)
+
+
+def test_score_trials_equals_the_per_trial_loop():
+    import torch
+
+    from repro.data.manifest import Trial
+    from repro.probing.trainer import score_trials
+
+    rng = np.random.default_rng(3)
+    ids = [f"utt{i}" for i in range(60)]
+    emb = {u: (torch.from_numpy(rng.standard_normal(24)).float() if i % 2 else rng.standard_normal(24) * (i + 1))
+           for i, u in enumerate(ids)}
+    trials = [Trial(bool(rng.random() < 0.3), ids[a], ids[b]) for a, b in rng.integers(0, 60, (500, 2))]
+
+    # the per-trial loop it replaces: unit vectors as float64 tensors, one dot product per trial
+    def unit(v):
+        v = torch.as_tensor(np.asarray(v, dtype=np.float64))
+        return v / v.norm().clamp(min=1e-12)
+
+    cache = {k: unit(v) for k, v in emb.items()}
+    loop_scores = np.array([float(cache[t.enroll] @ cache[t.test]) for t in trials])
+    row = {u: i for i, u in enumerate(ids)}
+    scores = cosine_scores(np.stack([np.asarray(emb[u], np.float64) for u in ids]),
+                           np.array([row[t.enroll] for t in trials]), np.array([row[t.test] for t in trials]))
+    np.testing.assert_allclose(scores, loop_scores, rtol=0, atol=1e-12)
+    targets = np.array([t.target for t in trials])
+    assert score_trials(emb, trials) == reference_equal_error_rate(loop_scores, targets)[0]
+    with pytest.raises(ValueError, match=r"1 trial utterance\(s\) have no embedding, e.g. \['missing'\]"):
+        score_trials(emb, [Trial(True, "utt0", "missing")])
