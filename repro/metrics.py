@@ -91,7 +91,7 @@ def equal_error_rate(scores: np.ndarray, targets: np.ndarray) -> tuple[float, fl
     fpr, tpr, thresholds = roc_curve(targets, scores, drop_intermediate=False)
     # roc_curve runs from the highest threshold (+inf: nothing accepted) down to the lowest score;
     # reversed, thresholds ascend and FAR - FRR decreases from 1 to -1. FRR is taken from the
-    # count of rejected targets (tpr = accepted / n_tar exactly, so rint recovers the count):
+    # count of rejected targets (tpr is accepted / n_tar correctly rounded, so rint recovers the count):
     # rejected / n_tar rounds once, as FAR does, where 1 - tpr would round twice.
     far, thresholds = fpr[::-1], thresholds[::-1]
     frr = (n_tar - np.rint(tpr[::-1] * n_tar)) / n_tar
