@@ -11,8 +11,9 @@ of `repeats` runs of each (the baselines that take seconds run once).
               pure-Python dynamic programme
     decode    greedy CTC decoding of the same number of utterances, batches of 16, 7.4 s each on
               average (50 frames/s, 72 classes with blank, peaky log-probabilities), on this
-              machine's device: `PhoneTask.predict` (one tensor decoder for the batch) against the
-              per-utterance numpy loop; `argmax` is the share both pay for the class argmax
+              machine's device: `PhoneTask.predict` (`ctc_greedy_decode`: the argmax, one host copy
+              and one mask for the whole batch) against the per-utterance numpy loop; `argmax` is
+              the share both pay for the class argmax
     eer       one EER at VoxCeleb1-O size: 37,720 trials, half targets, cosine-like scores;
               `repro.metrics.equal_error_rate` (scikit-learn's ROC) against the Python sweep over
               every distinct score
