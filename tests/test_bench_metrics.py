@@ -34,6 +34,7 @@ def test_record_is_json_and_old_and_new_agree(record):
     assert r["trials"]["max_abs_difference"] <= 1e-12 and r["trials"]["utterances"] == 60
     for case in (r["per"], r["decode"], r["eer"], r["trials"], r["trials"]["score_trials"]):
         assert case["speedup"] == pytest.approx(case["old"]["wall_s"] / case["new"]["wall_s"])
+        assert case["speedup_cpu"] == pytest.approx(case["old"]["cpu_s"] / max(case["new"]["cpu_s"], 1e-12))
 
 
 def test_evaluation_share_adds_up(record):
@@ -46,7 +47,8 @@ def test_evaluation_share_adds_up(record):
     assert m["dev_forward_s"] == pytest.approx(DEV["utterances"] * s["dev_seconds_per_item"])
     for k in ("old", "new"):
         host = s["host"][k]
-        assert host["score_s"] == pytest.approx(r["per"][k]["wall_s"] * DEV["utterances"] / 40)
+        assert host["score_s"] == pytest.approx(r["per"][k]["cpu_s"] * DEV["utterances"] / 40)
+        assert host["decode_s"] == pytest.approx(r["decode"][k]["cpu_s"] * DEV["utterances"] / 40)
         assert m[k]["eval_s"] == pytest.approx(m["dev_forward_s"] + host["decode_s"] + host["score_s"])
         assert m[k]["share"] == pytest.approx(m[k]["eval_s"] / (m[k]["eval_s"] + m["train_between_evals_s"]))
     amp = s["assumed_gpu"]["autocast"]
@@ -56,8 +58,8 @@ def test_evaluation_share_adds_up(record):
 
 def test_evaluation_share_by_hand():
     costs = {"train_seconds_per_item": 0.5, "dev_seconds_per_item": 0.1, "flops_per_audio_second": 1e12}
-    per = {"utterances": DEV["utterances"], "old": {"wall_s": 9.0}, "new": {"wall_s": 0.0}}
-    decode = {"utterances": DEV["utterances"], "argmax_wall_s": 0.5, "old": {"wall_s": 1.0}, "new": {"wall_s": 0.5}}
+    per = {"utterances": DEV["utterances"], "old": {"cpu_s": 9.0}, "new": {"cpu_s": 0.0}}
+    decode = {"utterances": DEV["utterances"], "argmax_cpu_s": 0.5, "old": {"cpu_s": 1.0}, "new": {"cpu_s": 0.5}}
     budget = types.SimpleNamespace(steps=4000, eval_every=100, batch_size=2, grad_accum=2)
     s = eval_share(costs, per, decode, budget, {"slow": 1.0})
     # 100 steps x 4 items x 0.5 s = 200 s of training between two evaluations; dev forward 270.3 s
