@@ -387,6 +387,18 @@ def bench_pipeline(speakers: bool, out: Path) -> None:
     run_benchmarks(["pipeline"], out, echo=click.echo, options={"pipeline": {"speakers": speakers}})
 
 
+@bench.command("metrics")
+@click.option("--repeats", type=int, default=None, help="runs of each fast method, the fastest kept (default 3)")
+@click.option("--no-share", is_flag=True, help="skip the PR probe's evaluation share (a Base-sized model's steps)")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts/bench"),
+              show_default=True)
+def bench_metrics(repeats: int | None, no_share: bool, out: Path) -> None:
+    """PER, CTC decoding, EER and trial scoring at full scale vs the hand-written versions; PR's evaluation share."""
+    from repro.bench import run_benchmarks
+
+    run_benchmarks(["metrics"], out, echo=click.echo, options={"metrics": {"repeats": repeats, "share": not no_share}})
+
+
 @bench.command("projection")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts/bench"),
               show_default=True)

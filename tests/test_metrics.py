@@ -1,7 +1,37 @@
+import random
+
 import numpy as np
 import pytest
 
-from repro.metrics import accuracy, edit_distance, equal_error_rate, error_rate
+from repro.metrics import accuracy, cosine_scores, edit_distance, equal_error_rate, error_rate
+
+
+def reference_edit_distance(ref, hyp) -> int:
+    """The textbook dynamic programme, kept here as the oracle."""
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, start=1):
+        cur = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, start=1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return prev[-1]
+
+
+def reference_equal_error_rate(scores, targets):
+    """The sweep over every distinct score with Python-level comparisons (O(N^2)), kept as the oracle."""
+    scores = np.asarray(scores, dtype=np.float64)
+    targets = np.asarray(targets, dtype=bool)
+    thresholds = np.concatenate([np.unique(scores), [np.inf]])
+    far = np.array([(scores[~targets] >= t).mean() for t in thresholds])
+    frr = np.array([(scores[targets] < t).mean() for t in thresholds])
+    diff = far - frr
+    k = int(np.argmax(diff <= 0))
+    if k == 0 or diff[k] == 0:
+        return float((far[k] + frr[k]) / 2), float(thresholds[k])
+    w = diff[k - 1] / (diff[k - 1] - diff[k])
+    eer = far[k - 1] + w * (far[k] - far[k - 1])
+    thr = thresholds[k - 1] + w * (thresholds[k] - thresholds[k - 1]) if np.isfinite(thresholds[k]) else thresholds[k - 1]
+    return float(eer), float(thr)
 
 
 def test_edit_distance_by_hand():
@@ -9,6 +39,36 @@ def test_edit_distance_by_hand():
     assert edit_distance([], ["a", "b"]) == 2
     assert edit_distance(["a", "b", "c"], ["a", "c"]) == 1
     assert edit_distance(["a"], ["a"]) == 0
+    assert edit_distance([], []) == 0
+
+
+def test_edit_distance_compares_tokens_by_equality_not_by_hash():
+    # hash(-1) == hash(-2) in CPython, and a hash-based comparison takes "a" for ord("a") == 97
+    assert edit_distance([-1], [-2]) == 1
+    assert edit_distance(["a"], [97]) == 1
+    assert edit_distance([("a", 1), "aa"], [("a", 1), "ab"]) == 1
+
+    class Colliding:
+        def __init__(self, v):
+            self.v = v
+
+        def __eq__(self, other):
+            return self.v == other.v
+
+        def __hash__(self):
+            return 0
+
+    assert edit_distance([Colliding(1), Colliding(2)], [Colliding(2), Colliding(2)]) == 1
+
+
+def test_edit_distance_matches_the_dynamic_programme_on_random_sequences():
+    rng = random.Random(0)
+    for trial in range(400):
+        alphabet = [f"p{i}" for i in range(rng.choice([1, 2, 5, 40]))] + [3, -1, -2, ("t", 1)]
+        ref = [rng.choice(alphabet) for _ in range(rng.randint(0, 80 if trial % 10 else 300))]
+        hyp = [rng.choice(alphabet) if rng.random() < 0.3 else tok for tok in ref]
+        hyp = [tok for tok in hyp if rng.random() > 0.1] + [rng.choice(alphabet) for _ in range(rng.randint(0, 5))]
+        assert edit_distance(ref, hyp) == reference_edit_distance(ref, hyp), (ref, hyp)
 
 
 def test_error_rate_is_corpus_level():
@@ -16,6 +76,17 @@ def test_error_rate_is_corpus_level():
     assert error_rate([["a", "b", "c"], ["d"]], [["a", "c"], ["e"]]) == 0.5
     with pytest.raises(ValueError):
         error_rate([["a"]], [])
+    with pytest.raises(ValueError, match="all references are empty"):
+        error_rate([[]], [["a"]])
+
+
+def test_error_rate_equals_the_summed_oracle_distances():
+    rng = random.Random(1)
+    phones = [f"ph{i}" for i in range(39)]
+    refs = [[rng.choice(phones) for _ in range(rng.randint(1, 120))] for _ in range(50)]
+    hyps = [[p if rng.random() > 0.2 else rng.choice(phones) for p in r if rng.random() > 0.05] for r in refs]
+    expected = sum(reference_edit_distance(r, h) for r, h in zip(refs, hyps)) / sum(map(len, refs))
+    assert error_rate(refs, hyps) == expected
 
 
 def test_accuracy_with_tuples():
@@ -37,6 +108,27 @@ def test_eer_known_crossings():
     assert eer == pytest.approx(0.4) and thr == pytest.approx(2.6)
 
 
+def test_eer_matches_the_reference_sweep_on_random_scores_with_ties():
+    rng = np.random.default_rng(0)
+    for case in range(300):
+        n = int(rng.integers(2, 400))
+        targets = rng.random(n) < rng.uniform(0.05, 0.95)
+        targets[0], targets[1] = True, False  # both kinds present
+        kind = case % 4
+        if kind == 0:  # continuous, overlapping
+            scores = rng.standard_normal(n) + rng.uniform(0, 3) * targets
+        elif kind == 1:  # few distinct values: many ties, also across the two kinds
+            scores = rng.integers(0, int(rng.integers(1, 6)), n).astype(float) + targets * rng.integers(0, 2)
+        elif kind == 2:  # cosine-like, rounded to 2 decimals
+            scores = np.round(np.tanh(rng.standard_normal(n) * 0.5 + 0.6 * targets), 2)
+        else:  # perfectly separated or inverted, with ties inside each kind
+            sign = 1 if rng.random() < 0.5 else -1
+            scores = sign * (targets * 10.0 + rng.integers(0, 3, n))
+        got, want = equal_error_rate(scores, targets), reference_equal_error_rate(scores, targets)
+        assert got[0] == pytest.approx(want[0], abs=1e-12), (case, scores, targets)
+        assert got[1] == pytest.approx(want[1], abs=1e-12), (case, scores, targets)
+
+
 def test_eer_of_identical_distributions_is_half():
     rng = np.random.default_rng(0)
     s = rng.standard_normal(20000)
@@ -44,6 +136,47 @@ def test_eer_of_identical_distributions_is_half():
     assert abs(eer - 0.5) < 0.02
 
 
-def test_eer_needs_both_kinds():
+def test_eer_needs_both_kinds_and_finite_scores():
     with pytest.raises(ValueError, match="target and non-target"):
         equal_error_rate(np.array([1.0, 2.0]), np.array([True, True]))
+    with pytest.raises(ValueError, match="finite scores"):
+        equal_error_rate(np.array([1.0, np.nan]), np.array([True, False]))
+    with pytest.raises(ValueError, match="one target flag per score"):
+        equal_error_rate(np.array([1.0, 2.0, 3.0]), np.array([True, False]))
+
+
+def test_cosine_scores_of_trials():
+    emb = np.array([[3.0, 4.0], [1.0, 0.0], [0.0, -2.0], [0.0, 0.0]])
+    scores = cosine_scores(emb, np.array([0, 0, 1, 2, 3]), np.array([1, 2, 1, 0, 0]))
+    np.testing.assert_allclose(scores, [0.6, -0.8, 1.0, -0.8, 0.0], rtol=0, atol=1e-15)
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((30, 16))
+    enroll, test = rng.integers(0, 30, 200), rng.integers(0, 30, 200)
+    expected = [float(emb[a] @ emb[b] / np.linalg.norm(emb[a]) / np.linalg.norm(emb[b])) for a, b in zip(enroll, test)]
+    np.testing.assert_allclose(cosine_scores(emb, enroll, test), expected, rtol=0, atol=1e-12)
+
+
+def test_score_trials_equals_the_per_trial_loop():
+    import torch
+
+    from repro.data.manifest import Trial
+    from repro.probing.trainer import score_trials, trial_scores
+
+    rng = np.random.default_rng(3)
+    ids = [f"utt{i}" for i in range(60)]
+    emb = {u: (torch.from_numpy(rng.standard_normal(24)).float() if i % 2 else rng.standard_normal(24) * (i + 1))
+           for i, u in enumerate(ids)}
+    trials = [Trial(bool(rng.random() < 0.3), ids[a], ids[b]) for a, b in rng.integers(0, 60, (500, 2))]
+
+    # the per-trial loop it replaces: unit vectors as float64 tensors, one dot product per trial
+    def unit(v):
+        v = torch.as_tensor(np.asarray(v, dtype=np.float64))
+        return v / v.norm().clamp(min=1e-12)
+
+    cache = {k: unit(v) for k, v in emb.items()}
+    loop_scores = np.array([float(cache[t.enroll] @ cache[t.test]) for t in trials])
+    np.testing.assert_allclose(trial_scores(emb, trials), loop_scores, rtol=0, atol=1e-12)
+    targets = np.array([t.target for t in trials])
+    assert score_trials(emb, trials) == reference_equal_error_rate(loop_scores, targets)[0]
+    with pytest.raises(ValueError, match=r"1 trial utterance\(s\) have no embedding, e.g. \['missing'\]"):
+        score_trials(emb, [Trial(True, "utt0", "missing")])

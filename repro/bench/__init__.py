@@ -16,7 +16,8 @@ from repro.util.atomic import atomic_write_json
 
 # In the order `repro bench all` runs them; the projection reads the others' records.
 BENCHMARKS = {"extract": "repro.bench.extract", "cka": "repro.bench.cka", "probe": "repro.bench.probe",
-              "pipeline": "repro.bench.pipeline", "projection": "repro.bench.projection"}
+              "pipeline": "repro.bench.pipeline", "metrics": "repro.bench.metrics",
+              "projection": "repro.bench.projection"}
 # `repro bench all --large`: longer runs for steadier figures.
 LARGE = {"extract": {"seconds": 300.0}, "cka": {"frames": 8192, "repeats": 3},
          "probe": {"steps": 50, "fly_steps": 10}, "pipeline": {"speakers": True}}

@@ -31,6 +31,14 @@ SECTIONS = {
               "disk per utterance of the store it reads."),
     "pipeline": ("The smoke pipeline", "Wall seconds per stage of `make demo`'s pipeline run from scratch in a "
                  "temporary folder."),
+    "metrics": ("Evaluation metrics", "One PR evaluation's PER scoring (LibriSpeech test-clean size), its greedy CTC "
+                "decoding, one EER and the cosine scoring of the trials (VoxCeleb1-O size): the library-backed code "
+                "(RapidFuzz, scikit-learn's ROC, tensor and array operations) against the hand-written versions it "
+                "replaced, same data, same process, results checked equal; host work counts in CPU seconds (on a "
+                "shared machine its wall time includes waiting for a core). Then the share of a PR probe's wall time "
+                "spent in dev evaluation for the full profile's PR budget, before and after: measured here with a "
+                "WavLM Base+-sized random model, and with its forward at the projection's assumed GPU rates (where "
+                "the host-side decoding and scoring weigh most). How each figure is made: `repro/bench/metrics.py`."),
     "projection": ("Projection: the full profile on one GPU", None),
 }
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -23,6 +22,7 @@ from torch import Tensor, nn
 from repro.config.schema import ProbingConfig
 from repro.data.manifest import ManifestError, Utterance
 from repro.metrics import accuracy, error_rate
+from repro.probing.decode import ctc_greedy_decode
 from repro.probing.heads import CTCHead, UtteranceHead, XVectorHead
 from repro.tasks import TaskSpec, task_spec
 
@@ -192,13 +192,7 @@ class PhoneTask(Task):
                           reduction="mean", zero_infinity=True)
 
     def predict(self, out, lengths):
-        best = out.argmax(-1).cpu().numpy()
-        hyps = []
-        for b, n in enumerate(lengths.tolist()):
-            seq = best[b, :n]
-            keep = seq[np.r_[True, seq[1:] != seq[:-1]]]
-            hyps.append([self.phones[i - 1] for i in keep if i != 0])
-        return hyps
+        return [[self.phones[i - 1] for i in ids] for ids in ctc_greedy_decode(out, lengths, blank=0)]
 
     def score(self, utts, predictions):
         return error_rate([u.label for u in utts], predictions)

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from repro.config.schema import TaskBudget
 from repro.data.manifest import Trial, Utterance
-from repro.metrics import equal_error_rate
+from repro.metrics import cosine_scores, equal_error_rate
 from repro.probing.sources import micro_batch
 from repro.probing.tasks import Task
 from repro.runtime import all_reduce_sum
@@ -95,13 +95,17 @@ def evaluate(task: Task, model: ProbeModel, split: Split, batch_size: int, devic
 
 def score_trials(embeddings: dict[str, Tensor | np.ndarray], trials: Sequence[Trial]) -> float:
     """EER of cosine scores over `trials`; embeddings (`[E]` each, by utterance id) are length-normalised here."""
-    def unit(v):
-        v = torch.as_tensor(np.asarray(v, dtype=np.float64))
-        return v / v.norm().clamp(min=1e-12)
+    return equal_error_rate(trial_scores(embeddings, trials), np.array([t.target for t in trials]))[0]
 
-    cache = {k: unit(v) for k, v in embeddings.items()}
-    scores = np.array([float(cache[t.enroll] @ cache[t.test]) for t in trials])
-    return equal_error_rate(scores, np.array([t.target for t in trials]))[0]
+
+def trial_scores(embeddings: dict[str, Tensor | np.ndarray], trials: Sequence[Trial]) -> np.ndarray:
+    """`[N]` float64 cosine scores of `trials`: the embeddings are stacked once and scored row-wise."""
+    row = {k: i for i, k in enumerate(embeddings)}
+    missing = sorted(({t.enroll for t in trials} | {t.test for t in trials}) - row.keys())
+    if missing:
+        raise ValueError(f"{len(missing)} trial utterance(s) have no embedding, e.g. {missing[:3]}")
+    emb = np.stack([np.asarray(v, dtype=np.float64) for v in embeddings.values()])
+    return cosine_scores(emb, np.array([row[t.enroll] for t in trials]), np.array([row[t.test] for t in trials]))
 
 
 def train_probe(

@@ -13,7 +13,7 @@ from torch import nn
 
 from repro.audio import read_audio
 from repro.data.manifest import ManifestError, load_task, read_trials, trials_path
-from repro.metrics import equal_error_rate
+from repro.metrics import cosine_scores, equal_error_rate
 
 
 @dataclass
@@ -58,12 +58,6 @@ def embed(frontend: nn.Module, network: nn.Module, audio: list[np.ndarray], devi
     finally:
         network.train(was_training)
     return np.stack(out)
-
-
-def cosine_scores(emb: np.ndarray, enroll: np.ndarray, test: np.ndarray) -> np.ndarray:
-    """Cosine similarity of each (enroll, test) pair of rows of `emb`."""
-    unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    return np.sum(unit[enroll] * unit[test], axis=1)
 
 
 def trial_eer(frontend: nn.Module, network: nn.Module, trials: TrialSet, device: torch.device) -> float:
