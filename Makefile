@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 REPRO := $(PY) -m repro
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo reproduce corpus extract train cka probe paper check verify bench test test-fast models config clean docker-build data data-plan
+.PHONY: help install demo reproduce bench-gpu corpus extract train cka probe paper check verify bench test test-fast models config clean docker-build data data-plan
 
 help: ## list every target with one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_%-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -49,6 +49,11 @@ cka: $(VENV)/.installed ## layer similarity: linear CKA of every model pair of P
 
 bench: $(VENV)/.installed ## benchmarks vs baselines + full-profile projection (artifacts/bench/*.json, docs/PERFORMANCE.md)
 	$(REPRO) bench all
+
+bench-gpu: $(VENV)/.installed ## GPU calibration (minutes on one GPU): artifacts/bench/gpu.json, then the projection and docs
+	$(REPRO) bench gpu
+	$(REPRO) bench projection
+	$(REPRO) bench report
 
 probe: $(VENV)/.installed ## train every probe of PROFILE (models x tasks x learning rates)
 	$(REPRO) run --profile $(PROFILE) --stage probe

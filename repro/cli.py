@@ -399,6 +399,18 @@ def bench_metrics(repeats: int | None, no_share: bool, out: Path) -> None:
     run_benchmarks(["metrics"], out, echo=click.echo, options={"metrics": {"repeats": repeats, "share": not no_share}})
 
 
+@bench.command("gpu")
+@click.option("--device", default="cuda", show_default=True, help="cuda, or cpu with --tiny (a check of the code)")
+@click.option("--tiny", is_flag=True, help="toy model sizes (for a check on the CPU)")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts/bench"),
+              show_default=True)
+def bench_gpu(device: str, tiny: bool, out: Path) -> None:
+    """GPU calibration: upstream throughput in float32 / TF32 / bf16, layer changes, probe groups (minutes)."""
+    from repro.bench import run_benchmarks
+
+    run_benchmarks(["gpu"], out, echo=click.echo, options={"gpu": {"device": device, "tiny": tiny}})
+
+
 @bench.command("projection")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts/bench"),
               show_default=True)

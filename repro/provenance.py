@@ -46,11 +46,11 @@ READS: dict[str, tuple[str, ...]] = {
     "trained_model": ("seed", "speaker_training.{recipe}", "speaker_training.train_task",
                       "speaker_training.train_split", "speaker_training.eval_task", "speaker_training.eval_split",
                       "speaker_training.grad_accumulation", "speaker_training.augment"),
-    # the layers a model exposes
-    "model": ("models.ecapa_layers",),
+    # the layers a model exposes (ECAPA-TDNN blocks), how a transformers model computes attention
+    "model": ("models.ecapa_layers", "extraction.attention"),
     # every layer of a model over one split of a task (`frames`) or their utterance means (`pooled`)
-    "store": ("extraction.dtype", "extraction.max_batch_seconds", "extraction.autocast", "extraction.resample",
-              "extraction.downmix"),
+    "store": ("extraction.dtype", "extraction.max_batch_seconds", "extraction.autocast", "extraction.tf32",
+              "extraction.resample", "extraction.downmix"),
     # the probe of one (model, task, learning rate)
     "probe": ("seed", "probing.tasks.{task}.steps", "probing.tasks.{task}.batch_size",
               "probing.tasks.{task}.eval_every", "probing.tasks.{task}.grad_accum", "probing.tasks.{task}.optimizer",
@@ -67,7 +67,8 @@ READS: dict[str, tuple[str, ...]] = {
 }
 # Settings that never change a result.
 RUNTIME: tuple[str, ...] = (
-    "name", "description", "extraction.device", "extraction.num_workers", "probing.device", "cka.device",
+    "name", "description", "extraction.device", "extraction.num_workers", "probing.device", "probing.max_group",
+    "cka.device",
     "data.root", "data.lock_file", "data.manual_paths", "data.workers", "distributed",
     "speaker_training.device", "speaker_training.num_workers", "speaker_training.log_every",
     "speaker_training.checkpoint_every", "speaker_training.eval_every_epochs",
@@ -81,6 +82,7 @@ SELECTION: tuple[str, ...] = (
     "speaker_training.supervised.output_name", "speaker_training.dino.output_name",
 )
 ECAPA_LOADERS = ("speechbrain_ecapa", "ecapa_random", "wespeaker_ecapa", "trained_ecapa")
+HF_LOADERS = ("hf", "hf_random")
 TRAINED_LOADERS = {"trained_ecapa": "speaker_training"}
 
 
@@ -216,6 +218,8 @@ def model_identity(profile, name: str) -> dict[str, Any]:
     ident.pop("family", None)
     if spec.loader in ECAPA_LOADERS:
         ident["layers"] = settings_read(profile, "model")["models.ecapa_layers"]
+    if spec.loader in HF_LOADERS:
+        ident["attention"] = settings_read(profile, "model")["extraction.attention"]
     if spec.loader in TRAINED_LOADERS:
         ident["trained"] = trained_model_key(profile, spec.options.get("recipe", "supervised"))
     return ident

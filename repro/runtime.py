@@ -122,10 +122,19 @@ def teardown(env: DistEnv) -> None:
         dist.destroy_process_group()
 
 
+def set_tf32(enabled: bool) -> None:
+    """TF32 for float32 matmuls and cuDNN convolutions on NVIDIA GPUs (`extraction.tf32`); torch's
+    own defaults differ (matmuls off, convolutions on), so both are set."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
 @contextlib.contextmanager
 def session(profile) -> Iterator[DistEnv]:
     """The `DistEnv` of a profile's run: under torchrun the process group is joined (NCCL when
-    `probing.device` resolves to a GPU, else gloo; `distributed.timeout_minutes`) and left at the end."""
+    `probing.device` resolves to a GPU, else gloo; `distributed.timeout_minutes`) and left at the end;
+    `extraction.tf32` is applied."""
+    set_tf32(profile.extraction.tf32)
     env = setup(profile.probing.device, profile.distributed.timeout_seconds, "probing.device")
     try:
         yield env

@@ -33,9 +33,9 @@ extraction: {device: cpu, max_batch_seconds: 8}
 probing:
   device: cpu
   tasks:  # grad_accum: 1 (a rank without micro-batch), 2 (one each), 3 (two and one)
-    KS: {steps: 12, batch_size: 8, grad_accum: 1, lr_grid: [0.01], eval_every: 6, input: pooled}
-    SID: {steps: 12, batch_size: 8, grad_accum: 2, lr_grid: [0.01], eval_every: 6, input: pooled}
-    PR: {steps: 12, batch_size: 4, grad_accum: 3, lr_grid: [0.01], eval_every: 6}
+    KS: {steps: 12, batch_size: 8, grad_accum: 1, lr_grid: [0.01, 0.003], eval_every: 6, input: pooled}
+    SID: {steps: 12, batch_size: 8, grad_accum: 2, lr_grid: [0.01, 0.003], eval_every: 6, input: pooled}
+    PR: {steps: 12, batch_size: 4, grad_accum: 3, lr_grid: [0.01, 0.003], eval_every: 6}
 cka: {task: PR, split: test, max_frames: 0, batch_frames: 200, bootstrap: {blocks: 4, resamples: 20}, device: cpu}
 speaker_training: {pipeline_recipes: []}
 """
@@ -97,18 +97,18 @@ def test_sharded_cka_equals_the_single_process_matrices(runs):
 
 def test_ddp_probes_equal_the_single_process_probes(runs):
     one, two = runs
-    for model in ("tiny-wavlm", "tiny-hubert"):
-        for task, input_ in (("KS", "pooled"), ("SID", "pooled"), ("PR", "cache")):
-            x = json.loads((one.results / "probing" / model / task / "lr-1e-02.json").read_text())
-            y = json.loads((two.results / "probing" / model / task / "lr-1e-02.json").read_text())
-            assert x["input"] == y["input"] == input_ and x["config_hash"] == y["config_hash"]
+    for model, tag in ((m, t) for m in ("tiny-wavlm", "tiny-hubert") for t in ("lr-1e-02", "lr-3e-03")):
+        for task, input_ in (("KS", "pooled"), ("SID", "pooled"), ("PR", "cache")):  # each task's lrs: one group
+            x = json.loads((one.results / "probing" / model / task / f"{tag}.json").read_text())
+            y = json.loads((two.results / "probing" / model / task / f"{tag}.json").read_text())
+            assert x["input"] == y["input"] == input_ and x["provenance"] == y["provenance"]
             assert y["dev"] == pytest.approx(x["dev"], abs=1e-6) and y["test"] == pytest.approx(x["test"], abs=1e-6)
             # bit for bit when the ranks get equal shares (the scale is a power of 2); rounding otherwise
             assert np.allclose(x["layer_weights"], y["layer_weights"], rtol=0, atol=1e-5)
             for series in ("train_loss", "grad_norm"):  # the gradient's scale, which Adam and clipping hide
                 assert np.allclose(x["runs"][0]["curve"][series], y["runs"][0]["curve"][series], rtol=5e-5), series
-            timing = json.loads((two.results / "probing" / model / task / "lr-1e-02.timing.json").read_text())
-            assert timing["ranks"] == 2
+            timing = json.loads((two.results / "probing" / model / task / f"{tag}.timing.json").read_text())
+            assert timing["ranks"] == 2 and timing["group"] == [0.01, 0.003]
 
 
 def test_every_micro_batch_of_a_step_goes_to_exactly_one_rank():

@@ -12,7 +12,7 @@ from repro.config.schema import ProbingConfig, TaskBudget
 from repro.data.manifest import Utterance, load_task
 from repro.features.stage import extract_model
 from repro.probing.featurizer import ProjectedWeightedSum, WeightedSum, make_featurizer
-from repro.probing.runner import run_asv_idt, run_probe, select_best
+from repro.probing.runner import run_asv_idt, run_probe, run_probes, select_best
 from repro.probing.tasks import TaskLabelError, make_task
 from repro.workspace import Workspace
 
@@ -166,8 +166,6 @@ def test_cache_and_on_the_fly_agree(ecapa_ws, tmp_path):
 
 
 def test_interrupted_probe_resumes_to_the_same_result(ecapa_ws, tmp_path):
-    import repro.probing.trainer as trainer
-
     ws = dataclasses.replace(ecapa_ws, results_root=tmp_path / "a")
     whole = run_probe(ws, "rand-ecapa", "SID", 0.01, progress=False).result
     ws_b = dataclasses.replace(ecapa_ws, results_root=tmp_path / "b", work_root=tmp_path / "w")
@@ -178,22 +176,13 @@ def test_interrupted_probe_resumes_to_the_same_result(ecapa_ws, tmp_path):
     class Stop(Exception):
         pass
 
-    original = trainer.train_probe
+    def stop(step):
+        if step == 200:
+            raise Stop
 
-    def interrupted(*args, **kwargs):
-        def stop(step):
-            if step == 200:
-                raise Stop
-        return original(*args, **{**kwargs, "on_eval": stop})
-
-    trainer_mod = __import__("repro.probing.runner", fromlist=["train_probe"])
-    trainer_mod.train_probe = interrupted
-    try:
-        with pytest.raises(Stop):
-            run_probe(ws_b, "rand-ecapa", "SID", 0.01, progress=False)
-    finally:
-        trainer_mod.train_probe = original
-    assert not (tmp_path / "b" / "ptest" / "probing" / "rand-ecapa" / "SID" / "lr-1e-02.json").exists()
+    with pytest.raises(Stop):
+        run_probes(ws_b, "rand-ecapa", "SID", [0.01], progress=False, on_eval=stop)
+    assert not (ws_b.probe_dir("rand-ecapa", "SID") / "lr-1e-02.json").exists()
     resumed = run_probe(ws_b, "rand-ecapa", "SID", 0.01, progress=False).result
     assert resumed == whole
 

@@ -63,12 +63,14 @@ def direct(setting: str, p) -> set[str]:
         return {"corpus:*"} if setting == "corpus.kind" or synthetic else set()
     if setting == "models.ecapa_layers":
         return {f"model:{m}" for m in ecapa}
+    if setting == "extraction.attention":
+        return {f"model:{m}" for m in p.models.all() if P.model_identity(p, m)["loader"] in P.HF_LOADERS}
     if parts[0] == "extraction":
         if parts[1] == "dtype":
             return {"store:*:*:frames"}
         if parts[1] == "max_batch_seconds":
             return {"store:*:*:*"}
-        if parts[1] in ("autocast", "resample", "downmix"):
+        if parts[1] in ("autocast", "tf32", "resample", "downmix"):
             upstream = [t for t in p.tasks if task_input(p, t) == "upstream"]
             return {"store:*:*:*"} | {f"probe:*:{t}:*" for t in upstream}
     if parts[0] == "probing":

@@ -16,8 +16,9 @@ from repro.util.atomic import atomic_write_json
 
 # In the order `repro bench all` runs them; the projection reads the others' records.
 BENCHMARKS = {"extract": "repro.bench.extract", "cka": "repro.bench.cka", "probe": "repro.bench.probe",
-              "pipeline": "repro.bench.pipeline", "metrics": "repro.bench.metrics",
+              "pipeline": "repro.bench.pipeline", "metrics": "repro.bench.metrics", "gpu": "repro.bench.gpu",
               "projection": "repro.bench.projection"}
+NEEDS_GPU = ("gpu",)  # `repro bench all` runs these only where a GPU is visible
 # `repro bench all --large`: longer runs for steadier figures.
 LARGE = {"extract": {"seconds": 300.0}, "cka": {"frames": 8192, "repeats": 3},
          "probe": {"steps": 50, "fly_steps": 10}, "pipeline": {"speakers": True}}
@@ -26,8 +27,10 @@ LARGE = {"extract": {"seconds": 300.0}, "cka": {"frames": 8192, "repeats": 3},
 def run_benchmarks(names: list[str] | None, out: Path, echo: Callable[[str], None] = print,
                    options: dict[str, dict] | None = None) -> dict[str, dict]:
     """Run `names` (default: all) and write `out/<name>.json`; returns the results by name."""
+    import torch
+
     results = {}
-    for name in names or list(BENCHMARKS):
+    for name in names or [n for n in BENCHMARKS if n not in NEEDS_GPU or torch.cuda.is_available()]:
         if name not in BENCHMARKS:
             raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
         module = importlib.import_module(BENCHMARKS[name])

@@ -7,6 +7,11 @@ Same data, same head: a randomly initialised WavLM-Base+-sized model (94M parame
     KS (pooled head)   cache: utterance means computed once from a frame store; pooled: the
                        means read from a pooled store; upstream: recomputed and pooled per step
 
+Probe groups: every learning rate of a task trains on one forward per micro-batch
+(`repro.probing.trainer.train_group`). For PR and SID on the upstream (the inputs that recompute
+the layers), K = `group` learning rates trained as one group against K solo runs, one after the
+other: `group_speedup` is the time of the K solo runs over the group's.
+
 Reported per path: training steps per second (the dev set is one utterance, so the single
 evaluation at the end costs little), the one-off setup (building the source: reading the
 frames to average them, or the means), the extraction time and bytes on disk per utterance
@@ -31,7 +36,7 @@ from repro.config.schema import SynthConfig, TaskBudget
 BENCH_SYNTH = SynthConfig(speakers=14, asv_speakers=4, asv_dev_speakers=2, dev_speakers=2, test_speakers=2,
                           pr_per_speaker=1, ks_repeats=1, ks_unknown_per_speaker=1, ks_silence_per_speaker=1,
                           ic_per_speaker=1, sid_per_speaker=3, er_per_style=1, asv_per_speaker=3)
-DEFAULTS = {"steps": 20, "fly_steps": 3, "batch_size": 8, "repeats": 3}
+DEFAULTS = {"steps": 20, "fly_steps": 3, "batch_size": 8, "repeats": 3, "group": 4}
 
 
 def _steps_per_second(task, source, utts, steps: int, batch_size: int, device, work: Path, tag: str,
@@ -42,20 +47,45 @@ def _steps_per_second(task, source, utts, steps: int, batch_size: int, device, w
 
 
 def _train_rate(task, source, utts, steps: int, batch_size: int, device, work: Path, tag: str) -> float:
+    return steps / _train_seconds(task, source, utts, steps, batch_size, device, work, tag, [1e-3])
+
+
+def _train_seconds(task, source, utts, steps: int, batch_size: int, device, work: Path, tag: str,
+                   lrs: list[float]) -> float:
+    """Wall seconds to train one group of probes (one per learning rate of `lrs`) for `steps` steps."""
     from repro.config import load_profile
+    from repro.data.manifest import Trial
     from repro.probing.featurizer import make_featurizer
-    from repro.probing.trainer import ProbeModel, Split, train_probe
+    from repro.probing.trainer import Probe, ProbeModel, Split, train_group
 
     cfg = load_profile("smoke").probing
     dims = source.dims
-    torch.manual_seed(0)
-    model = ProbeModel(make_featurizer(dims, "auto", cfg.projection_dim, False), task.make_head(dims[0], cfg))
+    probes = []
+    for lr in lrs:
+        torch.manual_seed(0)
+        model = ProbeModel(make_featurizer(dims, "auto", cfg.projection_dim, False), task.make_head(dims[0], cfg))
+        probes.append(Probe(lr, model, work / f"{tag}-{lr:g}.pt", tag))
     train = Split(utts, source, [task.encode(u) for u in utts])
     dev = Split(utts[:1], source, train.targets[:1])
-    budget = TaskBudget(steps=steps, batch_size=batch_size, lr_grid=[1e-3], eval_every=steps)
+    if task.spec.selection == "trials":  # a target and a non-target trial
+        a = utts[0]
+        same = next(u for u in utts[1:] if u.speaker == a.speaker)
+        other = next(u for u in utts if u.speaker != a.speaker)
+        dev = Split([a, same, other], source, [task.encode(u) for u in (a, same, other)],
+                    trials=[Trial(True, a.id, same.id), Trial(False, a.id, other.id)])
+    budget = TaskBudget(steps=steps, batch_size=batch_size, lr_grid=list(lrs), eval_every=steps)
     start = time.perf_counter()
-    train_probe(task, model, train, dev, budget, 1e-3, 0, work / f"{tag}.pt", tag, device, progress=False)
-    return steps / (time.perf_counter() - start)
+    train_group(task, probes, train, dev, budget, 0, device, progress=False)
+    return time.perf_counter() - start
+
+
+def _group_speedup(task, source, utts, steps: int, batch_size: int, device, work: Path, tag: str,
+                   k: int) -> dict[str, float]:
+    """K learning rates: K solo trainings one after the other, then one group; seconds and their ratio."""
+    lrs = [10.0 ** -(2 + i) for i in range(k)]
+    solo = sum(_train_seconds(task, source, utts, steps, batch_size, device, work, f"{tag}-solo", [lr]) for lr in lrs)
+    group = _train_seconds(task, source, utts, steps, batch_size, device, work, f"{tag}-group", lrs)
+    return {"k": k, "steps": steps, "solo_seconds": solo, "group_seconds": group, "speedup": solo / group}
 
 
 def _store_bytes(store) -> int:
@@ -64,7 +94,8 @@ def _store_bytes(store) -> int:
 
 def run(work: Path | None = None, steps: int = DEFAULTS["steps"], fly_steps: int = DEFAULTS["fly_steps"],
         batch_size: int = DEFAULTS["batch_size"], corpus: Path | None = None,
-        model_config: dict | None = None, repeats: int = DEFAULTS["repeats"]) -> dict[str, Any]:
+        model_config: dict | None = None, repeats: int = DEFAULTS["repeats"],
+        group: int = DEFAULTS["group"]) -> dict[str, Any]:
     """Measure and return the figures (see module doc); `corpus` and `model_config` are for tests."""
     from repro.bench.extract import base_plus_model
     from repro.data.manifest import load_task
@@ -115,6 +146,14 @@ def run(work: Path | None = None, steps: int = DEFAULTS["steps"], fly_steps: int
                 p["vs_upstream"] = p["steps_per_s"] / rate
             out["tasks"][task_name] = {"head": "mean-pooled" if pooled else "frames", "utterances": len(utts),
                                        "audio_seconds": sum(u.duration for u in utts), "paths": paths}
+        out["groups"] = {}
+        for task_name in ("PR", "SID"):
+            utts = [u for u in load_task(corpus, task_name) if u.split == "train"]
+            task = make_task(task_name, {"train": utts})
+            fly = UpstreamFrames(upstream, corpus, utts, list(range(upstream.num_layers)), device=device)
+            out["groups"][task_name] = _group_speedup(task, fly, utts, fly_steps, batch_size, device, work,
+                                                      f"{task_name}-groups", group)
+        out["group_speedup"] = {t: g["speedup"] for t, g in out["groups"].items()}
         out["wall_seconds"] = time.perf_counter() - started
         return out
     finally:
@@ -133,4 +172,7 @@ def table(r: dict) -> str:
             lines.append(f"{task:5s} {name:9s} {p['steps_per_s']:>9.3f} {p['vs_upstream']:>10.1f} "
                          f"{p['setup_seconds']:>8.2f} {p['extract_seconds']:>9.2f} "
                          f"{p['bytes_per_utterance'] / 1e3:>9.1f}")
+    for task, g in r.get("groups", {}).items():
+        lines.append(f"{task}: {g['k']} learning rates on the upstream, {g['steps']} steps: {g['k']} solo runs "
+                     f"{g['solo_seconds']:.1f} s, one group {g['group_seconds']:.1f} s: {g['speedup']:.2f}x")
     return "\n".join(lines)

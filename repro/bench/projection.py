@@ -15,13 +15,17 @@ What is assumed about the GPU unless the benchmarks ran on one (then their rates
     (CKA), decoding threads (the full profile's `extraction.num_workers`).
 
 The arithmetic (per model, full profile; `repro.config.profiles/full.yaml` gives the budgets):
-    upstream-input probes: micro-batches = steps x grad_accum per learning rate, audio =
-        micro-batches x batch_size x seconds per training item (SID/ASV: 8 s crops, an upper
-        bound; PR: LibriSpeech train-clean-100's 12.7 s mean), plus every dev evaluation
-        (steps / eval_every x the dev split) and one test pass; GPU hours = audio x FLOPs per
-        audio second / throughput (speech SSL), decoding
-        hours = audio / (per-core decode rate x threads); the stage takes the larger (they overlap).
-        ECAPA-TDNN: utterances x (overhead + FLOPs / throughput).
+    upstream-input probes: every learning rate of a task trains in one probe group
+        (`probing.max_group`: all), so the upstream runs once per micro-batch for the whole
+        grid: micro-batches = steps x grad_accum, audio forwarded = micro-batches x batch_size x
+        seconds per training item (SID/ASV: 8 s crops, an upper bound; PR: LibriSpeech
+        train-clean-100's 12.7 s mean), plus every dev evaluation (steps / eval_every x the dev
+        split) and one test pass, shared by the group; GPU hours = audio x FLOPs per audio second
+        / throughput x (1 + (K - 1) x head share), where the head share is one more probe's cost
+        relative to the forward (measured by the probe benchmark's groups on this machine, and
+        assumed to carry over); decoding hours = audio / (per-core decode rate x threads); the
+        stage takes the larger (they overlap). ECAPA-TDNN: utterances x (overhead + FLOPs /
+        throughput). `solo` (what separate runs per learning rate would cost) is kept beside it.
     pooled-input probes: micro-batches / the measured pooled steps per second, ER x 5 folds.
     features: the pooled stores (KS, IC, ER; ASV test for ASV-IDT) and the CKA frame stores,
         audio x FLOPs / throughput (ECAPA-TDNN: utterances x overhead on top).
@@ -141,12 +145,13 @@ def _read(bench_dir: Path, name: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _hours(profile, rates: dict, flops: dict, autocast: bool) -> dict:
-    """Hours per stage and model (see the module doc)."""
+def _hours(profile, rates: dict, flops: dict, autocast: bool, grouped: bool = True) -> dict:
+    """Hours per stage and model (see the module doc); `grouped=False`: one run per learning rate."""
     from repro.tasks import task_input
 
     tput = 1e12 * (rates["autocast_tflops"] if autocast else rates["fp32_tflops"])
-    out: dict[str, dict] = {"features": {}, "probe": {}, "decode": {}, "cka": {}, "probe_tasks": {}}
+    out: dict[str, dict] = {"features": {}, "probe": {}, "decode": {}, "cka": {}, "probe_tasks": {},
+                            "forwarded_audio_seconds": {}}
     for model, spec in MODELS.items():
         ecapa = spec["kind"] == "ecapa"
 
@@ -166,13 +171,15 @@ def _hours(profile, rates: dict, flops: dict, autocast: bool) -> dict:
         out["features"][model] = feats
         probe = decode = 0.0
         per_task = out["probe_tasks"][model] = {}
+        forwarded = out["forwarded_audio_seconds"][model] = {}
         for task in profile.tasks:
             b, c = profile.probing.tasks[task], CORPUS[task]
             lrs = len(b.lr_grid)
+            runs = 1 if grouped else lrs  # upstream passes over the batch stream
             folds = len(profile.probing.er_folds) if task == "ER" else 1
-            micro = b.steps * b.grad_accum * lrs * folds
+            micro = b.steps * b.grad_accum * runs * folds
             if task_input(profile, task) == "pooled":
-                per_task[task] = micro / rates["pooled_steps_per_s"] / 3600
+                per_task[task] = micro * (lrs if grouped else 1) / rates["pooled_steps_per_s"] / 3600
                 probe += per_task[task]
                 continue
             item = min(c["item_seconds"], b.train_crop_seconds or c["item_seconds"])
@@ -180,10 +187,12 @@ def _hours(profile, rates: dict, flops: dict, autocast: bool) -> dict:
             train_utts = micro * b.batch_size
             dev = c.get("dev", c.get("test"))
             dev_utts = c["utterances"].get("dev", c["utterances"].get("test"))
-            evals = (b.steps // b.eval_every) * lrs
-            audio = train_audio + evals * dev + lrs * c.get("test", 0.0)
-            utts = train_utts + evals * dev_utts + lrs * c["utterances"].get("test", 0)
-            gpu = gpu_hours(audio, utts)
+            evals = (b.steps // b.eval_every) * runs
+            audio = train_audio + evals * dev + runs * c.get("test", 0.0)
+            utts = train_utts + evals * dev_utts + runs * c["utterances"].get("test", 0)
+            forwarded[task] = audio * 3600
+            heads = 1 + (lrs - 1) * rates["head_share"].get(task, rates["head_share"]["default"]) if grouped else 1
+            gpu = gpu_hours(audio, utts) * heads
             dec = audio * 3600 / (rates["decode"][c["format"]] * rates["decode_threads"]) / 3600
             per_task[task] = max(gpu, dec)
             probe += per_task[task]
@@ -238,26 +247,56 @@ def run(bench_dir: Path | str = "artifacts/bench", flop_seconds: float = 8.0) ->
         rates["cka_gemm_fraction"] = min(c["ours"].get("steady_gemm_fraction", c["ours"]["gemm_fraction"])
                                          for c in cka["cases"].values())
         sources["cka_gemm_fraction"] = "measured on this CPU (cka.json), assumed to carry over to the GPU"
-    if extract and extract.get("device", "cpu").startswith("cuda"):
-        rates["fp32_tflops"] = extract["cases"]["ours"]["achieved_gflops"] / 1e3
-        sources["fp32_tflops"] = f"measured on {extract['device_name']} (extract.json)"
-        if "ours-fp16" in extract["cases"]:
-            rates["autocast_tflops"] = extract["cases"]["ours-fp16"]["achieved_gflops"] / 1e3
-            sources["autocast_tflops"] = f"measured on {extract['device_name']} (extract.json)"
+    gpu = _read(bench_dir, "gpu")
+    if gpu and gpu["device"].startswith("cuda") and not gpu["tiny"]:
+        from repro.bench.gpu import rates_for_projection
+
+        for key, value in rates_for_projection(gpu, flops).items():
+            rates[key] = value
+            sources[key] = f"measured on {gpu['device_name']} (gpu.json)"
+    rates["head_share"] = {"default": 0.1}
+    sources["head_share"] = "assumed: one more probe costs a tenth of an upstream forward"
+    if probe and probe.get("groups"):
+        shares = {t: _head_share(g) for t, g in probe["groups"].items()}
+        rates["head_share"] = {**shares, "default": max(shares.values())}
+        sources["head_share"] = f"measured ({probe['device']}, probe.json groups; the largest for other tasks)"
     profile = load_profile("full")
     exact, fast = _hours(profile, rates, flops, False), _hours(profile, rates, flops, True)
+    solo = {mode: _hours(profile, rates, flops, amp, grouped=False) for mode, amp in (("float32", False),
+                                                                                     ("autocast", True))}
     # the fast profile's budgets over the same corpus sizes (its smaller dev sets make this an upper bound)
     small = load_profile("fast")
-    fast_profile = {mode: sum(_hours(small, rates, flops, amp)["probe"].values())
+    fast_profile = {mode: {stage: sum(v.values()) for stage, v in _hours(small, rates, flops, amp).items()
+                           if stage in ("features", "probe", "cka")}
                     for mode, amp in (("float32", False), ("autocast", True))}
+    forwarded = {"grouped": sum(sum(t.values()) for t in exact["forwarded_audio_seconds"].values()),
+                 "solo": sum(sum(t.values()) for t in solo["float32"]["forwarded_audio_seconds"].values())}
     return {"benchmark": "projection", "machine": machine_info(), "profile": "full",
             "flops_per_audio_second": flops, "rates": rates, "sources": sources,
             "hours": {"float32": exact, "autocast": fast},
             "totals": {mode: {stage: sum(v.values()) for stage, v in h.items() if stage in ("features", "probe", "cka")}
                        for mode, h in (("float32", exact), ("autocast", fast))},
             "claims": {"float32": claim_hours(exact), "autocast": claim_hours(fast)},
-            "fast_profile_probe_hours": fast_profile,
+            "solo_totals": {mode: {stage: sum(v.values()) for stage, v in h.items() if stage in ("features", "probe",
+                                                                                            "cka")}
+                            for mode, h in solo.items()},
+            "forwarded_audio_seconds": forwarded,
+            "fast_profile": fast_profile,
             "corpus": CORPUS, "wall_seconds": time.perf_counter() - started}
+
+
+def _head_share(g: dict) -> float:
+    """One more probe's cost relative to an upstream forward, from a group record: K solo runs cost
+    K (F + h), the group F + K h (`repro.bench.probe`)."""
+    k, solo, group = g["k"], g["solo_seconds"], g["group_seconds"]
+    forward = (solo - group) / (k - 1)  # K(F + h) - (F + K h) = (K - 1) F
+    return max(0.0, (group - forward) / k / forward)
+
+
+def gpu_hours_line(name: str, totals: dict) -> str:
+    """`<name> profile: N GPU-hours float32, M GPU-hours bf16` from per-stage totals."""
+    return (f"{name} profile: {sum(totals['float32'].values()):.1f} GPU-hours float32, "
+            f"{sum(totals['autocast'].values()):.1f} GPU-hours bf16")
 
 
 def table(r: dict) -> str:
@@ -273,8 +312,11 @@ def table(r: dict) -> str:
     t32, tamp = r["totals"]["float32"], r["totals"]["autocast"]
     lines.append(f"{'all (+ CKA ' + format(t32['cka'] * 3600, '.0f') + ' s)':24s} {'':>13s} {t32['features']:>9.2f} "
                  f"{t32['probe']:>10.1f} {tamp['probe']:>10.1f}")
-    fp = r["fast_profile_probe_hours"]
-    lines.append(f"fast profile, probing (an upper bound): {fp['float32']:.1f} h float32, {fp['autocast']:.1f} h autocast")
+    lines.append(gpu_hours_line("full", r["totals"]))
+    lines.append(gpu_hours_line("fast", r["fast_profile"]) + " (its corpora at full size: an upper bound)")
+    fw = r["forwarded_audio_seconds"]
+    lines.append(f"upstream audio forwarded by the probes: {fw['grouped'] / 1e6:.0f} M audio s in probe groups, "
+                 f"{fw['solo'] / 1e6:.0f} M with one run per learning rate ({fw['solo'] / fw['grouped']:.1f}x)")
     lines.append("per claim (float32 / autocast): " + ", ".join(
         f"{c}: {r['claims']['float32'][c]:.0f} / {r['claims']['autocast'][c]:.0f} h" for c in r["claims"]["float32"]))
     for key, src in r["sources"].items():

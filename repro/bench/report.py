@@ -39,33 +39,47 @@ SECTIONS = {
                 "spent in dev evaluation for the full profile's PR budget, before and after: measured here with a "
                 "WavLM Base+-sized random model, and with its forward at the projection's assumed GPU rates (where "
                 "the host-side decoding and scoring weigh most). How each figure is made: `repro/bench/metrics.py`."),
+    "gpu": ("GPU calibration", "Random weights of the real shapes on one GPU (`repro bench gpu`, `make bench-gpu`): "
+            "audio seconds per second of every model at the full profile's batch shapes in float32 (TF32 off), with "
+            "TF32 matmuls (`extraction.tf32`) and under bf16 autocast, with how far each setting moves the layers "
+            "(relative Frobenius difference to float32); HuBERT's SDPA attention against eager "
+            "(`extraction.attention`); the fixed cost of an ECAPA-TDNN forward; probe-group step rates with 1 and 4 "
+            "learning rates. The projection uses these rates where this record exists."),
     "projection": ("Projection: the full profile on one GPU", None),
 }
 
 
 def _projection_text(r: dict) -> str:
+    from repro.bench.projection import gpu_hours_line
+
     t32, tamp = r["totals"]["float32"], r["totals"]["autocast"]
+    fw = r["forwarded_audio_seconds"]
     measured = [k for k, v in r["sources"].items() if v.startswith("measured")]
     assumed = [k for k, v in r["sources"].items() if not v.startswith("measured")]
+    solo32, soloamp = r["solo_totals"]["float32"], r["solo_totals"]["autocast"]
     return (
+        f"{gpu_hours_line('full', r['totals'])}\n\n{gpu_hours_line('fast', r['fast_profile'])}\n\n"
         "Hours per stage for the full profile (four models, every learning rate of the grids) on one GPU: "
         f"features {t32['features']:.1f} h, probing {t32['probe']:.0f} h in float32 (`extraction.autocast: none`, "
-        f"exact) or {tamp['probe']:.0f} h under fp16/bf16 autocast, CKA {3600 * t32['cka']:.0f} s of matrix "
-        "products (reading its 15 GB of frames takes longer); the corpus preparation (hashing every file once) "
-        "and the optional speaker-model training are not included. The fast profile's probes: "
-        f"{r['fast_profile_probe_hours']['float32']:.0f} h in float32, {r['fast_profile_probe_hours']['autocast']:.0f} h "
-        "under autocast (an upper bound: its dev sets are smaller than the full ones used here). With N GPUs "
+        f"exact) or {tamp['probe']:.0f} h under bf16 autocast, CKA {3600 * t32['cka']:.0f} s of matrix products "
+        "(reading its 15 GB of frames takes longer); the corpus preparation (hashing every file once) and the "
+        "optional speaker-model training are not included. Every learning rate of a task trains in one probe "
+        f"group on one upstream forward per micro-batch: the probes forward {fw['grouped'] / 1e6:.0f} M audio "
+        f"seconds through the models instead of {fw['solo'] / 1e6:.0f} M with one run per learning rate "
+        f"({fw['solo'] / fw['grouped']:.1f}x fewer; one run per learning rate would take "
+        f"{sum(solo32.values()):.0f} h in float32, {sum(soloamp.values()):.0f} h in bf16). The fast profile's "
+        "figure is an upper bound (its dev sets are smaller than the full ones used here). With N GPUs "
         "(torchrun), the probes whose input is `upstream` take about 1/N of the time, N up to the task's "
-        "grad_accum (README, \"Several GPUs or nodes\").\n\n"
+        "grad_accum.\n\n"
         "How it is computed is in `repro/bench/projection.py` (module doc): per task and model, the audio the "
-        "probes push through the model (steps x grad_accum x batch x seconds per item, plus every dev "
-        "evaluation), times the model's FLOPs per audio second, over a throughput; the ECAPA-TDNN models run "
-        "one utterance at a time, so they pay a fixed overhead per utterance on top; decoding overlaps and "
-        "counts only when it is slower.\n\n"
+        "probe group pushes through the model (steps x grad_accum x batch x seconds per item, plus every dev "
+        "evaluation), times the model's FLOPs per audio second, over a throughput, plus one head share per "
+        "further learning rate; the ECAPA-TDNN models run utterances of different lengths one at a time, so "
+        "they pay a fixed overhead per utterance on top; decoding overlaps and counts only when it is slower.\n\n"
         f"- **Counted or measured here** ({r['machine']['cpu']}): {', '.join(measured)}, and the FLOPs per "
         "audio second of every model (`torch.utils.flop_counter`, random weights at the real sizes).\n"
-        f"- **Assumed about the GPU** (H100 class; replaced by measured values when `make bench` runs on a "
-        f"GPU): {', '.join(assumed)}. Change them in `repro/bench/projection.py` (`ASSUMED`) for your GPU."
+        f"- **Assumed about the GPU** (H100 class; replaced by measured values when `repro bench gpu` has run on "
+        f"a GPU): {', '.join(assumed)}. Change them in `repro/bench/projection.py` (`ASSUMED`) for your GPU."
     )
 
 

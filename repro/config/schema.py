@@ -106,6 +106,12 @@ class ExtractionConfig:
         "none", "run the frozen upstreams in float32 (exact); bf16/fp16 autocast is faster on GPUs (fp16: GPU only); "
         "bf16 changes layer features by about 1.5% relative (measured), fp16 (10-bit mantissa) by less"
     )
+    tf32: bool = setting(
+        False, "TF32 tensor-core matmuls and convolutions for the float32 upstream on NVIDIA GPUs (Ampere on): faster, "
+        "layers change at the 1e-3 relative level (`repro bench gpu` measures both); off keeps float32 exact")
+    attention: Literal["sdpa", "eager"] = setting(
+        "sdpa", "attention through torch's scaled_dot_product_attention where a model has that path (HuBERT; "
+        "transformers' default); WavLM's gated relative position bias has none and runs eager either way")
     resample: bool = setting(False, "refuse non-16 kHz audio unless explicitly allowed")
     downmix: bool = setting(False, "refuse multi-channel audio unless explicitly allowed")
 
@@ -162,6 +168,9 @@ class ProbingConfig:
         "dev", "select the ASV checkpoint on dev trials when the corpus has them (SUPERB picked on test)"
     )
     layers: list[int] | None = setting(None, "probe all layers; a list restricts the weighted sum to those indices")
+    max_group: int = setting(
+        0, "learning rates of a task trained together on one forward per batch (0: all of them); fewer bound the "
+        "memory of a group, with the same results")
     device: Literal["auto", "cpu", "cuda"] = setting("auto", "cuda when available")
 
 

@@ -76,7 +76,8 @@ def load_profile_upstream(ws: Workspace, name: str, env: DistEnv | None = None) 
     check_trained_model(ws, name)
 
     def load() -> Upstream:
-        return load_upstream(name, ws.models_dir, ecapa_layers=tuple(ws.profile.models.ecapa_layers))
+        return load_upstream(name, ws.models_dir, ecapa_layers=tuple(ws.profile.models.ecapa_layers),
+                             attention=ws.profile.extraction.attention)
 
     if env is None or not env.distributed:
         return load()

@@ -132,11 +132,14 @@ def _normalize(wavs: Tensor, mask: Tensor) -> Tensor:
     return (wavs - mean) / torch.sqrt(var + 1e-7) * m
 
 
-def load_hf_ssl(source: str, revision: str | None = None, normalize_waveform: bool | None = None) -> HFSpeechSSL:
+def load_hf_ssl(source: str, revision: str | None = None, normalize_waveform: bool | None = None,
+                attention: str = "sdpa") -> HFSpeechSSL:
     """Load a speech SSL model with `from_pretrained` from a hub id (pinned `revision`) or a local folder.
 
     `normalize_waveform=None` reads `do_normalize` from the checkpoint's
-    `preprocessor_config.json`.
+    `preprocessor_config.json`. `attention`: `sdpa` runs attention through torch's
+    scaled_dot_product_attention where the model has that path (HuBERT; WavLM's gated relative
+    position bias has none and runs eager), `eager` the reference implementation everywhere.
     """
     from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
     from transformers.utils import logging as hf_logging
@@ -146,7 +149,8 @@ def load_hf_ssl(source: str, revision: str | None = None, normalize_waveform: bo
     try:
         config = AutoConfig.from_pretrained(source, revision=revision)
         config.layerdrop = 0.0
-        model = AutoModel.from_pretrained(source, revision=revision, config=config)
+        chosen = {"attn_implementation": "eager"} if attention == "eager" else {}  # sdpa: transformers' default
+        model = AutoModel.from_pretrained(source, revision=revision, config=config, **chosen)
     except OSError as err:  # not in the cache and not reachable, or not a model folder
         where = f"{source}@{revision[:10]}" if revision else source
         raise ModelUnavailableError(

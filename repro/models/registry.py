@@ -131,7 +131,8 @@ def spec_identity(name: str) -> dict:
     return spec
 
 
-def load_upstream(name: str, models_dir: str | os.PathLike, ecapa_layers: tuple[str, ...] | None = None) -> Upstream:
+def load_upstream(name: str, models_dir: str | os.PathLike, ecapa_layers: tuple[str, ...] | None = None,
+                  attention: str = "sdpa") -> Upstream:
     """Load model `name` as a frozen `Upstream`.
 
     Args:
@@ -140,6 +141,7 @@ def load_upstream(name: str, models_dir: str | os.PathLike, ecapa_layers: tuple[
             models) are saved, one folder per name.
         ecapa_layers: for ECAPA-TDNN models, which frame-level blocks to expose
             (default: the entry's `layers` option, else all five).
+        attention: for transformers models, `sdpa` (where the model has it) or `eager`.
     """
     spec = resolve_spec(name)
     folder = Path(models_dir) / spec.name
@@ -147,7 +149,7 @@ def load_upstream(name: str, models_dir: str | os.PathLike, ecapa_layers: tuple[
         from repro.models.hf_ssl import load_hf_ssl
 
         _require_pin(spec)
-        return load_hf_ssl(spec.source, spec.revision, spec.options.get("normalize_waveform"))
+        return load_hf_ssl(spec.source, spec.revision, spec.options.get("normalize_waveform"), attention)
     if spec.loader == "hf_random":
         from repro.models.hf_ssl import load_hf_ssl, save_random_hf_ssl
 
@@ -155,7 +157,7 @@ def load_upstream(name: str, models_dir: str | os.PathLike, ecapa_layers: tuple[
             with atomic_directory(folder, replace=True) as tmp:
                 save_random_hf_ssl(tmp, spec.source, int(spec.options.get("seed", 0)),
                                    **spec.options.get("config", {}))
-        return load_hf_ssl(str(folder), None, spec.options.get("normalize_waveform"))
+        return load_hf_ssl(str(folder), None, spec.options.get("normalize_waveform"), attention)
     if spec.loader in ("speechbrain_ecapa", "ecapa_random"):
         from repro.models import ecapa
 

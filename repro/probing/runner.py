@@ -28,7 +28,7 @@ from repro.features.store import FeatureStore
 from repro.probing.featurizer import make_featurizer
 from repro.probing.sources import StoreFrames, StorePooled, UpstreamFrames, check_layers
 from repro.probing.tasks import Task, make_task
-from repro.probing.trainer import ProbeModel, Split, evaluate, score_trials, train_probe
+from repro.probing.trainer import Probe, ProbeModel, Split, evaluate, score_trials, train_group
 from repro.provenance import Stamp, asv_idt_key, is_complete, probe_key
 from repro.runtime import DistEnv, barrier, resolve_device
 from repro.tasks import idt_store_kind, task_input, task_spec
@@ -159,8 +159,9 @@ class ProbeInputs:
         return out
 
 
-def _train_one(inputs: ProbeInputs, splits: dict[str, list[Utterance]], lr: float, fold: int | None,
-               progress: bool, env: DistEnv | None = None) -> dict[str, Any]:
+def _train_fold(inputs: ProbeInputs, splits: dict[str, list[Utterance]], lrs: list[float], fold: int | None,
+                progress: bool, env: DistEnv | None = None, on_eval=None) -> dict[float, dict[str, Any]]:
+    """Train the probes of `lrs` on one set of splits as one group; each one's run record, by lr."""
     task = make_task(inputs.task_name, splits, inputs.info)
     all_stores = list(inputs.stores.values())
     seed = inputs.ws.profile.seed
@@ -182,25 +183,28 @@ def _train_one(inputs: ProbeInputs, splits: dict[str, list[Utterance]], lr: floa
         raise ManifestError(f"{manifest_path(inputs.ws.corpus_dir, inputs.task_name)}: task {inputs.task_name} "
                             "has no dev split to select on")
     dev = test if dev_name == "test" else split(dev_name, False)
-    torch.manual_seed(seed)
     dims = [inputs.layer_info[l].dim for l in inputs.layers]
-    featurizer = make_featurizer(dims, inputs.cfg.projection, inputs.cfg.projection_dim, inputs.cfg.layer_norm)
-    head = task.make_head(featurizer.output_dim or dims[0], inputs.cfg)
-    model = ProbeModel(featurizer, head)
-    tag = lr_tag(lr) + (f"-fold{fold}" if fold is not None else "")
-    ckpt = inputs.ws.probe_checkpoint_dir(inputs.model, inputs.task_name) / f"{tag}.pt"
-    run_key = Stamp(inputs.stamp(lr).settings, {**inputs.content, "fold": fold}).key
-    out = train_probe(task, model, train, dev, inputs.budget, lr, seed, ckpt, run_key, inputs.device, progress,
-                      env=env)
-    model.load_state_dict(out["best_state"])
-    test_metric = out["best"] if dev is test else evaluate(task, model, test, inputs.budget.batch_size, inputs.device)
-    return {
-        "fold": fold, "dev": out["best"], "test": test_metric, "best_step": out["best_step"],
-        "selected_on": dev_name, "layer_weights": [float(x) for x in featurizer.layer_weights()],
-        "contributions": [float(x) for x in featurizer.contributions()], "curve": out["curve"],
-        "projected": type(featurizer).__name__ == "ProjectedWeightedSum",
+    probes = []
+    for lr in lrs:
+        torch.manual_seed(seed)  # every probe starts from the weights a solo run of its lr starts from
+        featurizer = make_featurizer(dims, inputs.cfg.projection, inputs.cfg.projection_dim, inputs.cfg.layer_norm)
+        head = task.make_head(featurizer.output_dim or dims[0], inputs.cfg)
+        tag = lr_tag(lr) + (f"-fold{fold}" if fold is not None else "")
+        probes.append(Probe(lr, ProbeModel(featurizer, head),
+                            inputs.ws.probe_checkpoint_dir(inputs.model, inputs.task_name) / f"{tag}.pt",
+                            Stamp(inputs.stamp(lr).settings, {**inputs.content, "fold": fold}).key))
+    outs = train_group(task, probes, train, dev, inputs.budget, seed, inputs.device, progress, on_eval, env)
+    for p, out in zip(probes, outs):
+        p.model.load_state_dict(out["best_state"])
+    tests = ([out["best"] for out in outs] if dev is test else
+             evaluate(task, [p.model for p in probes], test, inputs.budget.batch_size, inputs.device))
+    return {p.lr: {
+        "fold": fold, "dev": out["best"], "test": metric, "best_step": out["best_step"],
+        "selected_on": dev_name, "layer_weights": [float(x) for x in p.model.featurizer.layer_weights()],
+        "contributions": [float(x) for x in p.model.featurizer.contributions()], "curve": out["curve"],
+        "projected": type(p.model.featurizer).__name__ == "ProjectedWeightedSum",
         "pooled": isinstance(train.source, StorePooled) or getattr(train.source, "pooled", False),
-    }
+    } for p, out, metric in zip(probes, outs, tests)}
 
 
 def _read_json(path: Path) -> dict | None:
@@ -219,42 +223,69 @@ def _outcome(data: dict, path: Path, skipped: bool, detail: str = "") -> ProbeOu
 
 def run_probe(ws: Workspace, model: str, task: str, lr: float, progress: bool = True, env: DistEnv | None = None,
               force: bool = False, inputs: ProbeInputs | None = None) -> ProbeOutcome:
-    """Train (or keep, when complete) the probe of (model, task, lr) and write its result file.
+    """Train (or keep, when complete) the probe of (model, task, lr) alone; see `run_probes`."""
+    return run_probes(ws, model, task, [lr], progress, env, force, inputs)[0]
 
-    With `env` (a `DistEnv` of several ranks) every rank trains the probe together
-    (DistributedDataParallel); rank 0 writes the files. `force` trains again from scratch.
+
+def run_probes(ws: Workspace, model: str, task: str, lrs: list[float], progress: bool = True,
+               env: DistEnv | None = None, force: bool = False, inputs: ProbeInputs | None = None,
+               on_eval=None) -> list[ProbeOutcome]:
+    """Train (or keep, when complete) the probes of (model, task) at `lrs` and write their result files.
+
+    The learning rates whose results are not complete train together as probe groups of at most
+    `probing.max_group` (one forward of each micro-batch for the whole group); the results equal
+    those of solo runs. With `env` (a `DistEnv` of several ranks) every rank trains the groups
+    together (DistributedDataParallel); rank 0 writes the files. `force` trains again from scratch.
+    Returns the outcomes in the order of `lrs`.
     """
     inputs = inputs or ProbeInputs(ws, model, task, env)
-    stamp = inputs.stamp(lr)
-    path = ws.probe_dir(model, task) / f"{lr_tag(lr)}.json"
-    existing = _read_json(path)
-    if not force and existing is not None and is_complete(existing.get("provenance"), stamp):
-        return _outcome(existing, path, skipped=True)
-    if force and (env is None or env.is_main):
-        for ckpt in ws.probe_checkpoint_dir(model, task).glob(f"{lr_tag(lr)}*.pt"):
-            ckpt.unlink()
-    barrier(env)
-    started = time.perf_counter()
-    runs = [_train_one(inputs, splits, lr, fold, progress, env) for fold, splits in inputs.folds()]
+    paths = {lr: ws.probe_dir(model, task) / f"{lr_tag(lr)}.json" for lr in lrs}
+    done: dict[float, ProbeOutcome] = {}
+    for lr in lrs:
+        existing = _read_json(paths[lr])
+        if not force and existing is not None and is_complete(existing.get("provenance"), inputs.stamp(lr)):
+            done[lr] = _outcome(existing, paths[lr], skipped=True)
+    pending = [lr for lr in lrs if lr not in done]
+    size = inputs.cfg.max_group or len(pending) or 1
+    for group in (pending[i:i + size] for i in range(0, len(pending), size)):
+        if force and (env is None or env.is_main):
+            for lr in group:
+                for ckpt in ws.probe_checkpoint_dir(model, task).glob(f"{lr_tag(lr)}*.pt"):
+                    ckpt.unlink()
+        barrier(env)
+        started = time.perf_counter()
+        runs: dict[float, list[dict]] = {lr: [] for lr in group}
+        for fold, splits in inputs.folds():
+            for lr, run in _train_fold(inputs, splits, group, fold, progress, env, on_eval).items():
+                runs[lr].append(run)
+        seconds = time.perf_counter() - started
+        for lr in group:
+            result = _result(inputs, lr, runs[lr])
+            if env is None or env.is_main:
+                timing = {"wall_seconds": round(seconds, 3), "group": [float(x) for x in group],
+                          "device": inputs.device.type}
+                if env is not None and env.distributed:
+                    timing["ranks"] = env.world_size
+                atomic_write_json(paths[lr], result)
+                atomic_write_json(paths[lr].with_suffix(".timing.json"), timing)
+            done[lr] = _outcome(result, paths[lr], skipped=False)
+        barrier(env)
+    return [done[lr] for lr in lrs]
+
+
+def _result(inputs: ProbeInputs, lr: float, runs: list[dict]) -> dict[str, Any]:
+    """The result file of one learning rate: its runs (one per fold) and their means."""
     first = runs[0]
-    result = {
-        "version": RESULT_VERSION, "model": model, "task": task, "lr": lr, "seed": ws.profile.seed,
-        "metric": inputs.spec.metric, "higher_is_better": inputs.spec.higher_is_better,
+    return {
+        "version": RESULT_VERSION, "model": inputs.model, "task": inputs.task_name, "lr": lr,
+        "seed": inputs.ws.profile.seed, "metric": inputs.spec.metric, "higher_is_better": inputs.spec.higher_is_better,
         "dev": float(np.mean([r["dev"] for r in runs])), "test": float(np.mean([r["test"] for r in runs])),
         "layers": [inputs.layer_info[l].name for l in inputs.layers],
         "layer_weights": np.mean([r["layer_weights"] for r in runs], 0).tolist(),
         "contributions": np.mean([r["contributions"] for r in runs], 0).tolist(),
         "projected": first["projected"], "pooled": first["pooled"], "input": inputs.input,
-        "runs": runs, "budget": to_dict(inputs.budget), "provenance": stamp.as_dict(),
+        "runs": runs, "budget": to_dict(inputs.budget), "provenance": inputs.stamp(lr).as_dict(),
     }
-    if env is None or env.is_main:
-        timing = {"wall_seconds": round(time.perf_counter() - started, 3), "device": inputs.device.type}
-        if env is not None and env.distributed:
-            timing["ranks"] = env.world_size
-        atomic_write_json(path, result)
-        atomic_write_json(path.with_suffix(".timing.json"), timing)
-    barrier(env)
-    return _outcome(result, path, skipped=False)
 
 
 def select_best(ws: Workspace, model: str, task: str, inputs: ProbeInputs | None = None) -> ProbeOutcome:
@@ -339,8 +370,8 @@ def run_all(ws: Workspace, models: list[str] | None = None, tasks: list[str] | N
     for model in models or ws.profile.models.all():
         for task in tasks:
             inputs = ProbeInputs(ws, model, task, env)
-            for lr in lrs or ws.profile.probing.tasks[task].lr_grid:
-                done.append(run_probe(ws, model, task, lr, progress and main, env, force, inputs))
+            done += run_probes(ws, model, task, list(lrs or ws.profile.probing.tasks[task].lr_grid),
+                               progress and main, env, force, inputs)
             if not lrs and main:
                 done.append(select_best(ws, model, task, inputs))
         if "ASV" in tasks and not lrs and main:

@@ -1,11 +1,20 @@
-"""Training a probe: frozen features -> featurizer + head, with dev selection, checkpoints and resume.
+"""Training probes: frozen features -> featurizer + head, with dev selection, checkpoints and resume.
 
-Batches are a pure function of (seed, step) (`sources.micro_batch`), and the
-checkpoint holds the model, the optimiser and the selection state, so a run
-interrupted at any evaluation and resumed gives the same result as an
-uninterrupted one.
+A probe group trains every learning rate of one (model, task[, fold]) together: the batches of
+a task are a pure function of (seed, step) (`sources.micro_batch`), so every learning rate sees
+the same ones, and one upstream forward (or one store read) of a micro-batch feeds all the
+probes of the group. Each probe keeps everything of its own: featurizer weights, head,
+optimizer state, gradient clipping (its own gradient norm, as a solo run clips), dev
+evaluations, dev-best state, checkpoint and result; the heads draw no random numbers. So a
+probe trained in a group gives the result file a solo run of its learning rate gives (float32
+on the CPU: the same bytes). Dev and test evaluations share their forwards too.
 
-Under torchrun (W ranks) the probe is wrapped in DistributedDataParallel and the
+A probe's checkpoint holds its model, its optimiser and its selection state, written at every
+evaluation; a group interrupted anywhere and run again resumes each probe from its own
+checkpoint (the group steps from the earliest, and a probe ahead of it waits), and gives the
+same results as an uninterrupted group.
+
+Under torchrun (W ranks) each probe is wrapped in DistributedDataParallel and the
 effective batch stays `batch_size x grad_accum` (G): the G micro-batches of a step
 are dealt round-robin (rank r computes those with index a mod W = r: G / W each
 when W divides G, otherwise some ranks one more), each loss is divided by G / W,
@@ -22,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -71,26 +79,27 @@ def _to(x: Any, device: torch.device) -> Any:
 
 
 @torch.no_grad()
-def evaluate(task: Task, model: ProbeModel, split: Split, batch_size: int, device: torch.device) -> float:
-    """The task metric of `model` on `split` (EER on its trials for ASV)."""
-    model.eval()
-    if split.trials is not None:
-        emb = {}
-        for start in range(0, len(split.utts), batch_size):
-            idx = list(range(start, min(start + batch_size, len(split.utts))))
-            _prefetch(split.source, range(start + batch_size, min(start + 2 * batch_size, len(split.utts))), None)
-            layers, lengths = _to(split.source.batch(idx), device)
-            e = torch.nn.functional.normalize(model.head.embed(model.featurizer(layers), lengths), dim=-1)
-            for i, v in zip(idx, e.cpu()):
-                emb[split.utts[i].id] = v
-        return score_trials(emb, split.trials)
-    predictions = []
+def evaluate(task: Task, models: Sequence[ProbeModel], split: Split, batch_size: int,
+             device: torch.device) -> list[float]:
+    """The task metric of each of `models` on `split` (EER on its trials for ASV), one forward of
+    the split's features for all of them."""
+    for m in models:
+        m.eval()
+    trials = split.trials is not None
+    outputs: list[Any] = [{} if trials else [] for _ in models]
     for start in range(0, len(split.utts), batch_size):
         idx = list(range(start, min(start + batch_size, len(split.utts))))
         _prefetch(split.source, range(start + batch_size, min(start + 2 * batch_size, len(split.utts))), None)
         layers, lengths = _to(split.source.batch(idx), device)
-        predictions += task.predict(model(layers, lengths), lengths)
-    return task.score(split.utts, predictions)
+        for model, out in zip(models, outputs):
+            if trials:
+                e = torch.nn.functional.normalize(model.head.embed(model.featurizer(layers), lengths), dim=-1)
+                out.update((split.utts[i].id, v) for i, v in zip(idx, e.cpu()))
+            else:
+                out += task.predict(model(layers, lengths), lengths)
+    if trials:
+        return [score_trials(emb, split.trials) for emb in outputs]
+    return [task.score(split.utts, predictions) for predictions in outputs]
 
 
 def score_trials(embeddings: dict[str, Tensor | np.ndarray], trials: Sequence[Trial]) -> float:
@@ -108,55 +117,76 @@ def trial_scores(embeddings: dict[str, Tensor | np.ndarray], trials: Sequence[Tr
     return cosine_scores(emb, np.array([row[t.enroll] for t in trials]), np.array([row[t.test] for t in trials]))
 
 
-def train_probe(
+@dataclass
+class Probe:
+    """One learning rate of a group: its model, checkpoint and the key that its checkpoint must carry."""
+
+    lr: float
+    model: ProbeModel
+    checkpoint: Path
+    run_key: str
+    state: dict = field(default_factory=dict)
+    net: nn.Module | None = None  # the model, or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer | None = None
+    params: list = field(default_factory=list)
+
+
+def _new_state() -> dict[str, Any]:
+    return {"step": 0, "best": None, "best_step": 0, "best_state": None,
+            "curve": {"step": [], "train_loss": [], "grad_norm": [], "dev": []}, "window": [0.0, 0, 0.0]}
+
+
+def train_group(
     task: Task,
-    model: ProbeModel,
+    probes: Sequence[Probe],
     train: Split,
     dev: Split,
     budget: TaskBudget,
-    lr: float,
     seed: int,
-    checkpoint: str | os.PathLike,
-    run_key: str,
     device: torch.device,
     progress: bool = True,
     on_eval: Callable[[int], None] | None = None,
     env=None,
-) -> dict[str, Any]:
-    """Train `model` on `train`, evaluating on `dev` every `budget.eval_every` steps.
+) -> list[dict[str, Any]]:
+    """Train every probe of a group on `train`, evaluating all of them on `dev` every `budget.eval_every` steps.
 
-    Returns the best dev metric, its step, the best state dict and the curve
-    (train loss and gradient norm before clipping, each averaged over an
-    evaluation window; dev metric). A checkpoint with the same `run_key` at
-    `checkpoint` is resumed. `env` (a `DistEnv` with more than one rank) trains
-    with DistributedDataParallel (see the module doc).
+    Returns, per probe, the best dev metric, its step, the best state dict and the curve (train
+    loss and gradient norm before clipping, each averaged over an evaluation window; dev
+    metric). A probe's checkpoint with its `run_key` is resumed. `env` (a `DistEnv` with more
+    than one rank) trains with DistributedDataParallel (see the module doc).
     """
-    checkpoint = Path(checkpoint)
-    model.to(device)
     world, rank = (env.world_size, env.rank) if env is not None and env.distributed else (1, 0)
     mine = rank_micro_batches(budget.grad_accum, world, rank)
-    net: nn.Module = model
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    params = [p for p in model.parameters() if p.requires_grad]
     opt_cls = torch.optim.AdamW if budget.optimizer == "adamw" else torch.optim.Adam
-    opt = opt_cls(params, lr=lr)
-    state = {"step": 0, "best": None, "best_step": 0, "best_state": None,
-             "curve": {"step": [], "train_loss": [], "grad_norm": [], "dev": []}, "window": [0.0, 0, 0.0]}
-    if checkpoint.is_file():
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        if saved.get("run_key") == run_key:
-            model.load_state_dict(saved["model"])
-            opt.load_state_dict(saved["optimizer"])
-            state = saved["state"]
-    bar = tqdm(total=budget.steps, initial=state["step"], desc=f"probe {task.name} lr={lr:g}", unit="step",
+    for p in probes:
+        p.model.to(device)
+        p.net = p.model
+        if world > 1:
+            p.net = nn.parallel.DistributedDataParallel(
+                p.model, device_ids=[device.index] if device.type == "cuda" else None)
+        p.params = [q for q in p.model.parameters() if q.requires_grad]
+        p.optimizer = opt_cls(p.params, lr=p.lr)
+        p.state = _new_state()
+        if p.checkpoint.is_file():
+            saved = torch.load(p.checkpoint, map_location="cpu", weights_only=False)
+            if saved.get("run_key") == p.run_key:
+                p.model.load_state_dict(saved["model"])
+                p.optimizer.load_state_dict(saved["optimizer"])
+                p.state = saved["state"]
+    first = min(p.state["step"] for p in probes)
+    lrs = ", ".join(f"{p.lr:g}" for p in probes)
+    bar = tqdm(total=budget.steps, initial=first, desc=f"probe {task.name} lr={lrs}", unit="step",
                disable=not progress or rank != 0, leave=False)
     n = len(train.utts)
-    while state["step"] < budget.steps:
-        model.train()
-        opt.zero_grad(set_to_none=True)
-        step = state["step"]
-        total = 0.0
+    for step in range(first, budget.steps):
+        active = [p for p in probes if p.state["step"] == step]  # a probe resumed further waits
+        if not active:
+            bar.update(1)
+            continue
+        for p in active:
+            p.model.train()
+            p.optimizer.zero_grad(set_to_none=True)
+        totals = torch.zeros(len(active), dtype=torch.float64)
         for ahead in range(step, min(step + 2, budget.steps)):  # decode this and the next step's audio meanwhile
             for a in mine:
                 k = ahead * budget.grad_accum + (a if a >= 0 else rank % budget.grad_accum)
@@ -164,44 +194,54 @@ def train_probe(
         for j, a in enumerate(mine):  # this rank's micro-batches of the step (-1: a weight-0 pass)
             k = step * budget.grad_accum + (a if a >= 0 else rank % budget.grad_accum)
             idx = micro_batch(n, budget.batch_size, seed, k)
-            layers, lengths = _to(train.source.batch(idx, step), device)
+            layers, lengths = _to(train.source.batch(idx, step), device)  # one forward for every probe
             targets = _to(task.collate([train.targets[i] for i in idx]), device)
-            sync = net.no_sync() if world > 1 and j < len(mine) - 1 else contextlib.nullcontext()
-            with sync:
-                loss = task.loss(model.head, net(layers, lengths), targets, lengths)
-                (loss / (budget.grad_accum / world) if a >= 0 else loss * 0.0).backward()
-            if a >= 0:
-                total += float((loss / budget.grad_accum).detach())
+            for i, p in enumerate(active):
+                sync = p.net.no_sync() if world > 1 and j < len(mine) - 1 else contextlib.nullcontext()
+                with sync:
+                    loss = task.loss(p.model.head, p.net(layers, lengths), targets, lengths)
+                    (loss / (budget.grad_accum / world) if a >= 0 else loss * 0.0).backward()
+                if a >= 0:
+                    totals[i] += float((loss / budget.grad_accum).detach())
         if world > 1:
-            total = _sum_over_ranks(total, env)
-        norm = torch.nn.utils.clip_grad_norm_(params, budget.grad_clip)
-        opt.step()
-        state["step"] = step + 1
-        state["window"][0] += total
-        state["window"][1] += 1
-        state["window"][2] += float(norm)
+            all_reduce_sum(totals, env)
+        for i, p in enumerate(active):
+            norm = torch.nn.utils.clip_grad_norm_(p.params, budget.grad_clip)
+            p.optimizer.step()
+            window = p.state["window"]
+            p.state["step"] = step + 1
+            window[0] += float(totals[i])
+            window[1] += 1
+            window[2] += float(norm)
         bar.update(1)
-        if state["step"] % budget.eval_every == 0 or state["step"] == budget.steps:
-            metric = evaluate(task, model, dev, budget.batch_size, device)
-            curve = state["curve"]
-            curve["step"].append(state["step"])
-            curve["train_loss"].append(state["window"][0] / max(state["window"][1], 1))
-            curve["grad_norm"].append(state["window"][2] / max(state["window"][1], 1))
-            curve["dev"].append(metric)
-            state["window"] = [0.0, 0, 0.0]
-            if task.better(metric, state["best"]):
-                state["best"], state["best_step"] = metric, state["step"]
-                state["best_state"] = copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})
-            bar.set_postfix({task.metric: f"{metric:.4f}"})
-            if rank == 0:
-                with atomic_path(checkpoint) as tmp:
-                    torch.save({"run_key": run_key, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                "state": state}, tmp)
+        if (step + 1) % budget.eval_every == 0 or step + 1 == budget.steps:
+            metrics = evaluate(task, [p.model for p in active], dev, budget.batch_size, device)
+            for p, metric in zip(active, metrics):
+                _record_evaluation(task, p, metric, rank)
+            bar.set_postfix({task.metric: " ".join(f"{m:.4f}" for m in metrics)})
             if on_eval is not None:
-                on_eval(state["step"])
+                on_eval(step + 1)
     bar.close()
-    return {"best": state["best"], "best_step": state["best_step"], "best_state": state["best_state"],
-            "curve": state["curve"]}
+    return [{"best": p.state["best"], "best_step": p.state["best_step"], "best_state": p.state["best_state"],
+             "curve": p.state["curve"]} for p in probes]
+
+
+def _record_evaluation(task: Task, p: Probe, metric: float, rank: int) -> None:
+    """Add a dev evaluation to a probe's curve, keep its best state, and checkpoint it (rank 0)."""
+    state = p.state
+    curve, window = state["curve"], state["window"]
+    curve["step"].append(state["step"])
+    curve["train_loss"].append(window[0] / max(window[1], 1))
+    curve["grad_norm"].append(window[2] / max(window[1], 1))
+    curve["dev"].append(metric)
+    state["window"] = [0.0, 0, 0.0]
+    if task.better(metric, state["best"]):
+        state["best"], state["best_step"] = metric, state["step"]
+        state["best_state"] = copy.deepcopy({k: v.cpu() for k, v in p.model.state_dict().items()})
+    if rank == 0:
+        with atomic_path(p.checkpoint) as tmp:
+            torch.save({"run_key": p.run_key, "model": p.model.state_dict(), "optimizer": p.optimizer.state_dict(),
+                        "state": state}, tmp)
 
 
 def rank_micro_batches(grad_accum: int, world_size: int, rank: int) -> list[int]:
@@ -211,11 +251,6 @@ def rank_micro_batches(grad_accum: int, world_size: int, rank: int) -> list[int]
     micro-batch with weight 0, so that every rank takes part in DDP's gradient reduction.
     """
     return list(range(rank, grad_accum, world_size)) or [-1]
-
-
-def _sum_over_ranks(value: float, env) -> float:
-    t = torch.tensor([value], dtype=torch.float64)
-    return float(all_reduce_sum(t, env)[0])
 
 
 def _prefetch(source: Any, idx: Sequence[int], step: int | None) -> None:
