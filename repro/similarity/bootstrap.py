@@ -25,10 +25,10 @@ from typing import Sequence
 
 import numpy as np
 
-from repro.similarity.accumulator import (CKAAccumulator, _check_group, _empty_big, _mirror, _pair_blocks,
-                                          assemble_terms, segment_sum, terms_of)
+from repro.similarity.accumulator import CKAAccumulator, check_combinable, terms_of
 from repro.similarity.cka import CKATerms, cka_from_terms
 from repro.similarity.sampling import STREAM_BOOTSTRAP, stream
+from repro.similarity.statistics import BIG_KEYS, assemble_terms, empty_big, mirror_within, segment_sum
 from repro.util.npz import atomic_write_npz, read_npz
 
 
@@ -49,7 +49,7 @@ class BlockBootstrap:
     @classmethod
     def of(cls, accumulators: list[CKAAccumulator]) -> "BlockBootstrap":
         """Wrap existing accumulators (same layers and shift)."""
-        _check_group(accumulators)
+        check_combinable(accumulators)
         self = cls.__new__(cls)
         self.accumulators, self._forms = list(accumulators), None
         return self
@@ -94,27 +94,28 @@ class BlockBootstrap:
         return cka_from_terms(self.terms(), debiased)
 
     # ------------------------------------------------------------- resampling
-    def _block_forms(self) -> dict[str, np.ndarray]:
-        """Per layer pair: G[b, c] = <S_b, S_c>_F and T[b, c, e] = s_b^T S_c s_e (float64)."""
+    def _block_forms(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per kind of block (`CKAAccumulator.term_blocks`) and layer pair: G[b, c] = <S_b, S_c>_F and
+        T[b, c, e] = s_b^T S_c s_e (float64), as (G `[*pair, B, B]`, T `[*pair, B, B, B]`); pair = (l, m)
+        for "cross" (`[L1, L2]`), (l,) for "x" / "y"."""
         if self._forms is not None:
             return self._forms
         a0 = self.accumulators[0]
         B, L1, L2 = self.blocks, len(a0.dims_x), len(a0.dims_y)
-        forms = {"cross_G": np.zeros((L1, L2, B, B)), "cross_T": np.zeros((L1, L2, B, B, B)),
-                 "x_G": np.zeros((L1, B, B)), "x_T": np.zeros((L1, B, B, B)),
-                 "y_G": np.zeros((L2, B, B)), "y_T": np.zeros((L2, B, B, B))}
-        for kind, l, m, blocks, sl, sm in _pair_blocks(self.accumulators):
-            M = np.stack(blocks)  # [B, d_l, d_m]
+        pairs = {"cross": (L1, L2), "x": (L1,), "y": (L2,)}
+        forms: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for parts in zip(*(a.term_blocks() for a in self.accumulators)):
+            kind, l, m = parts[0][:3]
+            M = np.stack([p[3] for p in parts])  # [B, d_l, d_m]
             flat = M.reshape(B, -1)
-            G = flat @ flat.T
-            Sl, Sm = np.stack(sl), np.stack(sm)  # [B, d_l], [B, d_m]
+            Sl, Sm = np.stack([p[4] for p in parts]), np.stack([p[5] for p in parts])  # [B, d_l], [B, d_m]
             T = np.empty((B, B, B))
             for c in range(B):
                 T[:, c, :] = (Sl @ M[c]) @ Sm.T
-            if kind == "cross":
-                forms["cross_G"][l, m], forms["cross_T"][l, m] = G, T
-            else:
-                forms[f"{kind}_G"][l], forms[f"{kind}_T"][l] = G, T
+            if kind not in forms:
+                forms[kind] = (np.zeros(pairs[kind] + (B, B)), np.zeros(pairs[kind] + (B, B, B)))
+            at = (l, m) if kind == "cross" else (l,)
+            forms[kind][0][at], forms[kind][1][at] = flat @ flat.T, T
         self._forms = forms
         return forms
 
@@ -128,26 +129,21 @@ class BlockBootstrap:
         smalls = [a.small_stats() for a in self.accumulators]
         small = {k: np.tensordot(W, np.stack([s[k] for s in smalls]), axes=(1, 0)) for k in smalls[0]}
         n = small["n"]
-        big = _empty_big(a0, (len(W),))
+        big = empty_big(len(a0.dims_x), len(a0.dims_y), (len(W),))
         sq_x = segment_sum(small["sum_x"] ** 2, a0.dims_x)  # |s_l(w)|^2, [R, L1]
         sq_y = segment_sum(small["sum_y"] ** 2, a0.dims_y)
         with np.errstate(invalid="ignore", divide="ignore"):
-            for key, out, lead in (("cross", "cross", "lm"), ("x", "self_x", "l"), ("y", "self_y", "l")):
-                if a0.symmetric and key != "cross":
-                    continue
-                G, T = forms[f"{key}_G"], forms[f"{key}_T"]
+            # per kind: einsum letters of the pair, n and |s_l|^2 |s_m|^2 broadcast to [R, *pair]
+            shapes = {"cross": ("lm", n[:, None, None], sq_x[:, :, None] * sq_y[:, None, :]),
+                      "x": ("l", n[:, None], sq_x ** 2), "y": ("l", n[:, None], sq_y ** 2)}
+            for kind, (G, T) in forms.items():
+                lead, nn, corr = shapes[kind]
+                frob_key, form_key = BIG_KEYS[kind]
                 frob = np.einsum(f"rb,{lead}bc,rc->r{lead}", W, G, W)
-                sSs = np.einsum(f"{lead}bce,rb,rc,re->r{lead}", T, W, W, W, optimize=True)
-                if key == "cross":
-                    nn = n[:, None, None]
-                    corr = sq_x[:, :, None] * sq_y[:, None, :]
-                    big["sSs"] = sSs
-                else:
-                    nn = n[:, None]
-                    corr = (sq_x if key == "x" else sq_y) ** 2
-                    big[f"sBs_{key}"] = sSs
-                big[out] = frob - 2 * sSs / nn + corr / nn ** 2
-        _mirror(big, a0.symmetric)
+                big[form_key] = np.einsum(f"{lead}bce,rb,rc,re->r{lead}", T, W, W, W, optimize=True)
+                big[frob_key] = frob - 2 * big[form_key] / nn + corr / nn ** 2
+        if a0.symmetric:
+            mirror_within(big)
         return assemble_terms(small, big, a0.dims_x, a0.dims_y)
 
     def resample_cka(self, weights: np.ndarray, debiased: bool = False) -> np.ndarray:
