@@ -13,7 +13,7 @@ from repro.config import ConfigError, iter_settings, load_profile, profile_names
 def _user_errors() -> tuple[type[BaseException], ...]:
     from repro.audio import AudioError
     from repro.data.commands import user_errors as data_errors
-    from repro.data.espeak import ToolMissingError
+    from repro.data.espeak import EspeakError
     from repro.data.manifest import ManifestError
     from repro.features.store import StoreError
     from repro.models.registry import UnknownModelError
@@ -24,10 +24,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from repro.similarity.align import AlignmentError
     from repro.similarity.stage import CKAError
     from repro.speaker.train import SpeakerTrainingFailed
+    from repro.util.tools import ToolMissingError
 
     return (ConfigError, AudioError, ManifestError, StoreError, UnknownModelError, ToolMissingError,
             NotImplementedError, FileNotFoundError, ConfigMismatchError, UnknownOutputError, CheckpointError,
-            SpeakerTrainingFailed, CKAError, AlignmentError, RankFailure, *data_errors())
+            SpeakerTrainingFailed, CKAError, AlignmentError, RankFailure, EspeakError, *data_errors())
 
 
 class _Group(click.Group):

@@ -1,9 +1,9 @@
-"""The built-in synthetic SUPERB-like corpus, spoken by espeak-ng.
+"""The built-in synthetic SUPERB-like corpus, spoken by libespeak-ng (`repro.data.espeak`).
 
 `make_corpus(out, config, seed)` writes a corpus folder (see `repro.data.manifest`)
 with real speech and real labels for every probing task of the paper:
 
-- PR: sentences labelled with the phonemes espeak-ng spoke (`phones.txt` is the inventory);
+- PR: sentences labelled with the phonemes libespeak-ng spoke (`phones.txt` is the inventory);
 - KS: 1 s clips of the ten Speech Commands keywords, `_unknown_` words and `_silence_`
   cut from generated background-noise files (12 classes);
 - IC: spoken commands with action / object / location slots;
@@ -35,12 +35,12 @@ from repro.audio import SAMPLE_RATE, write_wav
 from repro.config.schema import SynthConfig
 from repro.config.typed import to_dict
 from repro.data import synth_text as T
-from repro.data.espeak import Voice, require_tool, synthesize
+from repro.data.espeak import Voice, synthesize, wheel
 from repro.data.manifest import Trial, Utterance, manifest_path, trials_path, write_manifest, write_trials
 from repro.util.atomic import atomic_directory, atomic_write_json, atomic_write_text
 from repro.util.hashing import config_hash, sha256_file
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: libespeak-ng 1.52.0 from the espeakng-loader wheel (1: the espeak-ng program)
 LANGUAGES = ["en", "en-us", "en-029", "en-gb-scotland", "en-gb-x-rp", "en-us-nyc"]
 VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5"]
 KS_CLIP_SAMPLES = SAMPLE_RATE  # 1 s, as in Speech Commands
@@ -230,7 +230,7 @@ def make_corpus(
     is; any other content of `out` is replaced.
     """
     out = Path(out)
-    require_tool("espeak-ng")
+    wheel()  # the voice is installed, before anything is written
     key = corpus_config_hash(config, seed)
     info_path = out / "corpus.json"
     if info_path.is_file():
