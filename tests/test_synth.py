@@ -215,11 +215,22 @@ def test_a_library_held_elsewhere_in_the_process_is_refused():
     assert len(synthesize("go", Voice("en", "m2", 50, 160))[0]) > 0
 
 
+def test_the_voice_library_is_part_of_the_corpus_identity(tiny_corpus: Path, monkeypatch):
+    from repro.data import synth
+
+    info = read_corpus_info(tiny_corpus)
+    assert info["voice"] == espeak.voice_library()
+    assert espeak.voice_library().startswith("libespeak-ng 1.52.0 (espeakng-loader ")
+    assert info["config_hash"] == synth.corpus_config_hash(TINY_SYNTH, 0)
+    monkeypatch.setattr(synth, "voice_library", lambda: "libespeak-ng 9.99 (espeakng-loader 9.9)")
+    assert synth.corpus_config_hash(TINY_SYNTH, 0) != info["config_hash"], "another voice: the corpus is rebuilt"
+
+
 def test_missing_voice_package_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "espeakng_loader", None)  # import fails as if not installed
     espeak.wheel.cache_clear()
     try:
-        with pytest.raises(ToolMissingError, match=r"espeakng-loader .* is not installed; run `make install`"):
+        with pytest.raises(ToolMissingError, match=r"espeakng-loader .* is not installed; run `make install` \(requirements.lock pins it"):
             make_corpus(tmp_path / "c", TINY_SYNTH, seed=0, progress=False)
     finally:
         espeak.wheel.cache_clear()

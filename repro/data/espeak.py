@@ -29,18 +29,20 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import importlib.metadata
 import locale
 import os
 import re
 import threading
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 import numpy as np
 
 from repro.audio import resample_to_16k
 from repro.util.tools import ToolMissingError
 
-INSTALL_HINT = "run `make install` (it installs the pinned requirements.lock), or `pip install espeakng-loader==0.2.4`"
+INSTALL_HINT = "run `make install` (requirements.lock pins it with its hash)"
 
 # A phoneme token keeps letters, digits and espeak's phoneme characters; stress marks and
 # punctuation/pause symbols (! ; : ? . , |) are not phonemes.
@@ -61,6 +63,7 @@ _SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), 
 _PhonemeCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_char_p)
 
 _LOCK = threading.Lock()
+_T = TypeVar("_T")
 
 
 class EspeakError(RuntimeError):
@@ -183,7 +186,7 @@ class _Session:
             self._check(status, f"initialising libespeak-ng with the data in {where.data}")
             self._initialised = True
             data_path = ctypes.c_char_p()
-            lib.espeak_Info(ctypes.byref(data_path))
+            self.version = (lib.espeak_Info(ctypes.byref(data_path)) or b"").decode()
             if os.path.realpath((data_path.value or b"").decode()) != os.path.realpath(where.data):
                 raise EspeakError(f"libespeak-ng reads {data_path.value!r} instead of {where.data}; {INSTALL_HINT}")
             self._check(lib.espeak_ng_InitializeOutput(_ENOUTPUT_MODE_SYNCHRONOUS, 0, None), "choosing synchronous output")
@@ -234,20 +237,34 @@ class _Session:
             self._handle = None
 
 
-def synthesize(text: str, voice: Voice) -> tuple[np.ndarray, list[str]]:
-    """Speak `text`; return (float32 waveform at 16 kHz [num_samples], phoneme tokens)."""
-    where = wheel()
+def _in_session(where: Wheel, use: Callable[["_Session"], _T]) -> _T:
+    """`use(session)` on a freshly loaded library, under the lock; the caller's LC_CTYPE is restored."""
     with _LOCK:
         ctype_locale = locale.setlocale(locale.LC_CTYPE)  # libespeak-ng sets C.UTF-8 when it initialises
         try:
             session = _Session(where)
             try:
-                pcm, phonemes = session.speak(text, voice)
-                sample_rate = session.sample_rate
+                return use(session)
             finally:
                 session.close()
         finally:
             locale.setlocale(locale.LC_CTYPE, ctype_locale)
+
+
+def voice_library() -> str:
+    """Which library speaks, e.g. `libespeak-ng 1.52.0 (espeakng-loader 0.2.4)`: part of a corpus's identity."""
+    return _library_version(wheel())
+
+
+@functools.cache
+def _library_version(where: Wheel) -> str:
+    version = _in_session(where, lambda session: session.version)
+    return f"libespeak-ng {version} (espeakng-loader {importlib.metadata.version('espeakng-loader')})"
+
+
+def synthesize(text: str, voice: Voice) -> tuple[np.ndarray, list[str]]:
+    """Speak `text`; return (float32 waveform at 16 kHz [num_samples], phoneme tokens)."""
+    pcm, phonemes, sample_rate = _in_session(wheel(), lambda session: (*session.speak(text, voice), session.sample_rate))
     if pcm.size == 0:
         raise EspeakError(f"libespeak-ng gave no audio for {text!r} with voice {voice.spec()}")
     return resample_to_16k(pcm.astype(np.float32) / 32768.0, sample_rate), parse_phonemes(phonemes)

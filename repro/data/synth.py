@@ -35,12 +35,12 @@ from repro.audio import SAMPLE_RATE, write_wav
 from repro.config.schema import SynthConfig
 from repro.config.typed import to_dict
 from repro.data import synth_text as T
-from repro.data.espeak import Voice, synthesize, wheel
+from repro.data.espeak import Voice, synthesize, voice_library
 from repro.data.manifest import Trial, Utterance, manifest_path, trials_path, write_manifest, write_trials
 from repro.util.atomic import atomic_directory, atomic_write_json, atomic_write_text
 from repro.util.hashing import config_hash, sha256_file
 
-GENERATOR_VERSION = 2  # 2: libespeak-ng 1.52.0 from the espeakng-loader wheel (1: the espeak-ng program)
+GENERATOR_VERSION = 2  # 2: libespeak-ng through its C API (1: the espeak-ng program)
 LANGUAGES = ["en", "en-us", "en-029", "en-gb-scotland", "en-gb-x-rp", "en-us-nyc"]
 VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5"]
 KS_CLIP_SAMPLES = SAMPLE_RATE  # 1 s, as in Speech Commands
@@ -75,8 +75,8 @@ class Job:
 
 
 def corpus_config_hash(config: SynthConfig, seed: int) -> str:
-    """Identifies the corpus a (config, seed) pair produces."""
-    return config_hash({"generator": GENERATOR_VERSION, "seed": seed, "config": to_dict(config)})
+    """Identifies the corpus a (config, seed) pair produces with the installed voice library."""
+    return config_hash({"generator": GENERATOR_VERSION, "voice": voice_library(), "seed": seed, "config": to_dict(config)})
 
 
 def plan_speakers(config: SynthConfig, seed: int) -> list[Speaker]:
@@ -226,12 +226,11 @@ def make_corpus(
 ) -> Path:
     """Write the synthetic corpus to folder `out` (atomically) and return its path.
 
-    An existing complete corpus made from the same (config, seed) is kept as it
-    is; any other content of `out` is replaced.
+    An existing complete corpus made from the same (config, seed) with the same voice
+    library is kept as it is; any other content of `out` is replaced.
     """
     out = Path(out)
-    wheel()  # the voice is installed, before anything is written
-    key = corpus_config_hash(config, seed)
+    key = corpus_config_hash(config, seed)  # needs the voice library: fails before anything is written
     info_path = out / "corpus.json"
     if info_path.is_file():
         import json
@@ -282,6 +281,7 @@ def make_corpus(
         info = {
             "name": "synthetic-espeak",
             "generator_version": GENERATOR_VERSION,
+            "voice": voice_library(),
             "seed": seed,
             "config": to_dict(config),
             "config_hash": key,
