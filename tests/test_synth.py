@@ -219,7 +219,7 @@ def test_the_voice_library_is_part_of_the_corpus_identity(tiny_corpus: Path, mon
     from repro.data import synth
 
     info = read_corpus_info(tiny_corpus)
-    assert info["voice"] == espeak.voice_library()
+    assert info["voice_library"] == espeak.voice_library()
     assert espeak.voice_library().startswith("libespeak-ng 1.52.0 (espeakng-loader ")
     assert info["config_hash"] == synth.corpus_config_hash(TINY_SYNTH, 0)
     monkeypatch.setattr(synth, "voice_library", lambda: "libespeak-ng 9.99 (espeakng-loader 9.9)")

@@ -76,7 +76,7 @@ class Job:
 
 def corpus_config_hash(config: SynthConfig, seed: int) -> str:
     """Identifies the corpus a (config, seed) pair produces with the installed voice library."""
-    return config_hash({"generator": GENERATOR_VERSION, "voice": voice_library(), "seed": seed, "config": to_dict(config)})
+    return config_hash({"generator": GENERATOR_VERSION, "voice_library": voice_library(), "seed": seed, "config": to_dict(config)})
 
 
 def plan_speakers(config: SynthConfig, seed: int) -> list[Speaker]:
@@ -281,7 +281,7 @@ def make_corpus(
         info = {
             "name": "synthetic-espeak",
             "generator_version": GENERATOR_VERSION,
-            "voice": voice_library(),
+            "voice_library": voice_library(),
             "seed": seed,
             "config": to_dict(config),
             "config_hash": key,
