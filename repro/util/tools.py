@@ -1,4 +1,5 @@
-"""System programs that only the real-corpus paths run (ffmpeg for VoxCeleb2's AAC audio).
+"""What the code needs but cannot install itself: system programs, which only the real-corpus paths
+run (ffmpeg for VoxCeleb2's AAC audio).
 
 `require_tool(name, hint)` finds a program on PATH or raises ToolMissingError, whose message
 is one line naming the program and how to install it.
@@ -10,7 +11,7 @@ import shutil
 
 
 class ToolMissingError(RuntimeError):
-    """A required command-line program is not installed."""
+    """A required program (or package, e.g. the synthetic corpus's voice) is not installed."""
 
 
 def require_tool(name: str, hint: str) -> str:
