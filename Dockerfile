@@ -26,9 +26,9 @@ LABEL org.opencontainers.image.title="repro" \
       repro.paper.arxiv="2401.17632" \
       repro.paper.url="https://arxiv.org/abs/2401.17632"
 
-# System packages, pinned to their Debian 12 versions:
-#   espeak-ng  the voice of the synthetic corpus (smoke profile, tests)
-#   sox        audio conversion (channels, sample rate) of user-supplied corpora
+# System packages, pinned to their Debian 12 versions (the synthetic corpus's voice, libespeak-ng,
+# comes with the Python packages: espeakng-loader in requirements.lock):
+#   sox        audio conversion (channels, sample rate) of user-supplied corpora, as the error messages suggest
 #   ffmpeg     decodes VoxCeleb2's AAC (.m4a) audio for speaker-model training
 #   make       the Make targets, the same inside the image as outside
 # Debian replaces a version when a point or security release supersedes it. If a pin no longer
@@ -45,7 +45,6 @@ RUN set -eux; \
     fi; \
     apt-get update; \
     apt-get install -y --no-install-recommends \
-      espeak-ng=1.51+dfsg-10+deb12u2 \
       sox=14.4.2+git20190427-3.5 \
       ffmpeg=7:5.1.9-0+deb12u1 \
       make=4.3-4.1; \

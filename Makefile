@@ -2,7 +2,10 @@
 # `make help` lists them.
 
 PROFILE ?= smoke
-PYTHON_BIN ?= python3.11
+# The Python that builds .venv: PYTHON_BIN=/path/to/python chooses it; otherwise python3.11, or python3
+# when that is 3.11 (requirements.lock is resolved for Python 3.11).
+PYTHON_BIN ?=
+GET_PYTHON := on Debian 12 or Ubuntu: sudo apt-get install python3.11 python3.11-venv; otherwise use the Docker image (make docker-build)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 REPRO := $(PY) -m repro
@@ -14,7 +17,24 @@ help: ## list every target with one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_%-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(VENV)/.installed: requirements.lock pyproject.toml
-	$(PYTHON_BIN) -m venv $(VENV)
+	@is311() { "$$1" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' >/dev/null 2>&1; }; \
+	version() { "$$1" -c 'import platform; print(platform.python_version())' 2>/dev/null || echo unknown; }; \
+	py="$(PYTHON_BIN)"; \
+	if [ -n "$$py" ]; then \
+	  command -v "$$py" >/dev/null 2>&1 || { echo "error: PYTHON_BIN=$$py: no such program; name a Python 3.11, or $(GET_PYTHON)" >&2; exit 2; }; \
+	  is311 "$$py" || { echo "error: PYTHON_BIN=$$py is Python $$(version "$$py"), and .venv needs Python 3.11; $(GET_PYTHON)" >&2; exit 2; }; \
+	else \
+	  for candidate in python3.11 python3; do \
+	    if command -v $$candidate >/dev/null 2>&1 && is311 $$candidate; then py=$$candidate; break; fi; \
+	  done; \
+	  if [ -z "$$py" ]; then \
+	    found=$$(command -v python3 >/dev/null 2>&1 && echo "python3 is $$(version python3)" || echo "no python3 either"); \
+	    echo "error: .venv needs Python 3.11, and there is no python3.11 ($$found); $(GET_PYTHON); or set PYTHON_BIN=/path/to/python3.11" >&2; exit 2; \
+	  fi; \
+	fi; \
+	"$$py" -c 'import ensurepip, venv' >/dev/null 2>&1 || { echo "error: $$py has no venv module (with ensurepip) to build .venv; on Debian/Ubuntu: sudo apt-get install python3.11-venv" >&2; exit 2; }; \
+	echo "$$py -m venv $(VENV)"; \
+	"$$py" -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip==26.3"
 	$(PY) -m pip install --quiet --require-hashes -r requirements.lock
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .

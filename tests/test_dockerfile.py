@@ -100,7 +100,7 @@ def test_hadolint_passes_the_dockerfile_and_catches_a_bad_one(tmp_path):
     res = subprocess.run([hadolint(), "--no-color", str(ROOT / "Dockerfile")], capture_output=True, text=True)
     assert res.returncode == 0 and res.stdout == "", res.stdout + res.stderr
     bad = tmp_path / "Dockerfile"
-    bad.write_text("FROM python:latest\nRUN apt-get update && apt-get install -y espeak-ng\n")
+    bad.write_text("FROM python:latest\nRUN apt-get update && apt-get install -y sox\n")
     res = subprocess.run([hadolint(), "--no-color", str(bad)], capture_output=True, text=True)
     assert res.returncode != 0 and "DL3007" in res.stdout and "DL3008" in res.stdout
 
@@ -151,14 +151,34 @@ def test_pip_bootstrap_is_the_makefile_pip_with_hashes():
     assert version == makefile_pip and hashes
 
 
-def test_apt_packages_are_pinned_and_cover_the_ci_tools(dockerfile):
+def apt_packages(dockerfile) -> tuple[dict[str, str], str, list[str]]:
+    """(package -> pinned version, the RUN line, its words) of the Dockerfile's apt-get install."""
     install = next(r for r in runs(dockerfile) if "apt-get install" in r)
     words = install.split("apt-get install", 1)[1].split(";")[0].split("&&")[0].split()
     packages = dict(w.split("=", 1) if "=" in w else (w, "") for w in words if not w.startswith("-"))
+    return packages, install, words
+
+
+def test_apt_packages_are_pinned_and_cover_the_ci_tools(dockerfile):
+    packages, install, words = apt_packages(dockerfile)
     assert packages and all(packages.values()), f"unpinned apt packages: {packages}"
     assert "--no-install-recommends" in words and "rm -rf /var/lib/apt/lists/*" in install
     ci_tools = re.search(r"for tool in ([^;]+);", (ROOT / ".ci" / "run").read_text())[1].split()
     assert set(ci_tools) <= set(packages), "the image lacks a system tool that CI installs"
+
+
+def test_the_voice_comes_from_the_lock_and_every_required_program_is_in_the_image(dockerfile):
+    packages, _, _ = apt_packages(dockerfile)
+    ci_run = (ROOT / ".ci" / "run").read_text()
+    ci_tools = re.search(r"for tool in ([^;]+);", ci_run)[1].split()
+    assert "espeak-ng" not in packages and "espeak-ng" not in ci_tools, "the corpus's voice is a Python package"
+    version, hashes = lock_pins(ROOT / "requirements.lock")["espeakng-loader"]
+    assert version and hashes
+    sources = "\n".join(p.read_text() for p in (ROOT / "repro").rglob("*.py"))
+    required = set(re.findall(r'require_tool\(\s*"([\w.+-]+)"', sources))
+    assert "ffmpeg" in required, "VoxCeleb2's conversion asks for ffmpeg by name"
+    assert required <= set(packages), f"programs the code requires but the image lacks: {required - set(packages)}"
+    assert required <= set(ci_tools), "CI lacks a program the code requires"
 
 
 def test_runs_repro_as_a_non_root_user(dockerfile, pyproject):

@@ -1,9 +1,9 @@
-"""The built-in synthetic SUPERB-like corpus, spoken by espeak-ng.
+"""The built-in synthetic SUPERB-like corpus, spoken by libespeak-ng (`repro.data.espeak`).
 
 `make_corpus(out, config, seed)` writes a corpus folder (see `repro.data.manifest`)
 with real speech and real labels for every probing task of the paper:
 
-- PR: sentences labelled with the phonemes espeak-ng spoke (`phones.txt` is the inventory);
+- PR: sentences labelled with the phonemes libespeak-ng spoke (`phones.txt` is the inventory);
 - KS: 1 s clips of the ten Speech Commands keywords, `_unknown_` words and `_silence_`
   cut from generated background-noise files (12 classes);
 - IC: spoken commands with action / object / location slots;
@@ -35,14 +35,14 @@ from repro.audio import SAMPLE_RATE, write_wav
 from repro.config.schema import SynthConfig
 from repro.config.typed import to_dict
 from repro.data import synth_text as T
-from repro.data.espeak import Voice, require_tool, synthesize
+from repro.data.espeak import Voice, synthesize, voice_library
 from repro.data.manifest import Trial, Utterance, manifest_path, trials_path, write_manifest, write_trials
 from repro.errors import ConfigError
 from repro.tasks import TASK_NAMES
 from repro.util.atomic import atomic_directory, atomic_write_json, atomic_write_text
 from repro.util.hashing import config_hash, sha256_file
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3  # 2: ER fold splits in the manifest; 3: libespeak-ng through its C API (1: the espeak-ng program)
 LANGUAGES = ["en", "en-us", "en-029", "en-gb-scotland", "en-gb-x-rp", "en-us-nyc"]
 VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5"]
 KS_CLIP_SAMPLES = SAMPLE_RATE  # 1 s, as in Speech Commands
@@ -85,8 +85,8 @@ def fold_splits(fold: int, folds: int) -> dict[str, str]:
 
 
 def corpus_config_hash(config: SynthConfig, seed: int) -> str:
-    """Identifies the corpus a (config, seed) pair produces."""
-    return config_hash({"generator": GENERATOR_VERSION, "seed": seed, "config": to_dict(config)})
+    """Identifies the corpus a (config, seed) pair produces with the installed voice library."""
+    return config_hash({"generator": GENERATOR_VERSION, "voice_library": voice_library(), "seed": seed, "config": to_dict(config)})
 
 
 def plan_speakers(config: SynthConfig, seed: int) -> list[Speaker]:
@@ -238,12 +238,11 @@ def make_corpus(
 ) -> Path:
     """Write the synthetic corpus to folder `out` (atomically) and return its path.
 
-    An existing complete corpus made from the same (config, seed) is kept as it
-    is, unless `force`; any other content of `out` is replaced.
+    An existing complete corpus made from the same (config, seed) with the same voice
+    library is kept as it is, unless `force`; any other content of `out` is replaced.
     """
     out = Path(out)
-    require_tool("espeak-ng")
-    key = corpus_config_hash(config, seed)
+    key = corpus_config_hash(config, seed)  # needs the voice library: fails before anything is written
     info_path = out / "corpus.json"
     if info_path.is_file() and not force:
         import json
@@ -294,6 +293,7 @@ def make_corpus(
         info = {
             "name": "synthetic-espeak",
             "generator_version": GENERATOR_VERSION,
+            "voice_library": voice_library(),
             "seed": seed,
             "config": to_dict(config),
             "config_hash": key,

@@ -11,7 +11,6 @@ temporary name and renamed when ffmpeg succeeds, so an interrupted run resumes w
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,9 +20,12 @@ from tqdm import tqdm
 from repro.audio import SAMPLE_RATE
 from repro.data.manifest import Utterance, write_manifest
 from repro.data.prepare.common import AudioIndex, Item, PrepareError, inspect_all
+from repro.util.tools import require_tool
 
 SOURCE = "voxceleb2/dev/aac"
 TARGET = "voxceleb2/dev-wav16k"
+FFMPEG_HINT = ("VoxCeleb2's AAC audio needs it: install it with `sudo apt-get install ffmpeg` (Debian/Ubuntu) or "
+               "`brew install ffmpeg` (macOS), or use the Docker image")
 
 
 def ffmpeg_command(src: Path, dst: Path) -> list[str]:
@@ -50,9 +52,7 @@ def convert_voxceleb2(root: Path, *, workers: int = 8, speakers: int | None = No
 
     `speakers` limits the conversion to the first N speaker folders (sorted), for a trial run.
     """
-    if shutil.which("ffmpeg") is None:
-        raise PrepareError("ffmpeg not found: VoxCeleb2's AAC audio needs it (`sudo apt-get install ffmpeg`, "
-                           "`brew install ffmpeg`)")
+    require_tool("ffmpeg", FFMPEG_HINT)
     src_root, dst_root = root / SOURCE, root / TARGET
     if not src_root.is_dir():
         raise PrepareError(f"{src_root}: VoxCeleb2 dev not found; run `repro data fetch voxceleb2`")
