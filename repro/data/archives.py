@@ -190,6 +190,7 @@ class _Writer:
         self.target = target
         self.real = os.path.realpath(target)
         self.tree = _Tree(archive)
+        self.folders: set[Rel] = {()}  # made and checked; a folder is never replaced (see `_clear`)
 
     def _escape(self, member: str, how: str) -> UnsafeArchiveError:
         return UnsafeArchiveError(f"{self.archive}: member {member!r} {how}; refusing to extract")
@@ -210,16 +211,20 @@ class _Writer:
         return folder
 
     def _make_dirs(self, rel: Rel, member: str) -> None:
+        if rel in self.folders:
+            return
         path = self._path(rel, member)
         if any(rel[:k] in self.tree.files for k in range(1, len(rel) + 1)):
             raise UnsafeArchiveError(f"{self.archive}: member {member!r} needs a folder where the archive "
                                      "wrote a file; refusing to extract")
         path.mkdir(parents=True, exist_ok=True)
+        self.folders.update(rel[:k] for k in range(1, len(rel) + 1))
 
     def _clear(self, rel: Rel, member: str) -> Path:
-        """The path for a new file or link at `rel`; an earlier file or link there is replaced."""
+        """The path for a new file or link at `rel` (its folder made and checked; its name a plain
+        component); an earlier file or link there is replaced, a folder never."""
         self._make_dirs(rel[:-1], member)
-        path = self._path(rel, member)
+        path = self.target.joinpath(*rel)
         if os.path.lexists(path):
             if os.path.isdir(path) and not os.path.islink(path):
                 raise UnsafeArchiveError(f"{self.archive}: member {member!r} would replace a folder; "
