@@ -189,7 +189,8 @@ def test_missing_extra_and_portable(env):
     atomic_write_text(env.figures / "new.txt", "x")
     assert checksums.verify(env) == {"changed": [], "missing": ["figures/table-1.csv"], "extra": ["figures/new.txt"]}
     res = _verify_cli()
-    assert res.exit_code == 1 and "missing  figures/table-1.csv" in res.output and "extra    figures/new.txt" in res.output
+    assert res.exit_code == 1
+    assert "missing  figures/table-1.csv" in res.output and "extra    figures/new.txt" in res.output
     res = _verify_cli("--portable")  # only the corpus: it still matches
     assert res.exit_code == 0 and res.output.endswith(": 1 exactly\n")
 
