@@ -3,12 +3,24 @@
 Every model in this project takes 16 kHz mono float32 waveforms in [-1, 1].
 Anything else is refused with a message that names the file and the fix,
 unless the caller explicitly asks for resampling or down-mixing.
+
+Damaged audio is refused when it is read, before any model sees it:
+
+- a truncated WAV: libsndfile reads what is there and quietly shortens the
+  frame count to it, so the header's `data` chunk size is compared with the
+  bytes the file holds (`wav_shortfall`). A cut FLAC file fails in libsndfile's
+  decoder ("lost sync") and is refused as unreadable. Other formats (AIFF...)
+  get only libsndfile's own checks: no corpus of this project uses them;
+- non-finite samples (NaN, +-inf), which only float encodings can hold
+  (`FLOAT`/`DOUBLE` WAV, ...): one `np.isfinite` pass over them. Integer PCM
+  (WAV, FLAC) cannot encode them and is not scanned.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +31,13 @@ from repro.errors import ReproError
 from repro.util.atomic import atomic_path
 
 SAMPLE_RATE = 16000
+
+# Encodings whose samples are integers: they cannot hold NaN or infinity.
+_INTEGER_SUBTYPES = {"PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32", "ULAW", "ALAW", "IMA_ADPCM", "MS_ADPCM",
+                     "GSM610", "G721_32", "G723_24", "G723_40", "DWVW_12", "DWVW_16", "DWVW_24", "DPCM_8", "DPCM_16",
+                     "ALAC_16", "ALAC_20", "ALAC_24", "ALAC_32"}
+# A RIFF/WAVE data size that streaming writers put when the length is not known yet.
+_UNKNOWN_WAV_SIZES = (0, 0xFFFFFFFF)
 
 
 class AudioError(ReproError, ValueError):
@@ -40,20 +59,33 @@ def read_audio(
         downmix: average the channels of a multi-channel file instead of failing.
 
     Raises:
-        AudioError: unreadable, empty, non-16 kHz or multi-channel audio.
+        AudioError: unreadable, truncated, empty, non-finite (NaN/inf), non-16 kHz
+            or multi-channel audio.
     """
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"{path}: no such audio file; check the manifest's path and the corpus root")
     try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        with sf.SoundFile(str(path)) as f:
+            sr, subtype = f.samplerate, f.subtype
+            data = f.read(dtype="float32", always_2d=True)
     except (RuntimeError, sf.LibsndfileError) as err:
         raise AudioError(
             f"{path}: unreadable audio ({err}); re-create or re-download the file "
             "(`repro data verify` lists damaged files)"
         ) from err
+    shortfall = wav_shortfall(path)
+    if shortfall is not None:
+        promised, held = shortfall
+        raise AudioError(f"{path}: truncated: its WAV header promises {promised:,} frames, the file holds {held:,}; "
+                         "re-create or re-download the file")
     if data.shape[0] == 0:
         raise AudioError(f"{path}: the file holds no samples; remove it from the manifest or re-create it")
+    if subtype not in _INTEGER_SUBTYPES and not np.isfinite(data).all():
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        first = int(np.flatnonzero(~np.isfinite(data).all(axis=1))[0])
+        raise AudioError(f"{path}: {bad:,} sample(s) are NaN or infinite (the first at frame {first:,}); "
+                         "re-create the file with finite samples")
     if data.shape[1] > 1:
         if not downmix:
             raise AudioError(
@@ -71,6 +103,36 @@ def read_audio(
             )
         wav = resample_to_16k(wav, sr)
     return np.ascontiguousarray(wav, dtype=np.float32)
+
+
+def wav_shortfall(path: str | os.PathLike) -> tuple[int, int] | None:
+    """For a RIFF/RIFX WAVE file whose `data` chunk is cut short: (frames its header promises,
+    frames the file holds); None for a complete WAV or another format.
+
+    Walks the chunk headers only (a few reads, whatever the file's length). Sizes that streaming
+    writers leave when the length is unknown (0, 0xFFFFFFFF) promise nothing.
+    """
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+            return None
+        size_format = "<I" if head[:4] == b"RIFF" else ">I"
+        end = os.fstat(f.fileno()).st_size
+        pos, frame_bytes = 12, 1
+        while pos + 8 <= end:
+            f.seek(pos)
+            chunk = f.read(8 + 16)  # a chunk header and, for "fmt ", the fields up to its block align
+            (size,) = struct.unpack(size_format, chunk[4:8])
+            if chunk[:4] == b"fmt " and len(chunk) >= 8 + 14:  # block align: bytes per frame
+                (frame_bytes,) = struct.unpack(size_format[0] + "H", chunk[8 + 12 : 8 + 14])
+                frame_bytes = max(frame_bytes, 1)
+            if chunk[:4] == b"data":
+                held = end - (pos + 8)
+                if size in _UNKNOWN_WAV_SIZES or held >= size:
+                    return None
+                return size // frame_bytes, held // frame_bytes
+            pos += 8 + size + (size & 1)  # chunks are padded to an even length
+    return None
 
 
 def resample_to_16k(wav: np.ndarray, sr: int) -> np.ndarray:

@@ -267,23 +267,27 @@ def paper_check(profile: str) -> None:
 @click.option("--record", is_flag=True, help="store the current checksums as the profile's record instead")
 @click.option("--portable", is_flag=True, help="only the outputs that match on any machine (the synthetic corpus)")
 def paper_verify(profile: str, record: bool, portable: bool) -> None:
-    """Compare the sha256 of every output with the checksums recorded for the profile."""
+    """Compare every output with the record: sha256, and numeric results by value within a stated tolerance."""
     from repro.paper import checksums
     from repro.workspace import Workspace
 
     ws = Workspace.for_profile(profile)
     if record:
-        click.echo(f"recorded {len(checksums.compute(ws))} checksums in {checksums.record(ws)}")
+        path = checksums.record(ws)
+        click.echo(f"recorded {len(checksums.compute(ws))} checksums in {path} and the values of "
+                   f"{len(checksums.compute_values(ws))} numeric outputs in {checksums.values_path(ws)}")
         return
-    diff = checksums.verify(ws, portable=portable)
-    total = sum(len(v) for v in diff.values())
-    for kind, names in diff.items():
-        for n in names:
-            click.echo(f"{kind:8s} {n}")
-    if total:
-        click.echo(f"{total} difference(s) from {checksums.record_path(ws)}")
+    outcomes = checksums.check(ws, portable=portable)
+    for o in outcomes:
+        if o.status != "exact":
+            click.echo(f"{o.status:8s} {o.name}" + (f": {o.detail}" if o.detail else ""))
+    bad = [o for o in outcomes if o.status in ("changed", "missing", "extra")]
+    if bad:
+        click.echo(f"{len(bad)} difference(s) from {checksums.record_path(ws)}")
         sys.exit(1)
-    click.echo(f"all {len(checksums.compute(ws))} outputs match {checksums.record_path(ws)}")
+    within = sum(o.status == "within" for o in outcomes)
+    click.echo(f"all {len(outcomes)} outputs match {checksums.record_path(ws)}: {len(outcomes) - within} exactly"
+               + (f", {within} within tolerance" if within else ""))
 
 
 @main.command("train")

@@ -14,3 +14,7 @@ class ReproError(Exception):
 
 class ConfigError(ReproError, ValueError):
     """A setting or configuration file that cannot be used: the message names the file or key and what is allowed."""
+
+
+class MissingInputError(ReproError, FileNotFoundError):
+    """A file a command needs is absent: the message names it and the command that makes it."""

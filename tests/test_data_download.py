@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
+import stat
 import subprocess
 import sys
+import tarfile
 import textwrap
+import zipfile
 
 import pytest
 import yaml
+from click.testing import CliRunner
 from loopback import LoopbackServer, dead_url, make_tar_gz, make_zip, md5, sha256
 
+from repro.cli import main
 from repro.config.typed import ConfigError
-from repro.data.archives import UnsafeArchiveError
+from repro.data import catalog as catalog_module
+from repro.data.archives import DamagedArchiveError, UnsafeArchiveError, extract
 from repro.data.catalog import load_catalog
 from repro.data.checksums import ChecksumError
 from repro.data.diskspace import NotEnoughSpaceError
@@ -166,6 +174,8 @@ def test_split_parts_in_the_wrong_order_fail_the_whole_checksum(server, tmp_path
     with pytest.raises(ChecksumError, match="joined parts"):
         _run(["toy"], tmp_path, cat)
     assert not (tmp_path / "data/toy").exists()
+    lock = DataLock(tmp_path / "data.lock.json")  # parts without a checksum of their own are not pinned either
+    assert lock.archive("toy/a.zip.part0") is None and lock.archive("toy/a.zip.part1") is None
 
 
 @pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink", "zip-dotdot"])
@@ -349,3 +359,226 @@ def test_complete_part_file_is_finished_without_downloading_again(server, tmp_pa
 def test_manual_corpora_are_never_fetched(tmp_path):
     with pytest.raises(KeyError, match="iemocap is licence-restricted and never downloaded"):
         plan(["iemocap"], tmp_path, load_catalog())
+
+
+# --- archives that try to leave the target through their own links -------------------------------------------------
+
+def _tar(entries: list[tuple[str, str, bytes | str | None]], gz: bool = True) -> bytes:
+    """A tar(.gz) from (kind, name, payload) entries in order: kind file (bytes), sym/hard (link target), dir."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz" if gz else "w") as tar:
+        for kind, name, arg in entries:
+            info = tarfile.TarInfo(name)
+            info.mtime = 0
+            if kind == "file":
+                info.size = len(arg)
+                tar.addfile(info, io.BytesIO(arg))
+                continue
+            info.type = {"sym": tarfile.SYMTYPE, "hard": tarfile.LNKTYPE, "dir": tarfile.DIRTYPE}[kind]
+            info.linkname = arg or ""
+            tar.addfile(info)
+    return buf.getvalue()
+
+
+def _zip_with_links(entries: list[tuple[str, str, bytes | str]]) -> bytes:
+    """A zip whose `sym` entries carry the Unix symbolic-link mode (as `zip --symlinks` writes them)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for kind, name, arg in entries:
+            info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
+            info.external_attr = ((stat.S_IFLNK | 0o777) if kind == "sym" else (stat.S_IFREG | 0o644)) << 16
+            zf.writestr(info, arg.encode() if isinstance(arg, str) else arg)
+    return buf.getvalue()
+
+
+CHAIN = [("sym", "d1/l", ".."), ("sym", "d1/l/e", "..")]
+ESCAPES = {
+    # each link passes a check of its own name, together they point above the target
+    "tar-symlink-chain": ("tar.gz", _tar(CHAIN + [("file", "d1/l/e/escaped.txt", b"gotcha")]), "d1/l/e"),
+    # a hard link through the same chain would copy a file from outside into the corpus
+    "tar-hardlink-chain": ("tar.gz", _tar(CHAIN + [("hard", "copy.txt", "d1/l/e/secret.txt")]), "d1/l/e"),
+    # one link that stays inside, and a hard link whose name only looks inside ("d1/l/.." is not "d1")
+    "tar-hardlink-through-link": ("tar.gz", _tar([("sym", "d1/l", ".."), ("hard", "copy.txt", "d1/l/../secret.txt")]),
+                                  "copy.txt"),
+    # a link that is inside when written, redirected outside by a later link
+    "tar-redirected-link": ("tar.gz", _tar([("sym", "d/a", "b/.."), ("sym", "d/b", ".."), ("file", "z", b"z")]), "d/a"),
+    "zip-symlink-chain": ("zip", _zip_with_links([("sym", "d1/l", ".."), ("sym", "d1/l/e", ".."),
+                                                  ("file", "d1/l/e/escaped.txt", b"gotcha")]), "d1/l"),
+}
+
+
+def _outside(root):
+    """Every path under `root` outside its `target/` folder, with the content of the files."""
+    return {p.relative_to(root).as_posix(): (p.read_bytes() if p.is_file() else None)
+            for p in root.rglob("*") if not p.relative_to(root).as_posix().startswith("target")}
+
+
+@pytest.mark.parametrize("case", sorted(ESCAPES))
+def test_chained_links_never_write_outside_the_target(tmp_path, case):
+    fmt, data, member = ESCAPES[case]
+    (tmp_path / "secret.txt").write_bytes(b"outside the corpus")
+    archive = tmp_path / f"x.{fmt}"
+    archive.write_bytes(data)
+    (tmp_path / "target").mkdir()
+    before = _outside(tmp_path)
+    with pytest.raises(UnsafeArchiveError) as err:
+        extract([archive], fmt, tmp_path / "target", progress=False)
+    assert str(err.value).startswith(f"x.{fmt}: member {member!r}") and "refusing to extract" in str(err.value)
+    assert _outside(tmp_path) == before  # nothing written, nothing replaced
+    assert not list((tmp_path / "target").rglob("copy.txt"))
+
+
+@pytest.mark.parametrize("case", sorted(ESCAPES))
+def test_chained_links_are_refused_through_fetch_with_a_valid_checksum(server, tmp_path, case):
+    fmt, data, member = ESCAPES[case]
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/secret.txt").write_bytes(b"outside the corpus")
+    server.files["/x"] = data
+    cat = _catalog(tmp_path, [{"name": "a", "file": "x." + fmt, "format": fmt, "urls": [server.url("/x")],
+                               "sha256": sha256(data), "checksum_source": "test"}])
+    with pytest.raises(UnsafeArchiveError, match=rf"^x\.{re.escape(fmt)}: member '{re.escape(member)}'"):
+        _run(["toy"], tmp_path, cat)
+    files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file() or p.is_symlink())
+    assert files == ["catalog.yaml", "data.lock.json", "data/downloads/.verified/x." + fmt + ".json",
+                     "data/downloads/x." + fmt, "data/secret.txt"]  # no extraction, nothing escaped
+    assert (tmp_path / "data/secret.txt").read_bytes() == b"outside the corpus"
+
+
+def test_unsafe_archive_is_one_line_through_the_cli(server, tmp_path, monkeypatch):
+    fmt, data, _ = ESCAPES["tar-symlink-chain"]
+    server.files["/x"] = data
+    _catalog(tmp_path, [{"name": "a", "file": "x.tar.gz", "format": fmt, "urls": [server.url("/x")],
+                         "sha256": sha256(data), "checksum_source": "test"}])
+    monkeypatch.setattr(catalog_module, "CATALOG_PATH", tmp_path / "catalog.yaml")
+    monkeypatch.setenv("REPRO_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("REPRO_DATA_LOCK", str(tmp_path / "data.lock.json"))
+    res = CliRunner().invoke(main, ["data", "fetch", "toy", "--quiet"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert errors == ["error: x.tar.gz: member 'd1/l/e' is a link to '..', which leads outside the target; "
+                      "refusing to extract"]
+    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "data/escaped.txt").exists()
+
+
+def test_links_that_stay_inside_are_extracted(tmp_path):
+    data = _tar([("file", "a/f.txt", b"data"), ("sym", "b/f", "../a/f.txt"), ("sym", "b/dir", "../a"),
+                 ("file", "b/dir/g.txt", b"through a link"), ("hard", "c/h.txt", "b/dir/f.txt"),
+                 ("sym", "top", "."), ("file", "top/top/t.txt", b"t")])
+    (tmp_path / "x.tar.gz").write_bytes(data)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert extract([tmp_path / "x.tar.gz"], "tar.gz", out, progress=False) == 4  # a/f, a/g, c/h, t (regular files)
+    assert (out / "b/f").read_bytes() == b"data" and os.readlink(out / "b/f") == "../a/f.txt"
+    assert (out / "a/g.txt").read_bytes() == b"through a link"
+    assert (out / "c/h.txt").read_bytes() == b"data" and not (out / "c/h.txt").is_symlink()
+    assert (out / "t.txt").read_bytes() == b"t"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "x.tar.gz"]
+
+
+# --- archives cut short or damaged ---------------------------------------------------------------------------------
+
+def _cut_tar_without_end_blocks() -> bytes:
+    whole = _tar([("file", n, d) for n, d in FILES.items()], gz=False)
+    return whole[: -10240]  # tarfile pads to 10 KiB records; without them the end-of-archive blocks are gone
+
+
+@pytest.mark.parametrize("fmt,data,why", [
+    # the last bytes of a gzip stream are its CRC and length: every member reads, the stream is incomplete
+    ("tar.gz", make_tar_gz(FILES)[:-6], "cut short or damaged"),
+    ("tar.gz", make_tar_gz(FILES)[: len(make_tar_gz(FILES)) // 2], "cut short or damaged"),
+    ("tar", _cut_tar_without_end_blocks(), "without tar's end-of-archive blocks"),
+    ("zip", make_zip(FILES)[:-40], "cut short or damaged"),
+])
+def test_cut_archives_are_refused(tmp_path, fmt, data, why):
+    (tmp_path / f"x.{fmt}").write_bytes(data)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(DamagedArchiveError, match=rf"^x\.{re.escape(fmt)}: .*{why}"):
+        extract([tmp_path / f"x.{fmt}"], fmt, tmp_path / "out", progress=False)
+
+
+def test_zip_member_with_a_bad_crc_is_refused(tmp_path):
+    stored = io.BytesIO()
+    with zipfile.ZipFile(stored, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr("a.txt", b"A" * 5000)
+    data = bytearray(stored.getvalue())
+    data[data.index(b"AAAA") + 10] = ord("X")  # one byte of the stored content flipped
+    (tmp_path / "x.zip").write_bytes(bytes(data))
+    (tmp_path / "out").mkdir()
+    with pytest.raises(DamagedArchiveError, match=r"^x\.zip: .*Bad CRC-32 for file 'a\.txt'"):
+        extract([tmp_path / "x.zip"], "zip", tmp_path / "out", progress=False)
+
+
+# --- downloads without a published checksum are pinned only after their checks -----------------------------------
+
+@pytest.mark.parametrize("cut", ["gzip trailer", "half"])
+def test_truncated_archive_without_checksum_is_not_pinned(server, tmp_path, cut):
+    good = make_tar_gz(FILES)
+    server.files["/a.tar.gz"] = good[:-6] if cut == "gzip trailer" else good[: len(good) // 2]
+    cat = _catalog(tmp_path, [{"name": "a", "file": "a.tar.gz", "format": "tar.gz", "urls": [server.url("/a.tar.gz")],
+                               "checksum_source": "none published",
+                               "expect": [{"glob": "pack/sub/*.txt", "count": 20, "source": "third-party"}]}])
+    with pytest.raises(DamagedArchiveError) as err:
+        _run(["toy"], tmp_path, cat)
+    msg = str(err.value)
+    assert msg.startswith("a.tar.gz: the archive is cut short or damaged") and "\n" not in msg
+    assert f"nothing was recorded in {tmp_path / 'data.lock.json'}" in msg and "Fetch again" in msg
+    assert DataLock(tmp_path / "data.lock.json").archive("toy/a.tar.gz") is None
+    assert not (tmp_path / "data/toy/a").exists() and not (tmp_path / "data/downloads/a.tar.gz").exists()
+    assert len(list((tmp_path / "data/downloads/quarantine").glob("a.tar.gz.*[0-9]"))) == 1
+    # the server now sends the whole archive: the next fetch downloads it again, extracts it and pins it
+    server.files["/a.tar.gz"] = good
+    _, lock, logs = _run(["toy"], tmp_path, cat)
+    assert lock.archive("toy/a.tar.gz")["sha256"] == sha256(good)
+    assert any("no published checksum; recorded sha256" in line for line in logs)
+    assert (tmp_path / "data/toy/a/pack/sub/019.txt").read_bytes() == FILES["pack/sub/019.txt"]
+
+
+def test_archive_without_checksum_missing_files_is_not_pinned(server, tmp_path):
+    short = make_tar_gz(dict(list(FILES.items())[:15]))  # complete as a tar.gz, but 5 files are missing
+    server.files["/a.tar.gz"] = short
+    arch = {"name": "a", "file": "a.tar.gz", "format": "tar.gz", "urls": [server.url("/a.tar.gz")],
+            "checksum_source": "none published",
+            "expect": [{"glob": "pack/sub/*.txt", "count": 20, "source": "third-party"}]}
+    cat = _catalog(tmp_path, [arch])
+    with pytest.raises(ExpectationError, match=r"^toy/a: 15 path\(s\) match 'pack/sub/\*\.txt', expected 20 .*"
+                                               r"No checksum is published for a\.tar\.gz"):
+        _run(["toy"], tmp_path, cat)
+    assert DataLock(tmp_path / "data.lock.json").archive("toy/a.tar.gz") is None
+    # the same archive with a published checksum: the checksum vouches for it, a third-party count only warns
+    sub = tmp_path / "with-sum"
+    sub.mkdir()
+    _, lock, logs = _run(["toy"], sub, _catalog(sub, [{**arch, "sha256": sha256(short)}]))
+    assert lock.archive("toy/a.tar.gz")["sha256"] == sha256(short)
+    assert any("warning: toy/a: 15 path(s) match" in line for line in logs)
+
+
+def test_file_without_checksum_and_wrong_size_is_not_pinned(server, tmp_path):
+    server.files["/list.txt"] = b"1 a b\n"
+    cat = _catalog(tmp_path, [{"name": "t", "file": "list.txt", "format": "file", "urls": [server.url("/list.txt")],
+                               "checksum_source": "none published", "bytes": 12, "bytes_exact": True}])
+    with pytest.raises(ExpectationError, match=r"^toy/t: list\.txt holds 6 bytes, the catalogue says 12\. No checksum"):
+        _run(["toy"], tmp_path, cat)
+    assert DataLock(tmp_path / "data.lock.json").archive("toy/list.txt") is None
+    assert not (tmp_path / "data/toy/t/list.txt").exists()
+    server.files["/list.txt"] = b"1 a b\n0 a c\n"
+    _, lock, _ = _run(["toy"], tmp_path, cat)
+    assert lock.archive("toy/list.txt")["bytes"] == 12
+
+
+def test_truncated_archive_is_one_line_through_the_cli(server, tmp_path, monkeypatch):
+    good = make_tar_gz(FILES)
+    server.files["/a.tar.gz"] = good[:-6]
+    _catalog(tmp_path, [{"name": "a", "file": "a.tar.gz", "format": "tar.gz", "urls": [server.url("/a.tar.gz")],
+                         "checksum_source": "none published"}])
+    monkeypatch.setattr(catalog_module, "CATALOG_PATH", tmp_path / "catalog.yaml")
+    monkeypatch.setenv("REPRO_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("REPRO_DATA_LOCK", str(tmp_path / "data.lock.json"))
+    res = CliRunner().invoke(main, ["data", "fetch", "toy", "--quiet"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: a.tar.gz: the archive is cut short or damaged")
+    assert "Fetch again" in errors[0] and not (tmp_path / "data.lock.json").exists()
+    server.files["/a.tar.gz"] = good
+    res = CliRunner().invoke(main, ["data", "fetch", "toy", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert DataLock(tmp_path / "data.lock.json").archive("toy/a.tar.gz")["sha256"] == sha256(good)

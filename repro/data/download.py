@@ -8,9 +8,19 @@ For every archive of the requested corpora (`librispeech`, or one archive: `libr
    an existing file is verified first; a missing one is downloaded (resumable, retried, mirrors);
    a file that fails its checksum is quarantined and the next mirror is tried;
 4. for a split archive, verify the concatenation of the parts against the whole archive's checksum;
-5. record the sha256 of every verified file in the lock file (or check it against the record);
-6. extract into a temporary folder, check the expected file counts, write the marker and rename
-   the folder into place (a plain file is copied into place atomically).
+5. record the sha256 of every file verified by a checksum in the lock file (or check it against
+   the record);
+6. extract into a temporary folder (the archive must read to its end: see `repro.data.archives`),
+   check the expected file counts, write the marker and rename the folder into place (a plain
+   file is copied into place atomically).
+
+A file with no checksum to verify it (none in the catalogue, none yet in the lock) is pinned
+(its sha256 recorded in the lock) only once it passed every structural check there is: its exact
+size when the catalogue gives one, a complete read of the archive, and every expected count of
+the catalogue, third-party counts included (nothing else vouches for these bytes). A part of a
+split archive is vouched for by the whole archive's checksum. A file that fails is moved to
+`downloads/quarantine/` and nothing is pinned or put in place, so the next fetch downloads it
+again instead of pinning a truncated copy for good.
 
 Free disk space is checked for the whole plan before step 3, with the shortfall in the message.
 """
@@ -22,13 +32,14 @@ import json
 import os
 import shutil
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from repro.data.archives import extract, zip_uncompressed_bytes
+from repro.data.archives import DamagedArchiveError, extract, zip_uncompressed_bytes
 from repro.data.catalog import Archive, Catalog, Corpus, Expect, UnknownCorpusError, load_catalog
-from repro.data.checksums import ChecksumError, Expected, cached_digests, digest_files, quarantine
+from repro.data.checksums import ChecksumError, Digests, Expected, cached_digests, digest_files, quarantine
 from repro.data.diskspace import EXTRACT_FACTOR, FreeSpace, free_bytes, gib, human, require_space
 from repro.data.http import RetryPolicy, download, part_path
 from repro.data.lock import DataLock
@@ -193,6 +204,17 @@ def fetch(
     return steps
 
 
+@dataclass
+class _Unpinned:
+    """A download that no checksum verified: pinned in the lock only once its content passed its checks."""
+
+    key: str
+    path: Path
+    digests: Digests
+    exp: Expected
+    url: str
+
+
 def _fetch_one(corpus, archive, root, lock, progress, policy, sleep, log, free, keep_archives) -> None:
     key = f"{corpus.name}/{archive.name}"
     target = archive_dir(root, corpus, archive)
@@ -205,11 +227,13 @@ def _fetch_one(corpus, archive, root, lock, progress, policy, sleep, log, free, 
             )
     dl = downloads_dir(root)
     if archive.split_of:
-        paths = []
+        paths, parts = [], []
         for p in archive.split_of:
             exp = Expected(p.md5, p.sha256, _lock_sha(lock, corpus, p.file), archive.part_checksum_source or "catalogue")
-            paths.append(_obtain(dl / p.file, p.urls, exp, p.bytes, f"{corpus.name}/{p.file}", lock, progress,
-                                 policy, sleep, log))
+            path, unpinned = _obtain(dl / p.file, p.urls, exp, p.bytes, f"{corpus.name}/{p.file}", lock, progress,
+                                     policy, sleep, log)
+            paths.append(path)
+            parts += [unpinned] if unpinned else []
         exp = Expected(archive.md5, archive.sha256, _lock_sha(lock, corpus, archive.file), archive.checksum_source)
         d = cached_digests(paths, name=archive.file, progress=progress)
         bad = exp.mismatches(d)
@@ -219,17 +243,24 @@ def _fetch_one(corpus, archive, root, lock, progress, policy, sleep, log, free, 
                 + "; ".join(bad) + ". Each part matched its own checksum, so the catalogue or a part without a "
                 "published checksum is at fault; nothing was extracted."
             )
+        _pin(lock, parts, log)  # the whole archive's checksum vouches for each part
         _record_key(lock, f"{corpus.name}/{archive.file}", d, exp, "joined parts", log)
+        unpinned = []
     else:
         exp = Expected(archive.md5, archive.sha256, _lock_sha(lock, corpus, archive.file), archive.checksum_source)
-        paths = [_obtain(dl / archive.file, archive.urls, exp, archive.bytes, f"{corpus.name}/{archive.file}", lock,
-                         progress, policy, sleep, log)]
+        path, one = _obtain(dl / archive.file, archive.urls, exp, archive.bytes, f"{corpus.name}/{archive.file}",
+                            lock, progress, policy, sleep, log)
+        paths, unpinned = [path], [one] if one else []
+        if unpinned and archive.bytes_exact and archive.bytes is not None and one.digests.bytes != archive.bytes:
+            _refuse_unpinned(unpinned, lock, ExpectationError(
+                f"{key}: {archive.file} holds {one.digests.bytes:,} bytes, the catalogue says {archive.bytes:,}."))
     if archive.format == "file":
+        _pin(lock, unpinned, log)
         with atomic_path(target / archive.file) as tmp:
             shutil.copyfile(paths[0], tmp)
         log(f"{key}: placed {target / archive.file}")
     else:
-        _extract_into_place(corpus, archive, paths, target, lock, progress, log, free)
+        _extract_into_place(corpus, archive, paths, target, lock, progress, log, free, unpinned)
     if not keep_archives:
         for p in paths:
             p.unlink()
@@ -240,14 +271,16 @@ def _lock_sha(lock: DataLock, corpus: Corpus, file: str) -> str | None:
     return entry["sha256"] if entry else None
 
 
-def _obtain(path: Path, urls, exp: Expected, size, lock_key, lock, progress, policy, sleep, log) -> Path:
-    """A verified copy of one file at `path` (downloaded if needed); quarantines failures."""
+def _obtain(path: Path, urls, exp: Expected, size, lock_key, lock, progress, policy, sleep,
+            log) -> tuple[Path, _Unpinned | None]:
+    """A copy of one file at `path` (downloaded if needed) that passed every checksum known for it;
+    quarantines failures. A file verified by a checksum is recorded in the lock at once; one with
+    no checksum comes back as `_Unpinned`, for the caller to pin once its content passed its checks."""
     if path.is_file():
         d = cached_digests([path], progress=progress)
         bad = exp.mismatches(d)
         if not bad:
-            _record_key(lock, lock_key, d, exp, "already downloaded", log)
-            return path
+            return path, _accept(lock, lock_key, path, d, exp, "already downloaded", log)
         q = quarantine(path, "; ".join(bad))
         log(f"  {path.name}: the existing file fails its checksum ({'; '.join(bad)}); moved to {q}")
     remaining = list(urls)
@@ -257,8 +290,7 @@ def _obtain(path: Path, urls, exp: Expected, size, lock_key, lock, progress, pol
         d = cached_digests([path], progress=progress)
         bad = exp.mismatches(d)
         if not bad:
-            _record_key(lock, lock_key, d, exp, used, log)
-            return path
+            return path, _accept(lock, lock_key, path, d, exp, used, log)
         last_q = quarantine(path, f"downloaded from {used}: " + "; ".join(bad))
         log(f"  {path.name} from {used} fails its checksum ({'; '.join(bad)}); moved to {last_q}")
         remaining = remaining[remaining.index(used) + 1:]
@@ -269,6 +301,30 @@ def _obtain(path: Path, urls, exp: Expected, size, lock_key, lock, progress, pol
     )
 
 
+def _accept(lock: DataLock, key: str, path: Path, d: Digests, exp: Expected, url: str, log) -> _Unpinned | None:
+    if not exp.known:
+        return _Unpinned(key, path, d, exp, url)
+    _record_key(lock, key, d, exp, url, log)
+    return None
+
+
+def _pin(lock: DataLock, unpinned: list[_Unpinned], log) -> None:
+    """Record downloads without a published checksum, now that their content passed its checks."""
+    for u in unpinned:
+        _record_key(lock, u.key, u.digests, u.exp, u.url, log)
+
+
+def _refuse_unpinned(unpinned: list[_Unpinned], lock: DataLock, err: Exception) -> None:
+    """Quarantine downloads without a checksum whose content failed its checks; raise `err`, explained."""
+    moved = [quarantine(u.path, f"no published checksum and failed its checks: {err}") for u in unpinned]
+    raise type(err)(
+        f"{err} No checksum is published for {', '.join(u.path.name for u in unpinned)}, so nothing was recorded "
+        f"in {lock.path}; the download was moved to {', '.join(map(str, moved))}. "
+        "Fetch again (the server may have cut the download short); if it fails the same way, the publisher's "
+        "file no longer matches repro/data/catalog.yaml: check it and correct the catalogue."
+    ) from err
+
+
 def _record_key(lock: DataLock, key: str, d, exp: Expected, url: str, log) -> None:
     first = lock.archive(key) is None
     lock.record_archive(key, {
@@ -276,8 +332,8 @@ def _record_key(lock: DataLock, key: str, d, exp: Expected, url: str, log) -> No
         "recorded": _dt.date.today().isoformat(),
     })
     if first and not exp.known:
-        log(f"  {key}: no published checksum; recorded sha256 {d.sha256} in {lock.path} (commit it so later "
-            "downloads are checked against it)")
+        log(f"  {key}: no published checksum; recorded sha256 {d.sha256} in {lock.path} once its content passed "
+            "its checks (commit it so later downloads are checked against it)")
     elif first:
         log(f"  {key}: verified ({', '.join(exp.verified_by())}); sha256 recorded in {lock.path}")
 
@@ -288,16 +344,30 @@ def _clean_interrupted(target: Path, log) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _extract_into_place(corpus, archive, paths, target, lock, progress, log, free) -> None:
+def _extract_into_place(corpus, archive, paths, target, lock, progress, log, free, unpinned) -> None:
     key = f"{corpus.name}/{archive.name}"
     if archive.format == "zip":
-        need = zip_uncompressed_bytes(paths)
+        try:
+            need = zip_uncompressed_bytes(paths)
+        except zipfile.BadZipFile as err:
+            damaged = DamagedArchiveError(f"{archive.file}: not a readable zip archive ({err}); it is cut short or "
+                                          "damaged.")
+            if unpinned:
+                _refuse_unpinned(unpinned, lock, damaged)
+            raise damaged from err
         require_space(target.parent, need, f"extracting {key}", free)
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_directory(target) as tmp:
         log(f"{key}: extracting into {target}")
-        n = extract(paths, archive.format, tmp, progress=progress, desc=archive.file)
-        warnings = check_expectations(tmp, archive.expect, key)
+        try:
+            n = extract(paths, archive.format, tmp, progress=progress, desc=archive.file)
+            # nothing but these counts vouches for an archive without a checksum: enforce them all
+            warnings = check_expectations(tmp, archive.expect, key, strict=bool(unpinned))
+        except (DamagedArchiveError, ExpectationError) as err:
+            if unpinned:
+                _refuse_unpinned(unpinned, lock, err)
+            raise
+        _pin(lock, unpinned, log)
         entry = lock.archive(f"{corpus.name}/{archive.file}")
         atomic_write_json(tmp / MARKER, {
             "archive": archive.file, "sha256": entry["sha256"] if entry else None, "files": n,
@@ -308,9 +378,9 @@ def _extract_into_place(corpus, archive, paths, target, lock, progress, log, fre
     log(f"{key}: {n:,} files in {target}")
 
 
-def check_expectations(folder: Path, expects: list[Expect], what: str) -> list[str]:
+def check_expectations(folder: Path, expects: list[Expect], what: str, *, strict: bool = False) -> list[str]:
     """Check `expects` under `folder`: raises ExpectationError for a confirmed count that does not
-    hold; returns warnings for third-party counts that do not."""
+    hold (with `strict`, for any count); returns warnings for third-party counts that do not."""
     errors, warnings = [], []
     for e in expects:
         found = sum(1 for _ in folder.glob(e.glob))
@@ -319,7 +389,7 @@ def check_expectations(folder: Path, expects: list[Expect], what: str) -> list[s
             continue
         want = f"{e.count:,}" if e.count is not None else f"at least {e.min_count:,}"
         msg = f"{what}: {found:,} path(s) match '{e.glob}', expected {want} (source: {e.source})"
-        (errors if e.confirmed else warnings).append(msg)
+        (errors if e.confirmed or strict else warnings).append(msg)
     if errors:
         raise ExpectationError("; ".join(errors) + ". Nothing was put in place.")
     return warnings

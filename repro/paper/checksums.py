@@ -1,30 +1,98 @@
-"""sha256 of every output, recorded per profile and verified against the committed record.
+"""Every output of a profile, recorded and verified: exactly by sha256, numeric results also by value.
 
 Covered: the corpus's manifests, `corpus.json` and `phones.txt` under
 `work/<profile>/corpus/` (the manifests hold every audio file's sha256), result
 files under `results/<profile>/` (wall-time files `*.timing.json` excluded) and
 figures/tables under `paper_figures/<profile>/` (the report and provenance,
-which name the git commit and the machine, excluded). The record for a profile
-lives in `artifacts/checksums/<profile>.sha256`.
+which name the git commit and the machine, excluded).
 
-Portable outputs (`PORTABLE`) are those that do not depend on floating-point
-arithmetic, so they match on any machine: the synthetic corpus (espeak-ng's
-output, resampled in float64 and quantised to 16 bits). Everything downstream
-trains and sums floats, whose last bits may differ between CPU types; those
-files match on the same kind of machine.
+The record of a profile is committed in `artifacts/checksums/`:
+
+    <profile>.sha256        `<sha256>  <output name>` for every output (as `sha256sum` writes)
+    <profile>.values.jsonl  one JSON object per numeric output (`VALUE_RULES`): its values,
+                            floats written exactly (shortest round-trip form), non-finite
+                            floats as "nan", "inf", "-inf"
+
+`verify` accepts an output whose sha256 matches (exact), or, for a numeric output
+whose bytes differ, one whose values all lie within the rule's absolute tolerance
+of the recorded ones (within tolerance, reported with the largest difference and
+where it is); anything else is changed, with the comparison that failed and by how
+much. Numbers are compared, never re-rounded: a canonical rounding would put
+values that sit near a rounding edge on either side of it.
+
+Which outputs are compared how, and why:
+
+- `results/cka/*.npz` (CKA matrices, bootstrap intervals): within 1e-9 absolute.
+  They are ratios of float64 sums (`X^T X`, `Y^T Y`, `X^T Y`) whose summation
+  order follows the CPU's BLAS kernels, so another machine changes their last
+  bits (relative error around 1e-12). CKA lies in [0, 1]: 1e-9 is a thousand
+  times that noise and a million times smaller than any change that matters.
+  Non-float arrays (layer names) and shapes are compared exactly.
+- `results/cka/*.json` (the same matrix, written rounded to 6 decimals, with the
+  run's settings): numbers within 1.5e-6, everything else exactly. A value within
+  1e-12 of a rounding edge may round the other way (one unit of the 6th decimal);
+  the `.npz` beside it holds the full values and is compared at 1e-9.
+- everything else exactly: the synthetic corpus (integer PCM and text, no float
+  arithmetic: identical on any machine, the `PORTABLE` part), probe results
+  (trained in float32 by PyTorch; identical across the machines tried, and a
+  last-bit difference in training grows through the optimisation, so no small
+  tolerance would make them portable: their agreement with the paper is judged by
+  `repro paper check` against the reference tolerances), figures and tables
+  (drawn and printed at display precision).
 """
 
 from __future__ import annotations
 
+import fnmatch
+import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
+import numpy as np
+
+from repro.errors import MissingInputError
 from repro.util.atomic import atomic_write_text
 from repro.util.hashing import sha256_file
+from repro.util.npz import read_npz
 from repro.workspace import Workspace
 
 RECORD_DIR = Path(__file__).resolve().parents[2] / "artifacts" / "checksums"
 UNCHECKED = ("REPORT.md", "provenance.json", "CHECKSUMS.sha256")
 PORTABLE = ("corpus/",)
+
+
+@dataclass(frozen=True)
+class ValueRule:
+    """Outputs named like `pattern` are also compared by value, floats within `tolerance` (absolute)."""
+
+    pattern: str
+    kind: Literal["npz", "json"]
+    tolerance: float
+    reason: str
+
+
+VALUE_RULES = (
+    ValueRule("results/cka/*.npz", "npz", 1e-9,
+              "float64 CKA sums whose order follows the BLAS kernels (relative error ~1e-12); CKA lies in [0, 1]"),
+    ValueRule("results/cka/*.json", "json", 1.5e-6,
+              "the CKA matrix rounded to 6 decimals: a value at a rounding edge moves by one unit of the 6th"),
+)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one output compares with the record: `exact`, `within` (tolerance), `changed`, `missing`, `extra`."""
+
+    name: str
+    status: Literal["exact", "within", "changed", "missing", "extra"]
+    detail: str = ""
+
+
+def value_rule(name: str) -> ValueRule | None:
+    """The value comparison that applies to output `name`, or None (compared exactly)."""
+    return next((r for r in VALUE_RULES if fnmatch.fnmatchcase(name, r.pattern)), None)
 
 
 def output_files(ws: Workspace) -> dict[str, Path]:
@@ -66,6 +134,146 @@ def parse_record(text: str) -> dict[str, str]:
     return out
 
 
+# --- values of numeric outputs -------------------------------------------------------------------
+
+def _encode_float(v: float) -> float | str:
+    return v if math.isfinite(v) else ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf"))
+
+
+def read_values(path: Path, kind: str) -> Any:
+    """The comparable values of a numeric output: for an `.npz`, name -> {dtype, shape, values}
+    (floats exact, non-finite as strings); for a JSON file, the document itself."""
+    if kind == "json":
+        return json.loads(path.read_text())
+    out = {}
+    for key, arr in sorted(read_npz(path).items()):
+        flat = arr.reshape(-1)
+        values = [_encode_float(float(v)) for v in flat] if arr.dtype.kind == "f" else flat.tolist()
+        out[key] = {"dtype": arr.dtype.str, "shape": list(arr.shape), "values": values}
+    return out
+
+
+def compute_values(ws: Workspace) -> dict[str, Any]:
+    """name -> values of every output that a `VALUE_RULES` entry covers."""
+    return {name: read_values(p, rule.kind) for name, p in output_files(ws).items() if (rule := value_rule(name))}
+
+
+def format_values(values: dict[str, Any]) -> str:
+    """One JSON object per line, sorted by name: `{"name": ..., "values": ...}`."""
+    return "".join(json.dumps({"name": n, "values": v}, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n"
+                   for n, v in sorted(values.items()))
+
+
+def parse_values(text: str) -> dict[str, Any]:
+    out = {}
+    for line in text.splitlines():
+        if line.strip():
+            item = json.loads(line)
+            out[item["name"]] = item["values"]
+    return out
+
+
+@dataclass
+class _Largest:
+    """The largest float difference seen so far, where it is, and the two values."""
+
+    size: float = 0.0
+    where: str = ""
+    now: float = 0.0
+    recorded: float = 0.0
+
+    def see(self, size: float, where: str, now: float, recorded: float) -> None:
+        if size > self.size:
+            self.size, self.where, self.now, self.recorded = size, where, now, recorded
+
+    def verdict(self, tol: float) -> tuple[bool, str]:
+        if self.size > tol:
+            return False, (f"{self.where} differs by {self.size:.1e} > tolerance {tol:g} "
+                           f"({self.now!r} now, {self.recorded!r} recorded)")
+        if self.size == 0:
+            return True, "values identical (bytes differ)"
+        return True, f"max |difference| {self.size:.1e} <= tolerance {tol:g} ({self.where})"
+
+
+def _compare_npz(want: dict, have: dict, tol: float) -> tuple[bool, str]:
+    """(within tolerance, what was found) for two `read_values` of `.npz` files."""
+    if sorted(want) != sorted(have):
+        return False, f"arrays differ: {sorted(have)} now, {sorted(want)} recorded"
+    largest = _Largest()
+    for key in sorted(want):
+        w, h = want[key], have[key]
+        if w["shape"] != h["shape"]:
+            return False, f"{key}: shape {tuple(h['shape'])} now, {tuple(w['shape'])} recorded"
+        if np.dtype(w["dtype"]).kind != "f" or np.dtype(h["dtype"]).kind != "f":
+            if w["dtype"] != h["dtype"] or w["values"] != h["values"]:
+                return False, f"{key}: values differ from the record (compared exactly)"
+            continue
+        a = np.array([float(v) for v in w["values"]], np.float64)
+        b = np.array([float(v) for v in h["values"]], np.float64)
+        with np.errstate(invalid="ignore"):
+            diff = np.abs(a - b)
+        diff[(a == b) | (np.isnan(a) & np.isnan(b))] = 0.0  # equal infinities, NaN where NaN was recorded
+        diff[np.isnan(diff)] = np.inf  # NaN against a number
+        if diff.size:
+            i = int(diff.argmax())
+            at = np.unravel_index(i, tuple(w["shape"]))
+            largest.see(float(diff[i]), f"{key}[{', '.join(str(int(k)) for k in at)}]", float(b[i]), float(a[i]))
+    return largest.verdict(tol)
+
+
+def _walk_json(want: Any, have: Any, where: str, largest: _Largest) -> str | None:
+    """The first difference of two JSON values that is not a float within reach (None if none);
+    float differences go to `largest`."""
+    here = where or "the document"
+    numbers = (int, float)
+    if isinstance(want, numbers) and isinstance(have, numbers) and not isinstance(want, bool) \
+            and not isinstance(have, bool) and (isinstance(want, float) or isinstance(have, float)):
+        largest.see(abs(float(have) - float(want)), here, have, want)
+        return None
+    if type(want) is not type(have):
+        return f"{here}: {have!r} now, {want!r} recorded"
+    if isinstance(want, dict):
+        if sorted(want) != sorted(have):
+            return f"{here}: keys {sorted(set(want) ^ set(have))} differ"
+        for k in sorted(want):
+            found = _walk_json(want[k], have[k], f"{where}.{k}" if where else k, largest)
+            if found:
+                return found
+        return None
+    if isinstance(want, list):
+        if len(want) != len(have):
+            return f"{here}: {len(have)} items now, {len(want)} recorded"
+        for i, (w, h) in enumerate(zip(want, have)):
+            found = _walk_json(w, h, f"{where}[{i}]", largest)
+            if found:
+                return found
+        return None
+    return None if want == have else f"{here}: {have!r} now, {want!r} recorded (compared exactly)"
+
+
+def _compare_json(want: Any, have: Any, tol: float) -> tuple[bool, str]:
+    largest = _Largest()
+    found = _walk_json(want, have, "", largest)
+    return (False, found) if found else largest.verdict(tol)
+
+
+def compare_values(name: str, path: Path, recorded: Any) -> tuple[bool, str]:
+    """Compare a numeric output with its recorded values: (within tolerance, what was found)."""
+    rule = value_rule(name)
+    if rule is None:
+        return False, "sha256 differs (compared exactly)"
+    if recorded is None:
+        return False, f"sha256 differs and the record holds no values to compare it within {rule.tolerance:g}"
+    try:
+        have = read_values(path, rule.kind)
+    except (OSError, ValueError) as err:
+        return False, f"sha256 differs and its values cannot be read ({err})"
+    compare = _compare_npz if rule.kind == "npz" else _compare_json
+    return compare(recorded, have, rule.tolerance)
+
+
+# --- record and verify ---------------------------------------------------------------------------
+
 def write_current(ws: Workspace) -> Path:
     """`paper_figures/<profile>/CHECKSUMS.sha256` for the outputs present."""
     path = ws.figures / "CHECKSUMS.sha256"
@@ -77,28 +285,51 @@ def record_path(ws: Workspace) -> Path:
     return RECORD_DIR / f"{ws.profile.name}.sha256"
 
 
+def values_path(ws: Workspace) -> Path:
+    return RECORD_DIR / f"{ws.profile.name}.values.jsonl"
+
+
 def record(ws: Workspace) -> Path:
-    """Store the current checksums as the profile's committed record."""
+    """Store the current checksums, and the values of the numeric outputs, as the profile's record."""
+    atomic_write_text(values_path(ws), format_values(compute_values(ws)))
     path = record_path(ws)
     atomic_write_text(path, format_record(compute(ws)))
     return path
 
 
-def verify(ws: Workspace, portable: bool = False) -> dict[str, list[str]]:
-    """Differences from the record: `changed`, `missing` (recorded, not produced), `extra` (not recorded).
+def check(ws: Workspace, portable: bool = False) -> list[Outcome]:
+    """Every recorded or present output against the record, sorted by name.
 
     With `portable`, only the outputs that must match on any machine (`PORTABLE`).
     """
     path = record_path(ws)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no recorded checksums for profile {ws.profile.name}; "
+        raise MissingInputError(f"{path}: no recorded checksums for profile {ws.profile.name}; "
                                 f"record them with `repro paper verify --profile {ws.profile.name} --record`")
-    want, have = parse_record(path.read_text()), compute(ws)
+    want, files = parse_record(path.read_text()), output_files(ws)
     if portable:
         want = {n: h for n, h in want.items() if n.startswith(PORTABLE)}
-        have = {n: h for n, h in have.items() if n.startswith(PORTABLE)}
-    return {
-        "changed": sorted(n for n in want if n in have and have[n] != want[n]),
-        "missing": sorted(n for n in want if n not in have),
-        "extra": sorted(n for n in have if n not in want),
-    }
+        files = {n: p for n, p in files.items() if n.startswith(PORTABLE)}
+    vpath = values_path(ws)
+    values = parse_values(vpath.read_text()) if vpath.is_file() else {}
+    out = []
+    for name in sorted(set(want) | set(files)):
+        if name not in files:
+            out.append(Outcome(name, "missing"))
+        elif name not in want:
+            out.append(Outcome(name, "extra"))
+        elif sha256_file(files[name]) == want[name]:
+            out.append(Outcome(name, "exact"))
+        else:
+            ok, detail = compare_values(name, files[name], values.get(name))
+            out.append(Outcome(name, "within" if ok else "changed", detail))
+    return out
+
+
+def verify(ws: Workspace, portable: bool = False) -> dict[str, list[str]]:
+    """Differences from the record: `changed`, `missing` (recorded, not produced), `extra` (not recorded).
+
+    An output within its tolerance (see `check`) is not a difference.
+    """
+    outcomes = check(ws, portable)
+    return {kind: [o.name for o in outcomes if o.status == kind] for kind in ("changed", "missing", "extra")}

@@ -1,0 +1,214 @@
+"""`repro paper verify`: exact sha256 for every output, numeric results also by value within a stated tolerance."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from repro.cli import main
+from repro.config import load_profile
+from repro.paper import checksums
+from repro.util.atomic import atomic_write_json, atomic_write_text
+from repro.util.npz import atomic_write_npz, read_npz
+from repro.workspace import Workspace
+
+CKA = "results/cka/tiny-hubert__tiny-ecapa-sup"
+
+
+def _cka_arrays(seed: int = 0) -> dict[str, np.ndarray]:
+    """Arrays shaped like a CKA result: float64 matrices in [0, 1] and the layer names."""
+    rng = np.random.default_rng(seed)
+    m = rng.uniform(0.05, 0.95, size=(4, 3))
+    return {"cka": m, "cka_biased": m, "cka_debiased": m - 0.01, "ci_low": m - 0.02, "ci_high": m + 0.02,
+            "layers_a": np.array([f"L{i}" for i in range(4)]), "layers_b": np.array(["tdnn", "res2net1", "mfa"])}
+
+
+def _cka_json(arrays) -> dict:
+    return {"models": ["tiny-hubert", "tiny-ecapa-sup"], "items": 120, "level": "frame",
+            "store_keys": {"a": "k1", "b": "k2"}, "config": {"bootstrap": {"confidence": 0.95}},
+            "cka": [[round(float(v), 6) for v in row] for row in arrays["cka"]]}
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """A smoke workspace with a corpus file, a CKA result, a probe result and a table; records in tmp."""
+    for var, sub in (("REPRO_WORK", "work"), ("REPRO_RESULTS", "results"), ("REPRO_FIGURES", "figures")):
+        monkeypatch.setenv(var, str(tmp_path / sub))
+    monkeypatch.setattr(checksums, "RECORD_DIR", tmp_path / "records")
+    ws = Workspace.for_profile("smoke")
+    atomic_write_text(ws.corpus_dir / "corpus.json", '{"utterances": 3}\n')
+    arrays = _cka_arrays()
+    atomic_write_npz(ws.results / "cka" / "tiny-hubert__tiny-ecapa-sup.npz", arrays)
+    atomic_write_json(ws.results / "cka" / "tiny-hubert__tiny-ecapa-sup.json", _cka_json(arrays))
+    atomic_write_json(ws.results / "probing" / "tiny-hubert" / "PR" / "best.json", {"test": 0.123456789, "lr": 0.01})
+    atomic_write_text(ws.figures / "table-1.csv", "model,PR\ntiny-hubert,0.12\n")
+    checksums.record(ws)
+    return ws
+
+
+def _rewrite_npz(ws, change) -> None:
+    path = ws.results / "cka" / "tiny-hubert__tiny-ecapa-sup.npz"
+    arrays = read_npz(path)
+    change(arrays)
+    atomic_write_npz(path, arrays)
+
+
+def _verify_cli(*extra):
+    return CliRunner().invoke(main, ["paper", "verify", "--profile", "smoke", *extra])
+
+
+def _by_name(ws) -> dict[str, checksums.Outcome]:
+    return {o.name: o for o in checksums.check(ws)}
+
+
+def test_record_keeps_every_sha256_and_the_exact_values_of_numeric_outputs(env):
+    ws = env
+    sums = checksums.parse_record(checksums.record_path(ws).read_text())
+    assert set(sums) == {"corpus/corpus.json", f"{CKA}.npz", f"{CKA}.json", "results/probing/tiny-hubert/PR/best.json",
+                         "figures/table-1.csv"}
+    values = checksums.parse_values(checksums.values_path(ws).read_text())
+    assert set(values) == {f"{CKA}.npz", f"{CKA}.json"}  # the numeric outputs with a value rule
+    stored = values[f"{CKA}.npz"]
+    arrays = _cka_arrays()
+    for key, arr in arrays.items():
+        assert stored[key]["shape"] == list(arr.shape)
+        back = np.array(stored[key]["values"], dtype=arr.dtype).reshape(arr.shape)
+        assert np.array_equal(back, arr)  # floats stored exactly (shortest round-trip form), not rounded
+    assert values[f"{CKA}.json"]["cka"] == _cka_json(arrays)["cka"]
+
+
+def test_an_unchanged_run_verifies_exactly(env):
+    assert {o.status for o in checksums.check(env)} == {"exact"}
+    assert checksums.verify(env) == {"changed": [], "missing": [], "extra": []}
+    res = _verify_cli()
+    assert res.exit_code == 0, res.output
+    assert res.output == f"all 5 outputs match {checksums.record_path(env)}: 5 exactly\n"
+
+
+def test_cka_perturbed_in_the_last_bits_verifies_within_tolerance(env):
+    def nudge(a):
+        a["cka_biased"][1, 2] += 1e-12
+    _rewrite_npz(env, nudge)
+    assert checksums.sha256_file(env.results / "cka" / "tiny-hubert__tiny-ecapa-sup.npz") != \
+        checksums.parse_record(checksums.record_path(env).read_text())[f"{CKA}.npz"]
+    out = _by_name(env)[f"{CKA}.npz"]
+    assert out.status == "within"
+    assert out.detail == "max |difference| 1.0e-12 <= tolerance 1e-09 (cka_biased[1, 2])"
+    assert checksums.verify(env) == {"changed": [], "missing": [], "extra": []}
+    res = _verify_cli()
+    assert res.exit_code == 0, res.output
+    assert res.output.splitlines() == [
+        f"within   {CKA}.npz: max |difference| 1.0e-12 <= tolerance 1e-09 (cka_biased[1, 2])",
+        f"all 5 outputs match {checksums.record_path(env)}: 4 exactly, 1 within tolerance"]
+
+
+def test_cka_changed_by_1e_4_is_reported_with_the_size_of_the_difference(env):
+    recorded = float(_cka_arrays()["cka"][2, 0])
+
+    def change(a):
+        a["cka"][2, 0] += 1e-4
+    _rewrite_npz(env, change)
+    out = _by_name(env)[f"{CKA}.npz"]
+    assert out.status == "changed"
+    assert out.detail == (f"cka[2, 0] differs by 1.0e-04 > tolerance 1e-09 ({recorded + 1e-4!r} now, "
+                          f"{recorded!r} recorded)")
+    assert checksums.verify(env)["changed"] == [f"{CKA}.npz"]
+    res = _verify_cli()
+    assert res.exit_code == 1
+    assert res.output.splitlines() == [f"changed  {CKA}.npz: {out.detail}",
+                                       f"1 difference(s) from {checksums.record_path(env)}"]
+
+
+@pytest.mark.parametrize("change,status,detail", [
+    # a NaN where a number was recorded is a change of unbounded size
+    (lambda a: a["ci_low"].__setitem__((0, 1), np.nan), "changed", "ci_low[0, 1] differs by inf > tolerance 1e-09"),
+    (lambda a: a.__setitem__("layers_b", np.array(["tdnn", "res2net1", "res2net2"])), "changed",
+     "layers_b: values differ from the record (compared exactly)"),
+    (lambda a: a.__setitem__("cka", a["cka"][:3]), "changed", "cka: shape (3, 3) now, (4, 3) recorded"),
+    (lambda a: a.pop("ci_high"), "changed", "arrays differ: "),
+])
+def test_other_changes_of_a_cka_result_name_the_failed_comparison(env, change, status, detail):
+    _rewrite_npz(env, change)
+    out = _by_name(env)[f"{CKA}.npz"]
+    assert out.status == status and out.detail.startswith(detail)
+
+
+def test_nan_recorded_and_produced_again_is_no_difference(env, tmp_path):
+    def with_nan(a):
+        a["cka_debiased"][3, 2] = np.nan  # a degenerate layer: NaN in the record too
+    _rewrite_npz(env, with_nan)
+    checksums.record(env)
+    assert '"nan"' in checksums.values_path(env).read_text()
+
+    def nudge(a):
+        a["cka_debiased"][0, 0] += 3e-13
+    _rewrite_npz(env, nudge)
+    out = _by_name(env)[f"{CKA}.npz"]
+    assert out.status == "within" and out.detail.endswith("(cka_debiased[0, 0])")
+
+
+def test_cka_json_accepts_one_unit_of_its_last_decimal_and_nothing_more(env):
+    path = env.results / "cka" / "tiny-hubert__tiny-ecapa-sup.json"
+    doc = json.loads(path.read_text())
+    flipped = round(doc["cka"][1][1] + 1e-6, 6)  # a value at a rounding edge fell the other way
+    atomic_write_json(path, {**doc, "cka": [row[:] for row in doc["cka"][:1]] + [
+        [doc["cka"][1][0], flipped, doc["cka"][1][2]]] + doc["cka"][2:]})
+    out = _by_name(env)[f"{CKA}.json"]
+    assert out.status == "within" and out.detail.endswith("<= tolerance 1.5e-06 (cka[1][1])")
+    doc["cka"][1][1] = round(doc["cka"][1][1] + 1e-5, 6)
+    atomic_write_json(path, doc)
+    out = _by_name(env)[f"{CKA}.json"]
+    assert out.status == "changed" and out.detail.startswith("cka[1][1] differs by 1.0e-05 > tolerance 1.5e-06")
+    atomic_write_json(path, {**json.loads(path.read_text()), "store_keys": {"a": "k1", "b": "other"}})
+    out = _by_name(env)[f"{CKA}.json"]
+    assert out.status == "changed" and out.detail == "store_keys.b: 'other' now, 'k2' recorded (compared exactly)"
+
+
+def test_probe_results_and_tables_are_compared_exactly(env):
+    atomic_write_json(env.results / "probing" / "tiny-hubert" / "PR" / "best.json", {"test": 0.123456789 + 1e-15,
+                                                                                   "lr": 0.01})
+    atomic_write_text(env.figures / "table-1.csv", "model,PR\ntiny-hubert,0.13\n")
+    outcomes = _by_name(env)
+    for name in ("results/probing/tiny-hubert/PR/best.json", "figures/table-1.csv"):
+        assert outcomes[name].status == "changed" and outcomes[name].detail == "sha256 differs (compared exactly)"
+
+
+def test_a_record_without_values_reports_what_is_missing(env):
+    checksums.values_path(env).unlink()  # a record made before values were kept
+    _rewrite_npz(env, lambda a: a["cka"].__setitem__((0, 0), a["cka"][0, 0] + 1e-12))
+    out = _by_name(env)[f"{CKA}.npz"]
+    assert out.status == "changed"
+    assert out.detail == "sha256 differs and the record holds no values to compare it within 1e-09"
+
+
+def test_missing_extra_and_portable(env):
+    (env.figures / "table-1.csv").unlink()
+    atomic_write_text(env.figures / "new.txt", "x")
+    assert checksums.verify(env) == {"changed": [], "missing": ["figures/table-1.csv"], "extra": ["figures/new.txt"]}
+    res = _verify_cli()
+    assert res.exit_code == 1
+    assert "missing  figures/table-1.csv" in res.output and "extra    figures/new.txt" in res.output
+    res = _verify_cli("--portable")  # only the corpus: it still matches
+    assert res.exit_code == 0 and res.output.endswith(": 1 exactly\n")
+
+
+def test_record_through_the_cli_writes_both_files(env):
+    _rewrite_npz(env, lambda a: a["cka"].__setitem__((0, 0), 0.5))
+    res = _verify_cli("--record")
+    assert res.exit_code == 0
+    assert res.output == (f"recorded 5 checksums in {checksums.record_path(env)} and the values of 2 numeric outputs "
+                          f"in {checksums.values_path(env)}\n")
+    assert {o.status for o in checksums.check(env)} == {"exact"}
+    assert checksums.parse_values(checksums.values_path(env).read_text())[f"{CKA}.npz"]["cka"]["values"][0] == 0.5
+
+
+def test_committed_smoke_record_has_values_for_every_numeric_output():
+    ws = Workspace(load_profile("smoke"), "work", "results", "figures")
+    names = checksums.parse_record(checksums.record_path(ws).read_text())
+    numeric = {n for n in names if checksums.value_rule(n)}
+    assert any(n.endswith(".npz") for n in numeric)
+    values = checksums.parse_values(checksums.values_path(ws).read_text())
+    assert set(values) == numeric
