@@ -155,6 +155,19 @@ def all_reduce_sum(t: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return t
 
 
+def broadcast_from_rank_zero(t: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Rank 0's `t` on every rank (in place; returned for convenience), through the run's device
+    as `all_reduce_sum`."""
+    if env.distributed:
+        if t.device != env.device:
+            moved = t.to(env.device)
+            dist.broadcast(moved, src=0)
+            t.copy_(moved.to(t.device))
+        else:
+            dist.broadcast(t, src=0)
+    return t
+
+
 def barrier(env: DistEnv | None) -> None:
     """Wait for every rank (a no-op in a single process)."""
     if env is not None and env.distributed:

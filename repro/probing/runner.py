@@ -235,7 +235,7 @@ def run_probes(ws: Workspace, model: str, task: str, lrs: list[float], progress:
     The learning rates whose results are not complete train together as probe groups of at most
     `probing.max_group` (one forward of each micro-batch for the whole group); the results equal
     those of solo runs. With `env` (a `DistEnv` of several ranks) every rank trains the groups
-    together (DistributedDataParallel); rank 0 writes the files. `force` trains again from scratch.
+    together (one gradient all-reduce per step); rank 0 writes the files. `force` trains again from scratch.
     Returns the outcomes in the order of `lrs`.
     """
     inputs = inputs or ProbeInputs(ws, model, task, env)

@@ -14,22 +14,20 @@ evaluation; a group interrupted anywhere and run again resumes each probe from i
 checkpoint (the group steps from the earliest, and a probe ahead of it waits), and gives the
 same results as an uninterrupted group.
 
-Under torchrun (W ranks) each probe is wrapped in DistributedDataParallel and the
-effective batch stays `batch_size x grad_accum` (G): the G micro-batches of a step
-are dealt round-robin (rank r computes those with index a mod W = r: G / W each
-when W divides G, otherwise some ranks one more), each loss is divided by G / W,
-and DDP's average over the ranks then gives the single-process gradient (sum over
-all micro-batches / G) whatever the split. With more ranks than micro-batches, the
-ranks left over run a micro-batch with weight 0 (DDP needs every rank's backward).
-Every rank evaluates, selects and keeps the same best state; rank 0 writes the
-checkpoints. BatchNorm (the ASV x-vector head) is the exception: its
-running statistics follow rank 0's micro-batches (DDP broadcasts its buffers),
-so ASV under DDP matches a single process statistically, not to rounding.
+Under torchrun (W ranks) the effective batch stays `batch_size x grad_accum` (G): the G
+micro-batches of a step are dealt round-robin (rank r computes those with index a mod W = r:
+G / W each when W divides G, otherwise some ranks one more, and none for ranks beyond G), each
+loss is divided by G, and one all-reduce per step sums the gradients of every probe of the
+group over the ranks (all probes' gradients in one flat tensor), which gives the
+single-process gradient (sum over all micro-batches / G) whatever the split. Every rank
+evaluates, selects and keeps the same best state; rank 0 writes the checkpoints. Buffers
+(the running statistics of the ASV x-vector head's BatchNorm) follow rank 0: they are
+broadcast from it after every step, so ASV across ranks matches a single process
+statistically, not to rounding.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +43,7 @@ from repro.data.manifest import Trial, Utterance
 from repro.metrics import cosine_scores, equal_error_rate
 from repro.probing.sources import micro_batch
 from repro.probing.tasks import Task
-from repro.runtime import all_reduce_sum
+from repro.runtime import all_reduce_sum, broadcast_from_rank_zero
 from repro.util.atomic import atomic_path
 
 
@@ -126,7 +124,6 @@ class Probe:
     checkpoint: Path
     run_key: str
     state: dict = field(default_factory=dict)
-    net: nn.Module | None = None  # the model, or its DistributedDataParallel wrapper
     optimizer: torch.optim.Optimizer | None = None
     params: list = field(default_factory=list)
 
@@ -160,10 +157,6 @@ def train_group(
     opt_cls = torch.optim.AdamW if budget.optimizer == "adamw" else torch.optim.Adam
     for p in probes:
         p.model.to(device)
-        p.net = p.model
-        if world > 1:
-            p.net = nn.parallel.DistributedDataParallel(
-                p.model, device_ids=[device.index] if device.type == "cuda" else None)
         p.params = [q for q in p.model.parameters() if q.requires_grad]
         p.optimizer = opt_cls(p.params, lr=p.lr)
         p.state = _new_state()
@@ -191,20 +184,19 @@ def train_group(
             for a in mine:
                 k = ahead * budget.grad_accum + (a if a >= 0 else rank % budget.grad_accum)
                 _prefetch(train.source, micro_batch(n, budget.batch_size, seed, k), ahead)
-        for j, a in enumerate(mine):  # this rank's micro-batches of the step (-1: a weight-0 pass)
-            k = step * budget.grad_accum + (a if a >= 0 else rank % budget.grad_accum)
-            idx = micro_batch(n, budget.batch_size, seed, k)
+        for a in mine:  # this rank's micro-batches of the step (none: -1)
+            if a < 0:
+                continue
+            idx = micro_batch(n, budget.batch_size, seed, step * budget.grad_accum + a)
             layers, lengths = _to(train.source.batch(idx, step), device)  # one forward for every probe
             targets = _to(task.collate([train.targets[i] for i in idx]), device)
             for i, p in enumerate(active):
-                sync = p.net.no_sync() if world > 1 and j < len(mine) - 1 else contextlib.nullcontext()
-                with sync:
-                    loss = task.loss(p.model.head, p.net(layers, lengths), targets, lengths)
-                    (loss / (budget.grad_accum / world) if a >= 0 else loss * 0.0).backward()
-                if a >= 0:
-                    totals[i] += float((loss / budget.grad_accum).detach())
+                loss = task.loss(p.model.head, p.model(layers, lengths), targets, lengths) / budget.grad_accum
+                loss.backward()
+                totals[i] += float(loss.detach())
         if world > 1:
             all_reduce_sum(totals, env)
+            _all_reduce_gradients(active, env)
         for i, p in enumerate(active):
             norm = torch.nn.utils.clip_grad_norm_(p.params, budget.grad_clip)
             p.optimizer.step()
@@ -213,6 +205,8 @@ def train_group(
             window[0] += float(totals[i])
             window[1] += 1
             window[2] += float(norm)
+        if world > 1:
+            _broadcast_buffers(active, env)
         bar.update(1)
         if (step + 1) % budget.eval_every == 0 or step + 1 == budget.steps:
             metrics = evaluate(task, [p.model for p in active], dev, budget.batch_size, device)
@@ -244,11 +238,36 @@ def _record_evaluation(task: Task, p: Probe, metric: float, rank: int) -> None:
                         "state": state}, tmp)
 
 
+def _all_reduce_gradients(probes: Sequence[Probe], env: Any) -> None:
+    """Sum every trainable parameter's gradient of `probes` over the ranks, in one collective
+    (a rank that computed no micro-batch contributes zeros)."""
+    params = [q for p in probes for q in p.params]
+    flat = torch.cat([(q.grad if q.grad is not None else torch.zeros_like(q)).reshape(-1) for q in params])
+    all_reduce_sum(flat, env)
+    offset = 0
+    for q in params:
+        q.grad = flat[offset:offset + q.numel()].view_as(q).clone()
+        offset += q.numel()
+
+
+def _broadcast_buffers(probes: Sequence[Probe], env: Any) -> None:
+    """Give every rank rank 0's buffers of `probes` (BatchNorm running statistics), in one collective."""
+    buffers = [b for p in probes for b in p.model.buffers() if b.is_floating_point()]
+    if not buffers:
+        return
+    flat = torch.cat([b.reshape(-1) for b in buffers])
+    broadcast_from_rank_zero(flat, env)
+    offset = 0
+    for b in buffers:
+        b.copy_(flat[offset:offset + b.numel()].view_as(b))
+        offset += b.numel()
+
+
 def rank_micro_batches(grad_accum: int, world_size: int, rank: int) -> list[int]:
     """Indices of the micro-batches of a step that `rank` computes: a with a mod W = rank.
 
-    `[-1]` when there are more ranks than micro-batches and this rank has none: it then runs a
-    micro-batch with weight 0, so that every rank takes part in DDP's gradient reduction.
+    `[-1]` when there are more ranks than micro-batches and this rank has none: it computes no
+    micro-batch and still takes part in the step's gradient all-reduce (with zeros).
     """
     return list(range(rank, grad_accum, world_size)) or [-1]
 
