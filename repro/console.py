@@ -38,7 +38,7 @@ def _cka(meta: dict, ws) -> list[str]:
     shape = f"{len(meta['layers']['a'])}x{len(meta['layers']['b'])}"
     what = "up to date" if meta["skipped"] else "written"
     return [f"cka {a} x {b}: {shape} layers, {meta['items']} {meta['level']} items; {what}: "
-            f"{ws.cka_stem(a, b).with_suffix('.npz')}"]
+            f"{ws.cka_file(a, b, 'npz')}"]
 
 
 def _probe(o, ws) -> list[str]:

@@ -83,9 +83,9 @@ class Workspace:
         """Checkpoints of the probes of (`model`, `task`) while they train."""
         return self.work / "probes" / model_folder(model) / task
 
-    def cka_stem(self, a: str, b: str) -> Path:
-        """`results/<profile>/cka/<A>__<B>` (add `.npz` or `.json`)."""
-        return self.results / "cka" / f"{model_folder(a)}__{model_folder(b)}"
+    def cka_file(self, a: str, b: str, ext: str) -> Path:
+        """`results/<profile>/cka/<A>__<B>.<ext>` (`ext`: npz or json; folder names may hold dots)."""
+        return self.results / "cka" / f"{model_folder(a)}__{model_folder(b)}.{ext}"
 
     def cka_shard_dir(self, a: str, b: str) -> Path:
         """Per-rank CKA statistics of a pair under torchrun."""

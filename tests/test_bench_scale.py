@@ -75,19 +75,26 @@ def test_performance_page_names_what_is_measured_and_what_is_assumed(records, tm
 def test_projection_arithmetic_by_hand():
     full = load_profile("full")
     only_pr = dataclasses.replace(full, tasks=["PR"])
-    rates = {**ASSUMED, "decode": {"flac": 1e9, "wav": 1e9}, "pooled_steps_per_s": 100.0, "cka_gemm_fraction": 0.5}
+    rates = {**ASSUMED, "decode": {"flac": 1e9, "wav": 1e9}, "pooled_steps_per_s": 100.0, "cka_gemm_fraction": 0.5,
+             "head_share": {"default": 0.25}}
     flops = {m: 10e9 for m in MODELS}
-    h = _hours(only_pr, rates, flops, autocast=False)
+    h = _hours(only_pr, rates, flops, autocast=False, grouped=False)
     b, c = full.probing.tasks["PR"], CORPUS["PR"]
     lrs = len(b.lr_grid)
-    audio_h = (b.steps * b.grad_accum * b.batch_size * c["item_seconds"] / 3600 + (b.steps // b.eval_every) * c["dev"]
-               + c["test"]) * lrs
+    one_pass_h = (b.steps * b.grad_accum * b.batch_size * c["item_seconds"] / 3600
+                  + (b.steps // b.eval_every) * c["dev"] + c["test"])
+    audio_h = one_pass_h * lrs
     assert h["probe"]["wavlm-base-plus"] == pytest.approx(audio_h * 3600 * 10e9 / 30e12 / 3600)
     utts = (b.steps * b.grad_accum * b.batch_size + (b.steps // b.eval_every) * c["utterances"]["dev"]
             + c["utterances"]["test"]) * lrs
     assert h["probe"]["ecapa-dino-wespeaker"] == pytest.approx(
         utts * ASSUMED["ecapa_overhead_ms"] / 1e3 / 3600 + h["probe"]["wavlm-base-plus"])
+    # grouped: one pass over the batch stream, each further learning rate costs a quarter of a forward
+    g = _hours(only_pr, rates, flops, autocast=False, grouped=True)
+    assert g["forwarded_audio_seconds"]["wavlm-base-plus"]["PR"] == pytest.approx(one_pass_h * 3600)
+    assert g["probe"]["wavlm-base-plus"] == pytest.approx(
+        one_pass_h * 3600 * 10e9 / 30e12 / 3600 * (1 + (lrs - 1) * 0.25))
     only_ks = dataclasses.replace(full, tasks=["KS"])
     ks = full.probing.tasks["KS"]
-    assert _hours(only_ks, rates, flops, False)["probe"]["hubert-base"] == pytest.approx(
+    assert _hours(only_ks, rates, flops, False, grouped=False)["probe"]["hubert-base"] == pytest.approx(
         ks.steps * len(ks.lr_grid) / 100.0 / 3600)

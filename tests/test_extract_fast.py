@@ -122,7 +122,7 @@ def test_autocast_features_match_float32_within_the_stated_tolerance(upstream, u
 
 
 def test_fp16_autocast_on_the_cpu_is_refused(upstream, utts, tiny_corpus, tmp_path):
-    with pytest.raises(ValueError, match="'fp16' runs on a GPU only"):
+    with pytest.raises(ValueError, match="'fp16', which runs on a GPU only"):
         extract(upstream, utts[:2], tiny_corpus, tmp_path / "s", model_info=INFO, device="cpu", autocast="fp16",
                 progress=False)
 

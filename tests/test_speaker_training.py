@@ -16,6 +16,7 @@ from repro.models.registry import load_upstream
 from repro.speaker import data as D
 from repro.speaker.train import SpeakerTrainingFailed, train_speaker
 from repro.speaker.trainer import TrainingInterrupted
+from repro.models.upstream import ModelUnavailableError
 from repro.workspace import Workspace
 
 PROFILE = """
@@ -104,7 +105,7 @@ def test_resumed_run_gives_the_same_model_as_an_uninterrupted_one(recipe, tiny_c
 
 
 def test_untrained_model_names_the_command_that_trains_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"repro train-speaker --recipe dino --profile smoke"):
+    with pytest.raises(ModelUnavailableError, match=r"repro train --recipe dino --profile smoke"):
         load_upstream("tiny-ecapa-dino", tmp_path / "work" / "smoke" / "models")
 
 

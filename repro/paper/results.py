@@ -71,7 +71,7 @@ class ResultReader:
     def cka(self, a: str, b: str) -> dict | None:
         """The CKA result of models (a, b): `matrix` `[L_a, L_b]`, `layers_a`, `layers_b` and its metadata."""
         target = f"make cka PROFILE={self.ws.profile.name}"
-        path = self.ws.cka_stem(a, b).with_suffix(".json")
+        path = self.ws.cka_file(a, b, "json")
         data = self._load(path, target)
         if data is None:
             return None

@@ -46,7 +46,7 @@ def save(fig, stem: Path) -> list[Path]:
     out = []
     for ext, meta in (("pdf", {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None}),
                       ("png", {"Software": None})):
-        path = stem.with_suffix(f".{ext}")
+        path = stem.parent / f"{stem.name}.{ext}"  # a stem may hold dots (model folders)
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format=ext, metadata=meta)
         out.append(path)

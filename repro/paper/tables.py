@@ -54,7 +54,7 @@ class Table:
         """Write `<stem>.csv`, `<stem>.md` and `<stem>.tex`; returns the paths."""
         out = []
         for ext, text in (("csv", self.csv()), ("md", self.markdown()), ("tex", self.latex())):
-            path = stem.with_suffix(f".{ext}")
+            path = stem.parent / f"{stem.name}.{ext}"  # a stem may hold dots (model folders)
             atomic_write_text(path, text)
             out.append(path)
         return out

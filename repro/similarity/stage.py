@@ -55,8 +55,7 @@ def default_pairs(models: list[str]) -> list[tuple[str, str]]:
 
 def result_paths(ws: Workspace, a: str, b: str) -> tuple[Path, Path]:
     """(`.npz`, `.json`) of the pair under `results/<profile>/cka/`."""
-    stem = ws.cka_stem(a, b)
-    return stem.with_suffix(".npz"), stem.with_suffix(".json")
+    return ws.cka_file(a, b, "npz"), ws.cka_file(a, b, "json")
 
 
 def _check_same_items(sa: FeatureStore, sb: FeatureStore) -> list[str]:
