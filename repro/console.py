@@ -82,11 +82,41 @@ def stage_lines(ws: Workspace, run) -> list[str]:
 
 
 def summary(ws: Workspace, runs: Iterable) -> list[str]:
-    """The end of a pipeline run: wall time per stage and where the report is."""
+    """The end of a pipeline run, short enough to read at a glance: wall time per stage, and when
+    the paper stage ran, one line per claim check (PASS / FAIL / NOT-RUN) and where the report is.
+
+    For example (`make demo`)::
+
+        [smoke] summary
+          stage      seconds
+          corpus        22.6
+          ...
+          all         1466.8
+          claim  status   finding
+          C1     PASS     How well a model captures content is largely unrelated to ...
+          ...
+          note: profile smoke does not enforce claims and references: ...
+          report: paper_figures/smoke/REPORT.md
+    """
     runs = list(runs)
-    lines = [f"[{ws.profile.name}] done: " + ", ".join(f"{r.stage} {r.seconds:.1f} s" for r in runs)
-             + f"; {sum(r.seconds for r in runs):.1f} s in all"]
+    tag = f"[{ws.profile.name}]"
+    lines = [f"{tag} summary", f"  {'stage':9s} {'seconds':>8s}"]
+    lines += [f"  {r.stage:9s} {r.seconds:8.1f}" for r in runs]
+    lines.append(f"  {'all':9s} {sum(r.seconds for r in runs):8.1f}")
     for r in runs:
         if r.stage == "paper" and r.outcomes:
-            lines.append(f"[{ws.profile.name}] report: {r.outcomes[0].report}")
+            checks = r.outcomes[0].checks
+            lines.append(f"  {'claim':6s} {'status':8s} finding")
+            lines += [f"  {c.id:6s} {c.status:8s} {_short(c.finding, 80)}" for c in checks.claims]
+            counts = {s: sum(c.status == s for c in checks.claims) for s in ("PASS", "FAIL", "NOT-RUN")}
+            lines.append("  " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f"; details: {checks.files[-1]}")
+            if checks.note:
+                lines.append(f"  note: {checks.note}")
+            lines.append(f"  report: {r.outcomes[0].report}")
     return lines
+
+
+def _short(text: str, width: int) -> str:
+    """`text` on one line, cut to `width` characters with an ellipsis."""
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3].rstrip() + "..."

@@ -11,8 +11,8 @@ What is counted or measured here (any machine):
         accumulator's share of the matrix-multiply rate (cka.json).
 What is assumed about the GPU unless the benchmarks ran on one (then their rates are used):
     sustained model throughput in float32 and under fp16/bf16 autocast, the fixed overhead of one
-    ECAPA-TDNN forward (it runs one utterance at a time), the float64 matrix-multiply rate
-    (CKA), decoding threads (the full profile's `extraction.num_workers`).
+    ECAPA-TDNN forward, the float64 matrix-multiply rate (CKA), decoding threads (the full
+    profile's `extraction.num_workers`).
 
 The arithmetic (per model, full profile; `repro.config.profiles/full.yaml` gives the budgets):
     upstream-input probes: every learning rate of a task trains in one probe group
@@ -25,10 +25,13 @@ The arithmetic (per model, full profile; `repro.config.profiles/full.yaml` gives
         relative to the forward (measured by the probe benchmark's groups on this machine, and
         assumed to carry over); decoding hours = audio / (per-core decode rate x threads); the
         stage takes the larger (they overlap). ECAPA-TDNN: utterances x (overhead + FLOPs /
-        throughput). `solo` (what separate runs per learning rate would cost) is kept beside it.
+        throughput), an upper bound: an ECAPA-TDNN runs utterances of equal length together in one
+        forward (`repro.models.ecapa.EcapaUpstream.forward`: 1 s keyword clips, 8 s training crops)
+        and any other one alone, and the arithmetic charges the overhead to every utterance.
+        `solo` (what separate runs per learning rate would cost) is kept beside it.
     pooled-input probes: micro-batches / the measured pooled steps per second, ER x 5 folds.
     features: the pooled stores (KS, IC, ER; ASV test for ASV-IDT) and the CKA frame stores,
-        audio x FLOPs / throughput (ECAPA-TDNN: utterances x overhead on top).
+        audio x FLOPs / throughput (ECAPA-TDNN: utterances x overhead on top, as above).
     CKA: counted matrix-product flops of the streaming accumulator for every model pair over the
         CKA set's frames / (float64 rate x the measured share of it).
 """
@@ -45,7 +48,7 @@ import torch
 
 from repro.bench.common import machine_info
 
-# Full-profile corpora (README, "How the estimates are made"): hours per split, mean seconds per
+# Full-profile corpora (docs/reviewing.md, "How the estimates are made"): hours per split, mean seconds per
 # training item, utterances per split where an ECAPA-TDNN's one-at-a-time cost needs them.
 CORPUS = {
     "PR": {"train": 100.6, "dev": 5.4, "test": 5.4, "item_seconds": 12.7, "format": "flac",
@@ -77,7 +80,7 @@ ASSUMED = {
 }
 CKA_FRAME_RATE = 50.0
 SPEECH = ["wavlm-base-plus", "hubert-base"]
-# The paper's claims (README, "Claims, commands, outputs, costs"): the probes and CKA pairs each needs.
+# The paper's claims (docs/claims.md): the probes and CKA pairs each needs.
 CLAIMS = {
     "1": {"models": list(MODELS), "tasks": ["PR", "KS", "IC", "SID", "ASV", "ER"], "cka": "none"},
     "2": {"models": SPEECH, "tasks": ["PR", "KS", "IC"], "cka": "within"},
@@ -321,6 +324,7 @@ def table(r: dict) -> str:
         f"{c}: {r['claims']['float32'][c]:.0f} / {r['claims']['autocast'][c]:.0f} h" for c in r["claims"]["float32"]))
     for key, src in r["sources"].items():
         value = r["rates"][key]
-        shown = ", ".join(f"{k} {v:.0f}" for k, v in value.items()) if isinstance(value, dict) else f"{value:g}"
+        shown = ", ".join(f"{k} {v:.0f}" if v >= 10 else f"{k} {v:.2g}" for k, v in value.items()) \
+            if isinstance(value, dict) else f"{value:g}"
         lines.append(f"  {key}: {shown} ({src})")
     return "\n".join(lines)

@@ -11,13 +11,22 @@ from repro.util.atomic import atomic_write_text
 INTRO = """\
 # Performance
 
-Written by `make bench` (`repro bench all`) from the records in `{bench}/`; every figure is
-measured on the machine named in its section, against a baseline run in the same process on
-the same data, unless it is marked as an assumption. Rerun `make bench` on your machine (with a
-GPU, the same command records GPU figures) and this page is rewritten from your records.
+Written by `repro bench report` (also the last step of `make bench`) from the records in
+`{bench}/`; every figure is measured on the machine named in its section, against a baseline run
+in the same process on the same data, unless it is marked as an assumption. Rerun `make bench` on
+your machine (with a GPU, the same command records GPU figures) and this page is rewritten from
+your records. The first section is the exception: a record of the front door (`make demo`, `make
+test`) on a bare machine, measured once and committed as `{bench}/fresh_machine.json`.
 """
 
 SECTIONS = {
+    "fresh_machine": ("A fresh machine: `make demo` and `make test`", "A new clone on a machine with nothing but "
+                      "Python 3.11 and make: `make demo` builds `.venv` from `requirements.lock` (every wheel "
+                      "downloaded), then runs every stage of the smoke profile (`repro run --profile smoke`: the "
+                      "synthetic corpus, two tiny speaker models trained by the recipes, four tiny models' "
+                      "features, CKA, every probe, the paper outputs); `make test` then runs the test suite. "
+                      "Stage times are the ones `repro run` prints in its summary. How the record is made: "
+                      "`repro/bench/fresh_machine.py`."),
     "extract": ("Extraction", "Audio seconds per wall second of our extraction against a plain loop over "
                 "utterances with transformers (batch 1, float32), same model and utterances. On a CPU the "
                 "model's matrix products already run near the machine's GEMM rate one utterance at a time, "
@@ -74,8 +83,9 @@ def _projection_text(r: dict) -> str:
         "How it is computed is in `repro/bench/projection.py` (module doc): per task and model, the audio the "
         "probe group pushes through the model (steps x grad_accum x batch x seconds per item, plus every dev "
         "evaluation), times the model's FLOPs per audio second, over a throughput, plus one head share per "
-        "further learning rate; the ECAPA-TDNN models run utterances of different lengths one at a time, so "
-        "they pay a fixed overhead per utterance on top; decoding overlaps and counts only when it is slower.\n\n"
+        "further learning rate; the ECAPA-TDNN models pay a fixed overhead per utterance on top (an upper "
+        "bound: they run utterances of equal length together, other ones alone); decoding overlaps and counts "
+        "only when it is slower.\n\n"
         f"- **Counted or measured here** ({r['machine']['cpu']}): {', '.join(measured)}, and the FLOPs per "
         "audio second of every model (`torch.utils.flop_counter`, random weights at the real sizes).\n"
         f"- **Assumed about the GPU** (H100 class; replaced by measured values when `repro bench gpu` has run on "
@@ -89,10 +99,17 @@ def render(bench_dir: Path) -> str:
     for name, (title, text) in SECTIONS.items():
         path = Path(bench_dir) / f"{name}.json"
         if not path.is_file():
-            parts.append(f"## {title}\n\nNot measured yet: `repro bench {name}`.\n")
+            how = "measure it as `repro/bench/fresh_machine.py` describes" if name == "fresh_machine" \
+                else f"`repro bench {name}`"
+            parts.append(f"## {title}\n\nNot measured yet: {how}.\n")
+            continue
+        module = importlib.import_module(f"repro.bench.{name}")
+        if name == "fresh_machine":
+            record = module.load(path)
+            parts.append(f"## {title}\n\n{text}\n\n{module.provenance(record)} Record: `{path}`.\n\n"
+                         f"```\n{module.table(record)}\n```\n")
             continue
         record = json.loads(path.read_text())
-        module = importlib.import_module(f"repro.bench.{name}")
         where = record.get("device_name") or record.get("machine", {}).get("cpu", "")
         gpu = record.get("machine", {}).get("gpu")
         host = f"Measured on {where}" + (f" (GPU: {gpu})" if gpu and gpu != where else " (no GPU)") + \

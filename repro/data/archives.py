@@ -42,9 +42,9 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
-from tqdm import tqdm
 
 from repro.errors import ReproError
+from repro.util.progress import progress_bar
 
 _MAX_LINK_HOPS = 40  # as the kernel's ELOOP limit: more hops through links is a loop
 _TAR_END_BYTES = 1024  # a tar stream ends with two 512-byte zero blocks
@@ -334,7 +334,7 @@ def _extract_tar(paths, fmt, target, name, progress, on_member) -> int:
             stream = gzip.GzipFile(fileobj=buffered, mode="rb") if fmt == "tar.gz" else buffered
             counted = _CountingReader(stream)
             with tarfile.open(fileobj=counted, mode="r|") as tar, \
-                    tqdm(desc=f"extract {name}", unit=" files", disable=not progress, leave=False) as bar:
+                    progress_bar(desc=f"extract {name}", unit=" files", disable=not progress, leave=False) as bar:
                 for i, m in enumerate(tar):
                     rel = _check_name(name, m.name)
                     if not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
@@ -384,7 +384,7 @@ def _extract_zip(paths, target, name, progress, on_member) -> int:
                     if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
                         raise UnsafeArchiveError(f"{name}: member {info.filename!r} is a device, fifo or other "
                                                  "special file; refusing to extract")
-                with tqdm(total=len(infos), desc=f"extract {name}", unit=" files", disable=not progress,
+                with progress_bar(total=len(infos), desc=f"extract {name}", unit=" files", disable=not progress,
                           leave=False) as bar:
                     for i, info in enumerate(infos):
                         rel = _check_name(name, info.filename)

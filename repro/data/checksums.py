@@ -17,10 +17,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
 
 from repro.errors import ReproError
 from repro.util.atomic import atomic_write_json
+from repro.util.progress import progress_bar
 
 _CHUNK = 4 << 20
 
@@ -75,7 +75,7 @@ def digest_files(paths: list[Path], *, progress: bool = True, desc: str | None =
     md5, sha = hashlib.md5(), hashlib.sha256()
     total = sum(p.stat().st_size for p in paths)
     n = 0
-    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"verify {desc or paths[0].name}",
+    with progress_bar(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"verify {desc or paths[0].name}",
               disable=not progress, leave=False) as bar:
         for p in paths:
             with open(p, "rb") as f:

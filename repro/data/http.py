@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from tqdm import tqdm
 
 from repro.errors import ReproError
+from repro.util.progress import progress_bar
 
 USER_AGENT = "repro-data/1 (+https://arxiv.org/abs/2401.17632 reproduction)"
 _CHUNK = 1 << 20
@@ -148,7 +148,7 @@ def _fetch_once(url: str, part: Path, have: int, timeout: float, expected: int |
             total = int(length) if length and length.isdigit() else None
             mode = "wb"
         size = have
-        bar = tqdm(total=total or expected, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
+        bar = progress_bar(total=total or expected, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
                    desc=desc, disable=not progress, leave=False)
         try:
             with open(part, mode) as f:

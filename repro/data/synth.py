@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from repro.audio import SAMPLE_RATE, write_wav
 from repro.config.schema import SynthConfig
@@ -41,6 +40,7 @@ from repro.errors import ConfigError
 from repro.tasks import TASK_NAMES
 from repro.util.atomic import atomic_directory, atomic_write_json, atomic_write_text
 from repro.util.hashing import config_hash, sha256_file
+from repro.util.progress import progress_bar
 
 GENERATOR_VERSION = 3  # 2: ER fold splits in the manifest; 3: libespeak-ng through its C API (1: the espeak-ng program)
 LANGUAGES = ["en", "en-us", "en-029", "en-gb-scotland", "en-gb-x-rp", "en-us-nyc"]
@@ -261,7 +261,7 @@ def make_corpus(
             results = pool.map(lambda j: render(j, seed, config, noises), jobs)
             utterances: dict[str, list[Utterance]] = {t: [] for t in TASK_NAMES}
             phone_counts: Counter[str] = Counter()
-            for job, (wav, phonemes) in tqdm(
+            for job, (wav, phonemes) in progress_bar(
                 zip(jobs, results), total=len(jobs), desc="synth corpus", unit="clip", disable=not progress
             ):
                 rel = f"audio/{job.task}/{job.id}.wav"

@@ -24,7 +24,6 @@ from typing import Callable
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from repro.audio import read_audio
 from repro.data.manifest import Utterance
@@ -33,6 +32,7 @@ from repro.features.store import FeatureStore, StoreError, StoreWriter
 from repro.models.upstream import Upstream, UpstreamOutput, length_mask, pad_waveforms
 from repro.runtime import autocast_context, resolve_device
 from repro.util.hashing import config_hash
+from repro.util.progress import progress_bar
 
 EXTRACTOR_VERSION = 1
 TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}
@@ -204,7 +204,7 @@ class _Job:
                             pin_memory=dev.type == "cuda")
         audio_seconds, started = 0.0, time.perf_counter()
         committed = len(selected) - len(todo)
-        bar = tqdm(total=len(selected), initial=committed, desc=f"extract {store.parent.name}/{store.name}",
+        bar = progress_bar(total=len(selected), initial=committed, desc=f"extract {store.parent.name}/{store.name}",
                    unit="batch", disable=not self.progress)
         try:
             for _, ids, wavs, lengths in loader:

@@ -36,7 +36,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from repro.config.schema import TaskBudget
 from repro.data.manifest import Trial, Utterance
@@ -45,6 +44,7 @@ from repro.probing.sources import micro_batch
 from repro.probing.tasks import Task
 from repro.runtime import all_reduce_sum, broadcast_from_rank_zero
 from repro.util.atomic import atomic_path
+from repro.util.progress import progress_bar
 
 
 class ProbeModel(nn.Module):
@@ -168,7 +168,7 @@ def train_group(
                 p.state = saved["state"]
     first = min(p.state["step"] for p in probes)
     lrs = ", ".join(f"{p.lr:g}" for p in probes)
-    bar = tqdm(total=budget.steps, initial=first, desc=f"probe {task.name} lr={lrs}", unit="step",
+    bar = progress_bar(total=budget.steps, initial=first, desc=f"probe {task.name} lr={lrs}", unit="step",
                disable=not progress or rank != 0, leave=False)
     n = len(train.utts)
     for step in range(first, budget.steps):

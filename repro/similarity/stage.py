@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-from tqdm import tqdm
 
 from repro.config import to_dict
 from repro.errors import ReproError
@@ -39,6 +38,7 @@ from repro.similarity.shards import stream_sharded
 from repro.util.atomic import atomic_write_json
 from repro.util.hashing import config_hash
 from repro.util.npz import atomic_write_npz
+from repro.util.progress import progress_bar
 from repro.workspace import Workspace
 
 RESULT_FORMAT = 1
@@ -162,7 +162,7 @@ def _stream(boot: BlockBootstrap, reader: _PairReader, order: list[str], block_o
             p.clear()
         state["rows"] = 0
 
-    for u in tqdm(order, desc=desc, unit="utt", disable=not progress, leave=False):
+    for u in progress_bar(order, desc=desc, unit="utt", disable=not progress, leave=False):
         xa, xb = reader.items(u)
         if state["block"] != block_of[u] or state["rows"] >= batch_frames:
             flush()

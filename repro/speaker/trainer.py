@@ -15,13 +15,13 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from repro.runtime import DistEnv, all_reduce_sum, barrier
 from repro.speaker.evaluate import TrialSet, trial_eer
 from repro.speaker.recipes import BatchMaker, micro_batch_loader
 from repro.speaker.trainlog import TrainLog
 from repro.util.atomic import atomic_path
+from repro.util.progress import progress_bar
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -87,7 +87,7 @@ def run_loop(recipe, maker: BatchMaker, trials: TrialSet, env: DistEnv, run_dir:
         recipe.teacher.train()  # as in wespeaker, the teacher normalises with its batch statistics
     loader = micro_batch_loader(maker, start, s.total_steps, s.accumulation, s.num_workers)
     batches = iter(loader)
-    bar = tqdm(total=s.total_steps, initial=start, desc=f"train {recipe.name}", unit="step",
+    bar = progress_bar(total=s.total_steps, initial=start, desc=f"train {recipe.name}", unit="step",
                disable=not (s.progress and env.is_main))
     for step in range(start, s.total_steps):
         sched = recipe.set_schedule(optimizer, step)

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import soundfile as sf
-from tqdm import tqdm
 
 from repro.audio import SAMPLE_RATE
 from repro.errors import ReproError
 from repro.util.atomic import atomic_write_text
+from repro.util.progress import progress_bar
 
 
 class PrepareError(ReproError, ValueError):
@@ -124,7 +124,7 @@ def inspect_all(items: list[Item], indexes: dict[str, AudioIndex], *, workers: i
 
     try:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            infos = list(tqdm(pool.map(one, items), total=len(items), desc=desc, unit=" files",
+            infos = list(progress_bar(pool.map(one, items), total=len(items), desc=desc, unit=" files",
                               disable=not progress, leave=False))
     except FileNotFoundError as err:
         raise PrepareError(f"{err.filename}: listed by the corpus metadata but missing; re-extract the corpus "

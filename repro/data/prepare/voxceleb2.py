@@ -15,11 +15,11 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tqdm import tqdm
 
 from repro.audio import SAMPLE_RATE
 from repro.data.manifest import Utterance, write_manifest
 from repro.data.prepare.common import AudioIndex, Item, PrepareError, inspect_all
+from repro.util.progress import progress_bar
 from repro.util.tools import require_tool
 
 SOURCE = "voxceleb2/dev/aac"
@@ -64,7 +64,7 @@ def convert_voxceleb2(root: Path, *, workers: int = 8, speakers: int | None = No
         leftover.unlink()
     pairs = [(f, dst_root / f.relative_to(src_root).with_suffix(".wav")) for f in files]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        done = list(tqdm(pool.map(lambda p: _convert_one(*p), pairs), total=len(pairs), desc="vox2 m4a->wav",
+        done = list(progress_bar(pool.map(lambda p: _convert_one(*p), pairs), total=len(pairs), desc="vox2 m4a->wav",
                          unit=" files", disable=not progress))
     items = []
     for _, dst in pairs:
