@@ -1,4 +1,6 @@
 import json
+import re
+from pathlib import Path
 
 from click.testing import CliRunner
 
@@ -50,13 +52,23 @@ def test_run_profile_end_to_end(tmp_path, workspace_env, monkeypatch):
     from repro.workspace import Workspace
 
     first = checksums.compute(Workspace.for_profile(str(prof)))
+    # the run ends with a short summary: seconds per stage, one line per claim check, where the report is
+    summary = res.output[res.output.index("[tinyprof] summary"):].splitlines()
+    for stage in ("corpus", "train", "features", "cka", "probe", "paper", "all"):
+        assert any(re.fullmatch(rf"  {stage} +\d+\.\d", line) for line in summary), (stage, summary)
+    claims = [line.split() for line in summary if re.match(r"  C\d", line)]
+    assert [c[0] for c in claims] == ["C1", "C2a", "C2b", "C3a", "C3b", "C3c", "C4a", "C4b"]
+    assert {c[1] for c in claims} <= {"PASS", "FAIL", "NOT-RUN"}
+    report = Path(summary[-1].removeprefix("  report: "))
+    assert summary[-1].startswith("  report: ") and report.is_file() and report.name == "REPORT.md"
     assert {"figures/table-1.csv", "figures/figure-3.pdf", "corpus/manifests/KS.jsonl",
             "results/cka/tiny-hubert__tiny-ecapa-sup.json"} <= set(first)
     # the whole pipeline again in other folders: every output byte-identical
     for var, sub in (("REPRO_WORK", "work2"), ("REPRO_RESULTS", "results2"), ("REPRO_FIGURES", "figures2")):
         monkeypatch.setenv(var, str(tmp_path / sub))
-    res = runner.invoke(main, ["run", "--profile", str(prof), "--quiet"])
+    res = runner.invoke(main, ["run", "--profile", str(prof)])  # with progress, into a stream that is no terminal
     assert res.exit_code == 0, res.output
+    assert "\r" not in res.output  # progress comes as whole lines (repro.util.progress)
     assert checksums.compute(Workspace.for_profile(str(prof))) == first
     for var, sub in (("REPRO_WORK", "work"), ("REPRO_RESULTS", "results"), ("REPRO_FIGURES", "figures")):
         monkeypatch.setenv(var, str(workspace_env / sub))
