@@ -130,3 +130,38 @@ def test_the_cli_check_itself_catches_a_wrong_command():
 def test_no_homebrew(page):
     """requirements.lock holds Linux x86-64 wheels: other systems go through the Docker image."""
     assert not re.search(r"\bbrew\b", page.read_text())
+
+
+def test_performance_page_is_what_bench_report_writes(monkeypatch):
+    """docs/PERFORMANCE.md is generated: `repro bench report` on the committed records gives it unchanged."""
+    from repro.bench.report import render
+
+    monkeypatch.chdir(ROOT)
+    assert render(Path("artifacts/bench")) == (ROOT / "docs" / "PERFORMANCE.md").read_text(), \
+        "docs/PERFORMANCE.md is stale: run `repro bench report`"
+
+
+def test_readme_numbers_are_the_records_rounded():
+    """The README states measured and projected numbers only as the records in artifacts/bench/ give them."""
+    import json
+
+    from repro.bench.fresh_machine import load
+
+    text = " ".join(README.read_text().split())
+    fresh = load(ROOT / "artifacts" / "bench" / "fresh_machine.json")
+    assert f"`make demo` takes about {round(fresh['demo']['wall_seconds'] / 60)} minutes" in text
+    assert f"about {round(fresh['demo']['venv_seconds'] / 60)} of them build `.venv`" in text
+    assert f"`make test` about {round(fresh['test']['wall_seconds'] / 60)} minutes ({fresh['test']['tests']} tests)" \
+        in text
+    disk = fresh["disk_gb"]
+    assert f"about {disk['clone']:.1f} GB: `.venv` {disk['.venv']:.1f} GB, `work/` {disk['work']:.1f} GB" in text
+    projection = json.loads((ROOT / "artifacts" / "bench" / "projection.json").read_text())
+    claims = projection["claims"]
+    rows = [line for line in README.read_text().splitlines() if line.startswith("| ")]
+    for claim, prefix in (("1", "| 1."), ("2", "| 2."), ("3", "| 3."), ("4", "| (secondary)")):
+        row = next(r for r in rows if r.startswith(prefix))
+        hours = f"≈ {round(claims['float32'][claim])} / {round(claims['autocast'][claim])}"
+        assert row.rstrip(" |").endswith(hours), row
+    fast = {mode: sum(v.values()) for mode, v in projection["fast_profile"].items()}
+    row = next(r for r in rows if r.startswith("| first check"))
+    assert f"≈ {round(fast['float32'])} / {round(fast['autocast'], 1)}" in row

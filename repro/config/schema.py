@@ -326,7 +326,7 @@ class SpeakerTrainingConfig:
 
     pipeline_recipes: list[Literal["supervised", "dino"]] = setting(
         [], "recipes the `train` stage trains; real profiles use public stand-ins unless asked "
-        "(`repro train`): DINO on VoxCeleb2 costs about 76 GPU-hours (docs/speaker-models.md)")
+        "(`repro train`): DINO on VoxCeleb2 costs tens of GPU-hours (`repro train --recipe dino --estimate`)")
     train_task: str = setting("VoxCeleb2", "manifests/<task>.jsonl of the training speakers (VoxCeleb2 dev, as "
                               "wespeaker's and speechbrain's recipes)", open=True)
     train_split: str = setting("dev", "the split of train_task used for training")
