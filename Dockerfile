@@ -3,7 +3,7 @@
 # `repro` command as entrypoint.
 #
 #   build:  make docker-build        (= docker build --tag repro:<version> .)
-#   run:    make docker-reproduce PROFILE=fast      (README: "Reviewing on a cloud GPU")
+#   run:    make docker-reproduce PROFILE=fast      (docs/reviewing.md)
 #
 # CUDA: torch 2.9.1 from PyPI brings the CUDA 12.8 runtime, cuDNN 9 and NCCL as nvidia-* wheels
 # (pinned with hashes in requirements.lock), so the base needs only Python. The host needs an

@@ -140,7 +140,7 @@ def test_python_packages_come_from_the_hash_checked_lock(dockerfile, pyproject):
     for requirement in declared:
         name, version = requirement.split("==")
         assert pins.get(canonicalize_name(name), (None,))[0] == version, \
-            f"requirements.lock lacks {requirement}: regenerate it (README, 'Dependencies')"
+            f"requirements.lock lacks {requirement}: regenerate it (docs/reviewing.md, 'Dependencies')"
 
 
 def test_pip_bootstrap_is_the_makefile_pip_with_hashes():
