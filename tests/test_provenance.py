@@ -126,14 +126,14 @@ def closure(p, changed: set[str], names: list[str]) -> set[str]:
     """Every output made (directly or not) from an output in `changed`, by the pipeline's data flow."""
     st = p.speaker_training
     made_by = trained_by(p)
-    reads = {**{r: {f"corpus:{st.train_task}", f"corpus:{st.eval_task}"} for r in SPEAKER_RECIPES},
+    trained_reads = {**{r: {f"corpus:{st.train_task}", f"corpus:{st.eval_task}"} for r in SPEAKER_RECIPES},
              **{r: {f"corpus:{t}" for t in p.ssl_training.train_tasks} for r in SSL_RECIPES}}
     out = set(changed)
     while True:
         grown = set(out)
         for name in names:
             kind, *ids = name.split(":")
-            if kind == "trained" and reads[ids[0]] & out:
+            if kind == "trained" and trained_reads[ids[0]] & out:
                 grown.add(name)
             if kind == "model":
                 recipe = next((r for r, n in made_by.items() if n == ids[0]), None)

@@ -372,6 +372,10 @@ class MaskedPredictionConfig:
     kmeans_n_init: int = setting(20, "fairseq simple_kmeans: MiniBatchKMeans n_init 20")
     kmeans_batch_size: int = setting(10000, "fairseq simple_kmeans: MiniBatchKMeans batch_size 10000")
     kmeans_max_iter: int = setting(100, "fairseq simple_kmeans: max_iter 100")
+    kmeans_standardize: bool = setting(
+        False, "fairseq clusters the raw MFCCs; true: each of the 39 dimensions is scaled to zero mean and unit "
+        "variance over the training frames first (the loudness-like low coefficients then no longer dominate "
+        "the distances)")
     kmeans_max_frames: int = setting(
         0, "frames used to fit k-means (seeded subsample; 0 = all); fairseq fits on a 10% subset", open=True)
     mask_prob: float = setting(0.8, "HuBERT: mask_prob 0.8 (span starts, as in wav2vec 2.0)")

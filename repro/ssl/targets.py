@@ -4,7 +4,8 @@ Each utterance gets 13 MFCCs with deltas and delta-deltas (39-d, torchaudio's Ka
 fairseq's `dump_mfcc_feature.py` settings) at the model's own frames: the window is the CNN's receptive field
 (400 samples = 25 ms) and the shift its stride (320 samples = 20 ms, 50 frames/s), without edge padding, so
 frame `t` of the MFCCs covers exactly the samples of frame `t` of the model. scikit-learn's MiniBatchKMeans
-(fairseq `simple_kmeans` settings, seeded) is fitted on the training utterances only and labels every frame.
+(fairseq `simple_kmeans` settings, seeded) is fitted on the training utterances only (optionally on MFCCs
+standardised with the training frames' statistics) and labels every frame.
 """
 
 from __future__ import annotations
@@ -71,12 +72,13 @@ class KMeansSettings:
     batch_size: int
     max_iter: int
     max_frames: int
+    standardize: bool
     seed: int
 
     @classmethod
     def of(cls, cfg) -> "KMeansSettings":
         return cls(cfg.clusters, cfg.kmeans_n_init, cfg.kmeans_batch_size, cfg.kmeans_max_iter,
-                   cfg.kmeans_max_frames, cfg.seed)
+                   cfg.kmeans_max_frames, cfg.kmeans_standardize, cfg.seed)
 
 
 class Targets:
@@ -117,10 +119,15 @@ def make_targets(train_audio, heldout_audio, grid: FrameGrid, km: KMeansSettings
         raise ConfigError(f"{setting}.clusters is {km.clusters} but the {len(train)} training utterances have only "
                           f"{len(frames)} frames; lower {setting}.clusters or add training audio "
                           "(ssl_training.train_tasks)")
-    model = fit_kmeans(frames, km, setting)
+    mean, scale = np.zeros(frames.shape[1], np.float32), np.ones(frames.shape[1], np.float32)
+    if km.standardize:
+        mean = frames.mean(0, dtype=np.float64).astype(np.float32)
+        scale = np.maximum(frames.std(0, dtype=np.float64), 1e-6).astype(np.float32)
+    model = fit_kmeans((frames - mean) / scale, km, setting)
     out = {}
     for name, feats in (("train", train), ("heldout", held)):
-        labels = [model.predict(f).astype(np.int64) if len(f) else np.zeros(0, np.int64) for f in feats]
+        labels = [model.predict((f - mean) / scale).astype(np.int64) if len(f) else np.zeros(0, np.int64)
+                  for f in feats]
         out[f"{name}_labels"] = np.concatenate(labels) if labels else np.zeros(0, np.int64)
         out[f"{name}_offsets"] = np.concatenate([[0], np.cumsum([len(l) for l in labels])]).astype(np.int64)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ over `warmup_fraction` of the steps and falls linearly to 0. Every draw is a fun
 checkpoint holds the networks and the optimizer, so a resumed run equals an uninterrupted one bit for bit (on
 one device, one thread count).
 
-The held-out utterances (training utterances kept out, never dev or test) give the masked-prediction accuracy
+The held-out utterances (training utterances kept out of training, never dev or test; whole) give the masked-prediction accuracy
 of the untrained and the trained network, beside the majority-cluster rate (the accuracy of always answering
 the most frequent cluster of those frames). A model is published only if its accuracy beats that rate
 (`ssl_training.require_above_majority`); otherwise `failure.json` says why and `SslTrainingFailed` is raised.
@@ -196,18 +196,17 @@ def lr_at(step: int, total: int, peak: float, warmup_fraction: float) -> float:
 @torch.no_grad()
 def heldout_accuracy(model: MaskedPredictor, cfg, audio: P.AudioBank, targets: Targets, grid: FrameGrid,
                      device: torch.device) -> dict[str, float]:
-    """Masked-prediction accuracy over the held-out utterances (each cut to its first `crop_seconds`, masked
-    with seeded spans), and the majority-cluster rate of the same frames."""
-    crop = int(round(cfg.crop_seconds * P.SAMPLE_RATE))
+    """Masked-prediction accuracy over the held-out utterances (each whole, masked with seeded spans), and the
+    majority-cluster rate of the same frames (the accuracy of always answering their most frequent cluster)."""
     was = model.training
     model.eval()
     correct, total, counts = 0, 0, np.zeros(cfg.clusters, np.int64)
     for i in range(len(audio)):
-        wav = audio[i][:crop]
+        wav = audio[i]
         frames = grid.frames(len(wav))
         mask = span_mask((1, frames), cfg.mask_prob, cfg.mask_length, cfg.mask_min_masks,
                          int(np.random.default_rng([cfg.seed, 97, i]).integers(2**32)))
-        lab = targets.labels(i)[:frames]
+        lab = targets.labels(i)
         logits = model(torch.from_numpy(wav[None]).to(device), torch.from_numpy(mask).to(device))
         pred = logits.argmax(-1)[0].cpu().numpy()
         m = mask[0]
