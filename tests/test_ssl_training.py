@@ -189,3 +189,17 @@ def test_cost_estimate_counts_flops_per_step(tiny_corpus, tmp_path):
     e = recipes.estimate(ws, "hubert", 100.0)
     assert e["steps"] == 5 and e["utterances"] == len(T.corpus(ws, "hubert").train)
     assert e["flops_per_step"] > 1e6 and e["total_flops"] == pytest.approx(5 * e["flops_per_step"])
+
+
+def test_the_smoke_profile_pretrains_the_twins_of_the_random_tiny_models():
+    from repro.models.registry import load_registry
+
+    p, reg = load_profile("smoke"), load_registry()
+    assert p.ssl_training.pipeline_recipes == ["hubert", "wavlm"]
+    for recipe, twin in (("hubert", "tiny-hubert"), ("wavlm", "tiny-wavlm")):
+        cfg = getattr(p.ssl_training, recipe)
+        assert cfg.output_name == f"{twin}-mp" and cfg.output_name in p.models.speech_ssl
+        assert twin not in p.models.speech_ssl  # the random twins stay in the registry, for fast tests
+        config = reg[twin].options["config"]
+        assert {k: cfg.arch[k] for k in config} == config  # same class and sizes as the random twin
+    assert p.ssl_training.hubert.mix_prob == 0.0 and p.ssl_training.wavlm.mix_prob == 0.2

@@ -418,8 +418,8 @@ class SslTrainingConfig:
     """Pre-training the speech SSL models by masked prediction (`repro train`, pipeline stage `train`)."""
 
     pipeline_recipes: list[Literal["hubert", "wavlm"]] = setting(
-        [], "recipes the `train` stage runs; real profiles use the public checkpoints (pre-training a Base model "
-        "costs thousands of GPU-hours, `repro train --estimate`)")
+        [], "recipes the `train` stage runs; real profiles use the public checkpoints (one pre-training iteration of "
+        "a Base model: about 470 GPU-hours at 30 TFLOP/s, `repro train --estimate`)")
     train_tasks: list[str] = setting(
         ["PR"], "manifests whose training utterances (never dev or test) are the pre-training audio (the real PR training set, "
         "LibriSpeech; the paper's models saw LibriSpeech 960 h or more)", open=True)
