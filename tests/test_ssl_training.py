@@ -203,3 +203,16 @@ def test_the_smoke_profile_pretrains_the_twins_of_the_random_tiny_models():
         config = reg[twin].options["config"]
         assert {k: cfg.arch[k] for k in config} == config  # same class and sizes as the random twin
     assert p.ssl_training.hubert.mix_prob == 0.0 and p.ssl_training.wavlm.mix_prob == 0.2
+
+
+def test_the_train_stage_runs_the_profiles_ssl_recipes(tiny_corpus, tmp_path):
+    from repro.pipeline import stage_train
+
+    ws = make_ws(tmp_path, tiny_corpus)
+    prof = tmp_path / "ssl.yaml"
+    prof.write_text(prof.read_text().replace("  device: cpu\n", "  device: cpu\n  pipeline_recipes: [hubert]\n", 1))
+    ws = Workspace(load_profile(prof), ws.work_root, ws.results_root, ws.figures_root)
+    assert ws.profile.ssl_training.pipeline_recipes == ["hubert"]
+    [info] = stage_train(ws, progress=False)
+    assert info["name"] == "tiny-hubert-mp" and (ws.models_dir / "tiny-hubert-mp" / "config.json").is_file()
+    assert stage_train(ws, progress=False) == [info]  # kept: the same settings and data
