@@ -309,6 +309,12 @@ def train(recipe: str, profile: str, force: bool, estimate: bool, tflops: float,
     ws = Workspace.for_profile(profile)
     if estimate:
         e = recipes.estimate(ws, recipe, tflops, utterances)
+        if "passes" in e:  # a speech SSL recipe: steps over random crops
+            click.echo(f"{recipe}: {e['steps']} steps of {e['batch_size']} crops of up to {e['crop_seconds']:g} s "
+                       f"({e['passes']:.1f} passes over {e['utterances']} utterances); {e['flops_per_step']:.3g} "
+                       f"FLOP/step (counted) -> {e['total_flops']:.3g} FLOP; at {tflops:g} TFLOP/s sustained per "
+                       f"GPU: {e['gpu_hours']:.1f} GPU-hours")
+            return
         click.echo(f"{recipe}: {e['epochs']} epochs x {e['steps'] // e['epochs']} steps (batch {e['batch_size']}, "
                    f"{e['utterances']} utterances) = {e['steps']} steps; {e['flops_per_step']:.3g} FLOP/step "
                    f"(counted) -> {e['total_flops']:.3g} FLOP; at {tflops:g} TFLOP/s sustained per GPU: "

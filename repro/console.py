@@ -20,6 +20,12 @@ def _corpus(o, ws) -> list[str]:
 
 
 def _train(info: dict, ws) -> list[str]:
+    if "heldout" in info:  # a speech SSL model pre-trained by masked prediction
+        h = info["heldout"]
+        acc = h["masked_accuracy"]
+        return [f"{info['name']} ({info['recipe']}): held-out masked-prediction accuracy "
+                f"{100 * acc['trained']:.1f}% (untrained {100 * acc['untrained']:.1f}%, majority cluster "
+                f"{100 * h['majority_rate']:.1f}%) over {h['masked_frames']} frames -> {ws.models_dir / info['name']}"]
     eer = info["eer"]
     return [f"{info['name']} ({info['recipe']}): EER {100 * eer['trained']:.2f}% (untrained "
             f"{100 * eer['untrained']:.2f}%) on {info['eval']['trials']} trials -> {ws.models_dir / info['name']}"]

@@ -61,9 +61,10 @@ def stage_corpus(ws: Workspace, progress: bool = True, env: DistEnv | None = Non
 
 def stage_train(ws: Workspace, progress: bool = True, env: DistEnv | None = None,
                 force: bool = False) -> list[dict]:
-    """Train the models the profile asks for (`speaker_training.pipeline_recipes`); their model.json."""
+    """Train the models the profile asks for (`speaker_training.pipeline_recipes`, then
+    `ssl_training.pipeline_recipes`); their model.json."""
     out = []
-    for name in ws.profile.speaker_training.pipeline_recipes:
+    for name in [*ws.profile.speaker_training.pipeline_recipes, *ws.profile.ssl_training.pipeline_recipes]:
         info = recipes.train(ws, name, force=force, progress=progress)
         if info is not None:
             out.append(info)

@@ -46,6 +46,8 @@ READS: dict[str, tuple[str, ...]] = {
     "trained_model": ("seed", "speaker_training.{recipe}", "speaker_training.train_task",
                       "speaker_training.train_split", "speaker_training.eval_task", "speaker_training.eval_split",
                       "speaker_training.grad_accumulation", "speaker_training.augment"),
+    # a speech SSL model pre-trained by one of the project's masked-prediction recipes
+    "trained_ssl": ("ssl_training.{recipe}", "ssl_training.train_tasks"),
     # the layers a model exposes (ECAPA-TDNN blocks), how a transformers model computes attention
     "model": ("models.ecapa_layers", "extraction.attention"),
     # every layer of a model over one split of a task (`frames`) or their utterance means (`pooled`)
@@ -75,15 +77,20 @@ RUNTIME: tuple[str, ...] = (
     # whether a finished training run is published, not what it is
     "speaker_training.require_eer_improvement", "speaker_training.collapse_min_embedding_std",
     "speaker_training.collapse_min_teacher_kl",
+    "ssl_training.device", "ssl_training.threads", "ssl_training.log_every", "ssl_training.checkpoint_every",
+    "ssl_training.require_above_majority",
 )
 # Settings that choose which outputs exist, not what any of them holds.
 SELECTION: tuple[str, ...] = (
     "models.speech_ssl", "models.speaker_ssl", "models.speaker_sup", "tasks", "speaker_training.pipeline_recipes",
     "speaker_training.supervised.output_name", "speaker_training.dino.output_name",
+    "ssl_training.pipeline_recipes", "ssl_training.hubert.output_name", "ssl_training.wavlm.output_name",
 )
 ECAPA_LOADERS = ("speechbrain_ecapa", "ecapa_random", "wespeaker_ecapa", "trained_ecapa")
-HF_LOADERS = ("hf", "hf_random")
-TRAINED_LOADERS = {"trained_ecapa": "speaker_training"}
+HF_LOADERS = ("hf", "hf_random", "trained_hf")
+# loaders of the models the project's recipes train, and the profile section of their settings
+TRAINED_LOADERS = {"trained_ecapa": "speaker_training", "trained_hf": "ssl_training"}
+DEFAULT_RECIPE = {"trained_ecapa": "supervised", "trained_hf": "hubert"}
 
 
 @dataclass(frozen=True)
@@ -199,7 +206,14 @@ def corpus_key(profile, task: str) -> str:
 
 @_memoized
 def trained_model_key(profile, recipe: str) -> str:
-    """Settings key of the model a recipe trains (its settings and its training and evaluation data)."""
+    """Settings key of the model a recipe trains (its settings and its training and evaluation data).
+
+    Speaker recipes read `speaker_training`, the speech SSL recipes `ssl_training` (`repro.recipes.section`)."""
+    from repro.recipes import section
+
+    if section(recipe) == "ssl_training":
+        data = {corpus_key(profile, t) for t in profile.ssl_training.train_tasks}
+        return _key("trained_ssl", settings_read(profile, "trained_ssl", recipe=recipe), data, recipe=recipe)
     st = profile.speaker_training
     data = {corpus_key(profile, st.train_task), corpus_key(profile, st.eval_task)}
     return _key("trained_model", settings_read(profile, "trained_model", recipe=recipe), data, recipe=recipe)
@@ -221,7 +235,7 @@ def model_identity(profile, name: str) -> dict[str, Any]:
     if spec.loader in HF_LOADERS:
         ident["attention"] = settings_read(profile, "model")["extraction.attention"]
     if spec.loader in TRAINED_LOADERS:
-        ident["trained"] = trained_model_key(profile, spec.options.get("recipe", "supervised"))
+        ident["trained"] = trained_model_key(profile, spec.options.get("recipe", DEFAULT_RECIPE[spec.loader]))
     return ident
 
 

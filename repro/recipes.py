@@ -2,7 +2,7 @@
 
 A recipe trains a model that the model registry then loads like any checkpoint (a folder under
 `work/<profile>/models/<name>/`). The recipes live in their own packages beside the pipeline
-(`repro.speaker`, and any other package that implements the interface); the pipeline and the
+(`repro.speaker`, `repro.ssl`, and any other package that implements the interface); the pipeline and the
 command line reach them only through `train` and `estimate` here, which import the recipe's
 module by name. So no stage imports a recipe, and a recipe may import any stage.
 
@@ -34,6 +34,8 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("supervised", "speaker", "repro.speaker.train"),
     Recipe("dino", "speaker", "repro.speaker.train"),
+    Recipe("hubert", "speech SSL", "repro.ssl.train"),
+    Recipe("wavlm", "speech SSL", "repro.ssl.train"),
 )}
 
 
@@ -42,6 +44,11 @@ def recipe(name: str) -> Recipe:
     if name not in RECIPES:
         raise ConfigError(f"unknown recipe {name!r}; recipes: {', '.join(RECIPES)}")
     return RECIPES[name]
+
+
+def section(name: str) -> str:
+    """The profile section holding the settings of recipe `name` (`speaker_training` or `ssl_training`)."""
+    return "ssl_training" if recipe(name).trains == "speech SSL" else "speaker_training"
 
 
 def _module(name: str):

@@ -15,7 +15,7 @@ from repro.provenance import asv_idt_key, probe_key
 from repro.util.atomic import atomic_write_json
 from repro.workspace import Workspace
 
-SPEECH, SPK_SSL, SPK_SUP = ["tiny-wavlm", "tiny-hubert"], ["tiny-ecapa-dino"], ["tiny-ecapa-sup"]
+SPEECH, SPK_SSL, SPK_SUP = ["tiny-wavlm-mp", "tiny-hubert-mp"], ["tiny-ecapa-dino"], ["tiny-ecapa-sup"]
 TASKS = ["PR", "KS", "IC", "SID", "ASV", "ER"]
 
 
@@ -79,17 +79,17 @@ def test_missing_results_name_the_files_and_the_target(ws):
         render_output(ws, "figure-1")
     msg = str(err.value)
     assert "figure-1 needs result files" in msg
-    assert str(ws.probe_dir("tiny-wavlm", "PR") / "best.json") in msg
+    assert str(ws.probe_dir("tiny-wavlm-mp", "PR") / "best.json") in msg
     assert "make probe PROFILE=smoke" in msg
 
 
 def test_results_from_another_config_are_refused(ws):
     write_paper_like(ws)
-    path = ws.probe_dir("tiny-wavlm", "KS") / "best.json"
+    path = ws.probe_dir("tiny-wavlm-mp", "KS") / "best.json"
     data = json.loads(path.read_text())
     data["provenance"]["settings"] = "0123456789abcdef"
     path.write_text(json.dumps(data))
-    expected = probe_key(ws.profile, "tiny-wavlm", "KS", None)
+    expected = probe_key(ws.profile, "tiny-wavlm-mp", "KS", None)
     with pytest.raises(ConfigMismatchError, match=f"0123456789abcdef.*{expected}"):
         render_output(ws, "table-1")
 
@@ -105,7 +105,7 @@ def test_tables_and_figures_are_byte_stable(ws, tmp_path):
         for p in render_output(ws, oid):
             assert p.read_bytes() == first[p.name], p.name
     table = (ws.figures / "table-1.md").read_text()
-    assert "| tiny-wavlm | speech SSL | 8.00 | 90.00 |" in table
+    assert "| tiny-wavlm-mp | speech SSL | 8.00 | 90.00 |" in table
     assert b"CreationDate" not in first["figure-1.pdf"]
     assert r"\toprule" in (ws.figures / "table-1.tex").read_text()
 
@@ -135,14 +135,14 @@ def test_claims_without_speaker_ssl_are_not_run(ws):
 def test_reference_comparison(ws, tmp_path):
     refs = tmp_path / "refs.yaml"
     refs.write_text("superb:\n  source: test\n  values:\n"
-                    "    - {model: tiny-wavlm, task: PR, value: 8.5, tolerance: 1.0}\n"
-                    "    - {model: tiny-hubert, task: PR, value: 3.0, tolerance: 1.0}\n"
-                    "    - {model: tiny-hubert, task: KS, value: null}\n"
+                    "    - {model: tiny-wavlm-mp, task: PR, value: 8.5, tolerance: 1.0}\n"
+                    "    - {model: tiny-hubert-mp, task: PR, value: 3.0, tolerance: 1.0}\n"
+                    "    - {model: tiny-hubert-mp, task: KS, value: null}\n"
                     "    - {model: not-in-profile, task: PR, value: 1.0, tolerance: 1.0}\n")
     write_paper_like(ws)
     rows = compare_references(ws, refs)
     assert [(r["model"], r["task"], r["status"]) for r in rows] == [
-        ("tiny-wavlm", "PR", "PASS"), ("tiny-hubert", "PR", "FAIL"), ("tiny-hubert", "KS", "NOT-RUN")]
+        ("tiny-wavlm-mp", "PR", "PASS"), ("tiny-hubert-mp", "PR", "FAIL"), ("tiny-hubert-mp", "KS", "NOT-RUN")]
     assert rows[0]["ours"] == 8.0
 
 

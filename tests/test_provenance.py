@@ -20,6 +20,14 @@ from repro.config.typed import from_dict, to_dict
 from repro.tasks import TASKS, idt_store_kind, task_input
 
 KINDS = ("frames", "pooled")
+SPEAKER_RECIPES, SSL_RECIPES = ("supervised", "dino"), ("hubert", "wavlm")
+RECIPES = SPEAKER_RECIPES + SSL_RECIPES
+
+
+def trained_by(p) -> dict[str, str]:
+    """The model each recipe trains, by recipe."""
+    return {**{r: getattr(p.speaker_training, r).output_name for r in SPEAKER_RECIPES},
+            **{r: getattr(p.ssl_training, r).output_name for r in SSL_RECIPES}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -31,7 +39,7 @@ def outputs(profile) -> dict[str, str]:
     models, tasks = profile.models.all(), list(profile.tasks)
     manifests = tasks + ([profile.cka.task] if profile.cka.task not in tasks else [])
     keys = {f"corpus:{t}": P.corpus_key(profile, t) for t in manifests}
-    keys |= {f"trained:{r}": P.trained_model_key(profile, r) for r in ("supervised", "dino")}
+    keys |= {f"trained:{r}": P.trained_model_key(profile, r) for r in RECIPES}
     keys |= {f"model:{m}": P.model_key(profile, m) for m in models}
     keys |= {f"store:{m}:{t}:{k}": P.store_key(profile, m, t, k) for m in models for t in manifests for k in KINDS}
     for m in models:
@@ -52,7 +60,6 @@ def direct(setting: str, p) -> set[str]:
     """Output patterns that read `setting` themselves (`*` matches one field), for profile `p`."""
     parts = setting.split(".")
     synthetic = p.corpus.kind == "synthetic"
-    trained = {"supervised": p.speaker_training.supervised.output_name, "dino": p.speaker_training.dino.output_name}
     ecapa = [m for m in p.models.all() if P.model_identity(p, m)["loader"] in P.ECAPA_LOADERS]
     head = {"head_dim": [t for t in TASKS if TASKS[t].head != "xvector"],
             "pooled_shortcut": [t for t in TASKS if TASKS[t].mean_pooled], "er_folds": ["ER"],
@@ -99,7 +106,12 @@ def direct(setting: str, p) -> set[str]:
         if parts[1] in ("supervised", "dino"):
             return set() if parts[2] == "output_name" else {f"trained:{parts[1]}"}
         if parts[1] in ("train_task", "train_split", "eval_task", "eval_split", "grad_accumulation", "augment"):
-            return {"trained:*"}
+            return {f"trained:{r}" for r in SPEAKER_RECIPES}
+    if parts[0] == "ssl_training":
+        if parts[1] in SSL_RECIPES:
+            return set() if parts[2] == "output_name" else {f"trained:{parts[1]}"}
+        if parts[1] == "train_tasks":
+            return {f"trained:{r}" for r in SSL_RECIPES}
     if parts[0] == "cka" and parts[1] != "device":
         return {"cka:*:*"}
     return set()
@@ -113,16 +125,18 @@ def _match(pattern: str, name: str) -> bool:
 def closure(p, changed: set[str], names: list[str]) -> set[str]:
     """Every output made (directly or not) from an output in `changed`, by the pipeline's data flow."""
     st = p.speaker_training
-    trained_by = {"supervised": st.supervised.output_name, "dino": st.dino.output_name}
+    made_by = trained_by(p)
+    trained_reads = {**{r: {f"corpus:{st.train_task}", f"corpus:{st.eval_task}"} for r in SPEAKER_RECIPES},
+             **{r: {f"corpus:{t}" for t in p.ssl_training.train_tasks} for r in SSL_RECIPES}}
     out = set(changed)
     while True:
         grown = set(out)
         for name in names:
             kind, *ids = name.split(":")
-            if kind == "trained" and {f"corpus:{st.train_task}", f"corpus:{st.eval_task}"} & out:
+            if kind == "trained" and trained_reads[ids[0]] & out:
                 grown.add(name)
             if kind == "model":
-                recipe = next((r for r, n in trained_by.items() if n == ids[0]), None)
+                recipe = next((r for r, n in made_by.items() if n == ids[0]), None)
                 if recipe and P.model_identity(p, ids[0]).get("trained") and f"trained:{recipe}" in out:
                     grown.add(name)
             if kind == "store" and ({f"corpus:{ids[1]}", f"model:{ids[0]}"} & out):
@@ -236,7 +250,7 @@ def mutations(profile) -> list[tuple[str, Any]]:
 
 def _classified(key: str) -> str | None:
     """Which declaration of `repro.provenance` covers `key` (READS, RUNTIME, SELECTION), or None."""
-    generic = ".".join("{task}" if part in TASKS else "{recipe}" if part in ("supervised", "dino") else part
+    generic = ".".join("{task}" if part in TASKS else "{recipe}" if part in RECIPES else part
                        for part in key.split("."))
     task_reads = {f"probing.{r}" for t in TASKS.values() for r in t.reads} | {f"probing.{r}" for r in P.PROBE_READS}
     data_reads = {r for t in TASKS.values() for r in t.data_reads} | set(P.CKA_DATA_READS)

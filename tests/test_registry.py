@@ -22,6 +22,17 @@ def test_registry_entries_are_valid_and_hub_models_are_pinned():
     for name, spec in reg.items():
         if spec.loader in ("hf", "speechbrain_ecapa"):
             assert spec.revision and len(spec.revision) == 40, name
+    # the random tiny speech SSL models stay beside their pre-trained twins (same classes and sizes)
+    from repro.recipes import RECIPES
+
+    for random_twin, trained in (("tiny-hubert", "tiny-hubert-mp"), ("tiny-wavlm", "tiny-wavlm-mp")):
+        assert reg[random_twin].loader == "hf_random" and reg[trained].loader == "trained_hf"
+        assert reg[trained].family == "speech_ssl" == reg[random_twin].family
+        assert reg[trained].options["recipe"] == reg[random_twin].source
+    for name, spec in reg.items():
+        if spec.loader in ("trained_hf", "trained_ecapa"):
+            assert RECIPES[spec.options["recipe"]].trains == ("speech SSL" if spec.loader == "trained_hf"
+                                                               else "speaker"), name
 
 
 def test_hub_model_without_pin_is_refused(tmp_path, monkeypatch):

@@ -40,7 +40,7 @@ class ModelSpec:
 
     family: Literal["speech_ssl", "speaker_ssl", "speaker_sup"] | None
     loader: Literal["hf", "hf_random", "speechbrain_ecapa", "ecapa_random", "wespeaker_ecapa", "trained_ecapa",
-                    "python"]
+                    "trained_hf", "python"]
     about: str
     source: str | None = None
     revision: str | None = None
@@ -188,6 +188,10 @@ def load_upstream(name: str, models_dir: str | os.PathLike, ecapa_layers: tuple[
 
         return load_trained_ecapa(models_dir, spec.name, spec.options.get("recipe", "supervised"),
                                   ecapa_layers or tuple(spec.options.get("layers", ())) or None)
+    if spec.loader == "trained_hf":
+        from repro.models.trained import load_trained_hf
+
+        return load_trained_hf(models_dir, spec.name, spec.options.get("recipe", "hubert"), attention)
     if spec.loader == "python":
         return _load_python(spec.source)
     raise AssertionError(spec.loader)

@@ -1,9 +1,10 @@
-"""Loading the speaker models our recipes trained (`repro train`) as upstreams.
+"""Loading the models our recipes trained (`repro train`) as upstreams.
 
 A published model folder `<models_dir>/<name>/` holds `model.json` (recipe, architecture,
-front-end, EERs, weights digest) and the weights in the format of the library whose
-network it is: speechbrain's `embedding_model.ckpt` (supervised) or wespeaker's
-`avg_model.pt` layout (DINO).
+front-end, EERs or masked-prediction accuracy, weights digest) and the weights in the format of
+the library whose network it is: speechbrain's `embedding_model.ckpt` (supervised),
+wespeaker's `avg_model.pt` layout (DINO), or transformers' `save_pretrained` folder
+(`model.safetensors`, `config.json`; the masked-prediction recipes), loaded by `from_pretrained`.
 """
 
 from __future__ import annotations
@@ -16,12 +17,8 @@ from repro.models.upstream import ModelUnavailableError, Upstream
 from repro.util.hashing import sha256_file
 
 
-def load_trained_ecapa(models_dir: str | os.PathLike, name: str, recipe: str,
-                       layers: tuple[str, ...] | None = None) -> Upstream:
-    """The trained model `name` (made by `recipe`) from `<models_dir>/<name>/`, frozen.
-
-    Raises ModelUnavailableError naming the command that trains it when it is absent.
-    """
+def _published(models_dir: str | os.PathLike, name: str, recipe: str) -> tuple[Path, dict, Path]:
+    """(folder, model.json content, weights file) of a published model whose weights match their digest."""
     folder = Path(models_dir) / name
     info_path = folder / "model.json"
     if not info_path.is_file():
@@ -35,6 +32,31 @@ def load_trained_ecapa(models_dir: str | os.PathLike, name: str, recipe: str,
     if not weights.is_file() or sha256_file(weights) != info["weights_sha256"]:
         raise ModelUnavailableError(f"{weights}: missing or damaged (digest differs from {info_path}); retrain with "
                                     f"`repro train --recipe {info['recipe']} --force`")
+    return folder, info, weights
+
+
+def load_trained_hf(models_dir: str | os.PathLike, name: str, recipe: str, attention: str = "sdpa") -> Upstream:
+    """The speech SSL model `name` pre-trained by `recipe` (`hubert`, `wavlm`), through `from_pretrained`.
+
+    Raises ModelUnavailableError naming the command that trains it when it is absent or damaged.
+    """
+    from repro.models.hf_ssl import load_hf_ssl
+
+    folder, info, _ = _published(models_dir, name, recipe)
+    if info.get("kind") != "hf_pretrained":
+        raise ModelUnavailableError(f"{folder / 'model.json'}: not a transformers model (kind {info.get('kind')!r}); "
+                                    f"retrain with `repro train --recipe {recipe} --force`")
+    return load_hf_ssl(str(folder), None, None, attention)
+
+
+def load_trained_ecapa(models_dir: str | os.PathLike, name: str, recipe: str,
+                       layers: tuple[str, ...] | None = None) -> Upstream:
+    """The trained model `name` (made by `recipe`) from `<models_dir>/<name>/`, frozen.
+
+    Raises ModelUnavailableError naming the command that trains it when it is absent.
+    """
+    folder, info, weights = _published(models_dir, name, recipe)
+    info_path = folder / "model.json"
     if info["kind"] == "speechbrain_ecapa":
         from repro.models import ecapa
 
