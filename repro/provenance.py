@@ -16,8 +16,10 @@ read (feature-store keys, weight digests, manifest digests). Then
 A complete output is always acceptable, and an output a later stage refuses is never
 skipped by the stage that makes it: both questions are answered from the same declarations.
 
-Settings that never change a result (devices, worker counts, logging, timeouts, where files
-live) are listed in `RUNTIME`; settings that only choose which outputs exist (the model lists,
+Settings that never change a result (devices, worker counts, threads, logging, timeouts, where
+files live) are listed in `RUNTIME`: a device or a thread count may change the last bits of a
+float, never what a result says (docs/reviewing.md states where bytes are identical and where a
+tolerance holds); settings that only choose which outputs exist (the model lists,
 the task list, the learning-rate grid of single-lr results) in `SELECTION`. Every setting of the
 profile schema is in exactly one of `READS`, `RUNTIME` or `SELECTION` (a test checks this).
 """
@@ -71,7 +73,7 @@ READS: dict[str, tuple[str, ...]] = {
 RUNTIME: tuple[str, ...] = (
     "name", "description", "extraction.device", "extraction.num_workers", "probing.device", "probing.max_group",
     "cka.device",
-    "data.root", "data.lock_file", "data.manual_paths", "data.workers", "distributed",
+    "data.root", "data.lock_file", "data.manual_paths", "data.workers", "distributed", "runtime",
     "speaker_training.device", "speaker_training.num_workers", "speaker_training.log_every",
     "speaker_training.checkpoint_every", "speaker_training.eval_every_epochs",
     # whether a finished training run is published, not what it is

@@ -129,17 +129,45 @@ def set_tf32(enabled: bool) -> None:
     torch.backends.cudnn.allow_tf32 = enabled
 
 
+def set_threads(threads: int) -> int:
+    """Set this process's intra-op CPU threads to `threads` (`runtime.threads`; 0 keeps torch's
+    default) and return the count it had before.
+
+    CPU kernels split their reductions by thread, so the thread count decides the float rounding of
+    what they compute. torchrun starts every process with OMP_NUM_THREADS=1 while a plain process
+    takes one thread per core: a count set here, the same for any number of processes, keeps the
+    bytes of every output independent of the launch."""
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 0:
+        raise ConfigError(f"runtime.threads is {threads!r}; give a whole number of threads (at least 1), "
+                          "or 0 for torch's default")
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    return before
+
+
+@contextlib.contextmanager
+def threads_of(profile) -> Iterator[None]:
+    """`runtime.threads` of `profile` for the duration of the block (the previous count after it)."""
+    before = set_threads(profile.runtime.threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @contextlib.contextmanager
 def session(profile) -> Iterator[DistEnv]:
     """The `DistEnv` of a profile's run: under torchrun the process group is joined (NCCL when
     `probing.device` resolves to a GPU, else gloo; `distributed.timeout_minutes`) and left at the end;
-    `extraction.tf32` is applied."""
+    `extraction.tf32` and `runtime.threads` are applied (the thread count is restored at the end)."""
     set_tf32(profile.extraction.tf32)
-    env = setup(profile.probing.device, profile.distributed.timeout_seconds, "probing.device")
-    try:
-        yield env
-    finally:
-        teardown(env)
+    with threads_of(profile):
+        env = setup(profile.probing.device, profile.distributed.timeout_seconds, "probing.device")
+        try:
+            yield env
+        finally:
+            teardown(env)
 
 
 def all_reduce_sum(t: torch.Tensor, env: DistEnv) -> torch.Tensor:

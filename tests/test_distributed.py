@@ -1,8 +1,11 @@
 """torchrun on the CPU (gloo, two processes) gives the single-process results: sharded extraction
-(byte-identical stores), sharded CKA statistics (matrices to 1e-12), probes trained with
-DistributedDataParallel whatever the split of a step's micro-batches (metrics and layer weights to
-rounding); a failed rank fails every rank with a message naming it."""
+(byte-identical stores, although torchrun starts its processes with one thread and the reference
+runs with three: `runtime.threads` decides), sharded CKA statistics (matrices to 1e-12), probes
+trained with DistributedDataParallel whatever the split of a step's micro-batches (metrics and
+layer weights to rounding; ASV, whose x-vector head has BatchNorm, to the byte); another thread
+count changes features within 1e-5; a failed rank fails every rank with a message naming it."""
 
+import dataclasses
 import json
 import os
 import socket
@@ -19,6 +22,7 @@ from repro.config import load_profile
 from repro.data.manifest import load_task
 from repro.runtime import RankFailure
 from repro.pipeline import run as run_pipeline
+from repro.probing.batchnorm import OrderedRunningStats, update_in_order
 from repro.probing.trainer import rank_micro_batches
 from repro.workspace import Workspace
 
@@ -28,7 +32,7 @@ PROFILE = """\
 extends: smoke
 name: ddp
 models: {speech_ssl: [tiny-wavlm, tiny-hubert], speaker_ssl: [], speaker_sup: []}
-tasks: [KS, SID, PR]
+tasks: [KS, SID, PR, ASV]
 extraction: {device: cpu, max_batch_seconds: 8}
 probing:
   device: cpu
@@ -36,6 +40,7 @@ probing:
     KS: {steps: 12, batch_size: 8, grad_accum: 1, lr_grid: [0.01, 0.003], eval_every: 6, input: pooled}
     SID: {steps: 12, batch_size: 8, grad_accum: 2, lr_grid: [0.01, 0.003], eval_every: 6, input: pooled}
     PR: {steps: 12, batch_size: 4, grad_accum: 3, lr_grid: [0.01, 0.003], eval_every: 6}
+    ASV: {steps: 12, batch_size: 4, grad_accum: 2, lr_grid: [0.01, 0.003], eval_every: 6}
 cka: {task: PR, split: test, max_frames: 0, batch_frames: 200, bootstrap: {blocks: 4, resamples: 20}, device: cpu}
 speaker_training: {pipeline_recipes: []}
 """
@@ -51,20 +56,23 @@ def _workspace(root: Path, profile_path: Path, corpus: Path) -> Workspace:
 
 @pytest.fixture(scope="module")
 def runs(tiny_corpus, tmp_path_factory):
-    """The same profile run by one process and by `torchrun --nproc_per_node 2` (gloo)."""
+    """The same profile run by one process (with 3 intra-op threads) and by `torchrun --nproc_per_node 2`
+    (gloo; torchrun gives each process OMP_NUM_THREADS=1): `runtime.threads` (2) applies to both."""
     root = tmp_path_factory.mktemp("ddp")
     prof = root / "ddp.yaml"
     prof.write_text(PROFILE)
     one = _workspace(root / "one", prof, tiny_corpus)
     two = _workspace(root / "two", prof, tiny_corpus)
     env = {**os.environ, "REPRO_WORK": str(two.work_root), "REPRO_RESULTS": str(two.results_root),
-           "REPRO_FIGURES": str(two.figures_root), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+           "REPRO_FIGURES": str(two.figures_root), "PYTHONPATH": str(ROOT)}
+    env.pop("OMP_NUM_THREADS", None)  # as a user launches it: torchrun sets 1
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "repro",
            "run", "--profile", str(prof), "--quiet", *[a for s in STAGES for a in ("--stage", s)]]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    torch.set_num_threads(1)
+    torch.set_num_threads(3)
     run_pipeline(one, STAGES, progress=False)  # meanwhile, the single-process reference
-    out, _ = proc.communicate(timeout=600)
+    assert torch.get_num_threads() == 3  # the run's thread count was for the run only
+    out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out[-4000:]
     return one, two
 
@@ -107,8 +115,41 @@ def test_ddp_probes_equal_the_single_process_probes(runs):
             assert np.allclose(x["layer_weights"], y["layer_weights"], rtol=0, atol=1e-5)
             for series in ("train_loss", "grad_norm"):  # the gradient's scale, which Adam and clipping hide
                 assert np.allclose(x["runs"][0]["curve"][series], y["runs"][0]["curve"][series], rtol=5e-5), series
+            if task != "PR":  # each rank computes at most one micro-batch of a step: the same bytes
+                assert (one.results / "probing" / model / task / f"{tag}.json").read_bytes() == \
+                    (two.results / "probing" / model / task / f"{tag}.json").read_bytes()
             timing = json.loads((two.results / "probing" / model / task / f"{tag}.timing.json").read_text())
             assert timing["ranks"] == 2 and timing["group"] == [0.01, 0.003]
+
+
+def test_ddp_asv_writes_the_single_process_result_files(runs):
+    one, two = runs
+    for model in ("tiny-wavlm", "tiny-hubert"):
+        a = {p.name: p.read_bytes() for p in sorted(one.probe_dir(model, "ASV").glob("*.json"))
+             if not p.name.endswith(".timing.json")}
+        b = {p.name: p.read_bytes() for p in sorted(two.probe_dir(model, "ASV").glob("*.json"))
+             if not p.name.endswith(".timing.json")}
+        assert {"lr-1e-02.json", "lr-3e-03.json", "best.json"} <= set(a) and sorted(a) == sorted(b)
+        for name in a:
+            assert a[name] == b[name], (model, name)
+
+
+def test_a_session_runs_with_the_profile_thread_count_and_restores_it():
+    from repro.errors import ConfigError
+    from repro.runtime import session
+
+    base = load_profile("smoke")
+    torch.set_num_threads(3)
+    for threads, inside in ((1, 1), (2, 2), (0, 3)):  # 0: torch's count as it was
+        profile = dataclasses.replace(base, runtime=dataclasses.replace(base.runtime, threads=threads))
+        with session(profile):
+            assert torch.get_num_threads() == inside
+        assert torch.get_num_threads() == 3
+    bad = dataclasses.replace(base, runtime=dataclasses.replace(base.runtime, threads=-1))
+    with pytest.raises(ConfigError, match="runtime.threads"):
+        with session(bad):
+            pass
+    assert load_profile("smoke").runtime.threads == load_profile("full").runtime.threads == 2
 
 
 def test_every_micro_batch_of_a_step_goes_to_exactly_one_rank():
@@ -161,3 +202,89 @@ def test_a_failing_rank_fails_every_rank_with_its_name_and_error(tiny_corpus, tm
     marker = json.loads((tmp_path / "store.shards" / "rank-001-of-002.failed").read_text())
     assert "2 channels" in marker["message"]
     assert (tmp_path / "store.shards" / "rank-000-of-002.done").is_file() and not (tmp_path / "store").exists()
+
+
+def _bn_net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv1d(4, 6, 3), torch.nn.BatchNorm1d(6), torch.nn.ReLU(),
+                               torch.nn.BatchNorm1d(6, momentum=None))  # exponential and cumulative averages
+
+
+def _bn_inputs(steps: int, accum: int) -> list[list[torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    return [[torch.randn(3, 4, 10 + a, generator=g) * (1 + a) + a for a in range(accum)] for _ in range(steps)]
+
+
+def _bn_steps(net: torch.nn.Module, steps, mine: list[int], env=None) -> dict[str, torch.Tensor]:
+    net.train()
+    with OrderedRunningStats(net) as running:
+        for micro in steps:
+            for a in mine:
+                if a >= 0:
+                    net(micro[a])
+            update_in_order([running], mine, len(micro), env)
+    return {k: v.clone() for k, v in net.state_dict().items()}
+
+
+def test_batchnorm_running_statistics_in_micro_batch_order_are_those_of_pytorch():
+    """One process: the recorded updates give what BatchNorm's own forwards give, to float rounding."""
+    steps = _bn_inputs(4, 3)
+    ours = _bn_steps(_bn_net(), steps, [0, 1, 2])
+    ref = _bn_net().train()
+    for micro in steps:
+        for x in micro:
+            ref(x)
+    for key, value in ref.state_dict().items():
+        assert torch.allclose(ours[key].double(), value.double(), rtol=1e-6, atol=1e-7), key
+    assert int(ours["1.num_batches_tracked"]) == 12 and int(ours["3.num_batches_tracked"]) == 12
+    assert not torch.equal(ours["1.running_mean"], _bn_net().state_dict()["1.running_mean"])
+
+
+def _bn_rank(rank: int, port: int, folder: str, accum: int) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from repro.runtime import setup, teardown
+
+    env = setup("cpu", timeout_s=60)
+    state = _bn_steps(_bn_net(), _bn_inputs(4, accum), rank_micro_batches(accum, 2, rank), env)
+    torch.save(state, Path(folder) / f"rank{rank}-accum{accum}.pt")
+    teardown(env)
+
+
+@pytest.mark.parametrize("accum", [1, 2, 3])
+def test_batchnorm_running_statistics_under_two_ranks_are_the_single_process_bytes(tmp_path, accum):
+    """G = 1 (rank 1 has no micro-batch), 2 (one each), 3 (two and one): every rank ends with the
+    running statistics of one process, to the byte."""
+    torch.set_num_threads(1)
+    single = _bn_steps(_bn_net(), _bn_inputs(4, accum), list(range(accum)))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_bn_rank, args=(port, str(tmp_path), accum), nprocs=2)
+    for rank in (0, 1):
+        state = torch.load(tmp_path / f"rank{rank}-accum{accum}.pt")
+        for key, value in single.items():
+            assert torch.equal(state[key], value), (rank, key)
+
+
+def test_feature_stores_at_other_thread_counts_agree_within_the_stated_tolerance(tiny_corpus, tmp_path):
+    """Another `runtime.threads` changes the rounding only: stores within 1e-5 (measured: 2.1e-6)."""
+    from repro.features.stage import extract_model
+    from repro.runtime import threads_of
+
+    base = dataclasses.replace(load_profile("smoke"), tasks=["PR"])
+    stores = {}
+    for threads in (1, 2):
+        prof = dataclasses.replace(base, runtime=dataclasses.replace(base.runtime, threads=threads))
+        root = tmp_path / f"t{threads}"
+        ws = Workspace(prof, root / "work", root / "results", root / "figures")
+        ws.work.mkdir(parents=True)
+        (ws.work / "corpus").symlink_to(tiny_corpus)
+        with threads_of(prof):
+            extract_model(ws, "tiny-wavlm", progress=False)
+        stores[threads] = {str(p.relative_to(ws.features_dir)): p for p in sorted(ws.features_dir.rglob("*.bin"))}
+    assert sorted(stores[1]) == sorted(stores[2]) and len(stores[1]) >= 13
+    for name, path in stores[1].items():
+        x, y = np.fromfile(path, np.float32), np.fromfile(stores[2][name], np.float32)
+        assert x.shape == y.shape and np.allclose(x, y, rtol=1e-5, atol=1e-5), name

@@ -497,6 +497,18 @@ class DistributedConfig:
 
 
 @dataclass(frozen=True)
+class RuntimeConfig:
+    """How every process of a run computes, whatever its stage and however it was launched."""
+
+    threads: int = setting(
+        2, "intra-op CPU threads of every process (torch.set_num_threads, applied by every stage): a fixed count "
+        "gives the same float reduction order, so the same bytes, for one process and under torchrun (which sets "
+        "OMP_NUM_THREADS=1) and on any number of cores; 2 is the count the recorded smoke checksums were made with; "
+        "0 leaves torch's default (the cores, or OMP_NUM_THREADS), with outputs that then follow the launcher in "
+        "their last bits")
+
+
+@dataclass(frozen=True)
 class ProfileConfig:
     """A complete profile: corpus, models, and the settings of every stage."""
 
@@ -518,6 +530,7 @@ class ProfileConfig:
     ssl_training: SslTrainingConfig = field(default_factory=SslTrainingConfig)
     cka: CKAConfig = field(default_factory=CKAConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
 def iter_settings(obj: Any, prefix: str = ""):

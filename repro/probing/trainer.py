@@ -20,14 +20,16 @@ G / W each when W divides G, otherwise some ranks one more, and none for ranks b
 loss is divided by G, and one all-reduce per step sums the gradients of every probe of the
 group over the ranks (all probes' gradients in one flat tensor), which gives the
 single-process gradient (sum over all micro-batches / G) whatever the split. Every rank
-evaluates, selects and keeps the same best state; rank 0 writes the checkpoints. Buffers
-(the running statistics of the ASV x-vector head's BatchNorm) follow rank 0: they are
-broadcast from it after every step, so ASV across ranks matches a single process
-statistically, not to rounding.
+evaluates, selects and keeps the same best state; rank 0 writes the checkpoints. The running
+statistics of BatchNorm layers (the ASV x-vector head's) are updated after each step from every
+micro-batch's batch statistics, gathered over the ranks and applied in micro-batch order
+(`repro.probing.batchnorm`), with the same arithmetic at any number of ranks: the same bytes
+as one process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +42,7 @@ from torch import Tensor, nn
 from repro.config.schema import TaskBudget
 from repro.data.manifest import Trial, Utterance
 from repro.metrics import cosine_scores, equal_error_rate
+from repro.probing.batchnorm import OrderedRunningStats, update_in_order
 from repro.probing.sources import micro_batch
 from repro.probing.tasks import Task
 from repro.runtime import all_reduce_sum, broadcast_from_rank_zero
@@ -171,50 +174,53 @@ def train_group(
     bar = progress_bar(total=budget.steps, initial=first, desc=f"probe {task.name} lr={lrs}", unit="step",
                disable=not progress or rank != 0, leave=False)
     n = len(train.utts)
-    for step in range(first, budget.steps):
-        active = [p for p in probes if p.state["step"] == step]  # a probe resumed further waits
-        if not active:
-            bar.update(1)
-            continue
-        for p in active:
-            p.model.train()
-            p.optimizer.zero_grad(set_to_none=True)
-        totals = torch.zeros(len(active), dtype=torch.float64)
-        for ahead in range(step, min(step + 2, budget.steps)):  # decode this and the next step's audio meanwhile
-            for a in mine:
-                k = ahead * budget.grad_accum + (a if a >= 0 else rank % budget.grad_accum)
-                _prefetch(train.source, micro_batch(n, budget.batch_size, seed, k), ahead)
-        for a in mine:  # this rank's micro-batches of the step (none: -1)
-            if a < 0:
+    with contextlib.ExitStack() as stack:  # BatchNorm running statistics: updated in micro-batch order
+        running = {id(p): stack.enter_context(OrderedRunningStats(p.model)) for p in probes}
+        for step in range(first, budget.steps):
+            active = [p for p in probes if p.state["step"] == step]  # a probe resumed further waits
+            if not active:
+                bar.update(1)
                 continue
-            idx = micro_batch(n, budget.batch_size, seed, step * budget.grad_accum + a)
-            layers, lengths = _to(train.source.batch(idx, step), device)  # one forward for every probe
-            targets = _to(task.collate([train.targets[i] for i in idx]), device)
+            for p in active:
+                p.model.train()
+                p.optimizer.zero_grad(set_to_none=True)
+            totals = torch.zeros(len(active), dtype=torch.float64)
+            for ahead in range(step, min(step + 2, budget.steps)):  # decode this and the next step's audio
+                for a in mine:
+                    k = ahead * budget.grad_accum + (a if a >= 0 else rank % budget.grad_accum)
+                    _prefetch(train.source, micro_batch(n, budget.batch_size, seed, k), ahead)
+            for a in mine:  # this rank's micro-batches of the step (none: -1)
+                if a < 0:
+                    continue
+                idx = micro_batch(n, budget.batch_size, seed, step * budget.grad_accum + a)
+                layers, lengths = _to(train.source.batch(idx, step), device)  # one forward for every probe
+                targets = _to(task.collate([train.targets[i] for i in idx]), device)
+                for i, p in enumerate(active):
+                    loss = task.loss(p.model.head, p.model(layers, lengths), targets, lengths) / budget.grad_accum
+                    loss.backward()
+                    totals[i] += float(loss.detach())
+            if world > 1:
+                all_reduce_sum(totals, env)
+                _all_reduce_gradients(active, env)
             for i, p in enumerate(active):
-                loss = task.loss(p.model.head, p.model(layers, lengths), targets, lengths) / budget.grad_accum
-                loss.backward()
-                totals[i] += float(loss.detach())
-        if world > 1:
-            all_reduce_sum(totals, env)
-            _all_reduce_gradients(active, env)
-        for i, p in enumerate(active):
-            norm = torch.nn.utils.clip_grad_norm_(p.params, budget.grad_clip)
-            p.optimizer.step()
-            window = p.state["window"]
-            p.state["step"] = step + 1
-            window[0] += float(totals[i])
-            window[1] += 1
-            window[2] += float(norm)
-        if world > 1:
-            _broadcast_buffers(active, env)
-        bar.update(1)
-        if (step + 1) % budget.eval_every == 0 or step + 1 == budget.steps:
-            metrics = evaluate(task, [p.model for p in active], dev, budget.batch_size, device)
-            for p, metric in zip(active, metrics):
-                _record_evaluation(task, p, metric, rank)
-            bar.set_postfix({task.metric: " ".join(f"{m:.4f}" for m in metrics)})
-            if on_eval is not None:
-                on_eval(step + 1)
+                norm = torch.nn.utils.clip_grad_norm_(p.params, budget.grad_clip)
+                p.optimizer.step()
+                window = p.state["window"]
+                p.state["step"] = step + 1
+                window[0] += float(totals[i])
+                window[1] += 1
+                window[2] += float(norm)
+            update_in_order([running[id(p)] for p in active], mine, budget.grad_accum, env if world > 1 else None)
+            if world > 1:
+                _broadcast_buffers(active, env, running)
+            bar.update(1)
+            if (step + 1) % budget.eval_every == 0 or step + 1 == budget.steps:
+                metrics = evaluate(task, [p.model for p in active], dev, budget.batch_size, device)
+                for p, metric in zip(active, metrics):
+                    _record_evaluation(task, p, metric, rank)
+                bar.set_postfix({task.metric: " ".join(f"{m:.4f}" for m in metrics)})
+                if on_eval is not None:
+                    on_eval(step + 1)
     bar.close()
     return [{"best": p.state["best"], "best_step": p.state["best_step"], "best_state": p.state["best_state"],
              "curve": p.state["curve"]} for p in probes]
@@ -250,9 +256,12 @@ def _all_reduce_gradients(probes: Sequence[Probe], env: Any) -> None:
         offset += q.numel()
 
 
-def _broadcast_buffers(probes: Sequence[Probe], env: Any) -> None:
-    """Give every rank rank 0's buffers of `probes` (BatchNorm running statistics), in one collective."""
-    buffers = [b for p in probes for b in p.model.buffers() if b.is_floating_point()]
+def _broadcast_buffers(probes: Sequence[Probe], env: Any, running: dict) -> None:
+    """Give every rank rank 0's floating-point buffers of `probes` other than the BatchNorm running
+    statistics (which `update_in_order` keeps equal on every rank), in one collective."""
+    ordered = {id(b) for p in probes for layer in running[id(p)].layers
+               for b in (layer.running_mean, layer.running_var)}
+    buffers = [b for p in probes for b in p.model.buffers() if b.is_floating_point() and id(b) not in ordered]
     if not buffers:
         return
     flat = torch.cat([b.reshape(-1) for b in buffers])
