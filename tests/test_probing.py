@@ -135,7 +135,7 @@ def ecapa_ws(tmp_path_factory, smoke_corpus):
 def constant_transcript_per(ws) -> float:
     """PR's chance level: the lowest test PER of one transcript for every utterance, the k most
     frequent training phones (k = 1..10). An empty transcript scores 1; random ECAPA features
-    on the smoke corpus score about 0.88 after 300 steps, this baseline about 0.93."""
+    on the smoke corpus: this baseline is about 0.87."""
     train = load_task(ws.corpus_dir, "PR", "train")
     refs = [u.label for u in load_task(ws.corpus_dir, "PR", "test")]
     top = [p for p, _ in Counter(p for u in train for p in u.label).most_common(10)]
@@ -150,8 +150,11 @@ def test_each_probe_beats_chance_with_a_tiny_model(ecapa_ws):
         r = run_probe(ws, "rand-ecapa", task, 0.01, progress=False).result
         assert r["test"] > margin * chance[task], (task, r["test"])
         assert r["projected"] and abs(sum(r["contributions"]) - 1) < 1e-6
-    pr = run_probe(ws, "rand-ecapa", "PR", 0.01, progress=False).result
-    assert pr["test"] < constant_transcript_per(ws), pr["test"]
+    # CTC leaves the constant-transcript regime within 300 steps at lr 0.03 (test PER measured on
+    # the smoke corpus: 0.88 at lr 0.01, 0.62 at 0.03, 0.94 at 0.1; the baseline 0.87), as the
+    # sweep over the grid would select it.
+    pr = run_probe(ws, "rand-ecapa", "PR", 0.03, progress=False).result
+    assert pr["test"] < constant_transcript_per(ws) - 0.1, pr["test"]
     asv = run_probe(ws, "rand-ecapa", "ASV", 0.01, progress=False).result
     assert asv["test"] < 0.4  # chance is 0.5
     idt = run_asv_idt(ws, "rand-ecapa").result
