@@ -134,8 +134,8 @@ def ecapa_ws(tmp_path_factory, smoke_corpus):
 
 def constant_transcript_per(ws) -> float:
     """PR's chance level: the lowest test PER of one transcript for every utterance, the k most
-    frequent training phones (k = 1..10). An empty transcript scores 1; random ECAPA features
-    on the smoke corpus: this baseline is about 0.87."""
+    frequent training phones (k = 1..10). An empty transcript scores 1; on the smoke corpus
+    this baseline is about 0.87."""
     train = load_task(ws.corpus_dir, "PR", "train")
     refs = [u.label for u in load_task(ws.corpus_dir, "PR", "test")]
     top = [p for p, _ in Counter(p for u in train for p in u.label).most_common(10)]
