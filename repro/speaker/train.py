@@ -24,7 +24,7 @@ from repro.config.typed import to_dict
 from repro.data.manifest import manifest_path, trials_path
 from repro.errors import ConfigError, ReproError
 from repro.provenance import trained_model_key
-from repro.runtime import DistEnv, barrier, setup, teardown
+from repro.runtime import DistEnv, barrier, setup, teardown, writer_lock
 from repro.speaker import data as D
 from repro.speaker.augment import Augmenter, NoiseBank, RirBank
 from repro.speaker.evaluate import TrialSet, collapse_report, embed, trial_eer
@@ -105,8 +105,12 @@ def train_speaker(ws: Workspace, recipe: str, *, force: bool = False, progress: 
             print(f"{rcfg.output_name}: trained model with these settings exists ({ws.models_dir / rcfg.output_name})")
         return info
     env = setup(cfg.device, setting="speaker_training.device")
+    out = ws.models_dir / rcfg.output_name
     try:
-        return _train(ws, recipe, rcfg, env, progress, stop_after_step)
+        with writer_lock(env, ws.lock_file(out), f"trained model {out}", ws.profile.distributed.timeout_seconds):
+            if not force and (info := published(ws, recipe)) is not None:  # another run trained it meanwhile
+                return info
+            return _train(ws, recipe, rcfg, env, progress, stop_after_step)
     finally:
         teardown(env)
 
