@@ -110,15 +110,18 @@ def data_fetch(names: tuple[str, ...], profile: str, dry_run: bool, delete_archi
 
 
 @data.command("verify")
-@click.argument("name")
-@click.option("--path", type=click.Path(path_type=Path), help="the corpus folder (manual corpora) or data root")
+@click.argument("name", required=False)
+@click.option("--path", type=click.Path(path_type=Path),
+              help="with NAME: the corpus folder (manual corpora) or data root; without: a corpus folder with manifests/")
 @PROFILE
 @click.option("--deep", is_flag=True, help="also re-hash the downloaded archives")
-def data_verify(name: str, path: Path | None, profile: str, deep: bool) -> None:
-    """Check a corpus on disk; for a user-provided one, say where to get it and what is missing."""
-    from repro.data.commands import run_verify
+def data_verify(name: str | None, path: Path | None, profile: str, deep: bool) -> None:
+    """Check a corpus on disk. NAME: a catalogue corpus (downloads, or where to get a user-provided one).
+    Without NAME: every audio file of the profile's corpus folder (or --path) against its manifests' sha256,
+    listing the missing and damaged ones (synthetic and prepared corpora alike)."""
+    from repro.data.commands import run_verify, run_verify_manifests
 
-    if not run_verify(name, path, profile, deep):
+    if not (run_verify(name, path, profile, deep) if name else run_verify_manifests(path, profile)):
         sys.exit(1)
 
 

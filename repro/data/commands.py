@@ -56,6 +56,19 @@ def run_verify(name: str, path: Path | None, profile: str, deep: bool) -> bool:
     return rep.ok
 
 
+def run_verify_manifests(path: Path | None, profile: str) -> bool:
+    """Every audio file of a corpus folder (default: the profile's) against its manifests' sha256;
+    prints the missing and damaged ones and a summary; True when all match."""
+    from repro.data.integrity import check_corpus
+    from repro.workspace import Workspace
+
+    folder = path if path is not None else Workspace.for_profile(profile).corpus_dir
+    report = check_corpus(folder)
+    for line in report.lines():
+        click.echo(line)
+    return report.ok
+
+
 def run_list() -> None:
     catalog = load_catalog()
     for name, c in catalog.corpora.items():
