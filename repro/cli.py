@@ -14,14 +14,22 @@ from repro.errors import ReproError
 
 
 class _Group(click.Group):
-    """Prints every `ReproError` (an error the user can fix) as one line and exits with status 2;
-    any other exception is a bug and keeps its traceback."""
+    """Prints every `ReproError` (an error the user can fix) as one line and exits with status 2,
+    and so the operating system's refusals a user fixes (full disk, read-only folder: see
+    `repro.util.atomic.os_error`); any other exception is a bug and keeps its traceback."""
 
     def invoke(self, ctx):
+        from repro.util.atomic import is_user_os_error, os_error
+
         try:
             return super().invoke(ctx)
         except ReproError as err:
             click.echo(f"error: {' '.join(str(err).split()) if chr(10) not in str(err) else err}", err=True)
+            sys.exit(2)
+        except OSError as err:  # a full disk, a read-only folder...: the user's to fix, not a bug
+            if not is_user_os_error(err):
+                raise
+            click.echo(f"error: {os_error(err)}", err=True)
             sys.exit(2)
 
 

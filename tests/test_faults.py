@@ -116,3 +116,158 @@ def test_a_held_lock_past_the_timeout_is_one_line(faultprof, workspace_env):
     assert lines[-1].startswith("error: feature store ") and "another run still writes it after 1 s (pid " in lines[-1]
     assert "Traceback" not in out
     assert "dev" not in _stores(workspace_env)  # nothing was written in the holder's place
+
+
+# --- inputs that drift -----------------------------------------------------------------------------
+
+def _flip_audio_byte(path: Path) -> None:
+    """One byte of the samples changed (the WAV stays valid: same header, same length)."""
+    data = bytearray(path.read_bytes())
+    data[-101] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_audio_edited_after_its_manifest_is_refused_and_listed(faultprof, workspace_env, monkeypatch):
+    from repro.data.manifest import load_task
+    from repro.paper import checksums
+    from repro.workspace import Workspace
+
+    ws = Workspace.for_profile(str(faultprof))
+    runner = CliRunner()
+    monkeypatch.setattr(checksums, "RECORD_DIR", workspace_env / "record")
+    assert runner.invoke(main, ["paper", "verify", "--profile", str(faultprof), "--record"]).exit_code == 0
+    res = runner.invoke(main, ["data", "verify", "--profile", str(faultprof)])
+    assert res.exit_code == 0 and "all match" in res.output, res.output
+
+    victim = ws.corpus_dir / load_task(ws.corpus_dir, "KS", "dev")[0].path
+    _flip_audio_byte(victim)
+    res = runner.invoke(main, ["extract", "--profile", str(faultprof), "--quiet"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    error = res.output.strip().splitlines()[-1]
+    assert error.startswith(f"error: {victim}: changed after its manifest recorded it (sha256 ")
+    assert f"`repro data verify --path {ws.corpus_dir}` lists every such file" in error
+
+    res = runner.invoke(main, ["data", "verify", "--profile", str(faultprof)])
+    assert res.exit_code == 1
+    assert f"damaged  {victim}: sha256 differs from the manifest's  (listed in KS.jsonl)" in res.output
+    assert "0 missing, 1 damaged" in res.output
+    res = runner.invoke(main, ["data", "verify", "--path", str(ws.corpus_dir)])
+    assert res.exit_code == 1 and "1 damaged" in res.output
+
+    res = runner.invoke(main, ["paper", "verify", "--profile", str(faultprof), "--portable"])
+    name = f"corpus/{victim.relative_to(ws.corpus_dir).as_posix()}"
+    assert res.exit_code == 1 and f"changed  {name}: the audio's sha256 differs from the one KS.jsonl records" \
+        in res.output, res.output
+
+    victim.unlink()
+    res = runner.invoke(main, ["data", "verify", "--profile", str(faultprof)])
+    assert res.exit_code == 1 and f"missing  {victim}" in res.output
+
+
+def _extract_and_probe(runner, faultprof) -> None:
+    res = runner.invoke(main, ["extract", "--profile", str(faultprof), "--quiet"])
+    assert res.exit_code == 0, res.output
+
+
+def test_store_bytes_flipped_after_completion_are_refused_with_the_rebuild_command(faultprof, workspace_env):
+    from repro.features import store as store_module
+    from repro.workspace import Workspace
+
+    ws = Workspace.for_profile(str(faultprof))
+    runner = CliRunner()
+    _extract_and_probe(runner, faultprof)
+    store = ws.store_dir("tiny-hubert", "KS", "train")
+    layer = store / "layer_05.bin"
+    data = bytearray(layer.read_bytes())
+    data[len(data) // 2] ^= 0x40  # one bit of one float
+    layer.write_bytes(bytes(data))
+    store_module._VERIFIED.clear()  # as a new process would start
+    res = runner.invoke(main, ["probe", "--profile", str(faultprof), "--quiet"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    error = res.output.strip().splitlines()[-1]
+    assert error == (f"error: {layer}: changed after the store was completed (its sha256 differs from the one "
+                     f"meta.json records); extract it again; make it with `repro extract --profile faultprof "
+                     f"-m tiny-hubert -t KS`")
+    res = runner.invoke(main, ["extract", "--profile", str(faultprof), "--quiet", "-m", "tiny-hubert", "-t", "KS"])
+    assert res.exit_code == 0 and "extracted now" in res.output, res.output  # the damaged store is remade
+    res = runner.invoke(main, ["probe", "--profile", str(faultprof), "--quiet"])
+    assert res.exit_code == 0, res.output
+
+
+def test_a_store_without_checksums_is_refused_with_the_rebuild_command(faultprof, workspace_env):
+    import json
+
+    from repro.workspace import Workspace
+
+    ws = Workspace.for_profile(str(faultprof))
+    runner = CliRunner()
+    _extract_and_probe(runner, faultprof)
+    meta_path = ws.store_dir("tiny-hubert", "KS", "dev") / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["checksums"]
+    meta_path.write_text(json.dumps({**meta, "format": 1}))
+    res = runner.invoke(main, ["probe", "--profile", str(faultprof), "--quiet"])
+    assert res.exit_code == 2
+    assert res.output.strip().splitlines()[-1] == (
+        f"error: {meta_path.parent}: store format 1 (made before stores recorded checksums), expected 2; "
+        "extract it again; make it with `repro extract --profile faultprof -m tiny-hubert -t KS`")
+
+
+# --- the operating system refuses to write ---------------------------------------------------------
+
+def _inside(path, folder: Path) -> bool:
+    return os.path.abspath(os.fsdecode(path)).startswith(str(folder))
+
+
+def _refuse_creating(monkeypatch, folder: Path, code: int) -> None:
+    """Every file or folder made under `folder` fails with `code` (EROFS: a read-only mount; as root,
+    permission bits cannot make a folder read-only, so the system calls are made to refuse)."""
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def fake_open(path, flags, *args, **kwargs):
+        if _inside(path, folder) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(code, os.strerror(code), os.fsdecode(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    def fake_mkdir(path, *args, **kwargs):
+        if _inside(path, folder):
+            raise OSError(code, os.strerror(code), os.fsdecode(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", fake_open)
+    monkeypatch.setattr(os, "mkdir", fake_mkdir)
+
+
+def test_a_read_only_results_folder_stops_the_probe_before_training(faultprof, workspace_env, monkeypatch):
+    import errno
+
+    runner = CliRunner()
+    _extract_and_probe(runner, faultprof)
+    results = workspace_env / "results" / "faultprof"
+    _refuse_creating(monkeypatch, results, errno.EROFS)
+    res = runner.invoke(main, ["probe", "--profile", str(faultprof), "--quiet"])
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert res.output.strip().splitlines() == [
+        f"error: {results}/probing: Read-only file system (errno 30); the file system is read-only: mount it writable, "
+        "or point the output elsewhere ($REPRO_WORK, $REPRO_RESULTS, $REPRO_FIGURES)"]
+    assert not list((workspace_env / "work" / "faultprof").rglob("*.pt"))  # no probe was trained
+
+
+def test_a_disk_that_fills_during_extraction_is_one_line(faultprof, workspace_env, monkeypatch):
+    import errno
+
+    store = workspace_env / "work" / "faultprof" / "features" / "tiny-hubert" / "KS" / "dev.partial"
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        if _inside(target, store) and Path(target).name.startswith("layer_"):  # the first batch's rows
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a write on a full disk reports it
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    res = CliRunner().invoke(main, ["extract", "--profile", str(faultprof), "--quiet"])
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert res.output.strip().splitlines() == [
+        f"error: {store}: No space left on device (errno 28); the disk is full: free space there, or point the "
+        "output elsewhere ($REPRO_WORK, $REPRO_RESULTS, $REPRO_FIGURES)"]

@@ -22,6 +22,7 @@ from repro.models.upstream import Upstream
 from repro.provenance import TRAINED_LOADERS, store_key, trained_model_key
 from repro.runtime import DistEnv, run_sharded, writer_lock
 from repro.tasks import stores_needed
+from repro.util.atomic import check_writable
 from repro.workspace import Workspace
 
 
@@ -128,6 +129,7 @@ def extract_model(ws: Workspace, name: str, tasks: list[str] | None = None, prog
     done = Extraction(name)
     if not any(chosen.values()):
         return done
+    check_writable(ws.features_dir)  # a read-only or foreign folder is met now, not after the first store
     upstream = load_profile_upstream(ws, name, env)
     info = model_info(name, upstream)
     fractions = []

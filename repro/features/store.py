@@ -34,7 +34,7 @@ import numpy as np
 
 from repro.errors import ReproError
 from repro.models.upstream import LayerInfo
-from repro.util.atomic import atomic_write_json, atomic_write_text, stable_json_dumps
+from repro.util.atomic import atomic_write_json, atomic_write_text, stable_json_dumps, writable
 from repro.util.hashing import sha256_file
 
 FORMAT_VERSION = 2  # 2: meta.json records the sha256 of every file
@@ -145,6 +145,11 @@ class StoreWriter:
             lengths: per utterance, its frames in every layer (`[len(ids)][L]`).
             embeddings: `[len(ids), E]` or None.
         """
+        with writable(self.folder):  # a full disk: one line naming the store
+            self._append_rows(ids, rows, lengths, embeddings)
+
+    def _append_rows(self, ids: list[str], rows: list[np.ndarray], lengths: list[list[int]],
+                     embeddings: np.ndarray | None) -> None:
         for l, (f, arr) in enumerate(zip(self._files, rows)):
             expected = sum(n[l] for n in lengths)
             if arr.shape != (expected, self.layers[l].dim):
@@ -166,6 +171,10 @@ class StoreWriter:
     def finish(self, extra_meta: dict | None = None) -> "FeatureStore":
         """Write index and meta, then rename the folder to its final name."""
         self.close()
+        with writable(self.folder):
+            return self._finish(extra_meta)
+
+    def _finish(self, extra_meta: dict | None) -> "FeatureStore":
         index = {"ids": self.committed.ids, "lengths": self.committed.lengths}
         index_text = stable_json_dumps(index)
         (self.folder / "index.json").write_text(index_text)

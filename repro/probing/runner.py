@@ -33,7 +33,7 @@ from repro.provenance import Stamp, asv_idt_key, is_complete, probe_key
 from repro.runtime import DistEnv, barrier, resolve_device, writer_lock
 from repro.util.locks import output_lock
 from repro.tasks import idt_store_kind, task_input, task_spec
-from repro.util.atomic import atomic_write_json
+from repro.util.atomic import atomic_write_json, check_writable
 from repro.util.hashing import sha256_file
 from repro.workspace import Workspace
 
@@ -385,6 +385,9 @@ def run_all(ws: Workspace, models: list[str] | None = None, tasks: list[str] | N
     tasks = list(tasks or ws.profile.tasks)
     require_budgets(ws.profile, tasks)
     main = env is None or env.is_main
+    if main:  # where results and checkpoints go: a read-only folder is met now, not after training
+        check_writable(ws.results / "probing")
+        check_writable(ws.work / "probes")
     done: list[ProbeOutcome] = []
     for model in models or ws.profile.models.all():
         for task in tasks:

@@ -36,7 +36,7 @@ from repro.similarity.bootstrap import BlockBootstrap
 from repro.similarity.cka import cka_from_terms
 from repro.similarity.sampling import assign_blocks, subsample_frames
 from repro.similarity.shards import stream_sharded
-from repro.util.atomic import atomic_write_json
+from repro.util.atomic import atomic_write_json, check_writable
 from repro.util.hashing import config_hash
 from repro.util.npz import atomic_write_npz
 from repro.workspace import Workspace
@@ -296,4 +296,6 @@ def run_cka(ws: Workspace, pairs: Iterable[tuple[str, str]] | None = None, *, fo
 
     With `env` (torchrun) each pair's statistics are sharded across the ranks."""
     chosen = list(pairs) if pairs is not None else default_pairs(ws.profile.models.all())
+    if env is None or env.is_main:
+        check_writable(ws.results / "cka")  # before the statistics, not after them
     return [compute_pair(ws, a, b, force=force, progress=progress, env=env) for a, b in chosen]

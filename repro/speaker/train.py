@@ -31,7 +31,7 @@ from repro.speaker.evaluate import TrialSet, collapse_report, embed, trial_eer
 from repro.speaker.recipes import BatchMaker, DinoRecipe, Plan, SupervisedRecipe
 from repro.speaker.trainer import LoopSettings, run_loop
 from repro.speaker.trainlog import TrainLog, plot_log, read_log
-from repro.util.atomic import atomic_directory, atomic_write_json
+from repro.util.atomic import atomic_directory, atomic_write_json, check_writable
 from repro.util.hashing import config_hash, sha256_file
 from repro.workspace import Workspace
 
@@ -106,6 +106,8 @@ def train_speaker(ws: Workspace, recipe: str, *, force: bool = False, progress: 
         return info
     env = setup(cfg.device, setting="speaker_training.device")
     out = ws.models_dir / rcfg.output_name
+    if env.is_main:
+        check_writable(ws.models_dir)  # before training, not at publication
     try:
         with writer_lock(env, ws.lock_file(out), f"trained model {out}", ws.profile.distributed.timeout_seconds):
             if not force and (info := published(ws, recipe)) is not None:  # another run trained it meanwhile
