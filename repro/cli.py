@@ -251,13 +251,14 @@ def paper_list() -> None:
 def paper_render(profile: str, ids: tuple[str, ...]) -> None:
     """Draw figures/tables from result files alone (no GPU, no models needed)."""
     from repro.paper.registry import render_output
-    from repro.paper.stage import applicable
+    from repro.paper.stage import applicable, paper_lock
     from repro.workspace import Workspace
 
     ws = Workspace.for_profile(profile)
-    for oid in ids or applicable(ws):
-        for path in render_output(ws, oid):
-            click.echo(str(path))
+    with paper_lock(ws):
+        for oid in ids or applicable(ws):
+            for path in render_output(ws, oid):
+                click.echo(str(path))
 
 
 @paper.command("check")
@@ -265,9 +266,12 @@ def paper_render(profile: str, ids: tuple[str, ...]) -> None:
 def paper_check(profile: str) -> None:
     """Evaluate the claim checks and reference comparisons: PASS / FAIL / NOT-RUN."""
     from repro.paper.claims import check
+    from repro.paper.stage import paper_lock
     from repro.workspace import Workspace
 
-    result = check(Workspace.for_profile(profile))
+    ws = Workspace.for_profile(profile)
+    with paper_lock(ws):
+        result = check(ws)
     _echo(console.check_table(result))
     if result.failed:
         sys.exit(1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -195,8 +196,6 @@ def test_store_bytes_flipped_after_completion_are_refused_with_the_rebuild_comma
 
 
 def test_a_store_without_checksums_is_refused_with_the_rebuild_command(faultprof, workspace_env):
-    import json
-
     from repro.workspace import Workspace
 
     ws = Workspace.for_profile(str(faultprof))
@@ -271,3 +270,47 @@ def test_a_disk_that_fills_during_extraction_is_one_line(faultprof, workspace_en
     assert res.output.strip().splitlines() == [
         f"error: {store}: No space left on device (errno 28); the disk is full: free space there, or point the "
         "output elsewhere ($REPRO_WORK, $REPRO_RESULTS, $REPRO_FIGURES)"]
+
+
+# --- the paper stage replaces its outputs as a whole ----------------------------------------------
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_paper_stage_killed_while_rendering_leaves_the_previous_outputs(faultprof, workspace_env, monkeypatch):
+    from repro.paper import stage
+
+    runner = CliRunner()
+    res = runner.invoke(main, ["run", "--profile", str(faultprof), "--quiet"])
+    assert res.exit_code == 0, res.output
+    figures = workspace_env / "figures" / "faultprof"
+    before = _files(figures)
+    assert {"REPORT.md", "CHECKSUMS.sha256", "checks.json", "table-1.csv"} <= set(before)
+    # results change (another learning rate's run), then the new rendering dies after its tables
+    best = workspace_env / "results" / "faultprof" / "probing" / "tiny-hubert" / "KS" / "best.json"
+    result = json.loads(best.read_text())
+    best.write_text(json.dumps({**result, "test": 0.5}))
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # as SIGINT would, between the tables and the report
+
+    with monkeypatch.context() as patched:
+        patched.setattr(stage, "write_report", killed)
+        res = runner.invoke(main, ["run", "--stage", "paper", "--profile", str(faultprof), "--quiet"])
+    assert res.exit_code != 0
+    assert _files(figures) == before  # every old file as it was, no new table beside them
+    assert not [p.name for p in figures.parent.iterdir() if p.name.startswith(".")]
+
+    # a run killed outright (SIGKILL) leaves its temporaries: the next run removes them
+    (figures.parent / ".faultprof.tmp-dead1" / "faultprof").mkdir(parents=True)
+    (figures.parent / ".faultprof.tmp-dead1" / "faultprof" / "table-1.csv").write_text("half\n")
+    (figures.parent / ".faultprof.old-dead2" / "previous").mkdir(parents=True)
+    (figures / ".table-1.csv.tmp-dead3").write_text("half")
+    res = runner.invoke(main, ["run", "--stage", "paper", "--profile", str(faultprof), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in figures.parent.iterdir()) == ["faultprof"]
+    after = _files(figures)
+    assert not [n for n in after if ".tmp-" in n]
+    assert set(after) == set(before) and after["table-1.csv"] != before["table-1.csv"]
+    assert "50.00" in after["table-1.csv"].decode()
