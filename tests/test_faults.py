@@ -314,3 +314,50 @@ def test_a_paper_stage_killed_while_rendering_leaves_the_previous_outputs(faultp
     assert not [n for n in after if ".tmp-" in n]
     assert set(after) == set(before) and after["table-1.csv"] != before["table-1.csv"]
     assert "50.00" in after["table-1.csv"].decode()
+
+
+# --- a profile's name is its own -------------------------------------------------------------------
+
+def test_a_profile_that_extends_another_gets_its_own_folders(tmp_path, workspace_env):
+    from repro.workspace import Workspace
+
+    variant = tmp_path / "smoke-lr.yaml"
+    variant.write_text("extends: smoke\nprobing: {layer_norm: true}\n")
+    res = CliRunner().invoke(main, ["config", "show", "--profile", str(variant)])
+    assert res.exit_code == 0 and res.output.startswith("name: smoke-lr\n"), res.output
+    ws = Workspace.for_profile(str(variant))
+    assert ws.results == workspace_env / "results" / "smoke-lr" and ws.work.name == "smoke-lr"
+    named = tmp_path / "other.yaml"
+    named.write_text("extends: smoke\nname: smoke-ln\nprobing: {layer_norm: true}\n")
+    assert Workspace.for_profile(str(named)).figures.name == "smoke-ln"
+
+
+@pytest.mark.parametrize("text", ["extends: smoke\nname: smoke\nprobing: {layer_norm: true}\n",
+                                  "extends: fast\nname: full\n"])
+def test_a_profile_file_that_takes_a_built_in_name_with_other_settings_is_refused(tmp_path, workspace_env, text):
+    prof = tmp_path / "mine.yaml"
+    prof.write_text(text)
+    res = CliRunner().invoke(main, ["run", "--profile", str(prof), "--quiet"])
+    assert res.exit_code == 2
+    name = text.split("name: ")[1].split()[0]
+    assert res.output.strip() == (
+        f"error: {prof}: its name '{name}' is the built-in profile's, whose folders (work/{name}, results/{name}, "
+        f"paper_figures/{name}) it would overwrite with results of other settings; give it a name of its own "
+        "(`name:` in the file, or rename the file)")
+    assert not (workspace_env / "work").exists()
+
+
+def test_a_copy_of_a_built_in_profile_may_keep_its_name(tmp_path):
+    from repro.config import PROFILE_DIR, load_profile
+
+    copy = tmp_path / "smoke.yaml"
+    copy.write_text((PROFILE_DIR / "smoke.yaml").read_text())
+    assert load_profile(str(copy)) == load_profile("smoke")
+
+
+@pytest.mark.parametrize("name", ["../smoke", "a/b", ".hidden", ""])
+def test_a_profile_name_that_is_not_a_folder_name_is_refused(tmp_path, name):
+    prof = tmp_path / "p.yaml"
+    prof.write_text(f"extends: smoke\nname: '{name}'\n")
+    res = CliRunner().invoke(main, ["config", "show", "--profile", str(prof)])
+    assert res.exit_code == 2 and res.output.startswith(f"error: {prof}: key 'name' is {name!r}; ")

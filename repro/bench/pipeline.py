@@ -19,7 +19,7 @@ from repro.bench.common import machine_info
 DEFAULTS = {"speakers": False}
 WITHOUT_SPEAKERS = """\
 extends: smoke
-name: smoke
+name: smoke-bench
 models: {speaker_ssl: [], speaker_sup: []}
 speaker_training: {pipeline_recipes: []}
 """
