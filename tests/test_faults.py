@@ -361,3 +361,80 @@ def test_a_profile_name_that_is_not_a_folder_name_is_refused(tmp_path, name):
     prof.write_text(f"extends: smoke\nname: '{name}'\n")
     res = CliRunner().invoke(main, ["config", "show", "--profile", str(prof)])
     assert res.exit_code == 2 and res.output.startswith(f"error: {prof}: key 'name' is {name!r}; ")
+
+
+# --- values out of range ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("change, key, allowed", [
+    ("steps: -5", "probing.tasks.KS.steps", "is -5; allowed: >= 1"),
+    ("lr_grid: []", "probing.tasks.KS.lr_grid", "has 0 item(s) []; it needs at least 1"),
+    ("eval_every: 0", "probing.tasks.KS.eval_every", "is 0; allowed: >= 1"),
+    ("batch_size: -4", "probing.tasks.KS.batch_size", "is -4; allowed: >= 1"),
+    ("lr_grid: [0.01, -0.001]", "probing.tasks.KS.lr_grid[1]", "is -0.001; allowed: > 0"),
+    ("lr_grid: [0.01, .nan]", "probing.tasks.KS.lr_grid[1]", "is nan; allowed: > 0"),
+    ("lr_grid: [0.01, 0.01]", "probing.tasks.KS.lr_grid", "lists [0.01] more than once; list each value once"),
+])
+def test_a_budget_out_of_range_is_refused_at_load_time(tmp_path, workspace_env, change, key, allowed):
+    budget = {"steps": "4", "batch_size": "4", "lr_grid": "[0.01]", "eval_every": "2"}
+    name, value = change.split(": ", 1)
+    budget[name] = value
+    prof = tmp_path / "faultprof.yaml"
+    prof.write_text(PROFILE.replace("{steps: 4, batch_size: 4, lr_grid: [0.01], eval_every: 2}",
+                                    "{" + ", ".join(f"{k}: {v}" for k, v in budget.items()) + "}"))
+    res = CliRunner().invoke(main, ["run", "--profile", str(prof), "--quiet"])
+    assert res.exit_code == 2, res.output
+    assert res.output.strip() == f"error: {prof}: key '{key}' {allowed}"
+    assert not (workspace_env / "work").exists()  # refused before any work
+
+
+@pytest.mark.parametrize("override, message", [
+    ("extraction: {max_batch_seconds: 0}", "key 'extraction.max_batch_seconds' is 0.0; allowed: > 0"),
+    ("data: {er_valid_ratio: 1.5}", "key 'data.er_valid_ratio' is 1.5; allowed: in (0, 1)"),
+    ("speaker_training: {supervised: {lr: -0.1}}", "key 'speaker_training.supervised.lr' is -0.1; allowed: > 0"),
+    ("cka: {bootstrap: {confidence: 1.0}}", "key 'cka.bootstrap.confidence' is 1.0; allowed: in (0, 1)"),
+    ("distributed: {timeout_minutes: -1}", "key 'distributed.timeout_minutes' is -1.0; allowed: > 0"),
+    ("probing: {am_softmax: [0.4]}", "key 'probing.am_softmax' has 1 item(s) [0.4]; it needs exactly 2"),
+])
+def test_other_numeric_settings_out_of_range_are_refused(tmp_path, override, message):
+    prof = tmp_path / "p.yaml"
+    prof.write_text(f"extends: smoke\n{override}\n")
+    res = CliRunner().invoke(main, ["config", "show", "--profile", str(prof)])
+    assert res.exit_code == 2 and res.output.strip() == f"error: {prof}: {message}"
+
+
+def test_every_numeric_setting_has_a_range():
+    import dataclasses
+    import typing
+
+    from repro.config import schema
+
+    def walk(cls):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            inner = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+            base = typing.get_origin(inner[0]) or inner[0]
+            if dataclasses.is_dataclass(inner[0]):
+                yield from walk(inner[0])
+            elif base is dict and dataclasses.is_dataclass(typing.get_args(inner[0])[1]):
+                yield from walk(typing.get_args(inner[0])[1])
+            elif base in (int, float) or (base is list and typing.get_args(inner[0])[0] in (int, float)):
+                if f.name not in getattr(cls, "RANGES", {}) and "range" not in f.metadata:
+                    yield f"{cls.__name__}.{f.name}"
+
+    assert list(walk(schema.ProfileConfig)) == []
+
+
+def test_learning_rates_with_the_same_rounded_tag_keep_their_own_results(faultprof, workspace_env):
+    faultprof.write_text(PROFILE.replace("lr_grid: [0.01]", "lr_grid: [0.001, 0.0012]"))
+    runner = CliRunner()
+    res = runner.invoke(main, ["run", "--profile", str(faultprof), "--quiet", "--stage", "features",
+                               "--stage", "probe"])
+    assert res.exit_code == 0, res.output
+    folder = workspace_env / "results" / "faultprof" / "probing" / "tiny-hubert" / "KS"
+    assert sorted(p.name for p in folder.glob("lr-*.json") if "timing" not in p.name) == [
+        "lr-1.2e-03.json", "lr-1e-03.json"]  # 0.001 keeps the name it always had
+    assert json.loads((folder / "lr-1.2e-03.json").read_text())["lr"] == 0.0012
+    assert [r["lr"] for r in json.loads((folder / "best.json").read_text())["sweep"]] == [0.001, 0.0012]
+    res = runner.invoke(main, ["probe", "--profile", str(faultprof), "--quiet", "--lr", "-0.01"])
+    assert res.exit_code == 2 and res.output.strip() == "error: --lr -0.01: a learning rate must be a finite number > 0"

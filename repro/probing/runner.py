@@ -76,8 +76,15 @@ class StoreUnion:
 
 
 def lr_tag(lr: float) -> str:
-    """The file tag of a learning rate: `lr-1e-03` for 0.001."""
-    return f"lr-{lr:.0e}"
+    """The file tag of a learning rate: `lr-1e-03` for 0.001, `lr-1.2e-03` for 0.0012.
+
+    The fewest significant digits that give `lr` back exactly, so distinct learning rates never
+    share a result file (a value of one significant digit keeps the one-digit tag it always had)."""
+    for digits in range(17):
+        text = f"{lr:.{digits}e}"
+        if float(text) == lr:
+            return f"lr-{text}"
+    return f"lr-{lr!r}"
 
 
 class ProbeInputs:
@@ -384,6 +391,9 @@ def run_all(ws: Workspace, models: list[str] | None = None, tasks: list[str] | N
     ranks return theirs too, identical). `force` trains everything again."""
     tasks = list(tasks or ws.profile.tasks)
     require_budgets(ws.profile, tasks)
+    bad = [lr for lr in lrs or [] if not lr > 0 or lr == float("inf")]
+    if bad:
+        raise ConfigError(f"--lr {bad[0]:g}: a learning rate must be a finite number > 0")
     main = env is None or env.is_main
     if main:  # where results and checkpoints go: a read-only folder is met now, not after training
         check_writable(ws.results / "probing")
