@@ -12,6 +12,8 @@ from repro.data.diskspace import gib
 from repro.data.download import data_root, describe, fetch, plan, verify_auto
 from repro.data.lock import DataLock, lock_path
 from repro.data.manual import manual_path, verify_manual
+from repro.util.atomic import check_writable
+from repro.util.locks import output_lock
 
 
 def run_fetch(names: tuple[str, ...], profile: str, dry_run: bool, keep_archives: bool, quiet: bool) -> None:
@@ -94,7 +96,9 @@ def run_prepare(profile: str, quiet: bool) -> None:
     ws = Workspace.for_profile(profile)
     if ws.profile.corpus.kind != "real":
         raise click.UsageError(f"profile {ws.profile.name!r} uses the synthetic corpus: `repro run --stage corpus`")
-    prepare_corpus(ws.corpus_dir, ws.profile, progress=not quiet)
+    check_writable(ws.work)
+    with output_lock(ws.lock_file(ws.corpus_dir), f"corpus {ws.corpus_dir}"):  # the corpus stage's lock
+        prepare_corpus(ws.corpus_dir, ws.profile, progress=not quiet)
 
 
 def run_prepare_vox2(profile: str, speakers: int | None, workers: int, quiet: bool) -> None:
