@@ -13,11 +13,17 @@ Damaged audio is refused when it is read, before any model sees it:
   get only libsndfile's own checks: no corpus of this project uses them;
 - non-finite samples (NaN, +-inf), which only float encodings can hold
   (`FLOAT`/`DOUBLE` WAV, ...): one `np.isfinite` pass over them. Integer PCM
-  (WAV, FLAC) cannot encode them and is not scanned.
+  (WAV, FLAC) cannot encode them and is not scanned;
+- a file edited after its manifest recorded it: a reader that has the manifest's
+  sha256 passes it (`sha256=`), and the bytes are hashed as they are read, then
+  decoded from memory (the bytes checked are the bytes decoded). Cost: about 1
+  CPU-second per GB of audio, measured in docs/FAULTS.md.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import math
 import os
 import struct
@@ -49,6 +55,8 @@ def read_audio(
     *,
     resample: bool = False,
     downmix: bool = False,
+    sha256: str | None = None,
+    corpus: str | os.PathLike | None = None,
 ) -> np.ndarray:
     """Read a file as a float32 mono waveform at 16 kHz, shape [num_samples].
 
@@ -57,16 +65,28 @@ def read_audio(
         resample: convert other sample rates to 16 kHz (polyphase filter)
             instead of failing.
         downmix: average the channels of a multi-channel file instead of failing.
+        sha256: the hex sha256 the manifest records for the file: the bytes read must have it.
+        corpus: the corpus folder whose manifest gave `sha256` (named in the error's remedy).
 
     Raises:
         AudioError: unreadable, truncated, empty, non-finite (NaN/inf), non-16 kHz
-            or multi-channel audio.
+            or multi-channel audio, or bytes other than the manifest's.
     """
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"{path}: no such audio file; check the manifest's path and the corpus root")
+    source: str | io.BytesIO = str(path)
+    if sha256:
+        data_bytes = path.read_bytes()
+        have = hashlib.sha256(data_bytes).hexdigest()
+        if have != sha256:
+            verify = f"`repro data verify --path {corpus}`" if corpus is not None else "`repro data verify`"
+            raise AudioError(f"{path}: changed after its manifest recorded it (sha256 {have[:12]}..., the manifest "
+                             f"records {sha256[:12]}...); restore the file or make the corpus again ({verify} "
+                             "lists every such file)")
+        source = io.BytesIO(data_bytes)
     try:
-        with sf.SoundFile(str(path)) as f:
+        with sf.SoundFile(source) as f:
             sr, subtype = f.samplerate, f.subtype
             data = f.read(dtype="float32", always_2d=True)
     except (RuntimeError, sf.LibsndfileError) as err:

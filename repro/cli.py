@@ -14,14 +14,22 @@ from repro.errors import ReproError
 
 
 class _Group(click.Group):
-    """Prints every `ReproError` (an error the user can fix) as one line and exits with status 2;
-    any other exception is a bug and keeps its traceback."""
+    """Prints every `ReproError` (an error the user can fix) as one line and exits with status 2,
+    and so the operating system's refusals a user fixes (full disk, read-only folder: see
+    `repro.util.atomic.os_error`); any other exception is a bug and keeps its traceback."""
 
     def invoke(self, ctx):
+        from repro.util.atomic import is_user_os_error, os_error
+
         try:
             return super().invoke(ctx)
         except ReproError as err:
             click.echo(f"error: {' '.join(str(err).split()) if chr(10) not in str(err) else err}", err=True)
+            sys.exit(2)
+        except OSError as err:  # a full disk, a read-only folder...: the user's to fix, not a bug
+            if not is_user_os_error(err):
+                raise
+            click.echo(f"error: {os_error(err)}", err=True)
             sys.exit(2)
 
 
@@ -110,15 +118,18 @@ def data_fetch(names: tuple[str, ...], profile: str, dry_run: bool, delete_archi
 
 
 @data.command("verify")
-@click.argument("name")
-@click.option("--path", type=click.Path(path_type=Path), help="the corpus folder (manual corpora) or data root")
+@click.argument("name", required=False)
+@click.option("--path", type=click.Path(path_type=Path),
+              help="with NAME: the corpus folder (manual corpora) or data root; without: a corpus folder with manifests/")
 @PROFILE
 @click.option("--deep", is_flag=True, help="also re-hash the downloaded archives")
-def data_verify(name: str, path: Path | None, profile: str, deep: bool) -> None:
-    """Check a corpus on disk; for a user-provided one, say where to get it and what is missing."""
-    from repro.data.commands import run_verify
+def data_verify(name: str | None, path: Path | None, profile: str, deep: bool) -> None:
+    """Check a corpus on disk. NAME: a catalogue corpus (downloads, or where to get a user-provided one).
+    Without NAME: every audio file of the profile's corpus folder (or --path) against its manifests' sha256,
+    listing the missing and damaged ones (synthetic and prepared corpora alike)."""
+    from repro.data.commands import run_verify, run_verify_manifests
 
-    if not run_verify(name, path, profile, deep):
+    if not (run_verify(name, path, profile, deep) if name else run_verify_manifests(path, profile)):
         sys.exit(1)
 
 
@@ -240,13 +251,14 @@ def paper_list() -> None:
 def paper_render(profile: str, ids: tuple[str, ...]) -> None:
     """Draw figures/tables from result files alone (no GPU, no models needed)."""
     from repro.paper.registry import render_output
-    from repro.paper.stage import applicable
+    from repro.paper.stage import applicable, paper_lock
     from repro.workspace import Workspace
 
     ws = Workspace.for_profile(profile)
-    for oid in ids or applicable(ws):
-        for path in render_output(ws, oid):
-            click.echo(str(path))
+    with paper_lock(ws):
+        for oid in ids or applicable(ws):
+            for path in render_output(ws, oid):
+                click.echo(str(path))
 
 
 @paper.command("check")
@@ -254,9 +266,12 @@ def paper_render(profile: str, ids: tuple[str, ...]) -> None:
 def paper_check(profile: str) -> None:
     """Evaluate the claim checks and reference comparisons: PASS / FAIL / NOT-RUN."""
     from repro.paper.claims import check
+    from repro.paper.stage import paper_lock
     from repro.workspace import Workspace
 
-    result = check(Workspace.for_profile(profile))
+    ws = Workspace.for_profile(profile)
+    with paper_lock(ws):
+        result = check(ws)
     _echo(console.check_table(result))
     if result.failed:
         sys.exit(1)

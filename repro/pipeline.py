@@ -30,6 +30,8 @@ from repro.paper.stage import run_paper
 from repro.probing.runner import run_all
 from repro.runtime import DistEnv, on_rank_zero, session
 from repro.similarity.stage import run_cka
+from repro.util.atomic import check_writable
+from repro.util.locks import output_lock
 from repro.workspace import Workspace
 
 
@@ -46,14 +48,16 @@ def stage_corpus(ws: Workspace, progress: bool = True, env: DistEnv | None = Non
     """Create the profile's corpus (the synthetic one, or the prepared real corpora)."""
     def make() -> None:
         corpus = ws.profile.corpus
-        if corpus.kind == "synthetic":
-            from repro.data.synth import make_corpus
+        check_writable(ws.work)
+        with output_lock(ws.lock_file(ws.corpus_dir), f"corpus {ws.corpus_dir}"):
+            if corpus.kind == "synthetic":
+                from repro.data.synth import make_corpus
 
-            make_corpus(ws.corpus_dir, corpus.synthetic, ws.profile.seed, progress=progress, force=force)
-        else:
-            from repro.data.prepare import prepare_corpus
+                make_corpus(ws.corpus_dir, corpus.synthetic, ws.profile.seed, progress=progress, force=force)
+            else:
+                from repro.data.prepare import prepare_corpus
 
-            prepare_corpus(ws.corpus_dir, ws.profile, progress=progress, force=force)
+                prepare_corpus(ws.corpus_dir, ws.profile, progress=progress, force=force)
 
     on_rank_zero(env, "the corpus stage", make, ws.profile.distributed.timeout_seconds)
     return [CorpusOutcome(ws.corpus_dir, ws.profile.corpus.kind)]

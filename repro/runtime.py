@@ -319,3 +319,25 @@ def on_rank_zero(env: DistEnv | None, what: str, fn: Callable[[], None], timeout
         fn()
         return
     run_sharded(env, what, fn if env.is_main else (lambda: None), timeout_s)
+
+
+@contextlib.contextmanager
+def writer_lock(env: DistEnv | None, lock_file: str | Path, what: str, timeout_s: float) -> Iterator[None]:
+    """Hold the lock of an output (`repro.util.locks.output_lock`) while this run writes it.
+
+    A single process waits for another run that holds it (one "waiting for" line). Under torchrun
+    rank 0 takes it for the whole job without waiting: ranks cannot wait for another run for
+    hours inside a collective, so when another run holds it every rank stops with a `RankFailure`
+    that names that run and the lock (`timeout_s`: how long the ranks wait for rank 0's answer).
+    """
+    from repro.util.locks import output_lock
+
+    if env is None or not env.distributed:
+        with output_lock(lock_file, what):
+            yield
+        return
+    held = contextlib.ExitStack()
+    with held:
+        on_rank_zero(env, f"locking {what}", lambda: held.enter_context(output_lock(lock_file, what, wait=False)),
+                     timeout_s)
+        yield

@@ -4,6 +4,7 @@
     work/<profile>/models/<name>/     generated or trained models
     work/<profile>/features/<model>/<task>/<split>/   feature stores (<split>.pooled/: utterance means)
     work/<profile>/probes/<model>/<task>/             probe checkpoints
+    work/<profile>/.locks/            one lock file per output being written (`repro.util.locks`)
     results/<profile>/probing/<model>/<task>/         probe results (lr-*.json, best.json); ASV-IDT.json
     results/<profile>/cka/<A>__<B>.{npz,json}         CKA results
     paper_figures/<profile>/          figures, tables, report
@@ -86,6 +87,18 @@ class Workspace:
     def cka_file(self, a: str, b: str, ext: str) -> Path:
         """`results/<profile>/cka/<A>__<B>.<ext>` (`ext`: npz or json; folder names may hold dots)."""
         return self.results / "cka" / f"{model_folder(a)}__{model_folder(b)}.{ext}"
+
+    def lock_file(self, output: str | os.PathLike) -> Path:
+        """The lock of an output this profile writes (`repro.util.locks.output_lock`).
+
+        `work/<profile>/.locks/<name>.lock`, the name made of the output's last path parts and eight
+        hex digits of the sha256 of its absolute path: every run that writes the same output
+        (whatever its current folder) takes the same lock.
+        """
+        full = Path(output).resolve()
+        tail = "_".join(full.parts[-4:])
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in tail).strip("._")[-80:] or "output"
+        return self.work / ".locks" / f"{safe}-{hashlib.sha256(str(full).encode()).hexdigest()[:8]}.lock"
 
     def cka_shard_dir(self, a: str, b: str) -> Path:
         """Per-rank CKA statistics of a pair under torchrun."""

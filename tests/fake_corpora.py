@@ -186,3 +186,16 @@ def make_fsc(folder: Path, *, per_split: dict[str, int] | None = None) -> dict[s
                 write_audio(folder / rel, seed, 0.7)
                 w.writerow([i, rel, spk, text, action, obj, loc])
     return per_split
+
+
+def record_audio_sha256(corpus: Path, audio: Path) -> None:
+    """Make every manifest of `corpus` record the current sha256 of `audio` (as if the file had been
+    damaged before the manifests were written: a corrupt download, a bad conversion)."""
+    digest = hashlib.sha256(Path(audio).read_bytes()).hexdigest()
+    rel = Path(audio).relative_to(corpus).as_posix()
+    for manifest in sorted((Path(corpus) / "manifests").glob("*.jsonl")):
+        lines = manifest.read_text().splitlines()
+        rows = [json.loads(line) for line in lines if line.strip()]
+        if any(r["path"] == rel for r in rows):
+            manifest.write_text("".join(json.dumps({**r, "sha256": digest} if r["path"] == rel else r) + "\n"
+                                        for r in rows))

@@ -125,6 +125,7 @@ def test_feature_extraction_stops_at_a_damaged_file_with_one_line(tiny_corpus, t
     from repro.cli import main
     from repro.data.manifest import load_task
     from repro.workspace import Workspace
+    from fake_corpora import record_audio_sha256
 
     prof = tmp_path / "audiofault.yaml"
     prof.write_text(EXTRACT_PROFILE)
@@ -137,6 +138,7 @@ def test_feature_extraction_stops_at_a_damaged_file_with_one_line(tiny_corpus, t
         wav, sr = sf.read(victim, dtype="float32")
         wav[100] = np.nan
         sf.write(victim, wav, sr, subtype="FLOAT")
+    record_audio_sha256(ws.corpus_dir, victim)  # damaged before the manifest was made (a bad download)
     res = CliRunner().invoke(main, ["extract", "--profile", str(prof), "--quiet", "-t", "KS"])
     assert res.exit_code == 2 and "Traceback" not in res.output
     errors = [line for line in res.output.splitlines() if line.startswith("error:")]

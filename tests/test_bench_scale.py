@@ -13,7 +13,7 @@ from repro.config import load_profile
 
 TINY_PIPELINE = """\
 extends: smoke
-name: smoke
+name: smoke-bench
 corpus:
   kind: synthetic
   synthetic: {speakers: 14, asv_speakers: 4, asv_dev_speakers: 2, dev_speakers: 2, test_speakers: 2,

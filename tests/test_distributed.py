@@ -198,9 +198,10 @@ def test_a_failing_rank_fails_every_rank_with_its_name_and_error(tiny_corpus, tm
     for rank in (0, 1):
         message = (tmp_path / f"rank{rank}.txt").read_text()
         assert message.startswith(f"extraction of {tmp_path / 'store'}: rank 1 failed: AudioError:"), message
-        assert f"{victim.id}.wav: 2 channels" in message
+        # the broken copy is not the file the manifest hashed: refused before it is decoded
+        assert f"{victim.id}.wav: changed after its manifest recorded it" in message
     marker = json.loads((tmp_path / "store.shards" / "rank-001-of-002.failed").read_text())
-    assert "2 channels" in marker["message"]
+    assert "changed after its manifest recorded it" in marker["message"]
     assert (tmp_path / "store.shards" / "rank-000-of-002.done").is_file() and not (tmp_path / "store").exists()
 
 

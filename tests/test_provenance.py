@@ -190,6 +190,13 @@ def _type_at(key: str):
     return tp
 
 
+def _range_at(key: str):
+    """The `Range` of a setting (its class's `RANGES`), or None."""
+    parent, _, name = key.rpartition(".")
+    owner = _type_at(parent) if parent else ProfileConfig
+    return getattr(owner, "RANGES", {}).get(name) if dataclasses.is_dataclass(owner) else None
+
+
 OVERRIDES = {  # values a mutation must take to mean something (or to stay valid)
     "probing.input": "upstream", "corpus.kind": "real", "tasks": ["PR", "KS"], "cka.split": "dev",
     "data.subsets": {"PR": {"train": {"utterances": 10}}}, "probing.layers": [0, 1],
@@ -214,11 +221,14 @@ def other_value(key: str, value: Any) -> Any:
         return not value
     if isinstance(value, int):
         return value + 1
-    if isinstance(value, float):
-        return value * 2 + 0.5
+    if isinstance(value, float):  # a value the setting's range allows (probabilities, momenta stay below 1)
+        allowed = _range_at(key)
+        return next(v for v in (value * 2 + 0.5, value / 2) if allowed is None or allowed.allows(v))
     if isinstance(value, str):
         return value + "x"
-    if isinstance(value, list):
+    if isinstance(value, list):  # numbers: the last one changed (lengths and distinct items are ranges)
+        if value and isinstance(value[-1], (int, float)) and not isinstance(value[-1], bool):
+            return [*value[:-1], value[-1] * 2 + 1]
         return [*value, value[-1]] if value else [1.0]
     if value is None:
         inner = typing.get_args(_type_at(key)) or (tp,)

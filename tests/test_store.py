@@ -11,6 +11,7 @@ from repro.data.manifest import Utterance, load_task
 from repro.features.extract import extract
 from repro.features.store import FeatureStore, StoreError, partial_dir
 from repro.models.hf_ssl import load_hf_ssl
+from fake_corpora import record_audio_sha256
 
 torch.set_num_threads(2)
 
@@ -104,8 +105,12 @@ def test_bad_audio_names_the_file_and_leaves_no_store(upstream, utts, tiny_corpu
     shutil.copytree(tiny_corpus, root)
     bad = utts[3]
     sf.write(root / bad.path, np.zeros((bad.num_samples, 2), np.float32), 16000)
-    with pytest.raises(AudioError, match=f"{bad.id}.wav: 2 channels"):
+    with pytest.raises(AudioError, match=f"{bad.id}.wav: changed after its manifest recorded it"):
         extract(upstream, utts, root, tmp_path / "s", model_info=INFO, progress=False)
+    assert not (tmp_path / "s").exists()
+    record_audio_sha256(root, root / bad.path)  # the manifest made from the 2-channel file
+    with pytest.raises(AudioError, match=f"{bad.id}.wav: 2 channels"):
+        extract(upstream, load_task(root, "SID"), root, tmp_path / "s", model_info=INFO, progress=False)
     assert not (tmp_path / "s").exists()
 
 

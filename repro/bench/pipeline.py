@@ -20,7 +20,7 @@ from repro.bench.common import machine_info
 DEFAULTS = {"speakers": False}
 WITHOUT_SPEAKERS = """\
 extends: smoke
-name: smoke
+name: smoke-bench
 models: {speech_ssl: [tiny-wavlm, tiny-hubert], speaker_ssl: [], speaker_sup: []}
 speaker_training: {pipeline_recipes: []}
 ssl_training: {pipeline_recipes: []}

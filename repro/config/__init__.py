@@ -1,11 +1,17 @@
 """Profiles as data: `load_profile("smoke")` returns a validated `ProfileConfig`.
 
 A profile file may start with `extends: <other profile>`; its keys are then
-merged over that profile's (mappings recursively, everything else replaced).
+merged over that profile's (mappings recursively, everything else replaced) —
+except `name`, which is never inherited: a profile's name is its own `name:` or
+else its file name, and it names the profile's folders (`work/<name>`,
+`results/<name>`, `paper_figures/<name>`). So a variant never writes into the
+profile it extends; a file that takes a built-in profile's name with other
+settings is refused.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +30,31 @@ def profile_names() -> list[str]:
     return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
 
 
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
 def load_profile(name_or_path: str | Path) -> ProfileConfig:
-    """Load a built-in profile by name, or any profile file by path."""
+    """Load a built-in profile by name, or any profile file by path (see the module doc for its name)."""
     path = _resolve(name_or_path)
-    return from_dict(ProfileConfig, _load_merged(path, seen=()), str(path))
+    data = _load_merged(path, seen=())
+    data["name"] = _own_name(path)
+    cfg = from_dict(ProfileConfig, data, str(path))
+    builtin = PROFILE_DIR / f"{cfg.name}.yaml"
+    if builtin.is_file() and builtin.resolve() != path.resolve() and to_dict(cfg) != to_dict(load_profile(cfg.name)):
+        raise ConfigError(f"{path}: its name '{cfg.name}' is the built-in profile's, whose folders (work/{cfg.name}, "
+                          f"results/{cfg.name}, paper_figures/{cfg.name}) it would overwrite with results of other "
+                          "settings; give it a name of its own (`name:` in the file, or rename the file)")
+    return cfg
+
+
+def _own_name(path: Path) -> str:
+    """A profile file's own `name:`, else its file name without the suffix; a safe folder name."""
+    data = yaml.safe_load(path.read_text())
+    name = data.get("name") if isinstance(data, dict) and "name" in data else path.stem
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in (".", ".."):
+        raise ConfigError(f"{path}: key 'name' is {name!r}; a profile's name names its folders: use letters, "
+                          "digits, '.', '_' and '-', starting with a letter or digit")
+    return name
 
 
 def _resolve(name_or_path: str | Path) -> Path:

@@ -1,7 +1,8 @@
 """The typed configuration of a profile (smoke, fast, full).
 
 Every field has a default or is required by the profile files under
-`repro/config/profiles/`. Fields built with `setting(..., open=True)` are the
+`repro/config/profiles/`. Every numeric setting has its allowed values in its class's
+`RANGES` (a `Range`), checked when a profile is loaded (`repro.config.typed.from_dict`). Fields built with `setting(..., open=True)` are the
 choices the paper leaves open (see PAPER.md, "What is NOT known"): each carries
 the value we chose and a one-line reason, and `repro config explain` lists them.
 """
@@ -12,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from repro.config.typed import Range
 from repro.tasks import TASK_NAMES, TASKS
 
 
@@ -32,6 +34,11 @@ def setting(default: Any, reason: str, *, open: bool = False) -> Any:
 @dataclass(frozen=True)
 class SynthConfig:
     """Size of the synthetic espeak-ng corpus (see `repro.data.synth`)."""
+
+    RANGES = {**{k: Range(1) for k in ("speakers", "asv_speakers", "asv_dev_speakers", "dev_speakers", "test_speakers",
+                                       "pr_per_speaker", "ks_repeats", "ic_per_speaker", "sid_per_speaker",
+                                       "er_per_style", "er_folds", "asv_per_speaker")},
+              "ks_unknown_per_speaker": Range(0), "ks_silence_per_speaker": Range(0), "snr_db": Range(0, low_open=True)}
 
     speakers: int = setting(36, "at least 30 voices so SID and ASV have a real population")
     asv_speakers: int = setting(10, "held-out speakers for the ASV trial lists, disjoint from training")
@@ -94,6 +101,8 @@ class ModelsConfig:
 class ExtractionConfig:
     """How layer features are computed and cached."""
 
+    RANGES = {"max_batch_seconds": Range(0, low_open=True), "num_workers": Range(0)}
+
     dtype: Literal["float16", "float32"] = setting(
         "float32", "cache precision; float16 halves disk for the full profile"
     )
@@ -120,6 +129,10 @@ class ExtractionConfig:
 class TaskBudget:
     """Training budget of one probing task (SUPERB's values in the full profile)."""
 
+    RANGES = {"steps": Range(1), "batch_size": Range(1), "eval_every": Range(1), "grad_accum": Range(1),
+              "lr_grid": Range(0, low_open=True, min_items=1, unique=True), "grad_clip": Range(0, low_open=True),
+              "train_crop_seconds": Range(0, low_open=True)}
+
     steps: int
     batch_size: int
     lr_grid: list[float]
@@ -134,6 +147,11 @@ class TaskBudget:
 @dataclass(frozen=True)
 class ProbingConfig:
     """SUPERB probing: weighted sum of frozen layers + a small head per task."""
+
+    RANGES = {"projection_dim": Range(1), "head_dim": Range(1), "xvector_dims": Range(1, min_items=1),
+              "xvector_embedding_dim": Range(1), "am_softmax": Range(0, min_items=2, max_items=2),
+              "er_folds": Range(1, min_items=1, unique=True), "layers": Range(0, min_items=1, unique=True),
+              "max_group": Range(0)}
 
     tasks: dict[str, TaskBudget] = field(default_factory=dict)
     layer_norm: bool = setting(False, "SUPERB's default: layers enter the weighted sum as they are")
@@ -202,6 +220,9 @@ class DataConfig:
     """Real corpora: where they live, which corpus serves each task, and the subsets of a profile
     (see `repro.data.prepare`)."""
 
+    RANGES = {"cka_utterances": Range(1), "er_test_fold": Range(1), "er_valid_ratio": Range(0, 1, True, True),
+              "asv_min_seconds": Range(0), "workers": Range(1)}
+
     root: str = setting("data", "downloads and extracted corpora; $REPRO_DATA overrides it")
     lock_file: str = setting(
         "data.lock.json", "sha256 of every verified download and hash of every utterance list; commit it "
@@ -240,6 +261,8 @@ class DataConfig:
 class SpeakerAugmentConfig:
     """Noise and reverberation data for speaker-model training (see `repro.speaker.augment`)."""
 
+    RANGES = {k: Range(min_items=2, max_items=2) for k in ("snr_noise", "snr_music", "snr_speech")}
+
     noise_dir: str = setting(
         "musan", "MUSAN (noise/, music/, speech/), used by both recipes; relative to the corpus folder or absolute")
     rir_dir: str = setting(
@@ -254,6 +277,10 @@ class SpeakerAugmentConfig:
 @dataclass(frozen=True)
 class SupervisedRecipeConfig:
     """Supervised ECAPA-TDNN with AAM-softmax; defaults: speechbrain's `train_ecapa_tdnn.yaml` (VoxCeleb)."""
+
+    RANGES = {"n_mels": Range(1), "epochs": Range(1), "batch_size": Range(1), "chunk_seconds": Range(0, low_open=True),
+              "lr": Range(0, low_open=True), "base_lr": Range(0), "lr_step_size": Range(1), "weight_decay": Range(0),
+              "margin": Range(0), "scale": Range(0, low_open=True), "seed": Range(0)}
 
     output_name: str = setting("ecapa-sup", "models/<name>/ receives the trained model; the registry entry of "
                                "that name loads it")
@@ -281,6 +308,16 @@ class SupervisedRecipeConfig:
 @dataclass(frozen=True)
 class DinoRecipeConfig:
     """DINO speaker SSL on ECAPA-TDNN; defaults: wespeaker `examples/voxceleb/v3/dino/conf/ecapa_tdnn.yaml`."""
+
+    RANGES = {**{k: Range(1) for k in ("epochs", "batch_size", "global_chunks", "global_frames", "local_frames",
+                                       "head_out_dim", "head_hidden_dim", "head_bottleneck_dim", "head_layers",
+                                       "lr_base_batch", "num_avg")},
+              "seed": Range(0),
+              **{k: Range(0) for k in ("local_chunks", "dither", "min_lr", "warmup_epochs", "weight_decay",
+                                       "weight_decay_end", "clip_grad", "freeze_last_layer_epochs")},
+              **{k: Range(0, 1) for k in ("aug_prob", "warmup_teacher_temp_ratio", "center_momentum",
+                                          "sgd_momentum", "momentum_teacher")},
+              **{k: Range(0, low_open=True) for k in ("warmup_teacher_temp", "teacher_temp", "student_temp", "lr")}}
 
     output_name: str = setting("ecapa-dino", "models/<name>/ receives the trained model; the registry entry of "
                                "that name loads it")
@@ -323,6 +360,10 @@ class DinoRecipeConfig:
 @dataclass(frozen=True)
 class SpeakerTrainingConfig:
     """Training the speaker models (`repro train`, pipeline stage `train`)."""
+
+    RANGES = {"grad_accumulation": Range(1), "num_workers": Range(0), "log_every": Range(1),
+              "checkpoint_every": Range(1), "eval_every_epochs": Range(1), "collapse_min_embedding_std": Range(0),
+              "collapse_min_teacher_kl": Range(0)}
 
     pipeline_recipes: list[Literal["supervised", "dino"]] = setting(
         [], "recipes the `train` stage trains; real profiles use public stand-ins unless asked "
@@ -438,6 +479,8 @@ class SslTrainingConfig:
 class CKABootstrapConfig:
     """Bootstrap intervals over blocks of utterances (see `repro.similarity.bootstrap`)."""
 
+    RANGES = {"blocks": Range(0), "resamples": Range(1), "confidence": Range(0, 1, True, True)}
+
     blocks: int = setting(
         0, "blocks of utterances resampled with replacement; 0 = no interval, else at least 2. Each block keeps its own "
         "sums (0.8 GB per block for two 13-layer 768-d models)"
@@ -449,6 +492,8 @@ class CKABootstrapConfig:
 @dataclass(frozen=True)
 class CKAConfig:
     """Layer similarity: linear CKA between every pair of layers (see `repro.similarity`)."""
+
+    RANGES = {"max_frames": Range(0), "seed": Range(0), "batch_frames": Range(1)}
 
     task: Literal[("CKA", *TASK_NAMES)] = setting(
         "PR", "the paper's CKA data is unknown; read speech with a phonetic transcript: the real profiles use "
@@ -487,6 +532,8 @@ class CKAConfig:
 class DistributedConfig:
     """Runs launched with torchrun (several processes, GPUs or nodes)."""
 
+    RANGES = {"timeout_minutes": Range(0, low_open=True)}
+
     timeout_minutes: float = setting(
         60.0, "how long a rank waits for the others (shards, collectives) before the run fails naming the missing ranks"
     )
@@ -511,6 +558,8 @@ class RuntimeConfig:
 @dataclass(frozen=True)
 class ProfileConfig:
     """A complete profile: corpus, models, and the settings of every stage."""
+
+    RANGES = {"seed": Range(0)}
 
     name: str
     description: str

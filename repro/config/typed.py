@@ -1,10 +1,11 @@
 """Strict conversion of parsed YAML into typed (frozen) dataclasses.
 
 `from_dict(cls, data, source)` checks every key against the dataclass fields:
-an unknown key, a wrong type or a missing required value raises `ConfigError`
-naming the file, the dotted key and what is allowed. Supported field types:
-bool, int, float (ints accepted), str, Literal[...], list[T], dict[str, T],
-T | None, and nested dataclasses.
+an unknown key, a wrong type, a missing required value or a number outside the
+field's `Range` (its metadata `range`, or the class's `RANGES[name]`: for a
+list, every item, and the list's length) raises `ConfigError` naming the file, the dotted key and what is
+allowed. Supported field types: bool, int, float (ints accepted), str,
+Literal[...], list[T], dict[str, T], T | None, and nested dataclasses.
 """
 
 from __future__ import annotations
@@ -16,7 +17,62 @@ from typing import Any, Literal, Union
 
 from repro.errors import ConfigError
 
-__all__ = ["ConfigError", "from_dict", "to_dict"]
+__all__ = ["ConfigError", "Range", "from_dict", "to_dict"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a numeric setting allows: `low <= x` (`low < x` when `low_open`), `x <= high`
+    (`x < high` when `high_open`); for a list setting, every item, and `min_items <= len <= max_items`.
+    `unique`: a list's items must differ."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    min_items: int | None = None
+    max_items: int | None = None
+    unique: bool = False
+
+    def allows(self, x: float) -> bool:
+        if isinstance(x, float) and x != x:  # NaN is in no range
+            return False
+        if self.low is not None and (x <= self.low if self.low_open else x < self.low):
+            return False
+        return not (self.high is not None and (x >= self.high if self.high_open else x > self.high))
+
+    def describe(self) -> str:
+        """`> 0`, `>= 1`, `in (0, 1)`, ...; the text of the error message."""
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.high is not None:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        return "any number"
+
+    def check(self, value: Any, source: str, key: str) -> None:
+        """ConfigError naming `source` and `key` unless `value` (a number, a list of numbers or None) is allowed."""
+        if value is None:
+            return
+        if isinstance(value, (list, tuple)):
+            n = len(value)
+            if (self.min_items is not None and n < self.min_items) or (self.max_items is not None and n > self.max_items):
+                if self.min_items == self.max_items:
+                    size = f"exactly {self.min_items}"
+                elif self.max_items is None:
+                    size = f"at least {self.min_items}"
+                else:
+                    size = f"{self.min_items} to {self.max_items}"
+                raise ConfigError(f"{source}: key '{key}' has {n} item(s) {list(value)}; it needs {size}")
+            if self.unique and len(set(value)) != n:
+                twice = sorted({v for v in value if list(value).count(v) > 1})
+                raise ConfigError(f"{source}: key '{key}' lists {twice} more than once; list each value once")
+            for i, v in enumerate(value):
+                self.check(v, source, f"{key}[{i}]")
+            return
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not self.allows(value):
+            raise ConfigError(f"{source}: key '{key}' is {value!r}; allowed: {self.describe()}")
 
 
 def from_dict(cls: type, data: Any, source: str, prefix: str = "") -> Any:
@@ -35,6 +91,9 @@ def from_dict(cls: type, data: Any, source: str, prefix: str = "") -> Any:
         key = _join(prefix, name)
         if name in data:
             kwargs[name] = _convert(hints[name], data[name], source, key)
+            allowed = field.metadata.get("range") or getattr(cls, "RANGES", {}).get(name)
+            if allowed is not None:
+                allowed.check(kwargs[name], source, key)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{source}: missing required key '{key}' ({_type_name(hints[name])})")
     return cls(**kwargs)

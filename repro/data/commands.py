@@ -12,6 +12,8 @@ from repro.data.diskspace import gib
 from repro.data.download import data_root, describe, fetch, plan, verify_auto
 from repro.data.lock import DataLock, lock_path
 from repro.data.manual import manual_path, verify_manual
+from repro.util.atomic import check_writable
+from repro.util.locks import output_lock
 
 
 def run_fetch(names: tuple[str, ...], profile: str, dry_run: bool, keep_archives: bool, quiet: bool) -> None:
@@ -56,6 +58,19 @@ def run_verify(name: str, path: Path | None, profile: str, deep: bool) -> bool:
     return rep.ok
 
 
+def run_verify_manifests(path: Path | None, profile: str) -> bool:
+    """Every audio file of a corpus folder (default: the profile's) against its manifests' sha256;
+    prints the missing and damaged ones and a summary; True when all match."""
+    from repro.data.integrity import check_corpus
+    from repro.workspace import Workspace
+
+    folder = path if path is not None else Workspace.for_profile(profile).corpus_dir
+    report = check_corpus(folder)
+    for line in report.lines():
+        click.echo(line)
+    return report.ok
+
+
 def run_list() -> None:
     catalog = load_catalog()
     for name, c in catalog.corpora.items():
@@ -81,7 +96,9 @@ def run_prepare(profile: str, quiet: bool) -> None:
     ws = Workspace.for_profile(profile)
     if ws.profile.corpus.kind != "real":
         raise click.UsageError(f"profile {ws.profile.name!r} uses the synthetic corpus: `repro run --stage corpus`")
-    prepare_corpus(ws.corpus_dir, ws.profile, progress=not quiet)
+    check_writable(ws.work)
+    with output_lock(ws.lock_file(ws.corpus_dir), f"corpus {ws.corpus_dir}"):  # the corpus stage's lock
+        prepare_corpus(ws.corpus_dir, ws.profile, progress=not quiet)
 
 
 def run_prepare_vox2(profile: str, speakers: int | None, workers: int, quiet: bool) -> None:

@@ -51,7 +51,8 @@ class _AudioDataset(Dataset):
 
     def __getitem__(self, b: int):
         utts = [self.utterances[i] for i in self.batches[b]]
-        wavs = [torch.from_numpy(read_audio(self.root / u.path, resample=self.resample, downmix=self.downmix))
+        wavs = [torch.from_numpy(read_audio(self.root / u.path, resample=self.resample, downmix=self.downmix,
+                                            sha256=u.sha256, corpus=self.root))
                 for u in utts]
         padded, lengths = pad_waveforms(wavs)
         return b, [u.id for u in utts], padded, lengths

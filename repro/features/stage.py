@@ -20,8 +20,9 @@ from repro.features.store import FeatureStore, StoreError
 from repro.models.registry import load_upstream, resolve_spec, spec_identity, weights_fingerprint
 from repro.models.upstream import Upstream
 from repro.provenance import TRAINED_LOADERS, store_key, trained_model_key
-from repro.runtime import DistEnv, run_sharded
+from repro.runtime import DistEnv, run_sharded, writer_lock
 from repro.tasks import stores_needed
+from repro.util.atomic import check_writable
 from repro.workspace import Workspace
 
 
@@ -114,6 +115,9 @@ def extract_model(ws: Workspace, name: str, tasks: list[str] | None = None, prog
         env: a `DistEnv` (torchrun): stores are sharded across its ranks.
         force: rebuild stores that are up to date.
 
+    Each store is built under its lock (`Workspace.lock_file`): a second run that wants the same
+    store waits for the first and then keeps what it wrote (under torchrun it stops instead).
+
     Returns an `Extraction` with the stores by (task, split), split `<split>.pooled` for pooled stores.
     """
     cfg = ws.profile.extraction
@@ -125,6 +129,7 @@ def extract_model(ws: Workspace, name: str, tasks: list[str] | None = None, prog
     done = Extraction(name)
     if not any(chosen.values()):
         return done
+    check_writable(ws.features_dir)  # a read-only or foreign folder is met now, not after the first store
     upstream = load_profile_upstream(ws, name, env)
     info = model_info(name, upstream)
     fractions = []
@@ -138,14 +143,15 @@ def extract_model(ws: Workspace, name: str, tasks: list[str] | None = None, prog
                 one: dict = {}
                 pooled = kind == "pooled"
                 path = ws.store_dir(name, task, split, pooled=pooled)
-                done.stores[(task, f"{split}.pooled" if pooled else split)] = extract(
-                    upstream, part, ws.corpus_dir, path, model_info=info,
-                    dtype=cfg.dtype, max_batch_seconds=cfg.max_batch_seconds, device=cfg.device,
-                    num_workers=cfg.num_workers, resample=cfg.resample, downmix=cfg.downmix, autocast=cfg.autocast,
-                    pooled=pooled, progress=progress, stats=one, env=env,
-                    timeout_s=ws.profile.distributed.timeout_seconds,
-                    settings=store_key(ws.profile, name, task, kind), force=force,
-                )
+                timeout = ws.profile.distributed.timeout_seconds
+                with writer_lock(env, ws.lock_file(path), f"feature store {path}", timeout):
+                    done.stores[(task, f"{split}.pooled" if pooled else split)] = extract(
+                        upstream, part, ws.corpus_dir, path, model_info=info,
+                        dtype=cfg.dtype, max_batch_seconds=cfg.max_batch_seconds, device=cfg.device,
+                        num_workers=cfg.num_workers, resample=cfg.resample, downmix=cfg.downmix,
+                        autocast=cfg.autocast, pooled=pooled, progress=progress, stats=one, env=env,
+                        timeout_s=timeout, settings=store_key(ws.profile, name, task, kind), force=force,
+                    )
                 done.audio_seconds += one["audio_seconds"]
                 done.wall_seconds += one["wall_seconds"]
                 fractions.append((one["padding_fraction"], sum(u.duration for u in part)))

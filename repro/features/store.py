@@ -8,6 +8,13 @@ Layout of a store folder:
     layer_XX.bin     raw float16/float32 rows, [total frames of layer XX, dim]
     embedding.bin    [utterances, embedding dim] for models with an utterance embedding
 
+meta.json also records the sha256 of every other file of the store (`checksums`), computed
+from the files on disk when the store is completed. Opening a store checks them once per
+process (`FeatureStore(path)`; about 1 CPU-second per GB, see docs/FAULTS.md): a file changed
+afterwards (bytes flipped, a file copied over another) is refused, naming the file, instead
+of giving other metrics under the same settings. A store of the format before checksums is
+refused the same way: extracting again remakes it.
+
 While it is being written the folder is `<store>.partial/`, with one line in
 `progress.jsonl` per committed batch (written after the data is flushed to
 disk). An interrupted build resumes from the last committed batch; the folder
@@ -27,9 +34,10 @@ import numpy as np
 
 from repro.errors import ReproError
 from repro.models.upstream import LayerInfo
-from repro.util.atomic import atomic_write_json, atomic_write_text, stable_json_dumps
+from repro.util.atomic import atomic_write_json, atomic_write_text, stable_json_dumps, writable
+from repro.util.hashing import sha256_file
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: meta.json records the sha256 of every file
 DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
@@ -137,6 +145,11 @@ class StoreWriter:
             lengths: per utterance, its frames in every layer (`[len(ids)][L]`).
             embeddings: `[len(ids), E]` or None.
         """
+        with writable(self.folder):  # a full disk: one line naming the store
+            self._append_rows(ids, rows, lengths, embeddings)
+
+    def _append_rows(self, ids: list[str], rows: list[np.ndarray], lengths: list[list[int]],
+                     embeddings: np.ndarray | None) -> None:
         for l, (f, arr) in enumerate(zip(self._files, rows)):
             expected = sum(n[l] for n in lengths)
             if arr.shape != (expected, self.layers[l].dim):
@@ -158,10 +171,15 @@ class StoreWriter:
     def finish(self, extra_meta: dict | None = None) -> "FeatureStore":
         """Write index and meta, then rename the folder to its final name."""
         self.close()
+        with writable(self.folder):
+            return self._finish(extra_meta)
+
+    def _finish(self, extra_meta: dict | None) -> "FeatureStore":
         index = {"ids": self.committed.ids, "lengths": self.committed.lengths}
         index_text = stable_json_dumps(index)
         (self.folder / "index.json").write_text(index_text)
         sizes = {p.name: p.stat().st_size for p in sorted(self.folder.glob("*.bin"))}
+        checksums = {name: sha256_file(self.folder / name) for name in [*sizes, "index.json"]}
         meta = {
             "format": FORMAT_VERSION,
             "key": self.key,
@@ -172,6 +190,7 @@ class StoreWriter:
             "utterances": len(self.committed.ids),
             "frames": [sum(l[i] for l in self.committed.lengths) for i in range(len(self.layers))],
             "file_sizes": sizes,
+            "checksums": checksums,
             **(extra_meta or {}),
         }
         atomic_write_json(self.folder / "meta.json", meta)
@@ -180,6 +199,7 @@ class StoreWriter:
         if self.store.exists():
             shutil.rmtree(self.store)
         os.replace(self.folder, self.store)
+        _VERIFIED.add(_identity(self.store))  # its checksums were just computed from these files
         return FeatureStore(self.store)
 
     def close(self) -> None:
@@ -197,14 +217,40 @@ def _truncate(path: Path, size: int) -> None:
         os.truncate(path, size)
 
 
+# Stores whose files matched their checksums in this process: (folder, meta.json's inode and mtime).
+_VERIFIED: set[tuple[str, int, int]] = set()
+
+
+def _identity(store: Path) -> tuple[str, int, int]:
+    st = (store / "meta.json").stat()
+    return str(store.resolve()), st.st_ino, st.st_mtime_ns
+
+
+def verify_checksums(store: str | os.PathLike, meta: dict) -> None:
+    """StoreError naming the first file of `store` whose sha256 differs from `meta["checksums"]`.
+
+    Reads every file of the store once (about 1 CPU-second per GB)."""
+    store = Path(store)
+    for name, want in sorted(meta["checksums"].items()):
+        path = store / name
+        if not path.is_file():
+            raise StoreError(f"{path}: missing from a completed store; extract it again")
+        if sha256_file(path) != want:
+            raise StoreError(f"{path}: changed after the store was completed (its sha256 differs from the one "
+                             "meta.json records); extract it again")
+
+
 class FeatureStore:
     """Read access to a complete store (memory-mapped; nothing is loaded until used).
 
     `store.layer(l, utt_id)` -> `[T, D_l]`; `store.utterance(utt_id)` -> list over layers;
     `store.embedding(utt_id)` -> `[E]`.
+
+    Opening checks the sizes of the files, and their sha256 once per process (`verify=False`
+    skips that: only for a store this process checks otherwise).
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, verify: bool = True):
         self.path = Path(path)
         meta_path = self.path / "meta.json"
         if not meta_path.is_file():
@@ -212,13 +258,20 @@ class FeatureStore:
             raise StoreError(f"{self.path}: no complete feature store here{hint}")
         self.meta = json.loads(meta_path.read_text())
         if self.meta.get("format") != FORMAT_VERSION:
-            raise StoreError(f"{self.path}: store format {self.meta.get('format')}, expected {FORMAT_VERSION}; extract again")
+            older = " (made before stores recorded checksums)" if self.meta.get("format") == 1 else ""
+            raise StoreError(f"{self.path}: store format {self.meta.get('format')}{older}, expected "
+                             f"{FORMAT_VERSION}; extract it again")
         self.layers = [LayerInfo(**l) for l in self.meta["layers"]]
         self.dtype = DTYPES[self.meta["dtype"]]
         for name, size in self.meta["file_sizes"].items():
             actual = (self.path / name).stat().st_size if (self.path / name).exists() else -1
             if actual != size:
                 raise StoreError(f"{self.path / name}: {actual} bytes, expected {size}; delete {self.path} and extract again")
+        if verify:
+            identity = _identity(self.path)
+            if identity not in _VERIFIED:
+                verify_checksums(self.path, self.meta)
+                _VERIFIED.add(identity)
         index = json.loads((self.path / "index.json").read_text())
         self.ids: list[str] = index["ids"]
         lengths = np.asarray(index["lengths"], dtype=np.int64).reshape(len(self.ids), len(self.layers))

@@ -7,6 +7,7 @@ file named by `$REPRO_MODEL_REGISTRY`). A model can also be given directly as
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -22,6 +23,7 @@ from repro.config.typed import ConfigError, from_dict
 from repro.errors import ReproError
 from repro.models.upstream import ModelUnavailableError, Upstream
 from repro.util.atomic import atomic_directory
+from repro.util.locks import output_lock
 
 REGISTRY_FILE = Path(__file__).with_name("registry.yaml")
 FAMILIES = ("speech_ssl", "speaker_ssl", "speaker_sup")
@@ -131,6 +133,17 @@ def spec_identity(name: str) -> dict:
     return spec
 
 
+@contextlib.contextmanager
+def _made_once(folder: Path, marker: str):
+    """Yields whether the generated model `folder` lacks `marker` (and must be made), under the lock
+    `<models_dir>/.<name>.lock`: two runs that make the same model at once write it one after the other."""
+    if (folder / marker).is_file():
+        yield False
+        return
+    with output_lock(folder.with_name(f".{folder.name}.lock"), f"model {folder}"):
+        yield not (folder / marker).is_file()
+
+
 def load_upstream(name: str, models_dir: str | os.PathLike, ecapa_layers: tuple[str, ...] | None = None,
                   attention: str = "sdpa") -> Upstream:
     """Load model `name` as a frozen `Upstream`.
@@ -153,10 +166,11 @@ def load_upstream(name: str, models_dir: str | os.PathLike, ecapa_layers: tuple[
     if spec.loader == "hf_random":
         from repro.models.hf_ssl import load_hf_ssl, save_random_hf_ssl
 
-        if not (folder / "config.json").is_file():
-            with atomic_directory(folder, replace=True) as tmp:
-                save_random_hf_ssl(tmp, spec.source, int(spec.options.get("seed", 0)),
-                                   **spec.options.get("config", {}))
+        with _made_once(folder, "config.json") as missing:
+            if missing:
+                with atomic_directory(folder, replace=True) as tmp:
+                    save_random_hf_ssl(tmp, spec.source, int(spec.options.get("seed", 0)),
+                                       **spec.options.get("config", {}))
         return load_hf_ssl(str(folder), None, spec.options.get("normalize_waveform"), attention)
     if spec.loader in ("speechbrain_ecapa", "ecapa_random"):
         from repro.models import ecapa
@@ -164,10 +178,11 @@ def load_upstream(name: str, models_dir: str | os.PathLike, ecapa_layers: tuple[
         source = spec.source
         if spec.loader == "ecapa_random":
             source = str(folder)
-            if not (folder / ecapa.CHECKPOINT_NAME).is_file():
-                torch.manual_seed(int(spec.options.get("seed", 0)))
-                with atomic_directory(folder, replace=True) as tmp:
-                    ecapa.save_ecapa_checkpoint(tmp, ecapa.speechbrain_ecapa(spec.options.get("arch", {})))
+            with _made_once(folder, ecapa.CHECKPOINT_NAME) as missing:
+                if missing:
+                    torch.manual_seed(int(spec.options.get("seed", 0)))
+                    with atomic_directory(folder, replace=True) as tmp:
+                        ecapa.save_ecapa_checkpoint(tmp, ecapa.speechbrain_ecapa(spec.options.get("arch", {})))
         else:
             _require_pin(spec)
         model = ecapa.speechbrain_ecapa(spec.options.get("arch", {}))

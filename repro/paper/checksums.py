@@ -1,7 +1,8 @@
 """Every output of a profile, recorded and verified: exactly by sha256, numeric results also by value.
 
 Covered: the corpus's manifests, `corpus.json` and `phones.txt` under
-`work/<profile>/corpus/` (the manifests hold every audio file's sha256), result
+`work/<profile>/corpus/` (the manifests hold every audio file's sha256; for the
+synthetic corpus each audio file is also hashed and compared with them), result
 files under `results/<profile>/` (wall-time files `*.timing.json` excluded) and
 figures/tables under `paper_figures/<profile>/` (the report and provenance,
 which name the git commit and the machine, excluded).
@@ -312,7 +313,7 @@ def check(ws: Workspace, portable: bool = False) -> list[Outcome]:
         files = {n: p for n, p in files.items() if n.startswith(PORTABLE)}
     vpath = values_path(ws)
     values = parse_values(vpath.read_text()) if vpath.is_file() else {}
-    out = []
+    out = _audio_outcomes(ws)
     for name in sorted(set(want) | set(files)):
         if name not in files:
             out.append(Outcome(name, "missing"))
@@ -323,7 +324,22 @@ def check(ws: Workspace, portable: bool = False) -> list[Outcome]:
         else:
             ok, detail = compare_values(name, files[name], values.get(name))
             out.append(Outcome(name, "within" if ok else "changed", detail))
-    return out
+    return sorted(out, key=lambda o: o.name)
+
+
+def _audio_outcomes(ws: Workspace) -> list[Outcome]:
+    """The synthetic corpus's audio against its manifests' sha256 (the record covers the manifests,
+    which hold those digests): one `changed` or `missing` outcome per file that differs. A real
+    corpus's audio is checked by `repro data verify --profile P` (hundreds of GB), not here."""
+    from repro.data.integrity import check_corpus
+
+    if ws.profile.corpus.kind != "synthetic" or not (ws.corpus_dir / "manifests").is_dir():
+        return []
+    report = check_corpus(ws.corpus_dir)
+    name = lambda p: f"corpus/{p.relative_to(ws.corpus_dir).as_posix()}"  # noqa: E731
+    return ([Outcome(name(p), "changed", f"the audio's sha256 differs from the one {', '.join(m)} records")
+             for p, m in report.damaged]
+            + [Outcome(name(p), "missing", f"audio listed in {', '.join(m)}") for p, m in report.missing])
 
 
 def verify(ws: Workspace, portable: bool = False) -> dict[str, list[str]]:

@@ -1,7 +1,21 @@
-"""The paper stage: render every registered output, evaluate the checks, write the report and checksums."""
+"""The paper stage: render every registered output, evaluate the checks, write the report and checksums.
+
+A profile's figures, tables, checks, report and checksums describe one set of results, so they
+appear together or not at all: the stage renders everything into a fresh folder beside the
+profile's (`paper_figures/.<profile>.tmp-XXXX/<profile>/`) and then swaps it in with two renames
+(the old folder aside to `.<profile>.old-XXXX`, the new one into place), then deletes the old one.
+A run killed before the swap leaves the previous outputs as they were; one killed between the
+two renames leaves no outputs (never a mix). Temporaries such a run leaves (`.<profile>.tmp-*`,
+`.<profile>.old-*`, and `.*.tmp-*` files of a killed `repro paper render`) are removed at the
+start of the next run, under the lock of the profile's paper outputs (`repro.util.locks`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +23,8 @@ from repro.paper import checksums
 from repro.paper.claims import CheckReport, check
 from repro.paper.registry import OUTPUTS, render_output
 from repro.paper.report import write_report
+from repro.util.atomic import check_writable, writable
+from repro.util.locks import output_lock
 from repro.workspace import Workspace
 
 
@@ -37,9 +53,60 @@ def applicable(ws: Workspace) -> list[str]:
     return ids
 
 
+def paper_lock(ws: Workspace):
+    """The lock of the profile's paper outputs (held by the paper stage, `paper render` and `paper check`)."""
+    return output_lock(ws.lock_file(ws.figures), f"paper outputs {ws.figures}")
+
+
+def remove_stale(ws: Workspace) -> list[Path]:
+    """Delete what killed runs left: `.<profile>.tmp-*` / `.<profile>.old-*` folders beside the profile's
+    figures folder and `.*.tmp-*` files inside it. Call under `paper_lock`. Returns what was removed."""
+    root, name = ws.figures_root, ws.profile.name
+    stale = [p for pattern in (f".{name}.tmp-*", f".{name}.old-*") for p in root.glob(pattern)] if root.is_dir() else []
+    if ws.figures.is_dir():
+        stale += [p for p in ws.figures.glob(".*.tmp-*")]
+    for p in stale:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
+    return stale
+
+
 def run_paper(ws: Workspace) -> PaperOutcome:
-    """Render all applicable outputs, then checks, report and CHECKSUMS.sha256."""
-    rendered = {oid: render_output(ws, oid) for oid in applicable(ws)}
-    report = check(ws)
-    path = write_report(ws, report.claims, report.references, rendered)
-    return PaperOutcome(rendered, report, path, checksums.write_current(ws))
+    """Render all applicable outputs, then checks, report and CHECKSUMS.sha256, into a fresh folder
+    that replaces the profile's figures folder as a whole (see the module doc)."""
+    check_writable(ws.figures_root)
+    with paper_lock(ws):
+        remove_stale(ws)
+        staging = Path(tempfile.mkdtemp(prefix=f".{ws.profile.name}.tmp-", dir=ws.figures_root))
+        try:
+            new = dataclasses.replace(ws, figures_root=staging)
+            new.figures.mkdir()
+            rendered = {oid: render_output(new, oid) for oid in applicable(ws)}
+            report = check(new)
+            write_report(new, report.claims, report.references, rendered)
+            checksums.write_current(new)
+            _swap_in(new.figures, ws)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def final(p: Path) -> Path:
+        return ws.figures / p.relative_to(new.figures)
+
+    report = dataclasses.replace(report, files=[final(p) for p in report.files])
+    return PaperOutcome({oid: [final(p) for p in files] for oid, files in rendered.items()}, report,
+                        ws.figures / "REPORT.md", ws.figures / "CHECKSUMS.sha256")
+
+
+def _swap_in(fresh: Path, ws: Workspace) -> None:
+    """Put the folder `fresh` in the place of `ws.figures` with two renames; the old folder is deleted."""
+    target = ws.figures
+    with writable(target):
+        old = None
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{ws.profile.name}.old-", dir=ws.figures_root)) / "previous"
+            os.replace(target, old)
+        os.replace(fresh, target)
+        if old is not None:
+            shutil.rmtree(old.parent, ignore_errors=True)

@@ -30,9 +30,10 @@ from repro.probing.sources import StoreFrames, StorePooled, UpstreamFrames, chec
 from repro.probing.tasks import Task, make_task
 from repro.probing.trainer import Probe, ProbeModel, Split, evaluate, score_trials, train_group
 from repro.provenance import Stamp, asv_idt_key, is_complete, probe_key
-from repro.runtime import DistEnv, barrier, resolve_device
+from repro.runtime import DistEnv, barrier, resolve_device, writer_lock
+from repro.util.locks import output_lock
 from repro.tasks import idt_store_kind, task_input, task_spec
-from repro.util.atomic import atomic_write_json
+from repro.util.atomic import atomic_write_json, check_writable
 from repro.util.hashing import sha256_file
 from repro.workspace import Workspace
 
@@ -75,8 +76,15 @@ class StoreUnion:
 
 
 def lr_tag(lr: float) -> str:
-    """The file tag of a learning rate: `lr-1e-03` for 0.001."""
-    return f"lr-{lr:.0e}"
+    """The file tag of a learning rate: `lr-1e-03` for 0.001, `lr-1.2e-03` for 0.0012.
+
+    The fewest significant digits that give `lr` back exactly, so distinct learning rates never
+    share a result file (a value of one significant digit keeps the one-digit tag it always had)."""
+    for digits in range(17):
+        text = f"{lr:.{digits}e}"
+        if float(text) == lr:
+            return f"lr-{text}"
+    return f"lr-{lr!r}"
 
 
 class ProbeInputs:
@@ -236,9 +244,19 @@ def run_probes(ws: Workspace, model: str, task: str, lrs: list[float], progress:
     `probing.max_group` (one forward of each micro-batch for the whole group); the results equal
     those of solo runs. With `env` (a `DistEnv` of several ranks) every rank trains the groups
     together (one gradient all-reduce per step); rank 0 writes the files. `force` trains again from scratch.
+    The results of (model, task) have one writer at a time: a second run waits for their lock
+    (`repro.runtime.writer_lock`), then keeps what the first one wrote.
     Returns the outcomes in the order of `lrs`.
     """
     inputs = inputs or ProbeInputs(ws, model, task, env)
+    folder = ws.probe_dir(model, task)
+    with writer_lock(env, ws.lock_file(folder), f"probe results {folder}", ws.profile.distributed.timeout_seconds):
+        return _run_probes(ws, model, task, lrs, progress, env, force, inputs, on_eval)
+
+
+def _run_probes(ws: Workspace, model: str, task: str, lrs: list[float], progress: bool, env: DistEnv | None,
+                force: bool, inputs: ProbeInputs, on_eval) -> list[ProbeOutcome]:
+    """`run_probes` under the lock of the results of (model, task)."""
     paths = {lr: ws.probe_dir(model, task) / f"{lr_tag(lr)}.json" for lr in lrs}
     done: dict[float, ProbeOutcome] = {}
     for lr in lrs:
@@ -305,7 +323,8 @@ def select_best(ws: Workspace, model: str, task: str, inputs: ProbeInputs | None
     summary = {**best, "selected_lr": best["lr"], "provenance": stamp.as_dict(),
                "sweep": [{"lr": r["lr"], "dev": r["dev"], "test": r["test"]} for r in runs]}
     path = ws.probe_dir(model, task) / "best.json"
-    atomic_write_json(path, summary)
+    with output_lock(ws.lock_file(path.parent), f"probe results {path.parent}"):
+        atomic_write_json(path, summary)
     return _outcome({**summary, "lr": None}, path, skipped=False, detail=f"selected lr={best['lr']:g}")
 
 
@@ -320,6 +339,13 @@ def run_asv_idt(ws: Workspace, model: str, force: bool = False) -> ProbeOutcome 
     stores = {s: open_store(ws, model, "ASV", s, kind) for s in splits}
     stamp = Stamp(asv_idt_key(ws.profile, model), {s: st.key for s, st in stores.items()})
     path = ws.asv_idt_file(model)
+    with output_lock(ws.lock_file(path), f"ASV-IDT result {path}"):
+        return _asv_idt(ws, model, force, stores, stamp, path)
+
+
+def _asv_idt(ws: Workspace, model: str, force: bool, stores: dict[str, FeatureStore], stamp: Stamp,
+             path: Path) -> ProbeOutcome | None:
+    """`run_asv_idt` under the lock of its result file."""
     existing = _read_json(path)
     if not force and existing is not None and is_complete(existing.get("provenance"), stamp):
         return _outcome(existing, path, skipped=True, detail=existing["embedding"])
@@ -365,7 +391,13 @@ def run_all(ws: Workspace, models: list[str] | None = None, tasks: list[str] | N
     ranks return theirs too, identical). `force` trains everything again."""
     tasks = list(tasks or ws.profile.tasks)
     require_budgets(ws.profile, tasks)
+    bad = [lr for lr in lrs or [] if not lr > 0 or lr == float("inf")]
+    if bad:
+        raise ConfigError(f"--lr {bad[0]:g}: a learning rate must be a finite number > 0")
     main = env is None or env.is_main
+    if main:  # where results and checkpoints go: a read-only folder is met now, not after training
+        check_writable(ws.results / "probing")
+        check_writable(ws.work / "probes")
     done: list[ProbeOutcome] = []
     for model in models or ws.profile.models.all():
         for task in tasks:

@@ -129,7 +129,7 @@ class UpstreamFrames:
 
     def _audio(self, i: int, step: int | None) -> Tensor:
         u = self.utts[i]
-        wav = read_audio(self.root / u.path)
+        wav = read_audio(self.root / u.path, sha256=u.sha256, corpus=self.root)
         if self.crop and step is not None and len(wav) > self.crop:
             start = int(_crop_rng(self.seed, u.id, step).integers(0, len(wav) - self.crop + 1))
             wav = wav[start:start + self.crop]

@@ -29,13 +29,13 @@ from repro.errors import ReproError
 from repro.features.stage import open_store
 from repro.features.store import FeatureStore
 from repro.provenance import Stamp, cka_key, is_complete
-from repro.runtime import exchange, resolve_device
+from repro.runtime import exchange, resolve_device, writer_lock
 from repro.similarity.align import aligned_length, align_frames, mean_pool, rate_factors
 from repro.similarity.bootstrap import BlockBootstrap
 from repro.similarity.cka import cka_from_terms
 from repro.similarity.sampling import assign_blocks, subsample_frames
 from repro.similarity.shards import stream_sharded
-from repro.util.atomic import atomic_write_json
+from repro.util.atomic import atomic_write_json, check_writable
 from repro.util.hashing import config_hash
 from repro.util.npz import atomic_write_npz
 from repro.util.progress import progress_bar
@@ -180,10 +180,8 @@ def compute_pair(ws: Workspace, a: str, b: str, *, force: bool = False, progress
 
     With `env` (torchrun, several ranks) the utterances are sharded across the ranks and the
     statistics merged by addition on rank 0, which writes the result (`repro.similarity.shards`).
+    The pair's result has one writer at a time (`repro.runtime.writer_lock`).
     """
-    import json
-
-
     cfg = ws.profile.cka
     check_settings(cfg)
     sym = a == b
@@ -192,6 +190,18 @@ def compute_pair(ws: Workspace, a: str, b: str, *, force: bool = False, progress
     ids = _check_same_items(sa, sb)
     cfg_hash = config_hash(to_dict(cfg))
     expected = Stamp(cka_key(ws.profile, a, b), {"a": sa.key, "b": sb.key})
+    npz_path, json_path = result_paths(ws, a, b)
+    with writer_lock(env if env is not None and env.distributed else None, ws.lock_file(json_path),
+                     f"CKA result {json_path}", ws.profile.distributed.timeout_seconds):
+        return _compute_pair(ws, a, b, force, progress, env, cfg, sa, sb, ids, cfg_hash, expected)
+
+
+def _compute_pair(ws: Workspace, a: str, b: str, force: bool, progress: bool, env, cfg, sa: FeatureStore,
+                  sb: FeatureStore, ids: list[str], cfg_hash: str, expected: Stamp) -> dict:
+    """`compute_pair` under the lock of the pair's result."""
+    import json
+
+    sym = a == b
     npz_path, json_path = result_paths(ws, a, b)
     if not force and _up_to_date(npz_path, json_path, expected):
         return {**json.loads(json_path.read_text()), "skipped": True}
@@ -286,4 +296,6 @@ def run_cka(ws: Workspace, pairs: Iterable[tuple[str, str]] | None = None, *, fo
 
     With `env` (torchrun) each pair's statistics are sharded across the ranks."""
     chosen = list(pairs) if pairs is not None else default_pairs(ws.profile.models.all())
+    if env is None or env.is_main:
+        check_writable(ws.results / "cka")  # before the statistics, not after them
     return [compute_pair(ws, a, b, force=force, progress=progress, env=env) for a, b in chosen]

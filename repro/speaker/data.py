@@ -29,11 +29,13 @@ FRAME_LENGTH_MS = 25
 
 @dataclass(frozen=True)
 class TrainUtterance:
-    """One training utterance: its audio file, length (samples) and speaker index."""
+    """One training utterance: its audio file, length (samples), speaker index and the manifest's sha256
+    (checked when the whole file is read)."""
 
     path: Path
     num_samples: int
     speaker: int
+    sha256: str | None = None
 
 
 def load_training_set(corpus_dir: str | os.PathLike, task: str, split: str
@@ -46,7 +48,7 @@ def load_training_set(corpus_dir: str | os.PathLike, task: str, split: str
     speakers = sorted({u.speaker for u in utts})
     index = {s: i for i, s in enumerate(speakers)}
     root = Path(corpus_dir)
-    return [TrainUtterance(root / u.path, u.num_samples, index[u.speaker]) for u in utts], speakers
+    return [TrainUtterance(root / u.path, u.num_samples, index[u.speaker], u.sha256) for u in utts], speakers
 
 
 def frames_to_samples(frames: int, sample_rate: int = 16000) -> int:
@@ -99,7 +101,7 @@ class AudioSource:
         if self.cache or u.num_samples < length:
             wav = self._audio.get(index)
             if wav is None:
-                wav = read_audio(u.path)
+                wav = read_audio(u.path, sha256=u.sha256)
                 if self.cache:
                     self._audio[index] = wav
             if len(wav) < length:

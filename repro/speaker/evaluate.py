@@ -39,7 +39,7 @@ class TrialSet:
         if missing:
             raise ManifestError(f"{path}: trial utterance(s) {missing[:3]} are not in the {task} {split} manifest")
         index = {u: k for k, u in enumerate(needed)}
-        audio = [read_audio(Path(corpus_dir) / utts[i].path) for i in needed]
+        audio = [read_audio(Path(corpus_dir) / utts[i].path, sha256=utts[i].sha256, corpus=corpus_dir) for i in needed]
         enroll = np.array([index[t.enroll] for t in trials])
         return cls(needed, audio, enroll, np.array([index[t.test] for t in trials]),
                    np.array([t.target for t in trials], dtype=bool))

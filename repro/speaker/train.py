@@ -24,14 +24,14 @@ from repro.config.typed import to_dict
 from repro.data.manifest import manifest_path, trials_path
 from repro.errors import ConfigError, ReproError
 from repro.provenance import trained_model_key
-from repro.runtime import DistEnv, barrier, setup, teardown, threads_of
+from repro.runtime import DistEnv, barrier, setup, teardown, threads_of, writer_lock
 from repro.speaker import data as D
 from repro.speaker.augment import Augmenter, NoiseBank, RirBank
 from repro.speaker.evaluate import TrialSet, collapse_report, embed, trial_eer
 from repro.speaker.recipes import BatchMaker, DinoRecipe, Plan, SupervisedRecipe
 from repro.speaker.trainer import LoopSettings, run_loop
 from repro.speaker.trainlog import TrainLog, plot_log, read_log
-from repro.util.atomic import atomic_directory, atomic_write_json
+from repro.util.atomic import atomic_directory, atomic_write_json, check_writable
 from repro.util.hashing import config_hash, sha256_file
 from repro.workspace import Workspace
 
@@ -106,8 +106,14 @@ def train_speaker(ws: Workspace, recipe: str, *, force: bool = False, progress: 
         return info
     with threads_of(ws.profile):
         env = setup(cfg.device, setting="speaker_training.device")
+        out = ws.models_dir / rcfg.output_name
+        if env.is_main:
+            check_writable(ws.models_dir)  # before training, not at publication
         try:
-            return _train(ws, recipe, rcfg, env, progress, stop_after_step)
+            with writer_lock(env, ws.lock_file(out), f"trained model {out}", ws.profile.distributed.timeout_seconds):
+                if not force and (info := published(ws, recipe)) is not None:  # another run trained it meanwhile
+                    return info
+                return _train(ws, recipe, rcfg, env, progress, stop_after_step)
         finally:
             teardown(env)
 

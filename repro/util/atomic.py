@@ -4,17 +4,84 @@ Every writer creates a temporary sibling (same folder, so `os.replace` is an
 atomic rename on POSIX file systems), fills it, flushes it to disk and renames
 it over the destination. A crash leaves at most a `*.tmp-*` file behind, which
 later writers ignore.
+
+The operating system's refusals that a user fixes (a full disk, a read-only or
+foreign folder, a quota) become `OutputNotWritableError`, one line naming the
+path and what to do (`os_error`); `check_writable(folder)` meets them before a
+stage starts long work rather than after it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from repro.errors import ReproError
+
+# errno -> what the user does about it
+_REMEDIES = {
+    errno.ENOSPC: "the disk is full: free space there, or point the output elsewhere "
+                  "($REPRO_WORK, $REPRO_RESULTS, $REPRO_FIGURES)",
+    errno.EDQUOT: "the disk quota is exceeded: free space there, or point the output elsewhere "
+                  "($REPRO_WORK, $REPRO_RESULTS, $REPRO_FIGURES)",
+    errno.EROFS: "the file system is read-only: mount it writable, or point the output elsewhere "
+                 "($REPRO_WORK, $REPRO_RESULTS, $REPRO_FIGURES)",
+    errno.EACCES: "permission denied: make the folder writable for this user, or point the output elsewhere "
+                  "($REPRO_WORK, $REPRO_RESULTS, $REPRO_FIGURES)",
+    errno.EPERM: "operation not permitted: make the folder writable for this user, or point the output "
+                 "elsewhere ($REPRO_WORK, $REPRO_RESULTS, $REPRO_FIGURES)",
+}
+
+
+class OutputNotWritableError(ReproError):
+    """An output that cannot be written: full disk, read-only or foreign folder, quota."""
+
+
+def is_user_os_error(err: BaseException) -> bool:
+    """True for the operating-system refusals a user fixes (see `os_error`)."""
+    return isinstance(err, OSError) and err.errno in _REMEDIES
+
+
+def os_error(err: OSError, path: str | os.PathLike | None = None) -> OutputNotWritableError:
+    """One-line `OutputNotWritableError` for `err` (ENOSPC, EDQUOT, EROFS, EACCES, EPERM), naming
+    `path` (default: the file the error names) and what to do."""
+    where = path if path is not None else (err.filename or "an output")
+    return OutputNotWritableError(f"{where}: {os.strerror(err.errno)} (errno {err.errno}); {_REMEDIES[err.errno]}")
+
+
+@contextlib.contextmanager
+def writable(path: str | os.PathLike) -> Iterator[None]:
+    """Turn the user-fixable OS errors raised in the block into `OutputNotWritableError` naming `path`."""
+    try:
+        yield
+    except OutputNotWritableError:
+        raise
+    except OSError as err:
+        if not is_user_os_error(err):
+            raise
+        raise os_error(err, err.filename or path) from err
+
+
+def check_writable(folder: str | os.PathLike) -> Path:
+    """Make `folder` (and its parents) and write, sync and delete a small file in it; an
+    `OutputNotWritableError` naming it when that fails. Call before long work that writes there."""
+    folder = Path(folder)
+    with writable(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".writable.tmp-", dir=folder)
+        try:
+            os.write(fd, b"\0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    return folder
 
 
 @contextlib.contextmanager
@@ -26,14 +93,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     keeps its previous content (or stays absent).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    with writable(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        _fsync_file(tmp_path)
-        os.replace(tmp_path, path)
+        with writable(path):
+            yield tmp_path
+            _fsync_file(tmp_path)
+            os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
@@ -69,15 +138,17 @@ def atomic_directory(path: str | os.PathLike, *, replace: bool = False) -> Itera
     folder is deleted.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    with writable(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        yield tmp
-        if path.exists():
-            if not replace:
-                raise FileExistsError(f"{path} already exists; remove it or pass replace=True")
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        with writable(path):
+            yield tmp
+            if path.exists():
+                if not replace:
+                    raise FileExistsError(f"{path} already exists; remove it or pass replace=True")
+                shutil.rmtree(path)
+            os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
