@@ -86,7 +86,7 @@ def test_every_make_target_named_exists(page):
     targets = _make_targets()
     named = set()
     for code in _code(page.read_text()).splitlines():
-        for m in re.finditer(r"(?:^|[\s;&|(])make((?: +[A-Z_]+=\S*)*)((?: +[a-z][\w%*…-]*)+)", code):
+        for m in re.finditer(r"(?:^|[;&|(] *)make((?: +[A-Z_]+=\S*)*)((?: +[a-z][\w%*…-]*)+)", code):
             named.update(w for w in m.group(2).split() if not re.fullmatch(r"[A-Z_]+=\S*", w))
     missing = sorted(n for n in named if not _is_make_target(n, targets))
     assert not missing, f"{page.name} names Make targets the Makefile lacks: {missing}"

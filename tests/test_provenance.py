@@ -228,7 +228,8 @@ def other_value(key: str, value: Any) -> Any:
         return value + "x"
     if isinstance(value, list):  # numbers: the last one changed (lengths and distinct items are ranges)
         if value and isinstance(value[-1], (int, float)) and not isinstance(value[-1], bool):
-            return [*value[:-1], value[-1] * 2 + 1]
+            allowed, last = _range_at(key), value[-1]
+            return [*value[:-1], next(v for v in (last * 2 + 1, last / 2) if allowed is None or allowed.allows(v))]
         return [*value, value[-1]] if value else [1.0]
     if value is None:
         inner = typing.get_args(_type_at(key)) or (tp,)

@@ -438,6 +438,17 @@ class MaskedPredictionConfig:
     heldout_utterances: int = setting(
         100, "training utterances kept out of training to measure masked-prediction accuracy (never dev or test)")
 
+    RANGES = {**{k: Range(1) for k in ("steps", "batch_size", "clusters", "kmeans_n_init", "kmeans_batch_size",
+                                       "kmeans_max_iter", "mask_length", "final_dim", "heldout_utterances")},
+              **{k: Range(0) for k in ("seed", "kmeans_max_frames", "mask_min_masks", "unmasked_weight",
+                                       "weight_decay")},
+              **{k: Range(0, low_open=True) for k in ("crop_seconds", "min_seconds", "logit_temp", "lr", "adam_eps",
+                                                      "grad_clip")},
+              "mask_prob": Range(0, 1), "warmup_fraction": Range(0, 1, high_open=True), "mix_prob": Range(0, 1),
+              "mix_max_fraction": Range(0, 1, low_open=True), "adam_betas": Range(0, 1, high_open=True, min_items=2,
+                                                                                  max_items=2),
+              "mix_snr_db": Range(min_items=2, max_items=2)}
+
 
 @dataclass(frozen=True)
 class HubertRecipeConfig(MaskedPredictionConfig):
@@ -471,6 +482,7 @@ class SslTrainingConfig:
     require_above_majority: bool = setting(
         True, "publish a model only if its held-out masked-prediction accuracy beats always answering the most "
         "frequent cluster (a broken run is not used)")
+    RANGES = {"threads": Range(0), "log_every": Range(1), "checkpoint_every": Range(1)}
     hubert: HubertRecipeConfig = field(default_factory=HubertRecipeConfig)
     wavlm: WavlmRecipeConfig = field(default_factory=WavlmRecipeConfig)
 
@@ -553,6 +565,7 @@ class RuntimeConfig:
         "OMP_NUM_THREADS=1) and on any number of cores; 2 is the count the recorded smoke checksums were made with; "
         "0 leaves torch's default (the cores, or OMP_NUM_THREADS), with outputs that then follow the launcher in "
         "their last bits")
+    RANGES = {"threads": Range(0)}
 
 
 @dataclass(frozen=True)

@@ -98,7 +98,7 @@ def open_store(ws: Workspace, model: str, task: str, split: str, kind: str = "fr
     try:
         store = FeatureStore(path)
     except StoreError as err:
-        raise StoreError(f"{err}; make it with {remedy}") from None
+        raise StoreError(f"{err}: {remedy} makes it") from None
     if store.meta["info"].get("settings") != store_key(ws.profile, model, task, kind):
         raise StaleInputError(f"{path}: made under other settings than profile '{ws.profile.name}' gives; "
                               f"make it again with {remedy}")
