@@ -170,7 +170,7 @@ def test_checkpoint_of_another_configuration_is_refused_until_forced(tiny_corpus
 
 
 def test_a_run_no_better_than_the_majority_cluster_is_not_published(tiny_corpus, tmp_path):
-    ws = make_ws(tmp_path, tiny_corpus, extra="lr: 0.0")
+    ws = make_ws(tmp_path, tiny_corpus, extra="lr: 1.0e-12")
     prof = tmp_path / "ssl.yaml"
     prof.write_text(prof.read_text().replace("require_above_majority: false", "require_above_majority: true"))
     ws = Workspace(load_profile(prof), ws.work_root, ws.results_root, ws.figures_root)

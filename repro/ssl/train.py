@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from repro.util.progress import progress_bar
 
 from repro.errors import ConfigError, ReproError
 from repro.provenance import trained_model_key
@@ -291,7 +291,7 @@ def _train(ws: Workspace, recipe: str, device: torch.device, force: bool, progre
             log.write(step=0, heldout_accuracy=acc0["masked_accuracy"], note="untrained")
         batches = Batches(cfg, train_audio, train_t, data.grid)
         model.train()
-        bar = tqdm(total=cfg.steps, initial=start, desc=f"train {recipe}", unit="step", disable=not progress)
+        bar = progress_bar(total=cfg.steps, initial=start, desc=f"train {recipe}", unit="step", disable=not progress)
         for step in range(start, cfg.steps):
             lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_fraction)
             for g in optimizer.param_groups:
