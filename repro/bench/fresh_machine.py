@@ -13,6 +13,7 @@ The record's fields (seconds are wall-clock seconds, sizes are GB = 10^9 bytes a
                                   (building .venv, approximate), "stages" {stage: seconds}}
     disk_gb                      {"clone", ".venv", "work"}: the clone after `make demo`
     test                         {"command", "wall_seconds", "tests" (how many ran)}
+    conditions                   optional: what else ran on the machine meanwhile (one sentence)
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def provenance(r: dict) -> str:
     m = r["machine"]
     return (f"Measured on {m['system']} with only {', '.join(m['packages'])} installed, "
             f"{m['logical_cores']} logical cores, {'no GPU' if not m.get('gpu') else m['gpu']}; "
-            f"commit {r['commit']}, {r['date']}.")
+            f"commit {r['commit']}, {r['date']}." + (f" Conditions: {r['conditions']}." if r.get("conditions") else ""))
 
 
 def table(r: dict) -> str:
