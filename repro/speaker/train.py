@@ -14,7 +14,6 @@ untrained network's, and (DINO) it has not collapsed; otherwise `failure.json` s
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -30,8 +29,8 @@ from repro.speaker.augment import Augmenter, NoiseBank, RirBank
 from repro.speaker.evaluate import TrialSet, collapse_report, embed, trial_eer
 from repro.speaker.recipes import BatchMaker, DinoRecipe, Plan, SupervisedRecipe
 from repro.speaker.trainer import LoopSettings, run_loop
-from repro.speaker.trainlog import TrainLog, plot_log, read_log
-from repro.util.atomic import atomic_directory, atomic_write_json, check_writable
+from repro.speaker.trainlog import TrainLog, publish_or_fail
+from repro.util.atomic import atomic_write_json, check_writable
 from repro.util.hashing import config_hash, sha256_file
 from repro.workspace import Workspace
 
@@ -166,7 +165,6 @@ def _judge_and_publish(ws, recipe, r, rcfg, trials, env, result, key, utts, spea
                              cfg.collapse_min_embedding_std, cfg.collapse_min_teacher_kl)
     TrainLog(rdir / "train_log.jsonl", keep_until_step=result.steps).write(
         step=result.steps, epoch=rcfg.epochs, eer=eer, note="final")
-    rows = read_log(rdir / "train_log.jsonl")
     elapsed, cpu = time.perf_counter() - clocks[0], time.process_time() - clocks[1]
     atomic_write_json(rdir / "timing.json", {"wall_seconds": round(elapsed, 1), "cpu_seconds": round(cpu, 1),
                                              "steps_run": result.steps - result.resumed_from,
@@ -184,20 +182,12 @@ def _judge_and_publish(ws, recipe, r, rcfg, trials, env, result, key, utts, spea
     problems = list(report.reasons)
     if cfg.require_eer_improvement and not eer < result.eer_untrained:
         problems.append(f"EER {eer:.4f} is not below the untrained network's {result.eer_untrained:.4f}")
-    if problems:
-        atomic_write_json(rdir / "failure.json", {**info, "problems": problems})
-        raise SpeakerTrainingFailed(
-            f"{recipe} training of '{rcfg.output_name}' failed and its model is not used: {'; '.join(problems)} "
-            f"(details: {rdir / 'failure.json'}; change the settings or retrain with --force)")
-    (rdir / "failure.json").unlink(missing_ok=True)
-    out = ws.models_dir / rcfg.output_name
-    with atomic_directory(out, replace=True) as tmp:
-        info.update(r.export(tmp))
-        info["weights_sha256"] = sha256_file(tmp / info["weights_file"])
-        shutil.copyfile(rdir / "train_log.jsonl", tmp / "train_log.jsonl")
-        plot_log(rows, tmp / "loss.png", f"{rcfg.output_name} ({recipe}): loss and EER")
-        atomic_write_json(tmp / "model.json", info)
-    return info
+    def failure(message: str) -> SpeakerTrainingFailed:
+        return SpeakerTrainingFailed(f"{recipe} training of '{rcfg.output_name}' failed and its model is not used: "
+                                     f"{message}; change the settings or retrain with --force)")
+
+    return publish_or_fail(rdir, ws.models_dir / rcfg.output_name, info, problems, failure, r.export,
+                           f"{rcfg.output_name} ({recipe}): loss and EER")
 
 
 def train(ws: Workspace, recipe: str, *, force: bool = False, progress: bool = True) -> dict | None:

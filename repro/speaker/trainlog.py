@@ -1,4 +1,4 @@
-"""The training log (JSON lines) and its plot.
+"""The training log (JSON lines), its plot, and the publication of a trained model.
 
 One line per logged step (`{"step", "epoch", "loss", "lr", ...}`) and one per evaluation
 (`{"step", "epoch", "eer"}`). Values are rounded to 6 significant digits so the file is
@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
+from typing import Callable
 
-from repro.util.atomic import atomic_path, atomic_write_text
+from repro.util.atomic import atomic_directory, atomic_path, atomic_write_json, atomic_write_text
+from repro.util.hashing import sha256_file
 
 
 def _clean(v):
@@ -70,3 +73,26 @@ def plot_log(rows: list[dict], out: str | os.PathLike, title: str) -> None:
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", metadata={"Software": None})
     plt.close(fig)
+
+
+def publish_or_fail(run_dir: Path, out: Path, info: dict, problems: list[str], failure: Callable[[str], Exception],
+                    write: Callable[[Path], dict], title: str) -> dict:
+    """Publish a trained model in `out`, or record why not.
+
+    With `problems`, `run_dir/failure.json` gets `info` and the problems, and `failure(message)` is
+    raised (the message names the problems and that file). Otherwise `out` is replaced as a whole:
+    `write(folder)` writes the weights and returns entries for `model.json` (at least
+    `weights_file`), then the weights' sha256, the training log, its plot and `model.json` follow.
+    Returns `info` as written to `model.json`."""
+    if problems:
+        atomic_write_json(run_dir / "failure.json", {**info, "problems": problems})
+        raise failure(f"{'; '.join(problems)} (details: {run_dir / 'failure.json'}")
+    (run_dir / "failure.json").unlink(missing_ok=True)
+    rows = read_log(run_dir / "train_log.jsonl")
+    with atomic_directory(out, replace=True) as tmp:
+        info.update(write(tmp))
+        info["weights_sha256"] = sha256_file(tmp / info["weights_file"])
+        shutil.copyfile(run_dir / "train_log.jsonl", tmp / "train_log.jsonl")
+        plot_log(rows, tmp / "loss.png", title)
+        atomic_write_json(tmp / "model.json", info)
+    return info

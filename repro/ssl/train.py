@@ -28,24 +28,23 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from repro.util.progress import progress_bar
 
 from repro.errors import ConfigError, ReproError
 from repro.provenance import trained_model_key
 from repro.runtime import on_rank_zero, setup, teardown
-from repro.speaker.trainlog import TrainLog, plot_log, read_log
+from repro.speaker.trainlog import TrainLog, publish_or_fail
 from repro.ssl import prepare as P
 from repro.ssl.model import MaskedPredictor, build_backbone, masked_loss, span_mask
 from repro.ssl.targets import FrameGrid, KMeansSettings, Targets, make_targets, targets_key
-from repro.util.atomic import atomic_directory, atomic_path, atomic_write_json
-from repro.util.hashing import config_hash, sha256_file
+from repro.util.atomic import atomic_path, atomic_write_json
+from repro.util.progress import progress_bar
+from repro.util.hashing import config_hash
 from repro.workspace import Workspace
 
 RECIPES = ("hubert", "wavlm")
@@ -349,26 +348,23 @@ def _judge_and_publish(ws, recipe, model, data: Corpus, key, acc0, acc, clocks, 
                     "masked_accuracy": {"untrained": r6(acc0["masked_accuracy"]),
                                         "trained": r6(acc["masked_accuracy"])}},
     }
+    problems = []
     if st.require_above_majority and not acc["masked_accuracy"] > acc["majority_rate"]:
         problems = [f"held-out masked-prediction accuracy {acc['masked_accuracy']:.4f} is not above the "
                     f"majority-cluster rate {acc['majority_rate']:.4f}"]
-        atomic_write_json(rdir / "failure.json", {**info, "problems": problems})
-        raise SslTrainingFailed(
-            f"{recipe} pre-training of '{cfg.output_name}' failed and its model is not used: {problems[0]} "
-            f"(details: {rdir / 'failure.json'}; change ssl_training.{recipe} or retrain with --force)")
-    (rdir / "failure.json").unlink(missing_ok=True)
-    out = ws.models_dir / cfg.output_name
-    rows = read_log(rdir / "train_log.jsonl")
-    with atomic_directory(out, replace=True) as tmp:
-        model.backbone.save_pretrained(tmp)
+
+    def failure(message: str) -> SslTrainingFailed:
+        return SslTrainingFailed(f"{recipe} pre-training of '{cfg.output_name}' failed and its model is not used: "
+                                 f"{message}; change ssl_training.{recipe} or retrain with --force)")
+
+    def write(folder: Path) -> dict:
+        model.backbone.save_pretrained(folder)
         Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=P.SAMPLE_RATE, padding_value=0.0, do_normalize=False,
-                                 return_attention_mask=True).save_pretrained(tmp)
-        info["weights_file"] = WEIGHTS_FILE
-        info["weights_sha256"] = sha256_file(tmp / WEIGHTS_FILE)
-        shutil.copyfile(rdir / "train_log.jsonl", tmp / "train_log.jsonl")
-        plot_log(rows, tmp / "loss.png", f"{cfg.output_name} ({recipe}): masked-prediction loss")
-        atomic_write_json(tmp / "model.json", info)
-    return info
+                                 return_attention_mask=True).save_pretrained(folder)
+        return {"weights_file": WEIGHTS_FILE}
+
+    return publish_or_fail(rdir, ws.models_dir / cfg.output_name, info, problems, failure, write,
+                           f"{cfg.output_name} ({recipe}): masked-prediction loss")
 
 
 # ----------------------------------------------------------------------------- the recipe interface
