@@ -149,7 +149,7 @@ def test_readme_numbers_are_the_records_rounded():
 
     text = " ".join(README.read_text().split())
     fresh = load(ROOT / "artifacts" / "bench" / "fresh_machine.json")
-    assert f"`make demo` takes about {round(fresh['demo']['wall_seconds'] / 60)} minutes" in text
+    assert f"`make demo` took about {round(fresh['demo']['wall_seconds'] / 60)} minutes" in text
     assert f"about {round(fresh['demo']['venv_seconds'] / 60)} of them build `.venv`" in text
     assert f"`make test` about {round(fresh['test']['wall_seconds'] / 60)} minutes ({fresh['test']['tests']} tests)" \
         in text
