@@ -51,6 +51,16 @@ def section(name: str) -> str:
     return "ssl_training" if recipe(name).trains == "speech SSL" else "speaker_training"
 
 
+def settings(profile, name: str):
+    """The settings of recipe `name` in `profile` (`<section>.<name>`, e.g. `ssl_training.hubert`)."""
+    return getattr(getattr(profile, section(name)), name)
+
+
+def run_dir(ws, name: str):
+    """The run folder of recipe `name` (checkpoints, logs, timing): `work/<profile>/<section>/<output_name>/`."""
+    return ws.work / section(name) / settings(ws.profile, name).output_name
+
+
 def _module(name: str):
     return importlib.import_module(recipe(name).module)
 

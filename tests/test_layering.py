@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1] / "repro"
 # From the ground up (docs/architecture.md). A module may import its own floor and the floors below.
 FLOORS: list[tuple[str, ...]] = [
     ("repro", "repro.errors", "repro.util", "repro.config", "repro.tasks", "repro.workspace"),
-    ("repro.runtime", "repro.audio", "repro.metrics", "repro.recipes"),
+    ("repro.runtime", "repro.audio", "repro.metrics", "repro.recipes", "repro.trainlog"),
     ("repro.data", "repro.models"),
     ("repro.provenance",),
     ("repro.features",),
@@ -91,3 +91,13 @@ def test_recipes_are_reached_through_the_recipe_interface_only():
         if not _in_recipes(name):
             assert not [t for t, _ in imports(path, name) if _in_recipes(t)], name
 
+
+
+def test_recipe_packages_do_not_import_each_other():
+    """What two recipe packages share lives below them (`repro.trainlog`, `repro.recipes`)."""
+    def package(module: str) -> str:
+        return next(p for p in RECIPE_PACKAGES if module == p or module.startswith(p + "."))
+
+    crossing = [f"{name} imports {t}" for name, path in modules().items() if _in_recipes(name)
+                for t, _ in imports(path, name) if _in_recipes(t) and package(t) != package(name)]
+    assert not crossing, "\n".join(crossing)

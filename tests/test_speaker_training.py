@@ -197,7 +197,7 @@ def test_two_gloo_ranks_train_the_same_model_as_one_process_with_accumulation(ti
     assert len(params) > 50
     for k in params:  # batch statistics are per rank / per micro-batch in both; running buffers differ by design
         assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
-    from repro.speaker.trainlog import read_log
+    from repro.trainlog import read_log
 
     log_a = [r for r in read_log(single.models_dir / "tiny-ecapa-dino" / "train_log.jsonl") if "loss" in r]
     log_b = [r for r in read_log(multi.models_dir / "tiny-ecapa-dino" / "train_log.jsonl") if "loss" in r]

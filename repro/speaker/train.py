@@ -29,7 +29,7 @@ from repro.speaker.augment import Augmenter, NoiseBank, RirBank
 from repro.speaker.evaluate import TrialSet, collapse_report, embed, trial_eer
 from repro.speaker.recipes import BatchMaker, DinoRecipe, Plan, SupervisedRecipe
 from repro.speaker.trainer import LoopSettings, run_loop
-from repro.speaker.trainlog import TrainLog, publish_or_fail
+from repro.trainlog import TrainLog, publish_or_fail
 from repro.util.atomic import atomic_write_json, check_writable
 from repro.util.hashing import config_hash, sha256_file
 from repro.workspace import Workspace

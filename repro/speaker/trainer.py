@@ -19,7 +19,7 @@ from torch import nn
 from repro.runtime import DistEnv, all_reduce_sum, barrier
 from repro.speaker.evaluate import TrialSet, trial_eer
 from repro.speaker.recipes import BatchMaker, micro_batch_loader
-from repro.speaker.trainlog import TrainLog
+from repro.trainlog import TrainLog
 from repro.util.atomic import atomic_path
 from repro.util.progress import progress_bar
 

@@ -38,7 +38,7 @@ import torch
 from repro.errors import ConfigError, ReproError
 from repro.provenance import trained_model_key
 from repro.runtime import on_rank_zero, setup, teardown
-from repro.speaker.trainlog import TrainLog, publish_or_fail
+from repro.trainlog import TrainLog, publish_or_fail
 from repro.ssl import prepare as P
 from repro.ssl.model import MaskedPredictor, build_backbone, masked_loss, span_mask
 from repro.ssl.targets import FrameGrid, KMeansSettings, Targets, make_targets, targets_key
