@@ -21,6 +21,7 @@ import torch
 
 from repro.config.typed import to_dict
 from repro.data.manifest import manifest_path, trials_path
+from repro import recipes
 from repro.errors import ConfigError, ReproError
 from repro.provenance import trained_model_key
 from repro.runtime import DistEnv, barrier, setup, teardown, threads_of, writer_lock
@@ -47,11 +48,12 @@ class SpeakerTrainingFailed(ReproError, RuntimeError):
 def recipe_config(ws: Workspace, recipe: str):
     if recipe not in RECIPES:
         raise ConfigError(f"unknown speaker recipe {recipe!r}; recipes: {', '.join(RECIPES)}")
-    return getattr(ws.profile.speaker_training, recipe)
+    return recipes.settings(ws.profile, recipe)
 
 
 def run_dir(ws: Workspace, recipe: str) -> Path:
-    return ws.work / "speaker_training" / recipe_config(ws, recipe).output_name
+    recipe_config(ws, recipe)  # one of this package's recipes
+    return recipes.run_dir(ws, recipe)
 
 
 def training_key(ws: Workspace, recipe: str) -> str:

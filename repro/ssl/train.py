@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from repro import recipes
 from repro.errors import ConfigError, ReproError
 from repro.provenance import trained_model_key
 from repro.runtime import on_rank_zero, setup, teardown
@@ -70,11 +71,12 @@ def recipe_config(ws: Workspace, recipe: str):
     """The settings of `recipe` (`ssl_training.hubert` or `ssl_training.wavlm`)."""
     if recipe not in RECIPES:
         raise ConfigError(f"unknown speech SSL recipe {recipe!r}; recipes: {', '.join(RECIPES)}")
-    return getattr(ws.profile.ssl_training, recipe)
+    return recipes.settings(ws.profile, recipe)
 
 
 def run_dir(ws: Workspace, recipe: str) -> Path:
-    return ws.work / "ssl_training" / recipe_config(ws, recipe).output_name
+    recipe_config(ws, recipe)  # one of this package's recipes
+    return recipes.run_dir(ws, recipe)
 
 
 def frame_grid(recipe: str, arch: dict) -> FrameGrid:
