@@ -22,8 +22,7 @@ from repro.config import load_profile
 from repro.data.manifest import load_task
 from repro.runtime import RankFailure
 from repro.pipeline import run as run_pipeline
-from repro.probing.batchnorm import OrderedRunningStats, update_in_order
-from repro.probing.trainer import rank_micro_batches
+from repro.micro_batches import OrderedRunningStats, rank_micro_batches, update_in_order
 from repro.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1] / "repro"
 # From the ground up (docs/architecture.md). A module may import its own floor and the floors below.
 FLOORS: list[tuple[str, ...]] = [
     ("repro", "repro.errors", "repro.util", "repro.config", "repro.tasks", "repro.workspace"),
-    ("repro.runtime", "repro.audio", "repro.metrics", "repro.recipes", "repro.trainlog"),
+    ("repro.runtime", "repro.micro_batches", "repro.audio", "repro.metrics", "repro.recipes", "repro.trainlog"),
     ("repro.data", "repro.models"),
     ("repro.provenance",),
     ("repro.features",),

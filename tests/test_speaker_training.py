@@ -14,7 +14,7 @@ from repro.cli import main
 from repro.config import load_profile
 from repro.models.registry import load_upstream
 from repro.speaker import data as D
-from repro.speaker.train import SpeakerTrainingFailed, train_speaker
+from repro.speaker.train import SpeakerTrainingFailed, run_dir, train_speaker
 from repro.speaker.trainer import TrainingInterrupted
 from repro.models.upstream import ModelUnavailableError
 from repro.workspace import Workspace
@@ -24,6 +24,7 @@ name: spk
 description: speaker training test
 seed: 0
 corpus: {kind: synthetic}
+runtime: {threads: 1}
 speaker_training:
   train_task: ASV
   train_split: train
@@ -163,46 +164,57 @@ def test_collapse_detector_fires_on_collapsed_outputs_only(tiny_corpus):
     assert onehot.collapsed and "one-hot collapse" in onehot.reasons[0] and onehot.teacher_entropy < 0.01
 
 
-def test_rank_and_micro_batch_partition_covers_the_global_batch():
-    for world, accum in ((1, 1), (1, 4), (2, 2), (4, 1)):
-        parts = [list(D.micro_batch_positions(16, world, accum, r, m)) for r in range(world) for m in range(accum)]
-        assert sorted(sum(parts, [])) == list(range(16)) and len({len(p) for p in parts}) == 1
-    with pytest.raises(ValueError, match="not divisible"):
-        D.micro_batch_positions(10, 4, 1, 0, 0)
+def test_micro_batches_partition_the_step_and_every_rank_count_shares_them():
+    from repro.micro_batches import rank_micro_batches
+
+    for accum in (1, 2, 4):
+        parts = [list(D.micro_batch_positions(16, accum, m)) for m in range(accum)]
+        assert sum(parts, []) == list(range(16)) and len({len(p) for p in parts}) == 1
+        for world in (1, 2, 3, 8):  # the ranks share the micro-batches; they never cut them further
+            shares = [a for r in range(world) for a in rank_micro_batches(accum, world, r) if a >= 0]
+            assert sorted(shares) == list(range(accum))
+    with pytest.raises(ValueError, match="not divisible by speaker_training.grad_accumulation"):
+        D.micro_batch_positions(10, 4, 0)
     # each epoch visits every utterance once (remainder dropped); epochs differ in order
     e0 = np.concatenate([D.step_utterances(3, s, 10, 3) for s in range(3)])
     e1 = np.concatenate([D.step_utterances(3, s, 10, 3) for s in range(3, 6)])
     assert len(set(e0)) == 9 and not np.array_equal(e0, e1)
 
 
-def _rank_main(rank: int, root: str, corpus: str, port: int) -> None:
+def _rank_main(rank: int, root: str, recipe: str, port: int) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
-    torch.set_num_threads(1)
     ws_root = Path(root)
     prof = load_profile(ws_root / "spk.yaml")
-    train_speaker(Workspace(prof, ws_root / "work", ws_root / "results", ws_root / "figures"), "dino", progress=False)
+    train_speaker(Workspace(prof, ws_root / "work", ws_root / "results", ws_root / "figures"), recipe, progress=False)
 
 
-def test_two_gloo_ranks_train_the_same_model_as_one_process_with_accumulation(tiny_corpus, tmp_path):
-    single = make_ws(tmp_path / "one", tiny_corpus, accumulation=2)
-    train_speaker(single, "dino", progress=False)
-    multi = make_ws(tmp_path / "two", tiny_corpus, accumulation=1)
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    torch.multiprocessing.spawn(_rank_main, args=(str(tmp_path / "two"), str(tiny_corpus), port), nprocs=2)
-    a, b = weights(single, "dino"), weights(multi, "dino")
-    params = [k for k in a if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
-    assert len(params) > 50
-    for k in params:  # batch statistics are per rank / per micro-batch in both; running buffers differ by design
-        assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
-    from repro.trainlog import read_log
+        return s.getsockname()[1]
 
-    log_a = [r for r in read_log(single.models_dir / "tiny-ecapa-dino" / "train_log.jsonl") if "loss" in r]
-    log_b = [r for r in read_log(multi.models_dir / "tiny-ecapa-dino" / "train_log.jsonl") if "loss" in r]
-    assert [r["step"] for r in log_a] == [r["step"] for r in log_b] == [1, 2, 3, 4]
-    assert np.allclose([r["loss"] for r in log_a], [r["loss"] for r in log_b], atol=1e-4)
+
+@pytest.mark.parametrize("recipe,accumulation", [("dino", 2), ("supervised", 2), ("dino", 1)])
+def test_two_gloo_ranks_train_the_single_process_model_to_the_byte(recipe, accumulation, tiny_corpus, tmp_path):
+    """The same profile (grad_accumulation A) trained by one process and by two gloo ranks: A = 2
+    (one micro-batch per rank and step) and A = 1 (rank 1 computes nothing) publish the same
+    weights, BatchNorm running statistics included, the same log and the same EERs."""
+    single = make_ws(tmp_path / "one", tiny_corpus, accumulation=accumulation)
+    train_speaker(single, recipe, progress=False)
+    multi = make_ws(tmp_path / "two", tiny_corpus, accumulation=accumulation)
+    torch.multiprocessing.spawn(_rank_main, args=(str(tmp_path / "two"), recipe, _free_port()), nprocs=2)
+    a, b = weights(single, recipe), weights(multi, recipe)
+    assert sorted(a) == sorted(b) and any(k.endswith("running_var") for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    name = {"supervised": "tiny-ecapa-sup", "dino": "tiny-ecapa-dino"}[recipe]
+    info_a, info_b = (json.loads((ws.models_dir / name / "model.json").read_text()) for ws in (single, multi))
+    assert info_a["eer"] == info_b["eer"] and info_a["config_hash"] == info_b["config_hash"]
+    log_a, log_b = ((ws.models_dir / name / "train_log.jsonl").read_bytes() for ws in (single, multi))
+    assert log_a == log_b and b'"loss"' in log_a
+    timing = json.loads((run_dir(multi, recipe) / "timing.json").read_text())
+    assert timing["world_size"] == 2
 
 
 def test_cost_estimate_counts_flops_per_step_and_scales_with_batch_and_epochs(tiny_corpus, tmp_path):

@@ -23,7 +23,7 @@ single-process gradient (sum over all micro-batches / G) whatever the split. Eve
 evaluates, selects and keeps the same best state; rank 0 writes the checkpoints. The running
 statistics of BatchNorm layers (the ASV x-vector head's) are updated after each step from every
 micro-batch's batch statistics, gathered over the ranks and applied in micro-batch order
-(`repro.probing.batchnorm`), with the same arithmetic at any number of ranks: the same bytes
+(`repro.micro_batches`), with the same arithmetic at any number of ranks: the same bytes
 as one process.
 """
 
@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from repro.config.schema import TaskBudget
 from repro.data.manifest import Trial, Utterance
 from repro.metrics import cosine_scores, equal_error_rate
-from repro.probing.batchnorm import OrderedRunningStats, update_in_order
+from repro.micro_batches import OrderedRunningStats, all_reduce_gradients, rank_micro_batches, update_in_order
 from repro.probing.sources import micro_batch
 from repro.probing.tasks import Task
 from repro.runtime import all_reduce_sum, broadcast_from_rank_zero
@@ -201,7 +201,7 @@ def train_group(
                     totals[i] += float(loss.detach())
             if world > 1:
                 all_reduce_sum(totals, env)
-                _all_reduce_gradients(active, env)
+                all_reduce_gradients([q for p in active for q in p.params], env)
             for i, p in enumerate(active):
                 norm = torch.nn.utils.clip_grad_norm_(p.params, budget.grad_clip)
                 p.optimizer.step()
@@ -244,18 +244,6 @@ def _record_evaluation(task: Task, p: Probe, metric: float, rank: int) -> None:
                         "state": state}, tmp)
 
 
-def _all_reduce_gradients(probes: Sequence[Probe], env: Any) -> None:
-    """Sum every trainable parameter's gradient of `probes` over the ranks, in one collective
-    (a rank that computed no micro-batch contributes zeros)."""
-    params = [q for p in probes for q in p.params]
-    flat = torch.cat([(q.grad if q.grad is not None else torch.zeros_like(q)).reshape(-1) for q in params])
-    all_reduce_sum(flat, env)
-    offset = 0
-    for q in params:
-        q.grad = flat[offset:offset + q.numel()].view_as(q).clone()
-        offset += q.numel()
-
-
 def _broadcast_buffers(probes: Sequence[Probe], env: Any, running: dict) -> None:
     """Give every rank rank 0's floating-point buffers of `probes` other than the BatchNorm running
     statistics (which `update_in_order` keeps equal on every rank), in one collective."""
@@ -270,15 +258,6 @@ def _broadcast_buffers(probes: Sequence[Probe], env: Any, running: dict) -> None
     for b in buffers:
         b.copy_(flat[offset:offset + b.numel()].view_as(b))
         offset += b.numel()
-
-
-def rank_micro_batches(grad_accum: int, world_size: int, rank: int) -> list[int]:
-    """Indices of the micro-batches of a step that `rank` computes: a with a mod W = rank.
-
-    `[-1]` when there are more ranks than micro-batches and this rank has none: it computes no
-    micro-batch and still takes part in the step's gradient all-reduce (with zeros).
-    """
-    return list(range(rank, grad_accum, world_size)) or [-1]
 
 
 def _prefetch(source: Any, idx: Sequence[int], step: int | None) -> None:

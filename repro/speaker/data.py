@@ -2,12 +2,12 @@
 
 The plan is a pure function of (seed, step): epoch `e` visits the utterances in the
 order `default_rng([seed, e]).permutation(N)`, `steps_per_epoch = N // batch` (the
-remainder is dropped). Step `s` takes the next `batch` utterances; rank `r` of `W`
-with `A` accumulation micro-batches processes the micro-batches `r*A .. r*A+A-1`
-of that global batch. Each sample's randomness (chunk offsets, augmentation, dither)
-comes from `default_rng([seed, step, position])`, so one process with A=2 and two
-processes with A=1 see exactly the same samples, and a resumed run the same as an
-uninterrupted one.
+remainder is dropped). Step `s` takes the next `batch` utterances, cut into `A`
+(`speaker_training.grad_accumulation`) micro-batches of `batch / A` consecutive positions;
+under torchrun the micro-batches are dealt to the ranks (`repro.micro_batches`), never cut
+further. Each sample's randomness (chunk offsets, augmentation, dither) comes from
+`default_rng([seed, step, position])`, so every number of ranks sees exactly the same samples
+in the same micro-batches, and a resumed run the same as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -72,14 +72,13 @@ def step_utterances(seed: int, step: int, num_utterances: int, batch_size: int) 
     return order[k * batch_size : (k + 1) * batch_size]
 
 
-def micro_batch_positions(batch_size: int, world_size: int, accumulation: int, rank: int, micro: int) -> range:
-    """Positions (within the global batch) of micro-batch `micro` of `rank`."""
-    parts = world_size * accumulation
-    if batch_size % parts:
-        raise ConfigError(f"batch size {batch_size} is not divisible by ranks x accumulation = {parts}")
-    size = batch_size // parts
-    start = (rank * accumulation + micro) * size
-    return range(start, start + size)
+def micro_batch_positions(batch_size: int, accumulation: int, micro: int) -> range:
+    """Positions (within the step's batch) of micro-batch `micro` of `accumulation`."""
+    if batch_size % accumulation:
+        raise ConfigError(f"speaker training: batch size {batch_size} is not divisible by "
+                          f"speaker_training.grad_accumulation = {accumulation}")
+    size = batch_size // accumulation
+    return range(micro * size, (micro + 1) * size)
 
 
 def sample_rng(seed: int, step: int, position: int) -> np.random.Generator:

@@ -34,16 +34,14 @@ class Plan:
     seed: int
     num_utterances: int
     batch_size: int
-    world_size: int
     accumulation: int
-    rank: int
 
     def positions(self, micro: int) -> range:
-        return D.micro_batch_positions(self.batch_size, self.world_size, self.accumulation, self.rank, micro)
+        return D.micro_batch_positions(self.batch_size, self.accumulation, micro)
 
 
 class BatchMaker:
-    """Builds the micro-batch `(step, micro)` of this rank: chunks, augmentation, features."""
+    """Builds micro-batch `micro` of step `step`: chunks, augmentation, features."""
 
     def __init__(self, recipe: str, cfg, plan: Plan, source: D.AudioSource, augmenter: A.Augmenter | None,
                  labels: list[int], n_mels: int):
@@ -124,26 +122,29 @@ class BatchMaker:
 
 
 class MicroBatches(torch.utils.data.Dataset):
-    """Item j = micro-batch `j % A` of step `start + j // A` (a pure function: safe in workers)."""
+    """Item j = micro-batch `micro_batches[j % M]` of step `start + j // M` (M = len(micro_batches),
+    this rank's share of every step; a pure function: safe in workers)."""
 
-    def __init__(self, maker: BatchMaker, start_step: int, total_steps: int, accumulation: int):
-        self.maker, self.start, self.total, self.accumulation = maker, start_step, total_steps, accumulation
+    def __init__(self, maker: BatchMaker, start_step: int, total_steps: int, micro_batches: list[int]):
+        self.maker, self.start, self.total, self.micro_batches = maker, start_step, total_steps, micro_batches
 
     def __len__(self) -> int:
-        return (self.total - self.start) * self.accumulation
+        return (self.total - self.start) * len(self.micro_batches)
 
     def __getitem__(self, j: int) -> dict[str, Tensor]:
-        return self.maker(self.start + j // self.accumulation, j % self.accumulation)
+        m = len(self.micro_batches)
+        return self.maker(self.start + j // m, self.micro_batches[j % m])
 
 
 def _worker_init(_worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-def micro_batch_loader(maker: BatchMaker, start_step: int, total_steps: int, accumulation: int, workers: int):
-    """A DataLoader over the micro-batches of this rank from `start_step` on."""
+def micro_batch_loader(maker: BatchMaker, start_step: int, total_steps: int, micro_batches: list[int],
+                       workers: int):
+    """A DataLoader over the micro-batches `micro_batches` of every step from `start_step` on."""
     return torch.utils.data.DataLoader(
-        MicroBatches(maker, start_step, total_steps, accumulation), batch_size=None, shuffle=False,
+        MicroBatches(maker, start_step, total_steps, micro_batches), batch_size=None, shuffle=False,
         num_workers=workers, worker_init_fn=_worker_init if workers else None,
         prefetch_factor=4 if workers else None, persistent_workers=False)
 
@@ -174,6 +175,7 @@ class SupervisedRecipe:
     """ECAPA-TDNN + AAM-softmax (speechbrain's `AdditiveAngularMargin` inside `LogSoftmaxWrapper`)."""
 
     name = "supervised"
+    metrics = ("accuracy",)  # besides the loss, averaged over a step's micro-batches in the log
 
     def __init__(self, cfg: SupervisedRecipeConfig, n_speakers: int, env: DistEnv, steps_per_epoch: int,
                  total_steps: int):
@@ -196,6 +198,11 @@ class SupervisedRecipe:
     @property
     def trainable(self) -> nn.Module:
         return self.model
+
+    @property
+    def networks(self) -> tuple[nn.Module, ...]:
+        """Every network that runs training-mode forwards (BatchNorm running statistics)."""
+        return (self.model,)
 
     def make_optimizer(self, module: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.Adam(module.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
@@ -252,6 +259,7 @@ class DinoRecipe:
     """Student/teacher DINO on wespeaker's ECAPA-TDNN (see `repro.speaker.dino`)."""
 
     name = "dino"
+    metrics = ("teacher_entropy",)
 
     def __init__(self, cfg: DinoRecipeConfig, env: DistEnv, steps_per_epoch: int, total_steps: int):
         from repro.models.wespeaker_ecapa import WespeakerEcapa, WespeakerEcapaArch
@@ -269,9 +277,6 @@ class DinoRecipe:
         self.student = build()
         self.teacher = build()
         self.teacher.load_state_dict(self.student.state_dict())
-        if env.distributed and env.device.type == "cuda":
-            self.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
-            self.teacher = nn.SyncBatchNorm.convert_sync_batchnorm(self.teacher)
         self.student.to(env.device)
         self.teacher.to(env.device)
         for p in self.teacher.parameters():
@@ -294,6 +299,11 @@ class DinoRecipe:
     @property
     def trainable(self) -> nn.Module:
         return self.student
+
+    @property
+    def networks(self) -> tuple[nn.Module, ...]:
+        """Student and teacher: the teacher normalises with its batch statistics too (wespeaker)."""
+        return (self.student, self.teacher)
 
     def epoch_of(self, step: int) -> int:
         return step // self.steps_per_epoch

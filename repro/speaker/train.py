@@ -126,7 +126,7 @@ def _train(ws: Workspace, recipe: str, rcfg, env: DistEnv, progress: bool, stop_
     utts, speakers = D.load_training_set(ws.corpus_dir, cfg.train_task, cfg.train_split)
     spe = D.steps_per_epoch(len(utts), rcfg.batch_size)
     total = rcfg.epochs * spe
-    D.micro_batch_positions(rcfg.batch_size, env.world_size, cfg.grad_accumulation, 0, 0)  # divisibility check
+    D.micro_batch_positions(rcfg.batch_size, cfg.grad_accumulation, 0)  # divisibility check
     if recipe == "supervised":
         r = SupervisedRecipe(rcfg, len(speakers), env, spe, total)
         needs_aug = any(a in ("noise", "reverb") for a in rcfg.augmentations)
@@ -137,7 +137,7 @@ def _train(ws: Workspace, recipe: str, rcfg, env: DistEnv, progress: bool, stop_
         n_mels = r.arch.feat_dim
     augmenter = _augmenter(ws, env) if needs_aug else None
     cache = sum(u.num_samples for u in utts) * 4 < CACHE_AUDIO_BYTES
-    plan = Plan(rcfg.seed, len(utts), rcfg.batch_size, env.world_size, cfg.grad_accumulation, env.rank)
+    plan = Plan(rcfg.seed, len(utts), rcfg.batch_size, cfg.grad_accumulation)
     maker = BatchMaker(recipe, rcfg, plan, D.AudioSource(utts, cache), augmenter,
                        [u.speaker for u in utts], n_mels)
     trials = TrialSet.load(ws.corpus_dir, cfg.eval_task, cfg.eval_split) if env.is_main else None

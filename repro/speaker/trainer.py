@@ -1,4 +1,11 @@
-"""The training loop shared by both recipes: DDP, gradient accumulation, checkpoints, log, EER.
+"""The training loop shared by both recipes: micro-batches over ranks, checkpoints, log, EER.
+
+A step computes `grad_accumulation` (A) micro-batches; under torchrun (W ranks) they are dealt
+round-robin and the ranks' gradients and BatchNorm running statistics are combined as one
+process would (`repro.micro_batches`), so the trained model does not depend on W: the same
+bytes when each rank computes at most one micro-batch of a step (A <= W), float rounding of
+the gradient sum otherwise. Ranks beyond A compute nothing: spread training over W ranks by
+setting A to a multiple of W.
 
 A checkpoint (`checkpoint.pt`, written atomically by rank 0) holds the step, the recipe's
 networks and state, the optimizer state and the evaluation history. Since every sample's
@@ -14,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from repro.runtime import DistEnv, all_reduce_sum, barrier
+from repro.micro_batches import OrderedRunningStats, all_reduce_gradients, rank_micro_batches, update_in_order
+from repro.runtime import DistEnv, all_reduce_sum, barrier, broadcast_from_rank_zero
 from repro.speaker.evaluate import TrialSet, trial_eer
 from repro.speaker.recipes import BatchMaker, micro_batch_loader
 from repro.trainlog import TrainLog
@@ -75,59 +82,76 @@ def run_loop(recipe, maker: BatchMaker, trials: TrialSet, env: DistEnv, run_dir:
     log = TrainLog(run_dir / "train_log.jsonl", keep_until_step=start, enabled=env.is_main)
     if start > 0 and env.is_main and s.progress:
         print(f"resuming {recipe.name} from step {start} of {s.total_steps} ({ckpt_path})")
+    mine = rank_micro_batches(s.accumulation, env.world_size, env.rank)
+    computed = [a for a in mine if a >= 0]
+    if env.distributed and env.is_main and s.progress and s.accumulation < env.world_size:
+        print(f"{recipe.name}: speaker_training.grad_accumulation = {s.accumulation} micro-batch(es) per step "
+              f"for {env.world_size} ranks: ranks {s.accumulation}..{env.world_size - 1} compute nothing "
+              "(a multiple of the rank count shares the work; the model depends on it, not on the ranks)")
     if eer0 is None:
         eer0 = _evaluate(recipe, trials, env)
         log.write(step=0, epoch=0, eer=eer0, note="untrained")
     model = recipe.trainable
+    params = [p for p in model.parameters() if p.requires_grad]
     if env.distributed:
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[env.device.index] if env.device.type == "cuda" else None, broadcast_buffers=False)
-    model.train()
-    if hasattr(recipe, "teacher"):
-        recipe.teacher.train()  # as in wespeaker, the teacher normalises with its batch statistics
-    loader = micro_batch_loader(maker, start, s.total_steps, s.accumulation, s.num_workers)
-    batches = iter(loader)
+        _broadcast_state(recipe.networks, env)
+    for network in recipe.networks:  # the DINO teacher normalises with its batch statistics, as in wespeaker
+        network.train()
+    batches = iter(micro_batch_loader(maker, start, s.total_steps, computed, s.num_workers)) if computed else None
     bar = progress_bar(total=s.total_steps, initial=start, desc=f"train {recipe.name}", unit="step",
-               disable=not (s.progress and env.is_main))
-    for step in range(start, s.total_steps):
-        sched = recipe.set_schedule(optimizer, step)
-        optimizer.zero_grad(set_to_none=True)
-        loss_sum, extras = 0.0, {}
-        for micro in range(s.accumulation):
-            batch = _to(next(batches), env.device)
-            sync = model.no_sync() if env.distributed and micro < s.accumulation - 1 else contextlib.nullcontext()
-            with sync:
+                       disable=not (s.progress and env.is_main))
+    with contextlib.ExitStack() as stack:  # BatchNorm running statistics: updated in micro-batch order
+        running = [stack.enter_context(OrderedRunningStats(network)) for network in recipe.networks]
+        for step in range(start, s.total_steps):
+            sched = recipe.set_schedule(optimizer, step)
+            optimizer.zero_grad(set_to_none=True)
+            sums = torch.zeros(1 + len(recipe.metrics), dtype=torch.float64)  # loss, metrics: / A, summed
+            for _ in computed:
+                batch = _to(next(batches), env.device)
                 loss, metrics = recipe.loss(model, batch, step)
                 (loss / s.accumulation).backward()
-            loss_sum += float(loss.detach()) / s.accumulation
-            for k, v in metrics.items():
-                extras[k] = extras.get(k, 0.0) + v / s.accumulation
-        recipe.before_step(step)
-        optimizer.step()
-        recipe.after_step(step)
-        done = step + 1
-        epoch = step // s.steps_per_epoch
-        bar.update(1)
-        if done % s.log_every == 0 or done == s.total_steps:
-            vals = torch.tensor([loss_sum, *extras.values()], dtype=torch.float64)
-            all_reduce_sum(vals, env)
-            vals /= env.world_size
-            row = dict(zip(["loss", *extras], vals.tolist()))
-            log.write(step=done, epoch=epoch, **row, **sched)
-            bar.set_postfix(loss=f"{row['loss']:.3f}")
-        if done % s.steps_per_epoch == 0:
-            recipe.on_epoch_end(epoch)
-            if (epoch + 1) % s.eval_every_epochs == 0 and done < s.total_steps:
-                eer = _evaluate(recipe, trials, env)
-                history.append((done, eer))
-                log.write(step=done, epoch=epoch + 1, eer=eer)
-        if done % s.checkpoint_every == 0 or done == s.total_steps:
-            _save(ckpt_path, recipe, optimizer, done, eer0, history, s.config_hash, env)
-        if s.stop_after_step is not None and done == s.stop_after_step:
-            bar.close()
-            raise TrainingInterrupted(f"stopped after step {done}")
+                sums += torch.tensor([float(loss.detach()), *(metrics[k] for k in recipe.metrics)],
+                                     dtype=torch.float64) / s.accumulation
+            if env.distributed:
+                all_reduce_gradients(params, env)
+            update_in_order(running, mine, s.accumulation, env)
+            recipe.before_step(step)
+            optimizer.step()
+            recipe.after_step(step)
+            done = step + 1
+            epoch = step // s.steps_per_epoch
+            bar.update(1)
+            if done % s.log_every == 0 or done == s.total_steps:
+                all_reduce_sum(sums, env)
+                row = dict(zip(["loss", *recipe.metrics], sums.tolist()))
+                log.write(step=done, epoch=epoch, **row, **sched)
+                bar.set_postfix(loss=f"{row['loss']:.3f}")
+            if done % s.steps_per_epoch == 0:
+                recipe.on_epoch_end(epoch)
+                if (epoch + 1) % s.eval_every_epochs == 0 and done < s.total_steps:
+                    eer = _evaluate(recipe, trials, env)
+                    history.append((done, eer))
+                    log.write(step=done, epoch=epoch + 1, eer=eer)
+            if done % s.checkpoint_every == 0 or done == s.total_steps:
+                _save(ckpt_path, recipe, optimizer, done, eer0, history, s.config_hash, env)
+            if s.stop_after_step is not None and done == s.stop_after_step:
+                bar.close()
+                raise TrainingInterrupted(f"stopped after step {done}")
     bar.close()
     return LoopResult(s.total_steps, start, eer0, history)
+
+
+def _broadcast_state(networks, env: DistEnv) -> None:
+    """Give every rank rank 0's parameters and floating-point buffers (they start equal: the same
+    seed, or the same checkpoint; this makes it certain)."""
+    tensors = [t for n in networks for t in (*n.parameters(), *n.buffers()) if t.is_floating_point()]
+    flat = torch.cat([t.detach().reshape(-1) for t in tensors])
+    broadcast_from_rank_zero(flat, env)
+    offset = 0
+    with torch.no_grad():
+        for t in tensors:
+            t.copy_(flat[offset:offset + t.numel()].view_as(t))
+            offset += t.numel()
 
 
 def _evaluate(recipe, trials: TrialSet, env: DistEnv) -> float:
