@@ -11,8 +11,9 @@ A stage function takes (workspace, progress, env, force) and returns a list of o
 outcome types of the stage's own package); `force` makes it redo what is complete. Printing is
 the command line's. Launched with torchrun (`torchrun --nproc_per_node N -m repro run ...`) every
 rank runs the pipeline: the corpus and paper stages run on rank 0 while the others wait,
-extraction and CKA statistics are sharded across the ranks, probes train with
-DistributedDataParallel and models with their recipes' own DDP.
+extraction and CKA statistics are sharded across the ranks, probes and speaker models share
+each step's micro-batches (`repro.micro_batches`) and speech SSL pre-training runs on rank 0:
+every output is the single-process one (docs/reviewing.md says to which precision).
 """
 
 from __future__ import annotations

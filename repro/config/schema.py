@@ -374,7 +374,8 @@ class SpeakerTrainingConfig:
     eval_task: str = setting("ASV", "manifest holding the evaluation utterances")
     eval_split: str = setting("test", "their split; its trial list is manifests/ASV_trials_<split>.txt "
                               "(VoxCeleb1-O in the real corpora)")
-    grad_accumulation: int = setting(1, "micro-batches per step and rank (batch = ranks x accumulation x micro)")
+    grad_accumulation: int = setting(1, "micro-batches per step (batch = accumulation x micro-batch), shared by "
+                                   "torchrun ranks: a multiple of the rank count spreads the work")
     device: Literal["auto", "cpu", "cuda"] = setting("auto", "cuda when available")
     num_workers: int = setting(8, "data-loading worker processes per rank (0: in the training process)")
     log_every: int = setting(50, "steps between training-log lines")
