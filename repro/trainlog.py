@@ -52,27 +52,28 @@ def read_log(path: str | os.PathLike) -> list[dict]:
 
 
 def plot_log(rows: list[dict], out: str | os.PathLike, title: str) -> None:
-    """Loss per step (left axis) and EER per evaluation (right axis) as a PNG."""
-    import matplotlib
+    """Loss per step (left axis) and EER per evaluation (right axis) as a PNG (matplotlib's default
+    style, whatever the process set before)."""
+    from repro.util.plotstyle import fixed_style
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    with fixed_style():
+        import matplotlib.pyplot as plt
 
-    train = [r for r in rows if "loss" in r]
-    evals = [r for r in rows if "eer" in r]
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
-    ax.plot([r["step"] for r in train], [r["loss"] for r in train], color="tab:blue", lw=1.2)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss", color="tab:blue")
-    if evals:
-        ax2 = ax.twinx()
-        ax2.plot([r["step"] for r in evals], [100 * r["eer"] for r in evals], "o-", color="tab:red", lw=1)
-        ax2.set_ylabel("EER (%)", color="tab:red")
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
-    plt.close(fig)
+        train = [r for r in rows if "loss" in r]
+        evals = [r for r in rows if "eer" in r]
+        fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+        ax.plot([r["step"] for r in train], [r["loss"] for r in train], color="tab:blue", lw=1.2)
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss", color="tab:blue")
+        if evals:
+            ax2 = ax.twinx()
+            ax2.plot([r["step"] for r in evals], [100 * r["eer"] for r in evals], "o-", color="tab:red", lw=1)
+            ax2.set_ylabel("EER (%)", color="tab:red")
+        ax.set_title(title, fontsize=10)
+        fig.tight_layout()
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, format="png", metadata={"Software": None})
+        plt.close(fig)
 
 
 def publish_or_fail(run_dir: Path, out: Path, info: dict, problems: list[str], failure: Callable[[str], Exception],

@@ -74,6 +74,29 @@ def test_registry_ids_are_unique_and_described():
         get("figure-99")
 
 
+def test_figures_and_loss_plots_do_not_follow_what_the_process_drew_before(ws, tmp_path):
+    """A figure and a training-loss plot drawn again after the process changed matplotlib's settings
+    (as another figure's style, a test or a user's matplotlibrc would) keep their bytes, and the
+    process's settings are left as they were."""
+    import matplotlib
+
+    from repro.trainlog import plot_log
+
+    write_paper_like(ws)
+    rows = [{"step": s, "loss": 3.0 / s} for s in range(1, 20)] + [{"step": 10, "eer": 0.2}]
+
+    def draw() -> dict[str, bytes]:
+        plot_log(rows, tmp_path / "loss.png", "a model (dino): loss and EER")
+        files = {p.name: p.read_bytes() for p in render_output(ws, "figure-1")}
+        return {**files, "loss.png": (tmp_path / "loss.png").read_bytes()}
+
+    first = draw()
+    with matplotlib.rc_context({"lines.linewidth": 4.0, "font.size": 15, "axes.grid": True, "savefig.dpi": 50}):
+        again = draw()
+        assert matplotlib.rcParams["font.size"] == 15  # restored after each drawing
+    assert again == first and {"figure-1.png", "figure-1.pdf", "loss.png"} <= set(first)
+
+
 def test_missing_results_name_the_files_and_the_target(ws):
     with pytest.raises(MissingResultsError) as err:
         render_output(ws, "figure-1")

@@ -76,5 +76,9 @@ def get(output_id: str) -> PaperOutput:
 
 def render_output(ws: Workspace, output_id: str) -> list[Path]:
     """Draw one output from result files alone; returns the files written."""
+    from repro.paper.style import STYLE
+    from repro.util.plotstyle import fixed_style
+
     out = get(output_id)
-    return out.render(ws, ResultReader(ws), ws.figures)
+    with fixed_style(STYLE):
+        return out.render(ws, ResultReader(ws), ws.figures)

@@ -1,8 +1,9 @@
 """One figure style, and byte-stable PDF/PNG files.
 
 Fixed font (DejaVu Sans, shipped with matplotlib), fixed sizes, no timestamps
-or software versions in the file metadata, a fixed SVG hash salt: the same
-data gives the same bytes.
+or software versions in the file metadata, a fixed SVG hash salt, and matplotlib's
+defaults under `STYLE` whatever the process set before (`repro.util.plotstyle`): the
+same data gives the same bytes.
 """
 
 from __future__ import annotations
@@ -36,8 +37,7 @@ PAGE_WIDTH = 7.0
 
 
 def figure(width: float, height: float):
-    """A new figure in the project style."""
-    plt.rcParams.update(STYLE)
+    """A new figure; draw and save it inside `fixed_style(STYLE)` (`registry.render_output` does)."""
     return plt.figure(figsize=(width, height), layout="constrained")
 
 
