@@ -85,9 +85,11 @@ def run_loop(recipe, maker: BatchMaker, trials: TrialSet, env: DistEnv, run_dir:
     mine = rank_micro_batches(s.accumulation, env.world_size, env.rank)
     computed = [a for a in mine if a >= 0]
     if env.distributed and env.is_main and s.progress and s.accumulation < env.world_size:
+        idle = (f"rank {s.accumulation} computes" if s.accumulation == env.world_size - 1
+                else f"ranks {s.accumulation}..{env.world_size - 1} compute")
         print(f"{recipe.name}: speaker_training.grad_accumulation = {s.accumulation} micro-batch(es) per step "
-              f"for {env.world_size} ranks: ranks {s.accumulation}..{env.world_size - 1} compute nothing "
-              "(a multiple of the rank count shares the work; the model depends on it, not on the ranks)")
+              f"for {env.world_size} ranks: {idle} nothing (a multiple of the rank count shares the work; "
+              "the model depends on it, not on the ranks)")
     if eer0 is None:
         eer0 = _evaluate(recipe, trials, env)
         log.write(step=0, epoch=0, eer=eer0, note="untrained")
