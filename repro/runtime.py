@@ -25,7 +25,7 @@ import os
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -194,6 +194,20 @@ def broadcast_from_rank_zero(t: torch.Tensor, env: DistEnv) -> torch.Tensor:
         else:
             dist.broadcast(t, src=0)
     return t
+
+
+def broadcast_tensors_from_rank_zero(tensors: Sequence[torch.Tensor], env: DistEnv) -> None:
+    """Rank 0's values of every tensor of `tensors` (one dtype) copied into it on every rank, in one
+    collective."""
+    if not tensors or not env.distributed:
+        return
+    flat = torch.cat([t.detach().reshape(-1) for t in tensors])
+    broadcast_from_rank_zero(flat, env)
+    offset = 0
+    with torch.no_grad():
+        for t in tensors:
+            t.copy_(flat[offset:offset + t.numel()].view_as(t))
+            offset += t.numel()
 
 
 def barrier(env: DistEnv | None) -> None:

@@ -101,12 +101,12 @@ def runs(tmp_path_factory):
     return one, two
 
 
-def _files(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 def _paths(folder: Path) -> dict[str, Path]:
     return {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {name: p.read_bytes() for name, p in _paths(folder).items()}
 
 
 # Outputs that say how a run went rather than what it computed (wall and CPU time, the world size,

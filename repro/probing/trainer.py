@@ -45,7 +45,7 @@ from repro.metrics import cosine_scores, equal_error_rate
 from repro.micro_batches import OrderedRunningStats, all_reduce_gradients, rank_micro_batches, update_in_order
 from repro.probing.sources import micro_batch
 from repro.probing.tasks import Task
-from repro.runtime import all_reduce_sum, broadcast_from_rank_zero
+from repro.runtime import all_reduce_sum, broadcast_tensors_from_rank_zero
 from repro.util.atomic import atomic_path
 from repro.util.progress import progress_bar
 
@@ -250,14 +250,7 @@ def _broadcast_buffers(probes: Sequence[Probe], env: Any, running: dict) -> None
     ordered = {id(b) for p in probes for layer in running[id(p)].layers
                for b in (layer.running_mean, layer.running_var)}
     buffers = [b for p in probes for b in p.model.buffers() if b.is_floating_point() and id(b) not in ordered]
-    if not buffers:
-        return
-    flat = torch.cat([b.reshape(-1) for b in buffers])
-    broadcast_from_rank_zero(flat, env)
-    offset = 0
-    for b in buffers:
-        b.copy_(flat[offset:offset + b.numel()].view_as(b))
-        offset += b.numel()
+    broadcast_tensors_from_rank_zero(buffers, env)
 
 
 def _prefetch(source: Any, idx: Sequence[int], step: int | None) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from repro.micro_batches import OrderedRunningStats, all_reduce_gradients, rank_micro_batches, update_in_order
-from repro.runtime import DistEnv, all_reduce_sum, barrier, broadcast_from_rank_zero
+from repro.runtime import DistEnv, all_reduce_sum, barrier, broadcast_tensors_from_rank_zero
 from repro.speaker.evaluate import TrialSet, trial_eer
 from repro.speaker.recipes import BatchMaker, micro_batch_loader
 from repro.trainlog import TrainLog
@@ -95,8 +95,9 @@ def run_loop(recipe, maker: BatchMaker, trials: TrialSet, env: DistEnv, run_dir:
         log.write(step=0, epoch=0, eer=eer0, note="untrained")
     model = recipe.trainable
     params = [p for p in model.parameters() if p.requires_grad]
-    if env.distributed:
-        _broadcast_state(recipe.networks, env)
+    # every rank starts from rank 0's state (equal already: the same seed, or the same checkpoint)
+    broadcast_tensors_from_rank_zero([t for n in recipe.networks for t in (*n.parameters(), *n.buffers())
+                                      if t.is_floating_point()], env)
     for network in recipe.networks:  # the DINO teacher normalises with its batch statistics, as in wespeaker
         network.train()
     batches = iter(micro_batch_loader(maker, start, s.total_steps, computed, s.num_workers)) if computed else None
@@ -141,19 +142,6 @@ def run_loop(recipe, maker: BatchMaker, trials: TrialSet, env: DistEnv, run_dir:
                 raise TrainingInterrupted(f"stopped after step {done}")
     bar.close()
     return LoopResult(s.total_steps, start, eer0, history)
-
-
-def _broadcast_state(networks, env: DistEnv) -> None:
-    """Give every rank rank 0's parameters and floating-point buffers (they start equal: the same
-    seed, or the same checkpoint; this makes it certain)."""
-    tensors = [t for n in networks for t in (*n.parameters(), *n.buffers()) if t.is_floating_point()]
-    flat = torch.cat([t.detach().reshape(-1) for t in tensors])
-    broadcast_from_rank_zero(flat, env)
-    offset = 0
-    with torch.no_grad():
-        for t in tensors:
-            t.copy_(flat[offset:offset + t.numel()].view_as(t))
-            offset += t.numel()
 
 
 def _evaluate(recipe, trials: TrialSet, env: DistEnv) -> float:
