@@ -29,16 +29,21 @@ HEAD_KIND = {"PR": "ctc", "KS": "utterance", "IC": "utterance", "SID": "utteranc
              "ER": "utterance"}
 
 
-def probe(model: str, task: str, pooled: bool = False) -> nn.Module:
-    """The probe of `task` on `model`'s layers, at the full profile's sizes (`repro.probing`'s classes)."""
+TINY_PROBING = {"projection_dim": 8, "head_dim": 8, "xvector_dims": [8] * 5, "xvector_embedding_dim": 8}
+
+
+def probe(model: str | None, task: str, dims: list[int] | None = None, tiny: bool = False) -> nn.Module:
+    """The probe of `task` on `model`'s layers (or layers of widths `dims`), at the full profile's sizes
+    (`repro.probing`'s classes); `tiny`: toy widths and at most 4 classes (a check of the code)."""
     from repro.config.schema import ProbingConfig
     from repro.probing.featurizer import make_featurizer
     from repro.probing.heads import CTCHead, UtteranceHead, XVectorHead
 
-    cfg = ProbingConfig()
-    feat = make_featurizer(MODELS[model]["dims"], cfg.projection, cfg.projection_dim, cfg.layer_norm)
-    width = feat.output_dim or MODELS[model]["dims"][0]
-    kind, outputs = HEAD_KIND[task], HEAD_OUTPUTS[task]
+    cfg = ProbingConfig(**TINY_PROBING) if tiny else ProbingConfig()
+    dims = dims or MODELS[model]["dims"]
+    feat = make_featurizer(dims, cfg.projection, cfg.projection_dim, cfg.layer_norm)
+    width = feat.output_dim or dims[0]
+    kind, outputs = HEAD_KIND[task], outputs_of(task, tiny)
     if kind == "ctc":
         head = CTCHead(width, cfg.head_dim, outputs[0])
     elif kind == "xvector":
@@ -60,14 +65,18 @@ class _Probe(nn.Module):
         return self.head(self.featurizer(layers), lengths)
 
 
-def random_batch(model: str, task: str, items: int, frames: int, device, pooled: bool = False,
-                 generator: torch.Generator | None = None) -> tuple[list[Tensor], Tensor, Tensor]:
+def outputs_of(task: str, tiny: bool = False) -> list[int]:
+    return [min(n, 4) for n in HEAD_OUTPUTS[task]] if tiny else HEAD_OUTPUTS[task]
+
+
+def random_batch(model: str | None, task: str, items: int, frames: int, device, pooled: bool = False,
+                 dims: list[int] | None = None, tiny: bool = False) -> tuple[list[Tensor], Tensor, Tensor]:
     """(layers `[B, T, D_l]` (T = 1 when pooled), lengths `[B]`, targets) of random values."""
-    g = generator or torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(0)
     t = 1 if pooled else frames
-    layers = [torch.randn(items, t, d, generator=g).to(device) for d in MODELS[model]["dims"]]
+    layers = [torch.randn(items, t, d, generator=g).to(device) for d in dims or MODELS[model]["dims"]]
     lengths = torch.full((items,), t, dtype=torch.long).to(device)
-    outputs = HEAD_OUTPUTS[task]
+    outputs = outputs_of(task, tiny)
     if HEAD_KIND[task] == "ctc":
         targets = torch.randint(1, outputs[0] + 1, (items, max(1, t // 4)), generator=g).to(device)
     else:
