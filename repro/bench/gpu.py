@@ -168,7 +168,7 @@ def upstream_section(device, tiny, steps, models) -> dict:
                                     "audio_seconds": float(lengths.sum()) / 16000}
             for mode in _modes(device, True):
                 with torch.no_grad(), _precision(device, mode):
-                    case[mode] = timed(lambda: model(wavs, lengths), device, steps)
+                    case[mode] = timed(lambda: model(wavs, lengths), device, steps, 1 if tiny else None)
                     changed = [h.float() for h in model(wavs, lengths).layers]
                 case[mode]["audio_s_per_s"] = case["audio_seconds"] / case[mode]["seconds"]
                 case[mode]["layer_change"] = _relative_change(reference, changed)
@@ -232,7 +232,7 @@ def probe_group_section(device, tiny, steps, models) -> dict:
             out[name][task] = {"k": k, "grad_accum": accum, "items": items}
             for mode in ("float32", "bf16"):
                 step = probe_group_step(model, task, wavs, lengths, k, accum, mode, device, tiny=tiny)
-                case = timed(step, device, steps)
+                case = timed(step, device, steps, 1 if tiny else None)
                 case["seconds_per_step"] = case["seconds"]
                 out[name][task][mode] = case
     return out
@@ -258,7 +258,7 @@ def pooled_section(device, tiny, steps) -> dict:
                 opt.step()
                 opt.zero_grad(set_to_none=True)
 
-            out[name][task] = timed(step, device, steps)
+            out[name][task] = timed(step, device, steps, 1 if tiny else None)
     return out
 
 
