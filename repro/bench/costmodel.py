@@ -426,11 +426,11 @@ class CostModel:
             hours = sum(c[s] for s in splits)
             utts = sum(c["utterances"][s] for s in splits)
             compute, overhead = self._extract_hours(model, precision, hours, utts, equal_lengths=task == "KS")
-            label = "features" if task != "ASV" else "features (ASV-IDT)"
-            out.append(self._term(model, task, precision, f"{label}: upstream FLOPs", compute, [tname],
+            name = "ASV-IDT" if task == "ASV" else task  # the ASV test store serves ASV-IDT
+            out.append(self._term(model, name, precision, "features: upstream FLOPs", compute, [tname],
                                   f"{hours:.1f} audio h, length-sorted batches"))
             if overhead:
-                out.append(self._term(model, task, precision, f"{label}: ECAPA-TDNN forwards", overhead,
+                out.append(self._term(model, name, precision, "features: ECAPA-TDNN forwards", overhead,
                                       ["ecapa_overhead_ms"], "KS's 1 s clips together, other utterances alone"))
         return out
 

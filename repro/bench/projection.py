@@ -158,6 +158,20 @@ def claim_reads() -> dict[str, dict]:
     return out
 
 
+FAMILY_NAMES = {"speech_ssl": "speech SSL", "speaker_ssl": "speaker SSL", "speaker_sup": "supervised speaker"}
+
+
+def claim_runs(reads: dict) -> str:
+    """What a claim's checks read, in words (the README's "what runs" column)."""
+    families = " and ".join(FAMILY_NAMES[f] for f in reads["families"])
+    parts = []
+    if reads["tasks"]:
+        parts.append(f"{', '.join(reads['tasks'])} probes of the {families} models")
+    if reads["cka"] == "across":
+        parts.append("CKA across speech SSL and speaker SSL models")
+    return "; ".join(parts)
+
+
 def claim_hours(terms: list[costmodel.Term], profile, precision: str) -> dict[str, float]:
     """GPU hours of what each claim's checks read: their probes (training, evaluation, pooled features)
     on their models, and the CKA pairs with their frame stores."""
@@ -265,7 +279,7 @@ def table(r: dict) -> str:
     for what, (h, kind, ins) in f32.items():
         lines.append(f"{what:48s} {h:>9.2f} {b16.get(what, 0.0):>9.2f}  {kind:8s} {', '.join(ins)}")
     lines.append("")
-    tasks = ["PR", "KS", "IC", "SID", "ASV", "ER", "CKA"]
+    tasks = ["PR", "KS", "IC", "SID", "ASV", "ER", "ASV-IDT", "CKA"]
     lines.append("full profile by model and task (GPU hours, float32 / bf16; features of pooled tasks included):")
     lines.append(f"{'model':24s} " + " ".join(f"{t:>13s}" for t in tasks))
     t32, tbf = by_task(full["terms"], "float32"), by_task(full["terms"], "bf16")
