@@ -163,7 +163,8 @@ FAMILY_NAMES = {"speech_ssl": "speech SSL", "speaker_ssl": "speaker SSL", "speak
 
 def claim_runs(reads: dict) -> str:
     """What a claim's checks read, in words (the README's "what runs" column)."""
-    families = " and ".join(FAMILY_NAMES[f] for f in reads["families"])
+    names = [FAMILY_NAMES[f] for f in reads["families"]]
+    families = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
     parts = []
     if reads["tasks"]:
         parts.append(f"{', '.join(reads['tasks'])} probes of the {families} models")
@@ -268,8 +269,8 @@ def by_task(terms: list[dict], precision: str) -> dict[str, dict[str, float]]:
 def table(r: dict) -> str:
     """The projection as text: totals, terms by what they count, hours by model and task, the inputs."""
     lines = []
-    for name, p in r["profiles"].items():
-        lines.append(gpu_hours_line(name, p["hours"]))
+    for name in ("full", "fast"):
+        lines.append(gpu_hours_line(name, r["profiles"][name]["hours"]))
     full = r["profiles"]["full"]
     lines.append("")
     lines.append("full profile, terms by what they count (GPU hours; kind = the weakest of its inputs):")
@@ -289,8 +290,9 @@ def table(r: dict) -> str:
     lines.append("")
     lines.append("per claim, what its checks read (float32 / bf16 h): " + ", ".join(
         f"{c}: {full['claims']['float32'][c]:.1f} / {full['claims']['bf16'][c]:.1f}" for c in full["claims"]["float32"]))
-    for name, p in r["profiles"].items():
-        lines.append(f"largest terms, {name} (float32): " + "; ".join(f"{w} {h:.1f} h" for w, h in p["largest"]["float32"]))
+    for name in ("full", "fast"):
+        lines.append(f"largest terms, {name} (float32): " + "; ".join(
+            f"{w} {h:.1f} h" for w, h in r["profiles"][name]["largest"]["float32"]))
     lines.append("")
     lines.append(f"code paths (repro.bench.costmodel.CODE_PATHS, version {r['code_paths']['version']}): " + ", ".join(
         f"{k}={v}" for k, v in r["code_paths"].items() if k != "version"))
@@ -301,4 +303,4 @@ def table(r: dict) -> str:
         lines.append(f"  {name} = {i['value']:.4g} {i['unit']} [{i['kind']}] {i['source']}")
     for note in r["notes"]:
         lines.append(f"note: {note}")
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
