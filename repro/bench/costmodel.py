@@ -249,7 +249,8 @@ class CostModel:
         padded_by = self.code.pr_batches if train else self.code.eval_batches
         if dist and padded_by.endswith("padded"):
             d = self.lengths[dist]
-            return d["mean_seconds"], lengths_mod.padded_mean(d, batch), f"LibriSpeech {dist} lengths, batches of {batch}"
+            how = f"LibriSpeech {dist} lengths, batches of {batch}"
+            return d["mean_seconds"], lengths_mod.padded_mean(d, batch), how
         return mean, mean, "the mean length (no pinned length distribution: padding not counted)"
 
     # ---- terms ----
@@ -338,9 +339,11 @@ class CostModel:
                 if spec.get("attention") == "wavlm" and self.code.wavlm_attention == "unfused_eager_TxT":
                     t = pad * fr
                     element = 4 if precision == "float32" else 3  # bf16 scores, float32 softmax under autocast
-                    bytes_ = batches * SPEECH_LAYERS * self.v("wavlm_tt_passes") * items * SPEECH_HEADS * t * t * element
+                    per_layer = self.v("wavlm_tt_passes") * items * SPEECH_HEADS * t * t * element
+                    bytes_ = batches * SPEECH_LAYERS * per_layer
                     terms.append(self._term(model, task, precision, f"attention T x T traffic, {label}",
-                                            bytes_ / (1e12 * self.v("hbm_tb_s")) / 3600, ["wavlm_tt_passes", "hbm_tb_s"],
+                                            bytes_ / (1e12 * self.v("hbm_tb_s")) / 3600,
+                                            ["wavlm_tt_passes", "hbm_tb_s"],
                                             f"{bytes_ / 1e15:.1f} PB of (B x heads, T, T) tensors"))
                 frames_padded = batches * items * pad * fr
             # heads: forward + backward per probe in training, forward in evaluation, K probes

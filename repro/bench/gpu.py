@@ -342,7 +342,8 @@ def table(r: dict) -> str:
                              for m in ("float32", "bf16") if m in c)
             lines.append(f"  {model:24s} {task:4s} K={c['k']} {cells}")
     for model, tasks in r.get("pooled_steps", {}).items():
-        lines.append(f"  pooled step {model}: " + ", ".join(f"{t} {c['seconds'] * 1e3:.2f} ms" for t, c in tasks.items()))
+        lines.append(f"  pooled step {model}: " + ", ".join(f"{t} {c['seconds'] * 1e3:.2f} ms"
+                                                           for t, c in tasks.items()))
     if r.get("ecapa_overhead"):
         lines.append("ECAPA-TDNN one forward (1 s): " + ", ".join(f"{m} {c['seconds'] * 1e3:.1f} ms"
                                                                  for m, c in r["ecapa_overhead"].items()))

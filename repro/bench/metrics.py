@@ -381,7 +381,8 @@ def run(utterances: int = DEFAULTS["utterances"], phones: float = DEFAULTS["phon
         out["share"] = {"model": "WavLM Base+ shape, random weights" if not model_config else
                         f"WavLM {model_config}, random weights", "device": str(device), **costs,
                         **eval_share(costs, out["per"], out["decode"], load_profile("full").probing.tasks["PR"],
-                                     {"float32": ASSUMED["fp32_tflops"].value, "autocast": ASSUMED["autocast_tflops"].value})}
+                                     {"float32": ASSUMED["fp32_tflops"].value,
+                                      "autocast": ASSUMED["autocast_tflops"].value})}
     out["wall_seconds"] = time.perf_counter() - started
     return out
 

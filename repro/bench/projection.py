@@ -289,7 +289,8 @@ def table(r: dict) -> str:
             f"{t32[model].get(t, 0.0):>6.1f}/{tbf[model].get(t, 0.0):<6.1f}" for t in tasks))
     lines.append("")
     lines.append("per claim, what its checks read (float32 / bf16 h): " + ", ".join(
-        f"{c}: {full['claims']['float32'][c]:.1f} / {full['claims']['bf16'][c]:.1f}" for c in full["claims"]["float32"]))
+        f"{c}: {full['claims']['float32'][c]:.1f} / {full['claims']['bf16'][c]:.1f}"
+        for c in full["claims"]["float32"]))
     for name in ("full", "fast"):
         lines.append(f"largest terms, {name} (float32): " + "; ".join(
             f"{w} {h:.1f} h" for w, h in r["profiles"][name]["largest"]["float32"]))
