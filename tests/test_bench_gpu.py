@@ -56,19 +56,41 @@ def _record(tmp_path, **fields):
     record = {"key": CALIBRATION_KEY, "device": "cuda:0", "tiny": False, "device_name": "NVIDIA H100",
               "commit": "abc", "transformers": "5.0", "machine": {"python": "3.12", "torch": "2.9.1"},
               "probe_groups": {"hubert-base": {"PR": {"k": 3, "float32": {"seconds_per_step": 0.25},
-                                                       "bf16": {"seconds_per_step": 0.1}}}}}
+                                                       "bf16": {"seconds_per_step": 0.1}}}},
+              "ecapa_overhead": {"ecapa-sup-speechbrain": {"seconds": 0.004},
+                                 "ecapa-dino-wespeaker": {"seconds": 0.002}},
+              "pooled_steps": {"hubert-base": {"KS": {"seconds": 0.0007}}}}
     record.update(fields)
     (tmp_path / "gpu.json").write_text(json.dumps(record))
 
 
 def test_the_projection_uses_a_gpu_record_only_under_the_current_key(tmp_path):
     _record(tmp_path)
-    steps, notes = gpu_step_seconds(tmp_path)
+    steps, notes, inputs = gpu_step_seconds(tmp_path)
     assert steps[("hubert-base", "PR", "float32")].value == 0.25
     assert steps[("hubert-base", "PR", "bf16")].kind == "measured" and "NVIDIA H100" in notes[0]
+    assert inputs["ecapa_overhead_ms"].value == pytest.approx(3.0) and inputs["ecapa_overhead_ms"].kind == "measured"
     _record(tmp_path, key="calibration-v1+code-paths-v0")
-    steps, notes = gpu_step_seconds(tmp_path)
-    assert steps == {} and len(notes) == 1 and "calibration-v1+code-paths-v0" in notes[0] and "ignored" in notes[0]
+    steps, notes, inputs = gpu_step_seconds(tmp_path)
+    assert steps == {} == inputs and len(notes) == 1 and "calibration-v1+code-paths-v0" in notes[0]
+    assert "ignored" in notes[0]
     _record(tmp_path, device="cpu", tiny=True)
-    steps, notes = gpu_step_seconds(tmp_path)
+    steps, notes, inputs = gpu_step_seconds(tmp_path)
     assert steps == {} and "toy sizes" in notes[0]
+
+
+def test_measured_probe_group_steps_replace_the_counted_training_terms(tmp_path):
+    from test_bench_scale import _model
+
+    from repro.bench.costmodel import Input
+
+    step = {("hubert-base", "PR", "float32"): Input(0.25, "s", "measured", "gpu.json on NVIDIA H100")}
+    m = _model(tasks=["PR"])
+    m.step_seconds = step
+    terms = [t for t in m.terms() if t.model == "hubert-base" and t.precision == "float32"]
+    measured = [t for t in terms if t.kind == "measured"]
+    b = m.profile.probing.tasks["PR"]
+    assert len(measured) == 1 and measured[0].hours == pytest.approx(b.steps * b.grad_accum * 0.25 / 3600)
+    assert "NVIDIA H100" in measured[0].source
+    assert not [t for t in terms if t.what.endswith(", train") and t.kind != "measured"
+                and not t.what.startswith("loss reads")]

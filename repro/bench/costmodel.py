@@ -384,7 +384,13 @@ class CostModel:
         ops = self.pooled_ops[model][task]
         steps = micro / b.grad_accum
         terms = []
-        if self.code.pooled_heads == "one_step_per_probe":
+        measured = f"pooled_step_s:{model}:{task}"
+        if self.code.pooled_heads == "one_step_per_probe" and measured in self.inputs:
+            terms.append(self._term(model, task, precision, "pooled-head steps, train",
+                                    lrs * micro * self.v(measured) / 3600, [measured],
+                                    f"{lrs} probes x {micro:.0f} micro-batches, each a measured step (an upper "
+                                    "bound: the optimiser steps once per grad_accum)"))
+        elif self.code.pooled_heads == "one_step_per_probe":
             n = lrs * (micro * ops["micro_batch"] + steps * ops["optimizer_step"])
             terms.append(self._term(model, task, precision, "pooled-head steps, train",
                                     n * self.v("host_op_us") / 1e6 / 3600, ["host_op_us"],

@@ -115,47 +115,40 @@ def measured_inputs(bench_dir: Path, decode: dict[str, float]) -> tuple[dict[str
     return out, notes
 
 
-def gpu_step_seconds(bench_dir: Path) -> tuple[dict, list[str]]:
-    """`{(model, task, precision): Input}` from `gpu.json` when it was made on a GPU with the current key;
-    otherwise empty, with a one-line note saying why it is ignored."""
+def gpu_step_seconds(bench_dir: Path) -> tuple[dict, list[str], dict[str, Input]]:
+    """From `gpu.json` when it was made on a GPU with the current key: `{(model, task, precision): Input}`
+    seconds per probe-group micro-batch, notes, and the inputs it measures in place of assumed ones
+    (`ecapa_overhead_ms`, `pooled_step_s:<model>:<task>`); otherwise nothing, with a one-line note
+    saying why the record is ignored."""
     from repro.bench.gpu import CALIBRATION_KEY
 
     record = _read(bench_dir, "gpu")
     if record is None:
-        return {}, []
+        return {}, [], {}
     name = f"{bench_dir}/gpu.json"
     if record.get("key") != CALIBRATION_KEY:
         return {}, [f"{name} ignored: its calibration key {record.get('key')!r} is not the current "
-                    f"{CALIBRATION_KEY!r} (the measured shapes or code paths changed; rerun `repro bench gpu`)"]
+                    f"{CALIBRATION_KEY!r} (the measured shapes or code paths changed; rerun `repro bench gpu`)"], {}
     if record.get("tiny") or not str(record.get("device", "")).startswith("cuda"):
-        return {}, [f"{name} ignored: made on {record.get('device')} at toy sizes, not on a GPU"]
-    out = {}
+        return {}, [f"{name} ignored: made on {record.get('device')} at toy sizes, not on a GPU"], {}
     src = (f"measured: {name} on {record.get('device_name')}, commit {record.get('commit')}, Python "
            f"{record['machine'].get('python')}, torch {record['machine'].get('torch')}, transformers "
            f"{record.get('transformers')}")
+    out = {}
     for model, tasks in record.get("probe_groups", {}).items():
         for task, modes in tasks.items():
             for precision, case in modes.items():
                 if isinstance(case, dict) and "seconds_per_step" in case:
                     out[(model, task, precision)] = Input(case["seconds_per_step"], "s per micro-batch", "measured",
                                                           src)
-    return out, [f"{name} used: {src}"]
-
-
-def claim_reads() -> dict[str, dict]:
-    """For each claim of the abstract (`1`, `2`, ...): the check ids, the model families, probe tasks and
-    CKA pairs its checks read (`repro.paper.claims.Claim.reads`)."""
-    from repro.paper.claims import CLAIMS
-
-    out: dict[str, dict] = {}
-    for c in CLAIMS:
-        r = out.setdefault(c.abstract, {"checks": [], "families": [], "tasks": [], "cka": "none"})
-        r["checks"].append(c.id)
-        r["families"] += [f for f in c.reads.families if f not in r["families"]]
-        r["tasks"] += [t for t in c.reads.tasks if t not in r["tasks"]]
-        if c.reads.cka != "none":
-            r["cka"] = c.reads.cka
-    return out
+    inputs = {}
+    if record.get("ecapa_overhead"):
+        ms = 1e3 * float(np.mean([c["seconds"] for c in record["ecapa_overhead"].values()]))
+        inputs["ecapa_overhead_ms"] = Input(ms, "ms per forward", "measured", f"{src} (1 s utterance, all its FLOPs)")
+    for model, tasks in record.get("pooled_steps", {}).items():
+        for task, case in tasks.items():
+            inputs[f"pooled_step_s:{model}:{task}"] = Input(case["seconds"], "s per probe step", "measured", src)
+    return out, [f"{name} used: {src}"], inputs
 
 
 FAMILY_NAMES = {"speech_ssl": "speech SSL", "speaker_ssl": "speaker SSL", "speaker_sup": "supervised speaker"}
@@ -211,8 +204,9 @@ def run(bench_dir: Path | str = "artifacts/bench", flop_seconds: float = 8.0) ->
     bench_dir = Path(bench_dir)
     flops = count_flops(flop_seconds)
     measured, notes = measured_inputs(bench_dir, decode_rates())
-    steps, gpu_notes = gpu_step_seconds(bench_dir)
+    steps, gpu_notes, gpu_inputs = gpu_step_seconds(bench_dir)
     notes += gpu_notes
+    measured.update(gpu_inputs)
     profiles = {}
     inputs = {}
     head_flops = pooled_ops = None

@@ -105,6 +105,12 @@ def render(bench_dir: Path) -> str:
         if not path.is_file():
             how = "measure it as `repro/bench/fresh_machine.py` describes" if name == "fresh_machine" \
                 else f"`repro bench {name}`"
+            if name == "gpu":
+                how = ("on a GPU, `PYTHONPATH=. python3 -m repro bench gpu --wheels WHEELS` from the source tree (a "
+                       "stock CUDA PyTorch environment is enough; `python -m repro.bench.wheels WHEELS` collects the "
+                       "1.4 MB of pure-Python wheels it needs beforehand, on a machine with network), then "
+                       "`repro bench projection` and `repro bench report`; until then the projection's GPU rates "
+                       "are assumed")
             parts.append(f"## {title}\n\nNot measured yet: {how}.\n")
             continue
         module = importlib.import_module(f"repro.bench.{name}")

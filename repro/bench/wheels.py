@@ -8,8 +8,9 @@ model, and what importing it needs). Collect them once, on a machine with networ
 
     python -m repro.bench.wheels WHEELS        # pip download, no dependencies, pure-Python wheels only
 
-and pass the folder along: `repro bench gpu --wheels WHEELS` puts each wheel on `sys.path` (a pure-Python
-wheel is a zip archive Python imports from), so nothing is installed.
+and pass the folder along: `repro bench gpu --wheels WHEELS` unpacks each wheel (a zip archive) once into
+`WHEELS/site/` and puts that folder on `sys.path`, so nothing is installed into the environment
+(speechbrain lists its own folders at import time, so it cannot be imported from the zip itself).
 """
 
 from __future__ import annotations
@@ -55,12 +56,20 @@ def use(folder: Path | str | None) -> list[str]:
 
     from repro.errors import ConfigError
 
+    import zipfile
+
     added = []
     if folder is not None:
+        site = Path(folder) / "site"
         for wheel in sorted(Path(folder).glob("*.whl")):
-            if str(wheel) not in sys.path:
-                sys.path.insert(0, str(wheel))
-                added.append(wheel.name)
+            marker = site / f".{wheel.name}.unpacked"
+            if not marker.is_file():
+                with zipfile.ZipFile(wheel) as archive:
+                    archive.extractall(site)
+                marker.touch()
+            added.append(wheel.name)
+        if added and str(site) not in sys.path:
+            sys.path.insert(0, str(site))
     for name in WHEELS:
         module = name.split(".")[0] if name != "ruamel.yaml" else "ruamel"
         if find_spec(module) is None:
