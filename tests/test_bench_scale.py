@@ -75,7 +75,8 @@ def test_performance_page_names_what_is_measured_and_what_is_assumed(records, tm
     for title in ("## Extraction", "## Probing inputs", "## The smoke pipeline", "## Projection"):
         assert title in page
     assert "## Linear CKA\n\nNot measured yet: `repro bench cka`." in page
-    assert "**Assumed about the GPU**" in page and "**Counted or measured here**" in page
+    assert "**Assumed**" in page and "**Counted**" in page and "**Measured**" in page
+    assert "| term | float32 h | bf16 h | kind | inputs |" in page and "CODE_PATHS" in page
 
 
 def _model(profile="full", code=None, tasks=None):
@@ -135,6 +136,8 @@ def test_flipping_a_code_path_fact_recomputes_the_figure():
     trips = sum(t.hours for t in today if t.what.startswith("features to the host") and t.precision == "float32")
     assert trips > 0
     assert costmodel.totals(on_device, "float32") == pytest.approx(costmodel.totals(today, "float32") - trips)
+    overlapped = _model(tasks=["PR", "SID"], code=facts(terms_overlap=True)).terms()
+    assert costmodel.totals(overlapped, "float32") < costmodel.totals(today, "float32")
     fused = _model(tasks=["PR"], code=facts(wavlm_attention="fused")).terms()
     assert not [t for t in fused if t.what.startswith("attention T x T")]
     assert [t for t in today if t.what.startswith("attention T x T") and t.model == "wavlm-base-plus"]

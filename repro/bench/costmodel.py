@@ -42,8 +42,9 @@ change's effect is the difference of two tables. The facts and the code each des
     upstream_grouped          `True`: `probing.max_group: all`, one upstream forward per micro-batch for every
                               learning rate of a task (`False`: one run per learning rate).
     terms_overlap             `False`: the `.cpu()` of the features and the loss reads synchronise every
-                              micro-batch, so device work, copies and host work add up (audio decoding, in
-                              worker threads, overlaps and counts only where it is slower).
+                              micro-batch, so device work, copies and host work add up (`True`: the features'
+                              copies hide behind the same pass's compute and count only beyond it). Audio
+                              decoding, in worker threads, overlaps in either case and counts only where slower.
 """
 
 from __future__ import annotations
@@ -356,8 +357,11 @@ class CostModel:
                                     f"{'forward + backward' if training else 'forward'}"))
             if self.code.features_round_trip_host:
                 bytes_ = frames_padded * width * 4
+                copy = 2 * bytes_ / (1e9 * self.v("pcie_gb_s")) / 3600
+                if self.code.terms_overlap:  # copies behind the compute of the same pass count only beyond it
+                    copy = max(0.0, copy - sum(t.hours for t in terms if t.what.endswith(label)))
                 terms.append(self._term(model, task, precision, f"features to the host and back, {label}",
-                                        2 * bytes_ / (1e9 * self.v("pcie_gb_s")) / 3600, ["pcie_gb_s"],
+                                        copy, ["pcie_gb_s"],
                                         f"{bytes_ / 1e15:.2f} PB each way ({width} float32 per frame)"))
             if training and self.code.loss_read_per_probe:
                 syncs = batches * lrs
