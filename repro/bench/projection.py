@@ -151,6 +151,22 @@ def gpu_step_seconds(bench_dir: Path) -> tuple[dict, list[str], dict[str, Input]
     return out, [f"{name} used: {src}"], inputs
 
 
+def claim_reads() -> dict[str, dict]:
+    """For each claim of the abstract (`1`, `2`, ...): the check ids, the model families, probe tasks and
+    CKA pairs its checks read (`repro.paper.claims.Claim.reads`)."""
+    from repro.paper.claims import CLAIMS
+
+    out: dict[str, dict] = {}
+    for c in CLAIMS:
+        r = out.setdefault(c.abstract, {"checks": [], "families": [], "tasks": [], "cka": "none"})
+        r["checks"].append(c.id)
+        r["families"] += [f for f in c.reads.families if f not in r["families"]]
+        r["tasks"] += [t for t in c.reads.tasks if t not in r["tasks"]]
+        if c.reads.cka != "none":
+            r["cka"] = c.reads.cka
+    return out
+
+
 FAMILY_NAMES = {"speech_ssl": "speech SSL", "speaker_ssl": "speaker SSL", "speaker_sup": "supervised speaker"}
 
 
