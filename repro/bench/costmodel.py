@@ -26,9 +26,10 @@ change's effect is the difference of two tables. The facts and the code each des
                               `batched` (one forward per batch, padded).
     wavlm_attention           transformers' WavLM calls `F.multi_head_attention_forward(need_weights=True)`:
                               `unfused_eager_TxT` materialises (B x heads, T, T) tensors (scores with the
-                              position bias, softmax, the head-averaged weights); or `fused` (no T x T traffic).
+                              position bias, softmax, the head-averaged weights); `sdpa` (a fused kernel: no
+                              T x T traffic, and FLOPs the CPU counter does not see, added from the shapes).
     hubert_attention          HuBERT runs SDPA (`sdpa`), whose FLOPs the CPU counter does not see: added here
-                              from the shapes (4 T^2 D per layer and item).
+                              from the shapes (4 T^2 D per layer and item); `eager` (counted by the counter).
     pooled_heads              `one_step_per_probe`: each learning rate of a pooled task (KS, IC, ER) trains its
                               own small head step by step on `[B, 1, D]` layer means; a step is a few hundred
                               tiny kernels, priced per operator on the host (launch-bound), not as FLOPs.
@@ -230,12 +231,15 @@ class CostModel:
         """FLOPs of one forward over an item of `seconds` (padded length), attention included: the counter
         sees eager attention (WavLM) and not SDPA (HuBERT), so SDPA's is added from the shapes."""
         counted = self.flops[model] * seconds
-        if MODELS[model].get("attention") == "wavlm":  # counted at flop_seconds; rescale its T^2 part
-            counted += (self._attention_flops_per_item(model, seconds)
-                        - self._attention_flops_per_item(model, self.flop_seconds) * seconds / self.flop_seconds)
-        elif MODELS[model].get("attention") == "hubert":
-            counted += self._attention_flops_per_item(model, seconds)
-        return counted
+        attention = MODELS[model].get("attention")
+        if attention is None:
+            return counted
+        path = self.code.wavlm_attention if attention == "wavlm" else self.code.hubert_attention
+        if path == "sdpa":  # the counter missed it on the CPU
+            return counted + self._attention_flops_per_item(model, seconds)
+        # eager attention: counted at flop_seconds; rescale its T^2 part to this length
+        return counted + (self._attention_flops_per_item(model, seconds)
+                          - self._attention_flops_per_item(model, self.flop_seconds) * seconds / self.flop_seconds)
 
     def _tput(self, precision: str) -> tuple[float, str]:
         name = "autocast_tflops" if precision == "bf16" else "fp32_tflops"
