@@ -427,13 +427,17 @@ def bench_metrics(repeats: int | None, no_share: bool, out: Path) -> None:
 @bench.command("gpu")
 @click.option("--device", default="cuda", show_default=True, help="cuda, or cpu with --tiny (a check of the code)")
 @click.option("--tiny", is_flag=True, help="toy model sizes (for a check on the CPU)")
+@click.option("--steps", type=int, default=None, help="timed repetitions per case (default 20, after 3 warm-up)")
+@click.option("--wheels", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="folder of pure-Python wheels (`python -m repro.bench.wheels WHEELS` collects them)")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts/bench"),
               show_default=True)
-def bench_gpu(device: str, tiny: bool, out: Path) -> None:
-    """GPU calibration: upstream throughput in float32 / TF32 / bf16, layer changes, probe groups (minutes)."""
+def bench_gpu(device: str, tiny: bool, steps: int | None, wheels: Path | None, out: Path) -> None:
+    """GPU calibration: upstream forwards, probe-group and pooled-head steps, peak memory (minutes)."""
     from repro.bench import run_benchmarks
 
-    run_benchmarks(["gpu"], out, echo=click.echo, options={"gpu": {"device": device, "tiny": tiny}})
+    run_benchmarks(["gpu"], out, echo=click.echo,
+                   options={"gpu": {"device": device, "tiny": tiny, "steps": steps, "wheels": wheels}})
 
 
 @bench.command("projection")

@@ -7,7 +7,10 @@ import json
 import pytest
 
 from repro.bench import run_benchmarks
-from repro.bench.projection import ASSUMED, CORPUS, MODELS, _hours
+from repro.bench import costmodel
+from repro.bench.costmodel import KINDS, MODELS, CostModel, Input, corpus_for, facts
+from repro.bench.lengths import load as load_lengths
+from repro.bench.lengths import padded_mean
 from repro.bench.report import write_performance
 from repro.config import load_profile
 
@@ -59,8 +62,11 @@ def test_records_are_json_and_the_methods_agree(records):
     assert abs(sum(s["share"] for s in results["pipeline"]["stages"].values()) - 1) < 0.05
     pj = results["projection"]
     assert set(pj["flops_per_audio_second"]) == set(MODELS)
-    assert pj["sources"]["pooled_steps_per_s"].startswith("measured")
-    assert pj["totals"]["autocast"]["probe"] < pj["totals"]["float32"]["probe"]
+    assert pj["inputs"]["decode_flac"]["kind"] == "measured"
+    for name in ("full", "fast"):
+        hours = pj["profiles"][name]["hours"]
+        assert 0 < hours["bf16"] < hours["float32"]
+    assert pj["profiles"]["fast"]["hours"]["float32"] < pj["profiles"]["full"]["hours"]["float32"]
 
 
 def test_performance_page_names_what_is_measured_and_what_is_assumed(records, tmp_path):
@@ -69,32 +75,80 @@ def test_performance_page_names_what_is_measured_and_what_is_assumed(records, tm
     for title in ("## Extraction", "## Probing inputs", "## The smoke pipeline", "## Projection"):
         assert title in page
     assert "## Linear CKA\n\nNot measured yet: `repro bench cka`." in page
-    assert "**Assumed about the GPU**" in page and "**Counted or measured here**" in page
+    assert "**Assumed**" in page and "**Counted**" in page and "**Measured**" in page
+    assert "| term | float32 h | bf16 h | kind | inputs |" in page and "CODE_PATHS" in page
 
 
-def test_projection_arithmetic_by_hand():
-    full = load_profile("full")
-    only_pr = dataclasses.replace(full, tasks=["PR"])
-    rates = {**ASSUMED, "decode": {"flac": 1e9, "wav": 1e9}, "pooled_steps_per_s": 100.0, "cka_gemm_fraction": 0.5,
-             "head_share": {"default": 0.25}}
+def _model(profile="full", code=None, tasks=None):
+    prof = load_profile(profile)
+    if tasks:
+        prof = dataclasses.replace(prof, tasks=tasks)
     flops = {m: 10e9 for m in MODELS}
-    h = _hours(only_pr, rates, flops, autocast=False, grouped=False)
-    b, c = full.probing.tasks["PR"], CORPUS["PR"]
-    lrs = len(b.lr_grid)
-    one_pass_h = (b.steps * b.grad_accum * b.batch_size * c["item_seconds"] / 3600
-                  + (b.steps // b.eval_every) * c["dev"] + c["test"])
-    audio_h = one_pass_h * lrs
-    assert h["probe"]["wavlm-base-plus"] == pytest.approx(audio_h * 3600 * 10e9 / 30e12 / 3600)
-    utts = (b.steps * b.grad_accum * b.batch_size + (b.steps // b.eval_every) * c["utterances"]["dev"]
-            + c["utterances"]["test"]) * lrs
-    assert h["probe"]["ecapa-dino-wespeaker"] == pytest.approx(
-        utts * ASSUMED["ecapa_overhead_ms"] / 1e3 / 3600 + h["probe"]["wavlm-base-plus"])
-    # grouped: one pass over the batch stream, each further learning rate costs a quarter of a forward
-    g = _hours(only_pr, rates, flops, autocast=False, grouped=True)
-    assert g["forwarded_audio_seconds"]["wavlm-base-plus"]["PR"] == pytest.approx(one_pass_h * 3600)
-    assert g["probe"]["wavlm-base-plus"] == pytest.approx(
-        one_pass_h * 3600 * 10e9 / 30e12 / 3600 * (1 + (lrs - 1) * 0.25))
-    only_ks = dataclasses.replace(full, tasks=["KS"])
-    ks = full.probing.tasks["KS"]
-    assert _hours(only_ks, rates, flops, False, grouped=False)["probe"]["hubert-base"] == pytest.approx(
-        ks.steps * len(ks.lr_grid) / 100.0 / 3600)
+    head = {m: {t: {"forward": 1e6, "train": 3e6} for t in ("PR", "SID", "ASV")} for m in MODELS}
+    pooled = {m: {t: {"micro_batch": 90, "optimizer_step": 60} for t in ("KS", "IC", "ER")} for m in MODELS}
+    measured = {"decode_flac": Input(1e9, "x", "measured", "test"), "decode_wav": Input(1e9, "x", "measured", "test"),
+                "cka_gemm_fraction": Input(0.5, "x", "measured", "test")}
+    return CostModel(prof, flops, head, pooled, measured, code or costmodel.CODE_PATHS)
+
+
+def _hours(terms, model, task, what, precision="float32"):
+    return sum(t.hours for t in terms if t.model == model and t.task == task and t.precision == precision
+               and t.what.startswith(what))
+
+
+def test_every_term_and_input_carries_its_kind_and_source():
+    m = _model()
+    terms = m.terms()
+    assert terms and all(t.kind in KINDS and t.source and t.inputs for t in terms)
+    assert all(i in m.inputs for t in terms for i in t.inputs)
+    assert all(i.kind in KINDS and i.source for i in m.inputs.values())
+    for name in ("fp32_peak_tflops", "bf16_peak_tflops", "hbm_tb_s", "pcie_gb_s"):
+        assert "H100 datasheet" in m.inputs[name].source
+    assert {t.kind for t in terms if t.what.startswith("upstream FLOPs")} == {"assumed"}
+
+
+def test_heads_cost_k_probes_and_padding_follows_the_librispeech_lengths():
+    m = _model(tasks=["PR"])
+    terms = m.terms()
+    b = m.profile.probing.tasks["PR"]
+    k, micro = len(b.lr_grid), b.steps * b.grad_accum
+    pad = padded_mean(load_lengths()["splits"]["train-clean-100"], b.batch_size)
+    frames = micro * b.batch_size * pad * 50
+    # K probes cost K heads (the group is 1 forward + K heads, not 1 + (K - 1) heads)
+    assert _hours(terms, "hubert-base", "PR", "heads (float32), train") == pytest.approx(
+        k * frames * 3e6 / 30e12 / 3600)
+    assert _hours(terms, "hubert-base", "PR", "heads (float32), train", "bf16") == pytest.approx(
+        _hours(terms, "hubert-base", "PR", "heads (float32), train"))  # heads stay float32 under autocast
+    attention = 4 * (pad * 50) ** 2 * 768 * 12
+    assert _hours(terms, "hubert-base", "PR", "upstream FLOPs, train") == pytest.approx(
+        micro * b.batch_size * (10e9 * pad + attention) / 30e12 / 3600)
+    assert 1.2 < pad / load_lengths()["splits"]["train-clean-100"]["mean_seconds"] < 1.4
+    assert _hours(terms, "hubert-base", "PR", "features to the host and back, train") == pytest.approx(
+        2 * frames * 13 * 768 * 4 / 64e9 / 3600)
+    # an ECAPA-TDNN runs each LibriSpeech utterance alone: one fixed cost per utterance
+    assert _hours(terms, "ecapa-dino-wespeaker", "PR", "ECAPA-TDNN forwards, train") == pytest.approx(
+        micro * b.batch_size * 2e-3 / 3600)
+
+
+def test_flipping_a_code_path_fact_recomputes_the_figure():
+    today = _model(tasks=["PR", "SID"]).terms()
+    on_device = _model(tasks=["PR", "SID"], code=facts(features_round_trip_host=False)).terms()
+    trips = sum(t.hours for t in today if t.what.startswith("features to the host") and t.precision == "float32")
+    assert trips > 0
+    assert costmodel.totals(on_device, "float32") == pytest.approx(costmodel.totals(today, "float32") - trips)
+    overlapped = _model(tasks=["PR", "SID"], code=facts(terms_overlap=True)).terms()
+    assert costmodel.totals(overlapped, "float32") < costmodel.totals(today, "float32")
+    fused = _model(tasks=["PR"], code=facts(wavlm_attention="fused")).terms()
+    assert not [t for t in fused if t.what.startswith("attention T x T")]
+    assert [t for t in today if t.what.startswith("attention T x T") and t.model == "wavlm-base-plus"]
+    batched = _model(tasks=["PR"], code=facts(ecapa_forward="batched")).terms()
+    assert _hours(batched, "ecapa-dino-wespeaker", "PR", "ECAPA-TDNN forwards") < \
+        _hours(today, "ecapa-dino-wespeaker", "PR", "ECAPA-TDNN forwards") / 10
+
+
+def test_the_fast_profile_prices_its_own_subsets():
+    fast = corpus_for(load_profile("fast"))
+    assert fast["PR"]["utterances"]["dev"] == 500 and fast["PR"]["utterances"]["test"] == 2620
+    assert fast["SID"]["utterances"]["test"] == round(8251 * 100 / 1251)
+    assert fast["CKA"]["utterances"]["test"] == 200
+    assert costmodel.totals(_model("fast").terms(), "float32") < costmodel.totals(_model().terms(), "float32") / 5

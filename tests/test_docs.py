@@ -155,13 +155,19 @@ def test_readme_numbers_are_the_records_rounded():
         in text
     disk = fresh["disk_gb"]
     assert f"about {disk['clone']:.1f} GB: `.venv` {disk['.venv']:.1f} GB, `work/` {disk['work']:.1f} GB" in text
+    from repro.bench.projection import claim_reads, claim_runs, gpu_hours_line
+
     projection = json.loads((ROOT / "artifacts" / "bench" / "projection.json").read_text())
-    claims = projection["claims"]
+    full, fast = projection["profiles"]["full"], projection["profiles"]["fast"]
+    assert gpu_hours_line("full", full["hours"]) in text and gpu_hours_line("fast", fast["hours"]) in text
     rows = [line for line in README.read_text().splitlines() if line.startswith("| ")]
+    reads = claim_reads()
+    assert projection["claim_reads"] == reads  # the record was made with the claims' current reads
     for claim, prefix in (("1", "| 1."), ("2", "| 2."), ("3", "| 3."), ("4", "| (secondary)")):
         row = next(r for r in rows if r.startswith(prefix))
-        hours = f"≈ {round(claims['float32'][claim])} / {round(claims['autocast'][claim])}"
-        assert row.rstrip(" |").endswith(hours), row
-    fast = {mode: sum(v.values()) for mode, v in projection["fast_profile"].items()}
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[1] == ", ".join(reads[claim]["checks"]) and cells[2] == claim_runs(reads[claim]), row
+        hours = f"≈ {round(full['claims']['float32'][claim])} / {round(full['claims']['bf16'][claim])}"
+        assert cells[4] == hours, row
     row = next(r for r in rows if r.startswith("| first check"))
-    assert f"≈ {round(fast['float32'])} / {round(fast['autocast'], 1)}" in row
+    assert f"≈ {round(fast['hours']['float32'])} / {round(fast['hours']['bf16'])}" in row

@@ -192,3 +192,37 @@ def test_verify_reports_changed_missing_and_extra(ws, tmp_path, monkeypatch):
     (ws.results / "probing" / "x.timing.json").write_text("{}")  # wall times are not checked
     assert checksums.verify(ws) == {"changed": ["figures/table-1.csv"], "missing": ["figures/table-1.md"],
                                     "extra": ["figures/new.txt"]}
+
+
+def test_each_claim_declares_the_results_its_check_reads(tmp_path):
+    """`Claim.reads` (which the projection and the README price) is what the check asks the reader for."""
+    from repro.config import load_profile
+    from repro.paper.claims import CLAIMS, NotRun
+    from repro.paper.results import ResultReader, models_by_family
+
+    ws = Workspace(load_profile("full"), tmp_path / "work", tmp_path / "results", tmp_path / "figures")
+    families = models_by_family(ws)
+
+    class Spy(ResultReader):
+        def __init__(self, ws):
+            super().__init__(ws)
+            self.asked = set()
+
+        def probe(self, model, task):
+            self.asked.add((model, task))
+            return super().probe(model, task)
+
+        def cka(self, a, b):
+            self.asked.add((a, b))
+            return super().cka(a, b)
+
+    for claim in CLAIMS:
+        reader = Spy(ws)
+        with pytest.raises(NotRun):
+            claim.evaluate(ws, reader)
+        models = [m for f in claim.reads.families for m in families[f]]
+        expected = {(m, t) for m in models for t in claim.reads.tasks}
+        if claim.reads.cka == "across":
+            expected |= {tuple(sorted((a, b), key=ws.profile.models.all().index))
+                         for a in families["speech_ssl"] for b in families["speaker_ssl"]}
+        assert reader.asked == expected, claim.id

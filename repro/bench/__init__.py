@@ -37,6 +37,8 @@ def run_benchmarks(names: list[str] | None, out: Path, echo: Callable[[str], Non
         opts = {k: v for k, v in (options or {}).get(name, {}).items() if v is not None}
         if name == "projection":
             opts.setdefault("bench_dir", Path(out))
+        if name == "gpu":  # written section by section: an interrupted run keeps what it measured
+            opts.setdefault("record_path", Path(out) / "gpu.json")
         result = module.run(**opts)
         path = Path(out) / f"{name}.json"
         atomic_write_json(path, result)

@@ -1,40 +1,64 @@
-"""GPU calibration (`repro bench gpu`, `make bench-gpu`): the rates the projection otherwise assumes.
+"""GPU calibration (`repro bench gpu`, `make bench-gpu`): what decides the price, measured on one GPU.
 
-On one GPU, in a few minutes, with random weights of the real shapes (WavLM Base+, HuBERT Base, the
-C=1024 speechbrain ECAPA-TDNN, the C=512 wespeaker ECAPA-TDNN):
+Runs from the source tree in a stock CUDA PyTorch environment (Python 3.11/3.12, torch >= 2.9,
+torchaudio, transformers >= 5, numpy, scipy, click, pyyaml, tqdm) without network:
 
-    upstream throughput, audio seconds per second, at the full profile's batch shapes: PR's
-        LibriSpeech-length batches (16 x 12.7 s), SID's and ASV's 8 s crops (8 and 10 per
-        micro-batch); in float32, float32 with TF32 matmuls (`extraction.tf32`) and bf16 autocast
-        (`extraction.autocast`), and HuBERT with eager attention against SDPA (`extraction.attention`);
-    how far each setting moves the layers: the relative Frobenius difference to float32 (eager for
-        the attention), per layer, mean and max;
-    the fixed cost of one ECAPA-TDNN forward (a 1 s utterance);
-    probe-group step rates of PR, SID and ASV on the upstream with K = 1 and K = 4 learning rates;
-    peak GPU memory of each case.
+    PYTHONPATH=. python3 -m repro bench gpu --wheels WHEELS
 
-It writes `artifacts/bench/gpu.json`; the projection then uses the measured rates. With
-`--device cpu --tiny` the same code runs on the CPU at toy sizes (the tests do this); the record
-says so, and the projection ignores records that were not made on a GPU.
+where WHEELS is a folder of pure-Python wheels (speechbrain for the supervised ECAPA-TDNN and what it
+imports) that `python -m repro.bench.wheels WHEELS` collects on a machine with network
+(`repro.bench.wheels`); this path imports no audio, metrics or other compiled package outside that set.
+
+With random weights at the real shapes (WavLM Base+, HuBERT Base, the C=1024 speechbrain ECAPA-TDNN,
+the C=512 wespeaker ECAPA-TDNN), `WARMUP` untimed then `steps` timed repetitions each, seconds with
+their spread (median, 10th and 90th percentile) and peak GPU memory, section by section:
+
+    upstream      one forward per model and batch shape (PR: 16 utterances with LibriSpeech
+                  train-clean-100 lengths drawn from `repro.bench.lengths`, padded as today's batches;
+                  SID: 8 x 8 s crops; ASV: 10 x 8 s crops) in float32 (TF32 off), TF32 and bf16 autocast,
+                  with each setting's relative change of the layers against float32;
+    probe_groups  one training micro-batch of a probe group at the full profile's K learning rates on
+                  PR, SID and ASV shapes, as today's trainer runs it (`repro.bench.costmodel.CODE_PATHS`):
+                  upstream forward (float32 or bf16 autocast), layers to the host and back, per probe its
+                  float32 head forward and backward and its loss read, the optimiser step every
+                  grad_accum micro-batches (seconds per micro-batch, the step amortised);
+    pooled_steps  one training step of one pooled probe (`[B, 1, D]` layer means) at the KS and ER shapes;
+    ecapa_overhead  one ECAPA-TDNN forward of a 1 s utterance.
+
+The record (`gpu.json`) is rewritten after every section (an interrupted run keeps what it measured)
+and stamped with `CALIBRATION_KEY` (a version of the shapes and code paths measured, bumped when they
+change), the commit, the GPU's name and the Python, torch and transformers versions. The projection
+uses its probe-group seconds where the key matches and names the record. `--device cpu --tiny` runs the
+same code at toy sizes (the tests do, with every package outside the stock set blocked from import).
 """
 
 from __future__ import annotations
 
 import contextlib
+import platform
+import subprocess
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from repro.bench.common import machine_info
+from repro.bench.costmodel import CODE_PATHS, CODE_PATHS_VERSION
 
-BATCHES = {"PR": (16, 12.7), "SID": (8, 8.0), "ASV": (10, 8.0)}  # items per micro-batch, seconds per item
-TINY_BATCHES = {"PR": (2, 1.0), "SID": (2, 0.8), "ASV": (2, 0.8)}
-DEFAULTS = {"repeats": 3, "steps": 4}
+CALIBRATION_VERSION = 2  # bump when the measured shapes or code change
+CALIBRATION_KEY = f"calibration-v{CALIBRATION_VERSION}+code-paths-v{CODE_PATHS_VERSION}"
+WARMUP = 3  # untimed repetitions before the timed ones (one at toy sizes)
+DEFAULTS = {"steps": 20}
+# items per micro-batch, seconds per item (None: LibriSpeech lengths), K, grad_accum (the full profile)
+SHAPES = {"PR": (16, None, 3, 2), "SID": (8, 8.0, 4, 4), "ASV": (10, 8.0, 3, 5)}
+POOLED = {"KS": 32, "ER": 4}
+TINY_SHAPES = {"PR": (2, 1.0, 2, 2), "SID": (2, 0.8, 2, 2), "ASV": (2, 0.8, 2, 2)}
+MODEL_NAMES = ("wavlm-base-plus", "hubert-base", "ecapa-sup-speechbrain", "ecapa-dino-wespeaker")
 
 
-def _models(tiny: bool) -> dict[str, Any]:
+def _models(tiny: bool) -> dict[str, Callable]:
     import transformers
 
     from repro.config.schema import SupervisedRecipeConfig
@@ -60,7 +84,6 @@ def _models(tiny: bool) -> dict[str, Any]:
     return {
         "wavlm-base-plus": hf(transformers.WavLMModel, transformers.WavLMConfig, "eager"),
         "hubert-base": hf(transformers.HubertModel, transformers.HubertConfig, "sdpa"),
-        "hubert-base (eager attention)": hf(transformers.HubertModel, transformers.HubertConfig, "eager"),
         "ecapa-sup-speechbrain": lambda: wrap_speechbrain_ecapa(speechbrain_ecapa(sup_arch)).eval(),
         "ecapa-dino-wespeaker": lambda: wrap_wespeaker_ecapa(WespeakerEcapa(dino_arch)).eval(),
     }
@@ -86,31 +109,42 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(fn, device: torch.device, repeats: int) -> float:
-    """Fastest of `repeats` calls after one warm-up, in seconds."""
-    fn()
+def timed(fn: Callable[[], Any], device: torch.device, steps: int, warmup: int | None = None) -> dict[str, Any]:
+    """`warmup` untimed calls, then `steps` timed ones: median, 10th / 90th percentile seconds, peak GiB."""
+    for _ in range(WARMUP if warmup is None else warmup):
+        fn()
     _sync(device)
-    best = float("inf")
-    for _ in range(repeats):
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = []
+    for _ in range(steps):
         start = time.perf_counter()
         fn()
         _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return best
+        seconds.append(time.perf_counter() - start)
+    return {"seconds": float(np.median(seconds)), "p10": float(np.percentile(seconds, 10)),
+            "p90": float(np.percentile(seconds, 90)), "timed": steps,
+            "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
 
 
-def _peak_reset(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+def _lengths(task: str, items: int, seconds: float | None, tiny: bool) -> list[int]:
+    """Samples per item: fixed crops, or LibriSpeech train-clean-100 lengths (seeded draw)."""
+    if seconds is not None:
+        return [int(seconds * 16000)] * items
+    from repro.bench.lengths import _histogram, load
+
+    centres, p = _histogram(load()["splits"]["train-clean-100"])
+    draw = np.random.default_rng(0).choice(centres, size=items, p=p)
+    return [int(s * 16000) + i for i, s in enumerate(draw)]  # distinct lengths, as real utterances
 
 
-def _peak(device: torch.device) -> float | None:
-    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-
-
-@torch.no_grad()
-def _layers(model, wavs: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
-    return [h.float() for h in model(wavs, lengths).layers]
+def _batch(task: str, items: int, seconds: float | None, tiny: bool, device) -> tuple[torch.Tensor, torch.Tensor]:
+    n = _lengths(task, items, seconds, tiny)
+    g = torch.Generator().manual_seed(list(SHAPES).index(task))
+    wavs = torch.zeros(items, max(n))
+    for i, k in enumerate(n):
+        wavs[i, :k] = 0.1 * torch.randn(k, generator=g)
+    return wavs.to(device), torch.tensor(n, dtype=torch.long).to(device)
 
 
 def _relative_change(ref: list[torch.Tensor], other: list[torch.Tensor]) -> dict[str, float]:
@@ -118,144 +152,199 @@ def _relative_change(ref: list[torch.Tensor], other: list[torch.Tensor]) -> dict
     return {"mean": float(np.mean(rel)), "max": float(np.max(rel))}
 
 
-def upstream_cases(device: torch.device, tiny: bool, repeats: int) -> dict[str, dict]:
-    """Throughput and layer changes of every model, batch shape and precision."""
+def _modes(device: torch.device, with_tf32: bool) -> tuple[str, ...]:
+    return ("float32", "tf32", "bf16") if device.type == "cuda" and with_tf32 else ("float32", "bf16")
+
+
+def upstream_section(device, tiny, steps, models) -> dict:
     out: dict[str, dict] = {}
-    hubert_layers: dict[str, dict] = {}  # float32 layers of HuBERT with SDPA and with eager attention
-    g = torch.Generator().manual_seed(0)
-    for name, make in _models(tiny).items():
-        model = make().to(device)
+    for name, model in models.items():
         out[name] = {}
-        for task, (items, seconds) in (TINY_BATCHES if tiny else BATCHES).items():
-            n = int(seconds * 16000)
-            lengths = torch.full((items,), n, dtype=torch.long, device=device)
-            case: dict[str, Any] = {"items": items, "seconds_per_item": seconds}
-            g.manual_seed(list(BATCHES).index(task))  # the same audio for every model
-            wavs = (0.1 * torch.randn(items, n, generator=g)).to(device)
-            with _precision(device, "float32"):
-                reference = _layers(model, wavs, lengths)
-            if name.startswith("hubert-base"):
-                hubert_layers.setdefault(task, {})[name] = [h.cpu() for h in reference]
-            for mode in ("float32", "tf32", "bf16") if device.type == "cuda" else ("float32", "bf16"):
-                _peak_reset(device)
-                with _precision(device, mode):
-                    s = _timed(lambda: model(wavs, lengths), device, repeats)
-                    changed = _layers(model, wavs, lengths)
-                case[mode] = {"audio_s_per_s": items * seconds / s, "seconds": s, "peak_gib": _peak(device),
-                              "layer_change": _relative_change(reference, changed)}
+        for task, (items, seconds, _, _) in (TINY_SHAPES if tiny else SHAPES).items():
+            wavs, lengths = _batch(task, items, seconds, tiny, device)
+            with torch.no_grad(), _precision(device, "float32"):
+                reference = [h.float() for h in model(wavs, lengths).layers]
+            case: dict[str, Any] = {"items": items, "padded_seconds": wavs.shape[1] / 16000,
+                                    "audio_seconds": float(lengths.sum()) / 16000}
+            for mode in _modes(device, True):
+                with torch.no_grad(), _precision(device, mode):
+                    case[mode] = timed(lambda: model(wavs, lengths), device, steps, 1 if tiny else None)
+                    changed = [h.float() for h in model(wavs, lengths).layers]
+                case[mode]["audio_s_per_s"] = case["audio_seconds"] / case[mode]["seconds"]
+                case[mode]["layer_change"] = _relative_change(reference, changed)
             out[name][task] = case
-        del model
-    hubert, eager = out.get("hubert-base"), out.get("hubert-base (eager attention)")
-    if hubert and eager:  # SDPA against eager attention, same weights
-        for task in hubert:
-            hubert[task]["sdpa_vs_eager_speedup"] = (hubert[task]["float32"]["audio_s_per_s"]
-                                                     / eager[task]["float32"]["audio_s_per_s"])
-            pair = hubert_layers[task]
-            hubert[task]["sdpa_vs_eager_layer_change"] = _relative_change(pair["hubert-base (eager attention)"],
-                                                                          pair["hubert-base"])
     return out
 
 
-def ecapa_overhead(device: torch.device, tiny: bool, repeats: int) -> dict[str, float]:
-    """Seconds of one forward of each ECAPA-TDNN on a 1 s utterance (its fixed cost per call)."""
+def probe_group_step(model, task: str, wavs, lengths, k: int, grad_accum: int, mode: str, device,
+                     code=CODE_PATHS, tiny: bool = False) -> Callable[[], None]:
+    """One training micro-batch of a group of `k` probes as the trainer runs it (module doc)."""
+    from repro.bench.shapes import HEAD_KIND, loss, outputs_of, probe
+
+    with torch.no_grad(), _precision(device, mode):
+        out = model(wavs, lengths)
+    dims = [h.shape[-1] for h in out.layers]
+    frames = int(out.layers[0].shape[1])
+    probes = [probe(None, task, dims=dims, tiny=tiny) for _ in range(k)]  # the widths the model gives
+    for p in probes:
+        p.to(device)
+    opts = [torch.optim.Adam(p.parameters(), lr=1e-3) for p in probes]
+    g = torch.Generator().manual_seed(0)
+    outputs = outputs_of(task, tiny)
+    if HEAD_KIND[task] == "ctc":
+        targets = torch.randint(1, outputs[0] + 1, (wavs.shape[0], max(1, frames // 4)), generator=g)
+    else:
+        targets = torch.stack([torch.randint(0, n, (wavs.shape[0],), generator=g) for n in outputs], -1)
+    targets = targets.to(device)
+    state = {"micro": 0}
+
+    def step() -> None:
+        with torch.no_grad(), _precision(device, mode):
+            o = model(wavs, lengths)
+            layers = [h.float() for h in o.layers]
+            n = o.lengths[0]
+        if code.features_round_trip_host:
+            layers, n = [h.cpu() for h in layers], n.cpu()
+            layers, n = [h.to(device) for h in layers], n.to(device)
+        n = n.clamp(min=1, max=layers[0].shape[1])
+        with _precision(device, "float32" if code.head_precision == "float32" else mode):
+            for p in probes:
+                value = loss(task, p, layers, n, targets) / grad_accum
+                value.backward()
+                if code.loss_read_per_probe:
+                    float(value.detach())
+        state["micro"] += 1
+        if state["micro"] % grad_accum == 0:
+            for p, opt in zip(probes, opts):
+                torch.nn.utils.clip_grad_norm_(list(p.parameters()), 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def probe_group_section(device, tiny, steps, models) -> dict:
+    out: dict[str, dict] = {}
+    for name, model in models.items():
+        out[name] = {}
+        for task, (items, seconds, k, accum) in (TINY_SHAPES if tiny else SHAPES).items():
+            wavs, lengths = _batch(task, items, seconds, tiny, device)
+            out[name][task] = {"k": k, "grad_accum": accum, "items": items}
+            for mode in ("float32", "bf16"):
+                step = probe_group_step(model, task, wavs, lengths, k, accum, mode, device, tiny=tiny)
+                case = timed(step, device, steps, 1 if tiny else None)
+                case["seconds_per_step"] = case["seconds"]
+                out[name][task][mode] = case
+    return out
+
+
+def pooled_section(device, tiny, steps) -> dict:
+    from repro.bench.shapes import MODELS, loss, probe, random_batch
+
+    out: dict[str, dict] = {}
+    for name in MODEL_NAMES:
+        out[name] = {}
+        for task, batch in POOLED.items():
+            dims = [8] * 3 if tiny else MODELS[name]["dims"]
+            p = probe(None, task, dims=dims, tiny=tiny).to(device)
+            opt = torch.optim.Adam(p.parameters(), lr=1e-3)
+            layers, n, targets = random_batch(None, task, batch, 1, device, pooled=True, dims=dims, tiny=tiny)
+
+            def step() -> None:
+                value = loss(task, p, layers, n, targets)
+                value.backward()
+                float(value.detach())
+                torch.nn.utils.clip_grad_norm_(list(p.parameters()), 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+
+            out[name][task] = timed(step, device, steps, 1 if tiny else None)
+    return out
+
+
+def ecapa_section(device, tiny, steps, models) -> dict:
+    wav = (0.1 * torch.randn(1, 16000, generator=torch.Generator().manual_seed(1))).to(device)
+    lengths = torch.tensor([16000], device=device)
     out = {}
-    wav = 0.1 * torch.randn(1, 16000, generator=torch.Generator().manual_seed(1))
-    for name, make in _models(tiny).items():
-        if not name.startswith("ecapa"):
-            continue
-        model = make().to(device)
-        lengths = torch.tensor([16000], device=device)
-        out[name] = _timed(lambda: model(wav.to(device), lengths), device, repeats)
+    for name, model in models.items():
+        if name.startswith("ecapa"):
+            with torch.no_grad():
+                out[name] = timed(lambda: model(wav, lengths), device, steps)
     return out
 
 
-def probe_groups(device: torch.device, tiny: bool, steps: int) -> dict[str, dict]:
-    """Probe-group step rates on the upstream (HuBERT shape), K = 1 and K = 4, PR, SID and ASV."""
-    import tempfile
-    from pathlib import Path
-
-    from repro.bench.probe import _train_seconds
-    from repro.probing.sources import UpstreamFrames
-    from repro.probing.tasks import make_task
-
-    model = _models(tiny)["hubert-base"]().to(device)
-    out = {}
-    with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp:
-        root = Path(tmp)
-        for task_name, (items, seconds) in (TINY_BATCHES if tiny else BATCHES).items():
-            utts = _synthetic_utterances(root, task_name, items * 2, seconds)
-            task = make_task(task_name, {"train": utts})
-            source = UpstreamFrames(model, root, utts, list(range(model.num_layers)), device=device)
-            rates = {}
-            for k in (1, 4):
-                lrs = [10.0 ** -(2 + i) for i in range(k)]
-                _peak_reset(device)
-                s = _train_seconds(task, source, utts, steps, items, device, root, f"{task_name}-{k}", lrs)
-                rates[k] = {"steps_per_s": steps / s, "peak_gib": _peak(device)}
-            out[task_name] = {"k1": rates[1], "k4": rates[4],
-                              "k4_vs_k1_time": rates[1]["steps_per_s"] / rates[4]["steps_per_s"]}
-    return out
+def _commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
-def _synthetic_utterances(root, task: str, count: int, seconds: float) -> list:
-    """`count` noise utterances of `seconds` with labels for `task`, written under `root`."""
-    from repro.audio import write_wav
-    from repro.data.manifest import Utterance
+def run(device: str = "cuda", tiny: bool = False, steps: int = DEFAULTS["steps"],
+        record_path: Path | str | None = None, wheels: Path | str | None = None) -> dict:
+    """Measure on `device` section by section (module doc), rewriting `record_path` after each."""
+    import transformers
 
-    rng = np.random.default_rng(0)
-    utts = []
-    for i in range(count):
-        n = int(seconds * 16000)
-        path = f"{task}/{i:03d}.wav"
-        write_wav(root / path, (0.1 * rng.standard_normal(n)).astype(np.float32))
-        label = {"PR": ["a", "b", "c"], "SID": f"spk{i % 2}", "ASV": f"spk{i % 2}"}[task]
-        utts.append(Utterance(f"{task}-{i}", "train", path, n, seconds, f"spk{i % 2}", label, "0" * 64))
-    return utts
-
-
-def run(device: str = "cuda", tiny: bool = False, repeats: int = DEFAULTS["repeats"],
-        steps: int = DEFAULTS["steps"]) -> dict:
-    """Measure on `device` (see module doc); `tiny` uses toy sizes (for tests on the CPU)."""
+    from repro.bench.wheels import use
     from repro.errors import ConfigError
+    from repro.util.atomic import atomic_write_json
+
+    use(wheels)
 
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("`repro bench gpu` measures a GPU and none is visible (check `nvidia-smi`, and `docker run "
                           "--gpus all`); on the CPU only `--device cpu --tiny` runs, as a check of the code")
+    if dev.type != "cuda" and not tiny:
+        raise ConfigError("`repro bench gpu --device cpu` runs only with `--tiny` (a check of the code)")
     started = time.perf_counter()
-    record = {"benchmark": "gpu", "machine": machine_info(), "device": str(dev), "tiny": tiny,
-              "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-              "upstream": upstream_cases(dev, tiny, repeats), "ecapa_overhead_seconds": ecapa_overhead(dev, tiny, repeats),
-              "probe_groups": probe_groups(dev, tiny, steps)}
-    record["wall_seconds"] = time.perf_counter() - started
+    record: dict[str, Any] = {
+        "benchmark": "gpu", "key": CALIBRATION_KEY, "commit": _commit(), "machine": machine_info(),
+        "device": str(dev), "tiny": tiny, "steps": steps, "warmup": WARMUP,
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "code_paths": CODE_PATHS.__dict__, "sections": []}
+
+    def save(section: str) -> None:
+        record["sections"].append(section)
+        record["wall_seconds"] = time.perf_counter() - started
+        if record_path is not None:
+            atomic_write_json(Path(record_path), record)
+
+    models = {name: make().to(dev) for name, make in _models(tiny).items()}
+    record["upstream"] = upstream_section(dev, tiny, steps, models)
+    save("upstream")
+    record["probe_groups"] = probe_group_section(dev, tiny, steps, models)
+    save("probe_groups")
+    record["pooled_steps"] = pooled_section(dev, tiny, steps)
+    save("pooled_steps")
+    record["ecapa_overhead"] = ecapa_section(dev, tiny, steps, models)
+    save("ecapa_overhead")
     return record
-
-
-def rates_for_projection(record: dict, flops: dict[str, float]) -> dict[str, float]:
-    """The projection's rates from a GPU record: sustained TFLOP/s in float32 and bf16 (the mean over
-    the speech SSL models and batch shapes of FLOPs x audio s per s), the ECAPA-TDNN overhead."""
-    out = {}
-    for mode, key in (("float32", "fp32_tflops"), ("bf16", "autocast_tflops")):
-        rates = [flops[m] * case[mode]["audio_s_per_s"] / 1e12 for m in ("wavlm-base-plus", "hubert-base")
-                 for case in record["upstream"][m].values()]
-        out[key] = float(np.mean(rates))
-    out["ecapa_overhead_ms"] = 1e3 * float(np.mean(list(record["ecapa_overhead_seconds"].values())))
-    return out
 
 
 def table(r: dict) -> str:
     """A short text table of a `run` result."""
-    lines = [f"GPU calibration on {r['device_name']}" + (" (toy sizes)" if r["tiny"] else "") +
-             ": audio s per s (layer change vs float32, mean relative)",
-             f"{'model':30s} {'batch':>5s} " + " ".join(f"{m:>20s}" for m in ("float32", "tf32", "bf16"))]
-    for model, cases in r["upstream"].items():
+    lines = [f"GPU calibration {r['key']} on {r['device_name']}" + (" (toy sizes)" if r["tiny"] else "") +
+             f", commit {r.get('commit')}, torch {r['torch']}, transformers {r['transformers']}; sections: "
+             f"{', '.join(r['sections'])}",
+             "upstream forward, audio s per s (median seconds; layer change vs float32, mean relative):"]
+    for model, cases in r.get("upstream", {}).items():
         for task, c in cases.items():
-            cells = " ".join(f"{c[m]['audio_s_per_s']:>9.0f} ({c[m]['layer_change']['mean']:.1e})" if m in c
-                             else f"{'-':>20s}" for m in ("float32", "tf32", "bf16"))
-            lines.append(f"{model:30s} {task:>5s} {cells}")
-    lines.append("ECAPA-TDNN one forward (1 s): " + ", ".join(f"{m} {1e3 * s:.1f} ms"
-                                                             for m, s in r["ecapa_overhead_seconds"].items()))
-    for task, g in r["probe_groups"].items():
-        lines.append(f"probe group {task}: K=1 {g['k1']['steps_per_s']:.2f} steps/s, K=4 {g['k4']['steps_per_s']:.2f} "
-                     f"steps/s (K=4 takes {g['k4_vs_k1_time']:.2f}x the time of K=1)")
+            cells = " ".join(f"{m} {c[m]['audio_s_per_s']:.0f} ({c[m]['seconds'] * 1e3:.1f} ms; "
+                             f"{c[m]['layer_change']['mean']:.1e})" for m in ("float32", "tf32", "bf16") if m in c)
+            lines.append(f"  {model:24s} {task:4s} {cells}")
+    lines.append("probe group, seconds per micro-batch (median [p10, p90]):")
+    for model, tasks in r.get("probe_groups", {}).items():
+        for task, c in tasks.items():
+            cells = " ".join(f"{m} {c[m]['seconds'] * 1e3:.1f} ms [{c[m]['p10'] * 1e3:.1f}, {c[m]['p90'] * 1e3:.1f}]"
+                             for m in ("float32", "bf16") if m in c)
+            lines.append(f"  {model:24s} {task:4s} K={c['k']} {cells}")
+    for model, tasks in r.get("pooled_steps", {}).items():
+        lines.append(f"  pooled step {model}: " + ", ".join(f"{t} {c['seconds'] * 1e3:.2f} ms"
+                                                           for t, c in tasks.items()))
+    if r.get("ecapa_overhead"):
+        lines.append("ECAPA-TDNN one forward (1 s): " + ", ".join(f"{m} {c['seconds'] * 1e3:.1f} ms"
+                                                                 for m, c in r["ecapa_overhead"].items()))
     return "\n".join(lines)

@@ -32,7 +32,7 @@ of `repeats` runs of each (the baselines that take seconds run once).
               (default: 16 on a GPU, 1 on a CPU) and scaled by items; decoding and
               scoring from the cases above (old and new), scaled to the dev set's utterances.
               The same with the model's forward at the projection's assumed GPU rates
-              (`repro.bench.projection.ASSUMED`, float32 and autocast; FLOPs counted on the same
+              (`repro.bench.costmodel.ASSUMED`, float32 and autocast; FLOPs counted on the same
               model), with decoding's host part (without the argmax) and scoring as measured here.
               Decoding and scoring count as this process's CPU seconds: single-threaded host work
               (bar the argmax), whose CPU time is its wall time on an idle core, whereas wall time
@@ -363,7 +363,7 @@ def run(utterances: int = DEFAULTS["utterances"], phones: float = DEFAULTS["phon
         repeats: int = DEFAULTS["repeats"], share: bool = True, share_items: int | None = None,
         model_config: dict | None = None) -> dict[str, Any]:
     """Measure and return the figures (see module doc); `model_config` (a tiny model) is for tests."""
-    from repro.bench.projection import ASSUMED
+    from repro.bench.costmodel import ASSUMED
     from repro.config import load_profile
     from repro.features.extract import resolve_device
 
@@ -381,7 +381,8 @@ def run(utterances: int = DEFAULTS["utterances"], phones: float = DEFAULTS["phon
         out["share"] = {"model": "WavLM Base+ shape, random weights" if not model_config else
                         f"WavLM {model_config}, random weights", "device": str(device), **costs,
                         **eval_share(costs, out["per"], out["decode"], load_profile("full").probing.tasks["PR"],
-                                     {"float32": ASSUMED["fp32_tflops"], "autocast": ASSUMED["autocast_tflops"]})}
+                                     {"float32": ASSUMED["fp32_tflops"].value,
+                                      "autocast": ASSUMED["autocast_tflops"].value})}
     out["wall_seconds"] = time.perf_counter() - started
     return out
 

@@ -48,48 +48,52 @@ SECTIONS = {
                 "spent in dev evaluation for the full profile's PR budget, before and after: measured here with a "
                 "WavLM Base+-sized random model, and with its forward at the projection's assumed GPU rates (where "
                 "the host-side decoding and scoring weigh most). How each figure is made: `repro/bench/metrics.py`."),
-    "gpu": ("GPU calibration", "Random weights of the real shapes on one GPU (`repro bench gpu`, `make bench-gpu`): "
-            "audio seconds per second of every model at the full profile's batch shapes in float32 (TF32 off), with "
-            "TF32 matmuls (`extraction.tf32`) and under bf16 autocast, with how far each setting moves the layers "
-            "(relative Frobenius difference to float32); HuBERT's SDPA attention against eager "
-            "(`extraction.attention`); the fixed cost of an ECAPA-TDNN forward; probe-group step rates with 1 and 4 "
-            "learning rates. The projection uses these rates where this record exists."),
+    "gpu": ("GPU calibration", "Random weights of the real shapes on one GPU (`repro bench gpu`, `make bench-gpu`; "
+            "runs from the source tree in a stock CUDA PyTorch environment, `repro/bench/gpu.py`): every model's "
+            "forward at the full profile's batch shapes in float32 (TF32 off), TF32 and bf16 autocast with how far "
+            "each setting moves the layers; a probe group's training micro-batch at the full profile's K on PR, SID "
+            "and ASV shapes as today's trainer runs it; a pooled-head step at the KS and ER shapes; one ECAPA-TDNN "
+            "forward; median seconds with the 10th and 90th percentile, peak memory. The projection prices the "
+            "probe groups' training with these seconds where the record's calibration key is current."),
     "projection": ("Projection: the full profile on one GPU", None),
 }
 
 
 def _projection_text(r: dict) -> str:
-    from repro.bench.projection import gpu_hours_line
+    from repro.bench.projection import gpu_hours_line, summary
 
-    t32, tamp = r["totals"]["float32"], r["totals"]["autocast"]
-    fw = r["forwarded_audio_seconds"]
-    measured = [k for k, v in r["sources"].items() if v.startswith("measured")]
-    assumed = [k for k, v in r["sources"].items() if not v.startswith("measured")]
-    solo32, soloamp = r["solo_totals"]["float32"], r["solo_totals"]["autocast"]
+    full, fast = r["profiles"]["full"], r["profiles"]["fast"]
+    kinds = {}
+    for name, i in r["inputs"].items():
+        if not name.startswith("step_seconds:"):
+            kinds.setdefault(i["kind"], []).append(f"`{name}`")
+    rows = ["| term | float32 h | bf16 h | kind | inputs |", "|---|---:|---:|---|---|"]
+    b16 = {w: h for w, h, _, _ in summary(full["terms"], "bf16")}
+    for what, h, kind, ins in summary(full["terms"], "float32"):
+        rows.append(f"| {what} | {h:.2f} | {b16.get(what, 0.0):.2f} | {kind} | {', '.join(ins)} |")
+    facts = ", ".join(f"`{k}={v}`" for k, v in r["code_paths"].items() if k != "version")
+    largest = "; ".join(f"{w} {h:.1f} h" for w, h in full["largest"]["float32"])
     return (
-        f"{gpu_hours_line('full', r['totals'])}\n\n{gpu_hours_line('fast', r['fast_profile'])}\n\n"
-        "Hours per stage for the full profile (four models, every learning rate of the grids) on one GPU: "
-        f"features {t32['features']:.1f} h, probing {t32['probe']:.0f} h in float32 (`extraction.autocast: none`, "
-        f"exact) or {tamp['probe']:.0f} h under bf16 autocast, CKA {3600 * t32['cka']:.0f} s of matrix products "
-        "(reading its 15 GB of frames takes longer); the corpus preparation (hashing every file once) and the "
-        "optional speaker-model training are not included. Every learning rate of a task trains in one probe "
-        f"group on one upstream forward per micro-batch: the probes forward {fw['grouped'] / 1e6:.0f} M audio "
-        f"seconds through the models instead of {fw['solo'] / 1e6:.0f} M with one run per learning rate "
-        f"({fw['solo'] / fw['grouped']:.1f}x fewer; one run per learning rate would take "
-        f"{sum(solo32.values()):.0f} h in float32, {sum(soloamp.values()):.0f} h in bf16). The fast profile's "
-        "figure is an upper bound (its dev sets are smaller than the full ones used here). With N GPUs "
-        "(torchrun), the probes whose input is `upstream` take about 1/N of the time, N up to the task's "
-        "grad_accum.\n\n"
-        "How it is computed is in `repro/bench/projection.py` (module doc): per task and model, the audio the "
-        "probe group pushes through the model (steps x grad_accum x batch x seconds per item, plus every dev "
-        "evaluation), times the model's FLOPs per audio second, over a throughput, plus one head share per "
-        "further learning rate; the ECAPA-TDNN models pay a fixed overhead per utterance on top (an upper "
-        "bound: they run utterances of equal length together, other ones alone); decoding overlaps and counts "
-        "only when it is slower.\n\n"
-        f"- **Counted or measured here** ({r['machine']['cpu']}): {', '.join(measured)}, and the FLOPs per "
-        "audio second of every model (`torch.utils.flop_counter`, random weights at the real sizes).\n"
-        f"- **Assumed about the GPU** (H100 class; replaced by measured values when `repro bench gpu` has run on "
-        f"a GPU): {', '.join(assumed)}. Change them in `repro/bench/projection.py` (`ASSUMED`) for your GPU."
+        f"{gpu_hours_line('full', full['hours'])}\n\n{gpu_hours_line('fast', fast['hours'])}\n\n"
+        "GPU hours of today's code on one H100-class GPU, as a table of terms (`repro/bench/costmodel.py`): "
+        "per model, task and precision, the upstream's FLOPs with attention (padded batches, from LibriSpeech's "
+        "length distribution where PR reads it), the unfused attention's T x T memory traffic, the heads' "
+        "forward and backward (K probes per group, float32 in both columns), the features' round trip to the "
+        "host over PCIe, the loss reads, the ECAPA-TDNN forwards as they run (equal lengths together, others "
+        "alone), pooled-head steps priced per operator on the host, every evaluation pass, feature stores and "
+        "CKA; the fast profile uses its own subsets (`data.subsets`). The terms add: today's code synchronises "
+        f"every micro-batch. Largest (full, float32): {largest}.\n\n" + "\n".join(rows) + "\n\n"
+        f"Every term reads the code-path facts of `repro.bench.costmodel.CODE_PATHS` (version "
+        f"{r['code_paths']['version']}): {facts}; a change to the code that flips one reports its effect as the "
+        "change of these figures. A term's kind is its weakest input's.\n\n"
+        f"- **Counted** (from the code, the profiles and the corpora): the FLOPs per audio second of every model "
+        f"(`torch.utils.flop_counter`, SDPA attention added from the shapes), the heads' FLOPs per frame, the "
+        f"operators of a pooled-head step, the padding, bytes and syncs; {', '.join(kinds.get('counted', []))}.\n"
+        f"- **Measured** ({r['machine']['cpu']}, Python {r['machine']['python']}, torch {r['machine']['torch']}): "
+        f"{', '.join(kinds.get('measured', []))}.\n"
+        f"- **Assumed** (no GPU has run `repro bench gpu` with the current calibration key; each with its "
+        f"source in the table below): {', '.join(kinds.get('assumed', []))}.\n"
+        + "".join(f"- {note}\n" for note in r["notes"])
     )
 
 
@@ -101,6 +105,12 @@ def render(bench_dir: Path) -> str:
         if not path.is_file():
             how = "measure it as `repro/bench/fresh_machine.py` describes" if name == "fresh_machine" \
                 else f"`repro bench {name}`"
+            if name == "gpu":
+                how = ("on a GPU, `PYTHONPATH=. python3 -m repro bench gpu --wheels WHEELS` from the source tree (a "
+                       "stock CUDA PyTorch environment is enough; `python -m repro.bench.wheels WHEELS` collects the "
+                       "1.4 MB of pure-Python wheels it needs beforehand, on a machine with network), then "
+                       "`repro bench projection` and `repro bench report`; until then the projection's GPU rates "
+                       "are assumed")
             parts.append(f"## {title}\n\nNot measured yet: {how}.\n")
             continue
         module = importlib.import_module(f"repro.bench.{name}")

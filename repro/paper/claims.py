@@ -28,6 +28,16 @@ class NotRun(Exception):
 
 
 @dataclass(frozen=True)
+class Reads:
+    """What a check reads: probe results of `tasks` for the models of `families` (`models_by_family`),
+    and CKA pairs (`cka`: `across` speech SSL x speaker SSL, or none)."""
+
+    families: tuple[str, ...] = ()
+    tasks: tuple[str, ...] = ()
+    cka: str = "none"
+
+
+@dataclass(frozen=True)
 class Claim:
     id: str
     finding: str
@@ -35,6 +45,15 @@ class Claim:
     condition: str
     reason: str
     evaluate: Callable[[Workspace, ResultReader], tuple[str, bool]]
+    reads: Reads = Reads()
+
+    @property
+    def abstract(self) -> str:
+        """The abstract's claim the check belongs to: `C2b` -> `2`."""
+        return self.id[1:].rstrip("abcdefghijklmnopqrstuvwxyz")
+
+
+ALL_FAMILIES = ("speech_ssl", "speaker_ssl", "speaker_sup")
 
 
 @dataclass
@@ -174,39 +193,47 @@ CLAIMS: tuple[Claim, ...] = (
           "accuracy) and a speaker score (mean of SID accuracy and 1-EER)",
           "rho <= 0.5",
           "a rank correlation above 0.5 would mean the content ranking largely predicts the speaker ranking "
-          "(with four models, at most one of six pairs out of order)", c1),
+          "(with four models, at most one of six pairs out of order)", c1,
+          Reads(ALL_FAMILIES, ("PR", "KS", "IC", "SID", "ASV"))),
     Claim("C2a", "Specific layers of speech SSL models are partly specialised in linguistic information.",
           "share of the PR layer weight in the best window of 3 adjacent layers, relative to a uniform "
           "weighting (3/L), for each speech SSL model",
           ">= 1.5 for every speech SSL model",
           "weights start uniform; 1.5 times the uniform share in 3 adjacent layers means training moved the "
-          "phone probe onto a specific band of layers", c2a),
+          "phone probe onto a specific band of layers", c2a,
+          Reads(("speech_ssl",), ("PR",))),
     Claim("C2b", "Specific layers of speech SSL models are partly specialised in linguistic information "
           "(and not the ones speaker identity uses).",
           "centre of mass of the PR weights minus that of the SID weights, as a fraction of depth",
           ">= +0.10 for every speech SSL model",
           "a tenth of the depth (1.2 layers of 12) separates the layers content uses from those speaker "
-          "identity uses", c2b),
+          "identity uses", c2b,
+          Reads(("speech_ssl",), ("PR", "SID"))),
     Claim("C3a", "Speaker SSL models tend to disregard linguistic information.",
           "PR phone error rate of the best speaker SSL model vs the worst speech SSL model",
           "speaker SSL PER > every speech SSL PER",
           "disregarding content means even the best speaker SSL model recognises phones worse than any "
-          "speech SSL model", c3a),
+          "speech SSL model", c3a,
+          Reads(("speech_ssl", "speaker_ssl"), ("PR",))),
     Claim("C3b", "Speaker SSL models have a more sophisticated speaker representation than speech SSL.",
           "ASV equal error rate (SUPERB probe) of the best speaker SSL model vs the best speech SSL model",
-          "speaker SSL EER < speech SSL EER", "a better speaker representation verifies speakers better", c3b),
+          "speaker SSL EER < speech SSL EER", "a better speaker representation verifies speakers better", c3b,
+          Reads(("speech_ssl", "speaker_ssl"), ("ASV",))),
     Claim("C3c", "Speaker SSL and speech SSL models diverge in their late layers.",
           "linear CKA between the last layer of each speaker SSL model and the last layer of each speech SSL "
           "model",
           "<= 0.5 for every pair", "below 0.5 the two representations share less than half of their linear "
-          "structure", c3c),
+          "structure", c3c,
+          Reads(("speech_ssl", "speaker_ssl"), (), "across")),
     Claim("C4a", "Speech SSL models capture linguistic content progressively in deeper layers.",
           "centre of mass of the PR weights as a fraction of depth, for each speech SSL model",
-          ">= 0.5 for every speech SSL model", "content weighted towards the deeper half of the stack", c4a),
+          ">= 0.5 for every speech SSL model", "content weighted towards the deeper half of the stack", c4a,
+          Reads(("speech_ssl",), ("PR",))),
     Claim("C4b", "Speaker models keep phoneme information only in early layers.",
           "centre of mass of the PR contributions (norm-corrected) as a fraction of depth, for each speaker "
           "model (SSL and supervised)",
-          "<= 0.5 for every speaker model", "phone information weighted towards the earlier half", c4b),
+          "<= 0.5 for every speaker model", "phone information weighted towards the earlier half", c4b,
+          Reads(("speaker_ssl", "speaker_sup"), ("PR",))),
 )
 
 

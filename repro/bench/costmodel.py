@@ -1,0 +1,488 @@
+"""The cost model: GPU hours of a profile as a table of terms, each counted, measured or assumed.
+
+A term is one cost of one model on one task (or stage) at one precision, in hours; it names the inputs
+it multiplies, and each input carries its kind:
+    counted   derived from the code, the profile and the corpora's sizes (FLOPs by
+              `torch.utils.flop_counter`, operators by a `TorchDispatchMode`, bytes from tensor shapes,
+              lengths from the pinned LibriSpeech distribution, `repro.bench.lengths`);
+    measured  timed, with where, on what and the library versions (a record in artifacts/bench/);
+    assumed   a number about hardware this machine does not have, with its source (a datasheet, or
+              the reasoning that gives it).
+A term's kind is its weakest input's (assumed < measured < counted).
+
+What today's code does is a table of code-path facts, `CODE_PATHS` (version `CODE_PATHS_VERSION`); each
+term reads the facts it depends on, so a change to the code that flips a fact (say, features kept on the
+device) recomputes the figure with `dataclasses.replace`-style overrides (`facts(**changes)`), and the
+change's effect is the difference of two tables. The facts and the code each describes:
+
+    features_round_trip_host  `repro.probing.sources.UpstreamFrames.batch` returns every layer with `.cpu()`
+                              (float32) and `repro.probing.trainer` moves it back with `_to(..., device)`,
+                              in training and in `evaluate`: bytes = padded frames x sum of layer widths x 4,
+                              once each way, over PCIe.
+    loss_read_per_probe       the trainer reads each probe's loss with `float(loss)` every micro-batch: a
+                              host-device synchronisation per probe per micro-batch.
+    ecapa_forward             `repro.models.ecapa.EcapaUpstream.forward`: utterances of equal length run
+                              together, any other one alone (`per_utterance_unless_equal_lengths`); or
+                              `batched` (one forward per batch, padded).
+    wavlm_attention           transformers' WavLM calls `F.multi_head_attention_forward(need_weights=True)`:
+                              `unfused_eager_TxT` materialises (B x heads, T, T) tensors (scores with the
+                              position bias, softmax, the head-averaged weights); `sdpa` (a fused kernel: no
+                              T x T traffic, and FLOPs the CPU counter does not see, added from the shapes).
+    hubert_attention          HuBERT runs SDPA (`sdpa`), whose FLOPs the CPU counter does not see: added here
+                              from the shapes (4 T^2 D per layer and item); `eager` (counted by the counter).
+    pooled_heads              `one_step_per_probe`: each learning rate of a pooled task (KS, IC, ER) trains its
+                              own small head step by step on `[B, 1, D]` layer means; a step is a few hundred
+                              tiny kernels, priced per operator on the host (launch-bound), not as FLOPs.
+    pr_batches                `random_permutation_padded`: `repro.probing.sources.micro_batch` draws a random
+                              permutation and `pad_waveforms` pads to the longest of the batch_size items.
+    eval_batches              `manifest_order_padded`: `trainer.evaluate` takes consecutive utterances of the
+                              split in manifest order, padded to the longest (order taken as independent of
+                              length).
+    head_precision            `float32`: the heads run outside autocast, in float32; TF32 follows
+                              `extraction.tf32` (off), so they run at the float32 rate in both columns.
+    upstream_grouped          `True`: `probing.max_group: all`, one upstream forward per micro-batch for every
+                              learning rate of a task (`False`: one run per learning rate).
+    terms_overlap             `False`: the `.cpu()` of the features and the loss reads synchronise every
+                              micro-batch, so device work, copies and host work add up (`True`: the features'
+                              copies hide behind the same pass's compute and count only beyond it). Audio
+                              decoding, in worker threads, overlaps in either case and counts only where slower.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from repro.bench import lengths as lengths_mod
+from repro.bench.shapes import MODELS, SPEECH_HEADS, SPEECH_LAYERS, SPEECH_WIDTH
+
+CODE_PATHS_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CodePaths:
+    """What today's code does, fact by fact (module doc)."""
+
+    features_round_trip_host: bool = True
+    loss_read_per_probe: bool = True
+    ecapa_forward: str = "per_utterance_unless_equal_lengths"
+    wavlm_attention: str = "unfused_eager_TxT"
+    hubert_attention: str = "sdpa"
+    pooled_heads: str = "one_step_per_probe"
+    pr_batches: str = "random_permutation_padded"
+    eval_batches: str = "manifest_order_padded"
+    head_precision: str = "float32"
+    upstream_grouped: bool = True
+    terms_overlap: bool = False
+
+
+CODE_PATHS = CodePaths()
+
+
+def facts(**changes) -> CodePaths:
+    """Today's facts with `changes` (e.g. `facts(features_round_trip_host=False)`)."""
+    return dataclasses.replace(CODE_PATHS, **changes)
+
+
+@dataclass(frozen=True)
+class Input:
+    """One number a term reads: its value, unit, kind (counted / measured / assumed) and source."""
+
+    value: float
+    unit: str
+    kind: str
+    source: str
+
+
+KINDS = ("counted", "measured", "assumed")
+
+# Sourced hardware numbers (NVIDIA H100 Tensor Core GPU datasheet, SXM5 column, nvidia.com/en-us/data-center/h100:
+# FP32 67 TFLOPS; BF16 Tensor Core 1,979 TFLOPS with sparsity, 989 dense; GPU memory bandwidth 3.35 TB/s;
+# PCIe Gen5 128 GB/s, both directions together) and the utilisations assumed of them.
+H100 = {
+    "fp32_peak_tflops": Input(67.0, "TFLOP/s", "assumed", "NVIDIA H100 datasheet (SXM5): FP32 67 TFLOPS"),
+    "bf16_peak_tflops": Input(989.0, "TFLOP/s", "assumed",
+                              "NVIDIA H100 datasheet (SXM5): BF16 Tensor Core 1,979 TFLOPS with sparsity, half dense"),
+    "hbm_tb_s": Input(3.35, "TB/s", "assumed", "NVIDIA H100 datasheet (SXM5): GPU memory bandwidth 3.35 TB/s"),
+    "pcie_gb_s": Input(64.0, "GB/s each way", "assumed",
+                       "NVIDIA H100 datasheet: PCIe Gen5 128 GB/s (both directions; 64 each way; pageable "
+                       "`.cpu()` copies reach less, so this is a lower bound)"),
+}
+ASSUMED = {
+    "fp32_tflops": Input(30.0, "TFLOP/s", "assumed",
+                         "45% of the datasheet's 67 FP32 TFLOP/s, sustained by a Base-size model (TF32 off)"),
+    "autocast_tflops": Input(200.0, "TFLOP/s", "assumed",
+                             "20% of the datasheet's 989 dense BF16 TFLOP/s, sustained under bf16 autocast"),
+    "ecapa_overhead_ms": Input(2.0, "ms per forward", "assumed",
+                               "about 150 kernel launches of one ECAPA-TDNN forward plus its `.tolist()` sync"),
+    "host_op_us": Input(10.0, "us per operator", "assumed",
+                        "eager PyTorch dispatch and CUDA launch of one small operator on a server CPU"),
+    "sync_us": Input(20.0, "us per sync", "assumed", "a host-device synchronisation drains the queue: the "
+                     "device idles until the host launches the next kernels"),
+    "fp64_tflops": Input(50.0, "TFLOP/s", "assumed", "float64 tensor cores: 67 TFLOPS peak (H100 datasheet)"),
+    "decode_threads": Input(8.0, "threads", "assumed", "the full profile's extraction.num_workers"),
+    "voxceleb_short_share": Input(0.6, "fraction", "assumed",
+                                  "VoxCeleb1 utterances are 4 s to 145 s, mean 8.2 s (Nagrani et al. 2017); the "
+                                  "share under 8 s (not cropped, so run alone by ECAPA-TDNN) is not pinned"),
+    "wavlm_tt_passes": Input(8.0, "passes", "counted",
+                             "transformers' WavLM attention: position bias write, scores write (baddbmm), mask "
+                             "read, softmax read + write, weights read by bmm, head-average read + write"),
+}
+CORPUS = {
+    "PR": {"train": 100.6, "dev": 5.4, "test": 5.4, "item_seconds": 12.7, "format": "flac",
+           "utterances": {"train": 28539, "dev": 2703, "test": 2620},
+           "lengths": {"train": "train-clean-100", "dev": "dev-clean", "test": "test-clean"}},
+    "KS": {"train": 14.2, "dev": 1.9, "test": 0.9, "item_seconds": 1.0, "format": "wav",
+           "utterances": {"train": 51094, "dev": 6798, "test": 3081}},
+    "IC": {"train": 14.7, "dev": 1.9, "test": 2.4, "item_seconds": 2.3, "format": "wav",
+           "utterances": {"train": 23132, "dev": 3118, "test": 3793}},
+    "SID": {"train": 317.1, "dev": 15.8, "test": 18.9, "item_seconds": 8.0, "format": "wav",
+            "utterances": {"train": 138361, "dev": 6904, "test": 8251}, "speakers": 1251},
+    "ASV": {"train": 340.6, "test": 10.8, "item_seconds": 8.0, "format": "wav",
+            "utterances": {"train": 148642, "test": 4715}, "speakers": 1211},
+    "ER": {"all": 7.0, "item_seconds": 4.6, "format": "wav", "utterances": {"all": 5531}},
+    "CKA": {"test": 500 * 7.42 / 3600, "format": "flac", "utterances": {"test": 500}},
+}
+KS_LABELS = 12
+CKA_FRAME_RATE = 50.0
+
+
+@dataclass
+class Term:
+    """One cost: `hours` of `what` for (model, task, precision), from `inputs` (names of `Input`s)."""
+
+    model: str
+    task: str
+    precision: str
+    what: str
+    hours: float
+    inputs: list[str] = field(default_factory=list)
+    kind: str = "counted"
+    source: str = ""
+
+
+def _kind(inputs: dict[str, Input], names: list[str]) -> str:
+    kinds = {inputs[n].kind for n in names}
+    return next(k for k in reversed(KINDS) if k in kinds) if kinds else "counted"
+
+
+def corpus_for(profile) -> dict:
+    """The corpus sizes a profile reads: the full corpora, shrunk by `data.subsets` (hours scale with
+    utterances at the split's mean length; SID's speaker subsets shrink every split)."""
+    out = {t: {**c, "utterances": dict(c["utterances"])} for t, c in CORPUS.items()}
+    out["CKA"]["utterances"]["test"] = profile.data.cka_utterances
+    out["CKA"]["test"] = profile.data.cka_utterances * 7.42 / 3600
+    for task, splits in (profile.data.subsets or {}).items():
+        c = out.get(task)
+        if c is None:
+            continue
+        for split, rule in splits.items():
+            rule = rule if isinstance(rule, dict) else dataclasses.asdict(rule)
+            full = CORPUS[task]["utterances"].get(split)
+            if full is None:
+                continue
+            if rule.get("utterances"):
+                n = min(full, rule["utterances"])
+            elif rule.get("per_label"):
+                n = min(full, rule["per_label"] * KS_LABELS)
+            elif rule.get("speakers"):
+                n = round(full * min(1.0, rule["speakers"] / CORPUS[task]["speakers"]))
+            else:
+                continue
+            c[split] = CORPUS[task][split] * n / full
+            c["utterances"][split] = n
+    return out
+
+
+class CostModel:
+    """The terms of one profile (see the module doc).
+
+    Args:
+        profile: a loaded profile (`repro.config.load_profile`).
+        flops: FLOPs per audio second of each model, counted at `flop_seconds` per item.
+        head_flops: `{model: {task: {"forward", "train"}}}` FLOPs per frame of one probe.
+        pooled_ops: `{model: {task: {"micro_batch", "optimizer_step"}}}` operators of one pooled probe.
+        measured: `Input`s measured on this machine or read from records (decode rates, pooled steps,
+            host scoring, CKA's GEMM share, a GPU record's rates), overriding the assumed ones by name.
+        code: the code-path facts.
+    """
+
+    def __init__(self, profile, flops: dict[str, float], head_flops: dict, pooled_ops: dict,
+                 measured: dict[str, Input], code: CodePaths = CODE_PATHS, flop_seconds: float = 8.0,
+                 step_seconds: dict | None = None):
+        self.profile, self.flops, self.head_flops, self.pooled_ops = profile, flops, head_flops, pooled_ops
+        self.code, self.flop_seconds = code, flop_seconds
+        self.inputs: dict[str, Input] = {**H100, **ASSUMED, **measured}
+        self.corpus = corpus_for(profile)
+        self.lengths = lengths_mod.load()["splits"]
+        self.step_seconds = step_seconds or {}  # {(model, task, precision): Input} from a GPU record
+
+    def v(self, name: str) -> float:
+        return self.inputs[name].value
+
+    # ---- counted pieces ----
+    def _attention_flops_per_item(self, model: str, seconds: float) -> float:
+        if MODELS[model]["kind"] != "speech":
+            return 0.0
+        t = seconds * MODELS[model]["frame_rate"]
+        return 4 * t * t * SPEECH_WIDTH * SPEECH_LAYERS
+
+    def upstream_flops(self, model: str, seconds: float) -> float:
+        """FLOPs of one forward over an item of `seconds` (padded length), attention included: the counter
+        sees eager attention (WavLM) and not SDPA (HuBERT), so SDPA's is added from the shapes."""
+        counted = self.flops[model] * seconds
+        attention = MODELS[model].get("attention")
+        if attention is None:
+            return counted
+        path = self.code.wavlm_attention if attention == "wavlm" else self.code.hubert_attention
+        if path == "sdpa":  # the counter missed it on the CPU
+            return counted + self._attention_flops_per_item(model, seconds)
+        # eager attention: counted at flop_seconds; rescale its T^2 part to this length
+        return counted + (self._attention_flops_per_item(model, seconds)
+                          - self._attention_flops_per_item(model, self.flop_seconds) * seconds / self.flop_seconds)
+
+    def _tput(self, precision: str) -> tuple[float, str]:
+        name = "autocast_tflops" if precision == "bf16" else "fp32_tflops"
+        return 1e12 * self.v(name), name
+
+    def padded_seconds(self, task: str, split: str, batch: int, train: bool) -> tuple[float, float, str]:
+        """(mean seconds per item, padded seconds per item, how) of the batches of a split."""
+        c = self.corpus[task]
+        hours = c.get(split, 0.0)
+        mean = c["item_seconds"] if train else 3600 * hours / max(c["utterances"].get(split, 1), 1)
+        dist = c.get("lengths", {}).get(split)
+        padded_by = self.code.pr_batches if train else self.code.eval_batches
+        if dist and padded_by.endswith("padded"):
+            d = self.lengths[dist]
+            how = f"LibriSpeech {dist} lengths, batches of {batch}"
+            return d["mean_seconds"], lengths_mod.padded_mean(d, batch), how
+        return mean, mean, "the mean length (no pinned length distribution: padding not counted)"
+
+    # ---- terms ----
+    def terms(self) -> list[Term]:
+        out: list[Term] = []
+        for model in MODELS:
+            for task in self.profile.tasks:
+                for precision in ("float32", "bf16"):
+                    out += self._task_terms(model, task, precision)
+            for precision in ("float32", "bf16"):
+                out += self._feature_terms(model, precision)
+        out += self._cka_terms()
+        return out
+
+    def _term(self, model, task, precision, what, hours, inputs, source) -> Term:
+        return Term(model, task, precision, what, hours, inputs, _kind(self.inputs, inputs), source)
+
+    def _task_terms(self, model: str, task: str, precision: str) -> list[Term]:
+        from repro.tasks import task_input
+
+        b = self.profile.probing.tasks[task]
+        lrs = len(b.lr_grid)
+        runs = 1 if self.code.upstream_grouped else lrs
+        folds = len(self.profile.probing.er_folds) if task == "ER" else 1
+        micro = b.steps * b.grad_accum * runs * folds
+        evals = (b.steps // b.eval_every) * runs * folds
+        if task_input(self.profile, task) == "pooled":
+            return self._pooled_terms(model, task, precision, b, lrs, micro, evals)
+        c = self.corpus[task]
+        spec = MODELS[model]
+        ecapa = spec["kind"] == "ecapa"
+        tput, tname = self._tput(precision)
+        width = sum(spec["dims"])
+        fr = spec["frame_rate"]
+        terms: list[Term] = []
+        crop = b.train_crop_seconds
+        dev_split = "dev" if "dev" in c else "test"
+        # (split, forwards of the split, items per batch, seconds padded to, mean seconds, utterances)
+        passes = []
+        if crop:
+            tr_mean = tr_pad = min(c["item_seconds"], crop)  # 8 s crops: most batches hold one full crop
+            how_train = f"{crop:g} s crops (an upper bound: shorter utterances are not cropped)"
+        else:
+            tr_mean, tr_pad, how_train = self.padded_seconds(task, "train", b.batch_size, True)
+        passes.append(("train", micro, b.batch_size, tr_pad, tr_mean, how_train))
+        for split, n in ((dev_split, evals), ("test", runs * folds if dev_split != "test" else 0)):
+            if n == 0 or split not in c:
+                continue
+            mean, pad, how = self.padded_seconds(task, split, b.batch_size, False)
+            batches = c["utterances"][split] / b.batch_size
+            passes.append((split, n * batches, b.batch_size, pad, mean, how))
+        key = (model, task, precision)
+        if key in self.step_seconds:  # measured probe-group step on a GPU, for training micro-batches
+            name = f"step_seconds:{model}:{task}:{precision}"
+            self.inputs[name] = self.step_seconds[key]
+            terms.append(self._term(model, task, precision, "probe-group micro-batches (measured step)",
+                                    micro * self.v(name) / 3600, [name], self.step_seconds[key].source))
+            passes = passes[1:]
+        for split, batches, items, pad, mean, how in passes:
+            training = split == "train"
+            label = "train" if training else f"eval ({split})"
+            if ecapa:
+                if self.code.ecapa_forward == "batched":
+                    forwards, seconds_run = batches, batches * items * pad
+                elif training and crop:
+                    short = self.v("voxceleb_short_share")
+                    forwards = batches * (1 + items * short)
+                    seconds_run = batches * items * tr_mean
+                else:  # every utterance alone (lengths differ)
+                    forwards, seconds_run = batches * items, batches * items * mean
+                flops = seconds_run * self.upstream_flops(model, 1.0)
+                ins = [tname] + (["voxceleb_short_share"] if training and crop and
+                                 self.code.ecapa_forward != "batched" else [])
+                terms.append(self._term(model, task, precision, f"upstream FLOPs, {label}", flops / tput / 3600,
+                                        ins, f"{seconds_run / 3600:.0f} audio h, each utterance run as "
+                                        f"{self.code.ecapa_forward}"))
+                terms.append(self._term(model, task, precision, f"ECAPA-TDNN forwards, {label}",
+                                        forwards * self.v("ecapa_overhead_ms") / 1e3 / 3600, ["ecapa_overhead_ms"],
+                                        f"{forwards / 1e6:.2f} M forwards ({self.code.ecapa_forward})"))
+                frames_padded = seconds_run * fr  # features per utterance, no padding
+            else:
+                flops = batches * items * self.upstream_flops(model, pad)
+                terms.append(self._term(model, task, precision, f"upstream FLOPs, {label}", flops / tput / 3600,
+                                        [tname], f"{batches * items * pad / 3600:.0f} padded audio h "
+                                        f"({pad / mean:.2f}x the mean: {how}), attention included"))
+                if spec.get("attention") == "wavlm" and self.code.wavlm_attention == "unfused_eager_TxT":
+                    t = pad * fr
+                    element = 4 if precision == "float32" else 3  # bf16 scores, float32 softmax under autocast
+                    per_layer = self.v("wavlm_tt_passes") * items * SPEECH_HEADS * t * t * element
+                    bytes_ = batches * SPEECH_LAYERS * per_layer
+                    terms.append(self._term(model, task, precision, f"attention T x T traffic, {label}",
+                                            bytes_ / (1e12 * self.v("hbm_tb_s")) / 3600,
+                                            ["wavlm_tt_passes", "hbm_tb_s"],
+                                            f"{bytes_ / 1e15:.1f} PB of (B x heads, T, T) tensors"))
+                frames_padded = batches * items * pad * fr
+            # heads: forward + backward per probe in training, forward in evaluation, K probes
+            hf = self.head_flops[model][task]["train" if training else "forward"]
+            head_rate = 1e12 * self.v("fp32_tflops") if self.code.head_precision == "float32" else tput
+            head_in = ["fp32_tflops" if self.code.head_precision == "float32" else tname]
+            terms.append(self._term(model, task, precision, f"heads ({self.code.head_precision}), {label}",
+                                    lrs * frames_padded * hf / head_rate / 3600, head_in,
+                                    f"{lrs} probes x {hf / 1e6:.1f} MFLOP per frame, "
+                                    f"{'forward + backward' if training else 'forward'}"))
+            if self.code.features_round_trip_host:
+                bytes_ = frames_padded * width * 4
+                copy = 2 * bytes_ / (1e9 * self.v("pcie_gb_s")) / 3600
+                if self.code.terms_overlap:  # copies behind the compute of the same pass count only beyond it
+                    copy = max(0.0, copy - sum(t.hours for t in terms if t.what.endswith(label)))
+                terms.append(self._term(model, task, precision, f"features to the host and back, {label}",
+                                        copy, ["pcie_gb_s"],
+                                        f"{bytes_ / 1e15:.2f} PB each way ({width} float32 per frame)"))
+            if training and self.code.loss_read_per_probe:
+                syncs = batches * lrs
+                terms.append(self._term(model, task, precision, "loss reads (host syncs), train",
+                                        syncs * self.v("sync_us") / 1e6 / 3600, ["sync_us"],
+                                        f"{syncs / 1e6:.1f} M `float(loss)` reads"))
+        if task == "PR" and "pr_eval_host_s_per_utt" in self.inputs:
+            utts = evals * c["utterances"][dev_split]
+            terms.append(self._term(model, task, precision, "CTC decoding and PER on the host, eval",
+                                    lrs * utts * self.v("pr_eval_host_s_per_utt") / 3600, ["pr_eval_host_s_per_utt"],
+                                    f"{evals} evaluations x {lrs} probes"))
+        device = sum(t.hours for t in terms)
+        audio_s = sum(batches * items * mean for _, batches, items, _, mean, _ in passes)
+        dec_rate = self.inputs.get(f"decode_{c['format']}")
+        if dec_rate is not None:
+            decode = audio_s / (dec_rate.value * self.v("decode_threads")) / 3600
+            terms.append(self._term(model, task, precision, "audio decoding beyond the device work (overlaps)",
+                                    max(0.0, decode - device), [f"decode_{c['format']}", "decode_threads"],
+                                    f"{decode:.1f} h of decoding in worker threads"))
+        return terms
+
+    def _pooled_terms(self, model, task, precision, b, lrs, micro, evals) -> list[Term]:
+        c = self.corpus[task]
+        ops = self.pooled_ops[model][task]
+        steps = micro / b.grad_accum
+        terms = []
+        measured = f"pooled_step_s:{model}:{task}"
+        if self.code.pooled_heads == "one_step_per_probe" and measured in self.inputs:
+            terms.append(self._term(model, task, precision, "pooled-head steps, train",
+                                    lrs * micro * self.v(measured) / 3600, [measured],
+                                    f"{lrs} probes x {micro:.0f} micro-batches, each a measured step (an upper "
+                                    "bound: the optimiser steps once per grad_accum)"))
+        elif self.code.pooled_heads == "one_step_per_probe":
+            n = lrs * (micro * ops["micro_batch"] + steps * ops["optimizer_step"])
+            terms.append(self._term(model, task, precision, "pooled-head steps, train",
+                                    n * self.v("host_op_us") / 1e6 / 3600, ["host_op_us"],
+                                    f"{ops['micro_batch']} operators per micro-batch, {ops['optimizer_step']} per "
+                                    f"optimiser step, {n / 1e9:.2f} G operators"))
+            syncs = micro * lrs
+            terms.append(self._term(model, task, precision, "loss reads (host syncs), train",
+                                    syncs * self.v("sync_us") / 1e6 / 3600, ["sync_us"],
+                                    f"{syncs / 1e6:.1f} M `float(loss)` reads"))
+        split = "dev" if "dev" in c else "all"
+        batches = evals * c["utterances"][split] / b.batch_size
+        n = lrs * batches * ops["micro_batch"] / 3  # a forward is about a third of forward + backward
+        terms.append(self._term(model, task, precision, "pooled-head evaluation",
+                                n * self.v("host_op_us") / 1e6 / 3600, ["host_op_us"],
+                                f"{lrs} probes x {batches:.0f} dev batches"))
+        return terms
+
+    def _extract_hours(self, model: str, precision: str, hours: float, utterances: float,
+                       equal_lengths: bool) -> tuple[float, float]:
+        """(compute hours, ECAPA-TDNN forward overhead hours) of extracting `hours` of audio: length-sorted
+        batches (`repro.features.batching`), padding negligible; ECAPA-TDNN per its `ecapa_forward` fact."""
+        tput, _ = self._tput(precision)
+        mean = 3600 * hours / max(utterances, 1)
+        compute = utterances * self.upstream_flops(model, mean) / tput / 3600
+        if MODELS[model]["kind"] != "ecapa":
+            return compute, 0.0
+        forwards = utterances / 32 if equal_lengths or self.code.ecapa_forward == "batched" else utterances
+        return compute, forwards * self.v("ecapa_overhead_ms") / 1e3 / 3600
+
+    def _feature_terms(self, model: str, precision: str) -> list[Term]:
+        from repro.tasks import task_input
+
+        _, tname = self._tput(precision)
+        out = []
+        stores = [(t, [s for s in ("train", "dev", "test", "all") if s in self.corpus[t]]) for t in self.profile.tasks
+                  if task_input(self.profile, t) == "pooled"]
+        if "ASV" in self.profile.tasks:
+            stores.append(("ASV", ["test"]))  # ASV-IDT reads the test store's embeddings
+        stores.append(("CKA", ["test"]))
+        for task, splits in stores:
+            c = self.corpus[task]
+            hours = sum(c[s] for s in splits)
+            utts = sum(c["utterances"][s] for s in splits)
+            compute, overhead = self._extract_hours(model, precision, hours, utts, equal_lengths=task == "KS")
+            name = "ASV-IDT" if task == "ASV" else task  # the ASV test store serves ASV-IDT
+            out.append(self._term(model, name, precision, "features: upstream FLOPs", compute, [tname],
+                                  f"{hours:.1f} audio h, length-sorted batches"))
+            if overhead:
+                out.append(self._term(model, name, precision, "features: ECAPA-TDNN forwards", overhead,
+                                      ["ecapa_overhead_ms"], "KS's 1 s clips together, other utterances alone"))
+        return out
+
+    def _cka_terms(self) -> list[Term]:
+        frames = self.corpus["CKA"]["test"] * 3600 * CKA_FRAME_RATE
+        names = list(MODELS)
+        pairs = [(a, a) for a in names] + [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+        rate = 1e12 * self.v("fp64_tflops") * self.v("cka_gemm_fraction")
+        out = []
+        for a, b in pairs:
+            flops = cka_pair_flops(frames, MODELS[a]["dims"], None if a == b else MODELS[b]["dims"])
+            for precision in ("float32", "bf16"):
+                out.append(self._term(f"{a}__{b}", "CKA", precision, "CKA accumulator (float64)",
+                                      flops / rate / 3600, ["fp64_tflops", "cka_gemm_fraction"],
+                                      f"{flops / 1e12:.1f} TFLOP"))
+        return out
+
+
+def cka_pair_flops(frames: float, dims_a: list[int], dims_b: list[int] | None) -> float:
+    """Matrix-product flops of the streaming accumulator for one pair (`repro.bench.cka.flops`;
+    across models: X^T Y plus each side's own layer blocks)."""
+    if dims_b is None:
+        return frames * sum(dims_a) * (sum(dims_a) + 1)
+    return 2 * frames * sum(dims_a) * sum(dims_b) + sum(frames * d * (d + 1) for d in dims_a + dims_b)
+
+
+def totals(terms: list[Term], precision: str) -> float:
+    return sum(t.hours for t in terms if t.precision == precision)
+
+
+def largest(terms: list[Term], precision: str, n: int = 3) -> list[tuple[str, float]]:
+    """The `n` largest kinds of cost (a term's `what` without its split), summed over models and tasks."""
+    sums: dict[str, float] = {}
+    for t in terms:
+        if t.precision == precision:
+            what = t.what.split(",")[0]
+            sums[what] = sums.get(what, 0.0) + t.hours
+    return sorted(sums.items(), key=lambda kv: -kv[1])[:n]
