@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -166,7 +167,8 @@ class _PlainLayers:
         if attention == "eager":
             # transformers' additive mask, given to its own layers; each layer's config says eager (HFSpeechSSL)
             dtype = layers[0].attention.q_proj.weight.dtype
-            self.additive = torch.where(self.keys, 0.0, torch.finfo(dtype).min).to(dtype)
+            self.additive = torch.zeros(self.keys.shape, dtype=dtype, device=valid.device).masked_fill_(
+                ~self.keys, torch.finfo(dtype).min)
 
     def __call__(self, i: int, x: Tensor) -> Tensor:
         layer = self.layers[i]
@@ -188,7 +190,16 @@ class _PlainLayers:
 
 
 def _flex(q: Tensor):
-    return _compiled_flex_attention() if q.device.type == "cuda" else _flex_attention()
+    """FlexAttention, compiled on CUDA; elsewhere torch's reference implementation (its warning silenced)."""
+    if q.device.type == "cuda":
+        return _compiled_flex_attention()
+
+    def reference(*args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
+            return _flex_attention()(*args, **kwargs)
+
+    return reference
 
 
 class _WavLMLayers:
@@ -215,10 +226,9 @@ class _WavLMLayers:
     def __call__(self, i: int, x: Tensor) -> Tensor:
         layer = self.layers[i]
         if self.attention == "eager":
-            if self.stable:
+            with warnings.catch_warnings():  # torch's note on a boolean key mask beside a float one
+                warnings.simplefilter("ignore", UserWarning)
                 x, self.position_bias = layer(x, attention_mask=self.valid, position_bias=self.position_bias)
-            else:
-                x, self.position_bias = layer(x, attention_mask=self.valid, position_bias=self.position_bias, index=i)
             return x
         return _layer_body(layer, x, functools.partial(self._attend, layer.attention), self.stable)
 
