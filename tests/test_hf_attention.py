@@ -156,3 +156,26 @@ def test_attention_path_is_part_of_the_model_identity(monkeypatch):
     assert before["attention_path"] == provenance.ATTENTION_PATH_VERSION
     monkeypatch.setattr(provenance, "ATTENTION_PATH_VERSION", provenance.ATTENTION_PATH_VERSION + 1)
     assert provenance.model_identity(profile, name) != before
+
+
+def test_wavlm_attention_memory_at_16_seconds():
+    """The attention block's peak at 16 s (12 heads, T = 799) is at least 3x lower on sdpa than on eager.
+    Allocations, not timings: the same on any machine."""
+    from repro.bench.attention import attention_peak_bytes
+
+    torch.manual_seed(0)
+    m = transformers.WavLMModel(transformers.WavLMConfig(num_hidden_layers=1, conv_dim=(32,) * 7)).eval()
+    wav, n = torch.randn(1, 16 * 16000) * 0.1, torch.tensor([16 * 16000])
+    eager, sdpa = (attention_peak_bytes(HFSpeechSSL(m, False, a), wav, n) for a in ("eager", "sdpa"))
+    t_by_t = 12 * 799 * 799 * 4  # one [heads, T, T] float32 tensor
+    assert eager > 4 * t_by_t and sdpa < 1.5 * t_by_t and eager / sdpa >= 3
+
+
+def test_attention_bench_record(tmp_path):
+    from repro.bench import run_benchmarks
+
+    r = run_benchmarks(["attention"], tmp_path, echo=lambda _: None,
+                       options={"attention": {"lengths": (2.0,), "repeats": 1, "model_config": TINY_HF}})["attention"]
+    row = r["cases"]["2s"]
+    assert set(row) >= {"eager", "sdpa"} and row["sdpa"]["max_relative_difference"] < 1e-5
+    assert row["sdpa"]["attention_memory_reduction"] > 1 and (tmp_path / "attention.json").is_file()

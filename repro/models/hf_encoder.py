@@ -216,12 +216,15 @@ class _WavLMLayers:
         self.position_bias = None  # eager: transformers' `[B x heads, T, T]`, passed from layer to layer
         first = layers[0].attention
         t = valid.shape[1]
+        self.table = first.rel_attn_embed.weight  # [buckets, heads]
+        self.row = -(-t // 16) * 16  # sdpa: mask rows padded to a multiple of 16 (the padding never read)
+        offsets = torch.arange(-(t - 1), self.row, device=valid.device)
+        self.buckets = first._relative_positions_bucket(offsets).int()  # bucket of offset j - i at j - i + T - 1
         if attention == "sdpa":
-            self.bias = first.compute_bias(t, t)  # [heads, T, T]
-        elif attention == "flex":
-            offsets = torch.arange(-(t - 1), t, device=valid.device)
-            self.buckets = first._relative_positions_bucket(offsets)  # [2T - 1]: bucket of offset j - i
-            self.table = first.rel_attn_embed.weight  # [buckets, heads]
+            positions = torch.arange(self.row, dtype=torch.int32, device=valid.device)
+            pairs = (positions[None, :] - positions[:t, None]).add_(t - 1)  # [T, row]
+            self.pair_buckets = torch.index_select(self.buckets, 0, pairs.view(-1))  # [T x row]
+            self.heads_table = self.table.t().contiguous()  # [heads, buckets]
 
     def __call__(self, i: int, x: Tensor) -> Tensor:
         layer = self.layers[i]
@@ -252,11 +255,19 @@ class _WavLMLayers:
         return _merge_heads(attn, out)
 
     def _mask(self, gate: Tensor, dtype: torch.dtype) -> Tensor:
-        """`[B, heads, T, T]` additive mask: gated bias, -inf on padded keys; rows 16-element aligned."""
+        """`[B, heads, T, T]` additive mask: gated bias, -inf on padded keys; rows 16-element aligned.
+
+        The only `T x T` float tensor of the layer: the bias is gathered from the table straight into
+        the first utterance's slot, the others' slots are gated from it, then the first is gated in place.
+        """
         b, heads, t, _ = gate.shape
-        mask = torch.empty(b, heads, t, -(-t // 16) * 16, dtype=dtype, device=gate.device)[..., :t]
-        torch.mul(gate, self.bias, out=mask)
-        return mask.masked_fill_(~self.valid[:, None, None, :], -math.inf)
+        buf = torch.empty(b, heads, t, self.row, dtype=self.table.dtype, device=gate.device)
+        torch.index_select(self.heads_table, 1, self.pair_buckets, out=buf[0].view(heads, -1))
+        if b > 1:
+            torch.mul(gate[1:], buf[0], out=buf[1:])
+        buf[0].mul_(gate[0])
+        mask = buf[..., :t].masked_fill_(~self.valid[:, None, None, :], -math.inf)
+        return mask if mask.dtype == dtype else mask.to(dtype)
 
 
 def register_attention_flops() -> None:
