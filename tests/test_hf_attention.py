@@ -179,3 +179,15 @@ def test_attention_bench_record(tmp_path):
     row = r["cases"]["2s"]
     assert set(row) >= {"eager", "sdpa"} and row["sdpa"]["max_relative_difference"] < 1e-5
     assert row["sdpa"]["attention_memory_reduction"] > 1 and (tmp_path / "attention.json").is_file()
+
+
+def test_default_path_follows_the_models_own_choice():
+    """Without a path: eager where transformers' eager was chosen for a model transformers also runs on SDPA;
+    WavLM (eager only in transformers) runs this project's sdpa."""
+    assert HFSpeechSSL(model("hubert"), False).attention == "eager"
+    assert HFSpeechSSL(model("wavlm"), False).attention == "sdpa"
+    hubert = model("hubert")
+    hubert.config._attn_implementation = "sdpa"
+    assert HFSpeechSSL(hubert, False).attention == "sdpa"
+    with pytest.raises(Exception, match="extraction.attention is 'fused'; paths: sdpa, flex, eager"):
+        HFSpeechSSL(hubert, False, "fused")

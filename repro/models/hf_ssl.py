@@ -32,11 +32,16 @@ class HFSpeechSSL(Upstream):
             and `_get_feat_extract_output_lengths`).
         normalize_waveform: zero-mean unit-variance normalisation of each
             utterance over its valid samples (the checkpoint's `do_normalize`).
-        attention: `sdpa`, `flex` or `eager` (`repro.models.hf_encoder`).
+        attention: `sdpa`, `flex` or `eager` (`repro.models.hf_encoder`); None: `eager` for a model built
+            with transformers' eager attention where transformers also has SDPA for it (HuBERT,
+            wav2vec 2.0), else `sdpa` (WavLM, whose transformers class has eager attention only).
     """
 
-    def __init__(self, model: nn.Module, normalize_waveform: bool, attention: str = "sdpa"):
+    def __init__(self, model: nn.Module, normalize_waveform: bool, attention: str | None = None):
         super().__init__()
+        if attention is None:
+            chose_eager = getattr(model.config, "_attn_implementation", None) == "eager"
+            attention = "eager" if chose_eager and getattr(model, "_supports_sdpa", False) else "sdpa"
         if attention not in ATTENTION_PATHS:
             raise ConfigError(f"extraction.attention is {attention!r}; paths: {', '.join(ATTENTION_PATHS)}")
         self.model = model
