@@ -97,12 +97,26 @@ class ModelsConfig:
         return [*self.speech_ssl, *self.speaker_ssl, *self.speaker_sup]
 
 
+def available_attention_paths() -> tuple[str, ...]:
+    """The `extraction.attention` paths the installed torch can run (every transformers speech model runs
+    every path, `repro.models.hf_encoder`): `sdpa` needs `F.scaled_dot_product_attention`, `flex` FlexAttention."""
+    import importlib.util
+
+    import torch.nn.functional as F
+
+    paths = ["eager"]
+    if hasattr(F, "scaled_dot_product_attention"):
+        paths.insert(0, "sdpa")
+    if importlib.util.find_spec("torch.nn.attention.flex_attention") is not None:
+        paths.insert(-1, "flex")
+    return tuple(paths)
+
+
 class AttentionPaths:
     """The `extraction.attention` check (used as a `Range`): a path the installed torch can run."""
 
     def check(self, value: Any, source: str, key: str) -> None:
         from repro.errors import ConfigError
-        from repro.models.hf_encoder import available_attention_paths
 
         paths = available_attention_paths()
         if value not in paths:

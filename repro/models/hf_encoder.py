@@ -47,16 +47,6 @@ ATTENTION_PATHS = ("sdpa", "flex", "eager")
 ATTENTION_PATH_VERSION = 2
 
 
-def available_attention_paths() -> tuple[str, ...]:
-    """The attention paths the installed torch can run (every path runs every model here)."""
-    paths = ["eager"]
-    if hasattr(F, "scaled_dot_product_attention"):
-        paths.insert(0, "sdpa")
-    if _flex_attention() is not None:
-        paths.insert(-1, "flex")
-    return tuple(paths)
-
-
 @functools.lru_cache(maxsize=None)
 def _flex_attention():
     try:
