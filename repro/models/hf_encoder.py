@@ -119,7 +119,7 @@ def encoder_hidden_states(model: nn.Module, wavs: Tensor, wav_lengths: Tensor, a
     if is_wavlm:
         run = _WavLMLayers(encoder.layers, valid, attention, stable)
     else:
-        run = _PlainLayers(encoder.layers, valid, attention, stable, model.config)
+        run = _PlainLayers(encoder.layers, valid, attention, stable)
     for i in range(len(encoder.layers)):
         x = run(i, x)
         states.append(x)
@@ -151,7 +151,7 @@ def _merge_heads(attn: nn.Module, out: Tensor) -> Tensor:
 class _PlainLayers:
     """HuBERT / wav2vec 2.0 layers: plain multi-head attention with a key-padding mask."""
 
-    def __init__(self, layers: nn.ModuleList, valid: Tensor, attention: str, stable: bool, config):
+    def __init__(self, layers: nn.ModuleList, valid: Tensor, attention: str, stable: bool):
         self.layers, self.attention, self.stable = layers, attention, stable
         self.keys = valid[:, None, None, :]  # [B, 1, 1, T] True where a key may be attended to
         if attention == "eager":
@@ -204,6 +204,8 @@ class _WavLMLayers:
     def __init__(self, layers: nn.ModuleList, valid: Tensor, attention: str, stable: bool):
         self.layers, self.attention, self.stable, self.valid = layers, attention, stable, valid
         self.position_bias = None  # eager: transformers' `[B x heads, T, T]`, passed from layer to layer
+        if attention == "eager":
+            return
         first = layers[0].attention
         t = valid.shape[1]
         self.table = first.rel_attn_embed.weight  # [buckets, heads]

@@ -76,7 +76,10 @@ class _Ops(TorchDispatchMode):
 
 
 class HostSyncCounter:
-    """Context manager: `count` host synchronisations inside it, `seen` by name (see module doc)."""
+    """Context manager: `count` host synchronisations inside it, `seen` by name (see module doc).
+
+    A scalar read is seen twice, as the Python call (`__bool__`, `item`) and as the
+    `_local_scalar_dense` it ends in; zero is zero either way."""
 
     def __init__(self):
         self.seen: collections.Counter = collections.Counter()
