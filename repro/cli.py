@@ -440,6 +440,17 @@ def bench_gpu(device: str, tiny: bool, steps: int | None, wheels: Path | None, o
                    options={"gpu": {"device": device, "tiny": tiny, "steps": steps, "wheels": wheels}})
 
 
+@bench.command("attention")
+@click.option("--repeats", type=int, default=None, help="timed runs per path and length (default 2)")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts/bench"),
+              show_default=True)
+def bench_attention(repeats: int | None, out: Path) -> None:
+    """WavLM attention: sdpa (and flex on CUDA) against eager at 8 s and 16 s: audio s/s, attention peak memory."""
+    from repro.bench import run_benchmarks
+
+    run_benchmarks(["attention"], out, echo=click.echo, options={"attention": {"repeats": repeats}})
+
+
 @bench.command("projection")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts/bench"),
               show_default=True)

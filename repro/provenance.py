@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from repro.config.typed import to_dict
+from repro.models.hf_encoder import ATTENTION_PATH_VERSION
 from repro.models.registry import registry_signature, resolve_spec, spec_identity
 from repro.tasks import PROBE_READS, TASKS, task_input, idt_store_kind
 from repro.util.hashing import config_hash
@@ -236,6 +237,7 @@ def model_identity(profile, name: str) -> dict[str, Any]:
         ident["layers"] = settings_read(profile, "model")["models.ecapa_layers"]
     if spec.loader in HF_LOADERS:
         ident["attention"] = settings_read(profile, "model")["extraction.attention"]
+        ident["attention_path"] = ATTENTION_PATH_VERSION  # how the forward computes it (repro.models.hf_encoder)
     if spec.loader in TRAINED_LOADERS:
         ident["trained"] = trained_model_key(profile, spec.options.get("recipe", DEFAULT_RECIPE[spec.loader]))
     return ident

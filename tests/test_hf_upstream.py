@@ -58,17 +58,21 @@ def test_base_layout_13_layers_50_fps(tmp_path):
 
 
 def test_layer0_is_transformer_input(hf_folder):
-    """hidden state 0 is the input of the first Transformer block (s3prl's convention)."""
-    up = load_hf_ssl(str(hf_folder("wavlm")))
+    """hidden state 0 is the input of the first Transformer block (s3prl's convention), on every attention path."""
+    up = load_hf_ssl(str(hf_folder("wavlm")), attention="eager")  # eager calls transformers' block itself
     seen = {}
 
     def grab(_m, args, kwargs):
         seen["x"] = (args[0] if args else kwargs["hidden_states"]).clone()
 
+    wav = torch.randn(1, 8000) * 0.1
     handle = up.model.encoder.layers[0].register_forward_pre_hook(grab, with_kwargs=True)
-    out = up(torch.randn(1, 8000) * 0.1, torch.tensor([8000]))
+    out = up(wav, torch.tensor([8000]))
     handle.remove()
     assert torch.equal(out.layers[0], seen["x"])
+    for attention in ("sdpa", "flex"):
+        assert torch.equal(load_hf_ssl(str(hf_folder("wavlm")), attention=attention)(wav, torch.tensor([8000])).layers[0],
+                           seen["x"])
 
 
 def test_waveform_normalisation_follows_the_checkpoint(hf_folder, tmp_path):

@@ -7,64 +7,21 @@ the same positions as s3prl's upstreams. Frames are 20 ms (50 frames/s).
 
 Padding: Base models normalise the first CNN layer with a GroupNorm over the
 whole time axis, so zero padding changes every frame of a padded utterance
-(by up to ~1.0 here). We replace that layer's normalisation with one computed
-over each utterance's valid frames only (`MaskedGroupNormConv`); with the
-attention mask for the Transformer, a padded batch then gives the features of
-each utterance alone to within float32 rounding (tested at 1e-4).
+(by up to ~1.0 here). The forward (`repro.models.hf_encoder`) takes that layer's
+statistics over each utterance's valid frames only; with the key-padding mask of
+the Transformer, a padded batch then gives the features of each utterance alone
+to within float32 rounding (tested at 1e-4). The forward reads nothing back to the
+host, and its attention path is the profile's `extraction.attention`.
 """
 
 from __future__ import annotations
 
-import warnings
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from repro.errors import ConfigError
+from repro.models.hf_encoder import ATTENTION_PATHS, encoder_hidden_states
 from repro.models.upstream import LayerInfo, ModelUnavailableError, Upstream, UpstreamOutput, length_mask
-
-
-class MaskedGroupNormConv(nn.Module):
-    """First feature-encoder layer (conv -> per-channel GroupNorm -> activation) with masked statistics.
-
-    Wraps a transformers `*GroupNormConvLayer` and reuses its parameters. Before
-    each forward, `valid_samples` (`[B]` int64) must be set; the mean and
-    variance of every channel are then taken over the frames whose receptive
-    field lies inside the valid samples, exactly what the layer computes on an
-    unpadded utterance.
-    """
-
-    def __init__(self, layer: nn.Module):
-        super().__init__()
-        norm = layer.layer_norm
-        if not isinstance(norm, nn.GroupNorm) or norm.num_groups != norm.num_channels:
-            raise TypeError("MaskedGroupNormConv needs a per-channel GroupNorm (num_groups == num_channels)")
-        self.conv = layer.conv
-        self.layer_norm = norm
-        self.activation = layer.activation
-        self.valid_samples: Tensor | None = None
-
-    def forward(self, x: Tensor) -> Tensor:
-        """`x` `[B, 1, S]` -> `[B, C, T]`.
-
-        Each utterance's valid frames are normalised by the library's own group norm, one call per
-        utterance: the result is bit for bit that of the unpadded utterance, and the calls (each
-        over C x T values, millions) measured faster than a masked vectorised form (four extra
-        passes over the batch). Padded frames are set to zero; no valid frame of a later layer sees them.
-        """
-        y = self.conv(x).float()  # statistics in float32 also under autocast (as GroupNorm is)
-        norm = self.layer_norm
-        if self.valid_samples is None:
-            return self.activation(norm(y))
-        k, s = self.conv.kernel_size[0], self.conv.stride[0]
-        frames = torch.div(self.valid_samples.cpu() - k, s, rounding_mode="floor").add(1).clamp(1, y.shape[-1])
-        if bool((frames == y.shape[-1]).all()):
-            return self.activation(norm(y))
-        for b, n in enumerate(frames.tolist()):
-            y[b : b + 1, :, :n] = F.group_norm(y[b : b + 1, :, :n], norm.num_groups, norm.weight, norm.bias, norm.eps)
-            y[b, :, n:] = 0.0
-        return self.activation(y)
 
 
 class HFSpeechSSL(Upstream):
@@ -75,17 +32,24 @@ class HFSpeechSSL(Upstream):
             and `_get_feat_extract_output_lengths`).
         normalize_waveform: zero-mean unit-variance normalisation of each
             utterance over its valid samples (the checkpoint's `do_normalize`).
+        attention: `sdpa`, `flex` or `eager` (`repro.models.hf_encoder`); None: `eager` for a model built
+            with transformers' eager attention where transformers also has SDPA for it (HuBERT,
+            wav2vec 2.0), else `sdpa` (WavLM, whose transformers class has eager attention only).
     """
 
-    def __init__(self, model: nn.Module, normalize_waveform: bool):
+    def __init__(self, model: nn.Module, normalize_waveform: bool, attention: str | None = None):
         super().__init__()
+        if attention is None:
+            chose_eager = getattr(model.config, "_attn_implementation", None) == "eager"
+            attention = "eager" if chose_eager and getattr(model, "_supports_sdpa", False) else "sdpa"
+        if attention not in ATTENTION_PATHS:
+            raise ConfigError(f"extraction.attention is {attention!r}; paths: {', '.join(ATTENTION_PATHS)}")
         self.model = model
         self.normalize_waveform = bool(normalize_waveform)
+        self.attention = attention
         cfg = model.config
-        self._masked_conv: MaskedGroupNormConv | None = None
-        if getattr(cfg, "feat_extract_norm", "layer") == "group":
-            self._masked_conv = MaskedGroupNormConv(model.feature_extractor.conv_layers[0])
-            model.feature_extractor.conv_layers[0] = self._masked_conv
+        if attention == "eager":  # transformers' own layers run with its eager attention
+            cfg._attn_implementation = "eager"
         hop = 1
         for stride in cfg.conv_stride:
             hop *= int(stride)
@@ -108,18 +72,7 @@ class HFSpeechSSL(Upstream):
         mask = length_mask(wav_lengths, wavs.shape[1])
         if self.normalize_waveform:
             wavs = _normalize(wavs, mask)
-        if self._masked_conv is not None:
-            self._masked_conv.valid_samples = wav_lengths
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                out = self.model(wavs, attention_mask=mask.long(), output_hidden_states=True)
-        finally:
-            if self._masked_conv is not None:
-                self._masked_conv.valid_samples = None
-        layers = list(out.hidden_states)
-        if len(layers) != len(self._info):
-            raise RuntimeError(f"expected {len(self._info)} hidden states, got {len(layers)} (is layerdrop active?)")
+        layers = encoder_hidden_states(self.model, wavs, wav_lengths, self.attention)
         return UpstreamOutput(layers=layers, lengths=self.frame_lengths(wav_lengths))
 
 
@@ -149,7 +102,7 @@ def load_hf_ssl(source: str, revision: str | None = None, normalize_waveform: bo
     try:
         config = AutoConfig.from_pretrained(source, revision=revision)
         config.layerdrop = 0.0
-        chosen = {"attn_implementation": "eager"} if attention == "eager" else {}  # sdpa: transformers' default
+        chosen = {"attn_implementation": "eager"} if attention == "eager" else {}  # sdpa, flex: run by hf_encoder
         model = AutoModel.from_pretrained(source, revision=revision, config=config, **chosen)
     except OSError as err:  # not in the cache and not reachable, or not a model folder
         where = f"{source}@{revision[:10]}" if revision else source
@@ -164,7 +117,7 @@ def load_hf_ssl(source: str, revision: str | None = None, normalize_waveform: bo
                 f"{source}: no preprocessor_config.json; set `normalize_waveform` in the model's registry entry"
             ) from err
         normalize_waveform = bool(getattr(fe, "do_normalize", False))
-    return HFSpeechSSL(model, normalize_waveform)
+    return HFSpeechSSL(model, normalize_waveform, attention)
 
 
 _TINY_CLASSES = {
