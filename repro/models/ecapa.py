@@ -73,14 +73,14 @@ class SpeechbrainFbank(nn.Module):
         fb = self.fbank
         if fb.deltas or fb.context:
             raise ValueError("SpeechbrainFbank.batch covers Fbank without deltas or context")
-        frames = self.num_frames(wav_lengths)
-        wavs = wavs * frame_mask(wav_lengths, wavs.shape[1])
         from speechbrain.processing.features import spectral_magnitude
 
+        frames = self.num_frames(wav_lengths)
+        wavs = wavs.masked_fill(~frame_mask(wav_lengths, wavs.shape[1]), 0)
         mag = spectral_magnitude(fb.compute_STFT(wavs))  # [B, T, n_fft / 2 + 1]
-        valid = frame_mask(frames, mag.shape[1])[..., None]
-        feats = self.norm(fb.compute_fbanks(mag * valid), relative_lengths(frames, mag.shape[1]))
-        return feats * valid, frames
+        padding = ~frame_mask(frames, mag.shape[1])[..., None]
+        feats = self.norm(fb.compute_fbanks(mag.masked_fill_(padding, 0)), relative_lengths(frames, mag.shape[1]))
+        return feats.masked_fill_(padding, 0), frames
 
 
 class KaldiFbank(nn.Module):
@@ -90,6 +90,8 @@ class KaldiFbank(nn.Module):
     Frames: `1 + (S - 400) // 160` (Kaldi's `snip_edges`). `dither > 0` (training) draws from
     torch's global RNG: seed it (see `repro.speaker.augment.seeded_torch`).
     """
+
+    CPU_SAMPLES_PER_CALL = 1 << 19  # batch(): torchaudio's intermediates for 33 s of audio, a few L2/L3 caches
 
     def __init__(self, n_mels: int = 80, dither: float = 0.0):
         super().__init__()
@@ -112,23 +114,32 @@ class KaldiFbank(nn.Module):
         n_mels]`, valid frames `[B]`); each utterance's valid frames are those of `forward` on it
         alone, the rest are zero.
 
-        One torchaudio call over the batch laid end to end, each row padded to a whole number of
-        hops: every Kaldi frame is computed from its own 400 samples, so row b's frame t is frame
-        `b * hops + t` of the long signal. CMN over each utterance's valid frames.
+        torchaudio over the batch laid end to end, each row padded to a whole number of hops:
+        every Kaldi frame is computed from its own 400 samples, so row b's frame t is frame
+        `b * hops + t` of the long signal. One call on a GPU; on the CPU one call per
+        `CPU_SAMPLES_PER_CALL` samples of whole rows, whose intermediates stay in the cache (the
+        number of calls follows from the batch's shape, never from its lengths). CMN over each
+        utterance's valid frames.
         """
         b, s = wavs.shape
         hops = -(-s // HOP)
         frames = self.num_frames(wav_lengths)
-        rows = F.pad(wavs * frame_mask(wav_lengths, s), (0, hops * HOP - s))
-        feats = torchaudio.compliance.kaldi.fbank(
-            rows.reshape(1, -1) * (1 << 15), num_mel_bins=self.n_mels, frame_length=25, frame_shift=10,
-            dither=self.dither, sample_frequency=16000, window_type="hamming", use_energy=False,
-        )  # [b * hops - 2, n_mels]: the frames straddling two rows are dropped below
+        rows = wavs.new_zeros(b, hops * HOP)
+        rows[:, :s] = wavs.masked_fill(~frame_mask(wav_lengths, s), 0) * (1 << 15)
+        step = max(1, self.CPU_SAMPLES_PER_CALL // (hops * HOP)) if wavs.device.type == "cpu" else b
+        parts = []
+        for first in range(0, b, step):
+            part = torchaudio.compliance.kaldi.fbank(
+                rows[first : first + step].reshape(1, -1), num_mel_bins=self.n_mels, frame_length=25,
+                frame_shift=10, dither=self.dither, sample_frequency=16000, window_type="hamming", use_energy=False,
+            )  # [rows * hops - 2, n_mels]: the frames straddling two rows are dropped below
+            parts.append(F.pad(part, (0, 0, 0, 2)))
         total = max(0, 1 + (s - WIN) // HOP)
-        feats = F.pad(feats, (0, 0, 0, b * hops - feats.shape[0])).reshape(b, hops, -1)[:, :total]
-        valid = frame_mask(frames, total)[..., None]
-        mean = (feats * valid).sum(dim=1, keepdim=True) / frames[:, None, None]
-        return (feats - mean) * valid, frames
+        feats = torch.cat(parts).reshape(b, hops, -1)[:, :total]
+        padding = ~frame_mask(frames, total)[..., None]
+        feats = feats.masked_fill_(padding, 0)  # a view of the padded copy
+        mean = feats.sum(dim=1, keepdim=True) / frames[:, None, None]  # each utterance's own mean, [B, 1, F]
+        return (feats - mean).masked_fill_(padding, 0), frames
 
 
 FRONTENDS = {"speechbrain": SpeechbrainFbank, "kaldi": KaldiFbank}

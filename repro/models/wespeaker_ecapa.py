@@ -66,6 +66,11 @@ class WespeakerEcapaArch:
         return asdict(self)
 
 
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean over time of each utterance's valid frames: `x [B, C, T]`, `mask [B, 1, T]` -> `[B, C, 1]`."""
+    return (x * mask).sum(dim=2, keepdim=True) / mask.sum(dim=2, keepdim=True)
+
+
 class ConvReluBn(nn.Module):
     """Conv1d -> ReLU -> BatchNorm1d on `[B, C_in, T]` -> `[B, C_out, T]`."""
 
@@ -116,7 +121,7 @@ class SqueezeExcite(nn.Module):
         self.linear2 = nn.Linear(bottleneck, channels)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        mean = x.mean(dim=2) if mask is None else (x * mask).sum(dim=2) / mask.sum(dim=2)
+        mean = x.mean(dim=2) if mask is None else masked_mean(x, mask)[..., 0]
         gate = torch.sigmoid(self.linear2(F.relu(self.linear1(mean))))
         return x * gate[:, :, None]
 
@@ -161,8 +166,8 @@ class AttentiveStatsPool(nn.Module):
                 var = x.var(dim=-1, keepdim=True)
             else:
                 n = mask.sum(dim=-1, keepdim=True)
-                mean = (x * mask).sum(dim=-1, keepdim=True) / n
-                var = ((x - mean).square() * mask).sum(dim=-1, keepdim=True) / (n - 1)
+                mean = masked_mean(x, mask)
+                var = masked_mean((x - mean).square(), mask) * (n / (n - 1))  # unbiased, as x.var
             att_in = torch.cat([x, mean.expand_as(x), torch.sqrt(var + 1e-7).expand_as(x)], dim=1)
         logits = self.linear2(torch.tanh(self.linear1(att_in)))
         if mask is not None:
