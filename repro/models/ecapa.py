@@ -211,7 +211,7 @@ class EcapaUpstream(Upstream):
         """
         if self._batched is None:
             return self._one_at_a_time(wavs, wav_lengths)
-        feats, frames = self.frontend.batch(wavs, wav_lengths.long())
+        feats, frames = self.frontend.batch(wavs, wav_lengths.to(wavs.device, torch.long))
         self._captured.clear()
         emb = self._batched(feats, frames).reshape(wavs.shape[0], -1)
         padding = ~frame_mask(frames, feats.shape[1])[..., None]
