@@ -17,18 +17,17 @@ and embedding it gets alone, up to float rounding.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
-import sys
-
 import torch
-import torchaudio
 import torch.nn.functional as F
+import torchaudio
 from torch import Tensor, nn
 
 from repro.errors import ConfigError
-from repro.models.ecapa_lengths import batched_forward, frame_mask, relative_lengths
-from repro.models.upstream import LayerInfo, ModelUnavailableError, Upstream, UpstreamOutput
+from repro.models.ecapa_lengths import batched_forward, relative_lengths
+from repro.models.upstream import LayerInfo, ModelUnavailableError, Upstream, UpstreamOutput, length_mask
 
 ECAPA_LAYERS = ("tdnn", "res2net1", "res2net2", "res2net3", "mfa")
 FRAME_RATE = 100.0
@@ -76,9 +75,9 @@ class SpeechbrainFbank(nn.Module):
         from speechbrain.processing.features import spectral_magnitude
 
         frames = self.num_frames(wav_lengths)
-        wavs = wavs.masked_fill(~frame_mask(wav_lengths, wavs.shape[1]), 0)
+        wavs = wavs.masked_fill(~length_mask(wav_lengths, wavs.shape[1]), 0)
         mag = spectral_magnitude(fb.compute_STFT(wavs))  # [B, T, n_fft / 2 + 1]
-        padding = ~frame_mask(frames, mag.shape[1])[..., None]
+        padding = ~length_mask(frames, mag.shape[1])[..., None]
         feats = self.norm(fb.compute_fbanks(mag.masked_fill_(padding, 0)), relative_lengths(frames, mag.shape[1]))
         return feats.masked_fill_(padding, 0), frames
 
@@ -125,7 +124,7 @@ class KaldiFbank(nn.Module):
         hops = -(-s // HOP)
         frames = self.num_frames(wav_lengths)
         rows = wavs.new_zeros(b, hops * HOP)
-        rows[:, :s] = wavs.masked_fill(~frame_mask(wav_lengths, s), 0) * (1 << 15)
+        rows[:, :s] = wavs.masked_fill(~length_mask(wav_lengths, s), 0) * (1 << 15)
         step = max(1, self.CPU_SAMPLES_PER_CALL // (hops * HOP)) if wavs.device.type == "cpu" else b
         parts = []
         for first in range(0, b, step):
@@ -136,7 +135,7 @@ class KaldiFbank(nn.Module):
             parts.append(F.pad(part, (0, 0, 0, 2)))
         total = max(0, 1 + (s - WIN) // HOP)
         feats = torch.cat(parts).reshape(b, hops, -1)[:, :total]
-        padding = ~frame_mask(frames, total)[..., None]
+        padding = ~length_mask(frames, total)[..., None]
         feats = feats.masked_fill_(padding, 0)  # a view of the padded copy
         mean = feats.sum(dim=1, keepdim=True) / frames[:, None, None]  # each utterance's own mean, [B, 1, F]
         return (feats - mean).masked_fill_(padding, 0), frames
@@ -214,7 +213,7 @@ class EcapaUpstream(Upstream):
         feats, frames = self.frontend.batch(wavs, wav_lengths.to(wavs.device, torch.long))
         self._captured.clear()
         emb = self._batched(feats, frames).reshape(wavs.shape[0], -1)
-        padding = ~frame_mask(frames, feats.shape[1])[..., None]
+        padding = ~length_mask(frames, feats.shape[1])[..., None]
         layers = [self._captured[name].transpose(1, 2).contiguous().masked_fill_(padding, 0)
                   for name in self._names]
         return UpstreamOutput(layers=layers, lengths=[frames] * len(layers), embedding=emb)

@@ -46,11 +46,6 @@ def relative_lengths(frames: Tensor, total: int) -> Tensor:
     return (frames.to(torch.float32) - 0.5) / total
 
 
-def frame_mask(frames: Tensor, total: int) -> Tensor:
-    """Boolean `[B, total]`: True on each utterance's valid frames."""
-    return torch.arange(total, device=frames.device)[None, :] < frames[:, None]
-
-
 class SpeechbrainEcapaBatched:
     """speechbrain's `ECAPA_TDNN` over a padded batch, each utterance reflected at its own end.
 

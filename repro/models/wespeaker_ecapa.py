@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from repro.errors import ConfigError
+from repro.models.upstream import length_mask
 
 
 @dataclass(frozen=True)
@@ -212,8 +213,7 @@ class WespeakerEcapa(nn.Module):
     def forward(self, feats: Tensor, lengths: Tensor | None = None) -> Tensor:
         mask = None
         if lengths is not None:
-            valid = torch.arange(feats.shape[1], device=feats.device)[None, :] < lengths[:, None]
-            mask = valid[:, None, :].to(feats.dtype)
+            mask = length_mask(lengths, feats.shape[1])[:, None, :].to(feats.dtype)
         frames = F.relu(self.frame_level(feats, mask))
         return self.bn2(self.linear(self.bn(self.pool(frames, mask))))
 
