@@ -52,7 +52,9 @@ class SpeechbrainEcapaBatched:
     Construction adds a forward pre-hook to the inner `nn.Conv1d` of every reflection-padded
     convolution; the hook acts only inside a call of this object, so the model's own forward
     (training, one utterance) is untouched. A call runs the model's forward once with relative
-    lengths, which speechbrain's squeeze-excitation blocks and pooling use as masks.
+    lengths, which speechbrain's squeeze-excitation blocks and pooling use as masks. An utterance
+    of at most `pad` frames (under 50 ms, which speechbrain's reflection refuses alone) gets its
+    reflection clamped to its first frame instead of an error.
     """
 
     def __init__(self, model: nn.Module):
