@@ -53,8 +53,8 @@ class SpeechbrainEcapaBatched:
     convolution; the hook acts only inside a call of this object, so the model's own forward
     (training, one utterance) is untouched. A call runs the model's forward once with relative
     lengths, which speechbrain's squeeze-excitation blocks and pooling use as masks. An utterance
-    of at most `pad` frames (under 50 ms, which speechbrain's reflection refuses alone) gets its
-    reflection clamped to its first frame instead of an error.
+    of at most `pad` frames (under 50 ms), which speechbrain's reflection refuses alone, raises
+    no error here and gets values of no meaning.
     """
 
     def __init__(self, model: nn.Module):
