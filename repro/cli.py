@@ -424,6 +424,19 @@ def bench_metrics(repeats: int | None, no_share: bool, out: Path) -> None:
     run_benchmarks(["metrics"], out, echo=click.echo, options={"metrics": {"repeats": repeats, "share": not no_share}})
 
 
+@bench.command("ecapa")
+@click.option("--repeats", type=int, default=None, help="passes per way, the fastest kept (default 3)")
+@click.option("--full", is_flag=True, help="also the full profile's model sizes (C=1024 and C=512: minutes on a CPU)")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts/bench"),
+              show_default=True)
+def bench_ecapa(repeats: int | None, full: bool, out: Path) -> None:
+    """ECAPA-TDNN: a padded batch of mixed lengths in one encoder call vs one utterance per call."""
+    from repro.bench import run_benchmarks
+
+    sizes = ("smoke", "full") if full else None
+    run_benchmarks(["ecapa"], out, echo=click.echo, options={"ecapa": {"repeats": repeats, "sizes": sizes}})
+
+
 @bench.command("gpu")
 @click.option("--device", default="cuda", show_default=True, help="cuda, or cpu with --tiny (a check of the code)")
 @click.option("--tiny", is_flag=True, help="toy model sizes (for a check on the CPU)")

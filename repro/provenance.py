@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from repro.config.typed import to_dict
+from repro.models.ecapa import FORWARD_VERSION as ECAPA_FORWARD_VERSION
 from repro.models.hf_encoder import ATTENTION_PATH_VERSION
 from repro.models.registry import registry_signature, resolve_spec, spec_identity
 from repro.tasks import PROBE_READS, TASKS, task_input, idt_store_kind
@@ -235,6 +236,7 @@ def model_identity(profile, name: str) -> dict[str, Any]:
     ident.pop("family", None)
     if spec.loader in ECAPA_LOADERS:
         ident["layers"] = settings_read(profile, "model")["models.ecapa_layers"]
+        ident["forward"] = ECAPA_FORWARD_VERSION  # how a batch is computed (repro.models.ecapa)
     if spec.loader in HF_LOADERS:
         ident["attention"] = settings_read(profile, "model")["extraction.attention"]
         ident["attention_path"] = ATTENTION_PATH_VERSION  # how the forward computes it (repro.models.hf_encoder)

@@ -33,7 +33,8 @@ def test_layers_shapes_rates_and_embedding(model, frontend):
         assert torch.allclose(out.embedding[b], direct, atol=1e-6)
         single = up(w[None], torch.tensor([len(w)]))
         for l in range(5):
-            assert torch.equal(out.layers[l][b, : expect[b]], single.layers[l][0])
+            ref = single.layers[l][0]
+            assert (out.layers[l][b, : expect[b]] - ref).abs().max() <= 1e-5 * ref.abs().max()
 
 
 def test_mfa_layer_is_the_aggregation_of_the_three_blocks(model):

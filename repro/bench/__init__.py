@@ -17,11 +17,13 @@ from repro.util.atomic import atomic_write_json
 # In the order `repro bench all` runs them; the projection reads the others' records.
 BENCHMARKS = {"extract": "repro.bench.extract", "cka": "repro.bench.cka", "probe": "repro.bench.probe",
               "pipeline": "repro.bench.pipeline", "metrics": "repro.bench.metrics", "gpu": "repro.bench.gpu",
-              "attention": "repro.bench.attention", "projection": "repro.bench.projection"}
+              "attention": "repro.bench.attention", "ecapa": "repro.bench.ecapa_batch",
+              "projection": "repro.bench.projection"}
 NEEDS_GPU = ("gpu",)  # `repro bench all` runs these only where a GPU is visible
 # `repro bench all --large`: longer runs for steadier figures.
 LARGE = {"extract": {"seconds": 300.0}, "cka": {"frames": 8192, "repeats": 3},
-         "probe": {"steps": 50, "fly_steps": 10}, "pipeline": {"speakers": True}}
+         "probe": {"steps": 50, "fly_steps": 10}, "pipeline": {"speakers": True},
+         "ecapa": {"sizes": ("smoke", "full")}}
 
 
 def run_benchmarks(names: list[str] | None, out: Path, echo: Callable[[str], None] = print,

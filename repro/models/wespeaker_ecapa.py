@@ -19,6 +19,13 @@ written so that such a state dict loads into it with `strict=True`:
 Every BatchNorm follows its ReLU (Conv -> ReLU -> BN), as in wespeaker. The frame-level
 layers exposed for analysis are the outputs of `layer1..4` and of `conv` (before the ReLU
 that feeds the pooling, as wespeaker's `get_frame_level_feat`), `[B, C, T]` at 100 frames/s.
+
+Padded batches: `forward(feats, lengths)` with each utterance's valid frames gives every
+utterance what it gets alone: the inputs of the zero-padded convolutions (`layer1`, the Res2
+branches) are zero past each utterance's end, and the squeeze-excitation means and the pooling
+statistics cover its own frames only (`mask [B, 1, T]`, 1.0 on valid frames). Frames past an
+end hold unspecified values. Without lengths every frame is valid and the computation is the
+original one (training on equal-length crops).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from repro.errors import ConfigError
+from repro.models.upstream import length_mask
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,11 @@ class WespeakerEcapaArch:
         return asdict(self)
 
 
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean over time of each utterance's valid frames: `x [B, C, T]`, `mask [B, 1, T]` -> `[B, C, 1]`."""
+    return (x * mask).sum(dim=2, keepdim=True) / mask.sum(dim=2, keepdim=True)
+
+
 class ConvReluBn(nn.Module):
     """Conv1d -> ReLU -> BatchNorm1d on `[B, C_in, T]` -> `[B, C_out, T]`."""
 
@@ -86,11 +99,13 @@ class Res2ConvReluBn(nn.Module):
             nn.Conv1d(self.width, self.width, 3, padding=dilation, dilation=dilation) for _ in range(branches))
         self.bns = nn.ModuleList(nn.BatchNorm1d(self.width) for _ in range(branches))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         groups = torch.split(x, self.width, dim=1)
         outs, carry = [], None
         for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):
             inp = groups[i] if carry is None else carry + groups[i]
+            if mask is not None:  # zero padding past each utterance's end, as when alone
+                inp = inp * mask
             carry = bn(F.relu(conv(inp)))
             outs.append(carry)
         if len(groups) > len(self.convs):
@@ -106,8 +121,9 @@ class SqueezeExcite(nn.Module):
         self.linear1 = nn.Linear(channels, bottleneck)
         self.linear2 = nn.Linear(bottleneck, channels)
 
-    def forward(self, x: Tensor) -> Tensor:
-        gate = torch.sigmoid(self.linear2(F.relu(self.linear1(x.mean(dim=2)))))
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        mean = x.mean(dim=2) if mask is None else masked_mean(x, mask)[..., 0]
+        gate = torch.sigmoid(self.linear2(F.relu(self.linear1(mean))))
         return x * gate[:, :, None]
 
 
@@ -123,8 +139,11 @@ class SERes2Block(nn.Module):
             SqueezeExcite(channels, se_bottleneck),
         )
 
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.se_res2block(x)
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        if mask is None:
+            return x + self.se_res2block(x)
+        conv1, res2, conv2, se = self.se_res2block
+        return x + se(conv2(res2(conv1(x), mask)), mask)
 
 
 class AttentiveStatsPool(nn.Module):
@@ -140,13 +159,21 @@ class AttentiveStatsPool(nn.Module):
         self.linear1 = nn.Conv1d(channels * (3 if global_context else 1), bottleneck, 1)
         self.linear2 = nn.Conv1d(bottleneck, channels, 1)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         att_in = x
         if self.global_context:
-            mean = x.mean(dim=-1, keepdim=True).expand_as(x)
-            std = torch.sqrt(x.var(dim=-1, keepdim=True) + 1e-7).expand_as(x)
-            att_in = torch.cat([x, mean, std], dim=1)
-        alpha = torch.softmax(self.linear2(torch.tanh(self.linear1(att_in))), dim=2)
+            if mask is None:
+                mean = x.mean(dim=-1, keepdim=True)
+                var = x.var(dim=-1, keepdim=True)
+            else:
+                n = mask.sum(dim=-1, keepdim=True)
+                mean = masked_mean(x, mask)
+                var = masked_mean((x - mean).square(), mask) * (n / (n - 1))  # unbiased, as x.var
+            att_in = torch.cat([x, mean.expand_as(x), torch.sqrt(var + 1e-7).expand_as(x)], dim=1)
+        logits = self.linear2(torch.tanh(self.linear1(att_in)))
+        if mask is not None:
+            logits = logits.masked_fill(mask == 0, float("-inf"))
+        alpha = torch.softmax(logits, dim=2)
         mu = (alpha * x).sum(dim=2)
         var = (alpha * x * x).sum(dim=2) - mu * mu
         return torch.cat([mu, torch.sqrt(var.clamp(min=1e-7))], dim=1)
@@ -155,7 +182,8 @@ class AttentiveStatsPool(nn.Module):
 class WespeakerEcapa(nn.Module):
     """ECAPA-TDNN with wespeaker's parameter names (see the module docstring).
 
-    `forward(feats [B, T, F])` returns the embedding `[B, E]` (after `bn2` when `emb_bn`).
+    `forward(feats [B, T, F], lengths [B] = None)` returns the embedding `[B, E]` (after `bn2`
+    when `emb_bn`); `lengths` (int64, valid frames of each utterance) for a padded batch.
     """
 
     def __init__(self, arch: WespeakerEcapaArch | None = None):
@@ -172,17 +200,22 @@ class WespeakerEcapa(nn.Module):
         self.linear = nn.Linear(2 * a.mfa_channels, a.embed_dim)
         self.bn2 = nn.BatchNorm1d(a.embed_dim) if a.emb_bn else nn.Identity()
 
-    def frame_level(self, feats: Tensor) -> Tensor:
-        """`feats [B, T, F]` -> output of `conv` `[B, M, T]` (before its ReLU)."""
-        x = self.layer1(feats.transpose(1, 2))
-        x2 = self.layer2(x)
-        x3 = self.layer3(x2)
-        x4 = self.layer4(x3)
+    def frame_level(self, feats: Tensor, mask: Tensor | None = None) -> Tensor:
+        """`feats [B, T, F]` -> output of `conv` `[B, M, T]` (before its ReLU); `mask [B, 1, T]`
+        (1.0 on valid frames) for a padded batch."""
+        x = feats.transpose(1, 2)
+        x = self.layer1(x if mask is None else x * mask)
+        x2 = self.layer2(x, mask)
+        x3 = self.layer3(x2, mask)
+        x4 = self.layer4(x3, mask)
         return self.conv(torch.cat([x2, x3, x4], dim=1))
 
-    def forward(self, feats: Tensor) -> Tensor:
-        frames = F.relu(self.frame_level(feats))
-        return self.bn2(self.linear(self.bn(self.pool(frames))))
+    def forward(self, feats: Tensor, lengths: Tensor | None = None) -> Tensor:
+        mask = None
+        if lengths is not None:
+            mask = length_mask(lengths, feats.shape[1])[:, None, :].to(feats.dtype)
+        frames = F.relu(self.frame_level(feats, mask))
+        return self.bn2(self.linear(self.bn(self.pool(frames, mask))))
 
 
 # Public layer name (shared with speechbrain's ECAPA, see repro.models.ecapa) -> our module.
@@ -190,8 +223,9 @@ WESPEAKER_BLOCKS = {"tdnn": "layer1", "res2net1": "layer2", "res2net2": "layer3"
                     "mfa": "conv"}
 
 
-def wrap_wespeaker_ecapa(model: WespeakerEcapa, layers: tuple[str, ...] | None = None):
-    """An `EcapaUpstream` over `model` with wespeaker's front-end (int16-scaled Kaldi fbank + CMN).
+def wrap_wespeaker_ecapa(model: WespeakerEcapa, layers: tuple[str, ...] | None = None, name: str | None = None):
+    """An `EcapaUpstream` over `model` with wespeaker's front-end (int16-scaled Kaldi fbank + CMN);
+    `name` names the model in notices.
 
     Layers are named like speechbrain's (`tdnn`, `res2net1..3`, `mfa`) so that analyses line
     up across both implementations: `tdnn`=layer1, `res2net1..3`=layer2..4, `mfa`=conv.
@@ -203,4 +237,4 @@ def wrap_wespeaker_ecapa(model: WespeakerEcapa, layers: tuple[str, ...] | None =
     if unknown:
         raise ConfigError(f"unknown ECAPA layer(s) {unknown}; known: {', '.join(WESPEAKER_BLOCKS)}")
     modules = {n: getattr(model, WESPEAKER_BLOCKS[n]) for n in layers}
-    return EcapaUpstream(KaldiFbank(model.arch.feat_dim), model, modules)
+    return EcapaUpstream(KaldiFbank(model.arch.feat_dim), model, modules, name)
