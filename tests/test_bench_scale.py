@@ -108,7 +108,9 @@ def test_every_term_and_input_carries_its_kind_and_source():
 
 
 def test_heads_cost_k_probes_and_padding_follows_the_librispeech_lengths():
-    m = _model(tasks=["PR"])
+    # the code paths before ECAPA-TDNN batches and attention FLOPs in the counter
+    m = _model(tasks=["PR"], code=facts(ecapa_forward="per_utterance_unless_equal_lengths",
+                                        attention_flops_counted=False))
     terms = m.terms()
     b = m.profile.probing.tasks["PR"]
     k, micro = len(b.lr_grid), b.steps * b.grad_accum
@@ -138,12 +140,18 @@ def test_flipping_a_code_path_fact_recomputes_the_figure():
     assert costmodel.totals(on_device, "float32") == pytest.approx(costmodel.totals(today, "float32") - trips)
     overlapped = _model(tasks=["PR", "SID"], code=facts(terms_overlap=True)).terms()
     assert costmodel.totals(overlapped, "float32") < costmodel.totals(today, "float32")
-    fused = _model(tasks=["PR"], code=facts(wavlm_attention="fused")).terms()
-    assert not [t for t in fused if t.what.startswith("attention T x T")]
-    assert [t for t in today if t.what.startswith("attention T x T") and t.model == "wavlm-base-plus"]
-    batched = _model(tasks=["PR"], code=facts(ecapa_forward="batched")).terms()
-    assert _hours(batched, "ecapa-dino-wespeaker", "PR", "ECAPA-TDNN forwards") < \
-        _hours(today, "ecapa-dino-wespeaker", "PR", "ECAPA-TDNN forwards") / 10
+    flex = _model(tasks=["PR"], code=facts(wavlm_attention="flex")).terms()
+    assert not [t for t in flex if t.what.startswith("attention T x T")]
+    mask = _hours(today, "wavlm-base-plus", "PR", "attention T x T")
+    eager = _hours(_model(tasks=["PR"], code=facts(wavlm_attention="unfused_eager_TxT")).terms(),
+                   "wavlm-base-plus", "PR", "attention T x T")
+    assert 0 < mask and eager == pytest.approx(mask * 8 / 2)  # 8 passes over T x T tensors against 2
+    alone = _model(tasks=["PR"], code=facts(ecapa_forward="per_utterance_unless_equal_lengths")).terms()
+    assert _hours(today, "ecapa-dino-wespeaker", "PR", "ECAPA-TDNN forwards") < \
+        _hours(alone, "ecapa-dino-wespeaker", "PR", "ECAPA-TDNN forwards") / 10
+    # attention FLOPs: in the count (rescaled) or added from the shapes; for HuBERT (SDPA) the same total
+    missed = _model(tasks=["PR"], code=facts(attention_flops_counted=False)).terms()
+    assert _hours(missed, "hubert-base", "PR", "upstream FLOPs") > _hours(today, "hubert-base", "PR", "upstream FLOPs")
 
 
 def test_the_fast_profile_prices_its_own_subsets():

@@ -21,15 +21,21 @@ change's effect is the difference of two tables. The facts and the code each des
                               once each way, over PCIe.
     loss_read_per_probe       the trainer reads each probe's loss with `float(loss)` every micro-batch: a
                               host-device synchronisation per probe per micro-batch.
-    ecapa_forward             `repro.models.ecapa.EcapaUpstream.forward`: utterances of equal length run
-                              together, any other one alone (`per_utterance_unless_equal_lengths`); or
-                              `batched` (one forward per batch, padded).
-    wavlm_attention           transformers' WavLM calls `F.multi_head_attention_forward(need_weights=True)`:
-                              `unfused_eager_TxT` materialises (B x heads, T, T) tensors (scores with the
-                              position bias, softmax, the head-averaged weights); `sdpa` (a fused kernel: no
-                              T x T traffic, and FLOPs the CPU counter does not see, added from the shapes).
-    hubert_attention          HuBERT runs SDPA (`sdpa`), whose FLOPs the CPU counter does not see: added here
-                              from the shapes (4 T^2 D per layer and item); `eager` (counted by the counter).
+    ecapa_forward             `repro.models.ecapa.EcapaUpstream.forward`: `batched`, one length-aware front-end
+                              and encoder call per padded batch (`repro.models.ecapa_lengths`); before it,
+                              `per_utterance_unless_equal_lengths` (equal lengths together, any other alone).
+    wavlm_attention           WavLM's attention as `repro.models.hf_encoder` runs it (`extraction.attention`):
+                              `sdpa_float_mask`, the gated position bias gathered into one (B, heads, T, T)
+                              float mask per layer, written once and read once by the fused kernel
+                              (`wavlm_sdpa_mask_passes`); `flex`, the bias added inside the kernel (nothing
+                              T x T stored); `unfused_eager_TxT`, transformers' own
+                              `F.multi_head_attention_forward(need_weights=True)`, which materialises several
+                              (B x heads, T, T) tensors (`wavlm_tt_passes`).
+    hubert_attention          HuBERT's attention: `sdpa` (fused; no T x T traffic) or `eager`.
+    attention_flops_counted   `True`: `repro.models.hf_encoder` registers the CPU SDPA kernels with
+                              `torch.utils.flop_counter` (and FlexAttention runs under it), so the counted FLOPs
+                              include attention on every path and are rescaled to each length; `False`: the
+                              counter missed SDPA attention, added from the shapes (4 T^2 D per layer and item).
     pooled_heads              `one_step_per_probe`: each learning rate of a pooled task (KS, IC, ER) trains its
                               own small head step by step on `[B, 1, D]` layer means; a step is a few hundred
                               tiny kernels, priced per operator on the host (launch-bound), not as FLOPs.
@@ -56,7 +62,7 @@ from dataclasses import dataclass, field
 from repro.bench import lengths as lengths_mod
 from repro.bench.shapes import MODELS, SPEECH_HEADS, SPEECH_LAYERS, SPEECH_WIDTH
 
-CODE_PATHS_VERSION = 1
+CODE_PATHS_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -65,9 +71,10 @@ class CodePaths:
 
     features_round_trip_host: bool = True
     loss_read_per_probe: bool = True
-    ecapa_forward: str = "per_utterance_unless_equal_lengths"
-    wavlm_attention: str = "unfused_eager_TxT"
+    ecapa_forward: str = "batched"
+    wavlm_attention: str = "sdpa_float_mask"
     hubert_attention: str = "sdpa"
+    attention_flops_counted: bool = True
     pooled_heads: str = "one_step_per_probe"
     pr_batches: str = "random_permutation_padded"
     eval_batches: str = "manifest_order_padded"
@@ -124,6 +131,9 @@ ASSUMED = {
     "voxceleb_short_share": Input(0.6, "fraction", "assumed",
                                   "VoxCeleb1 utterances are 4 s to 145 s, mean 8.2 s (Nagrani et al. 2017); the "
                                   "share under 8 s (not cropped, so run alone by ECAPA-TDNN) is not pinned"),
+    "wavlm_sdpa_mask_passes": Input(2.0, "passes", "counted",
+                                    "repro.models.hf_encoder's SDPA path: the bias mask written once (gathered "
+                                    "from the bucket table) and read once by the fused kernel"),
     "wavlm_tt_passes": Input(8.0, "passes", "counted",
                              "transformers' WavLM attention: position bias write, scores write (baddbmm), mask "
                              "read, softmax read + write, weights read by bmm, head-average read + write"),
@@ -228,14 +238,15 @@ class CostModel:
         return 4 * t * t * SPEECH_WIDTH * SPEECH_LAYERS
 
     def upstream_flops(self, model: str, seconds: float) -> float:
-        """FLOPs of one forward over an item of `seconds` (padded length), attention included: the counter
-        sees eager attention (WavLM) and not SDPA (HuBERT), so SDPA's is added from the shapes."""
+        """FLOPs of one forward over an item of `seconds` (padded length), attention included: counted FLOPs
+        hold the attention of an item of `flop_seconds` (rescaled to `seconds`), unless the counter missed a
+        fused path (`attention_flops_counted` False), whose attention is added from the shapes."""
         counted = self.flops[model] * seconds
         attention = MODELS[model].get("attention")
         if attention is None:
             return counted
         path = self.code.wavlm_attention if attention == "wavlm" else self.code.hubert_attention
-        if path == "sdpa":  # the counter missed it on the CPU
+        if path != "unfused_eager_TxT" and not self.code.attention_flops_counted:  # the counter missed it
             return counted + self._attention_flops_per_item(model, seconds)
         # eager attention: counted at flop_seconds; rescale its T^2 part to this length
         return counted + (self._attention_flops_per_item(model, seconds)
@@ -341,14 +352,16 @@ class CostModel:
                 terms.append(self._term(model, task, precision, f"upstream FLOPs, {label}", flops / tput / 3600,
                                         [tname], f"{batches * items * pad / 3600:.0f} padded audio h "
                                         f"({pad / mean:.2f}x the mean: {how}), attention included"))
-                if spec.get("attention") == "wavlm" and self.code.wavlm_attention == "unfused_eager_TxT":
+                passes_in = {"unfused_eager_TxT": "wavlm_tt_passes", "sdpa_float_mask": "wavlm_sdpa_mask_passes"}
+                if spec.get("attention") == "wavlm" and self.code.wavlm_attention in passes_in:
+                    passes_name = passes_in[self.code.wavlm_attention]
                     t = pad * fr
                     element = 4 if precision == "float32" else 3  # bf16 scores, float32 softmax under autocast
-                    per_layer = self.v("wavlm_tt_passes") * items * SPEECH_HEADS * t * t * element
+                    per_layer = self.v(passes_name) * items * SPEECH_HEADS * t * t * element
                     bytes_ = batches * SPEECH_LAYERS * per_layer
                     terms.append(self._term(model, task, precision, f"attention T x T traffic, {label}",
                                             bytes_ / (1e12 * self.v("hbm_tb_s")) / 3600,
-                                            ["wavlm_tt_passes", "hbm_tb_s"],
+                                            [passes_name, "hbm_tb_s"],
                                             f"{bytes_ / 1e15:.1f} PB of (B x heads, T, T) tensors"))
                 frames_padded = batches * items * pad * fr
             # heads: forward + backward per probe in training, forward in evaluation, K probes
