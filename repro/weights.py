@@ -1,6 +1,6 @@
 """Weight files: their sha256 recorded when written, checked once per process when read, loaded weights-only.
 
-Every weight file the artifact writes has its digest recorded beside it:
+Every weight file the artifact writes or imports has its digest recorded:
 
 - a checkpoint (`torch.save`: probe and training resume checkpoints) in `<file>.sha256`, a JSON
   record `{"file", "sha256", "previous"}` written before the checkpoint is renamed into place.
@@ -9,14 +9,15 @@ Every weight file the artifact writes has its digest recorded beside it:
 - a generated model folder (random tiny models) in `<folder>/digests.json`, the sha256 of every
   file of the folder, written inside the folder before it is renamed into place;
 - a trained model in its `model.json` (`weights_sha256`, `repro.trainlog.publish_or_fail`);
-- an imported checkpoint in a record beside the model's folder (`check_imported`), on first use.
+- an imported checkpoint (a local file or folder, a hub download) in `<models_dir>/<name>/imported.json`
+  on first use (`check_imported`).
 
 `torch.load` is only ever called here, with `weights_only=True`: a file holding Python objects
 besides tensors and plain containers is refused, never unpickled (unpickling can run code).
 Every refusal is a `WeightsError`: one line naming the file and what to do.
 
 A file's digest is computed once per process (by path, inode, size and modification time):
-about 1 CPU-second per GB (docs/FAULTS.md).
+about 0.6 CPU-second per GB (docs/FAULTS.md, `scripts/weight_digest_cost.py`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from repro.util.hashing import sha256_file
 
 DIGEST_SUFFIX = ".sha256"
 FOLDER_DIGESTS = "digests.json"
+IMPORT_RECORD = "imported.json"  # in a model's folder: the sha256 of each imported weight file
 
 
 class WeightsError(ReproError):
@@ -56,17 +58,16 @@ def digest(path: str | os.PathLike) -> str:
     return _DIGESTS[key]
 
 
-def check_digest(path: str | os.PathLike, expected: str | set[str], record: str | os.PathLike, fix: str) -> None:
-    """WeightsError unless the sha256 of `path` is `expected` (or one of them), as `record` records.
-
-    `fix` says what to do (it ends the message)."""
+def check_digest(path: str | os.PathLike, expected: str | set[str], record: str | os.PathLike, fix: str,
+                 recorded: str = "when it was written") -> None:
+    """WeightsError unless the sha256 of `path` is `expected` (or one of them), as `record` records
+    (`recorded`: when it was recorded). `fix` says what to do (it ends the message)."""
     path = Path(path)
     wanted = {expected} if isinstance(expected, str) else set(expected)
     if not path.is_file():
         raise WeightsError(f"{path}: missing (its digest is recorded in {record}); {fix}")
     if digest(path) not in wanted:
-        raise WeightsError(f"{path}: damaged: its sha256 differs from the one recorded when it was written "
-                           f"({record}); {fix}")
+        raise WeightsError(f"{path}: damaged: its sha256 differs from the one recorded {recorded} ({record}); {fix}")
 
 
 # --------------------------------------------------------------------------- loading
@@ -180,16 +181,18 @@ def check_folder(folder: str | os.PathLike, fix: str) -> None:
 
 def check_imported(path: str | os.PathLike, record: str | os.PathLike, fix: str) -> None:
     """Record the sha256 of an imported weight file `path` in `record` on first use; later, WeightsError
-    unless the file still matches it. A record of another path is replaced (a new import)."""
+    unless the file still matches it. `record` maps each imported file's real path to its sha256 (a
+    file at another path, as a new hub revision's, is a new import)."""
     path, record = Path(path), Path(record)
     where = os.path.realpath(path)
     try:
         known = json.loads(record.read_text())
     except (FileNotFoundError, ValueError):
         known = {}
-    if known.get("path") == where and known.get("sha256"):
-        check_digest(path, known["sha256"], record,
-                     f"restore it, or delete {record} to import the file as it is now; {fix}")
+    files = known.get("files", {}) if isinstance(known, dict) else {}
+    if where in files:
+        check_digest(path, files[where], record,
+                     f"restore it, or delete {record} to import the file as it is now; {fix}", "on its first import")
         return
     record.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(record, {"path": where, "sha256": digest(path), "note": "recorded on first import"})
+    atomic_write_json(record, {"files": {**files, where: digest(path)}, "note": "sha256 recorded on first import"})

@@ -21,6 +21,7 @@ from repro import weights
 from repro.cli import main
 from repro.weights import WeightsError, digest_record, load_checkpoint, load_weights, save_checkpoint
 from test_faults import faultprof  # noqa: F401 - the one-model, one-task profile (a fixture)
+from test_wespeaker_ecapa import _register, tiny_checkpoint  # noqa: F401 - a tiny wespeaker checkpoint (a fixture)
 
 PACKAGE = Path(__file__).resolve().parents[1] / "repro"
 
@@ -390,3 +391,63 @@ def test_a_published_model_whose_weights_changed_is_refused_with_the_command_tha
     assert str(err.value) == (f"{folder / 'model.safetensors'}: damaged: its sha256 differs from the one recorded "
                               f"when it was written ({folder / 'model.json'}); train it again: "
                               "`repro train --profile smoke --recipe hubert --force` makes it")
+
+
+def test_an_imported_model_changed_after_its_first_use_is_refused(hf_folder, tmp_path, monkeypatch):
+    from repro.models.registry import load_upstream
+
+    source = tmp_path / "my-wavlm"
+    shutil.copytree(hf_folder("wavlm"), source)
+    registry = tmp_path / "reg.yaml"
+    registry.write_text(f"my-wavlm:\n  family: speech_ssl\n  loader: hf\n  source: {source}\n  about: a local model\n")
+    monkeypatch.setenv("REPRO_MODEL_REGISTRY", f"{os.environ['REPRO_MODEL_REGISTRY']}:{registry}")
+    models = tmp_path / "work" / "smoke" / "models"
+    load_upstream("my-wavlm", models)  # the first import records the digest
+    record = models / "my-wavlm" / "imported.json"
+    assert list(json.loads(record.read_text())["files"]) == [os.path.realpath(source / "model.safetensors")]
+    load_upstream("my-wavlm", models)
+    _flip_bit(source / "model.safetensors", at=0.9)
+    weights._DIGESTS.clear()
+    with pytest.raises(WeightsError) as err:
+        load_upstream("my-wavlm", models)
+    assert str(err.value) == (
+        f"{source / 'model.safetensors'}: damaged: its sha256 differs from the one recorded on its first import "
+        f"({record}); restore it, or delete {record} to import the file as it is now; or point the registry "
+        "entry's `source:` elsewhere")
+    record.unlink()  # imported as it is now
+    load_upstream("my-wavlm", models)
+
+
+def test_an_imported_checkpoint_and_its_extracted_copy_are_checked(tmp_path, monkeypatch, tiny_checkpoint):
+    import zipfile
+
+    from repro.models.registry import load_upstream
+
+    _, _, path = tiny_checkpoint
+    models = tmp_path / "models"
+    # a local checkpoint file: recorded on first use, refused once changed
+    _register(tmp_path, monkeypatch, path)
+    load_upstream("ws-tiny", models)
+    original = path.read_bytes()
+    _flip_bit(path, at=0.8)
+    weights._DIGESTS.clear()
+    with pytest.raises(WeightsError, match=r"avg_model.pt: damaged: its sha256 differs from the one recorded on its "
+                                           r"first import \(.*imported.json\); restore it, or delete"):
+        load_upstream("ws-tiny", models)
+    path.write_bytes(original)
+    # a zip as wespeaker publishes them: the extracted copy is checked against the digest taken when extracted
+    archive = tmp_path / "published.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(path, "model/avg_model.pt")
+    _register(tmp_path, monkeypatch, archive)
+    load_upstream("ws-tiny", tmp_path / "models2")
+    extracted = tmp_path / "models2" / "ws-tiny" / "avg_model.pt"
+    _flip_bit(extracted, at=0.8)
+    weights._DIGESTS.clear()
+    with pytest.raises(WeightsError) as err:
+        load_upstream("ws-tiny", tmp_path / "models2")
+    assert str(err.value) == (f"{extracted}: damaged: its sha256 differs from the one recorded when it was extracted "
+                              f"({extracted.parent / 'extracted_from.json'}); delete it: the next run extracts it "
+                              f"again from {archive}")
+    extracted.unlink()
+    load_upstream("ws-tiny", tmp_path / "models2")

@@ -33,9 +33,8 @@ from repro.errors import ReproError
 from repro.models.dino_head import DinoHead
 from repro.models.wespeaker_ecapa import WespeakerEcapa, WespeakerEcapaArch
 from repro.util.atomic import atomic_path, atomic_write_json
-from repro.weights import check_digest, check_imported, digest, load_weights
+from repro.weights import IMPORT_RECORD, check_digest, check_imported, digest, load_weights
 
-IMPORT_RECORD = "imported.json"  # the sha256 of a local checkpoint file, recorded on first use
 CHECKPOINT_NAME = "avg_model.pt"
 HEAD_PREFIX = "projection_head."
 
@@ -122,7 +121,8 @@ def _from_archive(archive: Path, folder: Path) -> Path:
     archive_sha = digest(archive)
     made = json.loads(stamp.read_text()) if out.is_file() and stamp.is_file() else {}
     if made.get("sha256") == archive_sha and made.get("extracted_sha256"):
-        check_digest(out, made["extracted_sha256"], stamp, f"delete it: the next run extracts it again from {archive}")
+        check_digest(out, made["extracted_sha256"], stamp, f"delete it: the next run extracts it again from {archive}",
+                     "when it was extracted")
         return out
     with zipfile.ZipFile(archive) as zf:
         names = [n for n in zf.namelist() if Path(n).name == CHECKPOINT_NAME]
