@@ -134,7 +134,8 @@ def test_a_checkpoint_of_other_settings_is_not_resumed(tiny_corpus, tmp_path):
         extract_model(ws, MODEL, progress=False)
     run_probes(other, MODEL, "KS", LRS, progress=False)  # checkpoints of a 4-step budget
     stale.probe_checkpoint_dir(MODEL, "KS").mkdir(parents=True)
-    for p in other.probe_checkpoint_dir(MODEL, "KS").glob("*.pt"):
+    # each checkpoint with its digest record (.pt.sha256)
+    for p in other.probe_checkpoint_dir(MODEL, "KS").glob("*.pt*"):
         shutil.copy(p, stale.probe_checkpoint_dir(MODEL, "KS") / p.name)
     run_probes(clean, MODEL, "KS", LRS, progress=False)
     run_probes(stale, MODEL, "KS", LRS, progress=False)

@@ -125,10 +125,10 @@ def test_mismatched_checkpoints_are_refused_with_the_differences(tmp_path, monke
         "unexpected: extra.weight": {**state, "extra.weight": torch.zeros(2)},
         "wrong shape: linear.weight (12, 64) (expected (12, 96))": {**state, "linear.weight": torch.zeros(12, 64)},
     }
-    for message, bad in cases.items():
+    for i, (message, bad) in enumerate(cases.items()):
         torch.save(bad, tmp_path / "bad.pt")
-        with pytest.raises(CheckpointError) as err:
-            load_upstream("ws-tiny", tmp_path / "models")
+        with pytest.raises(CheckpointError) as err:  # each its own import (a changed file is refused, below)
+            load_upstream("ws-tiny", tmp_path / f"models{i}")
         assert message in str(err.value) and "bad.pt" in str(err.value)
 
 

@@ -22,7 +22,15 @@ from repro.config.typed import ConfigError, from_dict, to_dict
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 
-__all__ = ["ConfigError", "ProfileConfig", "load_profile", "profile_names", "to_dict", "iter_settings"]
+__all__ = ["ConfigError", "ProfileConfig", "given_as", "load_profile", "profile_names", "to_dict", "iter_settings"]
+
+# How each profile loaded in this process was given: its name -> the file path, for profiles given as a file.
+_GIVEN: dict[str, str] = {}
+
+
+def given_as(name: str) -> str:
+    """How the user named profile `name` in this process: the path given for a profile file, else `name`."""
+    return _GIVEN.get(name, name)
 
 
 def profile_names() -> list[str]:
@@ -44,6 +52,10 @@ def load_profile(name_or_path: str | Path) -> ProfileConfig:
         raise ConfigError(f"{path}: its name '{cfg.name}' is the built-in profile's, whose folders (work/{cfg.name}, "
                           f"results/{cfg.name}, paper_figures/{cfg.name}) it would overwrite with results of other "
                           "settings; give it a name of its own (`name:` in the file, or rename the file)")
+    if Path(name_or_path).suffix in (".yaml", ".yml"):  # given as a file: commands name the file
+        _GIVEN[cfg.name] = str(name_or_path)
+    else:
+        _GIVEN.pop(cfg.name, None)
     return cfg
 
 

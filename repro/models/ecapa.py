@@ -292,4 +292,6 @@ def load_ecapa_state(source: str, revision: str | None = None) -> dict[str, Tens
         from huggingface_hub import hf_hub_download
 
         path = Path(hf_hub_download(repo_id=source, filename=CHECKPOINT_NAME, revision=revision))
-    return torch.load(path, map_location="cpu", weights_only=True)
+    from repro.weights import load_weights
+
+    return load_weights(path, "point the registry entry's `source:` at a checkpoint of weights")

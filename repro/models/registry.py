@@ -24,6 +24,8 @@ from repro.errors import ReproError
 from repro.models.upstream import ModelUnavailableError, Upstream
 from repro.util.atomic import atomic_directory
 from repro.util.locks import output_lock
+from repro.remedy import command
+from repro.weights import FOLDER_DIGESTS, IMPORT_RECORD, check_folder, check_imported, record_folder
 
 REGISTRY_FILE = Path(__file__).with_name("registry.yaml")
 FAMILIES = ("speech_ssl", "speaker_ssl", "speaker_sup")
@@ -162,15 +164,23 @@ def load_upstream(name: str, models_dir: str | os.PathLike, ecapa_layers: tuple[
         from repro.models.hf_ssl import load_hf_ssl
 
         _require_pin(spec)
-        return load_hf_ssl(spec.source, spec.revision, spec.options.get("normalize_waveform"), attention)
+        before = _hf_weight_files(spec)  # an imported model: its digests recorded on first use, checked later
+        for path in before:
+            check_imported(path, folder / IMPORT_RECORD, "or point the registry entry's `source:` elsewhere")
+        model = load_hf_ssl(spec.source, spec.revision, spec.options.get("normalize_waveform"), attention)
+        for path in sorted(set(_hf_weight_files(spec)) - set(before)):  # just downloaded
+            check_imported(path, folder / IMPORT_RECORD, "or point the registry entry's `source:` elsewhere")
+        return model
     if spec.loader == "hf_random":
         from repro.models.hf_ssl import load_hf_ssl, save_random_hf_ssl
 
-        with _made_once(folder, "config.json") as missing:
+        with _made_once(folder, FOLDER_DIGESTS) as missing:
             if missing:
                 with atomic_directory(folder, replace=True) as tmp:
                     save_random_hf_ssl(tmp, spec.source, int(spec.options.get("seed", 0)),
                                        **spec.options.get("config", {}))
+                    record_folder(tmp)
+        _check_generated(folder, spec.name)
         return load_hf_ssl(str(folder), None, spec.options.get("normalize_waveform"), attention)
     if spec.loader in ("speechbrain_ecapa", "ecapa_random"):
         from repro.models import ecapa
@@ -178,13 +188,18 @@ def load_upstream(name: str, models_dir: str | os.PathLike, ecapa_layers: tuple[
         source = spec.source
         if spec.loader == "ecapa_random":
             source = str(folder)
-            with _made_once(folder, ecapa.CHECKPOINT_NAME) as missing:
+            with _made_once(folder, FOLDER_DIGESTS) as missing:
                 if missing:
                     torch.manual_seed(int(spec.options.get("seed", 0)))
                     with atomic_directory(folder, replace=True) as tmp:
                         ecapa.save_ecapa_checkpoint(tmp, ecapa.speechbrain_ecapa(spec.options.get("arch", {})))
+                        record_folder(tmp)
+            _check_generated(folder, spec.name)
         else:
             _require_pin(spec)
+            local = Path(source) / ecapa.CHECKPOINT_NAME
+            if local.is_file():  # an imported checkpoint: its digest recorded on first use, checked later
+                check_imported(local, folder / IMPORT_RECORD, "or point the registry entry's `source:` at another file")
         model = ecapa.speechbrain_ecapa(spec.options.get("arch", {}))
         model.load_state_dict(ecapa.load_ecapa_state(source, spec.revision), strict=True)
         return ecapa.wrap_speechbrain_ecapa(model, spec.options.get("frontend", "speechbrain"),
@@ -210,6 +225,25 @@ def load_upstream(name: str, models_dir: str | os.PathLike, ecapa_layers: tuple[
     if spec.loader == "python":
         return _load_python(spec.source)
     raise AssertionError(spec.loader)
+
+
+def _hf_weight_files(spec: ModelSpec) -> list[Path]:
+    """The weight files of a transformers model on this machine: those of a local folder, or the hub
+    cache's copies at the pinned revision (none before its first download; nothing is downloaded)."""
+    if Path(spec.source).is_dir():
+        return sorted(p for p in Path(spec.source).iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
+    from huggingface_hub import try_to_load_from_cache
+
+    found = [try_to_load_from_cache(spec.source, name, revision=spec.revision)
+             for name in ("model.safetensors", "pytorch_model.bin")]
+    return [Path(p) for p in found if isinstance(p, str)]
+
+
+def _check_generated(folder: Path, name: str) -> None:
+    """WeightsError naming the first file of a generated model whose sha256 differs from the one recorded
+    when it was made (`digests.json`), with the command that makes it again."""
+    profile = folder.parent.parent.name  # <work>/<profile>/models/<name>
+    check_folder(folder, f"delete {folder}, then {command('extract', profile, '-m', name)} makes it again")
 
 
 def weights_fingerprint(model: Upstream) -> str:

@@ -14,7 +14,8 @@ import os
 from pathlib import Path
 
 from repro.models.upstream import ModelUnavailableError, Upstream
-from repro.util.hashing import sha256_file
+from repro.remedy import command
+from repro.weights import check_digest
 
 
 def _published(models_dir: str | os.PathLike, name: str, recipe: str) -> tuple[Path, dict, Path]:
@@ -29,9 +30,9 @@ def _published(models_dir: str | os.PathLike, name: str, recipe: str) -> tuple[P
             f"(or `repro run --profile {profile} --stage train`)")
     info = json.loads(info_path.read_text())
     weights = folder / info["weights_file"]
-    if not weights.is_file() or sha256_file(weights) != info["weights_sha256"]:
-        raise ModelUnavailableError(f"{weights}: missing or damaged (digest differs from {info_path}); retrain with "
-                                    f"`repro train --recipe {info['recipe']} --force`")
+    profile = Path(models_dir).parent.name
+    check_digest(weights, info["weights_sha256"], info_path,  # once per process
+                 f"train it again: {command('train', profile, '--recipe', info['recipe'], '--force')} makes it")
     return folder, info, weights
 
 

@@ -33,7 +33,7 @@ from repro.errors import ReproError
 from repro.models.dino_head import DinoHead
 from repro.models.wespeaker_ecapa import WespeakerEcapa, WespeakerEcapaArch
 from repro.util.atomic import atomic_path, atomic_write_json
-from repro.util.hashing import sha256_file
+from repro.weights import IMPORT_RECORD, check_digest, check_imported, digest, load_weights
 
 CHECKPOINT_NAME = "avg_model.pt"
 HEAD_PREFIX = "projection_head."
@@ -64,13 +64,16 @@ def fetch_checkpoint(source: str, folder: str | os.PathLike, sha256: str | None 
         found = sorted(path.rglob(CHECKPOINT_NAME))
         if not found:
             raise CheckpointError(f"{path}: no {CHECKPOINT_NAME} in this folder")
+        check_imported(found[0], folder / IMPORT_RECORD, "or point the registry entry's `source:` at another file")
         return found[0]
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found; give a file, a folder, a .zip or a URL")
-    if sha256 and sha256_file(path) != sha256:
-        raise CheckpointError(f"{path}: sha256 {sha256_file(path)} does not match the registry's {sha256}")
+    if sha256 and digest(path) != sha256:
+        raise CheckpointError(f"{path}: sha256 {digest(path)} does not match the registry's {sha256}")
     if is_archive(path):
         return _from_archive(path, folder)
+    if not sha256:  # a pinned digest was just checked; otherwise the one recorded on first import
+        check_imported(path, folder / IMPORT_RECORD, "or point the registry entry's `source:` at another file")
     return path
 
 
@@ -100,14 +103,14 @@ def _download(url: str, folder: Path, sha256: str | None) -> Path:
                 raise CheckpointError(
                     f"{url}: download failed ({err}); download it yourself and set the registry entry's "
                     "`source:` to the file") from err
-    digest = sha256_file(target)
-    if expected and digest != expected:
+    digest_ = digest(target)
+    if expected and digest_ != expected:
         target.unlink()
         raise CheckpointError(
-            f"{url}: the download's sha256 {digest} does not match the expected {expected} "
+            f"{url}: the download's sha256 {digest_} does not match the expected {expected} "
             f"(from the registry or {record}); the file was removed, retry or check the source")
     if not expected:
-        atomic_write_json(record, {"url": url, "sha256": digest, "note": "recorded on first download"})
+        atomic_write_json(record, {"url": url, "sha256": digest_, "note": "recorded on first download"})
     return target
 
 
@@ -115,8 +118,11 @@ def _from_archive(archive: Path, folder: Path) -> Path:
     out = folder / CHECKPOINT_NAME
     cfg_out = folder / "config.yaml"
     stamp = folder / "extracted_from.json"
-    digest = sha256_file(archive)
-    if out.is_file() and stamp.is_file() and json.loads(stamp.read_text()).get("sha256") == digest:
+    archive_sha = digest(archive)
+    made = json.loads(stamp.read_text()) if out.is_file() and stamp.is_file() else {}
+    if made.get("sha256") == archive_sha and made.get("extracted_sha256"):
+        check_digest(out, made["extracted_sha256"], stamp, f"delete it: the next run extracts it again from {archive}",
+                     "when it was extracted")
         return out
     with zipfile.ZipFile(archive) as zf:
         names = [n for n in zf.namelist() if Path(n).name == CHECKPOINT_NAME]
@@ -128,17 +134,14 @@ def _from_archive(archive: Path, folder: Path) -> Path:
         if cfgs:
             with atomic_path(cfg_out) as tmp:
                 tmp.write_bytes(zf.read(sorted(cfgs)[0]))
-    atomic_write_json(stamp, {"archive": str(archive), "sha256": digest})
+    atomic_write_json(stamp, {"archive": str(archive), "sha256": archive_sha, "extracted_sha256": digest(out)})
     return out
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     """The model state dict in a wespeaker checkpoint file, prefixes resolved (see module docstring)."""
     path = Path(path)
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises many types for damaged files
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({err})") from err
+    data = load_weights(path, "point the registry entry's `source:` at a checkpoint of weights")
     if isinstance(data, dict) and isinstance(data.get("model"), dict):
         data = data["model"]
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):

@@ -30,11 +30,13 @@ from repro.probing.sources import StoreFrames, StorePooled, UpstreamFrames, chec
 from repro.probing.tasks import Task, make_task
 from repro.probing.trainer import Probe, ProbeModel, Split, evaluate, score_trials, train_group
 from repro.provenance import Stamp, asv_idt_key, is_complete, probe_key
+from repro.remedy import command
 from repro.runtime import DistEnv, barrier, resolve_device, writer_lock
 from repro.util.locks import output_lock
 from repro.tasks import idt_store_kind, task_input, task_spec
 from repro.util.atomic import atomic_write_json, check_writable
 from repro.util.hashing import sha256_file
+from repro.weights import remove_checkpoint
 from repro.workspace import Workspace
 
 RESULT_VERSION = 2
@@ -200,7 +202,9 @@ def _train_fold(inputs: ProbeInputs, splits: dict[str, list[Utterance]], lrs: li
         tag = lr_tag(lr) + (f"-fold{fold}" if fold is not None else "")
         probes.append(Probe(lr, ProbeModel(featurizer, head),
                             inputs.ws.probe_checkpoint_dir(inputs.model, inputs.task_name) / f"{tag}.pt",
-                            Stamp(inputs.stamp(lr).settings, {**inputs.content, "fold": fold}).key))
+                            Stamp(inputs.stamp(lr).settings, {**inputs.content, "fold": fold}).key,
+                            fix="delete it (the probe then trains from its start), or train again with "
+                                + command("probe", inputs.ws, "-m", inputs.model, "-t", inputs.task_name, "--force")))
     outs = train_group(task, probes, train, dev, inputs.budget, seed, inputs.device, progress, on_eval, env)
     for p, out in zip(probes, outs):
         p.model.load_state_dict(out["best_state"])
@@ -269,7 +273,7 @@ def _run_probes(ws: Workspace, model: str, task: str, lrs: list[float], progress
         if force and (env is None or env.is_main):
             for lr in group:
                 for ckpt in ws.probe_checkpoint_dir(model, task).glob(f"{lr_tag(lr)}*.pt"):
-                    ckpt.unlink()
+                    remove_checkpoint(ckpt)
         barrier(env)
         started = time.perf_counter()
         runs: dict[float, list[dict]] = {lr: [] for lr in group}

@@ -46,8 +46,8 @@ from repro.micro_batches import OrderedRunningStats, all_reduce_gradients, rank_
 from repro.probing.sources import micro_batch
 from repro.probing.tasks import Task
 from repro.runtime import all_reduce_sum, broadcast_tensors_from_rank_zero
-from repro.util.atomic import atomic_path
 from repro.util.progress import progress_bar
+from repro.weights import load_checkpoint, save_checkpoint
 
 
 class ProbeModel(nn.Module):
@@ -129,6 +129,7 @@ class Probe:
     state: dict = field(default_factory=dict)
     optimizer: torch.optim.Optimizer | None = None
     params: list = field(default_factory=list)
+    fix: str = "delete it and train the probe again"  # what to do about a damaged or refused checkpoint
 
 
 def _new_state() -> dict[str, Any]:
@@ -164,7 +165,7 @@ def train_group(
         p.optimizer = opt_cls(p.params, lr=p.lr)
         p.state = _new_state()
         if p.checkpoint.is_file():
-            saved = torch.load(p.checkpoint, map_location="cpu", weights_only=False)
+            saved = load_checkpoint(p.checkpoint, p.fix)  # weights only, its digest checked
             if saved.get("run_key") == p.run_key:
                 p.model.load_state_dict(saved["model"])
                 p.optimizer.load_state_dict(saved["optimizer"])
@@ -239,9 +240,8 @@ def _record_evaluation(task: Task, p: Probe, metric: float, rank: int) -> None:
         state["best"], state["best_step"] = metric, state["step"]
         state["best_state"] = copy.deepcopy({k: v.cpu() for k, v in p.model.state_dict().items()})
     if rank == 0:
-        with atomic_path(p.checkpoint) as tmp:
-            torch.save({"run_key": p.run_key, "model": p.model.state_dict(), "optimizer": p.optimizer.state_dict(),
-                        "state": state}, tmp)
+        save_checkpoint({"run_key": p.run_key, "model": p.model.state_dict(), "optimizer": p.optimizer.state_dict(),
+                         "state": state}, p.checkpoint)
 
 
 def _broadcast_buffers(probes: Sequence[Probe], env: Any, running: dict) -> None:

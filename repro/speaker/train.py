@@ -29,10 +29,12 @@ from repro.speaker import data as D
 from repro.speaker.augment import Augmenter, NoiseBank, RirBank
 from repro.speaker.evaluate import TrialSet, collapse_report, embed, trial_eer
 from repro.speaker.recipes import BatchMaker, DinoRecipe, Plan, SupervisedRecipe
-from repro.speaker.trainer import LoopSettings, run_loop
+from repro.remedy import command
+from repro.speaker.trainer import CHECKPOINT, LoopSettings, run_loop
 from repro.trainlog import TrainLog, publish_or_fail
 from repro.util.atomic import atomic_write_json, check_writable
 from repro.util.hashing import config_hash, sha256_file
+from repro.weights import remove_checkpoint
 from repro.workspace import Workspace
 
 RECIPES = ("supervised", "dino")
@@ -114,12 +116,13 @@ def train_speaker(ws: Workspace, recipe: str, *, force: bool = False, progress: 
             with writer_lock(env, ws.lock_file(out), f"trained model {out}", ws.profile.distributed.timeout_seconds):
                 if not force and (info := published(ws, recipe)) is not None:  # another run trained it meanwhile
                     return info
-                return _train(ws, recipe, rcfg, env, progress, stop_after_step)
+                return _train(ws, recipe, rcfg, env, progress, stop_after_step, force)
         finally:
             teardown(env)
 
 
-def _train(ws: Workspace, recipe: str, rcfg, env: DistEnv, progress: bool, stop_after_step: int | None) -> dict:
+def _train(ws: Workspace, recipe: str, rcfg, env: DistEnv, progress: bool, stop_after_step: int | None,
+           force: bool = False) -> dict:
     cfg = ws.profile.speaker_training
     started, cpu_started = time.perf_counter(), time.process_time()
     key = training_key(ws, recipe)
@@ -143,8 +146,12 @@ def _train(ws: Workspace, recipe: str, rcfg, env: DistEnv, progress: bool, stop_
     trials = TrialSet.load(ws.corpus_dir, cfg.eval_task, cfg.eval_split) if env.is_main else None
     rdir = run_dir(ws, recipe)
     rdir.mkdir(parents=True, exist_ok=True)
+    if force and env.is_main:  # trained again from scratch: never from a checkpoint
+        remove_checkpoint(rdir / CHECKPOINT)
+    barrier(env)
     settings = LoopSettings(total, spe, cfg.grad_accumulation, cfg.num_workers, cfg.log_every, cfg.checkpoint_every,
-                            cfg.eval_every_epochs, key, progress, stop_after_step)
+                            cfg.eval_every_epochs, key, progress, stop_after_step,
+                            checkpoint_fix=_checkpoint_fix(ws, recipe))
     result = run_loop(r, maker, trials, env, rdir, settings)
     r.finalize()
     info = None
@@ -153,6 +160,12 @@ def _train(ws: Workspace, recipe: str, rcfg, env: DistEnv, progress: bool, stop_
                                   (started, cpu_started))
     barrier(env)
     return info
+
+
+def _checkpoint_fix(ws: Workspace, recipe: str) -> str:
+    """What to do about a resume checkpoint that cannot be used: training stops, never resumes from it."""
+    return f"delete it (the training then starts from scratch), or train again with " \
+           f"{command('train', ws, '--recipe', recipe, '--force')}"
 
 
 def _judge_and_publish(ws, recipe, r, rcfg, trials, env, result, key, utts, speakers, clocks) -> dict:

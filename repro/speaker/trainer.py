@@ -27,8 +27,8 @@ from repro.runtime import DistEnv, all_reduce_sum, barrier, broadcast_tensors_fr
 from repro.speaker.evaluate import TrialSet, trial_eer
 from repro.speaker.recipes import BatchMaker, micro_batch_loader
 from repro.trainlog import TrainLog
-from repro.util.atomic import atomic_path
 from repro.util.progress import progress_bar
+from repro.weights import load_checkpoint, save_checkpoint
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -49,6 +49,7 @@ class LoopSettings:
     config_hash: str
     progress: bool = True
     stop_after_step: int | None = None
+    checkpoint_fix: str = "delete it to train from scratch"  # what to do about a damaged checkpoint
 
 
 @dataclass
@@ -71,7 +72,7 @@ def run_loop(recipe, maker: BatchMaker, trials: TrialSet, env: DistEnv, run_dir:
     optimizer = recipe.make_optimizer(recipe.trainable)
     start, history, eer0 = 0, [], None
     if ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location=env.device, weights_only=True)
+        ckpt = load_checkpoint(ckpt_path, s.checkpoint_fix, env.device)  # weights only, its digest checked
         if ckpt.get("config_hash") == s.config_hash and ckpt["step"] <= s.total_steps:
             recipe.load_state_dict(ckpt["recipe"])
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -158,6 +159,5 @@ def _save(path: Path, recipe, optimizer, step: int, eer0: float, history, config
     if env.is_main:
         state = {"step": step, "recipe": recipe.state_dict(), "optimizer": optimizer.state_dict(),
                  "eer_untrained": eer0, "eer_history": [list(h) for h in history], "config_hash": config_hash}
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
+        save_checkpoint(state, path)
     barrier(env)

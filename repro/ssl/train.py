@@ -38,14 +38,16 @@ import torch
 from repro import recipes
 from repro.errors import ConfigError, ReproError
 from repro.provenance import trained_model_key
+from repro.remedy import command
 from repro.runtime import on_rank_zero, setup, teardown
 from repro.trainlog import TrainLog, publish_or_fail
 from repro.ssl import prepare as P
 from repro.ssl.model import MaskedPredictor, build_backbone, masked_loss, span_mask
 from repro.ssl.targets import FrameGrid, KMeansSettings, Targets, make_targets, targets_key
-from repro.util.atomic import atomic_path, atomic_write_json
+from repro.util.atomic import atomic_write_json
 from repro.util.progress import progress_bar
 from repro.util.hashing import config_hash
+from repro.weights import load_checkpoint, remove_checkpoint, save_checkpoint
 from repro.workspace import Workspace
 
 RECIPES = ("hubert", "wavlm")
@@ -262,7 +264,7 @@ def _train(ws: Workspace, recipe: str, device: torch.device, force: bool, progre
     rdir.mkdir(parents=True, exist_ok=True)
     ckpt_path = rdir / CHECKPOINT
     if force:
-        ckpt_path.unlink(missing_ok=True)
+        remove_checkpoint(ckpt_path)
     train_audio, held_audio = P.AudioBank(data.train), P.AudioBank(data.heldout)
     with _threads(st.threads):
         train_t, held_t = make_targets(train_audio, held_audio, data.grid, data.kmeans,
@@ -276,7 +278,8 @@ def _train(ws: Workspace, recipe: str, device: torch.device, force: bool, progre
                                       weight_decay=cfg.weight_decay)
         start, acc0 = 0, None
         if ckpt_path.is_file():
-            ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+            ckpt = load_checkpoint(ckpt_path, "delete it (the training then starts from scratch), or train again "
+                                   f"with {command('train', ws, '--recipe', recipe, '--force')}", device)
             if ckpt.get("config_hash") != key or int(ckpt["step"]) > cfg.steps:
                 raise CheckpointMismatchError(
                     f"{ckpt_path}: checkpoint of another configuration (settings or data changed since it was "
@@ -323,8 +326,7 @@ def _train(ws: Workspace, recipe: str, device: torch.device, force: bool, progre
 def _save(path: Path, model, optimizer, step: int, acc0: dict, key: str) -> None:
     state = {"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "heldout_untrained": acc0, "config_hash": key}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    save_checkpoint(state, path)
 
 
 def _judge_and_publish(ws, recipe, model, data: Corpus, key, acc0, acc, clocks, resumed_from) -> dict:
