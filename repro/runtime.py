@@ -215,10 +215,12 @@ def apply_cpu_numerics(profile) -> dict:
         lacking = cpu_numerics.missing()
         if lacking and not _WARNED:
             _WARNED = True
+            import os
             import sys
 
-            print(f"note: runtime.pinned_cpu_numerics is on, but this process started without "
-                  f"{' '.join(f'{k}={v}' for k, v in lacking.items())}: its outputs follow this CPU "
+            why = (f"{cpu_numerics.SWITCH}=0 turns them off" if os.environ.get(cpu_numerics.SWITCH) == "0" else
+                   f"this process started without {' '.join(f'{k}={v}' for k, v in lacking.items())}")
+            print(f"note: runtime.pinned_cpu_numerics is on, but {why}: its outputs follow this CPU "
                   f"({cpu_numerics.cpu_model()}); run it as `python -m repro ...` (or set them before "
                   "Python starts) for the bytes of any x86-64 CPU", file=sys.stderr)
     state = cpu_numerics.state()
