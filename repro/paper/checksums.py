@@ -13,6 +13,13 @@ The record of a profile is committed in `artifacts/checksums/`:
     <profile>.values.jsonl  one JSON object per numeric output (`VALUE_RULES`): its values,
                             floats written exactly (shortest round-trip form), non-finite
                             floats as "nan", "inf", "-inf"
+    <profile>.numerics.json the CPU and CPU settings (`repro.cpu_numerics.state`) of the runs
+                            that computed the outputs, as they noted them in the work folder
+
+With pinned CPU numerics (`runtime.pinned_cpu_numerics`, the smoke profile) every output but the
+CKA sums is the same bytes on any x86-64 CPU. A record made with pinned numerics and outputs made
+without (or the other way round) cannot be compared by bytes: `numerics_mismatch` says so in one
+line instead of listing every trained output as changed.
 
 `verify` accepts an output whose sha256 matches (exact), or, for a numeric output
 whose bytes differ, one whose values all lie within the rule's absolute tolerance
