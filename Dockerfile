@@ -79,7 +79,8 @@ RUN .venv/bin/python -m pip install --no-deps --no-build-isolation . \
 # REPRO_WORK, REPRO_RESULTS and REPRO_FIGURES (repro/workspace.py) and REPRO_DATA for corpora;
 # the libraries read HF_HOME, TORCH_HOME and the XDG cache. Writable by any user, so that an
 # unmounted run as an arbitrary UID works too. NVIDIA_DRIVER_CAPABILITIES tells the NVIDIA
-# Container Toolkit to map CUDA (compute) and nvidia-smi (utility) in at `--gpus all`.
+# Container Toolkit to map CUDA (compute) and nvidia-smi (utility) in at `--gpus all`. Pinned CPU
+# numerics (runtime.pinned_cpu_numerics) are set by `repro` / `python -m repro` itself, per profile.
 ENV REPRO_DATA=/data \
     REPRO_WORK=/work \
     REPRO_RESULTS=/results \

@@ -8,6 +8,8 @@ PYTHON_BIN ?=
 GET_PYTHON := on Debian 12 or Ubuntu: sudo apt-get install python3.11 python3.11-venv; otherwise use the Docker image (make docker-build)
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# `python -m repro` sets the variables of pinned CPU numerics itself (re-executing once, before torch
+# initialises) for a profile that asks for them (runtime.pinned_cpu_numerics; repro/cpu_numerics.py).
 REPRO := $(PY) -m repro
 
 .DEFAULT_GOAL := help

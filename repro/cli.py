@@ -289,20 +289,32 @@ def paper_verify(profile: str, record: bool, portable: bool) -> None:
     ws = Workspace.for_profile(profile)
     if record:
         path = checksums.record(ws)
-        click.echo(f"recorded {len(checksums.compute(ws))} checksums in {path} and the values of "
-                   f"{len(checksums.compute_values(ws))} numeric outputs in {checksums.values_path(ws)}")
+        click.echo(f"recorded {len(checksums.compute(ws))} checksums in {path}, the values of "
+                   f"{len(checksums.compute_values(ws))} numeric outputs in {checksums.values_path(ws)} and the CPU "
+                   f"settings that computed them in {checksums.numerics_path(ws)}")
         return
+    if not portable and (mismatch := checksums.numerics_mismatch(ws)):
+        click.echo(f"error: {mismatch}", err=True)
+        sys.exit(1)
     outcomes = checksums.check(ws, portable=portable)
     for o in outcomes:
         if o.status != "exact":
             click.echo(f"{o.status:8s} {o.name}" + (f": {o.detail}" if o.detail else ""))
     bad = [o for o in outcomes if o.status in ("changed", "missing", "extra")]
     if bad:
-        click.echo(f"{len(bad)} difference(s) from {checksums.record_path(ws)}")
+        click.echo(f"{len(bad)} difference(s) from {checksums.record_path(ws)}" + _numerics(ws))
         sys.exit(1)
     within = sum(o.status == "within" for o in outcomes)
     click.echo(f"all {len(outcomes)} outputs match {checksums.record_path(ws)}: {len(outcomes) - within} exactly"
-               + (f", {within} within tolerance" if within else ""))
+               + (f", {within} within tolerance" if within else "") + _numerics(ws))
+
+
+def _numerics(ws) -> str:
+    """' (record: <CPU, settings>; this run: <CPU, settings>)', or nothing when neither is known."""
+    from repro.paper import checksums
+
+    summary = checksums.numerics_summary(ws)
+    return f" ({summary})" if summary else ""
 
 
 @main.command("train")

@@ -12,6 +12,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TEST_REGISTRY = os.path.join(os.path.dirname(__file__), "test_models.yaml")
 os.environ["REPRO_MODEL_REGISTRY"] = TEST_REGISTRY
 
+# Tests compute as `python -m repro` does for the smoke profile: with pinned CPU numerics, whose variables
+# act only when set before torch initialises (repro/cpu_numerics.py). A machine's own settings are kept.
+from repro.cpu_numerics import PINNED_ENV  # noqa: E402
+
+for _name, _value in PINNED_ENV.items():
+    os.environ.setdefault(_name, _value)
+
 from repro.config.schema import SynthConfig  # noqa: E402
 
 TINY_SYNTH = SynthConfig(

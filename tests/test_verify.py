@@ -199,8 +199,9 @@ def test_record_through_the_cli_writes_both_files(env):
     _rewrite_npz(env, lambda a: a["cka"].__setitem__((0, 0), 0.5))
     res = _verify_cli("--record")
     assert res.exit_code == 0
-    assert res.output == (f"recorded 5 checksums in {checksums.record_path(env)} and the values of 2 numeric outputs "
-                          f"in {checksums.values_path(env)}\n")
+    assert res.output == (f"recorded 5 checksums in {checksums.record_path(env)}, the values of 2 numeric outputs "
+                          f"in {checksums.values_path(env)} and the CPU settings that computed them in "
+                          f"{checksums.numerics_path(env)}\n")
     assert {o.status for o in checksums.check(env)} == {"exact"}
     assert checksums.parse_values(checksums.values_path(env).read_text())[f"{CKA}.npz"]["cka"]["values"][0] == 0.5
 
@@ -212,3 +213,77 @@ def test_committed_smoke_record_has_values_for_every_numeric_output():
     assert any(n.endswith(".npz") for n in numeric)
     values = checksums.parse_values(checksums.values_path(ws).read_text())
     assert set(values) == numeric
+
+
+# --- the CPU settings of the record and of the run -----------------------------------------------------------
+
+def _state(cpu: str, pinned: bool) -> dict:
+    return {"cpu": cpu, "machine": "x86_64", "pinned": pinned, "aten_capability": "AVX2" if pinned else "AVX512",
+            "env": {}, "torch": "2.9.1"}
+
+
+def _record_made_by(ws, *states) -> None:
+    from repro.runtime import NUMERICS_NOTE, note_cpu_numerics
+
+    (ws.work / NUMERICS_NOTE).unlink(missing_ok=True)
+    for st in states:
+        note_cpu_numerics(ws.work, st)
+    checksums.record(ws)
+
+
+def test_the_record_keeps_the_cpu_settings_the_run_noted(env):
+    from repro.runtime import note_cpu_numerics
+
+    xeon = _state("Intel(R) Xeon(R) Platinum 8488C", True)
+    _record_made_by(env, xeon)
+    assert checksums.recorded_numerics(env) == [xeon]
+    note_cpu_numerics(env.work, xeon)  # the same settings again: noted once
+    assert checksums.run_numerics(env) == [xeon]
+
+
+def test_pinned_record_and_pinned_run_on_another_cpu_verify_with_both_cpus_named(env):
+    from repro.runtime import NUMERICS_NOTE, note_cpu_numerics
+
+    _record_made_by(env, _state("Intel Xeon", True))
+    (env.work / NUMERICS_NOTE).unlink()
+    note_cpu_numerics(env.work, _state("AMD EPYC", True))
+    res = _verify_cli()
+    assert res.exit_code == 0, res.output
+    assert res.output == (f"all 5 outputs match {checksums.record_path(env)}: 5 exactly (record: Intel Xeon, pinned "
+                          "numerics (ATen AVX2); this run: AMD EPYC, pinned numerics (ATen AVX2))\n")
+
+
+@pytest.mark.parametrize("recorded, ran, words", [
+    (True, [False], "was made with pinned CPU numerics and these outputs without pinned CPU numerics"),
+    (False, [True], "was made without pinned CPU numerics and these outputs with pinned CPU numerics"),
+    (True, [True, False], "was made with pinned CPU numerics and these outputs with and without them"),
+])
+def test_pinned_numerics_on_one_side_only_is_one_line_saying_how_to_rerun(env, recorded, ran, words):
+    from repro.runtime import NUMERICS_NOTE, note_cpu_numerics
+
+    _record_made_by(env, _state("Intel Xeon", recorded))
+    (env.work / NUMERICS_NOTE).unlink()
+    for i, pinned in enumerate(ran):
+        note_cpu_numerics(env.work, _state(f"AMD EPYC {i}", pinned))
+    atomic_write_text(env.figures / "table-1.csv", "model,PR\ntiny-hubert,0.13\n")  # a change it must not list
+    res = _verify_cli()
+    assert res.exit_code == 1
+    assert len(res.output.splitlines()) == 1 and words in res.output and "make clean PROFILE=smoke && make demo" \
+        in res.output, res.output
+    assert "changed" not in res.output
+
+
+def test_cka_npz_headers_are_the_same_whatever_the_python_patch_version(tmp_path):
+    """Python 3.11.7 marks a member streamed with force_zip64 "version needed 4.5", 3.11.2 "2.0": the
+    members are written whole, so both write 2.0 (20) in the local and central headers."""
+    import struct
+    import zipfile
+
+    path = tmp_path / "a.npz"
+    atomic_write_npz(path, _cka_arrays())
+    data = path.read_bytes()
+    assert struct.unpack("<H", data[4:6])[0] == 20  # the first local header
+    with zipfile.ZipFile(path) as zf:
+        assert {(i.extract_version, i.create_version, i.create_system) for i in zf.infolist()} == {(20, 20, 3)}
+        assert not any(i.extra for i in zf.infolist())  # no zip64 extra field for small members
+    assert set(np.load(path).files) == set(_cka_arrays())

@@ -598,6 +598,11 @@ class RuntimeConfig:
         "OMP_NUM_THREADS=1) and on any number of cores; 2 is the count the recorded smoke checksums were made with; "
         "0 leaves torch's default (the cores, or OMP_NUM_THREADS), with outputs that then follow the launcher in "
         "their last bits")
+    pinned_cpu_numerics: bool = setting(
+        False, "pin every CPU code path whose choice changes bits to what any x86-64 CPU runs (ATen at AVX2, "
+        "oneDNN at AVX2, MKL's COMPATIBLE branch, a square root outside MKL's vector math; repro.cpu_numerics): "
+        "the same bytes on any x86-64 CPU at the same runtime.threads; `python -m repro` re-executes itself "
+        "with the variables (REPRO_PINNED_CPU_NUMERICS=0 turns that off). GPU kernels are not affected")
     RANGES = {"threads": Range(0)}
 
 

@@ -13,6 +13,13 @@ The record of a profile is committed in `artifacts/checksums/`:
     <profile>.values.jsonl  one JSON object per numeric output (`VALUE_RULES`): its values,
                             floats written exactly (shortest round-trip form), non-finite
                             floats as "nan", "inf", "-inf"
+    <profile>.numerics.json the CPU and CPU settings (`repro.cpu_numerics.state`) of the runs
+                            that computed the outputs, as they noted them in the work folder
+
+With pinned CPU numerics (`runtime.pinned_cpu_numerics`, the smoke profile) every output but the
+CKA sums is the same bytes on any x86-64 CPU. A record made with pinned numerics and outputs made
+without (or the other way round) cannot be compared by bytes: `numerics_mismatch` says so in one
+line instead of listing every trained output as changed.
 
 `verify` accepts an output whose sha256 matches (exact), or, for a numeric output
 whose bytes differ, one whose values all lie within the rule's absolute tolerance
@@ -290,12 +297,78 @@ def values_path(ws: Workspace) -> Path:
     return RECORD_DIR / f"{ws.profile.name}.values.jsonl"
 
 
+def numerics_path(ws: Workspace) -> Path:
+    """`<profile>.numerics.json`: the CPU and CPU settings (`repro.cpu_numerics.state`) the recorded
+    outputs were computed with."""
+    return RECORD_DIR / f"{ws.profile.name}.numerics.json"
+
+
+def run_numerics(ws: Workspace) -> list[dict]:
+    """The CPU settings that computed the outputs of `ws` (the work folder's note, written by every
+    run's `repro.runtime.session`); empty when there is none."""
+    from repro.runtime import NUMERICS_NOTE
+
+    try:
+        return list(json.loads((ws.work / NUMERICS_NOTE).read_text())["states"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def recorded_numerics(ws: Workspace) -> list[dict]:
+    try:
+        return list(json.loads(numerics_path(ws).read_text())["states"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
 def record(ws: Workspace) -> Path:
-    """Store the current checksums, and the values of the numeric outputs, as the profile's record."""
+    """Store the current checksums, the values of the numeric outputs and the CPU settings that computed
+    them (`numerics_path`) as the profile's record."""
     atomic_write_text(values_path(ws), format_values(compute_values(ws)))
+    atomic_write_text(numerics_path(ws), json.dumps({"states": run_numerics(ws)}, indent=1, sort_keys=True) + "\n")
     path = record_path(ws)
     atomic_write_text(path, format_record(compute(ws)))
     return path
+
+
+def _pinned(states: list[dict]) -> bool | None:
+    """True / False when every state agrees on pinned numerics, None when unknown or mixed."""
+    kinds = {bool(s.get("pinned")) for s in states}
+    return kinds.pop() if len(kinds) == 1 else None
+
+
+def numerics_mismatch(ws: Workspace) -> str | None:
+    """One line when the record was computed with pinned CPU numerics and these outputs without (or the
+    other way round, or with both), so that their bytes cannot be compared; None otherwise."""
+    want, have = recorded_numerics(ws), run_numerics(ws)
+    if not want or not have:
+        return None
+    w, h = _pinned(want), _pinned(have)
+    if w is not None and w == h:
+        return None
+    how = {True: "with pinned CPU numerics", False: "without pinned CPU numerics", None: "with and without them"}
+    rerun = (f"make clean PROFILE={ws.profile.name} && make demo" if ws.profile.name == "smoke"
+             else f"make clean PROFILE={ws.profile.name} && make reproduce PROFILE={ws.profile.name}")
+    fix = ("with runtime.pinned_cpu_numerics: true and without REPRO_PINNED_CPU_NUMERICS=0" if w
+           else "with runtime.pinned_cpu_numerics: false")
+    return (f"the record {record_path(ws)} was made {how[w]} and these outputs {how[h]} "
+            f"({', '.join(s.get('cpu', '?') for s in have)}): their bytes cannot be compared; rerun "
+            f"`{fix}`: {rerun}, then verify again")
+
+
+def numerics_summary(ws: Workspace) -> str:
+    """'record: <cpu, settings>; this run: <cpu, settings>' (`repro.cpu_numerics.describe`); empty when
+    neither the record nor the work folder says."""
+    from repro.cpu_numerics import describe
+
+    want, have = recorded_numerics(ws), run_numerics(ws)
+    if not want and not have:
+        return ""
+
+    def many(states: list[dict]) -> str:
+        return " + ".join(describe(s) for s in states) if states else describe(None)
+
+    return f"record: {many(want)}; this run: {many(have)}"
 
 
 def check(ws: Workspace, portable: bool = False) -> list[Outcome]:
