@@ -69,16 +69,18 @@ class _Functions(TorchFunctionMode):
         kwargs = kwargs or {}
         owner = self.owner
         name = _EXPLICIT.get(func)
-        if name is not None and args and owner.is_marked(args[0]):
+        if name is not None and args and owner.is_marked(args[0]) and not owner._inside:
             owner.syncs[name] += 1
             owner._inside += 1
             try:
                 return func(*args, **kwargs)
             finally:
                 owner._inside -= 1
-        if func in (torch.ctc_loss, torch.nn.functional.ctc_loss):
+        if func in (torch.ctc_loss, torch.nn.functional.ctc_loss) and not owner._inside:
             lengths = list(args[2:4]) + [kwargs.get(k) for k in ("input_lengths", "target_lengths")]
-            owner.syncs["ctc_loss lengths"] += sum(owner.is_marked(x) for x in lengths)
+            marked_lengths = sum(owner.is_marked(x) for x in lengths)
+            if marked_lengths:
+                owner.syncs["ctc_loss lengths"] += marked_lengths
         out = func(*args, **kwargs)
         if func in _UPLOAD and args and isinstance(args[0], torch.Tensor) and not owner.is_marked(args[0]) \
                 and _names_device(args[1:], kwargs) and isinstance(out, torch.Tensor):
@@ -145,6 +147,7 @@ class DeviceSyncs:
         self.h2d_bytes = 0
         self.uploads = 0
         self._inside = 0
+        self._hooks: list[Any] = []
         self._modes: list[Any] = []
 
     @property
@@ -171,6 +174,18 @@ class DeviceSyncs:
             self.mark(p, p.grad)
         self.mark(*module.buffers())
 
+    def exclude(self, module: torch.nn.Module) -> None:
+        """Count nothing inside `module`'s forward and mark its outputs: counting starts at its output
+        (an upstream whose own forward is measured elsewhere). Until the context is left."""
+        def enter(*_):
+            self._inside += 1
+
+        def leave(_module, _args, output):
+            self._inside -= 1
+            self.mark(output.__dict__ if hasattr(output, "__dataclass_fields__") else output)
+
+        self._hooks += [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
+
     def mark_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """Mark an optimiser's state; its `step` only when the optimiser keeps it on the device
         (capturable or fused: torch keeps it on the host otherwise)."""
@@ -191,3 +206,6 @@ class DeviceSyncs:
         for mode in reversed(self._modes):
             mode.__exit__(*exc)
         self._modes = []
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
