@@ -73,9 +73,13 @@ class _Functions(TorchFunctionMode):
             owner.syncs[name] += 1
             owner._inside += 1
             try:
-                return func(*args, **kwargs)
+                out = func(*args, **kwargs)
             finally:
                 owner._inside -= 1
+            if out is args[0]:  # `cpu()` on a CPU: the host copy is another tensor, not a device one
+                with torch._C.DisableTorchFunction():
+                    out = out.view(out.shape)
+            return out
         if func in (torch.ctc_loss, torch.nn.functional.ctc_loss) and not owner._inside:
             lengths = list(args[2:4]) + [kwargs.get(k) for k in ("input_lengths", "target_lengths")]
             marked_lengths = sum(owner.is_marked(x) for x in lengths)
