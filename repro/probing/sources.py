@@ -1,13 +1,15 @@
 """Where a probe's layer features come from: the feature store, or the upstream on the fly.
 
 A source turns a list of utterance positions into `(layers, lengths)`: L tensors
-`[B, T, D_l]` and `[B]` valid frames. Three kinds:
+`[B, T, D_l]` and `[B]` valid frames (on the host: the host knows every size without asking the
+device). Three kinds:
 - `StoreFrames`: frames read from a feature store (memory-mapped), optionally cropped;
 - `StorePooled`: per-layer means over each utterance's frames, computed once from the
   store and kept in memory; batches are `[B, 1, D_l]`. For mean-pooled heads
   without layer norm this is the same computation (the weighted sum, the
   projection and the head's first linear map all commute with the mean);
-- `UpstreamFrames`: audio read and run through the frozen upstream for every batch
+- `UpstreamFrames`: audio read and run through the frozen upstream for every batch (its layers
+  stay on the upstream's device; the lengths are computed on the host from the audio's)
   (optionally mean-pooled the same way; training crops are cut from the audio, as
   s3prl does, with the same seeded start per (utterance, step)).
 """

@@ -25,6 +25,14 @@ statistics of BatchNorm layers (the ASV x-vector head's) are updated after each 
 micro-batch's batch statistics, gathered over the ranks and applied in micro-batch order
 (`repro.micro_batches`), with the same arithmetic at any number of ranks: the same bytes
 as one process.
+
+A step is a device program: the layers stay where the upstream computed them (or are copied
+there once from the store, through pinned memory, the next micro-batch's copies issued before
+this one's work: `load_batch`); the losses, the window's loss and gradient-norm sums (float64),
+clipping, the optimiser (fused on a GPU: `make_optimizer`) and the BatchNorm statistics stay on
+the device, and the host reads them only at an evaluation (one read per group) or a checkpoint.
+Sizes a kernel needs on the host (CTC's lengths) come from the host's own copy of the batch.
+`repro.util.device_syncs` counts what a step reads back and copies (`repro bench probe-syncs`).
 """
 
 from __future__ import annotations
