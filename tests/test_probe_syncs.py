@@ -160,3 +160,24 @@ def test_groups_are_cut_to_the_probes_that_fit(tiny_corpus, tmp_path):
         assert timing["group"] == [lr]  # one probe a group
     with pytest.raises(ConfigError, match="probing.tasks.KS.batch_size"):
         run_probes(ws, "tiny-wavlm", "KS", lrs, progress=False, inputs=inputs, device_memory=one - 1, force=True)
+
+
+def test_a_diverging_learning_rate_stops_alone_and_is_named(tiny_corpus, tmp_path):
+    from repro.config import load_profile
+    from repro.probing.runner import lr_tag, run_probes
+    from repro.probing.trainer import NonFiniteLoss
+    from repro.workspace import Workspace
+
+    base = load_profile("smoke")
+    lrs = [0.01, 1e30]  # Adam moves every weight by about lr: the logits overflow after one step
+    tasks = {"KS": dataclasses.replace(base.probing.tasks["KS"], steps=4, eval_every=2, lr_grid=lrs, input="upstream")}
+    profile = dataclasses.replace(base, name="nan", tasks=["KS"], models=dataclasses.replace(
+        base.models, speech_ssl=["tiny-wavlm"], speaker_ssl=[], speaker_sup=[]),
+        probing=dataclasses.replace(base.probing, tasks=tasks))
+    ws = Workspace(profile, tmp_path / "work", tmp_path / "results", tmp_path / "figures")
+    ws.work.mkdir(parents=True)
+    ws.corpus_dir.symlink_to(tiny_corpus)
+    with pytest.raises(NonFiniteLoss, match=r"^model tiny-wavlm: probe KS lr=1e\+30: non-finite .* in steps \d\.\.\d"):
+        run_probes(ws, "tiny-wavlm", "KS", lrs, progress=False)
+    folder = ws.probe_dir("tiny-wavlm", "KS")
+    assert (folder / f"{lr_tag(0.01)}.json").is_file() and not (folder / f"{lr_tag(1e30)}.json").exists()

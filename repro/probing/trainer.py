@@ -254,7 +254,8 @@ def train_group(
                 p.model.train()
                 p.optimizer.zero_grad(set_to_none=True)
             totals = torch.zeros(len(active), dtype=torch.float64, device=device)
-            for later in range(step, min(step + 2, budget.steps)):  # decode this and the next step's audio
+            for later in range(step, min(step + 3, budget.steps)):  # decode the audio of this and two steps on
+                # (the next step's micro-batch is read during this step: its audio was decoded during the last one)
                 for a in mine:
                     if (later, a) in ahead:  # read already
                         continue
