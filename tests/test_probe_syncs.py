@@ -33,17 +33,14 @@ def _train_utts(corpus, task):
 
 
 def _expected_bytes(corpus, name: str, dims: list[int], store_frames=None) -> dict[int, int]:
-    """Bytes each counted step must copy: the micro-batch it reads ahead (step n reads the batch of
-    step n + 1; the last step reads none), computed here from the corpus."""
+    """Bytes each counted step must copy: its micro-batch (on the CPU a batch is read when used; the
+    step that makes n steps done is step n - 1 of the seeded stream), computed here from the corpus."""
     task_name, input_ = name.split("-")
     utts = _train_utts(corpus, task_name)
     task = make_task(task_name, {"train": utts})
     out = {}
     for n in range(EVERY + 1, 2 * EVERY + 1):
-        if n == STEPS:
-            out[n] = 0
-            continue
-        idx = micro_batch(len(utts), BATCH, 0, n)
+        idx = micro_batch(len(utts), BATCH, 0, n - 1)
         collated = task.collate([task.encode(utts[i]) for i in idx])
         targets = sum(t.numel() * t.element_size() for t in (collated if isinstance(collated, tuple) else (collated,)))
         lengths = 8 * BATCH

@@ -27,8 +27,9 @@ micro-batch's batch statistics, gathered over the ranks and applied in micro-bat
 as one process.
 
 A step is a device program: the layers stay where the upstream computed them (or are copied
-there once from the store, through pinned memory, the next micro-batch's copies issued before
-this one's work: `load_batch`); the losses, the window's loss and gradient-norm sums (float64),
+there once from the store, through pinned memory, on a GPU the next micro-batch's copies
+issued before this one's work: `load_batch`; on the CPU, where nothing runs asynchronously,
+batches are read when used); the losses, the window's loss and gradient-norm sums (float64),
 clipping, the optimiser (fused on a GPU: `make_optimizer`) and the BatchNorm statistics stay on
 the device, and the host reads them only at an evaluation (one read per group) or a checkpoint.
 Sizes a kernel needs on the host (CTC's lengths) come from the host's own copy of the batch.
@@ -124,7 +125,8 @@ def evaluate(task: Task, models: Sequence[ProbeModel], split: Split, batch_size:
         idx = list(range(start, min(start + batch_size, len(split.utts))))
         _prefetch(split.source, range(start + batch_size, min(start + 2 * batch_size, len(split.utts))), None)
         batch = ahead or load_batch(split.source, idx, None, device)
-        if k + 1 < len(starts):  # the next batch's copies go ahead of this batch's work
+        ahead = None
+        if k + 1 < len(starts) and device.type == "cuda":  # the next batch's copies go ahead of this batch's work
             nxt = starts[k + 1]
             _prefetch(split.source, range(nxt + batch_size, min(nxt + 2 * batch_size, len(split.utts))), None)
             ahead = load_batch(split.source, list(range(nxt, min(nxt + batch_size, len(split.utts)))), None, device)
@@ -266,7 +268,7 @@ def train_group(
             for j, key in enumerate(order[:len(computed)]):
                 batch = ahead.pop(key, None) or load(*key)  # one forward (or read) for every probe
                 nxt = order[j + 1] if j + 1 < len(order) else None
-                if nxt is not None and nxt not in ahead:  # the next micro-batch's copies go ahead of this one's work
+                if nxt is not None and nxt not in ahead and device.type == "cuda":  # its copies go ahead of this work
                     ahead = {nxt: load(*nxt)}
                 for i, p in enumerate(active):
                     out = p.model(batch.layers, batch.lengths)
