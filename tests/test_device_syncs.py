@@ -47,6 +47,14 @@ def test_each_read_of_a_device_tensor_is_one_sync(read, name):
     assert dict(c.syncs) == {name: 1}
 
 
+def test_a_copy_to_the_host_is_a_host_tensor_and_going_back_is_an_upload():
+    with DeviceSyncs() as c:
+        t = torch.ones(4).to(DEVICE)
+        back = t.cpu()
+        assert not c.is_marked(back) and c.is_marked(back.to(DEVICE))
+    assert dict(c.syncs) == {"cpu": 1} and c.h2d_bytes == 32 and c.uploads == 2
+
+
 def test_a_host_tensor_in_a_device_operation_is_counted_with_its_bytes():
     with DeviceSyncs() as c:
         t = torch.ones(5).to(DEVICE)

@@ -79,6 +79,7 @@ class _Functions(TorchFunctionMode):
             if out is args[0]:  # `cpu()` on a CPU: the host copy is another tensor, not a device one
                 with torch._C.DisableTorchFunction():
                     out = out.view(out.shape)
+                owner._marked.pop(out, None)
             return out
         if func in (torch.ctc_loss, torch.nn.functional.ctc_loss) and not owner._inside:
             lengths = list(args[2:4]) + [kwargs.get(k) for k in ("input_lengths", "target_lengths")]
