@@ -413,6 +413,17 @@ def bench_probe(steps: int | None, fly_steps: int | None, out: Path) -> None:
     run_benchmarks(["probe"], out, echo=click.echo, options={"probe": {"steps": steps, "fly_steps": fly_steps}})
 
 
+@bench.command("probe-syncs")
+@click.option("--steps", type=int, default=None, help="training steps of each probe group (default 12)")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts/bench"),
+              show_default=True)
+def bench_probe_syncs(steps: int | None, out: Path) -> None:
+    """Host syncs and host-to-device bytes per probe training step, by task (counted, not timed)."""
+    from repro.bench import run_benchmarks
+
+    run_benchmarks(["probe_syncs"], out, echo=click.echo, options={"probe_syncs": {"steps": steps}})
+
+
 @bench.command("pipeline")
 @click.option("--speakers", is_flag=True, help="also train the smoke profile's two speaker models (~12 min)")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts/bench"),

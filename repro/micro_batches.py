@@ -16,7 +16,7 @@ gives the two things a rank cannot see alone:
 - **BatchNorm running statistics** (used at evaluation): `OrderedRunningStats` takes the updates
   out of the forward. Inside it, the layers normalise with their batch statistics as usual
   (momentum 0 leaves the running statistics untouched), a forward pre-hook records each
-  training-mode forward's batch mean and unbiased variance per channel (float64), and after the
+  training-mode forward's batch mean and unbiased variance per channel (float64, kept on the device), and after the
   step `update_in_order` gathers every rank's records (each micro-batch is computed by exactly
   one rank; the gather is a sum in which the other ranks add zeros, which is exact) and applies
   the updates in micro-batch order, with the same float64 arithmetic on every rank and at every
@@ -57,8 +57,8 @@ def all_reduce_gradients(params: Sequence[nn.Parameter], env: Any) -> None:
                                      device=params[0].device)])
     all_reduce_sum(flat, env)
     offset = 0
-    for k, q in enumerate(params):
-        reached = bool(flat[flat.numel() - len(params) + k] > 0)
+    reached_all = (flat[flat.numel() - len(params):] > 0).tolist()  # one read of the flags per step
+    for q, reached in zip(params, reached_all):
         q.grad = flat[offset:offset + q.numel()].view_as(q).clone() if reached else None
         offset += q.numel()
 
@@ -100,7 +100,7 @@ class OrderedRunningStats:
             if layer.training:
                 x = args[0].detach().to(torch.float64)
                 dims = [d for d in range(x.dim()) if d != 1]  # every dimension but the channels
-                self.records[k].append(torch.cat([x.mean(dims), x.var(dims, correction=1)]).cpu())
+                self.records[k].append(torch.cat([x.mean(dims), x.var(dims, correction=1)]))  # stays on the device
         return record
 
     def counts(self, micro_batches: int) -> list[int]:
@@ -125,11 +125,12 @@ class OrderedRunningStats:
         if [len(r) for r in self.records] != expected:
             raise RuntimeError(f"expected {expected} BatchNorm record(s) per layer this step, got "
                                f"{[len(r) for r in self.records]}")
+        device = self.layers[0].running_mean.device if self.layers else None
         rows = [torch.cat([x for r, f in zip(self.records, self.forwards) for x in r[j * f:(j + 1) * f]]
-                          or [torch.zeros(0, dtype=torch.float64)]) for j in range(count)]
+                          or [torch.zeros(0, dtype=torch.float64, device=device)]) for j in range(count)]
         for r in self.records:
             r.clear()
-        return torch.stack(rows) if rows else torch.zeros(0, self.width, dtype=torch.float64)
+        return torch.stack(rows) if rows else torch.zeros(0, self.width, dtype=torch.float64, device=device)
 
     def apply(self, stats: Tensor) -> None:
         """Apply the updates of `stats` `[G, width]` (float64) in row order, as the G micro-batches'
@@ -181,7 +182,8 @@ def update_in_order(trackers: Sequence[OrderedRunningStats], mine: Sequence[int]
         for t in trackers:
             t.take(len(computed))
         return
-    flat = torch.zeros(grad_accum, sum(widths), dtype=torch.float64)
+    device = next(t.layers[0].running_mean.device for t, w in zip(trackers, widths) if w)
+    flat = torch.zeros(grad_accum, sum(widths), dtype=torch.float64, device=device)  # never leaves the device
     offset = 0
     for t, w in zip(trackers, widths):
         rows = t.take(len(computed))

@@ -103,5 +103,5 @@ class XVectorHead(nn.Module):
 
     def loss(self, cosines: Tensor, labels: Tensor) -> Tensor:
         """AM-softmax: cross-entropy on `scale * (cos - margin * onehot)`."""
-        onehot = F.one_hot(labels, cosines.shape[-1]).to(cosines.dtype)
-        return F.cross_entropy(self.scale * (cosines - self.margin * onehot), labels)
+        margins = torch.zeros_like(cosines).scatter_(1, labels[:, None], self.margin)  # margin * one-hot, no host read
+        return F.cross_entropy(self.scale * (cosines - margins), labels)

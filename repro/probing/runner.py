@@ -28,7 +28,8 @@ from repro.features.store import FeatureStore
 from repro.probing.featurizer import make_featurizer
 from repro.probing.sources import StoreFrames, StorePooled, UpstreamFrames, check_layers
 from repro.probing.tasks import Task, make_task
-from repro.probing.trainer import Probe, ProbeModel, Split, evaluate, score_trials, train_group
+from repro.probing.trainer import NonFiniteLoss, Probe, ProbeModel, Split, evaluate, free_device_memory, \
+    group_memory, score_trials, train_group
 from repro.provenance import Stamp, asv_idt_key, is_complete, probe_key
 from repro.remedy import command
 from repro.runtime import DistEnv, barrier, resolve_device, writer_lock
@@ -169,9 +170,8 @@ class ProbeInputs:
         return out
 
 
-def _train_fold(inputs: ProbeInputs, splits: dict[str, list[Utterance]], lrs: list[float], fold: int | None,
-                progress: bool, env: DistEnv | None = None, on_eval=None) -> dict[float, dict[str, Any]]:
-    """Train the probes of `lrs` on one set of splits as one group; each one's run record, by lr."""
+def _fold_group(inputs: ProbeInputs, splits: dict[str, list[Utterance]], lrs: list[float], fold: int | None):
+    """The task, the train / dev / test splits and the probes of `lrs` on one set of splits."""
     task = make_task(inputs.task_name, splits, inputs.info)
     all_stores = list(inputs.stores.values())
     seed = inputs.ws.profile.seed
@@ -205,12 +205,24 @@ def _train_fold(inputs: ProbeInputs, splits: dict[str, list[Utterance]], lrs: li
                             Stamp(inputs.stamp(lr).settings, {**inputs.content, "fold": fold}).key,
                             fix="delete it (the probe then trains from its start), or train again with "
                                 + command("probe", inputs.ws, "-m", inputs.model, "-t", inputs.task_name, "--force")))
-    outs = train_group(task, probes, train, dev, inputs.budget, seed, inputs.device, progress, on_eval, env)
+    return task, train, dev, test, dev_name, probes
+
+
+def _train_fold(inputs: ProbeInputs, splits: dict[str, list[Utterance]], lrs: list[float], fold: int | None,
+                progress: bool, env: DistEnv | None = None, on_eval=None) -> dict[float, dict[str, Any]]:
+    """Train the probes of `lrs` on one set of splits as one group; each one's run record, by lr
+    (a probe that stopped on a non-finite loss: `{"failed": <why>}`)."""
+    task, train, dev, test, dev_name, probes = _fold_group(inputs, splits, lrs, fold)
+    outs = train_group(task, probes, train, dev, inputs.budget, inputs.ws.profile.seed, inputs.device, progress,
+                       on_eval, env)
+    failed = {p.lr: out["failed"] for p, out in zip(probes, outs) if out["failed"]}
+    kept = [(p, out) for p, out in zip(probes, outs) if p.lr not in failed]
+    probes, outs = [p for p, _ in kept], [out for _, out in kept]
     for p, out in zip(probes, outs):
         p.model.load_state_dict(out["best_state"])
     tests = ([out["best"] for out in outs] if dev is test else
-             evaluate(task, [p.model for p in probes], test, inputs.budget.batch_size, inputs.device))
-    return {p.lr: {
+             evaluate(task, [p.model for p in probes], test, inputs.budget.batch_size, inputs.device) if probes else [])
+    return {lr: {"failed": why} for lr, why in failed.items()} | {p.lr: {
         "fold": fold, "dev": out["best"], "test": metric, "best_step": out["best_step"],
         "selected_on": dev_name, "layer_weights": [float(x) for x in p.model.featurizer.layer_weights()],
         "contributions": [float(x) for x in p.model.featurizer.contributions()], "curve": out["curve"],
@@ -241,12 +253,15 @@ def run_probe(ws: Workspace, model: str, task: str, lr: float, progress: bool = 
 
 def run_probes(ws: Workspace, model: str, task: str, lrs: list[float], progress: bool = True,
                env: DistEnv | None = None, force: bool = False, inputs: ProbeInputs | None = None,
-               on_eval=None) -> list[ProbeOutcome]:
+               on_eval=None, device_memory: int | None = None) -> list[ProbeOutcome]:
     """Train (or keep, when complete) the probes of (model, task) at `lrs` and write their result files.
 
     The learning rates whose results are not complete train together as probe groups of at most
     `probing.max_group` (one forward of each micro-batch for the whole group); the results equal
-    those of solo runs. With `env` (a `DistEnv` of several ranks) every rank trains the groups
+    those of solo runs; on a GPU (or given `device_memory` bytes) groups are cut further to the
+    probes that fit its free memory (`trainer.group_memory`). A probe whose training loss becomes
+    non-finite stops alone: the group's others go on and write their results, then `NonFiniteLoss`
+    names it. With `env` (a `DistEnv` of several ranks) every rank trains the groups
     together (one gradient all-reduce per step); rank 0 writes the files. `force` trains again from scratch.
     The results of (model, task) have one writer at a time: a second run waits for their lock
     (`repro.runtime.writer_lock`), then keeps what the first one wrote.
@@ -255,11 +270,11 @@ def run_probes(ws: Workspace, model: str, task: str, lrs: list[float], progress:
     inputs = inputs or ProbeInputs(ws, model, task, env)
     folder = ws.probe_dir(model, task)
     with writer_lock(env, ws.lock_file(folder), f"probe results {folder}", ws.profile.distributed.timeout_seconds):
-        return _run_probes(ws, model, task, lrs, progress, env, force, inputs, on_eval)
+        return _run_probes(ws, model, task, lrs, progress, env, force, inputs, on_eval, device_memory)
 
 
 def _run_probes(ws: Workspace, model: str, task: str, lrs: list[float], progress: bool, env: DistEnv | None,
-                force: bool, inputs: ProbeInputs, on_eval) -> list[ProbeOutcome]:
+                force: bool, inputs: ProbeInputs, on_eval, device_memory: int | None = None) -> list[ProbeOutcome]:
     """`run_probes` under the lock of the results of (model, task)."""
     paths = {lr: ws.probe_dir(model, task) / f"{lr_tag(lr)}.json" for lr in lrs}
     done: dict[float, ProbeOutcome] = {}
@@ -269,6 +284,10 @@ def _run_probes(ws: Workspace, model: str, task: str, lrs: list[float], progress
             done[lr] = _outcome(existing, paths[lr], skipped=True)
     pending = [lr for lr in lrs if lr not in done]
     size = inputs.cfg.max_group or len(pending) or 1
+    free = device_memory if device_memory is not None else free_device_memory(inputs.device)
+    if free is not None and len(pending) > 0:
+        size = min(size, _fitting_group(inputs, pending[0], free))
+    failed: list[str] = []
     for group in (pending[i:i + size] for i in range(0, len(pending), size)):
         if force and (env is None or env.is_main):
             for lr in group:
@@ -282,6 +301,10 @@ def _run_probes(ws: Workspace, model: str, task: str, lrs: list[float], progress
                 runs[lr].append(run)
         seconds = time.perf_counter() - started
         for lr in group:
+            why = [run["failed"] for run in runs[lr] if run.get("failed")]
+            if why:  # stopped on a non-finite loss: no result file
+                failed.append(why[0])
+                continue
             result = _result(inputs, lr, runs[lr])
             if env is None or env.is_main:
                 timing = {"wall_seconds": round(seconds, 3), "group": [float(x) for x in group],
@@ -292,7 +315,18 @@ def _run_probes(ws: Workspace, model: str, task: str, lrs: list[float], progress
                 atomic_write_json(paths[lr].with_suffix(".timing.json"), timing)
             done[lr] = _outcome(result, paths[lr], skipped=False)
         barrier(env)
+    if failed:
+        raise NonFiniteLoss(f"model {model}: " + "; ".join(failed))
     return [done[lr] for lr in lrs]
+
+
+def _fitting_group(inputs: ProbeInputs, lr: float, free: int) -> int:
+    """How many probes of (model, task) fit in `free` bytes of device memory (`trainer.group_memory`,
+    counted on the first micro-batch of the first fold); a `ConfigError` when not one does."""
+    fold, splits = inputs.folds()[0]
+    task, train, _, _, _, (probe,) = _fold_group(inputs, splits, [lr], fold)
+    plan = group_memory(task, probe.model, train, inputs.budget, inputs.ws.profile.seed, inputs.device)
+    return max(1, plan.fitting(free, inputs.task_name))
 
 
 def _result(inputs: ProbeInputs, lr: float, runs: list[dict]) -> dict[str, Any]:

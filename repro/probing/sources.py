@@ -1,13 +1,15 @@
 """Where a probe's layer features come from: the feature store, or the upstream on the fly.
 
 A source turns a list of utterance positions into `(layers, lengths)`: L tensors
-`[B, T, D_l]` and `[B]` valid frames. Three kinds:
+`[B, T, D_l]` and `[B]` valid frames (on the host: the host knows every size without asking the
+device). Three kinds:
 - `StoreFrames`: frames read from a feature store (memory-mapped), optionally cropped;
 - `StorePooled`: per-layer means over each utterance's frames, computed once from the
   store and kept in memory; batches are `[B, 1, D_l]`. For mean-pooled heads
   without layer norm this is the same computation (the weighted sum, the
   projection and the head's first linear map all commute with the mean);
-- `UpstreamFrames`: audio read and run through the frozen upstream for every batch
+- `UpstreamFrames`: audio read and run through the frozen upstream for every batch (its layers
+  stay on the upstream's device; the lengths are computed on the host from the audio's)
   (optionally mean-pooled the same way; training crops are cut from the audio, as
   s3prl does, with the same seeded start per (utterance, step)).
 """
@@ -137,18 +139,29 @@ class UpstreamFrames:
 
     @torch.no_grad()
     def batch(self, idx: Sequence[int], step: int | None = None) -> tuple[list[Tensor], Tensor]:
+        """Layers `[B, T, D_l]` on the source's device (they never go to the host) and valid frames
+        `[B]` on the host (computed there from the audio lengths, `Upstream.frame_lengths`)."""
         pending = self._pending.pop((tuple(idx), step), None)
         wavs = [f.result() for f in pending] if pending is not None else [self._audio(i, step) for i in idx]
         padded, lengths = pad_waveforms(wavs)
+        host_frames = self.upstream.frame_lengths(lengths)[self.layers[0]]
         with self._autocast():
-            out = self.upstream(padded.to(self.device), lengths.to(self.device))
+            out = self.upstream(to_device(padded, self.device), to_device(lengths, self.device))
         layers = [out.layers[l].float() for l in self.layers]
-        n = out.lengths[self.layers[0]]
         if self.pooled:
             from repro.probing.heads import masked_mean
 
-            return [masked_mean(h, n)[:, None, :].cpu() for h in layers], torch.ones(len(idx), dtype=torch.long)
-        return [h.cpu() for h in layers], n.cpu()
+            n = out.lengths[self.layers[0]]
+            return [masked_mean(h, n)[:, None, :] for h in layers], torch.ones(len(idx), dtype=torch.long)
+        return layers, host_frames
+
+
+def to_device(x: Tensor, device: torch.device) -> Tensor:
+    """`x` on `device`; a host tensor bound for a GPU goes through pinned memory and is copied
+    asynchronously (the host goes on; the copy is ordered before the device's later work)."""
+    if device.type == "cuda" and x.device.type == "cpu":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
 
 
 def micro_batch(n: int, batch_size: int, seed: int, k: int) -> list[int]:

@@ -62,7 +62,10 @@ class Task:
     def make_head(self, in_dim: int, cfg: ProbingConfig) -> nn.Module:
         raise NotImplementedError
 
-    def loss(self, head: nn.Module, out: Any, targets: Any, lengths: Tensor) -> Tensor:
+    def loss(self, head: nn.Module, out: Any, targets: Any, lengths: Tensor, host: tuple | None = None) -> Tensor:
+        """The batch's loss (a 0-d tensor on the device). `targets` and `lengths` are on the device;
+        `host` is `(targets, lengths)` as collated on the host, for a loss whose kernel takes sizes
+        from the host (CTC)."""
         raise NotImplementedError
 
     def predict(self, out: Any, lengths: Tensor) -> list[Any]:
@@ -110,7 +113,7 @@ class ClassificationTask(Task):
     def make_head(self, in_dim, cfg):
         return UtteranceHead(in_dim, cfg.head_dim, [len(self.labels)])
 
-    def loss(self, head, out, targets, lengths):
+    def loss(self, head, out, targets, lengths, host=None):
         return F.cross_entropy(out[0], targets)
 
     def predict(self, out, lengths):
@@ -143,7 +146,7 @@ class SlotTask(Task):
     def make_head(self, in_dim, cfg):
         return UtteranceHead(in_dim, cfg.head_dim, [len(self.values[s]) for s in self.slots])
 
-    def loss(self, head, out, targets, lengths):
+    def loss(self, head, out, targets, lengths, host=None):
         return sum(F.cross_entropy(o, targets[:, k]) for k, o in enumerate(out))
 
     def predict(self, out, lengths):
@@ -186,10 +189,15 @@ class PhoneTask(Task):
     def make_head(self, in_dim, cfg):
         return CTCHead(in_dim, cfg.head_dim, len(self.phones))
 
-    def loss(self, head, out, targets, lengths):
+    def loss(self, head, out, targets, lengths, host=None):
+        """CTC, mean over the batch of each utterance's loss over its target length (`reduction="mean"`
+        of `F.ctc_loss`, the same arithmetic). The kernel takes the lengths as host integers, so they
+        come from `host` when given and nothing is read back from the device."""
         padded, target_lengths = targets
-        return F.ctc_loss(out.transpose(0, 1), padded, lengths, target_lengths, blank=0,
-                          reduction="mean", zero_infinity=True)
+        (_, host_target_lengths), host_lengths = host if host is not None else (targets, lengths)
+        losses = F.ctc_loss(out.transpose(0, 1), padded, host_lengths.tolist(), host_target_lengths.tolist(), blank=0,
+                            reduction="none", zero_infinity=True)
+        return (losses / target_lengths.clamp(min=1).to(losses.dtype)).mean()
 
     def predict(self, out, lengths):
         return [[self.phones[i - 1] for i in ids] for ids in ctc_greedy_decode(out, lengths, blank=0)]
@@ -216,7 +224,7 @@ class SpeakerVerificationTask(Task):
         margin, scale = cfg.am_softmax
         return XVectorHead(in_dim, cfg.xvector_dims, cfg.xvector_embedding_dim, len(self.speakers), margin, scale)
 
-    def loss(self, head, out, targets, lengths):
+    def loss(self, head, out, targets, lengths, host=None):
         return head.loss(out, targets)
 
 

@@ -25,6 +25,15 @@ statistics of BatchNorm layers (the ASV x-vector head's) are updated after each 
 micro-batch's batch statistics, gathered over the ranks and applied in micro-batch order
 (`repro.micro_batches`), with the same arithmetic at any number of ranks: the same bytes
 as one process.
+
+A step is a device program: the layers stay where the upstream computed them (or are copied
+there once from the store, through pinned memory, on a GPU the next micro-batch's copies
+issued before this one's work: `load_batch`; on the CPU, where nothing runs asynchronously,
+batches are read when used); the losses, the window's loss and gradient-norm sums (float64),
+clipping, the optimiser (fused on a GPU: `make_optimizer`) and the BatchNorm statistics stay on
+the device, and the host reads them only at an evaluation (one read per group) or a checkpoint.
+Sizes a kernel needs on the host (CTC's lengths) come from the host's own copy of the batch.
+`repro.util.device_syncs` counts what a step reads back and copies (`repro bench probe-syncs`).
 """
 
 from __future__ import annotations
@@ -41,9 +50,10 @@ from torch import Tensor, nn
 
 from repro.config.schema import TaskBudget
 from repro.data.manifest import Trial, Utterance
+from repro.errors import ConfigError, ReproError
 from repro.metrics import cosine_scores, equal_error_rate
 from repro.micro_batches import OrderedRunningStats, all_reduce_gradients, rank_micro_batches, update_in_order
-from repro.probing.sources import micro_batch
+from repro.probing.sources import micro_batch, to_device
 from repro.probing.tasks import Task
 from repro.runtime import all_reduce_sum, broadcast_tensors_from_rank_zero
 from repro.util.progress import progress_bar
@@ -72,34 +82,63 @@ class Split:
 
 
 def _to(x: Any, device: torch.device) -> Any:
+    """Tensors of `x` (nested lists/tuples) on `device` (`sources.to_device`: pinned, asynchronous to a GPU)."""
     if isinstance(x, Tensor):
-        return x.to(device)
+        return to_device(x, device)
     if isinstance(x, (list, tuple)):
         return type(x)(_to(v, device) for v in x)
     return x
+
+
+@dataclass
+class Batch:
+    """A micro-batch on the device: `layers` L x `[B, T, D_l]`, `lengths` `[B]` and `targets` there
+    (uploaded once, ahead of use); `host` keeps `(targets, lengths)` as collated on the host."""
+
+    layers: list[Tensor]
+    lengths: Tensor
+    targets: Any = None
+    host: tuple | None = None
+
+
+def load_batch(source: Any, idx: Sequence[int], step: int | None, device: torch.device,
+               targets: Any = None) -> Batch:
+    """Read (or compute) the micro-batch `idx` of `source` and upload what is still on the host;
+    the copies are issued now, before the device needs them."""
+    layers, lengths = source.batch(idx, step)
+    return Batch(_to(layers, device), _to(lengths, device), _to(targets, device), (targets, lengths))
 
 
 @torch.no_grad()
 def evaluate(task: Task, models: Sequence[ProbeModel], split: Split, batch_size: int,
              device: torch.device) -> list[float]:
     """The task metric of each of `models` on `split` (EER on its trials for ASV), one forward of
-    the split's features for all of them."""
+    the split's features for all of them. Speaker embeddings stay on the device until the split
+    is done (one copy to the host per model)."""
     for m in models:
         m.eval()
     trials = split.trials is not None
-    outputs: list[Any] = [{} if trials else [] for _ in models]
-    for start in range(0, len(split.utts), batch_size):
+    outputs: list[Any] = [[] for _ in models]
+    starts = list(range(0, len(split.utts), batch_size))
+    ahead = None
+    for k, start in enumerate(starts):
         idx = list(range(start, min(start + batch_size, len(split.utts))))
         _prefetch(split.source, range(start + batch_size, min(start + 2 * batch_size, len(split.utts))), None)
-        layers, lengths = _to(split.source.batch(idx), device)
+        batch = ahead or load_batch(split.source, idx, None, device)
+        ahead = None
+        if k + 1 < len(starts) and device.type == "cuda":  # the next batch's copies go ahead of this batch's work
+            nxt = starts[k + 1]
+            _prefetch(split.source, range(nxt + batch_size, min(nxt + 2 * batch_size, len(split.utts))), None)
+            ahead = load_batch(split.source, list(range(nxt, min(nxt + batch_size, len(split.utts)))), None, device)
         for model, out in zip(models, outputs):
             if trials:
-                e = torch.nn.functional.normalize(model.head.embed(model.featurizer(layers), lengths), dim=-1)
-                out.update((split.utts[i].id, v) for i, v in zip(idx, e.cpu()))
+                out.append(torch.nn.functional.normalize(
+                    model.head.embed(model.featurizer(batch.layers), batch.lengths), dim=-1))
             else:
-                out += task.predict(model(layers, lengths), lengths)
+                out += task.predict(model(batch.layers, batch.lengths), batch.host[1])
     if trials:
-        return [score_trials(emb, split.trials) for emb in outputs]
+        ids = [u.id for u in split.utts]
+        return [score_trials(dict(zip(ids, torch.cat(emb).cpu())), split.trials) for emb in outputs]
     return [task.score(split.utts, predictions) for predictions in outputs]
 
 
@@ -137,6 +176,21 @@ def _new_state() -> dict[str, Any]:
             "curve": {"step": [], "train_loss": [], "grad_norm": [], "dev": []}, "window": [0.0, 0, 0.0]}
 
 
+def make_optimizer(kind: str, params: list, lr: float, device: torch.device) -> torch.optim.Optimizer:
+    """Adam or AdamW (`kind`) for a probe's parameters.
+
+    On a GPU the fused implementation: its step counter lives on the device and the bias
+    corrections are computed in the kernel, so a step reads nothing from the host. On the CPU the
+    default single-tensor implementation, whose results the result files record (its step counter
+    is a host tensor by design, read on the host: no device is involved)."""
+    cls = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
+    return cls(params, lr=lr, fused=True) if device.type == "cuda" else cls(params, lr=lr)
+
+
+class NonFiniteLoss(ReproError):
+    """A probe's training loss (or gradient norm) became NaN or infinite."""
+
+
 def train_group(
     task: Task,
     probes: Sequence[Probe],
@@ -148,21 +202,27 @@ def train_group(
     progress: bool = True,
     on_eval: Callable[[int], None] | None = None,
     env=None,
+    on_step: Callable[[int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Train every probe of a group on `train`, evaluating all of them on `dev` every `budget.eval_every` steps.
 
     Returns, per probe, the best dev metric, its step, the best state dict and the curve (train
     loss and gradient norm before clipping, each averaged over an evaluation window; dev
-    metric). A probe's checkpoint with its `run_key` is resumed. `env` (a `DistEnv` with more
-    than one rank) trains with DistributedDataParallel (see the module doc).
+    metric), and `failed`: None, or the line saying why the probe stopped. A probe's checkpoint
+    with its `run_key` is resumed. `env` (a `DistEnv` with more than one rank) trains with
+    DistributedDataParallel (see the module doc). `on_step(step)` is called after each step.
+
+    A step reads nothing back from the device: the window's loss and gradient-norm sums (float64,
+    as the host's float sums they replace) stay there and are read at the evaluation. A probe
+    whose sums are not finite there stops (its name, learning rate and steps in `failed`); the
+    group's other probes go on.
     """
     world, rank = (env.world_size, env.rank) if env is not None and env.distributed else (1, 0)
     mine = rank_micro_batches(budget.grad_accum, world, rank)
-    opt_cls = torch.optim.AdamW if budget.optimizer == "adamw" else torch.optim.Adam
     for p in probes:
         p.model.to(device)
         p.params = [q for q in p.model.parameters() if q.requires_grad]
-        p.optimizer = opt_cls(p.params, lr=p.lr)
+        p.optimizer = make_optimizer(budget.optimizer, p.params, p.lr, device)
         p.state = _new_state()
         if p.checkpoint.is_file():
             saved = load_checkpoint(p.checkpoint, p.fix)  # weights only, its digest checked
@@ -170,61 +230,91 @@ def train_group(
                 p.model.load_state_dict(saved["model"])
                 p.optimizer.load_state_dict(saved["optimizer"])
                 p.state = saved["state"]
+    failed: dict[int, str] = {}
+    # per probe: [loss sum, gradient-norm sum] of the evaluation window, float64 on the device
+    sums = {id(p): torch.tensor([p.state["window"][0], p.state["window"][2]], dtype=torch.float64, device=device)
+            for p in probes}
     first = min(p.state["step"] for p in probes)
     lrs = ", ".join(f"{p.lr:g}" for p in probes)
     bar = progress_bar(total=budget.steps, initial=first, desc=f"probe {task.name} lr={lrs}", unit="step",
                disable=not progress or rank != 0, leave=False)
     n = len(train.utts)
+    computed = [a for a in mine if a >= 0]  # this rank's micro-batches of a step (none: [])
+
+    def load(step: int, a: int) -> Batch:
+        idx = micro_batch(n, budget.batch_size, seed, step * budget.grad_accum + a)
+        return load_batch(train.source, idx, step, device, task.collate([train.targets[i] for i in idx]))
+
+    ahead: dict[tuple[int, int], Batch] = {}
     with contextlib.ExitStack() as stack:  # BatchNorm running statistics: updated in micro-batch order
         running = {id(p): stack.enter_context(OrderedRunningStats(p.model)) for p in probes}
         for step in range(first, budget.steps):
-            active = [p for p in probes if p.state["step"] == step]  # a probe resumed further waits
+            active = [p for p in probes if p.state["step"] == step and id(p) not in failed]  # resumed further: waits
             if not active:
                 bar.update(1)
                 continue
             for p in active:
                 p.model.train()
                 p.optimizer.zero_grad(set_to_none=True)
-            totals = torch.zeros(len(active), dtype=torch.float64)
-            for ahead in range(step, min(step + 2, budget.steps)):  # decode this and the next step's audio
+            totals = torch.zeros(len(active), dtype=torch.float64, device=device)
+            for later in range(step, min(step + 3, budget.steps)):  # decode the audio of this and two steps on
+                # (the next step's micro-batch is read during this step: its audio was decoded during the last one)
                 for a in mine:
-                    k = ahead * budget.grad_accum + (a if a >= 0 else rank % budget.grad_accum)
-                    _prefetch(train.source, micro_batch(n, budget.batch_size, seed, k), ahead)
-            for a in mine:  # this rank's micro-batches of the step (none: -1)
-                if a < 0:
-                    continue
-                idx = micro_batch(n, budget.batch_size, seed, step * budget.grad_accum + a)
-                layers, lengths = _to(train.source.batch(idx, step), device)  # one forward for every probe
-                targets = _to(task.collate([train.targets[i] for i in idx]), device)
+                    if (later, a) in ahead:  # read already
+                        continue
+                    k = later * budget.grad_accum + (a if a >= 0 else rank % budget.grad_accum)
+                    _prefetch(train.source, micro_batch(n, budget.batch_size, seed, k), later)
+            order = [(step, a) for a in computed] + ([(step + 1, computed[0])] if computed and step + 1 < budget.steps
+                                                     else [])
+            for j, key in enumerate(order[:len(computed)]):
+                batch = ahead.pop(key, None) or load(*key)  # one forward (or read) for every probe
+                nxt = order[j + 1] if j + 1 < len(order) else None
+                if nxt is not None and nxt not in ahead and device.type == "cuda":  # its copies go ahead of this work
+                    ahead = {nxt: load(*nxt)}
                 for i, p in enumerate(active):
-                    loss = task.loss(p.model.head, p.model(layers, lengths), targets, lengths) / budget.grad_accum
+                    out = p.model(batch.layers, batch.lengths)
+                    loss = task.loss(p.model.head, out, batch.targets, batch.lengths, batch.host) / budget.grad_accum
                     loss.backward()
-                    totals[i] += float(loss.detach())
+                    totals[i] += loss.detach()
             if world > 1:
                 all_reduce_sum(totals, env)
                 all_reduce_gradients([q for p in active for q in p.params], env)
             for i, p in enumerate(active):
                 norm = torch.nn.utils.clip_grad_norm_(p.params, budget.grad_clip)
                 p.optimizer.step()
-                window = p.state["window"]
+                window = sums[id(p)]
+                window[0] += totals[i]
+                window[1] += norm
                 p.state["step"] = step + 1
-                window[0] += float(totals[i])
-                window[1] += 1
-                window[2] += float(norm)
+                p.state["window"][1] += 1
             update_in_order([running[id(p)] for p in active], mine, budget.grad_accum, env if world > 1 else None)
             if world > 1:
                 _broadcast_buffers(active, env, running)
             bar.update(1)
+            if on_step is not None:
+                on_step(step + 1)
             if (step + 1) % budget.eval_every == 0 or step + 1 == budget.steps:
-                metrics = evaluate(task, [p.model for p in active], dev, budget.batch_size, device)
-                for p, metric in zip(active, metrics):
+                read = torch.stack([sums[id(p)] for p in active]).tolist()  # the window's one read
+                good = []
+                for p, (loss_sum, norm_sum) in zip(active, read):
+                    if not (np.isfinite(loss_sum) and np.isfinite(norm_sum)):
+                        count = p.state["window"][1]
+                        failed[id(p)] = (f"probe {task.name} lr={p.lr:g}: non-finite training loss or gradient norm "
+                                         f"in steps {step + 2 - count}..{step + 1}; it stops (lower the learning "
+                                         f"rate, probing.tasks.{task.name}.lr_grid)")
+                        continue
+                    p.state["window"][0], p.state["window"][2] = loss_sum, norm_sum
+                    sums[id(p)].zero_()
+                    good.append(p)
+                metrics = evaluate(task, [p.model for p in good], dev, budget.batch_size, device) if good else []
+                for p, metric in zip(good, metrics):
                     _record_evaluation(task, p, metric, rank)
                 bar.set_postfix({task.metric: " ".join(f"{m:.4f}" for m in metrics)})
                 if on_eval is not None:
                     on_eval(step + 1)
     bar.close()
     return [{"best": p.state["best"], "best_step": p.state["best_step"], "best_state": p.state["best_state"],
-             "curve": p.state["curve"]} for p in probes]
+             "curve": p.state["curve"], "failed": failed.get(id(p))} for p in probes]
 
 
 def _record_evaluation(task: Task, p: Probe, metric: float, rank: int) -> None:
@@ -257,3 +347,72 @@ def _prefetch(source: Any, idx: Sequence[int], step: int | None) -> None:
     """Let a source that reads audio start on a coming batch (sources without `prefetch` ignore it)."""
     if len(idx) and hasattr(source, "prefetch"):
         source.prefetch(list(idx), step)
+
+
+@dataclass(frozen=True)
+class GroupMemory:
+    """Device memory of a probe group, in bytes, from the bytes its tensors occupy (counted, not timed).
+
+    `shared`: the micro-batch being used and the one read ahead (layers, lengths, targets; on the
+    upstream, everything its forward allocated); `activations`: what one probe's forward and
+    backward allocate (an upper bound: every intermediate counted as if alive at once; the probes
+    of a group run one after another); `per_probe`: what each probe keeps (parameters, gradients,
+    the optimiser's two moments).
+    """
+
+    shared: int
+    activations: int
+    per_probe: int
+
+    def fitting(self, free: int, task: str) -> int:
+        """The most probes of a group that fit in `free` bytes; a `ConfigError` when not even one does."""
+        room = free - self.shared - self.activations
+        if room < self.per_probe:
+            mib = 2 ** 20
+            raise ConfigError(
+                f"task {task}: one probe needs about {(self.shared + self.activations + self.per_probe) / mib:.0f} MiB "
+                f"of device memory ({self.shared / mib:.0f} MiB of micro-batches, {self.activations / mib:.0f} MiB "
+                f"of activations, {self.per_probe / mib:.0f} MiB of weights and optimiser state) and "
+                f"{free / mib:.0f} MiB are free; lower probing.tasks.{task}.batch_size")
+        return room // self.per_probe
+
+
+def _bytes(tensors: Any) -> int:
+    from torch.utils._pytree import tree_flatten
+
+    return sum(t.numel() * t.element_size() for t in tree_flatten(tensors)[0] if isinstance(t, Tensor))
+
+
+class _AllocatedBytes(torch.utils._python_dispatch.TorchDispatchMode):
+    """Bytes of every tensor that the operations run inside it return."""
+
+    def __init__(self):
+        super().__init__()
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.bytes += _bytes(out)
+        return out
+
+
+def group_memory(task: Task, model: ProbeModel, train: Split, budget: TaskBudget, seed: int,
+                 device: torch.device) -> GroupMemory:
+    """Count the memory of a group of probes like `model` (see `GroupMemory`) on the first micro-batch
+    of `train` (a copy of `model` runs it: the model is left as it was)."""
+    idx = micro_batch(len(train.utts), budget.batch_size, seed, 0)
+    with _AllocatedBytes() as read:
+        batch = load_batch(train.source, idx, 0, device, task.collate([train.targets[i] for i in idx]))
+    kept = _bytes([batch.layers, batch.lengths, batch.targets])
+    model = copy.deepcopy(model).to(device).train()
+    with _AllocatedBytes() as run:
+        task.loss(model.head, model(batch.layers, batch.lengths), batch.targets, batch.lengths, batch.host).backward()
+    params = [q for q in model.parameters() if q.requires_grad]
+    return GroupMemory(shared=max(read.bytes, kept) + kept, activations=run.bytes, per_probe=4 * _bytes(params))
+
+
+def free_device_memory(device: torch.device) -> int | None:
+    """Free bytes of a GPU (None for the CPU: host memory is not planned for)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return None
