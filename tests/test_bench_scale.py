@@ -79,6 +79,13 @@ def test_performance_page_names_what_is_measured_and_what_is_assumed(records, tm
     assert "| term | float32 h | bf16 h | kind | inputs |" in page and "CODE_PATHS" in page
 
 
+# the code paths of the engine before features stayed on the device, ECAPA-TDNN batches ran in one call and
+# the FLOP counter saw SDPA attention
+BEFORE = facts(features_round_trip_host=True, loss_read_per_probe=True, terms_overlap=False,
+               ecapa_forward="per_utterance_unless_equal_lengths", wavlm_attention="unfused_eager_TxT",
+               attention_flops_counted=False)
+
+
 def _model(profile="full", code=None, tasks=None):
     prof = load_profile(profile)
     if tasks:
@@ -108,9 +115,7 @@ def test_every_term_and_input_carries_its_kind_and_source():
 
 
 def test_heads_cost_k_probes_and_padding_follows_the_librispeech_lengths():
-    # the code paths before ECAPA-TDNN batches and attention FLOPs in the counter
-    m = _model(tasks=["PR"], code=facts(ecapa_forward="per_utterance_unless_equal_lengths",
-                                        attention_flops_counted=False))
+    m = _model(tasks=["PR"], code=BEFORE)
     terms = m.terms()
     b = m.profile.probing.tasks["PR"]
     k, micro = len(b.lr_grid), b.steps * b.grad_accum
@@ -133,25 +138,29 @@ def test_heads_cost_k_probes_and_padding_follows_the_librispeech_lengths():
 
 
 def test_flipping_a_code_path_fact_recomputes_the_figure():
-    today = _model(tasks=["PR", "SID"]).terms()
-    on_device = _model(tasks=["PR", "SID"], code=facts(features_round_trip_host=False)).terms()
+    today = _model(tasks=["PR", "SID"], code=BEFORE).terms()
+    on_device = _model(tasks=["PR", "SID"], code=dataclasses.replace(BEFORE, features_round_trip_host=False)).terms()
     trips = sum(t.hours for t in today if t.what.startswith("features to the host") and t.precision == "float32")
     assert trips > 0
     assert costmodel.totals(on_device, "float32") == pytest.approx(costmodel.totals(today, "float32") - trips)
-    overlapped = _model(tasks=["PR", "SID"], code=facts(terms_overlap=True)).terms()
-    assert costmodel.totals(overlapped, "float32") < costmodel.totals(today, "float32")
+    serial = _model(tasks=["PR", "SID"], code=BEFORE).terms()
+    overlapped = _model(tasks=["PR", "SID"], code=dataclasses.replace(BEFORE, terms_overlap=True)).terms()
+    assert costmodel.totals(overlapped, "float32") < costmodel.totals(serial, "float32")
+    reads = _model(tasks=["PR", "SID"], code=facts(loss_read_per_probe=True)).terms()
+    assert costmodel.totals(reads, "float32") > costmodel.totals(_model(tasks=["PR", "SID"]).terms(), "float32")
     flex = _model(tasks=["PR"], code=facts(wavlm_attention="flex")).terms()
     assert not [t for t in flex if t.what.startswith("attention T x T")]
-    mask = _hours(today, "wavlm-base-plus", "PR", "attention T x T")
+    now = _model(tasks=["PR"]).terms()
+    mask = _hours(now, "wavlm-base-plus", "PR", "attention T x T")
     eager = _hours(_model(tasks=["PR"], code=facts(wavlm_attention="unfused_eager_TxT")).terms(),
                    "wavlm-base-plus", "PR", "attention T x T")
     assert 0 < mask and eager == pytest.approx(mask * 8 / 2)  # 8 passes over T x T tensors against 2
     alone = _model(tasks=["PR"], code=facts(ecapa_forward="per_utterance_unless_equal_lengths")).terms()
-    assert _hours(today, "ecapa-dino-wespeaker", "PR", "ECAPA-TDNN forwards") < \
+    assert _hours(now, "ecapa-dino-wespeaker", "PR", "ECAPA-TDNN forwards") < \
         _hours(alone, "ecapa-dino-wespeaker", "PR", "ECAPA-TDNN forwards") / 10
     # attention FLOPs: in the count (rescaled) or added from the shapes; for HuBERT (SDPA) the same total
     missed = _model(tasks=["PR"], code=facts(attention_flops_counted=False)).terms()
-    assert _hours(missed, "hubert-base", "PR", "upstream FLOPs") > _hours(today, "hubert-base", "PR", "upstream FLOPs")
+    assert _hours(missed, "hubert-base", "PR", "upstream FLOPs") > _hours(now, "hubert-base", "PR", "upstream FLOPs")
 
 
 def test_the_fast_profile_prices_its_own_subsets():

@@ -11,7 +11,7 @@ import transformers
 from repro.models.hf_encoder import ATTENTION_PATHS, masked_group_norm_conv
 from repro.models.hf_ssl import HFSpeechSSL
 from repro.models.upstream import pad_waveforms
-from repro.util.host_syncs import HostSyncCounter
+from repro.util.device_syncs import DeviceSyncs
 from tests.conftest import TINY_HF
 
 torch.set_num_threads(2)
@@ -96,9 +96,11 @@ def test_masked_group_norm_is_per_utterance_group_norm():
 def test_no_host_sync_per_forward(kind, attention):
     up = HFSpeechSSL(model(kind), False, attention)
     wavs, lens = batch()
-    with HostSyncCounter() as syncs:
+    with DeviceSyncs() as syncs:  # the model and the audio on the device, the lengths uploaded by the model
+        syncs.mark_module(up)
+        syncs.mark(wavs)
         up(wavs, lens)
-    assert syncs.count == 0, dict(syncs.seen)
+    assert syncs.total == 0, dict(syncs.syncs)
 
 
 def test_sync_counter_sees_implicit_and_explicit_reads():
@@ -106,11 +108,13 @@ def test_sync_counter_sees_implicit_and_explicit_reads():
     m = model("hubert")
     wavs, lens = batch()
     mask = (torch.arange(wavs.shape[1])[None] < lens[:, None]).long()
-    with HostSyncCounter() as syncs, torch.no_grad():
+    with DeviceSyncs() as syncs, torch.no_grad():
+        syncs.mark_module(m)
+        syncs.mark(wavs, mask, lens)
         m(wavs, attention_mask=mask)
         float(lens.sum())
-    assert syncs.seen["index_put_(bool mask)"] >= 1 or syncs.seen["index_put(bool mask)"] >= 1, dict(syncs.seen)
-    assert syncs.seen["__float__"] == 1
+    assert syncs.syncs["index_put_ (boolean mask)"] + syncs.syncs["index_put (boolean mask)"] >= 1, dict(syncs.syncs)
+    assert syncs.syncs["float"] == 1
 
 
 @pytest.mark.parametrize("kind", ["wavlm", "hubert"])

@@ -15,12 +15,14 @@ term reads the facts it depends on, so a change to the code that flips a fact (s
 device) recomputes the figure with `dataclasses.replace`-style overrides (`facts(**changes)`), and the
 change's effect is the difference of two tables. The facts and the code each describes:
 
-    features_round_trip_host  `repro.probing.sources.UpstreamFrames.batch` returns every layer with `.cpu()`
-                              (float32) and `repro.probing.trainer` moves it back with `_to(..., device)`,
-                              in training and in `evaluate`: bytes = padded frames x sum of layer widths x 4,
-                              once each way, over PCIe.
-    loss_read_per_probe       the trainer reads each probe's loss with `float(loss)` every micro-batch: a
-                              host-device synchronisation per probe per micro-batch.
+    features_round_trip_host  `False`: `repro.probing.sources.UpstreamFrames.batch` leaves every layer on the
+                              device, from the upstream's output to the heads, losses and metric inputs; `True`
+                              (the engine before it): every layer went to the host with `.cpu()` (float32) and
+                              back, in training and in `evaluate`: bytes = padded frames x sum of layer widths
+                              x 4, once each way, over PCIe.
+    loss_read_per_probe       `False`: loss and gradient-norm sums stay on the device, read once per evaluation
+                              (`repro.probing.trainer`); `True`: each probe's loss read with `float(loss)` every
+                              micro-batch, a host-device synchronisation per probe per micro-batch.
     ecapa_forward             `repro.models.ecapa.EcapaUpstream.forward`: `batched`, one length-aware front-end
                               and encoder call per padded batch (`repro.models.ecapa_lengths`); before it,
                               `per_utterance_unless_equal_lengths` (equal lengths together, any other alone).
@@ -48,10 +50,12 @@ change's effect is the difference of two tables. The facts and the code each des
                               `extraction.tf32` (off), so they run at the float32 rate in both columns.
     upstream_grouped          `True`: `probing.max_group: all`, one upstream forward per micro-batch for every
                               learning rate of a task (`False`: one run per learning rate).
-    terms_overlap             `False`: the `.cpu()` of the features and the loss reads synchronise every
-                              micro-batch, so device work, copies and host work add up (`True`: the features'
-                              copies hide behind the same pass's compute and count only beyond it). Audio
-                              decoding, in worker threads, overlaps in either case and counts only where slower.
+    terms_overlap             `True`: no host read inside a step, and the next micro-batch is read and copied
+                              ahead of the current one's work, so copies hide behind the same pass's compute and
+                              count only beyond it; `False` (before): the `.cpu()` of the features and the loss
+                              reads synchronised every micro-batch, so device work, copies and host work added
+                              up. Audio decoding, in worker threads, overlaps in either case and counts only
+                              where slower.
 """
 
 from __future__ import annotations
@@ -62,15 +66,15 @@ from dataclasses import dataclass, field
 from repro.bench import lengths as lengths_mod
 from repro.bench.shapes import MODELS, SPEECH_HEADS, SPEECH_LAYERS, SPEECH_WIDTH
 
-CODE_PATHS_VERSION = 2
+CODE_PATHS_VERSION = 3
 
 
 @dataclass(frozen=True)
 class CodePaths:
     """What today's code does, fact by fact (module doc)."""
 
-    features_round_trip_host: bool = True
-    loss_read_per_probe: bool = True
+    features_round_trip_host: bool = False
+    loss_read_per_probe: bool = False
     ecapa_forward: str = "batched"
     wavlm_attention: str = "sdpa_float_mask"
     hubert_attention: str = "sdpa"
@@ -80,7 +84,7 @@ class CodePaths:
     eval_batches: str = "manifest_order_padded"
     head_precision: str = "float32"
     upstream_grouped: bool = True
-    terms_overlap: bool = False
+    terms_overlap: bool = True
 
 
 CODE_PATHS = CodePaths()
@@ -121,7 +125,7 @@ ASSUMED = {
     "autocast_tflops": Input(200.0, "TFLOP/s", "assumed",
                              "20% of the datasheet's 989 dense BF16 TFLOP/s, sustained under bf16 autocast"),
     "ecapa_overhead_ms": Input(2.0, "ms per forward", "assumed",
-                               "about 150 kernel launches of one ECAPA-TDNN forward plus its `.tolist()` sync"),
+                               "about 150 kernel launches of one ECAPA-TDNN forward (one per padded batch)"),
     "host_op_us": Input(10.0, "us per operator", "assumed",
                         "eager PyTorch dispatch and CUDA launch of one small operator on a server CPU"),
     "sync_us": Input(20.0, "us per sync", "assumed", "a host-device synchronisation drains the queue: the "

@@ -22,7 +22,7 @@ same parameters, without any of that:
                     stored); fused only when compiled, so it is compiled on CUDA and runs torch's
                     reference implementation elsewhere (exact, for checking)
 
-No step reads a tensor's value on the host (counted in tests with `repro.util.host_syncs`).
+No step reads a tensor's value on the host (counted in tests with `repro.util.device_syncs`).
 Layers agree with transformers' forward to float32 rounding (tested: 1e-6 of the largest value
 per layer for the front-end and encoder, 1e-5 for `sdpa`/`flex` attention against `eager`).
 

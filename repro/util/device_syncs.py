@@ -47,7 +47,8 @@ _EXPLICIT = {
 }
 _UPLOAD = {torch.Tensor.to, torch.Tensor.cuda}
 _FACTORIES = {torch.zeros, torch.ones, torch.empty, torch.full, torch.arange, torch.eye, torch.linspace,
-              torch.tensor, torch.as_tensor, torch.randn, torch.rand}
+              torch.tensor, torch.as_tensor, torch.randn, torch.rand, torch.hann_window, torch.hamming_window,
+              torch.blackman_window, torch.bartlett_window, torch.kaiser_window}
 _IMPLICIT = {"nonzero", "masked_select", "unique", "_unique", "_unique2", "unique_dim", "unique_consecutive",
              "_local_scalar_dense", "is_nonzero", "equal", "allclose"}
 
@@ -109,6 +110,8 @@ def _names_device(args: tuple, kwargs: dict) -> bool:
 
 
 class _Dispatch(TorchDispatchMode):
+    supports_higher_order_operators = True  # FlexAttention: one fused kernel, its outputs follow its inputs
+
     def __init__(self, owner: "DeviceSyncs"):
         super().__init__()
         self.owner = owner
@@ -118,6 +121,11 @@ class _Dispatch(TorchDispatchMode):
         owner = self.owner
         inputs = _tensors(args, kwargs)
         marked = [t for t in inputs if owner.is_marked(t)]
+        if isinstance(func, torch._ops.HigherOrderOperator):
+            out = func(*args, **kwargs)
+            if marked:
+                owner.mark(out)
+            return out
         if marked and not owner._inside:
             name = _name(func)
             if name in _IMPLICIT:
