@@ -6,6 +6,7 @@ import importlib
 import json
 from pathlib import Path
 
+from repro.bench import BENCHMARKS
 from repro.util.atomic import atomic_write_text
 
 INTRO = """\
@@ -38,6 +39,12 @@ SECTIONS = {
     "probe": ("Probing inputs", "Training steps per second of one probe from each input (`probing.tasks.<T>.input`) "
               "against recomputing the layers every step; setup = building the source once, KB/utt = bytes on "
               "disk per utterance of the store it reads."),
+    "probe_syncs": ("Host syncs and uploads of a probe step", "Counted, not timed (`repro/bench/probe_syncs.py`, "
+                    "`repro.util.device_syncs`): the operations of a probe group's training steps between two "
+                    "evaluations that would make a GPU wait for the host (explicit reads such as `.item()`, "
+                    "`float()`, `.cpu()`, and implicit ones such as boolean indexing or `nonzero`), from the "
+                    "upstream's output to the optimiser step, and the bytes copied to the device per step "
+                    "(audio, targets and lengths, or store rows: nothing else)."),
     "pipeline": ("The smoke pipeline", "Wall seconds per stage of `make demo`'s pipeline run from scratch in a "
                  "temporary folder."),
     "metrics": ("Evaluation metrics", "One PR evaluation's PER scoring (LibriSpeech test-clean size), its greedy CTC "
@@ -48,6 +55,16 @@ SECTIONS = {
                 "spent in dev evaluation for the full profile's PR budget, before and after: measured here with a "
                 "WavLM Base+-sized random model, and with its forward at the projection's assumed GPU rates (where "
                 "the host-side decoding and scoring weigh most). How each figure is made: `repro/bench/metrics.py`."),
+    "attention": ("WavLM attention paths", "WavLM Base+ shapes, random weights, on this CPU in one process "
+                  "(`repro/bench/attention.py`): audio seconds per second of the encoder on `extraction.attention` "
+                  "`sdpa` (the gated position bias as SDPA's additive mask) against `eager` (transformers' own "
+                  "attention), and the attention block's peak live memory (from the position bias to the attention "
+                  "output) from the profiler's allocation events."),
+    "ecapa": ("ECAPA-TDNN batches", "One length-aware front-end and encoder call per padded batch of mixed lengths "
+              "against one utterance per call and against the equal-length grouping it replaced "
+              "(`repro/bench/ecapa_batch.py`): audio seconds per CPU second, encoder calls per batch, and the "
+              "largest relative difference of any layer from the utterance run alone. The gain of one call per "
+              "batch is a GPU's (launches and occupancy); on a CPU the target is to lose little."),
     "gpu": ("GPU calibration", "Random weights of the real shapes on one GPU (`repro bench gpu`, `make bench-gpu`; "
             "runs from the source tree in a stock CUDA PyTorch environment, `repro/bench/gpu.py`): every model's "
             "forward at the full profile's batch shapes in float32 (TF32 off), TF32 and bf16 autocast with how far "
@@ -113,7 +130,7 @@ def render(bench_dir: Path) -> str:
                        "are assumed")
             parts.append(f"## {title}\n\nNot measured yet: {how}.\n")
             continue
-        module = importlib.import_module(f"repro.bench.{name}")
+        module = importlib.import_module(BENCHMARKS.get(name, f"repro.bench.{name}"))
         if name == "fresh_machine":
             record = module.load(path)
             parts.append(f"## {title}\n\n{text}\n\n{module.provenance(record)} Record: `{path}`.\n\n"
