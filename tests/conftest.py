@@ -34,6 +34,19 @@ TINY_ECAPA = dict(channels=[16, 16, 16, 16, 48], lin_neurons=8, attention_channe
                   res2net_scale=2)
 
 
+def randomise_batchnorm(model, mean_scale: float = 0.1):
+    """Non-trivial BatchNorm running statistics (seeded): a wrong BatchNorm order or key, or padding leaking
+    into a valid frame, changes the outputs."""
+    import torch
+
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * mean_scale)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+    return model
+
+
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory):
     """A synthetic corpus with 14 speakers and every task (about 250 clips)."""

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import TINY_ECAPA
+from conftest import TINY_ECAPA, randomise_batchnorm
 from repro.models import ecapa
 from repro.models.upstream import pad_waveforms
 from repro.util.device_syncs import DeviceSyncs
@@ -16,14 +16,9 @@ WS_TINY = WespeakerEcapaArch(channels=16, mfa_channels=48, embed_dim=12, scale=4
 MIXED = [16000, 128000, 23456, 77777, 16001, 40160, 99999, 16160]  # 1-8 s, all distinct
 
 
+
 def _randomise_bn(model):
-    """Non-trivial BatchNorm statistics: padding leaking into a valid frame would show."""
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm1d):
-            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.2)
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-    return model
+    return randomise_batchnorm(model, 0.2)
 
 
 def _speechbrain(frontend="speechbrain"):

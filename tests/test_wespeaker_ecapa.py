@@ -9,6 +9,7 @@ from functools import partial
 
 import pytest
 import torch
+from conftest import randomise_batchnorm
 
 from repro.models.registry import load_upstream
 from repro.models.upstream import pad_waveforms
@@ -21,14 +22,9 @@ TINY = WespeakerEcapaArch(channels=16, mfa_channels=48, embed_dim=12, scale=4, s
 TINY_ARGS = "{channels: 16, mfa_channels: 48, embed_dim: 12, scale: 4, se_bottleneck: 8, attention_bottleneck: 8}"
 
 
+
 def _randomise_bn(model):
-    """Non-trivial BatchNorm statistics, so a wrong BN order or key would change outputs."""
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm1d):
-            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-    return model
+    return randomise_batchnorm(model, 0.1)
 
 
 def test_published_architecture_has_wespeaker_names_shapes_and_size():

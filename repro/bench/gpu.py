@@ -23,7 +23,9 @@ their spread (median, 10th and 90th percentile) and peak GPU memory, section by 
                   float32 head forward and backward and its loss read, the optimiser step every
                   grad_accum micro-batches (seconds per micro-batch, the step amortised);
     pooled_steps  one training step of one pooled probe (`[B, 1, D]` layer means) at the KS and ER shapes;
-    ecapa_overhead  one ECAPA-TDNN forward of a 1 s utterance.
+    ecapa_overhead  one ECAPA-TDNN forward of a 1 s utterance;
+    wavlm_attention  WavLM Base+'s forward at the PR shape on each `extraction.attention` path (eager, sdpa,
+                  flex), float32 and bf16, with each path's layer change from eager.
 
 The record (`gpu.json`) is rewritten after every section (an interrupted run keeps what it measured)
 and stamped with `CALIBRATION_KEY` (a version of the shapes and code paths measured, bumped when they
@@ -47,7 +49,7 @@ import torch
 from repro.bench.common import machine_info
 from repro.bench.costmodel import CODE_PATHS, CODE_PATHS_VERSION
 
-CALIBRATION_VERSION = 2  # bump when the measured shapes or code change
+CALIBRATION_VERSION = 3  # bump when the measured shapes or code change
 CALIBRATION_KEY = f"calibration-v{CALIBRATION_VERSION}+code-paths-v{CODE_PATHS_VERSION}"
 WARMUP = 3  # untimed repetitions before the timed ones (one at toy sizes)
 DEFAULTS = {"steps": 20}
@@ -58,7 +60,7 @@ TINY_SHAPES = {"PR": (2, 1.0, 2, 2), "SID": (2, 0.8, 2, 2), "ASV": (2, 0.8, 2, 2
 MODEL_NAMES = ("wavlm-base-plus", "hubert-base", "ecapa-sup-speechbrain", "ecapa-dino-wespeaker")
 
 
-def _models(tiny: bool) -> dict[str, Callable]:
+def _models(tiny: bool, paths: tuple[str, ...] = ()) -> dict[str, Callable]:
     import transformers
 
     from repro.config.schema import SupervisedRecipeConfig
@@ -73,13 +75,17 @@ def _models(tiny: bool) -> dict[str, Callable]:
     dino_arch = WespeakerEcapaArch.from_dict({"channels": 16, "mfa_channels": 48, "embed_dim": 8, "scale": 2,
                                               "se_bottleneck": 8, "attention_bottleneck": 8} if tiny else {})
 
-    def hf(cls, config_cls, attention):
+    def hf(cls, config_cls, attention, path=None):
         def make():
             torch.manual_seed(0)
             config = config_cls(**small)
             config._attn_implementation = attention
-            return HFSpeechSSL(cls(config), False).eval()
+            return HFSpeechSSL(cls(config), False, path).eval()
         return make
+
+    if paths:  # WavLM Base+ on each `extraction.attention` path
+        return {f"wavlm-base-plus:{p}": hf(transformers.WavLMModel, transformers.WavLMConfig, "eager", p)
+                for p in paths}
 
     return {
         "wavlm-base-plus": hf(transformers.WavLMModel, transformers.WavLMConfig, "eager"),
@@ -273,6 +279,35 @@ def ecapa_section(device, tiny, steps, models) -> dict:
     return out
 
 
+def wavlm_attention_section(device, tiny, steps) -> dict:
+    """WavLM's forward at the PR shape on each attention path (`extraction.attention`), float32 and bf16:
+    seconds, peak memory, and each path's largest relative layer change from `eager`; a path the device or
+    the installed torch cannot run records its error."""
+    from repro.models.hf_encoder import ATTENTION_PATHS
+
+    items, seconds, _, _ = (TINY_SHAPES if tiny else SHAPES)["PR"]
+    wavs, lengths = _batch("PR", items, seconds, tiny, device)
+    out: dict[str, Any] = {}
+    reference = None
+    for name, make in _models(tiny, ("eager",) + tuple(p for p in ATTENTION_PATHS if p != "eager")).items():
+        path = name.partition(":")[2]
+        try:
+            model = make().to(device)
+            with torch.no_grad(), _precision(device, "float32"):
+                layers = [h.float() for h in model(wavs, lengths).layers]
+            reference = reference or layers
+            case: dict[str, Any] = {"layer_change_vs_eager": _relative_change(reference, layers)}
+            for mode in _modes(device, False):
+                with torch.no_grad(), _precision(device, mode):
+                    case[mode] = timed(lambda: model(wavs, lengths), device, steps, 1 if tiny else None)
+            out[path] = case
+        except Exception as err:  # noqa: BLE001 - a path that cannot run here is a result, recorded
+            out[path] = {"error": f"{type(err).__name__}: {err}"[:300]}
+        finally:
+            model = None
+    return out
+
+
 def _commit() -> str | None:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
@@ -321,6 +356,9 @@ def run(device: str = "cuda", tiny: bool = False, steps: int = DEFAULTS["steps"]
     save("pooled_steps")
     record["ecapa_overhead"] = ecapa_section(dev, tiny, steps, models)
     save("ecapa_overhead")
+    models = None
+    record["wavlm_attention"] = wavlm_attention_section(dev, tiny, steps)
+    save("wavlm_attention")
     return record
 
 
@@ -347,4 +385,9 @@ def table(r: dict) -> str:
     if r.get("ecapa_overhead"):
         lines.append("ECAPA-TDNN one forward (1 s): " + ", ".join(f"{m} {c['seconds'] * 1e3:.1f} ms"
                                                                  for m, c in r["ecapa_overhead"].items()))
+    for path, c in r.get("wavlm_attention", {}).items():
+        cells = c.get("error") or " ".join(
+            f"{m} {c[m]['seconds'] * 1e3:.1f} ms" + (f" {c[m]['peak_gib']:.2f} GiB" if c[m]["peak_gib"] else "")
+            for m in ("float32", "bf16") if m in c) + f"; layers vs eager {c['layer_change_vs_eager']['max']:.1e}"
+        lines.append(f"  WavLM attention {path:5s} (PR shape): {cells}")
     return "\n".join(lines)
