@@ -34,7 +34,10 @@ def test_tiny_calibration_runs_with_only_the_stock_set_and_the_wheels(tmp_path):
     assert "soundfile" not in modules["loaded"] and "speechbrain" in modules["loaded"]
     record = json.loads((tmp_path / "gpu.json").read_text())
     assert record["key"] == CALIBRATION_KEY and record["tiny"] is True
-    assert record["sections"] == ["upstream", "probe_groups", "pooled_steps", "ecapa_overhead"]
+    assert record["sections"] == ["upstream", "probe_groups", "pooled_steps", "ecapa_overhead", "wavlm_attention"]
+    paths = record["wavlm_attention"]
+    assert set(paths) == {"eager", "sdpa", "flex"} and not any("error" in c for c in paths.values()), paths
+    assert paths["eager"]["layer_change_vs_eager"]["max"] == 0 and paths["sdpa"]["layer_change_vs_eager"]["max"] < 1e-5
     for model in ("wavlm-base-plus", "hubert-base", "ecapa-sup-speechbrain", "ecapa-dino-wespeaker"):
         for task in ("PR", "SID", "ASV"):
             case = record["probe_groups"][model][task]
