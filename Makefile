@@ -45,8 +45,9 @@ install: $(VENV)/.installed ## create .venv with the pinned dependencies (requir
 demo: $(VENV)/.installed ## run the whole pipeline on the synthetic corpus with tiny models (CPU, minutes)
 	$(REPRO) run --profile smoke
 
-reproduce: $(VENV)/.installed ## run every stage of PROFILE (smoke|fast|full), skipping what is complete
-	$(REPRO) run --profile $(PROFILE)
+DRY_RUN ?=
+reproduce: $(VENV)/.installed ## run every stage of PROFILE (smoke|fast|full), skipping what is complete; DRY_RUN=1: the plan and its GPU-hours only
+	$(REPRO) run --profile $(PROFILE)$(if $(DRY_RUN), --dry-run)
 
 data: $(VENV)/.installed ## download, verify and extract the real corpora PROFILE needs (fast|full)
 	$(REPRO) data fetch --profile $(PROFILE)

@@ -50,12 +50,20 @@ def main() -> None:
               help="run only this stage (repeatable): corpus, train, features, cka, probe or paper")
 @FORCE
 @QUIET
-def run(profile: str, stages: tuple[str, ...], force: bool, quiet: bool) -> None:
+@click.option("--dry-run", is_flag=True, help="list each output as complete, stale or missing and the GPU-hours of "
+              "what remains; run nothing, write nothing")
+@click.option("--verbose", is_flag=True, help="with --dry-run: every output, complete ones included")
+def run(profile: str, stages: tuple[str, ...], force: bool, quiet: bool, dry_run: bool, verbose: bool) -> None:
     """Run the pipeline of a profile, keeping what is complete."""
     from repro.pipeline import run as run_pipeline
     from repro.workspace import Workspace
 
     ws = Workspace.for_profile(profile)
+    if dry_run:
+        from repro.plan import lines, make_plan
+
+        _echo(lines(make_plan(ws, list(stages) or None), ws, show_complete=not quiet and verbose))
+        return
     done = run_pipeline(ws, list(stages) or None, progress=not quiet, force=force,
                         on_stage=lambda r, env: _echo(console.stage_lines(ws, r)) if env.is_main else None)
     if len(done) > 1:
