@@ -75,6 +75,24 @@ def _echo(lines) -> None:
         click.echo(line)
 
 
+@main.command()
+@click.option("--profile", "-p", type=click.Choice(["fast", "full"]), default="fast", show_default=True,
+              help="the real profile to rehearse")
+@click.option("--device", default=None, help="cpu or cuda (default: each stage's auto)")
+@click.option("--ci", is_flag=True, help="the CI sizes: smaller corpora and tiny models, the same code paths")
+@click.option("--train/--no-train", default=None, help="rehearse `repro train` (default: where ffmpeg is present)")
+@QUIET
+def rehearse(profile: str, device: str | None, ci: bool, train: bool | None, quiet: bool) -> None:
+    """Run every stage of a real profile on locally made corpora in the real layouts and random-weight
+    models at the real sizes, in work/rehearse-<profile>/ (minutes; its numbers are not results)."""
+    from repro.rehearse.runner import rehearse as run_rehearsal
+
+    record = run_rehearsal(profile, ci=ci, device=device, train=train, progress=not quiet, log=click.echo)
+    s = record["seconds"]
+    click.echo(f"rehearsal of '{profile}' done in {s['total']:.0f} s; report: paper_figures/rehearse-{profile}/"
+               "REHEARSAL.md (random weights, synthetic speech: not results)")
+
+
 @main.group()
 def config() -> None:
     """Inspect profiles."""

@@ -39,6 +39,7 @@ from repro.data.espeak import Voice, synthesize
 from repro.data.prepare.speech_commands import which_set
 from repro.util.atomic import atomic_path
 
+VERSION = 2  # of the corpus makers: a rehearsal remakes its corpora when it changes
 LANGUAGES = ["en", "en-us", "en-gb-x-rp", "en-029", "en-gb-scotland", "en-us-nyc"]
 VARIANTS = ["m1", "f1", "m2", "f2", "m3", "f3", "m4", "f4", "m5", "f5", "m6", "m7"]
 # s3prl's phone inventory (downstream/ctc/vocab/phoneme.txt): SIL, SPN, then stressed ARPAbet
@@ -56,7 +57,10 @@ ER_STYLE_OF = {"neu": "neu", "hap": "hap", "exc": "hap", "ang": "ang", "sad": "s
 
 @dataclass(frozen=True)
 class Sizes:
-    """How much of each corpus a rehearsal makes (speakers, utterances per speaker, seconds)."""
+    """How much of each corpus a rehearsal makes (speakers, utterances per speaker, seconds).
+
+    VoxCeleb1's identification split puts a speaker's last utterance in test, the one before in dev and
+    the others in train: `vox_videos * vox_per_video` must be at least 3."""
 
     libri_speakers: tuple[int, int, int] = (6, 3, 3)  # train-clean-100, dev-clean, test-clean
     libri_per_speaker: int = 3
@@ -74,13 +78,13 @@ class Sizes:
     vox_trials: int = 24
     vox2_speakers: int = 3
     vox2_per_speaker: int = 3
-    iemocap_per_dialog: int = 4
+    iemocap_per_dialog: int = 7  # one turn of each label of the cycle: every class in every session
     noise_seconds: float = 6.0
 
 
 CI = Sizes(libri_speakers=(3, 2, 2), libri_per_speaker=2, ks_train_speakers=2, ks_unknown_words=1, fsc_speakers=(1, 1, 1),
-           fsc_intents_per_speaker=0, vox_dev_speakers=4, vox_test_speakers=2, vox_videos=2, vox_per_video=1,
-           vox_long_seconds=0.0, vox_trials=6, vox2_speakers=2, vox2_per_speaker=2, iemocap_per_dialog=2)
+           fsc_intents_per_speaker=0, vox_dev_speakers=4, vox_test_speakers=2, vox_videos=2, vox_per_video=2,
+           vox_long_seconds=0.0, vox_trials=6, vox2_speakers=2, vox2_per_speaker=2, iemocap_per_dialog=7)
 
 
 class _Voices:
@@ -296,8 +300,7 @@ def make_voxceleb1(root: Path, sizes: Sizes, seed: int) -> int:
                            _spoken(v, f"vox-{spk}", rng, sizes.vox_long_seconds if long else 2.5))
                     # the identification split: the last utterance of the last video is test, the one before dev
                     last = (k, n) == (sizes.vox_videos - 1, sizes.vox_per_video)
-                    before = (k, n) == (sizes.vox_videos - 1, sizes.vox_per_video - 1) or \
-                        (sizes.vox_per_video == 1 and (k, n) == (sizes.vox_videos - 2, 1))
+                    before = (k, n) == (sizes.vox_videos - 1, sizes.vox_per_video - 1)
                     iden.append(f"{'3' if last else '2' if before else '1'} {rel}")
                     if part == "test":
                         test_files.append(rel)
