@@ -71,13 +71,18 @@ def overrides(base: str, folder: Path, ci: bool = False) -> tuple[dict[str, Any]
     if real.cka.max_frames:
         out["cka"] = {"max_frames": CKA_MAX_FRAMES}
         shrunk.append(f"cka.max_frames: {real.cka.max_frames} -> {CKA_MAX_FRAMES}")
+    if ci:  # the worker processes kept, fewer of them: a CI machine has two cores
+        out["extraction"] = {"num_workers": 2}
+        shrunk.append(f"extraction.num_workers: {real.extraction.num_workers} -> 2 (CI only)")
     st = real.speaker_training
     out["speaker_training"] = {"supervised": {"epochs": 1, "batch_size": 2}, "dino": {"epochs": 1, "batch_size": 2},
                                "log_every": 1, "eval_every_epochs": 1}
     shrunk += [f"speaker_training.supervised.epochs: {st.supervised.epochs} -> 1",
                f"speaker_training.supervised.batch_size: {st.supervised.batch_size} -> 2",
                f"speaker_training.dino.epochs: {st.dino.epochs} -> 1",
-               f"speaker_training.dino.batch_size: {st.dino.batch_size} -> 2"]
+               f"speaker_training.dino.batch_size: {st.dino.batch_size} -> 2",
+               f"speaker_training.eval_every_epochs: {st.eval_every_epochs} -> 1 (one epoch, one evaluation)",
+               f"speaker_training.log_every: {st.log_every} -> 1"]
     return out, shrunk
 
 
