@@ -120,4 +120,4 @@ docker-build: ## build the Docker image (Dockerfile) as repro:<version>
 	scripts/docker.sh build
 
 docker-%: ## run `make %` inside the image, e.g. make docker-reproduce PROFILE=fast
-	scripts/docker.sh make $* PROFILE=$(PROFILE)
+	scripts/docker.sh make $* PROFILE=$(PROFILE)$(if $(DRY_RUN), DRY_RUN=1)$(if $(DEVICE), DEVICE=$(DEVICE))
