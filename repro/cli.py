@@ -81,13 +81,17 @@ def _echo(lines) -> None:
 @click.option("--device", default=None, help="cpu or cuda (default: each stage's auto)")
 @click.option("--ci", is_flag=True, help="the CI sizes: smaller corpora and tiny models, the same code paths")
 @click.option("--train/--no-train", default=None, help="rehearse `repro train` (default: where ffmpeg is present)")
+@click.option("--record", "record_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="also write the seconds and disk as DIR/rehearsal.json (docs/PERFORMANCE.md's record)")
 @QUIET
-def rehearse(profile: str, device: str | None, ci: bool, train: bool | None, quiet: bool) -> None:
+def rehearse(profile: str, device: str | None, ci: bool, train: bool | None, record_dir: Path | None,
+             quiet: bool) -> None:
     """Run every stage of a real profile on locally made corpora in the real layouts and random-weight
     models at the real sizes, in work/rehearse-<profile>/ (minutes; its numbers are not results)."""
     from repro.rehearse.runner import rehearse as run_rehearsal
 
-    record = run_rehearsal(profile, ci=ci, device=device, train=train, progress=not quiet, log=click.echo)
+    record = run_rehearsal(profile, ci=ci, device=device, train=train, progress=not quiet, log=click.echo,
+                           record_dir=record_dir)
     s = record["seconds"]
     click.echo(f"rehearsal of '{profile}' done in {s['total']:.0f} s; report: paper_figures/rehearse-{profile}/"
                "REHEARSAL.md (random weights, synthetic speech: not results)")

@@ -75,7 +75,7 @@ def _du(paths: list[Path]) -> int:
 
 
 def rehearse(base: str, *, ci: bool = False, device: str | None = None, train: bool | None = None,
-             progress: bool = True, log=print) -> dict:
+             progress: bool = True, log=print, record_dir: Path | None = None) -> dict:
     """Rehearse profile `base` (fast or full); returns the rehearsal's record (also REHEARSAL.md)."""
     from repro.config import load_profile
     from repro.workspace import Workspace
@@ -158,6 +158,10 @@ def rehearse(base: str, *, ci: bool = False, device: str | None = None, train: b
               "disk_bytes": {"work": _du([ws.work]), "results": _du([ws.results]), "figures": _du([ws.figures])},
               "shrunk": shrunk, "corpora": made, "train": trained, "cannot_cover": CANNOT}
     write_report(ws, record)
+    if record_dir is not None:
+        from repro.bench.rehearsal import record as write_record
+
+        log(f"record: {write_record(record, record_dir)}")
     return record
 
 
