@@ -215,13 +215,20 @@ def _cka(ws: Workspace, plan: Plan) -> None:
     from repro.similarity.stage import default_pairs, result_paths
 
     _features(ws, plan, [ws.profile.cka.task], "cka", ["frames"])
+    stores = {o.price[0]: o for o in plan.outputs if o.stage == "cka" and o.price and o.price[2] == "features"}
     for a, b in default_pairs(ws.profile.models.all()):
         npz, js = result_paths(ws, a, b)
         info = _read_json(js)
         expected = cka_key(ws.profile, a, b)
         recorded = (info.get("provenance") or {}).get("settings") if isinstance(info, dict) else None
-        status, detail = _status(recorded, expected, info is not None and npz.is_file(),
-                                 lambda: _made_under(recorded, lambda p: cka_key(p, a, b)))
+
+        def detail(a=a, b=b, recorded=recorded) -> str:
+            stale = [f"{stores[m].path} ({stores[m].detail})" for m in dict.fromkeys((a, b))
+                     if m in stores and stores[m].status == "stale"]
+            return f"its store {'; '.join(stale)} is stale" if stale else \
+                _made_under(recorded, lambda p: cka_key(p, a, b))
+
+        status, detail = _status(recorded, expected, info is not None and npz.is_file(), detail)
         plan.outputs.append(Output("cka", js, status, detail, (f"{a}__{b}", "CKA", "cka")))
 
 
@@ -338,6 +345,10 @@ def make_plan(ws: Workspace, stages: list[str] | None = None, bench_dir: Path = 
     return plan
 
 
+def _hours(h: float) -> str:
+    return f"{h:.2f}" if h >= 0.01 or h == 0 else f"{h:.2g}"
+
+
 def lines(plan: Plan, ws: Workspace, show_complete: bool = False, limit: int = 6) -> list[str]:
     """The plan as text: per stage its counts and every output not complete, then the price."""
     out = [f"plan of `repro run --profile {plan.profile}` (nothing is run or written now)"]
@@ -359,7 +370,7 @@ def lines(plan: Plan, ws: Workspace, show_complete: bool = False, limit: int = 6
             out.append(f"  ... and {len(plain) - limit} more missing (--verbose lists every output)")
     if plan.hours is not None:
         precision = "bf16" if ws.profile.extraction.autocast == "bf16" else "float32"
-        out.append(f"remaining: {plan.hours['float32']:.2f} GPU-hours float32, {plan.hours['bf16']:.2f} GPU-hours "
+        out.append(f"remaining: {_hours(plan.hours['float32'])} GPU-hours float32, {_hours(plan.hours['bf16'])} GPU-hours "
                    f"bf16 autocast on one H100-class GPU (this profile runs {precision}; {plan.price_source})")
         if plan.unpriced:
             out.append(f"not priced (the cost model knows only the paper's four models): {', '.join(plan.unpriced)}")

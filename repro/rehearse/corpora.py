@@ -39,7 +39,7 @@ from repro.data.espeak import Voice, synthesize
 from repro.data.prepare.speech_commands import which_set
 from repro.util.atomic import atomic_path
 
-VERSION = 2  # of the corpus makers: a rehearsal remakes its corpora when it changes
+VERSION = 3  # of the corpus makers: a rehearsal remakes its corpora when it changes
 LANGUAGES = ["en", "en-us", "en-gb-x-rp", "en-029", "en-gb-scotland", "en-us-nyc"]
 VARIANTS = ["m1", "f1", "m2", "f2", "m3", "f3", "m4", "f4", "m5", "f5", "m6", "m7"]
 # s3prl's phone inventory (downstream/ctc/vocab/phoneme.txt): SIL, SPN, then stressed ARPAbet
@@ -295,7 +295,8 @@ def make_voxceleb1(root: Path, sizes: Sizes, seed: int) -> int:
                 for n in range(1, sizes.vox_per_video + 1):
                     rel = f"{spk}/{vid}/{n:05d}.wav"
                     rng = v.rng("vox1", rel)
-                    long = sizes.vox_long_seconds and k == 0 and n == 1
+                    # longer than the training crop: training speakers only (test trials stay short)
+                    long = sizes.vox_long_seconds and part == "dev" and k == 0 and n == 1
                     _write(root / "voxceleb1" / part / "wav" / rel,
                            _spoken(v, f"vox-{spk}", rng, sizes.vox_long_seconds if long else 2.5))
                     # the identification split: the last utterance of the last video is test, the one before dev
