@@ -96,11 +96,13 @@ def test_ci_rehearsal_runs_every_stage(tmp_path, monkeypatch):
     from repro.cli import main
 
     monkeypatch.chdir(tmp_path)
-    for var in ("REPRO_WORK", "REPRO_RESULTS", "REPRO_FIGURES", "REPRO_DATA"):
+    for var in ("REPRO_WORK", "REPRO_RESULTS", "REPRO_FIGURES"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("REPRO_DATA", str(tmp_path / "real-data"))  # as in the Docker image: never read or written
     result = CliRunner().invoke(main, ["rehearse", "--profile", "fast", "--ci", "--quiet", "--no-train"])
     assert result.exit_code == 0, result.output
     assert not (tmp_path / "work" / "fast").exists() and not (tmp_path / "data.lock.json").exists()
+    assert not (tmp_path / "real-data").exists() and os.environ["REPRO_DATA"] == str(tmp_path / "real-data")
     figures = tmp_path / "paper_figures" / "rehearse-fast"
     assert "REHEARSAL of profile `fast`: NOT RESULTS" in (figures / "REPORT.md").read_text()
     assert json.loads((figures / "provenance.json").read_text())["rehearsal"]["profile"] == "fast"

@@ -128,6 +128,9 @@ def rehearse(base: str, *, ci: bool = False, device: str | None = None, train: b
     registry = models.registry_file(folder / "models.yaml", sources, tiny=ci)
     previous = os.environ.get("REPRO_MODEL_REGISTRY", "")
     os.environ["REPRO_MODEL_REGISTRY"] = os.pathsep.join([p for p in previous.split(os.pathsep) if p] + [str(registry)])
+    # $REPRO_DATA (the Docker image sets /data) would send the corpus stage to the real corpora
+    real_data = os.environ.get("REPRO_DATA")
+    os.environ["REPRO_DATA"] = str(data_root)
     seconds["models"] = time.perf_counter() - t
     try:
         cfg = load_profile(str(profile_path))
@@ -149,6 +152,10 @@ def rehearse(base: str, *, ci: bool = False, device: str | None = None, train: b
         # 5. `repro train` for both speaker recipes
         trained = train_recipes(ws, want_vox2, train, progress, log, seconds)
     finally:
+        if real_data is None:
+            os.environ.pop("REPRO_DATA", None)
+        else:
+            os.environ["REPRO_DATA"] = real_data
         if previous:
             os.environ["REPRO_MODEL_REGISTRY"] = previous
         else:
