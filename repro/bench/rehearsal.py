@@ -16,10 +16,10 @@ def record(rehearsal: dict, bench_dir: Path) -> Path:
     from repro.util.atomic import atomic_write_json
 
     machine = machine_info()
-    try:
-        machine.setdefault("load_average_1min", round(os.getloadavg()[0], 2))
-    except OSError:
-        pass
+    load = rehearsal.get("load_average_start")
+    if load is None:  # a record made without it: the load now
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    machine["load_average_1min"] = round(load, 2) if load is not None else None
     out = {"benchmark": "rehearsal", "machine": machine, "profile": rehearsal["profile"], "ci": rehearsal["ci"],
            "seconds": rehearsal["seconds"], "disk_bytes": rehearsal["disk_bytes"],
            "shrunk": len(rehearsal["shrunk"]), "train": rehearsal["train"]}

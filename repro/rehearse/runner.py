@@ -81,6 +81,7 @@ def rehearse(base: str, *, ci: bool = False, device: str | None = None, train: b
     from repro.workspace import Workspace
 
     started = time.perf_counter()
+    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     # the profile's num_workers is kept on any machine; torch warns about it once per store on small ones
     warnings.filterwarnings("ignore", message="This DataLoader will create")
     name = rprofile.name_of(base)
@@ -161,7 +162,7 @@ def rehearse(base: str, *, ci: bool = False, device: str | None = None, train: b
         else:
             os.environ.pop("REPRO_MODEL_REGISTRY", None)
     seconds["total"] = time.perf_counter() - started
-    record = {"profile": base, "rehearsal_profile": name, "ci": ci, "seconds": seconds,
+    record = {"profile": base, "rehearsal_profile": name, "ci": ci, "seconds": seconds, "load_average_start": load_start,
               "disk_bytes": {"work": _du([ws.work]), "results": _du([ws.results]), "figures": _du([ws.figures])},
               "shrunk": shrunk, "corpora": made, "train": trained, "cannot_cover": CANNOT}
     write_report(ws, record)
