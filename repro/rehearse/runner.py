@@ -226,8 +226,9 @@ def _gib(n: int) -> str:
 def write_report(ws, record: dict) -> Path:
     """`paper_figures/rehearse-<profile>/REHEARSAL.md` and `.json`."""
     lines = [f"# REHEARSAL of profile `{record['profile']}` (not results)", "",
-             "Synthetic speech in the real corpora's layouts and formats; the real model classes at their real "
-             "sizes with random seeded weights; the profile's settings with only sizes shrunk. The figures, tables "
+             "Synthetic speech in the real corpora's layouts and formats; the real model classes "
+             + ("in tiny configurations (--ci)" if record["ci"] else "at their real sizes")
+             + " with random seeded weights; the profile's settings with only sizes shrunk. The figures, tables "
              "and checks beside this file show that every stage runs, not what any model learns.", "",
              "## Seconds per stage", ""]
     lines += [f"- {k}: {v:.0f} s" for k, v in record["seconds"].items()]
