@@ -22,7 +22,7 @@ MAX_BATCH = 2
 MAX_ACCUM = 2
 SUBSETS = {"PR": {"train": {"utterances": 8}, "dev": {"utterances": 4}},
            "KS": {"train": {"per_label": 2}, "dev": {"per_label": 1}},
-           "IC": {"train": {"utterances": 16}, "dev": {"utterances": 4}},
+           "IC": {"train": {"utterances": 40}, "dev": {"utterances": 4}},  # every slot value stays in train
            "SID": {"train": {"speakers": 4}, "dev": {"speakers": 4}, "test": {"speakers": 4}},
            "ASV": {"train": {"speakers": 4}}}
 CKA_UTTERANCES = 4
