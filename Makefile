@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 REPRO := $(PY) -m repro
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo reproduce bench-gpu corpus extract train cka probe paper check verify bench test test-fast models config clean docker-build data data-plan
+.PHONY: help install demo reproduce rehearse bench-gpu corpus extract train cka probe paper check verify bench test test-fast models config clean docker-build data data-plan
 
 help: ## list every target with one line each
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_%-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -47,8 +47,13 @@ install: $(VENV)/.installed ## create .venv with the pinned dependencies (requir
 demo: $(VENV)/.installed ## run the whole pipeline on the synthetic corpus with tiny models (CPU, minutes)
 	$(REPRO) run --profile smoke
 
-reproduce: $(VENV)/.installed ## run every stage of PROFILE (smoke|fast|full), skipping what is complete
-	$(REPRO) run --profile $(PROFILE)
+DRY_RUN ?=
+reproduce: $(VENV)/.installed ## run every stage of PROFILE (smoke|fast|full), skipping what is complete; DRY_RUN=1: the plan and its GPU-hours only
+	$(REPRO) run --profile $(PROFILE)$(if $(DRY_RUN), --dry-run)
+
+DEVICE ?=
+rehearse: $(VENV)/.installed ## rehearse PROFILE=fast|full (default fast): every stage on local corpora in the real layouts, random-weight models at real sizes (minutes)
+	$(REPRO) rehearse --profile $(if $(filter smoke,$(PROFILE)),fast,$(PROFILE))$(if $(DEVICE), --device $(DEVICE))
 
 data: $(VENV)/.installed ## download, verify and extract the real corpora PROFILE needs (fast|full)
 	$(REPRO) data fetch --profile $(PROFILE)
@@ -117,4 +122,4 @@ docker-build: ## build the Docker image (Dockerfile) as repro:<version>
 	scripts/docker.sh build
 
 docker-%: ## run `make %` inside the image, e.g. make docker-reproduce PROFILE=fast
-	scripts/docker.sh make $* PROFILE=$(PROFILE)
+	scripts/docker.sh make $* PROFILE=$(PROFILE)$(if $(DRY_RUN), DRY_RUN=1)$(if $(DEVICE), DEVICE=$(DEVICE))

@@ -50,12 +50,20 @@ def main() -> None:
               help="run only this stage (repeatable): corpus, train, features, cka, probe or paper")
 @FORCE
 @QUIET
-def run(profile: str, stages: tuple[str, ...], force: bool, quiet: bool) -> None:
+@click.option("--dry-run", is_flag=True, help="list each output as complete, stale or missing and the GPU-hours of "
+              "what remains; run nothing, write nothing")
+@click.option("--verbose", is_flag=True, help="with --dry-run: every output, complete ones included")
+def run(profile: str, stages: tuple[str, ...], force: bool, quiet: bool, dry_run: bool, verbose: bool) -> None:
     """Run the pipeline of a profile, keeping what is complete."""
     from repro.pipeline import run as run_pipeline
     from repro.workspace import Workspace
 
     ws = Workspace.for_profile(profile)
+    if dry_run:
+        from repro.plan import lines, make_plan
+
+        _echo(lines(make_plan(ws, list(stages) or None), ws, show_complete=not quiet and verbose))
+        return
     done = run_pipeline(ws, list(stages) or None, progress=not quiet, force=force,
                         on_stage=lambda r, env: _echo(console.stage_lines(ws, r)) if env.is_main else None)
     if len(done) > 1:
@@ -65,6 +73,28 @@ def run(profile: str, stages: tuple[str, ...], force: bool, quiet: bool) -> None
 def _echo(lines) -> None:
     for line in lines:
         click.echo(line)
+
+
+@main.command()
+@click.option("--profile", "-p", type=click.Choice(["fast", "full"]), default="fast", show_default=True,
+              help="the real profile to rehearse")
+@click.option("--device", default=None, help="cpu or cuda (default: each stage's auto)")
+@click.option("--ci", is_flag=True, help="the CI sizes: smaller corpora and tiny models, the same code paths")
+@click.option("--train/--no-train", default=None, help="rehearse `repro train` (default: where ffmpeg is present)")
+@click.option("--record", "record_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="also write the seconds and disk as DIR/rehearsal.json (docs/PERFORMANCE.md's record)")
+@QUIET
+def rehearse(profile: str, device: str | None, ci: bool, train: bool | None, record_dir: Path | None,
+             quiet: bool) -> None:
+    """Run every stage of a real profile on locally made corpora in the real layouts and random-weight
+    models at the real sizes, in work/rehearse-<profile>/ (minutes; its numbers are not results)."""
+    from repro.rehearse.runner import rehearse as run_rehearsal
+
+    record = run_rehearsal(profile, ci=ci, device=device, train=train, progress=not quiet, log=click.echo,
+                           record_dir=record_dir)
+    s = record["seconds"]
+    click.echo(f"rehearsal of '{profile}' done in {s['total']:.0f} s; report: paper_figures/rehearse-{profile}/"
+               "REHEARSAL.md (random weights, synthetic speech: not results)")
 
 
 @main.group()

@@ -72,6 +72,11 @@ SECTIONS = {
             "and ASV shapes as today's trainer runs it; a pooled-head step at the KS and ER shapes; one ECAPA-TDNN "
             "forward; median seconds with the 10th and 90th percentile, peak memory. The projection prices the "
             "probe groups' training with these seconds where the record's calibration key is current."),
+    "rehearsal": ("A rehearsal of the fast profile", "`make rehearse PROFILE=fast` on this machine: the rehearsal "
+                  "corpora made in the real layouts, the four models written at their real sizes with random "
+                  "weights, then every stage of the profile with its settings and shrunk sizes "
+                  "(docs/reviewing.md, \"Rehearsing the run\"); wall seconds per stage and the disk it used. On a "
+                  "shared machine the wall time includes waiting for a core."),
     "projection": ("Projection: the full profile on one GPU", None),
 }
 
@@ -122,6 +127,8 @@ def render(bench_dir: Path) -> str:
         if not path.is_file():
             how = "measure it as `repro/bench/fresh_machine.py` describes" if name == "fresh_machine" \
                 else f"`repro bench {name}`"
+            if name == "rehearsal":
+                how = importlib.import_module("repro.bench.rehearsal").HOW
             if name == "gpu":
                 how = ("on a GPU, `PYTHONPATH=. python3 -m repro bench gpu --wheels WHEELS` from the source tree (a "
                        "stock CUDA PyTorch environment is enough; `python -m repro.bench.wheels WHEELS` collects the "

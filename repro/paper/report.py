@@ -68,7 +68,12 @@ def write_report(ws: Workspace, claims: list[Outcome], refs: list[dict], rendere
     """Write REPORT.md and provenance.json beside the outputs; returns the report's path."""
     prov = provenance(ws)
     atomic_write_json(ws.figures / "provenance.json", prov)
-    lines = [f"# Reproduction report: profile `{ws.profile.name}`", "",
+    from repro.rehearse.runner import banner, rehearsal_info
+
+    if rehearsal_info(ws) is not None:
+        prov["rehearsal"] = rehearsal_info(ws)
+        atomic_write_json(ws.figures / "provenance.json", prov)
+    lines = [f"# Reproduction report: profile `{ws.profile.name}`", "", *banner(ws),
              "Ashihara et al., *What Do Self-Supervised Speech and Speaker Models Learn? New Findings From a "
              "Cross Model Layer-Wise Analysis*, ICASSP 2024 (arXiv 2401.17632).", "",
              f"Profile: {ws.profile.description}", ""]

@@ -1,0 +1,38 @@
+"""The record of a rehearsal (`repro rehearse --profile fast --record artifacts/bench`): wall seconds of
+each stage and the disk it used, on the machine named in the record; the PERFORMANCE page's section."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+HOW = "`repro rehearse --profile fast --record artifacts/bench` (then `repro bench report`)"
+
+
+def record(rehearsal: dict, bench_dir: Path) -> Path:
+    """Write `bench_dir/rehearsal.json` from a rehearsal's record (`repro.rehearse.runner.rehearse`)."""
+    import os
+
+    from repro.bench.common import machine_info
+    from repro.util.atomic import atomic_write_json
+
+    machine = machine_info()
+    load = rehearsal.get("load_average_start")
+    if load is None:  # a record made without it: the load now
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    machine["load_average_1min"] = round(load, 2) if load is not None else None
+    out = {"benchmark": "rehearsal", "machine": machine, "profile": rehearsal["profile"], "ci": rehearsal["ci"],
+           "seconds": rehearsal["seconds"], "disk_bytes": rehearsal["disk_bytes"],
+           "shrunk": len(rehearsal["shrunk"]), "train": rehearsal["train"]}
+    path = Path(bench_dir) / "rehearsal.json"
+    atomic_write_json(path, out)
+    return path
+
+
+def table(r: dict) -> str:
+    lines = [f"repro rehearse --profile {r['profile']}{' --ci' if r.get('ci') else ''}: "
+             f"{r['seconds']['total'] / 60:.1f} min wall in all, {r['shrunk']} settings shrunk"]
+    lines += [f"  {k:10s} {v:8.0f} s" for k, v in r["seconds"].items() if k != "total"]
+    lines += [f"disk: {', '.join(f'{k} {v / 2**20:.0f} MiB' for k, v in r['disk_bytes'].items())}"]
+    if isinstance(r.get("train"), dict) and r["train"].get("skipped"):
+        lines.append(f"repro train: skipped ({r['train']['skipped']})")
+    return "\n".join(lines)

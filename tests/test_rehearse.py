@@ -1,0 +1,123 @@
+"""The rehearsal: corpora in the real layouts read by the real preparation code, a profile that keeps
+every setting but sizes, folders and keys of its own, and (slow) the CI rehearsal end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from repro.config import load_profile, to_dict
+from repro.rehearse import corpora
+from repro.rehearse.profile import write_profile
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rehearsal") / "data"
+    made = corpora.make_all(root, corpora.CI, 0, log=lambda *_: None)
+    return root, made
+
+
+def test_corpora_are_read_by_the_real_preparation_code(data_root):
+    from repro.data.prepare import fluent, iemocap, librispeech, speech_commands, voxceleb
+
+    root, made = data_root
+    pr, vocab = librispeech.items(root, ["train", "dev", "test"], "error")  # every word in a lexicon
+    assert {i.split for i in pr} == {"train", "dev", "test"} and len(pr) == made["librispeech"]
+    assert len(vocab) == 71 and all(set(i.label) <= set(vocab) for i in pr)
+    assert all(i.abs.suffix == ".flac" and i.abs.is_file() for i in pr)
+    ks, labels = speech_commands.items(root, root / "ks-tmp", 0)
+    for split in ("train", "dev", "test"):  # every keyword in every split, silence cut from the noise files
+        assert {i.label for i in ks if i.split == split} >= {"yes", "_unknown_", "_silence_"}, split
+    ic, slots = fluent.items(root / "fluent_speech_commands_dataset", "fsc")
+    assert {i.split for i in ic} == {"train", "dev", "test"} and "kitchen" in slots["location"]
+    sid = voxceleb.sid_items(root)
+    assert {i.split for i in sid} == {"train", "dev", "test"}
+    assert {i.label for i in sid if i.split == "test"} == {i.label for i in sid if i.split == "train"}
+    asv, trials = voxceleb.asv_items(root)
+    assert {t.target for t in trials["test"]} == {True, False}
+    er, er_labels = iemocap.items(root / "IEMOCAP_full_release", "iemocap", 1, 0.2)
+    assert len(er) == made["iemocap"]["total"]
+    for fold in "12345":  # every class in the training part of every fold
+        assert {i.label for i in er if i.fold_splits[fold] == "train"} == set(er_labels), fold
+
+
+def test_the_profile_keeps_every_setting_but_sizes(tmp_path):
+    base = to_dict(load_profile("fast"))
+    path, shrunk = write_profile("fast", tmp_path)
+    rehearsal = to_dict(load_profile(str(path)))
+    assert rehearsal["name"] == "rehearse-fast"
+    assert rehearsal["data"]["lock_file"] != base["data"]["lock_file"]  # never data.lock.json
+    assert Path(rehearsal["data"]["root"]).parent == tmp_path
+
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(base), flat(rehearsal)
+    changed = {k for k in a if a[k] != b.get(k)}
+    listed = {line.split(":")[0] for line in shrunk}
+    allowed = {"name", "description", "data.root", "data.lock_file"}
+    # every change is a listed size (a subset rule counts as its split)
+    assert all(k in allowed or k in listed or k.rsplit(".", 1)[0] in listed for k in changed), sorted(changed)
+    for kept in ("extraction.dtype", "extraction.num_workers", "extraction.autocast", "probing.tasks.SID.input",
+                 "probing.tasks.SID.train_crop_seconds", "probing.tasks.KS.input", "probing.tasks.PR.lr_grid",
+                 "probing.asv_idt_without_embedding", "cka.task"):
+        assert a[kept] == b[kept], kept
+
+
+def test_rehearsal_outputs_are_refused_by_the_real_profile(tmp_path, monkeypatch):
+    """The rehearsal's registry entries and sizes give other settings keys: the real profile never
+    accepts a rehearsal store or result as its own."""
+    from repro.provenance import probe_key, store_key
+    from repro.rehearse.models import registry_file
+
+    path, _ = write_profile("fast", tmp_path)
+    real = load_profile("fast")
+    before = {m: store_key(real, m, "KS", "pooled") for m in real.models.all()}
+    sources = {m: tmp_path / m for m in real.models.all()}
+    registry = registry_file(tmp_path / "models.yaml", sources)
+    monkeypatch.setenv("REPRO_MODEL_REGISTRY", os.pathsep.join([os.environ["REPRO_MODEL_REGISTRY"], str(registry)]))
+    rehearsal = load_profile(str(path))
+    for m in real.models.all():
+        assert store_key(rehearsal, m, "KS", "pooled") != before[m]
+        assert probe_key(rehearsal, m, "PR", 0.01) != probe_key(real, m, "PR", 0.01)
+
+
+@pytest.mark.slow
+def test_ci_rehearsal_runs_every_stage(tmp_path, monkeypatch):
+    """`repro rehearse --ci`: every stage of the fast profile, then the plan says all is complete."""
+    from repro.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for var in ("REPRO_WORK", "REPRO_RESULTS", "REPRO_FIGURES"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("REPRO_DATA", str(tmp_path / "real-data"))  # as in the Docker image: never read or written
+    result = CliRunner().invoke(main, ["rehearse", "--profile", "fast", "--ci", "--quiet", "--no-train"])
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "work" / "fast").exists() and not (tmp_path / "data.lock.json").exists()
+    assert not (tmp_path / "real-data").exists() and os.environ["REPRO_DATA"] == str(tmp_path / "real-data")
+    figures = tmp_path / "paper_figures" / "rehearse-fast"
+    assert "REHEARSAL of profile `fast`: NOT RESULTS" in (figures / "REPORT.md").read_text()
+    assert json.loads((figures / "provenance.json").read_text())["rehearsal"]["profile"] == "fast"
+    record = json.loads((figures / "REHEARSAL.json").read_text())
+    assert {"features", "cka", "probe", "paper"} <= set(record["seconds"])
+    profile = load_profile(str(tmp_path / "work" / "rehearse-fast" / "profile.yaml"))
+    for model in profile.models.all():
+        for task in profile.tasks:
+            assert (tmp_path / "results" / "rehearse-fast" / "probing" / model / task / "best.json").is_file()
+    # the plan of the rehearsal profile: nothing left to do
+    from repro.plan import make_plan
+    from repro.workspace import Workspace
+
+    monkeypatch.setenv("REPRO_MODEL_REGISTRY", os.pathsep.join(
+        [os.environ["REPRO_MODEL_REGISTRY"], str(tmp_path / "work" / "rehearse-fast" / "models.yaml")]))
+    plan = make_plan(Workspace.for_profile(profile), ["features", "cka", "probe"])
+    assert plan.counts()["missing"] == 0 and plan.counts()["stale"] == 0, [
+        (o.path, o.status, o.detail) for o in plan.outputs if o.status != "complete"]
