@@ -20,6 +20,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("repro.pipeline", "repro.console"),
     ("repro.speaker", "repro.ssl"),
     ("repro.bench",),
+    ("repro.plan", "repro.rehearse"),
     ("repro.cli", "repro.__main__"),
 ]
 RECIPE_PACKAGES = ("repro.speaker", "repro.ssl")

@@ -13,6 +13,7 @@ from repro.config import to_dict
 from repro.paper.claims import Outcome, checks_markdown
 from repro.paper.registry import OUTPUTS
 from repro.paper.render import stand_in_notes
+from repro.paper.rehearsal import banner, rehearsal_info
 from repro.util.atomic import atomic_write_json, atomic_write_text
 from repro.util.hashing import config_hash, sha256_file
 from repro.workspace import Workspace
@@ -68,8 +69,6 @@ def write_report(ws: Workspace, claims: list[Outcome], refs: list[dict], rendere
     """Write REPORT.md and provenance.json beside the outputs; returns the report's path."""
     prov = provenance(ws)
     atomic_write_json(ws.figures / "provenance.json", prov)
-    from repro.rehearse.runner import banner, rehearsal_info
-
     if rehearsal_info(ws) is not None:
         prov["rehearsal"] = rehearsal_info(ws)
         atomic_write_json(ws.figures / "provenance.json", prov)

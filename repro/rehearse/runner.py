@@ -28,10 +28,10 @@ import warnings
 import time
 from pathlib import Path
 
+from repro.paper.rehearsal import MARKER, banner, rehearsal_info
 from repro.rehearse import corpora, models, profile as rprofile
 from repro.util.atomic import atomic_directory, atomic_write_json, atomic_write_text
 
-MARKER = "REHEARSAL.json"
 CANNOT = [
     "downloads from the real hosts (OpenSLR, TensorFlow, Hugging Face, VoxCeleb mirrors) and their checksums",
     "the real corpora's published counts and committed utterance lists (replaced by the rehearsal corpus's own)",
@@ -42,26 +42,6 @@ CANNOT = [
     "the real corpora's sizes and length distribution: the time and memory of the real run (see `repro run "
     "--dry-run` for the price)",
 ]
-
-
-def rehearsal_info(ws) -> dict | None:
-    """The rehearsal record of a workspace (None for a real profile's)."""
-    path = ws.work / MARKER
-    try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, ValueError):
-        return {"rehearsal": True}
-
-
-def banner(ws) -> list[str]:
-    """The lines every report of a rehearsal starts with (empty for a real profile)."""
-    info = rehearsal_info(ws)
-    if info is None:
-        return []
-    return [f"> **REHEARSAL of profile `{info.get('profile', '?')}`: NOT RESULTS.** Synthetic speech in the real "
-            "corpora's layouts, the real model classes with RANDOM weights, sizes shrunk "
-            f"({len(info.get('shrunk', []))} settings, listed in REHEARSAL.md). Every number below only shows "
-            "that the path runs.", ""]
 
 
 def _du(paths: list[Path]) -> int:
