@@ -28,7 +28,7 @@ import warnings
 import time
 from pathlib import Path
 
-from repro.paper.rehearsal import MARKER, banner, rehearsal_info
+from repro.paper.rehearsal import MARKER
 from repro.rehearse import corpora, models, profile as rprofile
 from repro.util.atomic import atomic_directory, atomic_write_json, atomic_write_text
 
