@@ -451,3 +451,12 @@ def writer_lock(env: DistEnv | None, lock_file: str | Path, what: str, timeout_s
         on_rank_zero(env, f"locking {what}", lambda: held.enter_context(output_lock(lock_file, what, wait=False)),
                      timeout_s)
         yield
+
+
+# A process started with the pinned variables (`python -m repro` re-executed with them, the image, the tests)
+# computes with the pinned kernels from the start, whatever it runs: every process of a run (ranks,
+# workers, a test's reference run) then takes the same code paths, not only those that read a profile.
+from repro import cpu_numerics as _cpu_numerics  # noqa: E402 - torch-free; decided once torch is loaded
+
+if _cpu_numerics.is_pinned():
+    pin_cpu_kernels()
