@@ -169,6 +169,8 @@ def test_every_output_of_the_pipeline_is_the_single_process_output(runs):
                 stable = f"results/{name}"
                 ok, detail = compare_values(stable, b[name], read_values(path, value_rule(stable).kind))
                 assert ok, (name, detail)
+            elif name.endswith(".sha256") and any(fnmatch.fnmatchcase(name[:-len(".sha256")], g) for g in ROUNDED):
+                pass  # the digest record of a checkpoint compared within the tolerance follows it
             elif any(fnmatch.fnmatchcase(name, g) for g in ROUNDED):
                 load = (lambda p: json.loads(p.read_text())) if name.endswith(".json") else \
                     (lambda p: torch.load(p, weights_only=False))
