@@ -130,26 +130,17 @@ def test_group_memory_is_counted_and_a_probe_too_large_names_the_setting(tiny_co
 
 
 def test_groups_are_cut_to_the_probes_that_fit(tiny_corpus, tmp_path):
-    from repro.config import load_profile
     from repro.probing.runner import ProbeInputs, _fitting_group, lr_tag, run_probes
-    from repro.workspace import Workspace
 
-    base = load_profile("smoke")
     lrs = [0.01, 0.002]
-    tasks = {"KS": dataclasses.replace(base.probing.tasks["KS"], steps=4, eval_every=2, lr_grid=lrs, input="upstream")}
-    profile = dataclasses.replace(base, name="fit", tasks=["KS"], models=dataclasses.replace(
-        base.models, speech_ssl=["tiny-wavlm"], speaker_ssl=[], speaker_sup=[]),
-        probing=dataclasses.replace(base.probing, tasks=tasks))
-    ws = Workspace(profile, tmp_path / "work", tmp_path / "results", tmp_path / "figures")
-    ws.work.mkdir(parents=True)
-    ws.corpus_dir.symlink_to(tiny_corpus)
+    ws = _ks_workspace(tiny_corpus, tmp_path, "fit", lrs)
     inputs = ProbeInputs(ws, "tiny-wavlm", "KS")
     fold, splits = inputs.folds()[0]
     assert _fitting_group(inputs, lrs[0], 10 ** 12) > 2
     from repro.probing.runner import _fold_group
 
     task, train, _, _, _, (probe,) = _fold_group(inputs, splits, lrs[:1], fold)
-    plan = group_memory(task, probe.model, train, inputs.budget, profile.seed, inputs.device)
+    plan = group_memory(task, probe.model, train, inputs.budget, ws.profile.seed, inputs.device)
     one = plan.shared + plan.activations + plan.per_probe
     run_probes(ws, "tiny-wavlm", "KS", lrs, progress=False, inputs=inputs, device_memory=one)
     for lr in lrs:
@@ -159,21 +150,29 @@ def test_groups_are_cut_to_the_probes_that_fit(tiny_corpus, tmp_path):
         run_probes(ws, "tiny-wavlm", "KS", lrs, progress=False, inputs=inputs, device_memory=one - 1, force=True)
 
 
-def test_a_diverging_learning_rate_stops_alone_and_is_named(tiny_corpus, tmp_path):
+def _ks_workspace(tiny_corpus, tmp_path, name: str, lrs: list[float]):
+    """A workspace of the smoke profile reduced to KS probes of `lrs` (4 steps, upstream input) on tiny WavLM,
+    over the tiny corpus."""
     from repro.config import load_profile
-    from repro.probing.runner import lr_tag, run_probes
-    from repro.probing.trainer import NonFiniteLoss
     from repro.workspace import Workspace
 
     base = load_profile("smoke")
-    lrs = [0.01, 1e30]  # Adam moves every weight by about lr: the logits overflow after one step
     tasks = {"KS": dataclasses.replace(base.probing.tasks["KS"], steps=4, eval_every=2, lr_grid=lrs, input="upstream")}
-    profile = dataclasses.replace(base, name="nan", tasks=["KS"], models=dataclasses.replace(
+    profile = dataclasses.replace(base, name=name, tasks=["KS"], models=dataclasses.replace(
         base.models, speech_ssl=["tiny-wavlm"], speaker_ssl=[], speaker_sup=[]),
         probing=dataclasses.replace(base.probing, tasks=tasks))
     ws = Workspace(profile, tmp_path / "work", tmp_path / "results", tmp_path / "figures")
     ws.work.mkdir(parents=True)
     ws.corpus_dir.symlink_to(tiny_corpus)
+    return ws
+
+
+def test_a_diverging_learning_rate_stops_alone_and_is_named(tiny_corpus, tmp_path):
+    from repro.probing.runner import lr_tag, run_probes
+    from repro.probing.trainer import NonFiniteLoss
+
+    lrs = [0.01, 1e30]  # Adam moves every weight by about lr: the logits overflow after one step
+    ws = _ks_workspace(tiny_corpus, tmp_path, "nan", lrs)
     with pytest.raises(NonFiniteLoss, match=r"^model tiny-wavlm: probe KS lr=1e\+30: non-finite .* in steps \d\.\.\d"):
         run_probes(ws, "tiny-wavlm", "KS", lrs, progress=False)
     folder = ws.probe_dir("tiny-wavlm", "KS")
