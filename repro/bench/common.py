@@ -1,12 +1,16 @@
-"""What every benchmark needs: machine description, peak-memory sampling, a reference GEMM rate."""
+"""What every benchmark needs: machine description, peak-memory sampling, a reference GEMM rate, a work
+folder."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import tempfile
 import threading
 import time
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -134,3 +138,14 @@ def _once(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def work_folder(work: Path | str | None, prefix: str) -> Iterator[Path]:
+    """The folder a benchmark writes to: `work` (kept) when given, else a temporary folder named `prefix...`,
+    removed when the benchmark ends (whether or not it succeeds)."""
+    if work is not None:
+        yield Path(work)
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        yield Path(tmp)

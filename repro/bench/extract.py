@@ -27,14 +27,13 @@ on a shared machine).
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from repro.bench.common import PeakMemory, machine_info
+from repro.bench.common import PeakMemory, machine_info, work_folder
 from repro.config.schema import SynthConfig
 
 DEFAULTS = {"seconds": 60.0, "max_batch_seconds": 32.0, "flop_seconds": 8.0, "seed": 0, "repeats": 2}
@@ -131,9 +130,7 @@ def run(seconds: float = DEFAULTS["seconds"], max_batch_seconds: float = DEFAULT
     from repro.models.hf_ssl import load_hf_ssl
 
     started = time.perf_counter()
-    tmp = tempfile.TemporaryDirectory(prefix="bench-extract-") if work is None else None
-    work = Path(tmp.name) if tmp is not None else Path(work)
-    try:
+    with work_folder(work, "bench-extract-") as work:
         corpus = Path(corpus) if corpus else make_corpus(work / "corpus", CORPUS, seed=seed, progress=False)
         utts = pick_utterances(corpus, seconds)
         audio = sum(u.duration for u in utts)
@@ -206,9 +203,6 @@ def run(seconds: float = DEFAULTS["seconds"], max_batch_seconds: float = DEFAULT
             "max_relative_difference": difference, "wall_seconds": time.perf_counter() - started,
         }
         return result
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
 
 
 def _mib(b: int | None) -> float | None:

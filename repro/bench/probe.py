@@ -23,14 +23,13 @@ on-the-fly path (seconds per step) runs once.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from repro.bench.common import machine_info
+from repro.bench.common import machine_info, work_folder
 from repro.config.schema import SynthConfig, TaskBudget
 
 BENCH_SYNTH = SynthConfig(speakers=14, asv_speakers=4, asv_dev_speakers=2, dev_speakers=2, test_speakers=2,
@@ -107,9 +106,7 @@ def run(work: Path | None = None, steps: int = DEFAULTS["steps"], fly_steps: int
     from repro.probing.tasks import make_task
 
     started = time.perf_counter()
-    tmp = tempfile.TemporaryDirectory(prefix="bench-probe-") if work is None else None
-    work = Path(tmp.name) if tmp is not None else Path(work)
-    try:
+    with work_folder(work, "bench-probe-") as work:
         work.mkdir(parents=True, exist_ok=True)
         corpus = Path(corpus) if corpus else make_corpus(work / "corpus", BENCH_SYNTH, seed=0, progress=False)
         upstream = load_hf_ssl(str(base_plus_model(work / "wavlm-base-plus-random", model_config)))
@@ -156,9 +153,6 @@ def run(work: Path | None = None, steps: int = DEFAULTS["steps"], fly_steps: int
         out["group_speedup"] = {t: g["speedup"] for t, g in out["groups"].items()}
         out["wall_seconds"] = time.perf_counter() - started
         return out
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
 
 
 def table(r: dict) -> str:

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import torch
 
-from repro.bench.common import machine_info
+from repro.bench.common import machine_info, work_folder
 from repro.config.schema import TaskBudget
 from repro.util.device_syncs import DeviceSyncs
 
@@ -103,9 +103,7 @@ def run(work: Path | None = None, steps: int = DEFAULTS["steps"], eval_every: in
     from repro.runtime import resolve_device
 
     started = time.perf_counter()
-    tmp = tempfile.TemporaryDirectory(prefix="bench-probe-syncs-") if work is None else None
-    work = Path(tmp.name) if tmp is not None else Path(work)
-    try:
+    with work_folder(work, "bench-probe-syncs-") as work:
         work.mkdir(parents=True, exist_ok=True)
         corpus = Path(corpus) if corpus else make_corpus(work / "corpus", BENCH_SYNTH, seed=0, progress=False)
         upstream = load_hf_ssl(str(base_plus_model(work / "wavlm-tiny-random", TINY_WAVLM)))
@@ -140,9 +138,6 @@ def run(work: Path | None = None, steps: int = DEFAULTS["steps"], eval_every: in
                 "steps": counted}
         out["wall_seconds"] = time.perf_counter() - started
         return out
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
 
 
 def table(r: dict) -> str:
