@@ -92,11 +92,12 @@ def check_upstream(model: Upstream | Callable[[], Any] | str, models_dir: str | 
     with tempfile.TemporaryDirectory(prefix="repro-check-") as tmp:
         try:
             upstream = _build(model, Path(models_dir) if models_dir is not None else Path(tmp))
+            suite = _Suite(upstream, tolerance)
         except Exception as err:  # noqa: BLE001 - a model that cannot be built is one FAIL line
             report.results.append(CheckResult("builds", "FAIL", _reason(err)))
             return report
         report.results.append(CheckResult("builds", "PASS", f"{type(upstream).__name__}"))
-        _Suite(upstream, tolerance).run(report)
+        suite.run(report)
     return report
 
 
@@ -134,7 +135,8 @@ class _Suite:
         self.wavs = [torch.randn(n, generator=g) * 0.1 for n in SAMPLES]
         self.padded, self.lengths = pad_waveforms(self.wavs)
         self.state = {k: v.detach().clone() for k, v in upstream.state_dict().items()}
-        self.out: UpstreamOutput | None = None
+        self.out: UpstreamOutput | None = None  # the padded batch's (check_forward)
+        self.singles: list[UpstreamOutput] = []  # each utterance's alone (check_lengths)
 
     def run(self, report: CheckReport) -> None:
         status: dict[str, str] = {}
