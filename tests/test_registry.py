@@ -149,7 +149,8 @@ def test_a_trained_hf_entry_without_recipe_is_the_hubert_recipes_everywhere(tmp_
 
 
 @pytest.mark.parametrize("entry, names", [
-    ("loader: hf_randm\n  source: wavlm", ["loader 'hf_randm'", "hf, hf_random, speechbrain_ecapa", "trained_hf, python"]),
+    ("loader: hf_randm\n  source: wavlm",
+     ["loader 'hf_randm'; loaders: hf, hf_random, speechbrain_ecapa", "trained_hf, python"]),
     ("loader: trained_hf\n  options: {recipe: dino}", ["recipe 'dino'", "takes recipes hubert, wavlm"]),
     ("loader: hf_random\n  source: wavlm\n  options: {recipe: hubert}", ["recipe 'hubert'", "takes no recipe"]),
     ("loader: trained_ecapa\n  options: {recipe: dino}", ["family 'speech_ssl'", "trained_ecapa with recipe dino",
