@@ -215,6 +215,22 @@ def models_list() -> None:
             click.echo(f"{'':24s} stands in for: {spec.stand_in_for}")
 
 
+@main.command("check-model")
+@click.argument("model")
+@PROFILE
+def check_model(model: str, profile: str) -> None:
+    """Check that MODEL (a registry name or path/to/file.py:factory) keeps the upstream contract: shapes,
+    lengths, frame rates, padding invariance, determinism, frozen weights. One line per check; exit 1 on
+    a failure. Generated and trained models are those of the profile's work folder."""
+    from repro.models.check import check_upstream
+    from repro.workspace import Workspace
+
+    report = check_upstream(model, Workspace.for_profile(profile).models_dir)
+    _echo([*report.lines(), report.summary()])
+    if not report.passed:
+        sys.exit(1)
+
+
 @main.command()
 @PROFILE
 @click.option("--model", "-m", "model_names", multiple=True,

@@ -35,6 +35,7 @@ from typing import Any, Iterable
 from repro.config.typed import to_dict
 from repro.models.ecapa import FORWARD_VERSION as ECAPA_FORWARD_VERSION
 from repro.models.hf_encoder import ATTENTION_PATH_VERSION
+from repro.models.loaders import LOADERS, recipe_of
 from repro.models.registry import registry_signature, resolve_spec, spec_identity
 from repro.tasks import PROBE_READS, TASKS, task_input, idt_store_kind
 from repro.util.hashing import config_hash
@@ -90,11 +91,6 @@ SELECTION: tuple[str, ...] = (
     "speaker_training.supervised.output_name", "speaker_training.dino.output_name",
     "ssl_training.pipeline_recipes", "ssl_training.hubert.output_name", "ssl_training.wavlm.output_name",
 )
-ECAPA_LOADERS = ("speechbrain_ecapa", "ecapa_random", "wespeaker_ecapa", "trained_ecapa")
-HF_LOADERS = ("hf", "hf_random", "trained_hf")
-# loaders of the models the project's recipes train, and the profile section of their settings
-TRAINED_LOADERS = {"trained_ecapa": "speaker_training", "trained_hf": "ssl_training"}
-DEFAULT_RECIPE = {"trained_ecapa": "supervised", "trained_hf": "hubert"}
 
 
 @dataclass(frozen=True)
@@ -234,14 +230,15 @@ def model_identity(profile, name: str) -> dict[str, Any]:
     spec = resolve_spec(name)
     ident = spec_identity(name)
     ident.pop("family", None)
-    if spec.loader in ECAPA_LOADERS:
+    loader = LOADERS[spec.loader]
+    if loader.network == "ecapa":
         ident["layers"] = settings_read(profile, "model")["models.ecapa_layers"]
         ident["forward"] = ECAPA_FORWARD_VERSION  # how a batch is computed (repro.models.ecapa)
-    if spec.loader in HF_LOADERS:
+    if loader.network == "transformers":
         ident["attention"] = settings_read(profile, "model")["extraction.attention"]
         ident["attention_path"] = ATTENTION_PATH_VERSION  # how the forward computes it (repro.models.hf_encoder)
-    if spec.loader in TRAINED_LOADERS:
-        ident["trained"] = trained_model_key(profile, spec.options.get("recipe", DEFAULT_RECIPE[spec.loader]))
+    if loader.trained:
+        ident["trained"] = trained_model_key(profile, recipe_of(spec))
     return ident
 
 

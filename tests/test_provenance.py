@@ -17,6 +17,7 @@ from repro.cli import main
 from repro.config import ConfigError, load_profile
 from repro.config.schema import ProfileConfig
 from repro.config.typed import from_dict, to_dict
+from repro.models.loaders import LOADERS
 from repro.tasks import TASKS, idt_store_kind, task_input
 
 KINDS = ("frames", "pooled")
@@ -60,7 +61,7 @@ def direct(setting: str, p) -> set[str]:
     """Output patterns that read `setting` themselves (`*` matches one field), for profile `p`."""
     parts = setting.split(".")
     synthetic = p.corpus.kind == "synthetic"
-    ecapa = [m for m in p.models.all() if P.model_identity(p, m)["loader"] in P.ECAPA_LOADERS]
+    ecapa = [m for m in p.models.all() if LOADERS[P.model_identity(p, m)["loader"]].network == "ecapa"]
     head = {"head_dim": [t for t in TASKS if TASKS[t].head != "xvector"],
             "pooled_shortcut": [t for t in TASKS if TASKS[t].mean_pooled], "er_folds": ["ER"],
             **{k: ["ASV"] for k in ("xvector_dims", "xvector_embedding_dim", "am_softmax", "asv_selection")}}
@@ -71,7 +72,8 @@ def direct(setting: str, p) -> set[str]:
     if setting == "models.ecapa_layers":
         return {f"model:{m}" for m in ecapa}
     if setting == "extraction.attention":
-        return {f"model:{m}" for m in p.models.all() if P.model_identity(p, m)["loader"] in P.HF_LOADERS}
+        return {f"model:{m}" for m in p.models.all()
+                if LOADERS[P.model_identity(p, m)["loader"]].network == "transformers"}
     if parts[0] == "extraction":
         if parts[1] == "dtype":
             return {"store:*:*:frames"}

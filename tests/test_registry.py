@@ -97,3 +97,91 @@ def test_random_models_are_materialised_once_and_reproducibly(tmp_path, monkeypa
     c = load_upstream("tiny-hubert", tmp_path / "a")
     assert (tmp_path / "a" / "tiny-hubert" / "config.json").is_file() and c.num_layers == 13
     assert weights_fingerprint(c) != weights_fingerprint(load_upstream("tiny-wavlm", tmp_path / "a"))
+
+
+SSL_PROFILE = """
+name: mp
+description: one masked-prediction model registered without its recipe
+seed: 0
+corpus: {kind: synthetic}
+models: {speech_ssl: [my-mp], speaker_ssl: [], speaker_sup: []}
+ssl_training:
+  train_tasks: [PR]
+  device: cpu
+  threads: 1
+  require_above_majority: false
+  hubert:
+    output_name: my-mp
+    arch: {hidden_size: 16, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 32,
+           conv_dim: [8, 8, 8, 8, 8, 8, 8], num_conv_pos_embeddings: 8, num_conv_pos_embedding_groups: 2}
+    steps: 1
+    batch_size: 2
+    crop_seconds: 0.5
+    min_seconds: 0.5
+    clusters: 4
+    kmeans_n_init: 1
+    final_dim: 8
+    heldout_utterances: 2
+"""
+
+
+def test_a_trained_hf_entry_without_recipe_is_the_hubert_recipes_everywhere(tmp_path, monkeypatch, tiny_corpus):
+    """`loader: trained_hf` without `options.recipe` means the model the hubert recipe trains: the registry
+    loads it, the settings key names that recipe's settings, and the features stage accepts what it made."""
+    from repro import provenance, recipes
+    from repro.config import load_profile
+    from repro.features.stage import load_profile_upstream
+    from repro.workspace import Workspace
+
+    extra = tmp_path / "mine.yaml"
+    extra.write_text("my-mp:\n  family: speech_ssl\n  loader: trained_hf\n  about: a model our hubert recipe trains\n")
+    monkeypatch.setenv("REPRO_MODEL_REGISTRY", str(extra))
+    (tmp_path / "mp.yaml").write_text(SSL_PROFILE)
+    ws = Workspace(load_profile(tmp_path / "mp.yaml"), tmp_path / "work", tmp_path / "results", tmp_path / "figures")
+    ws.work.mkdir(parents=True)
+    ws.corpus_dir.symlink_to(tiny_corpus)
+    with pytest.raises(ModelUnavailableError, match="--recipe hubert"):  # not trained yet: the command that trains it
+        load_profile_upstream(ws, "my-mp")
+    info = recipes.train(ws, "hubert", progress=False)
+    assert info["settings"] == provenance.model_identity(ws.profile, "my-mp")["trained"]
+    up = load_profile_upstream(ws, "my-mp")  # not refused as stale
+    assert type(up.model).__name__ == "HubertModel"
+
+
+@pytest.mark.parametrize("entry, names", [
+    ("loader: hf_randm\n  source: wavlm",
+     ["loader 'hf_randm'; loaders: hf, hf_random, speechbrain_ecapa", "trained_hf, python"]),
+    ("loader: trained_hf\n  options: {recipe: dino}", ["recipe 'dino'", "takes recipes hubert, wavlm"]),
+    ("loader: hf_random\n  source: wavlm\n  options: {recipe: hubert}", ["recipe 'hubert'", "takes no recipe"]),
+    ("loader: trained_ecapa\n  options: {recipe: dino}", ["family 'speech_ssl'", "trained_ecapa with recipe dino",
+                                                          "makes speaker_ssl models"]),
+    ("loader: ecapa_random", ["family 'speech_ssl'", "makes speaker_ssl or speaker_sup models"]),
+    ("loader: hf", ["needs a 'source'", "loader hf"]),
+])
+def test_an_entry_that_disagrees_with_its_loader_is_refused_when_the_registry_is_read(tmp_path, monkeypatch, entry,
+                                                                                    names):
+    extra = tmp_path / "mine.yaml"
+    extra.write_text(f"ok:\n  family: speech_ssl\n  loader: hf_random\n  source: wavlm\n  about: x\n"
+                     f"bad:\n  family: speech_ssl\n  {entry}\n  about: x\n")
+    monkeypatch.setenv("REPRO_MODEL_REGISTRY", str(extra))
+    with pytest.raises(ConfigError) as err:
+        load_registry()
+    message = str(err.value)
+    assert message.startswith(f"{extra}: model 'bad' ") and "\n" not in message
+    for name in names:
+        assert name in message, message
+    res = CliRunner().invoke(main, ["models", "list"])  # the command line: one line, no traceback
+    assert res.exit_code == 2 and res.output.strip() == f"error: {message}", res.output
+
+
+def test_the_loader_table_agrees_with_the_recipes():
+    from repro.models.loaders import FAMILIES, LOADERS
+    from repro.recipes import RECIPES, section
+
+    assert {l.trained_by for l in LOADERS.values()} == {None, "speaker_training", "ssl_training"}
+    for loader in LOADERS.values():
+        assert set(loader.families) <= set(FAMILIES) and loader.network in (None, "ecapa", "transformers")
+        assert (loader.default_recipe in loader.recipes) if loader.trained else loader.default_recipe is None
+        for recipe, family in loader.recipes.items():
+            assert section(recipe) == loader.trained_by and family in loader.families, (loader.name, recipe)
+            assert RECIPES[recipe].trains == ("speech SSL" if family == "speech_ssl" else "speaker")

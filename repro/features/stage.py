@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from repro.data.manifest import load_task
 from repro.features.extract import extract
 from repro.features.store import FeatureStore, StoreError
+from repro.models.loaders import LOADERS, recipe_of
 from repro.models.registry import load_upstream, resolve_spec, spec_identity, weights_fingerprint
 from repro.models.upstream import Upstream
-from repro.provenance import TRAINED_LOADERS, store_key, trained_model_key
+from repro.provenance import store_key, trained_model_key
 from repro.runtime import DistEnv, run_sharded, writer_lock
 from repro.tasks import stores_needed
 from repro.util.atomic import check_writable
@@ -55,9 +56,9 @@ def model_info(name: str, upstream: Upstream) -> dict:
 def check_trained_model(ws: Workspace, name: str) -> None:
     """Refuse a model trained by a recipe under other settings than the profile's (StaleInputError)."""
     spec = resolve_spec(name)
-    if spec.loader not in TRAINED_LOADERS:
+    if not LOADERS[spec.loader].trained:
         return
-    recipe = spec.options.get("recipe", "supervised")
+    recipe = recipe_of(spec)
     path = ws.models_dir / spec.name / "model.json"
     if not path.is_file():
         return  # the loader says how to train it

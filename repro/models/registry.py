@@ -7,10 +7,8 @@ file named by `$REPRO_MODEL_REGISTRY`). A model can also be given directly as
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
-import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,31 +18,19 @@ import torch
 import yaml
 
 from repro.config.typed import ConfigError, from_dict
-from repro.errors import ReproError
-from repro.models.upstream import ModelUnavailableError, Upstream
-from repro.util.atomic import atomic_directory
-from repro.util.locks import output_lock
-from repro.remedy import command
-from repro.weights import FOLDER_DIGESTS, IMPORT_RECORD, check_folder, check_imported, record_folder
+from repro.models.loaders import FAMILIES, LOADERS, check_entry
+from repro.models.upstream import UnknownModelError, Upstream
 
 REGISTRY_FILE = Path(__file__).with_name("registry.yaml")
-FAMILIES = ("speech_ssl", "speaker_ssl", "speaker_sup")
-
-
-class UnknownModelError(ReproError, KeyError):
-    """A model name that is neither registered nor a `file.py:factory` reference."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One registry entry (see registry.yaml for the meaning of each field)."""
+    """One registry entry (see registry.yaml for the meaning of each field; `repro.models.loaders` for
+    the loaders and what each implies)."""
 
     family: Literal["speech_ssl", "speaker_ssl", "speaker_sup"] | None
-    loader: Literal["hf", "hf_random", "speechbrain_ecapa", "ecapa_random", "wespeaker_ecapa", "trained_ecapa",
-                    "trained_hf", "python"]
+    loader: str
     about: str
     source: str | None = None
     revision: str | None = None
@@ -85,10 +71,7 @@ def _parse_registry(files: tuple[tuple[str, int, int], ...]) -> dict[str, ModelS
             raise ConfigError(f"{path}: a registry must map model names to entries")
         for name, entry in data.items():
             spec = from_dict(ModelSpec, {**(entry or {}), "name": str(name)}, str(path), str(name))
-            if spec.loader in ("hf", "speechbrain_ecapa", "wespeaker_ecapa", "python") and not spec.source:
-                raise ConfigError(f"{path}: model '{name}' needs a 'source'")
-            if spec.family is None:
-                raise ConfigError(f"{path}: model '{name}' needs a 'family' ({', '.join(FAMILIES)})")
+            check_entry(spec, path)
             specs[str(name)] = spec
     return specs
 
@@ -135,17 +118,6 @@ def spec_identity(name: str) -> dict:
     return spec
 
 
-@contextlib.contextmanager
-def _made_once(folder: Path, marker: str):
-    """Yields whether the generated model `folder` lacks `marker` (and must be made), under the lock
-    `<models_dir>/.<name>.lock`: two runs that make the same model at once write it one after the other."""
-    if (folder / marker).is_file():
-        yield False
-        return
-    with output_lock(folder.with_name(f".{folder.name}.lock"), f"model {folder}"):
-        yield not (folder / marker).is_file()
-
-
 def load_upstream(name: str, models_dir: str | os.PathLike, ecapa_layers: tuple[str, ...] | None = None,
                   attention: str = "sdpa") -> Upstream:
     """Load model `name` as a frozen `Upstream`.
@@ -159,91 +131,7 @@ def load_upstream(name: str, models_dir: str | os.PathLike, ecapa_layers: tuple[
         attention: for transformers models, `sdpa` (where the model has it) or `eager`.
     """
     spec = resolve_spec(name)
-    folder = Path(models_dir) / spec.name
-    if spec.loader == "hf":
-        from repro.models.hf_ssl import load_hf_ssl
-
-        _require_pin(spec)
-        before = _hf_weight_files(spec)  # an imported model: its digests recorded on first use, checked later
-        for path in before:
-            check_imported(path, folder / IMPORT_RECORD, "or point the registry entry's `source:` elsewhere")
-        model = load_hf_ssl(spec.source, spec.revision, spec.options.get("normalize_waveform"), attention)
-        for path in sorted(set(_hf_weight_files(spec)) - set(before)):  # just downloaded
-            check_imported(path, folder / IMPORT_RECORD, "or point the registry entry's `source:` elsewhere")
-        return model
-    if spec.loader == "hf_random":
-        from repro.models.hf_ssl import load_hf_ssl, save_random_hf_ssl
-
-        with _made_once(folder, FOLDER_DIGESTS) as missing:
-            if missing:
-                with atomic_directory(folder, replace=True) as tmp:
-                    save_random_hf_ssl(tmp, spec.source, int(spec.options.get("seed", 0)),
-                                       **spec.options.get("config", {}))
-                    record_folder(tmp)
-        _check_generated(folder, spec.name)
-        return load_hf_ssl(str(folder), None, spec.options.get("normalize_waveform"), attention)
-    if spec.loader in ("speechbrain_ecapa", "ecapa_random"):
-        from repro.models import ecapa
-
-        source = spec.source
-        if spec.loader == "ecapa_random":
-            source = str(folder)
-            with _made_once(folder, FOLDER_DIGESTS) as missing:
-                if missing:
-                    torch.manual_seed(int(spec.options.get("seed", 0)))
-                    with atomic_directory(folder, replace=True) as tmp:
-                        ecapa.save_ecapa_checkpoint(tmp, ecapa.speechbrain_ecapa(spec.options.get("arch", {})))
-                        record_folder(tmp)
-            _check_generated(folder, spec.name)
-        else:
-            _require_pin(spec)
-            local = Path(source) / ecapa.CHECKPOINT_NAME
-            if local.is_file():  # an imported checkpoint: its digest recorded on first use, checked later
-                check_imported(local, folder / IMPORT_RECORD, "or point the registry entry's `source:` at another file")
-        model = ecapa.speechbrain_ecapa(spec.options.get("arch", {}))
-        model.load_state_dict(ecapa.load_ecapa_state(source, spec.revision), strict=True)
-        return ecapa.wrap_speechbrain_ecapa(model, spec.options.get("frontend", "speechbrain"),
-                                            ecapa_layers or tuple(spec.options.get("layers", ecapa.ECAPA_LAYERS)))
-    if spec.loader == "wespeaker_ecapa":
-        from repro.models.wespeaker_ecapa import WespeakerEcapaArch, wrap_wespeaker_ecapa
-        from repro.models.wespeaker_import import check_zip_config, fetch_checkpoint, load_wespeaker_ecapa
-
-        arch = WespeakerEcapaArch.from_dict(spec.options.get("arch", {}))
-        path = fetch_checkpoint(spec.source, folder, spec.options.get("sha256"))
-        check_zip_config(path.parent, arch)
-        model = load_wespeaker_ecapa(path, arch)
-        return wrap_wespeaker_ecapa(model, ecapa_layers or tuple(spec.options.get("layers", ())) or None)
-    if spec.loader == "trained_ecapa":
-        from repro.models.trained import load_trained_ecapa
-
-        return load_trained_ecapa(models_dir, spec.name, spec.options.get("recipe", "supervised"),
-                                  ecapa_layers or tuple(spec.options.get("layers", ())) or None)
-    if spec.loader == "trained_hf":
-        from repro.models.trained import load_trained_hf
-
-        return load_trained_hf(models_dir, spec.name, spec.options.get("recipe", "hubert"), attention)
-    if spec.loader == "python":
-        return _load_python(spec.source)
-    raise AssertionError(spec.loader)
-
-
-def _hf_weight_files(spec: ModelSpec) -> list[Path]:
-    """The weight files of a transformers model on this machine: those of a local folder, or the hub
-    cache's copies at the pinned revision (none before its first download; nothing is downloaded)."""
-    if Path(spec.source).is_dir():
-        return sorted(p for p in Path(spec.source).iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
-    from huggingface_hub import try_to_load_from_cache
-
-    found = [try_to_load_from_cache(spec.source, name, revision=spec.revision)
-             for name in ("model.safetensors", "pytorch_model.bin")]
-    return [Path(p) for p in found if isinstance(p, str)]
-
-
-def _check_generated(folder: Path, name: str) -> None:
-    """WeightsError naming the first file of a generated model whose sha256 differs from the one recorded
-    when it was made (`digests.json`), with the command that makes it again."""
-    profile = folder.parent.parent.name  # <work>/<profile>/models/<name>
-    check_folder(folder, f"delete {folder}, then {command('extract', profile, '-m', name)} makes it again")
+    return LOADERS[spec.loader].load(spec, Path(models_dir), ecapa_layers, attention)
 
 
 def weights_fingerprint(model: Upstream) -> str:
@@ -256,33 +144,5 @@ def weights_fingerprint(model: Upstream) -> str:
     return h.hexdigest()
 
 
-def _require_pin(spec: ModelSpec) -> None:
-    if Path(spec.source).is_dir():
-        return
-    if not spec.revision:
-        raise ConfigError(
-            f"model '{spec.name}' loads {spec.source} from the Hugging Face hub without a pinned revision; "
-            "set `revision:` (a 40-hex commit) in its registry entry, or point `source:` at a local folder"
-        )
-
-
 def _is_python_ref(name: str) -> bool:
     return ".py:" in name
-
-
-def _load_python(ref: str) -> Upstream:
-    file, _, factory = ref.rpartition(":")
-    path = Path(file)
-    if not path.is_file():
-        raise UnknownModelError(f"{path}: model file not found (from '{ref}')")
-    module_name = "repro_user_model_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    fn = getattr(module, factory, None)
-    if not callable(fn):
-        raise UnknownModelError(f"{path}: no function '{factory}' (from '{ref}')")
-    model = fn()
-    if not isinstance(model, Upstream):
-        raise ModelUnavailableError(f"{ref}: the factory must return a repro.models.upstream.Upstream, got {type(model).__name__}")
-    return model.freeze()

@@ -21,6 +21,13 @@ class ModelUnavailableError(ReproError):
     """A model whose weights cannot be found, fetched or loaded; the message says how to get them."""
 
 
+class UnknownModelError(ReproError, KeyError):
+    """A model name that is neither registered nor a `file.py:factory` reference."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 @dataclass(frozen=True)
 class LayerInfo:
     """Static description of one layer output: its name, width and frame rate (frames/s)."""
