@@ -406,8 +406,8 @@ def numerics_mismatch(ws: Workspace) -> str | None:
            else "with runtime.pinned_cpu_numerics: false")
     return (f"the record {record_path(ws)} was made {how[w]} and these outputs {how[h]} "
             f"({', '.join(s.get('cpu', '?') for s in have)}): their bytes cannot be compared; rerun "
-            f"`{fix}`: {rerun}, then verify again (or compare by value: "
-            f"`repro paper verify --profile {ws.profile.name} --by-value`)")
+            f"`{fix}`: {rerun}, then verify again (or compare by value: `make verify PROFILE={ws.profile.name} "
+            f"BY_VALUE=1`, i.e. `repro paper verify --profile {ws.profile.name} --by-value`)")
 
 
 def numerics_summary(ws: Workspace) -> str:
