@@ -86,6 +86,7 @@ class Launch:
             except ProcessLookupError:
                 pass
             self.proc.wait(timeout=30)
+        self._log.close()
 
     def _fail(self, why: str) -> None:
         self.stop()
@@ -111,4 +112,6 @@ class Launch:
             rc = self.proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             self._fail(f"torchrun still ran after {timeout_s:g} s")
-        return rc, self.output()
+        out = self.output()
+        self._log.close()
+        return rc, out
