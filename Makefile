@@ -97,8 +97,9 @@ table-%: $(VENV)/.installed ## rebuild one table from result files alone, e.g. m
 check: $(VENV)/.installed ## claim checks and reference comparisons: PASS / FAIL / NOT-RUN
 	$(REPRO) paper check --profile $(PROFILE)
 
-verify: $(VENV)/.installed ## compare the sha256 of every output with the recorded checksums
-	$(REPRO) paper verify --profile $(PROFILE)
+BY_VALUE ?=
+verify: $(VENV)/.installed ## compare every output with the recorded checksums (by value where bytes cannot match; BY_VALUE=1: always)
+	$(REPRO) paper verify --profile $(PROFILE)$(if $(BY_VALUE), --by-value)
 
 models: $(VENV)/.installed ## list the model registry
 	$(REPRO) models list

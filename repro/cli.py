@@ -327,8 +327,10 @@ def paper_check(profile: str) -> None:
 @PROFILE
 @click.option("--record", is_flag=True, help="store the current checksums as the profile's record instead")
 @click.option("--portable", is_flag=True, help="only the outputs that match on any machine (the synthetic corpus)")
-def paper_verify(profile: str, record: bool, portable: bool) -> None:
-    """Compare every output with the record: sha256, and numeric results by value within a stated tolerance."""
+@click.option("--by-value", is_flag=True,
+              help="compare by value, as when bytes cannot match (a GPU, another architecture, numerics not pinned)")
+def paper_verify(profile: str, record: bool, portable: bool, by_value: bool) -> None:
+    """Compare every output with the record: sha256, and numeric results by value within measured tolerances."""
     from repro.paper import checksums
     from repro.workspace import Workspace
 
@@ -339,28 +341,13 @@ def paper_verify(profile: str, record: bool, portable: bool) -> None:
                    f"{len(checksums.compute_values(ws))} numeric outputs in {checksums.values_path(ws)} and the CPU "
                    f"settings that computed them in {checksums.numerics_path(ws)}")
         return
-    if not portable and (mismatch := checksums.numerics_mismatch(ws)):
-        click.echo(f"error: {mismatch}", err=True)
+    result = checksums.report(ws, portable=portable, by_value=by_value)
+    if result.error:
+        click.echo(f"error: {result.error}", err=True)
+    for line in result.lines:
+        click.echo(line)
+    if not result.ok:
         sys.exit(1)
-    outcomes = checksums.check(ws, portable=portable)
-    for o in outcomes:
-        if o.status != "exact":
-            click.echo(f"{o.status:8s} {o.name}" + (f": {o.detail}" if o.detail else ""))
-    bad = [o for o in outcomes if o.status in ("changed", "missing", "extra")]
-    if bad:
-        click.echo(f"{len(bad)} difference(s) from {checksums.record_path(ws)}" + _numerics(ws))
-        sys.exit(1)
-    within = sum(o.status == "within" for o in outcomes)
-    click.echo(f"all {len(outcomes)} outputs match {checksums.record_path(ws)}: {len(outcomes) - within} exactly"
-               + (f", {within} within tolerance" if within else "") + _numerics(ws))
-
-
-def _numerics(ws) -> str:
-    """' (record: <CPU, settings>; this run: <CPU, settings>)', or nothing when neither is known."""
-    from repro.paper import checksums
-
-    summary = checksums.numerics_summary(ws)
-    return f" ({summary})" if summary else ""
 
 
 @main.command("train")

@@ -117,8 +117,11 @@ def state() -> dict:
 
 
 def describe(s: Mapping | None) -> str:
-    """One phrase for a `state()`: 'AMD EPYC, pinned numerics (ATen AVX2)' or 'unknown'."""
+    """One phrase for a `state()` as a run notes it: 'AMD EPYC, pinned numerics (ATen AVX2)', with
+    '+ GPU <name>' when a stage computed on a GPU (`repro.runtime.gpu_of`), or 'unknown'."""
     if not s:
         return "unknown (no record of the CPU or its settings)"
     how = "pinned numerics" if s.get("pinned") else "unpinned numerics"
-    return f"{s.get('cpu', 'unknown CPU')}, {how} (ATen {s.get('aten_capability', '?')})"
+    machine = "" if s.get("machine", "x86_64") == "x86_64" else f" {s['machine']}"
+    gpu = f" + GPU {s['gpu']}" if s.get("gpu") else ""
+    return f"{s.get('cpu', 'unknown CPU')}{machine}, {how} (ATen {s.get('aten_capability', '?')}){gpu}"

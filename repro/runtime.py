@@ -246,6 +246,17 @@ def note_cpu_numerics(folder: str | Path, state: dict) -> None:
 NUMERICS_NOTE = "numerics.json"
 
 
+def gpu_of(profile) -> str:
+    """The name of the GPU a stage of `profile` computes on (a stage's `device` is `cuda`, or `auto` with
+    a GPU visible); '' when every stage computes on the CPU."""
+    import dataclasses
+
+    devices = {getattr(getattr(profile, f.name), "device", None) for f in dataclasses.fields(profile)}
+    if devices & {"cuda", "auto"} and torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return ""
+
+
 @contextlib.contextmanager
 def session(profile) -> Iterator[DistEnv]:
     """The `DistEnv` of a profile's run: under torchrun the process group is joined (NCCL when
@@ -254,6 +265,8 @@ def session(profile) -> Iterator[DistEnv]:
     count is restored at the end), and rank 0 notes the CPU settings in the work folder."""
     set_tf32(profile.extraction.tf32)
     numerics = apply_cpu_numerics(profile)
+    if gpu := gpu_of(profile):
+        numerics["gpu"] = gpu  # some stage computes there: its outputs cannot be the CPU's bytes
     with threads_of(profile):
         env = setup(profile.probing.device, profile.distributed.timeout_seconds, "probing.device")
         try:

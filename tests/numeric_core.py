@@ -13,6 +13,14 @@ uses the operations of one stage, at tiny sizes, on one thread:
 - CKA: one pair of layers, the float64 sums X^T X, Y^T Y, X^T Y and their ratio.
 
 Prints `<ATen capability> speaker=<sha256 prefix> ssl=... features=... probe=... cka=...`.
+
+`--values PATH` also saves what it computed (float64 `.npz`): each part's tensors flattened (`speaker`,
+`ssl`, `features`, `probe`, `cka`), the CKA matrices (biased and debiased, `repro.similarity.cka`) of
+every pair of layers of the trained model's features (`cka_layers`, `cka_layers_debiased`), and the same
+for the untrained model's features (`fixed_features`, `fixed_cka_layers`, `fixed_cka_layers_debiased`: a
+model whose weights no run trains, as a downloaded one), computed after the digests, so the line printed
+is the same with or without it. `--steps N` trains each recipe N steps (default 4).
+tests/measure_tolerances.py compares these values across CPU settings.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import sys
 
+import numpy as np
 import torch
 
 if "--pin-kernels" in sys.argv:
@@ -31,12 +40,16 @@ torch.set_num_threads(1)
 torch.manual_seed(0)  # the initial weights
 F = torch.nn.functional
 digests: dict[str, "hashlib._Hash"] = {}
+values: dict[str, list[np.ndarray]] = {}
+VALUES = sys.argv[sys.argv.index("--values") + 1] if "--values" in sys.argv else None
+STEPS = int(sys.argv[sys.argv.index("--steps") + 1]) if "--steps" in sys.argv else 4
 
 
 def keep(*tensors: torch.Tensor) -> None:
-    """Add the bytes of `tensors` to the digest of the current part."""
+    """Add the bytes of `tensors` to the digest of the current part (and their values to `values`)."""
     for t in tensors:
         digests[part].update(t.detach().contiguous().numpy().tobytes())
+        values.setdefault(part, []).append(t.detach().double().reshape(-1).numpy())
 
 
 def start(name: str) -> None:
@@ -45,7 +58,7 @@ def start(name: str) -> None:
     digests[name] = hashlib.sha256()
 
 
-def train(params, loss_of, opt, steps: int = 4) -> None:
+def train(params, loss_of, opt, steps: int = STEPS) -> None:
     for _ in range(steps):
         opt.zero_grad()
         loss = loss_of()
@@ -80,6 +93,7 @@ front = torch.nn.Conv1d(1, 32, 10, stride=5)
 layers = torch.nn.ModuleList(torch.nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, activation="gelu",
                                                              batch_first=True, norm_first=True) for _ in range(2))
 norm, ssl_head = torch.nn.LayerNorm(32), torch.nn.Linear(32, 10)
+untrained = [{k: v.clone() for k, v in m.state_dict().items()} for m in (front, layers, norm)]
 wave, targets = torch.randn(4, 1, 805, generator=g), torch.randint(0, 10, (4, 160), generator=g)
 mask = torch.rand(4, 160, generator=g) < 0.5
 
@@ -132,3 +146,20 @@ xy, xx, yy = (x.T @ y).square().sum(), (x.T @ x).square().sum(), (y.T @ y).squar
 keep(xy / (xx.sqrt() * yy.sqrt()))
 
 print(torch.backends.cpu.get_cpu_capability(), " ".join(f"{k}={d.hexdigest()[:16]}" for k, d in digests.items()))
+
+if VALUES:
+    from repro.similarity.cka import linear_cka
+
+    def cka_layers(hidden: list[torch.Tensor], debiased: bool) -> np.ndarray:
+        rows = [h.reshape(-1, h.shape[-1]).double().numpy() for h in hidden]
+        return np.array([[linear_cka(a, b, debiased) for b in rows] for a in rows])
+
+    out = {k: np.concatenate(v) for k, v in values.items()}
+    out["cka_layers"], out["cka_layers_debiased"] = cka_layers(feats, False), cka_layers(feats, True)
+    for m, state in zip((front, layers, norm), untrained):
+        m.load_state_dict(state)
+    with torch.no_grad():
+        fixed = hidden_states(torch.randn(6, 1, 805, generator=torch.Generator().manual_seed(1)))
+    out["fixed_features"] = torch.cat([h.reshape(-1) for h in fixed]).double().numpy()
+    out["fixed_cka_layers"], out["fixed_cka_layers_debiased"] = cka_layers(fixed, False), cka_layers(fixed, True)
+    np.savez(VALUES, **out)

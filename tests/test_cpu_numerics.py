@@ -133,3 +133,25 @@ def test_the_pinned_square_root_is_the_correctly_rounded_one_with_its_edge_cases
     z = x[:5].clone()
     z.sqrt_()
     assert torch.equal(out, z) and torch.equal(out, x[:5].sqrt())
+
+
+def test_a_run_notes_the_gpu_a_stage_computes_on(monkeypatch):
+    """`session` adds `gpu` to the noted numerics when some stage's device is cuda (or auto with a GPU
+    visible): `repro paper verify` then knows the bytes cannot be the CPU's."""
+    import dataclasses
+
+    import torch
+
+    from repro.config import load_profile
+    from repro.runtime import gpu_of
+
+    smoke = load_profile("smoke")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100 80GB HBM3")
+    assert gpu_of(smoke) == ""  # every stage of the smoke profile computes on the CPU
+    auto = dataclasses.replace(smoke, probing=dataclasses.replace(smoke.probing, device="auto"))
+    assert gpu_of(auto) == "NVIDIA H100 80GB HBM3"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_of(auto) == ""
+    noted = {"cpu": "AMD EPYC", "pinned": False, "aten_capability": "AVX512", "gpu": "NVIDIA H100 80GB HBM3"}
+    assert cpu_numerics.describe(noted) == "AMD EPYC, unpinned numerics (ATen AVX512) + GPU NVIDIA H100 80GB HBM3"
