@@ -3,7 +3,12 @@
     with LoopbackServer() as srv:
         srv.files["/a.tar.gz"] = data
         srv.drops["/a.tar.gz"] = [1000]     # the next request sends 1000 bytes, then hangs up
+        srv.no_length.add("/a.tar.gz")      # no Content-Length: the body ends when the connection closes
+        srv.refusals["/a.tar.gz"] = 2       # after the path's first request, the next two answer 404
+        srv.seconds["/a.tar.gz"] = 1.0      # each answer takes about this long to send
         url = srv.url("/a.tar.gz")
+
+The server runs in a thread of the test process; child processes (`python -m repro ...`) reach it too.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import re
 import socket
 import tarfile
 import threading
+import time
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -23,6 +29,9 @@ class LoopbackServer:
         self.files: dict[str, bytes] = {}
         self.drops: dict[str, list[int]] = {}
         self.ignore_range: set[str] = set()
+        self.no_length: set[str] = set()
+        self.refusals: dict[str, int] = {}
+        self.seconds: dict[str, float] = {}
         self.requests: list[tuple[str, str | None]] = []
         server = self
 
@@ -36,6 +45,10 @@ class LoopbackServer:
                 rng = self.headers.get("Range")
                 server.requests.append((self.path, rng))
                 data = server.files.get(self.path)
+                served = sum(1 for p, _ in server.requests if p == self.path)
+                if server.refusals.get(self.path) and served > 1:  # the first request is answered
+                    server.refusals[self.path] -= 1
+                    data = None
                 if data is None:
                     self.send_response(404)
                     self.send_header("Content-Length", "0")
@@ -56,17 +69,27 @@ class LoopbackServer:
                 else:
                     self.send_response(200)
                 body = data[start:]
-                self.send_header("Content-Length", str(len(body)))
+                if self.path in server.no_length:
+                    self.send_header("Connection", "close")
+                else:
+                    self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 drops = server.drops.get(self.path)
-                if drops:
-                    n = drops.pop(0)
-                    self.wfile.write(body[:n])
+                cut = drops.pop(0) if drops else None
+                self._send(body if cut is None else body[:cut], server.seconds.get(self.path, 0.0))
+                if cut is not None or self.path in server.no_length:
                     self.wfile.flush()
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
-                    return
-                self.wfile.write(body)
+
+            def _send(self, body: bytes, seconds: float) -> None:
+                pieces = 20 if seconds else 1
+                step = -(-len(body) // pieces) or 1
+                for i in range(0, len(body), step):
+                    self.wfile.write(body[i:i + step])
+                    if seconds:
+                        self.wfile.flush()
+                        time.sleep(seconds / pieces)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True

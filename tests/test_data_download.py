@@ -439,8 +439,10 @@ def test_chained_links_are_refused_through_fetch_with_a_valid_checksum(server, t
     with pytest.raises(UnsafeArchiveError, match=rf"^x\.{re.escape(fmt)}: member '{re.escape(member)}'"):
         _run(["toy"], tmp_path, cat)
     files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file() or p.is_symlink())
-    assert files == ["catalog.yaml", "data.lock.json", "data/downloads/.verified/x." + fmt + ".json",
-                     "data/downloads/x." + fmt, "data/secret.txt"]  # no extraction, nothing escaped
+    assert files == [".data.lock.json.lock", "catalog.yaml", "data.lock.json",  # the lock file and its own lock
+                     "data/downloads/.locks/toy.lock", "data/downloads/.locks/toy.lock.owner",  # the fetch lock
+                     "data/downloads/.verified/x." + fmt + ".json", "data/downloads/x." + fmt,
+                     "data/secret.txt"]  # no extraction, nothing escaped
     assert (tmp_path / "data/secret.txt").read_bytes() == b"outside the corpus"
 
 
