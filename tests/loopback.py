@@ -6,6 +6,7 @@
         srv.no_length.add("/a.tar.gz")      # no Content-Length: the body ends when the connection closes
         srv.refusals["/a.tar.gz"] = 2       # after the path's first request, the next two answer 404
         srv.seconds["/a.tar.gz"] = 1.0      # each answer takes about this long to send
+        srv.hold["/a.tar.gz"] = threading.Event()  # answers wait until the test sets it
         url = srv.url("/a.tar.gz")
 
 The server runs in a thread of the test process; child processes (`python -m repro ...`) reach it too.
@@ -32,6 +33,7 @@ class LoopbackServer:
         self.no_length: set[str] = set()
         self.refusals: dict[str, int] = {}
         self.seconds: dict[str, float] = {}
+        self.hold: dict[str, threading.Event] = {}
         self.requests: list[tuple[str, str | None]] = []
         server = self
 
@@ -44,6 +46,8 @@ class LoopbackServer:
             def do_GET(self):
                 rng = self.headers.get("Range")
                 server.requests.append((self.path, rng))
+                if self.path in server.hold:
+                    server.hold[self.path].wait(timeout=300)
                 data = server.files.get(self.path)
                 served = sum(1 for p, _ in server.requests if p == self.path)
                 if server.refusals.get(self.path) and served > 1:  # the first request is answered

@@ -8,6 +8,7 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -62,9 +63,14 @@ def _done(proc: subprocess.Popen) -> tuple[int, str]:
 def test_two_fetches_of_different_corpora_keep_every_pin(server, tmp_path):
     data = {c: make_tar_gz({**FILES, f"pack/{c}.id": c.encode()}) for c in ("toya", "toyb")}
     _catalog(tmp_path, {c: [_archive(server, f"{c}.tar.gz", d)] for c, d in data.items()})
-    for c in data:  # each transfer takes 2 s: both fetches read the lock file before either records
-        server.seconds[f"/{c}.tar.gz"] = 2.0
+    release = threading.Event()  # both transfers wait until both fetches are downloading
+    for c in data:
+        server.hold[f"/{c}.tar.gz"] = release
     procs = [_fetch(tmp_path, c) for c in data]
+    deadline = time.monotonic() + 240
+    while len(server.requests) < 2 and time.monotonic() < deadline and all(p.poll() is None for p in procs):
+        time.sleep(0.05)
+    release.set()
     results = [_done(p) for p in procs]
     assert [rc for rc, _ in results] == [0, 0], results
     pins = json.loads((tmp_path / "data.lock.json").read_text())["archives"]
@@ -76,13 +82,20 @@ def test_two_fetches_of_different_corpora_keep_every_pin(server, tmp_path):
 def test_a_second_fetch_of_one_corpus_waits_for_the_first(server, tmp_path):
     data = make_tar_gz(FILES)
     _catalog(tmp_path, {"toy": [_archive(server, "toy.tar.gz", data)]})
-    server.seconds["/toy.tar.gz"] = 3.0
+    release = server.hold["/toy.tar.gz"] = threading.Event()  # the first transfer waits for the second fetch
     first = _fetch(tmp_path, "toy")
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 240
     while not server.requests and time.monotonic() < deadline:  # the first fetch is downloading
         time.sleep(0.05)
     second = _fetch(tmp_path, "toy")
-    (rc1, out1), (rc2, out2) = _done(first), _done(second)
+    seen = []
+    for line in second.stdout:  # until the second fetch says it waits
+        seen.append(line)
+        if line.startswith("waiting for"):
+            break
+    release.set()
+    (rc1, out1), (rc2, rest) = _done(first), _done(second)
+    out2 = "".join(seen) + rest
     assert (rc1, rc2) == (0, 0), (out1, out2)
     assert "Traceback" not in out1 + out2
     waiting = [line for line in out2.splitlines() if line.startswith("waiting for")]
