@@ -5,7 +5,6 @@
         srv.drops["/a.tar.gz"] = [1000]     # the next request sends 1000 bytes, then hangs up
         srv.no_length.add("/a.tar.gz")      # no Content-Length: the body ends when the connection closes
         srv.refusals["/a.tar.gz"] = 2       # after the path's first request, the next two answer 404
-        srv.seconds["/a.tar.gz"] = 1.0      # each answer takes about this long to send
         srv.hold["/a.tar.gz"] = threading.Event()  # answers wait until the test sets it
         url = srv.url("/a.tar.gz")
 
@@ -20,7 +19,6 @@ import re
 import socket
 import tarfile
 import threading
-import time
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -32,7 +30,6 @@ class LoopbackServer:
         self.ignore_range: set[str] = set()
         self.no_length: set[str] = set()
         self.refusals: dict[str, int] = {}
-        self.seconds: dict[str, float] = {}
         self.hold: dict[str, threading.Event] = {}
         self.requests: list[tuple[str, str | None]] = []
         server = self
@@ -80,20 +77,11 @@ class LoopbackServer:
                 self.end_headers()
                 drops = server.drops.get(self.path)
                 cut = drops.pop(0) if drops else None
-                self._send(body if cut is None else body[:cut], server.seconds.get(self.path, 0.0))
+                self.wfile.write(body if cut is None else body[:cut])
                 if cut is not None or self.path in server.no_length:
                     self.wfile.flush()
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
-
-            def _send(self, body: bytes, seconds: float) -> None:
-                pieces = 20 if seconds else 1
-                step = -(-len(body) // pieces) or 1
-                for i in range(0, len(body), step):
-                    self.wfile.write(body[i:i + step])
-                    if seconds:
-                        self.wfile.flush()
-                        time.sleep(seconds / pieces)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
