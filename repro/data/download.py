@@ -219,8 +219,7 @@ def fetch(
                 log(f"{s.key}: ready")
             continue
         corpus = run[0].corpus
-        with output_lock(fetch_lock_file(root, corpus), f"the download of {corpus.name} under {root}",
-                         say=log):
+        with output_lock(fetch_lock_file(root, corpus), f"the download of {corpus.name} under {root}"):
             lock.refresh()  # what fetches that held this lock before recorded
             for s in run:
                 if is_ready(root, s.corpus, s.archive):  # possibly put in place by a fetch we waited for

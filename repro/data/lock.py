@@ -75,7 +75,8 @@ class DataLock:
 
     @contextlib.contextmanager
     def _updating(self) -> Iterator[dict[str, Any]]:
-        """Hold the file's lock, yield its current content (read again) for changes, write it atomically."""
+        """Hold the file's lock, yield its current content (read again) for changes, then write it
+        atomically if the block changed it."""
         guard = guard_path(self.path)
         with writable(guard):
             guard.parent.mkdir(parents=True, exist_ok=True)
@@ -88,8 +89,10 @@ class DataLock:
                     "stop it, or wait for it and run this command again") from None
         try:
             self.data = self._read()
+            before = json.dumps(self.data, sort_keys=True)
             yield self.data
-            atomic_write_json(self.path, self.data)
+            if json.dumps(self.data, sort_keys=True) != before:
+                atomic_write_json(self.path, self.data)
         finally:
             lock.release()
 
