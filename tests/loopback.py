@@ -3,7 +3,12 @@
     with LoopbackServer() as srv:
         srv.files["/a.tar.gz"] = data
         srv.drops["/a.tar.gz"] = [1000]     # the next request sends 1000 bytes, then hangs up
+        srv.no_length.add("/a.tar.gz")      # no Content-Length: the body ends when the connection closes
+        srv.refusals["/a.tar.gz"] = 2       # after the path's first request, the next two answer 404
+        srv.hold["/a.tar.gz"] = threading.Event()  # answers wait until the test sets it
         url = srv.url("/a.tar.gz")
+
+The server runs in a thread of the test process; child processes (`python -m repro ...`) reach it too.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ class LoopbackServer:
         self.files: dict[str, bytes] = {}
         self.drops: dict[str, list[int]] = {}
         self.ignore_range: set[str] = set()
+        self.no_length: set[str] = set()
+        self.refusals: dict[str, int] = {}
+        self.hold: dict[str, threading.Event] = {}
         self.requests: list[tuple[str, str | None]] = []
         server = self
 
@@ -35,7 +43,13 @@ class LoopbackServer:
             def do_GET(self):
                 rng = self.headers.get("Range")
                 server.requests.append((self.path, rng))
+                if self.path in server.hold:
+                    server.hold[self.path].wait(timeout=300)
                 data = server.files.get(self.path)
+                served = sum(1 for p, _ in server.requests if p == self.path)
+                if server.refusals.get(self.path) and served > 1:  # the first request is answered
+                    server.refusals[self.path] -= 1
+                    data = None
                 if data is None:
                     self.send_response(404)
                     self.send_header("Content-Length", "0")
@@ -56,17 +70,18 @@ class LoopbackServer:
                 else:
                     self.send_response(200)
                 body = data[start:]
-                self.send_header("Content-Length", str(len(body)))
+                if self.path in server.no_length:
+                    self.send_header("Connection", "close")
+                else:
+                    self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 drops = server.drops.get(self.path)
-                if drops:
-                    n = drops.pop(0)
-                    self.wfile.write(body[:n])
+                cut = drops.pop(0) if drops else None
+                self.wfile.write(body if cut is None else body[:cut])
+                if cut is not None or self.path in server.no_length:
                     self.wfile.flush()
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
-                    return
-                self.wfile.write(body)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True

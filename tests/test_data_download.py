@@ -27,7 +27,7 @@ from repro.data.checksums import ChecksumError
 from repro.data.diskspace import NotEnoughSpaceError
 from repro.data.download import MARKER, ExpectationError, describe, fetch, plan, verify_auto
 from repro.data.http import RetryPolicy
-from repro.data.lock import DataLock
+from repro.data.lock import DataLock, LockMismatchError
 
 FAST = RetryPolicy(attempts=3, backoff_s=0.0, timeout_s=5.0)
 FILES = {f"pack/sub/{i:03d}.txt": (f"file {i} " * 2000).encode() for i in range(20)}
@@ -439,8 +439,10 @@ def test_chained_links_are_refused_through_fetch_with_a_valid_checksum(server, t
     with pytest.raises(UnsafeArchiveError, match=rf"^x\.{re.escape(fmt)}: member '{re.escape(member)}'"):
         _run(["toy"], tmp_path, cat)
     files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file() or p.is_symlink())
-    assert files == ["catalog.yaml", "data.lock.json", "data/downloads/.verified/x." + fmt + ".json",
-                     "data/downloads/x." + fmt, "data/secret.txt"]  # no extraction, nothing escaped
+    assert files == [".data.lock.json.lock", "catalog.yaml", "data.lock.json",  # the lock file and its own lock
+                     "data/downloads/.locks/toy.lock", "data/downloads/.locks/toy.lock.owner",  # the fetch lock
+                     "data/downloads/.verified/x." + fmt + ".json", "data/downloads/x." + fmt,
+                     "data/secret.txt"]  # no extraction, nothing escaped
     assert (tmp_path / "data/secret.txt").read_bytes() == b"outside the corpus"
 
 
@@ -582,3 +584,57 @@ def test_truncated_archive_is_one_line_through_the_cli(server, tmp_path, monkeyp
     res = CliRunner().invoke(main, ["data", "fetch", "toy", "--quiet"])
     assert res.exit_code == 0, res.output
     assert DataLock(tmp_path / "data.lock.json").archive("toy/a.tar.gz")["sha256"] == sha256(good)
+
+
+# --- one writer for the lock file, transfers judged by the catalogue's size ------------------------------------------
+
+def test_lock_file_records_of_stale_readers_are_merged_not_overwritten(tmp_path):
+    path = tmp_path / "data.lock.json"
+    first, second = DataLock(path), DataLock(path)  # both read the file before either records
+    entry = {"sha256": "a" * 64, "md5": "b" * 32, "bytes": 1, "verified_by": [], "url": "u", "recorded": "d"}
+    first.record_archive("one/a.tar.gz", entry)
+    second.record_archive("two/b.tar.gz", {**entry, "sha256": "c" * 64})
+    assert second.check_or_record_subset("PR/train", 3, "d" * 64, "corpus") == "recorded"
+    assert first.check_or_record_subset("PR/train", 3, "d" * 64, "corpus") == "verified"  # the other's record
+    with pytest.raises(LockMismatchError, match="one/a.tar.gz: sha256 e+ differs from a+ recorded"):
+        second.record_archive("one/a.tar.gz", {**entry, "sha256": "e" * 64})
+    on_disk = json.loads(path.read_text())
+    assert sorted(on_disk["archives"]) == ["one/a.tar.gz", "two/b.tar.gz"] and list(on_disk["subsets"]) == ["PR/train"]
+    assert on_disk["archives"]["one/a.tar.gz"]["sha256"] == "a" * 64
+
+
+def test_a_transfer_cut_without_a_length_is_resumed_in_the_same_fetch(server, tmp_path):
+    data = make_tar_gz(FILES)
+    server.files["/a.tar.gz"] = data
+    server.no_length.add("/a.tar.gz")
+    server.drops["/a.tar.gz"] = [len(data) // 4]
+    arch = {"name": "a", "file": "a.tar.gz", "format": "tar.gz", "urls": [server.url("/a.tar.gz")],
+            "sha256": sha256(data), "checksum_source": "test", "bytes": len(data), "bytes_exact": True}
+    _, lock, logs = _run(["toy"], tmp_path, _catalog(tmp_path, [arch]))
+    assert [r for p, r in server.requests] == [None, f"bytes={len(data) // 4}-"]
+    assert any(f"transfer cut at {len(data) // 4:,} of {len(data):,} bytes" in line for line in logs)
+    assert lock.archive("toy/a.tar.gz")["sha256"] == sha256(data)
+    assert not (tmp_path / "data/downloads/quarantine").exists()
+
+
+def test_a_short_transfer_against_an_approximate_size_is_left_to_the_checksum(server, tmp_path):
+    data = make_tar_gz(FILES)
+    server.files["/a.tar.gz"] = data[:-100]
+    server.no_length.add("/a.tar.gz")
+    arch = {"name": "a", "file": "a.tar.gz", "format": "tar.gz", "urls": [server.url("/a.tar.gz")],
+            "sha256": sha256(data), "checksum_source": "test", "bytes": len(data), "bytes_exact": False}
+    with pytest.raises(ChecksumError, match="every download failed its checksum"):
+        _run(["toy"], tmp_path, _catalog(tmp_path, [arch]))
+    assert len(server.requests) == 1  # an approximate size says nothing about where the file ends
+
+
+def test_two_corpora_downloading_one_file_name_are_refused(tmp_path):
+    arch = {"name": "a", "file": "same.tar.gz", "format": "tar.gz", "urls": ["http://example.invalid/x"],
+            "checksum_source": "none published"}
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump({"format": 1, "corpora": {c: {
+        "title": c, "homepage": "http://example.invalid", "licence": "CC0", "access": "auto", "tasks": ["PR"],
+        "archives": [arch]} for c in ("one", "two")}}))
+    with pytest.raises(ConfigError, match=r"corpora one and two both download a file named 'same\.tar\.gz' into "
+                                          r"downloads/; give one of them another 'file' name"):
+        load_catalog(path)

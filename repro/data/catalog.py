@@ -9,10 +9,14 @@ URLs, and destinations that no two archives share. Where things live:
     <data root>/<corpus>/<dest>/               an extracted archive (dest defaults to its name)
     <data root>/<corpus>/<dest>/<file>         a plain file (format `file`)
     <data root>/<folder>/                      a manual corpus (or a path the user gives)
+
+`$REPRO_DATA_CATALOG` names a catalogue file to use instead of the built-in one (for example the
+same entries with a local mirror first in each `urls` list).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -158,8 +162,8 @@ class UnknownCorpusError(ReproError, KeyError):
 
 
 def load_catalog(path: str | Path | None = None) -> Catalog:
-    """Read and validate a catalogue file (default: the built-in `catalog.yaml`)."""
-    return _load(str(path or CATALOG_PATH))
+    """Read and validate a catalogue file (default: `$REPRO_DATA_CATALOG`, else the built-in `catalog.yaml`)."""
+    return _load(str(path or os.environ.get("REPRO_DATA_CATALOG") or CATALOG_PATH))
 
 
 @lru_cache(maxsize=8)
@@ -174,7 +178,20 @@ def _load(path: str) -> Catalog:
         corpus = _with_name(corpus, name)
         _validate(corpus, path)
         corpora[name] = corpus
+    _check_download_names(corpora, path)
     return Catalog(cat.format, corpora)
+
+
+def _check_download_names(corpora: dict[str, Corpus], path: str) -> None:
+    """Every download has a file name of its own in `downloads/` (fetches lock per corpus, not per file)."""
+    owner: dict[str, str] = {}
+    for name, corpus in corpora.items():
+        for a in corpus.archives:
+            for file in [p.file for p in a.split_of] + [a.file]:
+                other = owner.setdefault(file, name)
+                if other != name:
+                    raise ConfigError(f"{path}: corpora {other} and {name} both download a file named {file!r} "
+                                      "into downloads/; give one of them another 'file' name")
 
 
 def _with_name(corpus: Corpus, name: str) -> Corpus:

@@ -23,6 +23,12 @@ split archive is vouched for by the whole archive's checksum. A file that fails 
 again instead of pinning a truncated copy for good.
 
 Free disk space is checked for the whole plan before step 3, with the shortfall in the message.
+
+One writer per corpus: steps 2-6 of a corpus's archives run under its fetch lock
+(`<root>/downloads/.locks/<corpus>.lock`, see `repro.util.locks.output_lock`), so a second fetch
+of the same corpus says in one line that another fetch holds it and waits, then finds the archives
+in place (or resumes what the first one left). Fetches of different corpora run side by side; the
+lock file takes their records one at a time (`repro.data.lock`).
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from repro.data.http import RetryPolicy, download, part_path
 from repro.data.lock import DataLock
 from repro.errors import ReproError
 from repro.util.atomic import atomic_directory, atomic_path, atomic_write_json
+from repro.util.locks import output_lock
 
 MARKER = ".repro-extracted.json"
 
@@ -60,6 +67,11 @@ def data_root(configured: str | None = None) -> Path:
 
 def downloads_dir(root: Path) -> Path:
     return root / "downloads"
+
+
+def fetch_lock_file(root: Path, corpus: Corpus) -> Path:
+    """The lock a fetch of `corpus` holds while it downloads, verifies and extracts its archives."""
+    return downloads_dir(root) / ".locks" / f"{corpus.name}.lock"
 
 
 def archive_dir(root: Path, corpus: Corpus, archive: Archive) -> Path:
@@ -196,11 +208,24 @@ def fetch(
     need = sum(s.to_download or 0 for s in todo) + sum(s.to_extract or 0 for s in todo)
     if todo:
         require_space(root, need, f"{len(todo)} archive(s) ({', '.join(s.key for s in todo)})", free)
-    for s in steps:
-        if s.ready:
-            log(f"{s.key}: ready")
+    i = 0
+    while i < len(steps):  # runs of steps of one corpus, each under the corpus's fetch lock
+        j = i
+        while j < len(steps) and steps[j].corpus.name == steps[i].corpus.name:
+            j += 1
+        run, i = steps[i:j], j
+        if all(s.ready for s in run):
+            for s in run:
+                log(f"{s.key}: ready")
             continue
-        _fetch_one(s.corpus, s.archive, root, lock, progress, policy, sleep, log, free, keep_archives)
+        corpus = run[0].corpus
+        with output_lock(fetch_lock_file(root, corpus), f"the download of {corpus.name} under {root}"):
+            lock.refresh()  # what fetches that held this lock before recorded
+            for s in run:
+                if is_ready(root, s.corpus, s.archive):  # possibly put in place by a fetch we waited for
+                    log(f"{s.key}: ready")
+                    continue
+                _fetch_one(s.corpus, s.archive, root, lock, progress, policy, sleep, log, free, keep_archives)
     return steps
 
 
@@ -230,8 +255,8 @@ def _fetch_one(corpus, archive, root, lock, progress, policy, sleep, log, free, 
         paths, parts = [], []
         for p in archive.split_of:
             exp = Expected(p.md5, p.sha256, _lock_sha(lock, corpus, p.file), archive.part_checksum_source or "catalogue")
-            path, unpinned = _obtain(dl / p.file, p.urls, exp, p.bytes, f"{corpus.name}/{p.file}", lock, progress,
-                                     policy, sleep, log)
+            path, unpinned = _obtain(dl / p.file, p.urls, exp, p.bytes, p.bytes_exact, f"{corpus.name}/{p.file}",
+                                     lock, progress, policy, sleep, log)
             paths.append(path)
             parts += [unpinned] if unpinned else []
         exp = Expected(archive.md5, archive.sha256, _lock_sha(lock, corpus, archive.file), archive.checksum_source)
@@ -248,8 +273,8 @@ def _fetch_one(corpus, archive, root, lock, progress, policy, sleep, log, free, 
         unpinned = []
     else:
         exp = Expected(archive.md5, archive.sha256, _lock_sha(lock, corpus, archive.file), archive.checksum_source)
-        path, one = _obtain(dl / archive.file, archive.urls, exp, archive.bytes, f"{corpus.name}/{archive.file}",
-                            lock, progress, policy, sleep, log)
+        path, one = _obtain(dl / archive.file, archive.urls, exp, archive.bytes, archive.bytes_exact,
+                            f"{corpus.name}/{archive.file}", lock, progress, policy, sleep, log)
         paths, unpinned = [path], [one] if one else []
         if unpinned and archive.bytes_exact and archive.bytes is not None and one.digests.bytes != archive.bytes:
             _refuse_unpinned(unpinned, lock, ExpectationError(
@@ -271,11 +296,13 @@ def _lock_sha(lock: DataLock, corpus: Corpus, file: str) -> str | None:
     return entry["sha256"] if entry else None
 
 
-def _obtain(path: Path, urls, exp: Expected, size, lock_key, lock, progress, policy, sleep,
+def _obtain(path: Path, urls, exp: Expected, size, size_exact, lock_key, lock, progress, policy, sleep,
             log) -> tuple[Path, _Unpinned | None]:
     """A copy of one file at `path` (downloaded if needed) that passed every checksum known for it;
     quarantines failures. A file verified by a checksum is recorded in the lock at once; one with
-    no checksum comes back as `_Unpinned`, for the caller to pin once its content passed its checks."""
+    no checksum comes back as `_Unpinned`, for the caller to pin once its content passed its checks.
+    `size`, `size_exact`: the catalogue's byte count and whether it is exact (a transfer without an
+    announced length that ends before an exact count is cut and resumed, never judged by checksum)."""
     if path.is_file():
         d = cached_digests([path], progress=progress)
         bad = exp.mismatches(d)
@@ -286,7 +313,8 @@ def _obtain(path: Path, urls, exp: Expected, size, lock_key, lock, progress, pol
     remaining = list(urls)
     last_q = None
     while remaining:
-        used = download(remaining, path, policy=policy, expected_bytes=size, progress=progress, sleep=sleep, log=log)
+        used = download(remaining, path, policy=policy, expected_bytes=size, exact_bytes=size if size_exact else None,
+                        progress=progress, sleep=sleep, log=log)
         d = cached_digests([path], progress=progress)
         bad = exp.mismatches(d)
         if not bad:

@@ -7,6 +7,12 @@ bodies, timeouts and 5xx/408/429 answers are retried on the same URL after
 `backoff_s * 2**k` seconds (capped at `max_backoff_s`); an attempt that made progress resets
 the count. Other 4xx answers (404, 401, 403...) move on to the next URL at once. Checksums are
 not this module's job (see `repro.data.checksums`).
+
+A server that announces no length ends the transfer by closing the connection, whether the file
+is complete or not. When the file's exact size is known (`exact_bytes`, from the catalogue), a
+transfer that ends short of it is a cut transfer: retried like a dropped connection, and when
+every URL gave up, `DownloadError` says `transfer cut at X of Y bytes; run the fetch again to
+resume` and the `.part` file stays for the next attempt's Range request.
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ def download(
     *,
     policy: RetryPolicy = RetryPolicy(),
     expected_bytes: int | None = None,
+    exact_bytes: int | None = None,
     progress: bool = True,
     sleep: Callable[[float], None] = time.sleep,
     log: Callable[[str], None] = print,
@@ -73,6 +80,8 @@ def download(
         urls: the file's URL and its mirrors, tried in order.
         dest: final path; the bytes go to `dest.part` until complete.
         expected_bytes: size for the progress bar when the server does not announce one.
+        exact_bytes: the file's exact size when known: a transfer without an announced length
+            that ends before it is cut (retried, resumed), not complete.
         sleep: how to wait between retries (tests pass a no-op).
 
     Raises:
@@ -87,7 +96,8 @@ def download(
         while True:
             have = part.stat().st_size if part.exists() else 0
             try:
-                _fetch_once(url, part, have, policy.timeout_s, expected_bytes, progress, dest.name)
+                _fetch_once(url, part, have, policy.timeout_s, exact_bytes or expected_bytes, progress, dest.name,
+                            exact_bytes)
             except _Fatal as err:
                 failures.append(f"{url}: {err}")
                 log(f"  {dest.name}: {url} failed ({err})")
@@ -105,6 +115,11 @@ def download(
                 continue
             os.replace(part, dest)
             return url
+    have = part.stat().st_size if part.exists() else 0
+    if exact_bytes is not None and 0 < have < exact_bytes:
+        raise DownloadError(
+            f"{dest.name}: transfer cut at {have:,} of {exact_bytes:,} bytes; run the fetch again to resume "
+            f"(the partial file {part} is kept; " + "; ".join(failures) + ")")
     raise DownloadError(
         f"{dest.name}: could not download from any URL:\n    " + "\n    ".join(failures)
         + f"\n  The partial file (if any) is kept at {part} and resumed next time."
@@ -112,8 +127,9 @@ def download(
 
 
 def _fetch_once(url: str, part: Path, have: int, timeout: float, expected: int | None, progress: bool,
-                desc: str) -> int:
-    """One HTTP request; appends to `part` and returns its final size, or raises _Retryable/_Fatal."""
+                desc: str, exact: int | None = None) -> int:
+    """One HTTP request; appends to `part` and returns its final size, or raises _Retryable/_Fatal.
+    `exact`: the file's known size, the end to reach when the server announces none."""
     headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
     if have:
         headers["Range"] = f"bytes={have}-"
@@ -166,6 +182,8 @@ def _fetch_once(url: str, part: Path, have: int, timeout: float, expected: int |
             bar.close()
     if total is not None and size < total:
         raise _Retryable(f"connection dropped at byte {size:,} of {total:,}")
+    if total is None and exact is not None and size < exact:
+        raise _Retryable(f"transfer cut at {size:,} of {exact:,} bytes (the server announced no length)")
     if total is not None and size > total:
         part.unlink(missing_ok=True)
         raise _Retryable(f"received {size:,} bytes, more than the announced {total:,}; starting again")

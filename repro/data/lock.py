@@ -12,41 +12,104 @@ Commit it. It holds, as stable JSON:
 
 The path is `$REPRO_DATA_LOCK`, else the profile's `data.lock_file` (default `data.lock.json`
 in the current folder).
+
+Several processes may record into one lock file at once (two `repro data fetch` of different
+corpora, a fetch and a prepare). Every change is therefore a read-modify-write under the file's
+own lock (`.<name>.lock` beside it, an `fcntl` lock held for milliseconds): the file is read
+again inside the lock, only the one entry is added, and the whole is written to a temporary
+sibling and renamed over it. Reading takes no lock (a rename is atomic), so checking against a
+lock file in a read-only folder works.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+from filelock import FileLock, Timeout
 
 from repro.errors import ReproError
-from repro.util.atomic import atomic_write_json
+from repro.util.atomic import atomic_write_json, writable
 
 LOCK_FORMAT = 1
+WRITE_WAIT_S = 120.0  # the longest wait for another process's update (each takes milliseconds)
 
 
 class LockMismatchError(ReproError, ValueError):
     """Data that differs from what the lock file recorded."""
 
 
+def guard_path(path: str | os.PathLike) -> Path:
+    """The file whose `fcntl` lock serialises updates of the data lock file `path`."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.lock")
+
+
 class DataLock:
-    """Read-modify-write access to the lock file; every change is written atomically at once."""
+    """Access to the lock file: reads without locking, records by read-modify-write under its lock."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self.data = self._read()
+
+    def _read(self) -> dict[str, Any]:
         if self.path.is_file():
             try:
-                self.data = json.loads(self.path.read_text())
+                data = json.loads(self.path.read_text())
             except json.JSONDecodeError as err:
                 raise LockMismatchError(f"{self.path}: not valid JSON ({err}); restore it from version control") from err
-            if self.data.get("format") != LOCK_FORMAT:
-                raise LockMismatchError(f"{self.path}: lock format {self.data.get('format')!r}, expected {LOCK_FORMAT}")
+            if data.get("format") != LOCK_FORMAT:
+                raise LockMismatchError(f"{self.path}: lock format {data.get('format')!r}, expected {LOCK_FORMAT}")
         else:
-            self.data = {"format": LOCK_FORMAT, "archives": {}, "subsets": {}}
-        self.data.setdefault("archives", {})
-        self.data.setdefault("subsets", {})
+            data = {"format": LOCK_FORMAT, "archives": {}, "subsets": {}}
+        data.setdefault("archives", {})
+        data.setdefault("subsets", {})
+        return data
+
+    def refresh(self) -> None:
+        """Read the file again (another process may have recorded entries since)."""
+        self.data = self._read()
+
+    @contextlib.contextmanager
+    def _updating(self) -> Iterator[dict[str, Any]]:
+        """Hold the file's lock, yield its current content (read again) for changes, then write it
+        atomically if the block changed it."""
+        guard = guard_path(self.path)
+        with writable(guard):
+            guard.parent.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(str(guard), is_singleton=True, thread_local=False)
+            try:
+                lock.acquire(timeout=WRITE_WAIT_S)
+            except Timeout:
+                raise LockMismatchError(
+                    f"{self.path}: another process has been updating it for {WRITE_WAIT_S:g} s (lock {guard}); "
+                    "stop it, or wait for it and run this command again") from None
+        try:
+            self.data = self._read()
+            before = json.dumps(self.data, sort_keys=True)
+            yield self.data
+            if json.dumps(self.data, sort_keys=True) != before:
+                atomic_write_json(self.path, self.data)
+        finally:
+            lock.release()
+
+    def _record(self, section: str, key: str, entry: dict[str, Any]) -> dict[str, Any] | None:
+        """Add `entry` under `section.key` unless the file already has one; returns that one, else None."""
+        old = self.data[section].get(key)
+        if old is not None:
+            return old
+        self.refresh()  # the entry may have been recorded by another process since this one read the file
+        old = self.data[section].get(key)
+        if old is not None:
+            return old
+        with self._updating() as data:
+            old = data[section].get(key)
+            if old is None:
+                data[section][key] = entry
+        return old
 
     # archives -----------------------------------------------------------------------------
     def archive(self, key: str) -> dict[str, Any] | None:
@@ -55,15 +118,11 @@ class DataLock:
 
     def record_archive(self, key: str, entry: dict[str, Any]) -> None:
         """Record a verified download (first time) or check it against the recorded one."""
-        old = self.archive(key)
-        if old is not None:
-            if old["sha256"] != entry["sha256"]:
-                raise LockMismatchError(
-                    f"{key}: sha256 {entry['sha256']} differs from {old['sha256']} recorded in {self.path}"
-                )
-            return
-        self.data["archives"][key] = entry
-        self.save()
+        old = self._record("archives", key, entry)
+        if old is not None and old["sha256"] != entry["sha256"]:
+            raise LockMismatchError(
+                f"{key}: sha256 {entry['sha256']} differs from {old['sha256']} recorded in {self.path}"
+            )
 
     # subsets ------------------------------------------------------------------------------
     def subset(self, key: str) -> dict[str, Any] | None:
@@ -74,10 +133,8 @@ class DataLock:
 
         Returns "recorded" or "verified". Raises LockMismatchError when it differs.
         """
-        old = self.subset(key)
+        old = self._record("subsets", key, {"count": count, "sha256": sha256})
         if old is None:
-            self.data["subsets"][key] = {"count": count, "sha256": sha256}
-            self.save()
             return "recorded"
         if old["sha256"] != sha256 or old["count"] != count:
             raise LockMismatchError(
@@ -87,9 +144,6 @@ class DataLock:
                 "from the lock file to accept the new list."
             )
         return "verified"
-
-    def save(self) -> None:
-        atomic_write_json(self.path, self.data)
 
 
 def lock_path(configured: str | None = None) -> Path:

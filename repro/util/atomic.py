@@ -5,6 +5,12 @@ atomic rename on POSIX file systems), fills it, flushes it to disk and renames
 it over the destination. A crash leaves at most a `*.tmp-*` file behind, which
 later writers ignore.
 
+Files and folders come out with the modes the process's umask gives any new file (0644 and 0755
+under the usual umask 022, 0640 and 0750 under 027), like files made by `open`: the temporary
+file or folder, which `tempfile` makes private (0600, 0700), is given them before it is renamed
+into place (`readable_file_mode`, `readable_dir_mode`; `make_temp_dir` for other temporary
+folders that become outputs).
+
 The operating system's refusals that a user fixes (a full disk, a read-only or
 foreign folder, a quota) become `OutputNotWritableError`, one line naming the
 path and what to do (`os_error`); `check_writable(folder)` meets them before a
@@ -19,6 +25,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -53,6 +60,46 @@ def os_error(err: OSError, path: str | os.PathLike | None = None) -> OutputNotWr
     `path` (default: the file the error names) and what to do."""
     where = path if path is not None else (err.filename or "an output")
     return OutputNotWritableError(f"{where}: {os.strerror(err.errno)} (errno {err.errno}); {_REMEDIES[err.errno]}")
+
+
+_UMASK_SWAP = threading.Lock()
+_umask_fallback: int | None = None
+
+
+def process_umask() -> int:
+    """The process's umask, read without changing it: Linux reports it in /proc/self/status. Elsewhere
+    it is read once, by setting and restoring it under a lock (`os.umask` has no read-only form)."""
+    global _umask_fallback
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_SWAP:
+        if _umask_fallback is None:
+            _umask_fallback = os.umask(0o077)
+            os.umask(_umask_fallback)
+        return _umask_fallback
+
+
+def readable_file_mode() -> int:
+    """The mode `open` gives a new file in this process (0o644 under umask 022)."""
+    return 0o666 & ~process_umask()
+
+
+def readable_dir_mode() -> int:
+    """The mode `mkdir` gives a new folder in this process (0o755 under umask 022)."""
+    return 0o777 & ~process_umask()
+
+
+def make_temp_dir(prefix: str, dir: str | os.PathLike) -> Path:
+    """`tempfile.mkdtemp` with the mode of a folder made by `mkdir` (not 0700): for a temporary
+    folder that is renamed into place as an output."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=dir))
+    os.chmod(tmp, readable_dir_mode())
+    return tmp
 
 
 @contextlib.contextmanager
@@ -96,7 +143,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     with writable(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(fd)
+        try:
+            os.fchmod(fd, readable_file_mode())  # mkstemp makes it 0600
+        finally:
+            os.close(fd)
     tmp_path = Path(tmp)
     try:
         with writable(path):
@@ -140,7 +190,7 @@ def atomic_directory(path: str | os.PathLike, *, replace: bool = False) -> Itera
     path = Path(path)
     with writable(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        tmp = make_temp_dir(f".{path.name}.tmp-", path.parent)
     try:
         with writable(path):
             yield tmp
