@@ -252,10 +252,12 @@ def corpus_folder_key(profile) -> str:
 
     The synthetic corpus holds every task whatever the profile probes: its key is that of its
     settings (`corpus.synthetic`, `seed`). The real corpora are prepared for the profile's tasks and
-    the CKA set: their key hashes those manifests' keys (`corpus_key`)."""
+    the CKA set (when `data.cka_utterances` asks for one): their key hashes those manifests' keys
+    (`corpus_key`), so a setting of a task the profile does not prepare changes nothing."""
     if profile.corpus.kind == "synthetic":
         return _key("corpus", settings_read(profile, "corpus"), [])
-    return _key("corpus", {}, [corpus_key(profile, t) for t in (*profile.tasks, "CKA")])
+    cka = ["CKA"] if profile.data.cka_utterances > 0 else []
+    return _key("corpus", {}, [corpus_key(profile, t) for t in (*profile.tasks, *cka)])
 
 
 def synthetic_corpus_key(config: SynthConfig, seed: int) -> str:
