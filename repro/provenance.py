@@ -159,6 +159,19 @@ def why_not_complete(recorded: Any, expected: Stamp) -> str:
     return f"made from other inputs ({', '.join(changed)})" if changed else "its stamp is of another format"
 
 
+def complete_record(path: str | Path, expected: Stamp, redo: str, log=None) -> dict | None:
+    """The JSON record `path` of an output (its `corpus.json`, `model.json`) when the stamp it records is
+    complete against `expected` (skip the output); otherwise None, after one line to `log`, when the
+    record is there, saying why and what happens: `<folder>: not complete (<why>): <redo>`."""
+    path = Path(path)
+    recorded = read_stamp(path)
+    if is_complete(recorded, expected):
+        return json.loads(path.read_text())
+    if log is not None and path.is_file():
+        log(f"{path.parent}: not complete ({why_not_complete(recorded, expected)}): {redo}")
+    return None
+
+
 def _value(config: Any, dotted: str) -> Any:
     """The plain-data value of setting `dotted` in a profile (None for an absent optional entry,
     like a task without a budget or a subset rule not given)."""

@@ -256,7 +256,7 @@ def test_prepared_corpus_is_judged_by_its_provenance_stamp(data, tmp_path):
     def prepared_again(profile, why: str) -> None:
         logs.clear()
         _prepare(data, out, profile, logs=logs)
-        assert f"corpus: {out} is not complete ({why}): prepared again" in logs
+        assert f"{out}: not complete ({why}): prepared again" in logs
         assert is_complete(read_corpus_info(out)["provenance"], corpus_stamp(profile))
 
     prepared_again(dataclasses.replace(prof, data=dataclasses.replace(prof.data, er_valid_ratio=0.3)),

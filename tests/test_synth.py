@@ -102,7 +102,7 @@ def test_existing_corpus_is_reused_and_changed_config_rebuilds(tiny_corpus: Path
     assert (out / "corpus.json").stat().st_mtime_ns == mtime
     make_corpus(out, TINY_SYNTH, seed=4, progress=True)
     assert json.loads((out / "corpus.json").read_text())["seed"] == 4
-    assert f"synthetic corpus: {out} is not complete (made under other settings): made again" in capsys.readouterr().out
+    assert f"{out}: not complete (made under other settings): made again" in capsys.readouterr().out
 
 
 def test_the_corpus_is_judged_by_its_recorded_stamp(tmp_path, capsys):
@@ -122,8 +122,8 @@ def test_the_corpus_is_judged_by_its_recorded_stamp(tmp_path, capsys):
         (out / "corpus.json").write_text(text)
         make_corpus(out, TINY_SYNTH, seed=3, progress=True)
         assert json.loads((out / "corpus.json").read_text()) == info
-        lines = [l for l in capsys.readouterr().out.splitlines() if "is not complete" in l]
-        assert lines == [f"synthetic corpus: {out} is not complete ({why}): made again"]
+        lines = [l for l in capsys.readouterr().out.splitlines() if "not complete" in l]
+        assert lines == [f"{out}: not complete ({why}): made again"]
 
     edited = {**info, "provenance": {**info["provenance"], "inputs": {**info["provenance"]["inputs"], "generator": 2}}}
     remade(json.dumps(edited), "made from other inputs (generator)")

@@ -37,7 +37,7 @@ from repro.data import synth_text as T
 from repro.data.espeak import Voice, synthesize, voice_library
 from repro.data.manifest import Trial, Utterance, manifest_path, trials_path, write_manifest, write_trials
 from repro.errors import ConfigError
-from repro.provenance import Stamp, is_complete, read_stamp, synthetic_corpus_key, why_not_complete
+from repro.provenance import Stamp, complete_record, synthetic_corpus_key
 from repro.tasks import TASK_NAMES
 from repro.util.atomic import atomic_directory, atomic_write_json, atomic_write_text
 from repro.util.hashing import sha256_file
@@ -248,12 +248,8 @@ def make_corpus(
     """
     out = Path(out)
     stamp = corpus_stamp(config, seed)  # needs the voice library: fails before anything is written
-    info_path = out / "corpus.json"
-    recorded = read_stamp(info_path)
-    if is_complete(recorded, stamp) and not force:
+    if not force and complete_record(out / "corpus.json", stamp, "made again", print if progress else None):
         return out
-    if info_path.is_file() and not force and progress:
-        print(f"synthetic corpus: {out} is not complete ({why_not_complete(recorded, stamp)}): made again")
     speakers = plan_speakers(config, seed)
     jobs = plan_jobs(config, seed, speakers)
     noises = make_background_noises(seed)

@@ -14,7 +14,6 @@ untrained network's, and (DINO) it has not collapsed; otherwise `failure.json` s
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import torch
 from repro.data.manifest import manifest_path, trials_path
 from repro import recipes
 from repro.errors import ConfigError, ReproError
-from repro.provenance import Stamp, is_complete, read_stamp, trained_model_key, why_not_complete
+from repro.provenance import Stamp, complete_record, trained_model_key
 from repro.runtime import DistEnv, barrier, setup, teardown, threads_of, writer_lock
 from repro.speaker import data as D
 from repro.speaker.augment import Augmenter, NoiseBank, RirBank
@@ -75,12 +74,7 @@ def published(ws: Workspace, recipe: str, log=None) -> dict | None:
     """model.json of the published model of `recipe` if its stamp is complete; `log` gets one line
     saying why a published model is not."""
     path = ws.models_dir / recipe_config(ws, recipe).output_name / "model.json"
-    recorded, expected = read_stamp(path), training_stamp(ws, recipe)
-    if is_complete(recorded, expected):
-        return json.loads(path.read_text())
-    if log is not None and path.is_file():
-        log(f"{path.parent}: not complete ({why_not_complete(recorded, expected)}): trained again")
-    return None
+    return complete_record(path, training_stamp(ws, recipe), "trained again", log)
 
 
 def _augmenter(ws: Workspace, env: DistEnv) -> Augmenter:

@@ -28,7 +28,6 @@ complete (`repro.provenance.is_complete`) is reused.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ import torch
 
 from repro import recipes
 from repro.errors import ConfigError, ReproError
-from repro.provenance import Stamp, is_complete, read_stamp, trained_model_key, why_not_complete
+from repro.provenance import Stamp, complete_record, trained_model_key
 from repro.remedy import command
 from repro.runtime import on_rank_zero, setup, teardown
 from repro.trainlog import TrainLog, publish_or_fail
@@ -125,12 +124,7 @@ def published(ws: Workspace, recipe: str, log=None) -> dict | None:
     """model.json of the published model of `recipe` if its stamp is complete; `log` gets one line
     saying why a published model is not."""
     path = ws.models_dir / recipe_config(ws, recipe).output_name / "model.json"
-    recorded, expected = read_stamp(path), training_stamp(ws, recipe)
-    if is_complete(recorded, expected):
-        return json.loads(path.read_text())
-    if log is not None and path.is_file():
-        log(f"{path.parent}: not complete ({why_not_complete(recorded, expected)}): trained again")
-    return None
+    return complete_record(path, training_stamp(ws, recipe), "trained again", log)
 
 
 # ----------------------------------------------------------------------------- batches

@@ -34,7 +34,7 @@ from repro.data.manual import instructions, manual_path, verify_manual
 from repro.data.prepare import fluent, iemocap, librispeech, speech_commands, voxceleb
 from repro.data.prepare.common import AudioIndex, Item, PrepareError, inspect_all
 from repro.data.subsets import id_list_text, list_sha256, select, subset_key
-from repro.provenance import Stamp, corpus_folder_key, is_complete, read_stamp, why_not_complete
+from repro.provenance import Stamp, complete_record, corpus_folder_key
 from repro.util.atomic import atomic_directory, atomic_write_json, atomic_write_text
 
 PREPARER_VERSION = 1
@@ -139,15 +139,12 @@ def prepare_corpus(
     manual_dirs = {n: (manual_override or {}).get(n) or manual_path(catalog.corpus(n), root, cfg.manual_paths)
                    for n in manual}
     stamp = corpus_stamp(profile)
-    recorded = read_stamp(out / "corpus.json")
-    if is_complete(recorded, stamp) and not force:
+    if not force and complete_record(out / "corpus.json", stamp, "prepared again", log):
         _link(out / "sources" / "data", root)
         for n, d in manual_dirs.items():
             _link(out / "sources" / n, d)
         log(f"corpus: {out} is prepared (settings {stamp.settings}); links refreshed")
         return out
-    if (out / "corpus.json").is_file() and not force:
-        log(f"corpus: {out} is not complete ({why_not_complete(recorded, stamp)}): prepared again")
     with atomic_directory(out, replace=True) as tmp:
         _link(tmp / "sources" / "data", root)
         for n, d in manual_dirs.items():
