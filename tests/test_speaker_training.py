@@ -108,7 +108,8 @@ def test_resumed_run_gives_the_same_model_as_an_uninterrupted_one(recipe, tiny_c
 def test_a_published_model_is_judged_by_its_provenance_stamp(tiny_corpus, tmp_path, capsys):
     """model.json records the model's stamp, and `is_complete` against it alone decides a reuse: a stamp
     naming other inputs, a setting the stamp covers, a damaged or an unstamped model.json (an earlier
-    version's `config_hash`) train again, one line saying why; the features stage refuses a damaged one."""
+    version's `config_hash`) train again, one line saying why; the features stage refuses a damaged or an
+    unstamped one in one line."""
     import dataclasses
 
     from repro.features.stage import StaleInputError, check_trained_model
@@ -133,10 +134,12 @@ def test_a_published_model_is_judged_by_its_provenance_stamp(tiny_corpus, tmp_pa
     path.write_text(json.dumps(edited))
     trained_again("made from other inputs (trainer)")
     path.write_text(json.dumps({k: v for k, v in info.items() if k != "provenance"} | {"config_hash": "0123abcd"}))
+    with pytest.raises(StaleInputError, match=r"'tiny-ecapa-sup': it has no stamp \(made by an earlier version\)"):
+        check_trained_model(ws, "tiny-ecapa-sup")
     trained_again("it has no stamp (made by an earlier version)")
     path.write_text('{"format": 1, "provenance": {"sett')
     with pytest.raises(StaleInputError, match=r"model.json: model 'tiny-ecapa-sup': its stamp cannot be read \(damaged\); "
-                                              r"train it again with `repro train --recipe supervised"):
+                                              r"train it again with `repro train --recipe supervised --profile spk`"):
         check_trained_model(ws, "tiny-ecapa-sup")
     trained_again("its stamp cannot be read (damaged)")
     st = ws.profile.speaker_training

@@ -64,9 +64,10 @@ def check_trained_model(ws: Workspace, name: str) -> None:
     recorded = read_stamp(path)
     if not is_acceptable(recorded, trained_model_key(ws.profile, recipe)):
         why = "its stamp cannot be read (damaged)" if recorded is DAMAGED else \
+            "it has no stamp (made by an earlier version)" if recorded is None else \
             f"it was trained under other settings than profile '{ws.profile.name}' gives"
         raise StaleInputError(f"{path}: model '{name}': {why}; train it again with "
-                              f"`repro train --recipe {recipe} --profile {ws.profile.name} --force`")
+                              f"`repro train --recipe {recipe} --profile {ws.profile.name}`")
 
 
 def load_profile_upstream(ws: Workspace, name: str, env: DistEnv | None = None) -> Upstream:
