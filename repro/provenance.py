@@ -15,6 +15,9 @@ read (feature-store keys, weight digests, manifest digests). Then
 
 A complete output is always acceptable, and an output a later stage refuses is never
 skipped by the stage that makes it: both questions are answered from the same declarations.
+Every stage asks them here, the corpus folder (`corpus.json`) and trained models (`model.json`)
+included: `read_stamp` reads a recorded stamp, `complete_record` keeps an output whose stamp is
+complete and says in one line (`why_not_complete`) why any other is redone.
 
 Settings that never change a result (devices, worker counts, threads, logging, timeouts, where
 files live) are listed in `RUNTIME`: a device or a thread count may change the last bits of a
