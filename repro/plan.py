@@ -104,23 +104,25 @@ def _status(recorded: str | None, expected: str, exists: bool, detail_fn) -> tup
 # ---- stages ----
 
 def _corpus(ws: Workspace, plan: Plan) -> None:
-    info = _read_json(ws.corpus_dir / "corpus.json")
+    from repro.provenance import is_complete, read_stamp, why_not_complete
+
+    recorded = read_stamp(ws.corpus_dir / "corpus.json")
     cfg = ws.profile.corpus
+    expected = None
     if cfg.kind == "synthetic":
-        from repro.data.synth import corpus_config_hash
+        from repro.data.synth import corpus_stamp
 
         try:
-            expected = corpus_config_hash(cfg.synthetic, ws.profile.seed)
+            expected = corpus_stamp(cfg.synthetic, ws.profile.seed)
         except Exception as err:  # no espeak-ng voice library: the run says so too
             plan.notes.append(f"the synthetic corpus cannot be made here: {err}")
-            expected = ""
     else:
         from repro.data.catalog import load_catalog
         from repro.data.download import data_root
-        from repro.data.prepare import _settings_hash, missing_data
+        from repro.data.prepare import corpus_stamp, missing_data
 
-        expected = _settings_hash(ws.profile)
-        if info is None or info.get("config_hash") != expected:
+        expected = corpus_stamp(ws.profile)
+        if not is_complete(recorded, expected):
             root = data_root(ws.profile.data.root)
             problems = missing_data(ws.profile, root=root, catalog=load_catalog())
             if problems:
@@ -128,24 +130,38 @@ def _corpus(ws: Workspace, plan: Plan) -> None:
                                   f"`make data PROFILE={ws.profile.name}` (`repro data fetch --profile "
                                   f"{ws.profile.name}`), then this plan again")
                 plan.notes += [f"  - {p}" for p in problems]
-    recorded = info.get("config_hash") if isinstance(info, dict) else None
-    status, detail = _status(recorded, expected, info is not None,
-                             lambda: "data settings (data.*, tasks, seed) or the corpus generator changed")
+    if not (ws.corpus_dir / "corpus.json").is_file():
+        status, detail = "missing", ""
+    elif expected is not None and is_complete(recorded, expected):
+        status, detail = "complete", ""
+    else:
+        status = "stale"
+        detail = why_not_complete(recorded, expected) if expected is not None else "the corpus cannot be made here"
+        if detail == "made under other settings":
+            detail = "data settings (data.*, tasks, seed) or the synthetic corpus's settings changed"
     plan.outputs.append(Output("corpus", ws.corpus_dir, status, detail))
 
 
 def _train(ws: Workspace, plan: Plan) -> None:
     from repro import recipes
-    from repro.provenance import trained_model_key
+    from repro.errors import ReproError
+    from repro.provenance import is_complete, read_stamp, recorded_settings, trained_model_key, why_not_complete
 
     for name in [*ws.profile.speaker_training.pipeline_recipes, *ws.profile.ssl_training.pipeline_recipes]:
         path = ws.models_dir / recipes.settings(ws.profile, name).output_name / "model.json"
-        info = _read_json(path)
-        expected = trained_model_key(ws.profile, name)
-        recorded = info.get("settings") if isinstance(info, dict) else None
-        status, detail = _status(recorded, expected, info is not None,
-                                 lambda: _made_under(recorded, lambda p: trained_model_key(p, name)))
-        plan.outputs.append(Output("train", path, status, detail))
+        recorded = read_stamp(path)
+        if not path.is_file():
+            plan.outputs.append(Output("train", path, "missing", ""))
+            continue
+        try:
+            expected = recipes.stamp(ws, name)
+        except (ReproError, OSError) as err:  # its training data is not there (yet)
+            plan.outputs.append(Output("train", path, "stale", f"its training data cannot be read: {err}"))
+            continue
+        detail = why_not_complete(recorded, expected)
+        if detail == "made under other settings":
+            detail = _made_under(recorded_settings(recorded), lambda p: trained_model_key(p, name)) or detail
+        plan.outputs.append(Output("train", path, "complete" if is_complete(recorded, expected) else "stale", detail))
 
 
 def _splits(ws: Workspace, task: str) -> list[str]:

@@ -15,6 +15,9 @@ read (feature-store keys, weight digests, manifest digests). Then
 
 A complete output is always acceptable, and an output a later stage refuses is never
 skipped by the stage that makes it: both questions are answered from the same declarations.
+Every stage asks them here, the corpus folder (`corpus.json`) and trained models (`model.json`)
+included: `read_stamp` reads a recorded stamp, `complete_record` keeps an output whose stamp is
+complete and says in one line (`why_not_complete`) why any other is redone.
 
 Settings that never change a result (devices, worker counts, threads, logging, timeouts, where
 files live) are listed in `RUNTIME`: a device or a thread count may change the last bits of a
@@ -29,9 +32,12 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable
 
+from repro.config.schema import CorpusConfig, SynthConfig
 from repro.config.typed import to_dict
 from repro.models.ecapa import FORWARD_VERSION as ECAPA_FORWARD_VERSION
 from repro.models.hf_encoder import ATTENTION_PATH_VERSION
@@ -124,6 +130,51 @@ def recorded_settings(recorded: Any) -> str | None:
     return recorded.get("settings") if isinstance(recorded, dict) else None
 
 
+DAMAGED = "damaged"  # what `read_stamp` returns for a file that is there but cannot be read
+
+
+def read_stamp(path: str | Path) -> Any:
+    """The stamp recorded in the JSON file `path` (its `provenance` entry): None when the file is
+    absent or holds no stamp (made before stamps existed), `DAMAGED` when it cannot be read as a
+    JSON object."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return DAMAGED
+    return data.get("provenance") if isinstance(data, dict) else DAMAGED
+
+
+def why_not_complete(recorded: Any, expected: Stamp) -> str:
+    """Why an output stamped `recorded` is not complete against `expected`, in a few words ('' when it is)."""
+    if is_complete(recorded, expected):
+        return ""
+    if recorded is DAMAGED or (recorded is not None and not isinstance(recorded, dict)):
+        return "its stamp cannot be read (damaged)"
+    if recorded is None:
+        return "it has no stamp (made by an earlier version)"
+    if recorded.get("settings") != expected.settings:
+        return "made under other settings"
+    now, then = expected.inputs, recorded.get("inputs") if isinstance(recorded.get("inputs"), dict) else {}
+    changed = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
+    return f"made from other inputs ({', '.join(changed)})" if changed else "its stamp is of another format"
+
+
+def complete_record(path: str | Path, expected: Stamp, redo: str, log=None) -> dict | None:
+    """The JSON record `path` of an output (its `corpus.json`, `model.json`) when the stamp it records is
+    complete against `expected` (skip the output); otherwise None, after one line to `log`, when the
+    record is there, saying why and what happens: `<folder>: not complete (<why>): <redo>`."""
+    path = Path(path)
+    recorded = read_stamp(path)
+    if is_complete(recorded, expected):
+        return json.loads(path.read_text())
+    if log is not None and path.is_file():
+        log(f"{path.parent}: not complete ({why_not_complete(recorded, expected)}): {redo}")
+    return None
+
+
 def _value(config: Any, dotted: str) -> Any:
     """The plain-data value of setting `dotted` in a profile (None for an absent optional entry,
     like a task without a budget or a subset rule not given)."""
@@ -202,6 +253,32 @@ def _key(kind: str, own: dict, inputs: Iterable[str], **ids) -> str:
 def corpus_key(profile, task: str) -> str:
     """Settings key of one task's manifest (`CKA` for the CKA utterance set)."""
     return _key("corpus", settings_read(profile, "corpus", task=task), [], task=task)
+
+
+@dataclass(frozen=True)
+class _SyntheticCorpusSettings:
+    """The part of a profile the synthetic corpus reads (`READS["corpus"]` without the `data.*` settings)."""
+
+    seed: int
+    corpus: CorpusConfig
+
+
+def corpus_folder_key(profile) -> str:
+    """Settings key of the corpus folder the corpus stage writes.
+
+    The synthetic corpus holds every task whatever the profile probes: its key is that of its
+    settings (`corpus.synthetic`, `seed`). The real corpora are prepared for the profile's tasks and
+    the CKA set (when `data.cka_utterances` asks for one): their key hashes those manifests' keys
+    (`corpus_key`), so a setting of a task the profile does not prepare changes nothing."""
+    if profile.corpus.kind == "synthetic":
+        return _key("corpus", settings_read(profile, "corpus"), [])
+    cka = ["CKA"] if profile.data.cka_utterances > 0 else []
+    return _key("corpus", {}, [corpus_key(profile, t) for t in (*profile.tasks, *cka)])
+
+
+def synthetic_corpus_key(config: SynthConfig, seed: int) -> str:
+    """`corpus_folder_key` of a profile whose synthetic corpus is made from `config` and `seed`."""
+    return corpus_folder_key(_SyntheticCorpusSettings(seed, CorpusConfig("synthetic", config)))
 
 
 @_memoized

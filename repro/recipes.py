@@ -9,7 +9,9 @@ module by name. So no stage imports a recipe, and a recipe may import any stage.
 A recipe module provides
 
     train(ws, recipe, *, force=False, progress=True) -> dict
-        train (or keep, when its settings key matches) the model and return its `model.json`;
+        train (or keep, when its recorded stamp is complete) the model and return its `model.json`;
+    training_stamp(ws, recipe) -> repro.provenance.Stamp
+        what the model trained now is made from (recorded in `model.json` as its `provenance`);
     estimate(ws, recipe, tflops, utterances=None) -> dict
         the recipe's FLOPs and GPU-hours at `tflops` sustained TFLOP/s.
 """
@@ -74,3 +76,9 @@ def train(ws, name: str, *, force: bool = False, progress: bool = True) -> dict 
 def estimate(ws, name: str, tflops: float, utterances: int | None = None) -> dict:
     """FLOPs and GPU-hours of recipe `name` at `tflops` sustained TFLOP/s per GPU."""
     return _module(name).estimate(ws, name, tflops, utterances)
+
+
+def stamp(ws, name: str):
+    """The stamp (`repro.provenance.Stamp`) the model of recipe `name` trained now would record: a published
+    model whose recorded stamp equals it is complete."""
+    return _module(name).training_stamp(ws, name)

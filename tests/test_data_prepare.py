@@ -235,6 +235,39 @@ def test_prepared_corpus_is_kept_when_settings_are_unchanged(data, tmp_path):
     assert (out / "manifests" / "ER.jsonl").is_file()
 
 
+def test_prepared_corpus_is_judged_by_its_provenance_stamp(data, tmp_path):
+    """`corpus.json` records the folder's stamp, and `is_complete` against it alone decides: a setting the
+    stamp covers (ER's dev share) prepares again, one it does not (the subsets of a task not prepared)
+    keeps the folder, and a damaged or unstamped corpus.json is prepared again, one line saying why."""
+    from repro.data.prepare import corpus_stamp
+    from repro.provenance import corpus_folder_key, is_complete
+
+    prof = _profile(["ER"])
+    out = _prepare(data, tmp_path / "corpus", prof)
+    info = read_corpus_info(out)
+    assert "config_hash" not in info and info["provenance"]["settings"] == corpus_folder_key(prof)
+    assert is_complete(info["provenance"], corpus_stamp(prof))
+    mtime = (out / "manifests" / "ER.jsonl").stat().st_mtime_ns
+    logs: list[str] = []
+    other_task = dataclasses.replace(prof.data, subsets={"KS": {"train": SubsetRule(per_label=2)}})
+    _prepare(data, out, dataclasses.replace(prof, data=other_task), logs=logs)
+    assert (out / "manifests" / "ER.jsonl").stat().st_mtime_ns == mtime and "links refreshed" in logs[-1]
+
+    def prepared_again(profile, why: str) -> None:
+        logs.clear()
+        _prepare(data, out, profile, logs=logs)
+        assert f"{out}: not complete ({why}): prepared again" in logs
+        assert is_complete(read_corpus_info(out)["provenance"], corpus_stamp(profile))
+
+    prepared_again(dataclasses.replace(prof, data=dataclasses.replace(prof.data, er_valid_ratio=0.3)),
+                   "made under other settings")
+    (out / "corpus.json").write_text('{"name": "real", "provenance": {"sett')
+    prepared_again(prof, "its stamp cannot be read (damaged)")
+    legacy = {k: v for k, v in read_corpus_info(out).items() if k != "provenance"} | {"config_hash": "0123456789abcdef"}
+    (out / "corpus.json").write_text(json.dumps(legacy))
+    prepared_again(prof, "it has no stamp (made by an earlier version)")
+
+
 def test_missing_data_lists_every_corpus_and_how_to_get_it(tmp_path):
     prof = _profile(["PR", "KS", "SID", "ER"])
     with pytest.raises(DataMissingError) as err:

@@ -11,7 +11,7 @@ import torch
 from repro.audio import read_audio
 from repro.data.manifest import load_task
 from repro.features.batching import padding_fraction, plan_batches
-from repro.features.extract import extract, store_key
+from repro.features.extract import extract, store_content_key
 from repro.features.store import FeatureStore, StoreWriter
 from repro.models.hf_ssl import load_hf_ssl
 from repro.models.upstream import pad_waveforms
@@ -49,7 +49,7 @@ def per_utterance_reference(upstream, utts, root, path, dtype, max_batch_seconds
     batches = plan_batches(utts, max_batch_seconds)
     info = {"model": "tiny", "model_info": INFO, "max_batch_seconds": max_batch_seconds,
             "padding_fraction": round(padding_fraction(utts, batches), 6)}
-    writer = StoreWriter(path, store_key(INFO, utts, dtype, max_batch_seconds), info, upstream.layer_info(),
+    writer = StoreWriter(path, store_content_key(INFO, utts, dtype, max_batch_seconds), info, upstream.layer_info(),
                          upstream.embedding_dim, dtype)
     for batch in batches:
         wavs, lengths = pad_waveforms([torch.from_numpy(read_audio(root / utts[i].path)) for i in batch])

@@ -18,6 +18,7 @@ import torch
 from click.testing import CliRunner
 
 from repro import weights
+from repro.models.upstream import ModelUnavailableError
 from repro.cli import main
 from repro.weights import WeightsError, digest_record, load_checkpoint, load_weights, save_checkpoint
 from test_faults import faultprof  # noqa: F401 - the one-model, one-task profile (a fixture)
@@ -391,6 +392,19 @@ def test_a_published_model_whose_weights_changed_is_refused_with_the_command_tha
     assert str(err.value) == (f"{folder / 'model.safetensors'}: damaged: its sha256 differs from the one recorded "
                               f"when it was written ({folder / 'model.json'}); train it again: "
                               "`repro train --profile smoke --recipe hubert --force` makes it")
+
+
+def test_a_damaged_model_json_is_refused_in_one_line_with_the_command_that_trains_it(tmp_path):
+    from repro.models.registry import load_upstream
+
+    models = tmp_path / "work" / "smoke" / "models"
+    (models / "tiny-hubert-mp").mkdir(parents=True)
+    (models / "tiny-hubert-mp" / "model.json").write_text('{"recipe": "hubert", "weights_fi')
+    with pytest.raises(ModelUnavailableError) as err:
+        load_upstream("tiny-hubert-mp", models)
+    assert str(err.value) == (f"{models / 'tiny-hubert-mp' / 'model.json'}: damaged (not a model.json that names "
+                              "its weights); train it again: `repro train --profile smoke --recipe hubert --force` "
+                              "makes it")
 
 
 def test_an_imported_model_changed_after_its_first_use_is_refused(hf_folder, tmp_path, monkeypatch):

@@ -12,8 +12,9 @@ ROOT = Path(__file__).resolve().parents[1] / "repro"
 FLOORS: list[tuple[str, ...]] = [
     ("repro", "repro.errors", "repro.util", "repro.config", "repro.tasks", "repro.workspace"),
     ("repro.runtime", "repro.micro_batches", "repro.audio", "repro.metrics", "repro.recipes", "repro.trainlog"),
-    ("repro.data", "repro.models"),
+    ("repro.models",),
     ("repro.provenance",),
+    ("repro.data",),
     ("repro.features",),
     ("repro.probing", "repro.similarity"),
     ("repro.paper",),

@@ -91,3 +91,31 @@ def test_price_needs_the_projection_record(folder):
     plan = make_plan(Workspace.for_profile("fast"), ["probe"], folder / "artifacts" / "bench")
     assert plan.hours is None
     assert "make bench" in "\n".join(lines(plan, Workspace.for_profile("fast")))
+
+
+def test_the_plan_judges_the_corpus_and_trained_models_by_their_stamps(folder):
+    """The plan reads the same stamps the stages skip on: complete when the recorded stamp is the one a
+    run would write now, stale with the reason otherwise."""
+    from repro import recipes
+    from repro.data.synth import corpus_stamp
+
+    ws = Workspace.for_profile("smoke")
+    info = ws.corpus_dir / "corpus.json"
+    info.parent.mkdir(parents=True)
+    stamp = corpus_stamp(ws.profile.corpus.synthetic, ws.profile.seed)
+    info.write_text(json.dumps({"provenance": stamp.as_dict()}))
+    model = ws.models_dir / "tiny-ecapa-sup" / "model.json"
+    model.parent.mkdir(parents=True)
+    model.write_text(json.dumps({"provenance": recipes.stamp(ws, "supervised").as_dict()}))
+
+    def status(path: Path) -> tuple[str, str]:
+        [out] = [o for o in make_plan(ws, ["corpus", "train"], BENCH).outputs if path in (o.path, o.path / "corpus.json")]
+        return out.status, out.detail
+
+    assert status(info) == ("complete", "") and status(model) == ("complete", "")
+    info.write_text(json.dumps({"provenance": {**stamp.as_dict(), "inputs": {**stamp.inputs, "generator": 2}}}))
+    assert status(info) == ("stale", "made from other inputs (generator)")
+    info.write_text('{"config_hash": "0123456789abcdef"}')
+    assert status(info) == ("stale", "it has no stamp (made by an earlier version)")
+    model.write_text('{"provenance": ')
+    assert status(model) == ("stale", "its stamp cannot be read (damaged)")

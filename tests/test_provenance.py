@@ -365,3 +365,22 @@ def test_a_changed_autocast_retrains_the_upstream_probe_and_the_paper_accepts_it
     assert res.exit_code == 0 and "up to date" in res.output
     res = runner.invoke(main, ["probe", "--profile", str(second), "--quiet", "--force"])
     assert res.exit_code == 0 and "written" in res.output
+
+
+def test_the_corpus_folder_key_is_made_of_what_the_corpus_stage_writes():
+    """Synthetic: every task from (corpus.synthetic, seed), whatever the profile probes or its data.*;
+    real: the manifests of the profile's tasks (and the CKA set), so a setting of another task changes nothing."""
+    smoke = load_profile("smoke")
+    key = P.corpus_folder_key(smoke)
+    assert key == P.synthetic_corpus_key(smoke.corpus.synthetic, smoke.seed)
+    assert P.corpus_folder_key(dataclasses.replace(smoke, tasks=["PR"])) == key
+    assert P.corpus_folder_key(dataclasses.replace(smoke, seed=1)) != key
+    assert P.synthetic_corpus_key(dataclasses.replace(smoke.corpus.synthetic, speakers=3), smoke.seed) != key
+    full = load_profile("full")
+    ks = dataclasses.replace(full, tasks=["KS"])
+    er_ratio = dataclasses.replace(ks.data, er_valid_ratio=0.3)
+    assert P.corpus_folder_key(dataclasses.replace(ks, data=er_ratio)) == P.corpus_folder_key(ks)  # ER not prepared
+    er = dataclasses.replace(full, tasks=["ER"])
+    assert P.corpus_folder_key(dataclasses.replace(er, data=er_ratio)) != P.corpus_folder_key(er)
+    assert P.corpus_folder_key(dataclasses.replace(er, data=dataclasses.replace(er.data, cka_utterances=7))) != \
+        P.corpus_folder_key(er)

@@ -143,7 +143,7 @@ def test_a_trained_hf_entry_without_recipe_is_the_hubert_recipes_everywhere(tmp_
     with pytest.raises(ModelUnavailableError, match="--recipe hubert"):  # not trained yet: the command that trains it
         load_profile_upstream(ws, "my-mp")
     info = recipes.train(ws, "hubert", progress=False)
-    assert info["settings"] == provenance.model_identity(ws.profile, "my-mp")["trained"]
+    assert info["provenance"]["settings"] == provenance.model_identity(ws.profile, "my-mp")["trained"]
     up = load_profile_upstream(ws, "my-mp")  # not refused as stale
     assert type(up.model).__name__ == "HubertModel"
 

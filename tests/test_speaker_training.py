@@ -105,6 +105,49 @@ def test_resumed_run_gives_the_same_model_as_an_uninterrupted_one(recipe, tiny_c
     assert res.exit_code == 0 and "exists" in res.output and "EER" in res.output
 
 
+def test_a_published_model_is_judged_by_its_provenance_stamp(tiny_corpus, tmp_path, capsys):
+    """model.json records the model's stamp, and `is_complete` against it alone decides a reuse: a stamp
+    naming other inputs, a setting the stamp covers, a damaged or an unstamped model.json (an earlier
+    version's `config_hash`) train again, one line saying why; the features stage refuses a damaged or an
+    unstamped one in one line."""
+    import dataclasses
+
+    from repro.features.stage import StaleInputError, check_trained_model
+    from repro.provenance import is_complete, trained_model_key
+    from repro.speaker.train import training_stamp
+
+    ws = make_ws(tmp_path, tiny_corpus)
+    info = train_speaker(ws, "supervised", progress=False)
+    path = ws.models_dir / info["name"] / "model.json"
+    assert "config_hash" not in info and "settings" not in info
+    assert is_complete(info["provenance"], training_stamp(ws, "supervised"))
+    assert info["provenance"]["settings"] == trained_model_key(ws.profile, "supervised")
+
+    def trained_again(why: str, workspace: Workspace = ws) -> None:
+        capsys.readouterr()
+        again = train_speaker(workspace, "supervised", progress=True)
+        assert is_complete(again["provenance"], training_stamp(workspace, "supervised"))
+        lines = [l for l in capsys.readouterr().out.splitlines() if "not complete" in l]
+        assert lines == [f"{path.parent}: not complete ({why}): trained again"]
+
+    edited = {**info, "provenance": {**info["provenance"], "inputs": {**info["provenance"]["inputs"], "trainer": 0}}}
+    path.write_text(json.dumps(edited))
+    trained_again("made from other inputs (trainer)")
+    path.write_text(json.dumps({k: v for k, v in info.items() if k != "provenance"} | {"config_hash": "0123abcd"}))
+    with pytest.raises(StaleInputError, match=r"'tiny-ecapa-sup': it has no stamp \(made by an earlier version\)"):
+        check_trained_model(ws, "tiny-ecapa-sup")
+    trained_again("it has no stamp (made by an earlier version)")
+    path.write_text('{"format": 1, "provenance": {"sett')
+    with pytest.raises(StaleInputError, match=r"model.json: model 'tiny-ecapa-sup': its stamp cannot be read \(damaged\); "
+                                              r"train it again with `repro train --recipe supervised --profile spk`"):
+        check_trained_model(ws, "tiny-ecapa-sup")
+    trained_again("its stamp cannot be read (damaged)")
+    st = ws.profile.speaker_training
+    lr = dataclasses.replace(ws.profile, speaker_training=dataclasses.replace(
+        st, supervised=dataclasses.replace(st.supervised, lr=st.supervised.lr * 2)))
+    trained_again("made under other settings", Workspace(lr, ws.work_root, ws.results_root, ws.figures_root))
+
+
 def test_untrained_model_names_the_command_that_trains_it(tmp_path):
     with pytest.raises(ModelUnavailableError, match=r"repro train --recipe dino --profile smoke"):
         load_upstream("tiny-ecapa-dino", tmp_path / "work" / "smoke" / "models")
@@ -210,7 +253,7 @@ def test_two_gloo_ranks_train_the_single_process_model_to_the_byte(recipe, accum
         assert torch.equal(a[k], b[k]), k
     name = {"supervised": "tiny-ecapa-sup", "dino": "tiny-ecapa-dino"}[recipe]
     info_a, info_b = (json.loads((ws.models_dir / name / "model.json").read_text()) for ws in (single, multi))
-    assert info_a["eer"] == info_b["eer"] and info_a["config_hash"] == info_b["config_hash"]
+    assert info_a["eer"] == info_b["eer"] and info_a["provenance"] == info_b["provenance"]
     log_a, log_b = ((ws.models_dir / name / "train_log.jsonl").read_bytes() for ws in (single, multi))
     assert log_a == log_b and b'"loss"' in log_a
     timing = json.loads((run_dir(multi, recipe) / "timing.json").read_text())

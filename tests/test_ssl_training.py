@@ -169,6 +169,36 @@ def test_checkpoint_of_another_configuration_is_refused_until_forced(tiny_corpus
     assert info["steps"] == 5 and torch.load(ckpt)["step"] == 5
 
 
+def test_a_published_model_is_judged_by_its_provenance_stamp(tiny_corpus, tmp_path, capsys):
+    """model.json records the model's stamp, and `is_complete` against it alone decides a reuse: a stamp
+    naming other targets or an unstamped model.json (an earlier version's `config_hash`) is published again
+    from its finished checkpoint, one line saying why; a setting the stamp covers refuses that checkpoint."""
+    from repro.provenance import is_complete, trained_model_key
+
+    ws = make_ws(tmp_path, tiny_corpus)
+    info = recipes.train(ws, "hubert", progress=False)
+    path = ws.models_dir / "tiny-hubert-mp" / "model.json"
+    assert not {"config_hash", "settings", "targets"} & set(info)
+    assert is_complete(info["provenance"], recipes.stamp(ws, "hubert"))
+    assert info["provenance"]["settings"] == trained_model_key(ws.profile, "hubert")
+    assert info["provenance"]["inputs"]["targets"] == T.corpus(ws, "hubert").targets_key
+
+    def trained_again(why: str) -> None:
+        capsys.readouterr()
+        assert recipes.train(ws, "hubert", progress=True) == info
+        lines = [l for l in capsys.readouterr().out.splitlines() if "not complete" in l]
+        assert lines == [f"{path.parent}: not complete ({why}): trained again"]
+
+    path.write_text(json.dumps({**info, "provenance": {**info["provenance"], "inputs": {"trainer": 1, "targets": "x"}}}))
+    trained_again("made from other inputs (targets)")
+    path.write_text(json.dumps({k: v for k, v in info.items() if k != "provenance"} | {"config_hash": "0123abcd"}))
+    trained_again("it has no stamp (made by an earlier version)")
+    changed = make_ws(tmp_path, tiny_corpus, extra="mask_length: 5")
+    with pytest.raises(T.CheckpointMismatchError, match="checkpoint of another configuration"):
+        recipes.train(changed, "hubert", progress=True)
+    assert f"{path.parent}: not complete (made under other settings): trained again" in capsys.readouterr().out
+
+
 def test_a_run_no_better_than_the_majority_cluster_is_not_published(tiny_corpus, tmp_path):
     ws = make_ws(tmp_path, tiny_corpus, extra="lr: 1.0e-12")
     prof = tmp_path / "ssl.yaml"

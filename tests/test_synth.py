@@ -95,13 +95,41 @@ def test_same_seed_gives_identical_bytes(tiny_corpus: Path, tmp_path):
     assert (other / "manifests" / "PR.jsonl").read_bytes() != (tiny_corpus / "manifests" / "PR.jsonl").read_bytes()
 
 
-def test_existing_corpus_is_reused_and_changed_config_rebuilds(tiny_corpus: Path, tmp_path):
+def test_existing_corpus_is_reused_and_changed_config_rebuilds(tiny_corpus: Path, tmp_path, capsys):
     out = make_corpus(tmp_path / "c", TINY_SYNTH, seed=3, progress=False)
-    stamp = (out / "corpus.json").stat().st_mtime_ns
+    mtime = (out / "corpus.json").stat().st_mtime_ns
     make_corpus(out, TINY_SYNTH, seed=3, progress=False)
-    assert (out / "corpus.json").stat().st_mtime_ns == stamp
-    make_corpus(out, TINY_SYNTH, seed=4, progress=False)
+    assert (out / "corpus.json").stat().st_mtime_ns == mtime
+    make_corpus(out, TINY_SYNTH, seed=4, progress=True)
     assert json.loads((out / "corpus.json").read_text())["seed"] == 4
+    assert f"{out}: not complete (made under other settings): made again" in capsys.readouterr().out
+
+
+def test_the_corpus_is_judged_by_its_recorded_stamp(tmp_path, capsys):
+    """`corpus.json` records the corpus's provenance stamp, and that stamp alone decides a skip: a stamp
+    edited to name other inputs, a damaged corpus.json or one with no stamp (an earlier version's
+    `config_hash`) is made again, with one line saying why."""
+    from repro.data.synth import corpus_stamp
+    from repro.provenance import is_complete, synthetic_corpus_key
+
+    out = make_corpus(tmp_path / "c", TINY_SYNTH, seed=3, progress=False)
+    info = json.loads((out / "corpus.json").read_text())
+    assert "config_hash" not in info
+    assert is_complete(info["provenance"], corpus_stamp(TINY_SYNTH, 3))
+    assert info["provenance"]["settings"] == synthetic_corpus_key(TINY_SYNTH, 3)
+
+    def remade(text: str, why: str) -> None:
+        (out / "corpus.json").write_text(text)
+        make_corpus(out, TINY_SYNTH, seed=3, progress=True)
+        assert json.loads((out / "corpus.json").read_text()) == info
+        lines = [l for l in capsys.readouterr().out.splitlines() if "not complete" in l]
+        assert lines == [f"{out}: not complete ({why}): made again"]
+
+    edited = {**info, "provenance": {**info["provenance"], "inputs": {**info["provenance"]["inputs"], "generator": 2}}}
+    remade(json.dumps(edited), "made from other inputs (generator)")
+    remade('{"seed": 3, "config_h', "its stamp cannot be read (damaged)")
+    legacy = {k: v for k, v in info.items() if k != "provenance"} | {"config_hash": "0123456789abcdef"}
+    remade(json.dumps(legacy), "it has no stamp (made by an earlier version)")
 
 
 def _corpus_files(root: Path) -> dict[str, bytes]:
@@ -217,13 +245,14 @@ def test_a_library_held_elsewhere_in_the_process_is_refused():
 
 def test_the_voice_library_is_part_of_the_corpus_identity(tiny_corpus: Path, monkeypatch):
     from repro.data import synth
+    from repro.provenance import is_complete
 
     info = read_corpus_info(tiny_corpus)
     assert info["voice_library"] == espeak.voice_library()
     assert espeak.voice_library().startswith("libespeak-ng 1.52.0 (espeakng-loader ")
-    assert info["config_hash"] == synth.corpus_config_hash(TINY_SYNTH, 0)
+    assert is_complete(info["provenance"], synth.corpus_stamp(TINY_SYNTH, 0))
     monkeypatch.setattr(synth, "voice_library", lambda: "libespeak-ng 9.99 (espeakng-loader 9.9)")
-    assert synth.corpus_config_hash(TINY_SYNTH, 0) != info["config_hash"], "another voice: the corpus is rebuilt"
+    assert not is_complete(info["provenance"], synth.corpus_stamp(TINY_SYNTH, 0)), "another voice: the corpus is rebuilt"
 
 
 def test_missing_voice_package_says_how_to_install(tmp_path, monkeypatch):

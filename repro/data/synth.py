@@ -37,9 +37,10 @@ from repro.data import synth_text as T
 from repro.data.espeak import Voice, synthesize, voice_library
 from repro.data.manifest import Trial, Utterance, manifest_path, trials_path, write_manifest, write_trials
 from repro.errors import ConfigError
+from repro.provenance import Stamp, complete_record, synthetic_corpus_key
 from repro.tasks import TASK_NAMES
 from repro.util.atomic import atomic_directory, atomic_write_json, atomic_write_text
-from repro.util.hashing import config_hash, sha256_file
+from repro.util.hashing import sha256_file
 from repro.util.progress import progress_bar
 
 GENERATOR_VERSION = 3  # 2: ER fold splits in the manifest; 3: libespeak-ng through its C API (1: the espeak-ng program)
@@ -84,9 +85,11 @@ def fold_splits(fold: int, folds: int) -> dict[str, str]:
             for held in range(1, folds + 1)}
 
 
-def corpus_config_hash(config: SynthConfig, seed: int) -> str:
-    """Identifies the corpus a (config, seed) pair produces with the installed voice library."""
-    return config_hash({"generator": GENERATOR_VERSION, "voice_library": voice_library(), "seed": seed, "config": to_dict(config)})
+def corpus_stamp(config: SynthConfig, seed: int) -> Stamp:
+    """What a synthetic corpus made now from (`config`, `seed`) is made from: the settings key of
+    those settings (`repro.provenance.synthetic_corpus_key`), the generator's version and the voice
+    library that speaks it (`voice_library` fails where libespeak-ng is missing)."""
+    return Stamp(synthetic_corpus_key(config, seed), {"generator": GENERATOR_VERSION, "voice_library": voice_library()})
 
 
 def plan_speakers(config: SynthConfig, seed: int) -> list[Speaker]:
@@ -238,17 +241,15 @@ def make_corpus(
 ) -> Path:
     """Write the synthetic corpus to folder `out` (atomically) and return its path.
 
-    An existing complete corpus made from the same (config, seed) with the same voice
-    library is kept as it is, unless `force`; any other content of `out` is replaced.
+    `corpus.json` records the corpus's stamp (`corpus_stamp`) as its `provenance`. An existing
+    corpus whose stamp is complete (`repro.provenance.is_complete`) is kept as it is, unless
+    `force`; any other content of `out` is replaced, and a corpus folder that is there but not
+    complete is named with the reason in one line.
     """
     out = Path(out)
-    key = corpus_config_hash(config, seed)  # needs the voice library: fails before anything is written
-    info_path = out / "corpus.json"
-    if info_path.is_file() and not force:
-        import json
-
-        if json.loads(info_path.read_text()).get("config_hash") == key:
-            return out
+    stamp = corpus_stamp(config, seed)  # needs the voice library: fails before anything is written
+    if not force and complete_record(out / "corpus.json", stamp, "made again", print if progress else None):
+        return out
     speakers = plan_speakers(config, seed)
     jobs = plan_jobs(config, seed, speakers)
     noises = make_background_noises(seed)
@@ -296,7 +297,7 @@ def make_corpus(
             "voice_library": voice_library(),
             "seed": seed,
             "config": to_dict(config),
-            "config_hash": key,
+            "provenance": stamp.as_dict(),
             "sample_rate": SAMPLE_RATE,
             "speakers": [
                 {"id": s.id, "voice": s.voice.spec(), "pitch": round(s.voice.pitch, 3), "speed": round(s.voice.speed, 3),

@@ -58,11 +58,16 @@ class _AudioDataset(Dataset):
         return b, [u.id for u in utts], padded, lengths
 
 
-def store_key(model_info: dict, utterances: list[Utterance], dtype: str, max_batch_seconds: float,
-              autocast: str = "none", pooled: bool = False, settings: str | None = None) -> str:
-    """Hash of everything that determines a store's bytes: model, utterances (ids and audio hashes),
-    precision, autocast, batch plan, whether only utterance means are kept, and the profile's
-    settings key of the store (`repro.provenance.store_key`), when a profile made it."""
+def store_content_key(model_info: dict, utterances: list[Utterance], dtype: str, max_batch_seconds: float,
+                      autocast: str = "none", pooled: bool = False, settings: str | None = None) -> str:
+    """The content key of a feature store: a hash of everything that determines its bytes, the model
+    (registry entry and weights digest), the utterances (ids, audio sha256, lengths), precision,
+    autocast, batch plan, whether only utterance means are kept, and the profile's settings key of the
+    store (`repro.provenance.store_key`), when a profile made it.
+
+    It is the store's `key` (its header and meta, `FeatureStore.key`): a store whose content key differs
+    is remade, and the outputs read from a store record it in their stamps' inputs. Unlike a settings key
+    it is known only once the model is loaded and the manifest read."""
     corpus = config_hash([(u.id, u.sha256, u.num_samples) for u in utterances], length=64)
     what = {"extractor": EXTRACTOR_VERSION, "model": model_info, "utterances": corpus,
             "dtype": dtype, "max_batch_seconds": max_batch_seconds}
@@ -152,7 +157,7 @@ def extract(
     """
     store = Path(store)
     dtype = "float32" if pooled else dtype
-    key = store_key(model_info, utterances, dtype, max_batch_seconds, autocast, pooled, settings)
+    key = store_content_key(model_info, utterances, dtype, max_batch_seconds, autocast, pooled, settings)
     batches = plan_batches(utterances, max_batch_seconds)
     fraction = round(padding_fraction(utterances, batches), 6)
     if stats is not None:

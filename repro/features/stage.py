@@ -11,7 +11,6 @@ is sharded across the ranks (`repro.features.shards`).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 from repro.data.manifest import load_task
@@ -20,7 +19,7 @@ from repro.features.store import FeatureStore, StoreError
 from repro.models.loaders import LOADERS, recipe_of
 from repro.models.registry import load_upstream, resolve_spec, spec_identity, weights_fingerprint
 from repro.models.upstream import Upstream
-from repro.provenance import store_key, trained_model_key
+from repro.provenance import DAMAGED, is_acceptable, read_stamp, store_key, trained_model_key
 from repro.runtime import DistEnv, run_sharded, writer_lock
 from repro.tasks import stores_needed
 from repro.util.atomic import check_writable
@@ -62,11 +61,13 @@ def check_trained_model(ws: Workspace, name: str) -> None:
     path = ws.models_dir / spec.name / "model.json"
     if not path.is_file():
         return  # the loader says how to train it
-    made = json.loads(path.read_text()).get("settings")
-    if made != trained_model_key(ws.profile, recipe):
-        raise StaleInputError(
-            f"{path}: model '{name}' was trained under other settings than profile '{ws.profile.name}' gives; "
-            f"train it again with `repro train --recipe {recipe} --profile {ws.profile.name}`")
+    recorded = read_stamp(path)
+    if not is_acceptable(recorded, trained_model_key(ws.profile, recipe)):
+        why = "its stamp cannot be read (damaged)" if recorded is DAMAGED else \
+            "it has no stamp (made by an earlier version)" if recorded is None else \
+            f"it was trained under other settings than profile '{ws.profile.name}' gives"
+        raise StaleInputError(f"{path}: model '{name}': {why}; train it again with "
+                              f"`repro train --recipe {recipe} --profile {ws.profile.name}`")
 
 
 def load_profile_upstream(ws: Workspace, name: str, env: DistEnv | None = None) -> Upstream:

@@ -28,9 +28,14 @@ def _published(models_dir: str | os.PathLike, name: str, recipe: str) -> tuple[P
             f"model '{name}' has not been trained ({info_path} is missing); train it with "
             f"`repro train --recipe {recipe} --profile {profile}` "
             f"(or `repro run --profile {profile} --stage train`)")
-    info = json.loads(info_path.read_text())
-    weights = folder / info["weights_file"]
     profile = Path(models_dir).parent.name
+    try:
+        info = json.loads(info_path.read_text())
+        weights = folder / info["weights_file"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ModelUnavailableError(
+            f"{info_path}: damaged (not a model.json that names its weights); train it again: "
+            f"{command('train', profile, '--recipe', recipe, '--force')} makes it") from None
     check_digest(weights, info["weights_sha256"], info_path,  # once per process
                  f"train it again: {command('train', profile, '--recipe', info['recipe'], '--force')} makes it")
     return folder, info, weights

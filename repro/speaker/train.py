@@ -8,22 +8,21 @@
 
 A model is published only when training completed, its EER on the trial list is below the
 untrained network's, and (DINO) it has not collapsed; otherwise `failure.json` says why and
-`SpeakerTrainingFailed` is raised. A published model made with the same settings is reused.
+`SpeakerTrainingFailed` is raised. `model.json` records the model's stamp (`training_stamp`) as its
+`provenance`; a published model whose stamp is complete (`repro.provenance.is_complete`) is reused.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import torch
 
-from repro.config.typed import to_dict
 from repro.data.manifest import manifest_path, trials_path
 from repro import recipes
 from repro.errors import ConfigError, ReproError
-from repro.provenance import trained_model_key
+from repro.provenance import Stamp, complete_record, trained_model_key
 from repro.runtime import DistEnv, barrier, setup, teardown, threads_of, writer_lock
 from repro.speaker import data as D
 from repro.speaker.augment import Augmenter, NoiseBank, RirBank
@@ -33,7 +32,7 @@ from repro.remedy import command
 from repro.speaker.trainer import CHECKPOINT, LoopSettings, run_loop
 from repro.trainlog import TrainLog, publish_or_fail
 from repro.util.atomic import atomic_write_json, check_writable
-from repro.util.hashing import config_hash, sha256_file
+from repro.util.hashing import sha256_file
 from repro.weights import remove_checkpoint
 from repro.workspace import Workspace
 
@@ -58,28 +57,24 @@ def run_dir(ws: Workspace, recipe: str) -> Path:
     return recipes.run_dir(ws, recipe)
 
 
-def training_key(ws: Workspace, recipe: str) -> str:
-    """Hash of everything that determines the trained model: settings and data files."""
+def training_stamp(ws: Workspace, recipe: str) -> Stamp:
+    """What the model of `recipe` trained now is made from: its settings key
+    (`repro.provenance.trained_model_key`: the recipe's settings, the training and evaluation data
+    settings, the seed), the trainer's version and the sha256 of the manifests and trial list it reads."""
     cfg = ws.profile.speaker_training
+    recipe_config(ws, recipe)  # one of this package's recipes
     corpus = ws.corpus_dir
     files = [manifest_path(corpus, cfg.train_task), manifest_path(corpus, cfg.eval_task),
              trials_path(corpus, cfg.eval_split)]
-    return config_hash({
-        "trainer": TRAINER_VERSION, "recipe": recipe, "settings": to_dict(recipe_config(ws, recipe)),
-        "provenance": trained_model_key(ws.profile, recipe),
-        "train": [cfg.train_task, cfg.train_split], "eval": [cfg.eval_task, cfg.eval_split],
-        "augment": to_dict(cfg.augment), "accumulation": cfg.grad_accumulation, "seed": ws.profile.seed,
-        "data": [sha256_file(f) if f.is_file() else None for f in files],
-    })
+    return Stamp(trained_model_key(ws.profile, recipe), {
+        "trainer": TRAINER_VERSION, "data": {f.name: sha256_file(f) if f.is_file() else None for f in files}})
 
 
-def published(ws: Workspace, recipe: str) -> dict | None:
-    """model.json of the published model of `recipe` if it was made with the current settings."""
+def published(ws: Workspace, recipe: str, log=None) -> dict | None:
+    """model.json of the published model of `recipe` if its stamp is complete; `log` gets one line
+    saying why a published model is not."""
     path = ws.models_dir / recipe_config(ws, recipe).output_name / "model.json"
-    if not path.is_file():
-        return None
-    info = json.loads(path.read_text())
-    return info if info.get("config_hash") == training_key(ws, recipe) else None
+    return complete_record(path, training_stamp(ws, recipe), "trained again", log)
 
 
 def _augmenter(ws: Workspace, env: DistEnv) -> Augmenter:
@@ -103,7 +98,7 @@ def train_speaker(ws: Workspace, recipe: str, *, force: bool = False, progress: 
     """Train (or reuse) the model of `recipe` for profile `ws`; returns its model.json content."""
     rcfg = recipe_config(ws, recipe)
     cfg = ws.profile.speaker_training
-    if not force and (info := published(ws, recipe)) is not None:
+    if not force and (info := published(ws, recipe, print if progress else None)) is not None:
         if progress:
             print(f"{rcfg.output_name}: trained model with these settings exists ({ws.models_dir / rcfg.output_name})")
         return info
@@ -125,7 +120,7 @@ def _train(ws: Workspace, recipe: str, rcfg, env: DistEnv, progress: bool, stop_
            force: bool = False) -> dict:
     cfg = ws.profile.speaker_training
     started, cpu_started = time.perf_counter(), time.process_time()
-    key = training_key(ws, recipe)
+    stamp = training_stamp(ws, recipe)
     utts, speakers = D.load_training_set(ws.corpus_dir, cfg.train_task, cfg.train_split)
     spe = D.steps_per_epoch(len(utts), rcfg.batch_size)
     total = rcfg.epochs * spe
@@ -150,13 +145,13 @@ def _train(ws: Workspace, recipe: str, rcfg, env: DistEnv, progress: bool, stop_
         remove_checkpoint(rdir / CHECKPOINT)
     barrier(env)
     settings = LoopSettings(total, spe, cfg.grad_accumulation, cfg.num_workers, cfg.log_every, cfg.checkpoint_every,
-                            cfg.eval_every_epochs, key, progress, stop_after_step,
+                            cfg.eval_every_epochs, stamp.key, progress, stop_after_step,
                             checkpoint_fix=_checkpoint_fix(ws, recipe))
     result = run_loop(r, maker, trials, env, rdir, settings)
     r.finalize()
     info = None
     if env.is_main:
-        info = _judge_and_publish(ws, recipe, r, rcfg, trials, env, result, key, utts, speakers,
+        info = _judge_and_publish(ws, recipe, r, rcfg, trials, env, result, stamp, utts, speakers,
                                   (started, cpu_started))
     barrier(env)
     return info
@@ -168,7 +163,7 @@ def _checkpoint_fix(ws: Workspace, recipe: str) -> str:
            f"{command('train', ws, '--recipe', recipe, '--force')}"
 
 
-def _judge_and_publish(ws, recipe, r, rcfg, trials, env, result, key, utts, speakers, clocks) -> dict:
+def _judge_and_publish(ws, recipe, r, rcfg, trials, env, result, stamp, utts, speakers, clocks) -> dict:
     cfg = ws.profile.speaker_training
     rdir = run_dir(ws, recipe)
     frontend, network = r.eval_network()
@@ -187,7 +182,7 @@ def _judge_and_publish(ws, recipe, r, rcfg, trials, env, result, key, utts, spea
                                              "device": str(env.device), "threads": torch.get_num_threads()})
     info = {
         "format": MODEL_FORMAT, "name": rcfg.output_name, "recipe": recipe, "profile": ws.profile.name,
-        "config_hash": key, "settings": trained_model_key(ws.profile, recipe), "steps": result.steps, "epochs": rcfg.epochs, "batch_size": rcfg.batch_size,
+        "provenance": stamp.as_dict(), "steps": result.steps, "epochs": rcfg.epochs, "batch_size": rcfg.batch_size,
         "train": {"task": cfg.train_task, "split": cfg.train_split, "utterances": len(utts), "speakers": len(speakers)},
         "eval": {"task": cfg.eval_task, "split": cfg.eval_split, "trials": int(len(trials.target)),
                  "target_trials": int(trials.target.sum())},

@@ -21,12 +21,13 @@ The held-out utterances (training utterances kept out of training, never dev or 
 of the untrained and the trained network, beside the majority-cluster rate (the accuracy of always answering
 the most frequent cluster of those frames). A model is published only if its accuracy beats that rate
 (`ssl_training.require_above_majority`); otherwise `failure.json` says why and `SslTrainingFailed` is raised.
+`model.json` records the model's stamp (`training_stamp`) as its `provenance`; a published model whose stamp is
+complete (`repro.provenance.is_complete`) is reused.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ import torch
 
 from repro import recipes
 from repro.errors import ConfigError, ReproError
-from repro.provenance import trained_model_key
+from repro.provenance import Stamp, complete_record, trained_model_key
 from repro.remedy import command
 from repro.runtime import on_rank_zero, setup, teardown
 from repro.trainlog import TrainLog, publish_or_fail
@@ -46,7 +47,6 @@ from repro.ssl.model import MaskedPredictor, build_backbone, masked_loss, span_m
 from repro.ssl.targets import FrameGrid, KMeansSettings, Targets, make_targets, targets_key
 from repro.util.atomic import atomic_write_json
 from repro.util.progress import progress_bar
-from repro.util.hashing import config_hash
 from repro.weights import load_checkpoint, remove_checkpoint, save_checkpoint
 from repro.workspace import Workspace
 
@@ -112,21 +112,19 @@ def corpus(ws: Workspace, recipe: str) -> Corpus:
     return Corpus(train, held, grid, km, key)
 
 
-def training_key(ws: Workspace, recipe: str, data: Corpus | None = None) -> str:
-    """Hash of everything that determines the trained model: the trainer, the recipe's settings key (its
-    settings and the manifests' settings) and the targets key (the utterances' audio digests, the k-means)."""
+def training_stamp(ws: Workspace, recipe: str, data: Corpus | None = None) -> Stamp:
+    """What the model of `recipe` pre-trained now is made from: its settings key
+    (`repro.provenance.trained_model_key`: the recipe's settings and the manifests' settings), the trainer's
+    version and the targets key (the utterances' audio digests, the k-means)."""
     data = data or corpus(ws, recipe)
-    return config_hash({"trainer": TRAINER_VERSION, "recipe": recipe,
-                        "provenance": trained_model_key(ws.profile, recipe), "targets": data.targets_key})
+    return Stamp(trained_model_key(ws.profile, recipe), {"trainer": TRAINER_VERSION, "targets": data.targets_key})
 
 
-def published(ws: Workspace, recipe: str) -> dict | None:
-    """model.json of the published model of `recipe` if it was made with the current settings and data."""
+def published(ws: Workspace, recipe: str, log=None) -> dict | None:
+    """model.json of the published model of `recipe` if its stamp is complete; `log` gets one line
+    saying why a published model is not."""
     path = ws.models_dir / recipe_config(ws, recipe).output_name / "model.json"
-    if not path.is_file():
-        return None
-    info = json.loads(path.read_text())
-    return info if info.get("config_hash") == training_key(ws, recipe) else None
+    return complete_record(path, training_stamp(ws, recipe), "trained again", log)
 
 
 # ----------------------------------------------------------------------------- batches
@@ -228,7 +226,7 @@ def train_ssl(ws: Workspace, recipe: str, *, force: bool = False, progress: bool
               stop_after_step: int | None = None) -> dict | None:
     """Train (or reuse) the model of `recipe` for profile `ws`; its model.json (None on ranks other than 0)."""
     cfg, st = recipe_config(ws, recipe), ws.profile.ssl_training
-    if not force and (info := published(ws, recipe)) is not None:
+    if not force and (info := published(ws, recipe, print if progress else None)) is not None:
         if progress:
             print(f"{cfg.output_name}: trained model with these settings exists ({ws.models_dir / cfg.output_name})")
         return info
@@ -259,7 +257,8 @@ def _train(ws: Workspace, recipe: str, device: torch.device, force: bool, progre
     cfg, st = recipe_config(ws, recipe), ws.profile.ssl_training
     started, cpu_started = time.perf_counter(), time.process_time()
     data = corpus(ws, recipe)
-    key = training_key(ws, recipe, data)
+    stamp = training_stamp(ws, recipe, data)
+    key = stamp.key  # the resume key of a checkpoint
     rdir = run_dir(ws, recipe)
     rdir.mkdir(parents=True, exist_ok=True)
     ckpt_path = rdir / CHECKPOINT
@@ -320,7 +319,7 @@ def _train(ws: Workspace, recipe: str, device: torch.device, force: bool, progre
         bar.close()
         acc = heldout_accuracy(model, cfg, held_audio, held_t, data.grid, device)
     log.write(step=cfg.steps, heldout_accuracy=acc["masked_accuracy"], note="final")
-    return _judge_and_publish(ws, recipe, model, data, key, acc0, acc, (started, cpu_started), start)
+    return _judge_and_publish(ws, recipe, model, data, stamp, acc0, acc, (started, cpu_started), start)
 
 
 def _save(path: Path, model, optimizer, step: int, acc0: dict, key: str) -> None:
@@ -329,7 +328,7 @@ def _save(path: Path, model, optimizer, step: int, acc0: dict, key: str) -> None
     save_checkpoint(state, path)
 
 
-def _judge_and_publish(ws, recipe, model, data: Corpus, key, acc0, acc, clocks, resumed_from) -> dict:
+def _judge_and_publish(ws, recipe, model, data: Corpus, stamp: Stamp, acc0, acc, clocks, resumed_from) -> dict:
     from transformers import Wav2Vec2FeatureExtractor
 
     cfg, st = recipe_config(ws, recipe), ws.profile.ssl_training
@@ -343,7 +342,7 @@ def _judge_and_publish(ws, recipe, model, data: Corpus, key, acc0, acc, clocks, 
     info = {
         "format": MODEL_FORMAT, "name": cfg.output_name, "recipe": recipe, "profile": ws.profile.name,
         "kind": "hf_pretrained", "class": type(model.backbone).__name__,
-        "config_hash": key, "settings": trained_model_key(ws.profile, recipe), "targets": data.targets_key,
+        "provenance": stamp.as_dict(),
         "steps": cfg.steps, "batch_size": cfg.batch_size, "clusters": cfg.clusters,
         "train": {"tasks": list(st.train_tasks), "split": P.TRAIN_SPLIT, "utterances": len(data.train),
                   "seconds": round(sum(u.num_samples for u in data.train) / P.SAMPLE_RATE, 1)},

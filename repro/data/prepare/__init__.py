@@ -12,7 +12,8 @@
     out/sources/data -> <data root>, out/sources/<corpus> -> a user-provided corpus
 
 Everything the profile needs is checked first; what is missing is listed with the command that
-fetches it. A corpus folder made from the same settings is kept (only its links are refreshed).
+fetches it. `corpus.json` records the folder's stamp (`corpus_stamp`) as its `provenance`; a folder
+whose stamp is complete (`repro.provenance.is_complete`) is kept (only its links are refreshed).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from typing import Any
 
 from repro.audio import SAMPLE_RATE
 from repro.config.schema import DataConfig, ProfileConfig, SubsetRule
-from repro.config.typed import to_dict
 from repro.data.catalog import Catalog, load_catalog
 from repro.data.committed import check_committed
 from repro.data.download import data_root, is_ready
@@ -34,8 +34,8 @@ from repro.data.manual import instructions, manual_path, verify_manual
 from repro.data.prepare import fluent, iemocap, librispeech, speech_commands, voxceleb
 from repro.data.prepare.common import AudioIndex, Item, PrepareError, inspect_all
 from repro.data.subsets import id_list_text, list_sha256, select, subset_key
+from repro.provenance import Stamp, complete_record, corpus_folder_key
 from repro.util.atomic import atomic_directory, atomic_write_json, atomic_write_text
-from repro.util.hashing import config_hash
 
 PREPARER_VERSION = 1
 SPLITS = ("train", "dev", "test")
@@ -93,11 +93,11 @@ def missing_data(profile: ProfileConfig, *, root: Path, catalog: Catalog,
     return out
 
 
-def _settings_hash(profile: ProfileConfig) -> str:
-    cfg = to_dict(profile.data)
-    for k in ("root", "lock_file", "workers", "manual_paths"):
-        cfg.pop(k)
-    return config_hash({"version": PREPARER_VERSION, "tasks": list(profile.tasks), "seed": profile.seed, "data": cfg})
+def corpus_stamp(profile: ProfileConfig) -> Stamp:
+    """What the corpus folder prepared now for `profile` is made from: its settings key
+    (`repro.provenance.corpus_folder_key`: the manifests of the profile's tasks and the CKA set) and
+    the preparer's version."""
+    return Stamp(corpus_folder_key(profile), {"preparer": PREPARER_VERSION})
 
 
 def _link(link: Path, target: Path) -> None:
@@ -138,17 +138,13 @@ def prepare_corpus(
     _, manual = _needs(profile)
     manual_dirs = {n: (manual_override or {}).get(n) or manual_path(catalog.corpus(n), root, cfg.manual_paths)
                    for n in manual}
-    key = _settings_hash(profile)
-    info_path = out / "corpus.json"
-    if info_path.is_file() and not force:
-        import json
-
-        if json.loads(info_path.read_text()).get("config_hash") == key:
-            _link(out / "sources" / "data", root)
-            for n, d in manual_dirs.items():
-                _link(out / "sources" / n, d)
-            log(f"corpus: {out} is prepared (settings {key}); links refreshed")
-            return out
+    stamp = corpus_stamp(profile)
+    if not force and complete_record(out / "corpus.json", stamp, "prepared again", log):
+        _link(out / "sources" / "data", root)
+        for n, d in manual_dirs.items():
+            _link(out / "sources" / n, d)
+        log(f"corpus: {out} is prepared (settings {stamp.settings}); links refreshed")
+        return out
     with atomic_directory(out, replace=True) as tmp:
         _link(tmp / "sources" / "data", root)
         for n, d in manual_dirs.items():
@@ -156,7 +152,7 @@ def prepare_corpus(
         indexes = {"data": AudioIndex(root / ".audio-index" / "data.jsonl"),
                    **{n: AudioIndex(root / ".audio-index" / f"{n}.jsonl") for n in manual_dirs}}
         info = _build(tmp, profile, root, manual_dirs, indexes, lock, progress, log, committed)
-        info["config_hash"] = key
+        info["provenance"] = stamp.as_dict()
         atomic_write_json(tmp / "corpus.json", info)
     log(f"corpus: prepared {', '.join(profile.tasks)} into {out}")
     return out
