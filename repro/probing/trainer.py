@@ -245,12 +245,12 @@ def train_group(
     def micro_batch_of(step: int, a: int) -> list[int]:
         return micro_batch(n, budget.batch_size, seed, step * budget.grad_accum + a)
 
-    window = LengthWindow.over(train.source, micro_batch_of, budget.steps)  # upstream forwards regrouped by length
-    feed = window or train.source
+    by_length = LengthWindow.over(train.source, micro_batch_of, budget.steps)  # upstream forwards regrouped by length
+    feed = by_length or train.source
 
     def load(step: int, a: int) -> Batch:
         idx = micro_batch_of(step, a)
-        return load_batch(window.slot(a) if window else train.source, idx, step, device,
+        return load_batch(by_length.slot(a) if by_length else train.source, idx, step, device,
                           task.collate([train.targets[i] for i in idx]))
 
     ahead: dict[tuple[int, int], Batch] = {}
