@@ -24,7 +24,7 @@ NEEDS_GPU = ("gpu",)  # `repro bench all` runs these only where a GPU is visible
 # `repro bench all --large`: longer runs for steadier figures.
 LARGE = {"extract": {"seconds": 300.0}, "cka": {"frames": 8192, "repeats": 3},
          "probe": {"steps": 50, "fly_steps": 10}, "pipeline": {"speakers": True},
-         "ecapa": {"sizes": ("smoke", "full")}, "padding": {"steps": 0}}
+         "ecapa": {"sizes": ("smoke", "full")}}
 
 
 def run_benchmarks(names: list[str] | None, out: Path, echo: Callable[[str], None] = print,

@@ -289,10 +289,10 @@ class CostModel:
         forwards in this profile: read from padding.json (`measured` inputs), else counted here."""
         name = f"padded_over_valid:{self.profile.name}:{task}:train:W{self.profile.probing.length_window}"
         if name not in self.inputs:
-            from repro.bench.padding import DEFAULTS, measure
+            from repro.bench.padding import QUICK_STEPS, measure
 
             b = self.profile.probing.tasks[task]
-            steps = min(DEFAULTS["steps"], b.steps)
+            steps = min(QUICK_STEPS, b.steps)
             ratio = measure(self.corpus[task]["utterances"]["train"], b.batch_size, b.grad_accum, steps,
                             self.profile.probing.length_window, self.profile.seed)["windowed"]["padded_over_valid"]
             self.inputs[name] = Input(ratio, "padded / valid audio", "counted",
