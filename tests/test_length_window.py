@@ -145,6 +145,8 @@ def test_probes_trained_on_windows_match_direct_forwards_and_resume_to_the_same_
     direct = train_group(task, probes, train, dev, budget, 0, torch.device("cpu"), progress=False)
     task, probes, train, dev = _group(tiny_corpus, tmp_path / "window", window=4)
     windowed = train_group(task, probes, train, dev, budget, 0, torch.device("cpu"), progress=False)
+    # measured here: training losses within 2.3e-7 relative, the dev PER equal, the best states' weights
+    # within 7.1e-6 absolute; the bounds leave room for other CPUs
     for d, w in zip(direct, windowed):
         assert np.allclose(d["curve"]["train_loss"], w["curve"]["train_loss"], rtol=1e-4)
         assert np.allclose(d["curve"]["dev"], w["curve"]["dev"], rtol=1e-4, atol=1e-6)
