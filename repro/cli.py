@@ -518,7 +518,8 @@ def bench_attention(repeats: int | None, out: Path) -> None:
 
 
 @bench.command("padding")
-@click.option("--steps", type=int, default=None, help="training steps counted per profile (default 0: every step of the budget)")
+@click.option("--steps", type=int, default=None,
+              help="training steps counted per profile (default 0: every step of the budget)")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts/bench"),
               show_default=True)
 def bench_padding(steps: int | None, out: Path) -> None:
