@@ -520,6 +520,18 @@ def bench_attention(repeats: int | None, out: Path) -> None:
     run_benchmarks(["attention"], out, echo=click.echo, options={"attention": {"repeats": repeats}})
 
 
+@bench.command("padding")
+@click.option("--steps", type=int, default=None,
+              help="training steps counted per profile (default 0: every step of the budget)")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts/bench"),
+              show_default=True)
+def bench_padding(steps: int | None, out: Path) -> None:
+    """PR's training padding on LibriSpeech's lengths: micro-batches forwarded alone vs in length windows (counted)."""
+    from repro.bench import run_benchmarks
+
+    run_benchmarks(["padding"], out, echo=click.echo, options={"padding": {"steps": steps}})
+
+
 @bench.command("projection")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts/bench"),
               show_default=True)

@@ -81,6 +81,7 @@ READS: dict[str, tuple[str, ...]] = {
 # Settings that never change a result.
 RUNTIME: tuple[str, ...] = (
     "name", "description", "extraction.device", "extraction.num_workers", "probing.device", "probing.max_group",
+    "probing.length_window",  # which micro-batches share a forward: float rounding, as probing.device
     "cka.device",
     "data.root", "data.lock_file", "data.manual_paths", "data.workers", "distributed", "runtime",
     "speaker_training.device", "speaker_training.num_workers", "speaker_training.log_every",

@@ -83,7 +83,7 @@ def test_performance_page_names_what_is_measured_and_what_is_assumed(records, tm
 # the FLOP counter saw SDPA attention
 BEFORE = facts(features_round_trip_host=True, loss_read_per_probe=True, terms_overlap=False,
                ecapa_forward="per_utterance_unless_equal_lengths", wavlm_attention="unfused_eager_TxT",
-               attention_flops_counted=False)
+               attention_flops_counted=False, pr_batches="random_permutation_padded")
 
 
 def _model(profile="full", code=None, tasks=None):
@@ -161,6 +161,41 @@ def test_flipping_a_code_path_fact_recomputes_the_figure():
     # attention FLOPs: in the count (rescaled) or added from the shapes; for HuBERT (SDPA) the same total
     missed = _model(tasks=["PR"], code=facts(attention_flops_counted=False)).terms()
     assert _hours(missed, "hubert-base", "PR", "upstream FLOPs") > _hours(now, "hubert-base", "PR", "upstream FLOPs")
+
+
+def test_pr_training_forwards_are_priced_at_the_padding_of_their_length_windows(tmp_path):
+    from repro.bench.padding import measure
+
+    now = _model(tasks=["PR"])
+    b = now.profile.probing.tasks["PR"]
+    mean = load_lengths()["splits"]["train-clean-100"]["mean_seconds"]
+    _, pad, how = now.padded_seconds("PR", "train", b.batch_size, True)
+    counted = measure(28539, b.batch_size, b.grad_accum, 4096, now.profile.probing.length_window)["windowed"]
+    assert pad / mean == pytest.approx(counted["padded_over_valid"]) and 1.0 < pad / mean < 1.05
+    assert f"windows of {now.profile.probing.length_window} steps" in how
+    name = now.padding_input("PR")
+    assert now.inputs[name].kind == "counted"
+    before = _model(tasks=["PR"], code=facts(pr_batches="random_permutation_padded"))
+    flops = _hours(now.terms(), "hubert-base", "PR", "upstream FLOPs, train")
+    assert flops < 0.85 * _hours(before.terms(), "hubert-base", "PR", "upstream FLOPs, train")
+    # a padding.json for other windows is not used; one for the profile's window is
+    recorded = {name: Input(1.1, "padded / valid audio", "counted", "padding.json")}
+    read = CostModel(now.profile, now.flops, now.head_flops, now.pooled_ops, {**recorded})
+    assert read.padded_seconds("PR", "train", b.batch_size, True)[1] == pytest.approx(1.1 * mean)
+    other = {name.replace(":W16", ":W4"): Input(1.1, "padded / valid audio", "counted", "padding.json")}
+    assert CostModel(now.profile, now.flops, now.head_flops, now.pooled_ops, other).padded_seconds(
+        "PR", "train", b.batch_size, True)[1] == pytest.approx(pad)
+
+
+def test_the_padding_record_counts_both_profiles(tmp_path):
+    results = run_benchmarks(["padding"], tmp_path, echo=lambda _: None, options={"padding": {"steps": 256}})
+    r = results["padding"]
+    for name in ("full", "fast"):
+        p = r["profiles"][name]
+        assert p["steps_counted"] == 256 and p["length_window"] == load_profile(name).probing.length_window
+        assert 0.15 < p["alone"]["padding_share"] < 0.3 and p["windowed"]["padding_share"] < 0.05
+        assert p["alone"]["padded_over_valid"] == pytest.approx(p["alone"]["expected_padded_over_valid"], rel=0.03)
+    assert "windowed" in __import__("repro.bench.padding", fromlist=["table"]).table(r)
 
 
 def test_the_fast_profile_prices_its_own_subsets():

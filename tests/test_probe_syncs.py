@@ -141,7 +141,7 @@ def test_groups_are_cut_to_the_probes_that_fit(tiny_corpus, tmp_path):
 
     task, train, _, _, _, (probe,) = _fold_group(inputs, splits, lrs[:1], fold)
     plan = group_memory(task, probe.model, train, inputs.budget, ws.profile.seed, inputs.device)
-    one = plan.shared + plan.activations + plan.per_probe
+    one = plan.shared + plan.activations + plan.window + plan.per_probe
     run_probes(ws, "tiny-wavlm", "KS", lrs, progress=False, inputs=inputs, device_memory=one)
     for lr in lrs:
         timing = json.loads((ws.probe_dir("tiny-wavlm", "KS") / f"{lr_tag(lr)}.timing.json").read_text())

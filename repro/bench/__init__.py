@@ -19,7 +19,7 @@ BENCHMARKS = {"extract": "repro.bench.extract", "cka": "repro.bench.cka", "probe
               "probe_syncs": "repro.bench.probe_syncs",
               "pipeline": "repro.bench.pipeline", "metrics": "repro.bench.metrics", "gpu": "repro.bench.gpu",
               "attention": "repro.bench.attention", "ecapa": "repro.bench.ecapa_batch",
-              "projection": "repro.bench.projection"}
+              "padding": "repro.bench.padding", "projection": "repro.bench.projection"}
 NEEDS_GPU = ("gpu",)  # `repro bench all` runs these only where a GPU is visible
 # `repro bench all --large`: longer runs for steadier figures.
 LARGE = {"extract": {"seconds": 300.0}, "cka": {"frames": 8192, "repeats": 3},

@@ -41,8 +41,13 @@ change's effect is the difference of two tables. The facts and the code each des
     pooled_heads              `one_step_per_probe`: each learning rate of a pooled task (KS, IC, ER) trains its
                               own small head step by step on `[B, 1, D]` layer means; a step is a few hundred
                               tiny kernels, priced per operator on the host (launch-bound), not as FLOPs.
-    pr_batches                `random_permutation_padded`: `repro.probing.sources.micro_batch` draws a random
-                              permutation and `pad_waveforms` pads to the longest of the batch_size items.
+    pr_batches                `length_window_padded`: the micro-batches of `probing.length_window` steps per
+                              accumulation slot are forwarded together, sorted by length into forwards of
+                              batch_size items (`repro.probing.length_window`); their padded audio over the
+                              valid audio is counted by `repro bench padding` (padding.json, per profile) on
+                              the pinned lengths. Before it, `random_permutation_padded`:
+                              `repro.probing.sources.micro_batch` draws a random permutation and each
+                              micro-batch is padded to the longest of its batch_size items.
     eval_batches              `manifest_order_padded`: `trainer.evaluate` takes consecutive utterances of the
                               split in manifest order, padded to the longest (order taken as independent of
                               length).
@@ -66,7 +71,7 @@ from dataclasses import dataclass, field
 from repro.bench import lengths as lengths_mod
 from repro.bench.shapes import MODELS, SPEECH_HEADS, SPEECH_LAYERS, SPEECH_WIDTH
 
-CODE_PATHS_VERSION = 3
+CODE_PATHS_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -80,7 +85,7 @@ class CodePaths:
     hubert_attention: str = "sdpa"
     attention_flops_counted: bool = True
     pooled_heads: str = "one_step_per_probe"
-    pr_batches: str = "random_permutation_padded"
+    pr_batches: str = "length_window_padded"
     eval_batches: str = "manifest_order_padded"
     head_precision: str = "float32"
     upstream_grouped: bool = True
@@ -267,11 +272,32 @@ class CostModel:
         mean = c["item_seconds"] if train else 3600 * hours / max(c["utterances"].get(split, 1), 1)
         dist = c.get("lengths", {}).get(split)
         padded_by = self.code.pr_batches if train else self.code.eval_batches
+        if dist and padded_by == "length_window_padded":
+            d = self.lengths[dist]
+            name = self.padding_input(task)
+            how = f"LibriSpeech {dist} lengths, forwards of {batch} regrouped by length in windows of " \
+                  f"{self.profile.probing.length_window} steps"
+            return d["mean_seconds"], d["mean_seconds"] * self.v(name), how
         if dist and padded_by.endswith("padded"):
             d = self.lengths[dist]
             how = f"LibriSpeech {dist} lengths, batches of {batch}"
             return d["mean_seconds"], lengths_mod.padded_mean(d, batch), how
         return mean, mean, "the mean length (no pinned length distribution: padding not counted)"
+
+    def padding_input(self, task: str) -> str:
+        """The name of the input that holds the padded over valid audio of `task`'s windowed training
+        forwards in this profile: read from padding.json (`measured` inputs), else counted here."""
+        name = f"padded_over_valid:{self.profile.name}:{task}:train:W{self.profile.probing.length_window}"
+        if name not in self.inputs:
+            from repro.bench.padding import QUICK_STEPS, measure
+
+            b = self.profile.probing.tasks[task]
+            steps = min(QUICK_STEPS, b.steps)
+            ratio = measure(self.corpus[task]["utterances"]["train"], b.batch_size, b.grad_accum, steps,
+                            self.profile.probing.length_window, self.profile.seed)["windowed"]["padded_over_valid"]
+            self.inputs[name] = Input(ratio, "padded / valid audio", "counted",
+                                      f"repro.bench.padding.measure, {steps} steps (no padding.json)")
+        return name
 
     # ---- terms ----
     def terms(self) -> list[Term]:
@@ -353,8 +379,10 @@ class CostModel:
                 frames_padded = seconds_run * fr  # features per utterance, no padding
             else:
                 flops = batches * items * self.upstream_flops(model, pad)
+                padding = [self.padding_input(task)] if training and not crop and c.get("lengths") and \
+                    self.code.pr_batches == "length_window_padded" else []
                 terms.append(self._term(model, task, precision, f"upstream FLOPs, {label}", flops / tput / 3600,
-                                        [tname], f"{batches * items * pad / 3600:.0f} padded audio h "
+                                        [tname] + padding, f"{batches * items * pad / 3600:.0f} padded audio h "
                                         f"({pad / mean:.2f}x the mean: {how}), attention included"))
                 passes_in = {"unfused_eager_TxT": "wavlm_tt_passes", "sdpa_float_mask": "wavlm_sdpa_mask_passes"}
                 if spec.get("attention") == "wavlm" and self.code.wavlm_attention in passes_in:

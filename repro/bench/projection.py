@@ -103,6 +103,13 @@ def measured_inputs(bench_dir: Path, decode: dict[str, float]) -> tuple[dict[str
                                          f"cka.json ({_where(cka)}), assumed to carry over to the GPU")
     else:
         out["cka_gemm_fraction"] = Input(0.8, "fraction", "assumed", "no cka.json: a GEMM-bound accumulator")
+    padding = _read(bench_dir, "padding")
+    if padding:
+        for name, p in padding["profiles"].items():
+            out[f"padded_over_valid:{name}:PR:train:W{p['length_window']}"] = Input(
+                p["windowed"]["padded_over_valid"], "padded / valid audio", "counted",
+                f"padding.json: PR's training forwards in windows of {p['length_window']} steps, "
+                f"{p['steps_counted']} steps on LibriSpeech {padding['split']} lengths")
     metrics = _read(bench_dir, "metrics")
     if metrics and "share" in metrics:
         host = metrics["share"]["host"]["new"]

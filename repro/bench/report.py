@@ -65,6 +65,15 @@ SECTIONS = {
               "(`repro/bench/ecapa_batch.py`): audio seconds per CPU second, encoder calls per batch, and the "
               "largest relative difference of any layer from the utterance run alone. The gain of one call per "
               "batch is a GPU's (launches and occupancy); on a CPU the target is to lose little."),
+    "padding": ("Padding of PR's training forwards", "Counted, not timed (`repro/bench/padding.py`): PR's "
+                "training micro-batches as the trainer draws them (`repro.probing.sources.micro_batch`, the "
+                "profile's seed, batch size, gradient accumulation and steps) over a training split with "
+                "LibriSpeech train-clean-100's pinned length distribution (`artifacts/bench/librispeech_lengths.json`), "
+                "each forwarded alone and padded to its longest item (before), against the forwards of "
+                "`probing.length_window` steps per accumulation slot sorted by length into forwards of the batch "
+                "size (`repro.probing.length_window`, after). Padding share = 1 - valid / padded audio; padded / "
+                "valid is the factor the projection multiplies PR's training forwards by; `expected alone` is "
+                "the same factor from the distribution's order statistics (`repro.bench.lengths.padded_mean`)."),
     "gpu": ("GPU calibration", "Random weights of the real shapes on one GPU (`repro bench gpu`, `make bench-gpu`; "
             "runs from the source tree in a stock CUDA PyTorch environment, `repro/bench/gpu.py`): every model's "
             "forward at the full profile's batch shapes in float32 (TF32 off), TF32 and bf16 autocast with how far "

@@ -183,7 +183,7 @@ class ProbingConfig:
     RANGES = {"projection_dim": Range(1), "head_dim": Range(1), "xvector_dims": Range(1, min_items=1),
               "xvector_embedding_dim": Range(1), "am_softmax": Range(0, min_items=2, max_items=2),
               "er_folds": Range(1, min_items=1, unique=True), "layers": Range(0, min_items=1, unique=True),
-              "max_group": Range(0)}
+              "max_group": Range(0), "length_window": Range(1, 64)}
 
     tasks: dict[str, TaskBudget] = field(default_factory=dict)
     layer_norm: bool = setting(False, "SUPERB's default: layers enter the weighted sum as they are")
@@ -221,6 +221,12 @@ class ProbingConfig:
     max_group: int = setting(
         0, "learning rates of a task trained together on one forward per batch (0: all of them); fewer bound the "
         "memory of a group, with the same results")
+    length_window: int = setting(
+        16, "training micro-batches recomputed by the upstream (input: upstream) are forwarded this many steps at a "
+        "time per accumulation slot, sorted by length into forwards of batch_size items: PR's padding from about "
+        "a fifth of the forwarded audio to 3 % (`repro bench padding`); the same utterances in the same "
+        "micro-batches, results equal up to float rounding; costs the layers of grad_accum x length_window "
+        "micro-batches of device memory; 1 forwards each micro-batch alone")
     device: Literal["auto", "cpu", "cuda"] = setting("auto", "cuda when available")
 
 

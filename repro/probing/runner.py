@@ -139,7 +139,8 @@ class ProbeInputs:
             extraction = self.ws.profile.extraction
             return UpstreamFrames(self.upstream, self.ws.corpus_dir, utts, self.layers, pooled=pooled,
                                   device=self.device, crop_samples=crop, seed=self.ws.profile.seed,
-                                  autocast=extraction.autocast, workers=extraction.num_workers)
+                                  autocast=extraction.autocast, workers=extraction.num_workers,
+                                  length_window=self.cfg.length_window if train else 1)
         store = split_stores[0] if len(split_stores) == 1 else StoreUnion(split_stores)
         if pooled:
             return StorePooled(store, utts, self.layers)

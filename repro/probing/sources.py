@@ -108,17 +108,21 @@ class UpstreamFrames:
     samples of every longer utterance (start drawn from (seed, utterance, step)); `autocast`
     runs the upstream under `torch.autocast` (none | bf16 | fp16). With `workers` > 0, audio
     announced by `prefetch` is decoded ahead by that many threads (libsndfile releases the GIL),
-    so the GPU does not wait for the disk; the batches are the same either way.
+    so the GPU does not wait for the disk; the batches are the same either way. `length_window`
+    (training splits; `probing.length_window`): the trainer forwards the micro-batches of that
+    many steps together, regrouped by length (`repro.probing.length_window`); 1 forwards each
+    micro-batch alone.
     """
 
     def __init__(self, upstream: Upstream, corpus_root: str | Path, utts: Sequence[Utterance], layers: list[int],
                  pooled: bool = False, device: torch.device | str = "cpu", crop_samples: int | None = None,
-                 seed: int = 0, autocast: str = "none", workers: int = 0):
+                 seed: int = 0, autocast: str = "none", workers: int = 0, length_window: int = 1):
         self.upstream, self.root, self.utts, self.layers = upstream, Path(corpus_root), list(utts), layers
         info = upstream.layer_info()
         self.dims = [info[l].dim for l in layers]
         self.pooled, self.device = pooled, torch.device(device)
         self.crop, self.seed = crop_samples, seed
+        self.length_window = length_window
         self._autocast = lambda: autocast_context(self.device, autocast)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="audio") if workers > 0 else None
         self._pending: dict[tuple, list[Future]] = {}
@@ -137,23 +141,37 @@ class UpstreamFrames:
             wav = wav[start:start + self.crop]
         return torch.from_numpy(wav)
 
-    @torch.no_grad()
-    def batch(self, idx: Sequence[int], step: int | None = None) -> tuple[list[Tensor], Tensor]:
-        """Layers `[B, T, D_l]` on the source's device (they never go to the host) and valid frames
-        `[B]` on the host (computed there from the audio lengths, `Upstream.frame_lengths`)."""
+    def audio(self, idx: Sequence[int], step: int | None = None) -> list[Tensor]:
+        """The waveforms `[S_i]` of `batch(idx, step)` (decoded ahead when `prefetch` announced them)."""
         pending = self._pending.pop((tuple(idx), step), None)
-        wavs = [f.result() for f in pending] if pending is not None else [self._audio(i, step) for i in idx]
+        return [f.result() for f in pending] if pending is not None else [self._audio(i, step) for i in idx]
+
+    def frames(self, samples: Sequence[int]) -> list[int]:
+        """Valid frames of the first chosen layer for waveforms of `samples` samples (host arithmetic)."""
+        return self.upstream.frame_lengths(torch.tensor(list(samples), dtype=torch.long))[self.layers[0]].tolist()
+
+    @torch.no_grad()
+    def forward(self, wavs: list[Tensor]) -> tuple[list[Tensor], Tensor, Tensor]:
+        """The chosen layers `[B, T, D_l]` of `wavs` padded together, on the device in the upstream's
+        output dtype, with their valid frames `[B]` on the host and on the device."""
         padded, lengths = pad_waveforms(wavs)
         host_frames = self.upstream.frame_lengths(lengths)[self.layers[0]]
         with self._autocast():
             out = self.upstream(to_device(padded, self.device), to_device(lengths, self.device))
-        layers = [out.layers[l].float() for l in self.layers]
+        return [out.layers[l] for l in self.layers], host_frames, out.lengths[self.layers[0]]
+
+    @torch.no_grad()
+    def batch(self, idx: Sequence[int], step: int | None = None) -> tuple[list[Tensor], Tensor]:
+        """Layers `[B, T, D_l]` on the source's device (they never go to the host; zeros at padded
+        frames, as a feature store gives) and valid frames `[B]` on the host (computed there from
+        the audio lengths, `Upstream.frame_lengths`)."""
+        layers, host_frames, n = self.forward(self.audio(idx, step))
         if self.pooled:
             from repro.probing.heads import masked_mean
 
-            n = out.lengths[self.layers[0]]
-            return [masked_mean(h, n)[:, None, :] for h in layers], torch.ones(len(idx), dtype=torch.long)
-        return layers, host_frames
+            return [masked_mean(h.float(), n)[:, None, :] for h in layers], torch.ones(len(idx), dtype=torch.long)
+        padding = ~(torch.arange(layers[0].shape[1], device=n.device)[None, :] < n[:, None])[..., None]
+        return [h.float().masked_fill(padding, 0.0) for h in layers], host_frames
 
 
 def to_device(x: Tensor, device: torch.device) -> Tensor:

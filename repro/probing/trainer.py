@@ -53,6 +53,7 @@ from repro.data.manifest import Trial, Utterance
 from repro.errors import ConfigError, ReproError
 from repro.metrics import cosine_scores, equal_error_rate
 from repro.micro_batches import OrderedRunningStats, all_reduce_gradients, rank_micro_batches, update_in_order
+from repro.probing.length_window import LengthWindow
 from repro.probing.sources import micro_batch, to_device
 from repro.probing.tasks import Task
 from repro.runtime import all_reduce_sum, broadcast_tensors_from_rank_zero
@@ -241,9 +242,16 @@ def train_group(
     n = len(train.utts)
     computed = [a for a in mine if a >= 0]  # this rank's micro-batches of a step (none: [])
 
+    def micro_batch_of(step: int, a: int) -> list[int]:
+        return micro_batch(n, budget.batch_size, seed, step * budget.grad_accum + a)
+
+    by_length = LengthWindow.over(train.source, micro_batch_of, budget.steps)  # upstream forwards regrouped by length
+    feed = by_length or train.source
+
     def load(step: int, a: int) -> Batch:
-        idx = micro_batch(n, budget.batch_size, seed, step * budget.grad_accum + a)
-        return load_batch(train.source, idx, step, device, task.collate([train.targets[i] for i in idx]))
+        idx = micro_batch_of(step, a)
+        return load_batch(by_length.slot(a) if by_length else train.source, idx, step, device,
+                          task.collate([train.targets[i] for i in idx]))
 
     ahead: dict[tuple[int, int], Batch] = {}
     with contextlib.ExitStack() as stack:  # BatchNorm running statistics: updated in micro-batch order
@@ -263,7 +271,7 @@ def train_group(
                     if (later, a) in ahead:  # read already
                         continue
                     k = later * budget.grad_accum + (a if a >= 0 else rank % budget.grad_accum)
-                    _prefetch(train.source, micro_batch(n, budget.batch_size, seed, k), later)
+                    _prefetch(feed, micro_batch(n, budget.batch_size, seed, k), later)
             order = [(step, a) for a in computed] + ([(step + 1, computed[0])] if computed and step + 1 < budget.steps
                                                      else [])
             for j, key in enumerate(order[:len(computed)]):
@@ -357,23 +365,29 @@ class GroupMemory:
     upstream, everything its forward allocated); `activations`: what one probe's forward and
     backward allocate (an upper bound: every intermediate counted as if alive at once; the probes
     of a group run one after another); `per_probe`: what each probe keeps (parameters, gradients,
-    the optimiser's two moments).
+    the optimiser's two moments); `window`: the layers of the micro-batches forwarded together
+    (`repro.probing.length_window`: `probing.length_window` steps x `grad_accum` micro-batches, each
+    counted at its float32 padded size: an upper bound), 0 without a window.
     """
 
     shared: int
     activations: int
     per_probe: int
+    window: int = 0
 
     def fitting(self, free: int, task: str) -> int:
         """The most probes of a group that fit in `free` bytes; a `ConfigError` when not even one does."""
-        room = free - self.shared - self.activations
+        room = free - self.shared - self.activations - self.window
         if room < self.per_probe:
             mib = 2 ** 20
+            window = f"{self.window / mib:.0f} MiB of the length window, " if self.window else ""
             raise ConfigError(
-                f"task {task}: one probe needs about {(self.shared + self.activations + self.per_probe) / mib:.0f} MiB "
-                f"of device memory ({self.shared / mib:.0f} MiB of micro-batches, {self.activations / mib:.0f} MiB "
-                f"of activations, {self.per_probe / mib:.0f} MiB of weights and optimiser state) and "
-                f"{free / mib:.0f} MiB are free; lower probing.tasks.{task}.batch_size")
+                f"task {task}: one probe needs about "
+                f"{(self.shared + self.activations + self.window + self.per_probe) / mib:.0f} MiB "
+                f"of device memory ({self.shared / mib:.0f} MiB of micro-batches, {window}"
+                f"{self.activations / mib:.0f} MiB of activations, {self.per_probe / mib:.0f} MiB of weights and "
+                f"optimiser state) and {free / mib:.0f} MiB are free; lower "
+                f"{'probing.length_window or ' if self.window else ''}probing.tasks.{task}.batch_size")
         return room // self.per_probe
 
 
@@ -408,7 +422,10 @@ def group_memory(task: Task, model: ProbeModel, train: Split, budget: TaskBudget
     with _AllocatedBytes() as run:
         task.loss(model.head, model(batch.layers, batch.lengths), batch.targets, batch.lengths, batch.host).backward()
     params = [q for q in model.parameters() if q.requires_grad]
-    return GroupMemory(shared=max(read.bytes, kept) + kept, activations=run.bytes, per_probe=4 * _bytes(params))
+    window = getattr(train.source, "length_window", 1)
+    held = window * budget.grad_accum * _bytes(batch.layers) if window > 1 else 0
+    return GroupMemory(shared=max(read.bytes, kept) + kept, activations=run.bytes, per_probe=4 * _bytes(params),
+                       window=held)
 
 
 def free_device_memory(device: torch.device) -> int | None:
