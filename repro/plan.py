@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from repro.remedy import command, make_line
 from repro.workspace import Workspace
 
 STATUSES = ("complete", "stale", "missing")
@@ -125,8 +126,7 @@ def _corpus(ws: Workspace, plan: Plan) -> None:
             problems = missing_data(ws.profile, root=root, catalog=load_catalog())
             if problems:
                 plan.notes.append(f"profile '{ws.profile.name}' needs data that is not under {root}: run "
-                                  f"`make data PROFILE={ws.profile.name}` (`repro data fetch --profile "
-                                  f"{ws.profile.name}`), then this plan again")
+                                  f"`{make_line('data', ws)}` ({command('data fetch', ws)}), then this plan again")
                 plan.notes += [f"  - {p}" for p in problems]
     recorded = info.get("config_hash") if isinstance(info, dict) else None
     status, detail = _status(recorded, expected, info is not None,

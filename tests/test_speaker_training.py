@@ -106,7 +106,7 @@ def test_resumed_run_gives_the_same_model_as_an_uninterrupted_one(recipe, tiny_c
 
 
 def test_untrained_model_names_the_command_that_trains_it(tmp_path):
-    with pytest.raises(ModelUnavailableError, match=r"repro train --recipe dino --profile smoke"):
+    with pytest.raises(ModelUnavailableError, match=r"repro train --profile smoke --recipe dino"):
         load_upstream("tiny-ecapa-dino", tmp_path / "work" / "smoke" / "models")
 
 

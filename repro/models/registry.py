@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import yaml
 
 from repro.config.typed import ConfigError, from_dict
 from repro.errors import ReproError
@@ -26,6 +25,7 @@ from repro.util.atomic import atomic_directory
 from repro.util.locks import output_lock
 from repro.remedy import command
 from repro.weights import FOLDER_DIGESTS, IMPORT_RECORD, check_folder, check_imported, record_folder
+from repro.config.yamlfile import safe_load
 
 REGISTRY_FILE = Path(__file__).with_name("registry.yaml")
 FAMILIES = ("speech_ssl", "speaker_ssl", "speaker_sup")
@@ -80,7 +80,7 @@ def _parse_registry(files: tuple[tuple[str, int, int], ...]) -> dict[str, ModelS
     specs: dict[str, ModelSpec] = {}
     for name_, _, _ in files:
         path = Path(name_)
-        data = yaml.safe_load(path.read_text()) or {}
+        data = safe_load(path.read_text(), str(path)) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a registry must map model names to entries")
         for name, entry in data.items():

@@ -72,7 +72,9 @@ def rehearse(base: str, *, ci: bool = False, device: str | None = None, train: b
         runtime = {"extraction": {"device": device}, "probing": {"device": device}, "cka": {"device": device}}
         import yaml
 
-        data = yaml.safe_load(text)
+        from repro.config.yamlfile import safe_load
+
+        data = safe_load(text, str(profile_path))
         for k, v in runtime.items():
             data.setdefault(k, {}).update(v)
         data["speaker_training"]["device"] = device

@@ -34,6 +34,7 @@ from repro.data.manual import instructions, manual_path, verify_manual
 from repro.data.prepare import fluent, iemocap, librispeech, speech_commands, voxceleb
 from repro.data.prepare.common import AudioIndex, Item, PrepareError, inspect_all
 from repro.data.subsets import id_list_text, list_sha256, select, subset_key
+from repro.remedy import make_line
 from repro.util.atomic import atomic_directory, atomic_write_json, atomic_write_text
 from repro.util.hashing import config_hash
 
@@ -78,7 +79,7 @@ def missing_data(profile: ProfileConfig, *, root: Path, catalog: Catalog,
     if absent:
         names = sorted({k.split("/")[0] for k in absent})
         out.append(f"not downloaded under {root}: {', '.join(absent)}; run `repro data fetch {' '.join(names)}` "
-                   f"(or `make data PROFILE={profile.name}`)")
+                   f"(or `{make_line('data', profile)}`)")
     for name in manual:
         corpus = catalog.corpus(name)
         path = (manual_override or {}).get(name) or manual_path(corpus, root, profile.data.manual_paths)
