@@ -9,7 +9,7 @@ import click
 
 from repro import console
 from repro.recipes import RECIPES
-from repro.config import iter_settings, load_profile, profile_names, to_dict
+from repro.config import ConfigError, iter_settings, load_profile, profile_names, to_dict
 from repro.errors import ReproError
 
 
@@ -73,6 +73,22 @@ def run(profile: str, stages: tuple[str, ...], force: bool, quiet: bool, dry_run
 def _echo(lines) -> None:
     for line in lines:
         click.echo(line)
+
+
+def _check_names(tasks: tuple[str, ...] = (), models: tuple[str, ...] = (), extra_tasks: tuple[str, ...] = ()) -> None:
+    """Names given on the command line, checked as a profile's are (ConfigError, one line): every task
+    against the task registry (`repro.tasks`; `extra_tasks`: other manifests the command reads, like
+    `CKA`), every model against the model registry or as a `path/to/file.py:factory` reference."""
+    from repro.errors import shown
+    from repro.models.registry import resolve_spec
+    from repro.tasks import TASK_NAMES
+
+    allowed = [*TASK_NAMES, *extra_tasks]
+    for task in tasks:
+        if task not in allowed:
+            raise ConfigError(f"--task {shown(task)}: not a task; tasks: {', '.join(allowed)}")
+    for model in models:
+        resolve_spec(model)
 
 
 @main.command()
@@ -228,6 +244,7 @@ def extract(profile: str, model_names: tuple[str, ...], tasks: tuple[str, ...], 
     from repro.runtime import session
     from repro.workspace import Workspace
 
+    _check_names(tasks, model_names, extra_tasks=("CKA",))
     ws = Workspace.for_profile(profile)
     with session(ws.profile) as env:
         for name in model_names or ws.profile.models.all():
@@ -253,6 +270,7 @@ def probe(profile: str, model_names: tuple[str, ...], tasks: tuple[str, ...], lr
     from repro.runtime import session
     from repro.workspace import Workspace
 
+    _check_names(tasks, model_names)
     ws = Workspace.for_profile(profile)
     with session(ws.profile) as env:
         done = run_all(ws, list(model_names) or None, list(tasks) or None, list(lrs) or None,
@@ -394,6 +412,7 @@ def cka(profile: str, models: tuple[str, str] | None, force: bool, quiet: bool) 
     from repro.similarity.stage import run_cka
     from repro.workspace import Workspace
 
+    _check_names(models=tuple(models or ()))
     ws = Workspace.for_profile(profile)
     with session(ws.profile) as env:
         done = run_cka(ws, [tuple(models)] if models else None, force=force, progress=not quiet and env.is_main,

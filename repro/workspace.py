@@ -26,7 +26,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from repro.config import ProfileConfig, load_profile
+from repro.config import ConfigError, ProfileConfig, load_profile
+from repro.errors import shown
 
 
 @dataclass(frozen=True)
@@ -70,23 +71,23 @@ class Workspace:
 
     def store_dir(self, model: str, task: str, split: str, pooled: bool = False) -> Path:
         """Feature store of `model` over one task split (`<split>.pooled`: its per-layer utterance means)."""
-        return self.features_dir / model_folder(model) / task / (f"{split}.pooled" if pooled else split)
+        return under(self.features_dir, model_folder(model), task, f"{split}.pooled" if pooled else split)
 
     def probe_dir(self, model: str, task: str) -> Path:
         """Result files of the probes of (`model`, `task`): `lr-*.json` and `best.json`."""
-        return self.results / "probing" / model_folder(model) / task
+        return under(self.results / "probing", model_folder(model), task)
 
     def asv_idt_file(self, model: str) -> Path:
         """The ASV-IDT result of `model` (its own embedding, cosine scoring)."""
-        return self.results / "probing" / model_folder(model) / "ASV-IDT.json"
+        return under(self.results / "probing", model_folder(model), "ASV-IDT.json")
 
     def probe_checkpoint_dir(self, model: str, task: str) -> Path:
         """Checkpoints of the probes of (`model`, `task`) while they train."""
-        return self.work / "probes" / model_folder(model) / task
+        return under(self.work / "probes", model_folder(model), task)
 
     def cka_file(self, a: str, b: str, ext: str) -> Path:
         """`results/<profile>/cka/<A>__<B>.<ext>` (`ext`: npz or json; folder names may hold dots)."""
-        return self.results / "cka" / f"{model_folder(a)}__{model_folder(b)}.{ext}"
+        return under(self.results / "cka", f"{model_folder(a)}__{model_folder(b)}.{ext}")
 
     def lock_file(self, output: str | os.PathLike) -> Path:
         """The lock of an output this profile writes (`repro.util.locks.output_lock`).
@@ -102,10 +103,29 @@ class Workspace:
 
     def cka_shard_dir(self, a: str, b: str) -> Path:
         """Per-rank CKA statistics of a pair under torchrun."""
-        return self.work / "cka_shards" / f"{model_folder(a)}__{model_folder(b)}"
+        return under(self.work / "cka_shards", f"{model_folder(a)}__{model_folder(b)}")
 
 
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def under(root: Path, *names: str) -> Path:
+    """`root/names[0]/names[1]/...`, where each name (a task, a split, a model's folder) is one folder
+    or file name, and the path, its symbolic links followed, stays under `root` (followed too).
+
+    ConfigError otherwise: a name like `..`, `a/b` or `/abs` (from a command line or a file) never
+    builds a path outside the profile's folders, nor does a link put in place of one of them."""
+    for name in names:
+        if not isinstance(name, str) or not _SAFE.fullmatch(name):
+            raise ConfigError(f"{shown(name)}: not a name (of a task, split or model) that names one folder under "
+                              f"{root}; use letters, digits, '.', '_' and '-', starting with a letter or digit")
+    path = root.joinpath(*names)
+    real_root, real = os.path.realpath(root), os.path.realpath(path)
+    if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
+        link = next((p for p in [root.joinpath(*names[:i + 1]) for i in range(len(names))] if p.is_symlink()), path)
+        raise ConfigError(f"{link}: a symbolic link that leads outside {root} (to {real}); remove it (the run then "
+                          "makes the folder there), or link the whole of its parent folder instead")
+    return path
 
 
 def model_folder(name: str) -> str:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import torch
 
 from repro.config.typed import ConfigError, from_dict
-from repro.errors import ReproError
+from repro.errors import ReproError, shown
 from repro.models.upstream import ModelUnavailableError, Upstream
 from repro.util.atomic import atomic_directory
 from repro.util.locks import output_lock
@@ -100,7 +100,7 @@ def resolve_spec(name: str) -> ModelSpec:
     registry = load_registry()
     if name not in registry:
         raise UnknownModelError(
-            f"unknown model '{name}'; known models: {', '.join(sorted(registry))} "
+            f"unknown model {shown(name)}; known models: {', '.join(sorted(registry))} "
             "(or give your own as path/to/file.py:factory)"
         )
     return registry[name]
