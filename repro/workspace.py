@@ -41,9 +41,14 @@ class Workspace:
 
     @classmethod
     def for_profile(cls, profile: str | ProfileConfig) -> "Workspace":
+        """The folders of `profile` (a name, a file path or a loaded profile) under the roots of the
+        environment (`ROOTS`). ConfigError when a root, or the profile's folder in it, is not a folder."""
         cfg = load_profile(profile) if isinstance(profile, str) else profile
-        return cls(cfg, Path(os.environ.get("REPRO_WORK", "work")), Path(os.environ.get("REPRO_RESULTS", "results")),
-                   Path(os.environ.get("REPRO_FIGURES", "paper_figures")))
+        roots = [root(var) for var in ROOTS]
+        for var, path in zip(ROOTS, roots):
+            check_folder(path, var)
+            check_folder(path / cfg.name, var)
+        return cls(cfg, *roots)
 
     @property
     def work(self) -> Path:
@@ -104,6 +109,24 @@ class Workspace:
     def cka_shard_dir(self, a: str, b: str) -> Path:
         """Per-rank CKA statistics of a pair under torchrun."""
         return under(self.work / "cka_shards", f"{model_folder(a)}__{model_folder(b)}")
+
+
+# The environment variable of each root and its default folder (under the current folder).
+ROOTS = {"REPRO_WORK": "work", "REPRO_RESULTS": "results", "REPRO_FIGURES": "paper_figures"}
+
+
+def root(var: str) -> Path:
+    """The root folder `$var` names, else its default (`ROOTS`)."""
+    return Path(os.environ.get(var) or ROOTS[var])
+
+
+def check_folder(path: Path, var: str) -> None:
+    """ConfigError (one line) when `path`, a root or a profile's folder in it, exists and is not a folder
+    (a file, or a link to one): naming it, and `$var` when the variable set it."""
+    if path.exists() and not path.is_dir():
+        given = f"${var}={os.environ[var]}: " if os.environ.get(var) else ""
+        raise ConfigError(f"{given}{path} is a file, not a folder; point ${var} at a folder (the outputs go "
+                          f"there), or move the file away")
 
 
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
