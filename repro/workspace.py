@@ -9,6 +9,9 @@
     results/<profile>/cka/<A>__<B>.{npz,json}         CKA results
     paper_figures/<profile>/          figures, tables, report
 
+Each of the three folders of a profile holds `.profile.json`: the profile file that made it and its
+settings key (`repro.ownership`).
+
 <model> is `model_folder(name)`: a registry name as it is, and any other name (a
 `path/to/file.py:factory` plug-in) made into one safe folder name, so that every output of a
 plug-in lands in the same places as a registered model's.
@@ -74,6 +77,10 @@ class Workspace:
     def figures(self) -> Path:
         return self.figures_root / self.profile.name
 
+    def owner_files(self) -> list[Path]:
+        """The owner record (`OWNER_FILE`, `repro.ownership`) of each of the profile's three folders."""
+        return [self.work / OWNER_FILE, self.results / OWNER_FILE, self.figures / OWNER_FILE]
+
     def store_dir(self, model: str, task: str, split: str, pooled: bool = False) -> Path:
         """Feature store of `model` over one task split (`<split>.pooled`: its per-layer utterance means)."""
         return under(self.features_dir, model_folder(model), task, f"{split}.pooled" if pooled else split)
@@ -110,6 +117,8 @@ class Workspace:
         """Per-rank CKA statistics of a pair under torchrun."""
         return under(self.work / "cka_shards", f"{model_folder(a)}__{model_folder(b)}")
 
+
+OWNER_FILE = ".profile.json"  # in each folder of a profile: the profile file that made it (`repro.ownership`)
 
 # The environment variable of each root and its default folder (under the current folder).
 ROOTS = {"REPRO_WORK": "work", "REPRO_RESULTS": "results", "REPRO_FIGURES": "paper_figures"}

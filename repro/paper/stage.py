@@ -28,7 +28,7 @@ from repro.paper.registry import OUTPUTS, render_output
 from repro.paper.report import write_report
 from repro.util.atomic import check_writable, writable
 from repro.util.locks import output_lock
-from repro.workspace import Workspace
+from repro.workspace import OWNER_FILE, Workspace
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,8 @@ def run_paper(ws: Workspace) -> PaperOutcome:
             report = check(new)
             write_report(new, report.claims, report.references, rendered)
             checksums.write_current(new)
+            if (ws.work / OWNER_FILE).is_file():  # the profile that owns the folders (repro.ownership)
+                shutil.copy2(ws.work / OWNER_FILE, new.figures / OWNER_FILE)
             _swap_in(new.figures, place)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
