@@ -65,8 +65,8 @@ class _BoundedLoader(yaml.SafeLoader):
 
 
 def safe_load(text: str, source: str = "<yaml>") -> Any:
-    """`yaml.safe_load(text)`, refusing (ConfigError naming `source`) a document whose aliases expand
-    to more than `MAX_ALIAS_NODES` values or hold themselves. Other YAML errors are PyYAML's."""
+    """What `yaml.safe_load` returns for `text`, refusing (ConfigError naming `source`) a document whose
+    aliases expand to more than `MAX_ALIAS_NODES` values or hold themselves. Other YAML errors are PyYAML's."""
     loader = _BoundedLoader(text, source)
     try:
         return loader.get_single_data()
