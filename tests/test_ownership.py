@@ -48,7 +48,8 @@ def test_another_file_with_the_same_name_stops_before_computing_and_takes_over_o
         tmp_path, workspace_env):
     a = _profile(tmp_path / "a", PROFILE.replace("lr_grid: [0.01]", "lr_grid: [0.01, 0.02]"))
     b = _profile(tmp_path / "b")  # the same name, one learning rate fewer
-    res = _invoke("run", "--profile", a, "--quiet", "--stage", "corpus", "--stage", "features", "--stage", "probe")
+    res = _invoke("run", "--profile", a, "--quiet", "--stage", "corpus", "--stage", "features", "--stage", "cka",
+                  "--stage", "probe")
     assert res.exit_code == 0, res.output
     work, results = workspace_env / "work" / "faultprof", workspace_env / "results" / "faultprof"
     probes = results / "probing" / "tiny-hubert" / "KS"
