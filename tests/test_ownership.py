@@ -177,10 +177,11 @@ def test_manifest_and_split_settings_are_file_names(tmp_path):
 # --- bounded YAML and messages -----------------------------------------------------------------------
 
 def _laughs(levels: int = 9) -> str:
-    lines = ["name: laughs", "description: &a [" + ",".join(["lol"] * 9) + "]"]
-    for i in range(1, levels):
-        lines.append(f"k{i}: &a{i} [" + ",".join([f"*a{i - 1}" if i > 1 else "*a"] * 9) + "]")
-    return "\n".join(lines) + f"\ndescription2: *a{levels - 1}\n"
+    """Nine levels of nine aliases under a setting that takes any value (9^9 strings once expanded), then a
+    string setting given the last level: the type error used to print the expanded value."""
+    lines = ["name: laughs", "ssl_training: {hubert: {arch: {", " a0: &a0 [" + ",".join(["lol"] * 9) + "],"]
+    lines += [f" a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]," for i in range(1, levels)]
+    return "\n".join(lines) + f"\n}}}}}}\ndescription: *a{levels - 1}\n"
 
 
 def test_a_billion_laughs_profile_is_refused_at_load_time(tmp_path):
