@@ -203,8 +203,9 @@ def data_verify(name: str | None, path: Path | None, profile: str, deep: bool) -
 def data_prepare(profile: str, quiet: bool, take_over: bool) -> None:
     """Prepare the task manifests of PROFILE from the real corpora (the corpus stage)."""
     from repro.data.commands import run_prepare
+    from repro.pipeline import corpus_place
 
-    _workspace(profile, take_over)
+    corpus_place(_workspace(profile, take_over), force=False)  # a linked corpus of other settings: one line
     run_prepare(profile, quiet)
 
 
