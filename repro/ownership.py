@@ -40,7 +40,8 @@ class OwnershipError(ReproError):
 
 
 def settings_key(profile) -> str:
-    """The hash of every setting of `profile` that can change a result (all but `RUNTIME`: not its name, devices, workers...)."""
+    """The hash of every setting of `profile` that can change a result (all but `RUNTIME`: not its name,
+    devices, workers...)."""
     data = to_dict(profile)
     for dotted in RUNTIME:
         *parents, last = dotted.split(".")
