@@ -351,7 +351,7 @@ def _hours(h: float) -> str:
 
 def lines(plan: Plan, ws: Workspace, show_complete: bool = False, limit: int = 6) -> list[str]:
     """The plan as text: per stage its counts and every output not complete, then the price."""
-    out = [f"plan of `repro run --profile {plan.profile}` (nothing is run or written now)"]
+    out = [f"plan of {command('run', ws)} (nothing is run or written now)"]
     for note in plan.notes:
         out.append(note)
     stages = []

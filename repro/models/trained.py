@@ -45,7 +45,8 @@ def load_trained_hf(models_dir: str | os.PathLike, name: str, recipe: str, atten
     folder, info, _ = _published(models_dir, name, recipe)
     if info.get("kind") != "hf_pretrained":
         raise ModelUnavailableError(f"{folder / 'model.json'}: not a transformers model (kind {info.get('kind')!r}); "
-                                    f"retrain with `repro train --recipe {recipe} --force`")
+                                    "retrain with " + command("train", folder.parent.parent.name, "--recipe", recipe,
+                                                              "--force"))
     return load_hf_ssl(str(folder), None, None, attention)
 
 
