@@ -92,7 +92,8 @@ def _workspace(profile: str, take_over: bool = False, write: bool = True):
     return ws
 
 
-def _check_names(tasks: tuple[str, ...] = (), models: tuple[str, ...] = (), extra_tasks: tuple[str, ...] = ()) -> None:
+def _check_names(tasks: tuple[str, ...] = (), models: tuple[str, ...] = (),
+                 extra_tasks: tuple[str, ...] = ()) -> None:
     """Names given on the command line, checked as a profile's are (ConfigError, one line): every task
     against the task registry (`repro.tasks`; `extra_tasks`: other manifests the command reads, like
     `CKA`), every model against the model registry or as a `path/to/file.py:factory` reference."""
