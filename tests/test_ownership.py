@@ -101,9 +101,9 @@ def test_the_same_file_with_edited_settings_moves_aside_what_they_no_longer_prod
     res = _invoke("run", "--profile", prof, "--quiet", "--stage", "corpus")
     assert res.exit_code == 0, res.output
     results = workspace_env / "results" / "faultprof"
-    made = ["probing/tiny-hubert/KS/lr-1e-02.json", "probing/tiny-hubert/KS/lr-5e-02.json", "probing/tiny-hubert/KS/best.json",
-            "probing/tiny-wavlm/KS/lr-1e-02.json", "cka/tiny-hubert__tiny-wavlm.json", "cka/tiny-hubert__tiny-hubert.npz",
-            "notes.txt"]
+    made = ["probing/tiny-hubert/KS/lr-1e-02.json", "probing/tiny-hubert/KS/lr-5e-02.json",
+            "probing/tiny-hubert/KS/best.json", "probing/tiny-wavlm/KS/lr-1e-02.json",
+            "cka/tiny-hubert__tiny-wavlm.json", "cka/tiny-hubert__tiny-hubert.npz", "notes.txt"]
     for name in made:  # what the first settings made (contents do not matter here)
         (results / name).parent.mkdir(parents=True, exist_ok=True)
         (results / name).write_text(name)
@@ -120,7 +120,8 @@ def test_the_same_file_with_edited_settings_moves_aside_what_they_no_longer_prod
                     "probing/tiny-hubert/KS/best.json", "probing/tiny-hubert/KS/lr-1e-02.json"]
     attic, = (workspace_env / "results" / ".superseded" / "faultprof").iterdir()
     assert sorted(p.relative_to(attic).as_posix() for p in attic.rglob("*") if p.is_file()) == [
-        "cka/tiny-hubert__tiny-wavlm.json", "probing/tiny-hubert/KS/lr-5e-02.json", "probing/tiny-wavlm/KS/lr-1e-02.json"]
+        "cka/tiny-hubert__tiny-wavlm.json", "probing/tiny-hubert/KS/lr-5e-02.json",
+        "probing/tiny-wavlm/KS/lr-1e-02.json"]
 
 
 # --- names from the command line ---------------------------------------------------------------------
@@ -144,7 +145,8 @@ def test_every_path_built_from_names_stays_under_its_root(tmp_path, names):
 
     with pytest.raises(ConfigError, match="not a name .* that names one folder under"):
         under(tmp_path / "features", *names)
-    assert under(tmp_path / "features", "tiny-hubert", "KS", "dev.pooled") == tmp_path / "features/tiny-hubert/KS/dev.pooled"
+    made = under(tmp_path / "features", "tiny-hubert", "KS", "dev.pooled")
+    assert made == tmp_path / "features" / "tiny-hubert" / "KS" / "dev.pooled"
 
 
 def test_a_symbolic_link_leading_outside_the_stores_is_refused(tmp_path, workspace_env):
