@@ -9,7 +9,7 @@ import click
 
 from repro import console
 from repro.recipes import RECIPES
-from repro.config import iter_settings, load_profile, profile_names, to_dict
+from repro.config import ConfigError, iter_settings, load_profile, profile_names, to_dict
 from repro.errors import ReproError
 
 
@@ -37,6 +37,9 @@ PROFILE = click.option("--profile", "-p", default="smoke", show_default=True,
                        help=f"profile name ({', '.join(profile_names())}) or a .yaml file")
 FORCE = click.option("--force", is_flag=True, help="redo what is complete (outputs are replaced when the new ones are)")
 QUIET = click.option("--quiet", is_flag=True, help="no progress bars")
+TAKE_OVER = click.option("--take-over", is_flag=True,
+                         help="take over the profile name's folders from another profile file with other settings "
+                              "(their results of other settings are redone or moved aside)")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -53,12 +56,13 @@ def main() -> None:
 @click.option("--dry-run", is_flag=True, help="list each output as complete, stale or missing and the GPU-hours of "
               "what remains; run nothing, write nothing")
 @click.option("--verbose", is_flag=True, help="with --dry-run: every output, complete ones included")
-def run(profile: str, stages: tuple[str, ...], force: bool, quiet: bool, dry_run: bool, verbose: bool) -> None:
+@TAKE_OVER
+def run(profile: str, stages: tuple[str, ...], force: bool, quiet: bool, dry_run: bool, verbose: bool,
+        take_over: bool) -> None:
     """Run the pipeline of a profile, keeping what is complete."""
     from repro.pipeline import run as run_pipeline
-    from repro.workspace import Workspace
 
-    ws = Workspace.for_profile(profile)
+    ws = _workspace(profile, take_over, write=not dry_run)
     if dry_run:
         from repro.plan import lines, make_plan
 
@@ -73,6 +77,36 @@ def run(profile: str, stages: tuple[str, ...], force: bool, quiet: bool, dry_run
 def _echo(lines) -> None:
     for line in lines:
         click.echo(line)
+
+
+def _workspace(profile: str, take_over: bool = False, write: bool = True):
+    """The profile's `Workspace`, its folders claimed for its profile file (`repro.ownership.claim`:
+    refused when another file with other settings made them); under torchrun only rank 0 records."""
+    import os
+
+    from repro.ownership import claim
+    from repro.workspace import Workspace
+
+    ws = Workspace.for_profile(profile)
+    _echo(claim(ws, take_over, write=write and os.environ.get("RANK", "0") == "0"))
+    return ws
+
+
+def _check_names(tasks: tuple[str, ...] = (), models: tuple[str, ...] = (),
+                 extra_tasks: tuple[str, ...] = ()) -> None:
+    """Names given on the command line, checked as a profile's are (ConfigError, one line): every task
+    against the task registry (`repro.tasks`; `extra_tasks`: other manifests the command reads, like
+    `CKA`), every model against the model registry or as a `path/to/file.py:factory` reference."""
+    from repro.errors import shown
+    from repro.models.registry import resolve_spec
+    from repro.tasks import TASK_NAMES
+
+    allowed = [*TASK_NAMES, *extra_tasks]
+    for task in tasks:
+        if task not in allowed:
+            raise ConfigError(f"--task {shown(task)}: not a task; tasks: {', '.join(allowed)}")
+    for model in models:
+        resolve_spec(model)
 
 
 @main.command()
@@ -166,10 +200,13 @@ def data_verify(name: str | None, path: Path | None, profile: str, deep: bool) -
 @data.command("prepare")
 @PROFILE
 @click.option("--quiet", is_flag=True)
-def data_prepare(profile: str, quiet: bool) -> None:
+@TAKE_OVER
+def data_prepare(profile: str, quiet: bool, take_over: bool) -> None:
     """Prepare the task manifests of PROFILE from the real corpora (the corpus stage)."""
     from repro.data.commands import run_prepare
+    from repro.pipeline import corpus_place
 
+    corpus_place(_workspace(profile, take_over), force=False)  # a linked corpus of other settings: one line
     run_prepare(profile, quiet)
 
 
@@ -238,13 +275,15 @@ def check_model(model: str, profile: str) -> None:
 @click.option("--task", "-t", "tasks", multiple=True, help="task(s) to extract (default: the profile's)")
 @FORCE
 @QUIET
-def extract(profile: str, model_names: tuple[str, ...], tasks: tuple[str, ...], force: bool, quiet: bool) -> None:
+@TAKE_OVER
+def extract(profile: str, model_names: tuple[str, ...], tasks: tuple[str, ...], force: bool, quiet: bool,
+            take_over: bool) -> None:
     """Extract every layer of models over the profile's corpus into the feature cache (torchrun: sharded)."""
     from repro.features.stage import extract_model
     from repro.runtime import session
-    from repro.workspace import Workspace
 
-    ws = Workspace.for_profile(profile)
+    _check_names(tasks, model_names, extra_tasks=("CKA",))
+    ws = _workspace(profile, take_over)
     with session(ws.profile) as env:
         for name in model_names or ws.profile.models.all():
             done = extract_model(ws, name, list(tasks) or None, progress=not quiet and env.is_main,
@@ -262,14 +301,15 @@ def extract(profile: str, model_names: tuple[str, ...], tasks: tuple[str, ...], 
               help="train only these learning rate(s), no selection (default: the task's lr_grid, then select)")
 @FORCE
 @QUIET
+@TAKE_OVER
 def probe(profile: str, model_names: tuple[str, ...], tasks: tuple[str, ...], lrs: tuple[float, ...], force: bool,
-          quiet: bool) -> None:
+          quiet: bool, take_over: bool) -> None:
     """Train probes (weighted sum of frozen layers + task head) and write their result files."""
     from repro.probing.runner import run_all
     from repro.runtime import session
-    from repro.workspace import Workspace
 
-    ws = Workspace.for_profile(profile)
+    _check_names(tasks, model_names)
+    ws = _workspace(profile, take_over)
     with session(ws.profile) as env:
         done = run_all(ws, list(model_names) or None, list(tasks) or None, list(lrs) or None,
                        progress=not quiet and env.is_main, env=env if env.distributed else None, force=force)
@@ -294,13 +334,13 @@ def paper_list() -> None:
 @paper.command("render")
 @PROFILE
 @click.option("--id", "ids", multiple=True, help="output id(s), e.g. figure-3 (default: all that apply)")
-def paper_render(profile: str, ids: tuple[str, ...]) -> None:
+@TAKE_OVER
+def paper_render(profile: str, ids: tuple[str, ...], take_over: bool) -> None:
     """Draw figures/tables from result files alone (no GPU, no models needed)."""
     from repro.paper.registry import render_output
     from repro.paper.stage import applicable, paper_lock
-    from repro.workspace import Workspace
 
-    ws = Workspace.for_profile(profile)
+    ws = _workspace(profile, take_over)
     with paper_lock(ws):
         for oid in ids or applicable(ws):
             for path in render_output(ws, oid):
@@ -360,13 +400,13 @@ def paper_verify(profile: str, record: bool, portable: bool, by_value: bool) -> 
 @click.option("--utterances", type=int, default=None,
               help="--estimate: training utterances (default: the manifest's count)")
 @QUIET
+@TAKE_OVER
 def train(recipe: str, profile: str, force: bool, estimate: bool, tflops: float, utterances: int | None,
-          quiet: bool) -> None:
+          quiet: bool, take_over: bool) -> None:
     """Train a model with one of the profile's recipes (multi-GPU: launch with torchrun)."""
     from repro import recipes
-    from repro.workspace import Workspace
 
-    ws = Workspace.for_profile(profile)
+    ws = _workspace(profile, take_over, write=not estimate)
     if estimate:
         e = recipes.estimate(ws, recipe, tflops, utterances)
         if "passes" in e:  # a speech SSL recipe: steps over random crops
@@ -391,13 +431,14 @@ def train(recipe: str, profile: str, force: bool, estimate: bool, tflops: float,
               help="two models (A may equal B); default: every model with itself and every pair of the profile")
 @FORCE
 @QUIET
-def cka(profile: str, models: tuple[str, str] | None, force: bool, quiet: bool) -> None:
+@TAKE_OVER
+def cka(profile: str, models: tuple[str, str] | None, force: bool, quiet: bool, take_over: bool) -> None:
     """Linear CKA between every pair of layers of two models (writes results/<profile>/cka/; torchrun: sharded)."""
     from repro.runtime import session
     from repro.similarity.stage import run_cka
-    from repro.workspace import Workspace
 
-    ws = Workspace.for_profile(profile)
+    _check_names(models=tuple(models or ()))
+    ws = _workspace(profile, take_over)
     with session(ws.profile) as env:
         done = run_cka(ws, [tuple(models)] if models else None, force=force, progress=not quiet and env.is_main,
                        env=env if env.distributed else None)

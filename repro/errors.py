@@ -18,3 +18,21 @@ class ConfigError(ReproError, ValueError):
 
 class MissingInputError(ReproError, FileNotFoundError):
     """A file a command needs is absent: the message names it and the command that makes it."""
+
+
+SHOWN_CHARS = 80  # the most characters of a value an error message shows
+
+
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """`repr(value)` cut to at most `limit` characters, for error messages.
+
+    Built by `reprlib` (a few items of each list or mapping, a few levels deep), so a huge value (a
+    long string, a list of a million items, a structure built by YAML aliases) is never expanded
+    whole; `[1, 2]` and `'abc'` are shown as `repr` shows them."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxstring, r.maxother = 3, limit, limit
+    r.maxlist = r.maxtuple = r.maxdict = r.maxset = r.maxfrozenset = r.maxdeque = r.maxarray = 8
+    text = r.repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."

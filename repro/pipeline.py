@@ -18,13 +18,15 @@ every output is the single-process one (docs/reviewing.md says to which precisio
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from repro import recipes
-from repro.errors import ConfigError
+from repro.errors import ConfigError, ReproError
 from repro.features.stage import extract_model
 from repro.models.registry import family_of
 from repro.paper.stage import run_paper
@@ -44,6 +46,43 @@ class CorpusOutcome:
     kind: str
 
 
+class CorpusLinkError(ReproError):
+    """The corpus folder is a symbolic link whose corpus the run would have to delete."""
+
+
+def corpus_key(ws: Workspace) -> str:
+    """The settings hash a complete corpus of the profile records in its `corpus.json` (`config_hash`)."""
+    if ws.profile.corpus.kind == "synthetic":
+        from repro.data.synth import corpus_config_hash
+
+        return corpus_config_hash(ws.profile.corpus.synthetic, ws.profile.seed)
+    from repro.data.prepare import _settings_hash
+
+    return _settings_hash(ws.profile)
+
+
+def corpus_place(ws: Workspace, force: bool) -> Path:
+    """Where the corpus stage writes: `work/<profile>/corpus`, or, when that is a symbolic link, the folder
+    it names (written through: the link stays). A linked folder that holds anything but a complete corpus
+    of the current settings is never deleted: with `--force`, or when its corpus was made under other
+    settings, CorpusLinkError says so and what to do."""
+    link = ws.corpus_dir
+    if not link.is_symlink():
+        return link
+    target = Path(os.path.realpath(link))
+    if not target.exists() or (target.is_dir() and not any(target.iterdir())):
+        return target
+    info = target / "corpus.json"
+    recorded = json.loads(info.read_text()).get("config_hash") if info.is_file() else None
+    if force or recorded != corpus_key(ws):
+        why = ("--force would delete the corpus there and make it again" if force else
+               "the corpus there was made under other settings (or is not a corpus), and making this profile's "
+               "would delete it")
+        raise CorpusLinkError(f"{link}: a symbolic link to {target}: {why}; delete {target} yourself to make the "
+                              f"corpus there, or remove the link (`rm {link}`) to make it in {ws.work}")
+    return target
+
+
 def stage_corpus(ws: Workspace, progress: bool = True, env: DistEnv | None = None,
                  force: bool = False) -> list[CorpusOutcome]:
     """Create the profile's corpus (the synthetic one, or the prepared real corpora)."""
@@ -51,14 +90,15 @@ def stage_corpus(ws: Workspace, progress: bool = True, env: DistEnv | None = Non
         corpus = ws.profile.corpus
         check_writable(ws.work)
         with output_lock(ws.lock_file(ws.corpus_dir), f"corpus {ws.corpus_dir}"):
+            place = corpus_place(ws, force)
             if corpus.kind == "synthetic":
                 from repro.data.synth import make_corpus
 
-                make_corpus(ws.corpus_dir, corpus.synthetic, ws.profile.seed, progress=progress, force=force)
+                make_corpus(place, corpus.synthetic, ws.profile.seed, progress=progress, force=force)
             else:
                 from repro.data.prepare import prepare_corpus
 
-                prepare_corpus(ws.corpus_dir, ws.profile, progress=progress, force=force)
+                prepare_corpus(place, ws.profile, progress=progress, force=force)
 
     on_rank_zero(env, "the corpus stage", make, ws.profile.distributed.timeout_seconds)
     return [CorpusOutcome(ws.corpus_dir, ws.profile.corpus.kind)]

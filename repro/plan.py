@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from repro.remedy import command, make_line
 from repro.workspace import Workspace
 
 STATUSES = ("complete", "stale", "missing")
@@ -127,8 +128,7 @@ def _corpus(ws: Workspace, plan: Plan) -> None:
             problems = missing_data(ws.profile, root=root, catalog=load_catalog())
             if problems:
                 plan.notes.append(f"profile '{ws.profile.name}' needs data that is not under {root}: run "
-                                  f"`make data PROFILE={ws.profile.name}` (`repro data fetch --profile "
-                                  f"{ws.profile.name}`), then this plan again")
+                                  f"`{make_line('data', ws)}` ({command('data fetch', ws)}), then this plan again")
                 plan.notes += [f"  - {p}" for p in problems]
     if not (ws.corpus_dir / "corpus.json").is_file():
         status, detail = "missing", ""
@@ -367,7 +367,7 @@ def _hours(h: float) -> str:
 
 def lines(plan: Plan, ws: Workspace, show_complete: bool = False, limit: int = 6) -> list[str]:
     """The plan as text: per stage its counts and every output not complete, then the price."""
-    out = [f"plan of `repro run --profile {plan.profile}` (nothing is run or written now)"]
+    out = [f"plan of {command('run', ws)} (nothing is run or written now)"]
     for note in plan.notes:
         out.append(note)
     stages = []

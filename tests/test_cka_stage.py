@@ -52,7 +52,8 @@ def extracted(tiny_corpus, tmp_path_factory):
 @pytest.fixture
 def env(extracted, workspace_env, monkeypatch):
     work = workspace_env / "work"
-    shutil.copytree(extracted, work)
+    # the stores alone: each test's profile file is another file (`repro.ownership`), made the folders' owner
+    shutil.copytree(extracted, work, ignore=shutil.ignore_patterns(".profile.json"))
     return workspace_env
 
 
@@ -154,7 +155,7 @@ def test_mismatched_or_missing_stores_are_one_line_errors(env, tmp_path):
     res = run("cka", "--profile", prof, "--models", A, B, "--quiet")
     assert res.exit_code == 2
     assert f"{train}: no complete feature store here" in res.output
-    assert f"repro extract --profile ckaprof -m {B} -t PR" in res.output
+    assert f"repro extract --profile {prof} -m {B} -t PR" in res.output  # the profile as given: its file
     assert not (ws.results / "cka" / f"{A}__{B}.npz").exists()
     prof = write_profile(tmp_path / "ckaprof.yaml", bootstrap="{blocks: 500}")
     res = run("cka", "--profile", prof, "--models", A, A, "--quiet")

@@ -197,8 +197,8 @@ def test_store_bytes_flipped_after_completion_are_refused_with_the_rebuild_comma
     assert res.exit_code == 2 and "Traceback" not in res.output
     error = res.output.strip().splitlines()[-1]
     assert error == (f"error: {layer}: changed after the store was completed (its sha256 differs from the one "
-                     f"meta.json records); extract it again: `repro extract --profile faultprof "
-                     f"-m tiny-hubert -t KS` makes it")
+                     f"meta.json records); extract it again: `repro extract --profile {faultprof} "
+                     f"-m tiny-hubert -t KS` makes it")  # the profile as it was given: its file
     res = runner.invoke(main, ["extract", "--profile", str(faultprof), "--quiet", "-m", "tiny-hubert", "-t", "KS"])
     assert res.exit_code == 0 and "extracted now" in res.output, res.output  # the damaged store is remade
     res = runner.invoke(main, ["probe", "--profile", str(faultprof), "--quiet"])
@@ -219,7 +219,7 @@ def test_a_store_without_checksums_is_refused_with_the_rebuild_command(faultprof
     assert res.exit_code == 2
     assert res.output.strip().splitlines()[-1] == (
         f"error: {meta_path.parent}: store format 1 (made before stores recorded checksums), expected 2; "
-        "extract it again: `repro extract --profile faultprof -m tiny-hubert -t KS` makes it")
+        f"extract it again: `repro extract --profile {faultprof} -m tiny-hubert -t KS` makes it")
 
 
 # --- the operating system refuses to write ---------------------------------------------------------

@@ -18,7 +18,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("repro.features",),
     ("repro.probing", "repro.similarity"),
     ("repro.paper",),
-    ("repro.pipeline", "repro.console"),
+    ("repro.pipeline", "repro.console", "repro.ownership"),
     ("repro.speaker", "repro.ssl"),
     ("repro.bench",),
     ("repro.plan", "repro.rehearse"),

@@ -346,15 +346,15 @@ def test_a_changed_autocast_retrains_the_upstream_probe_and_the_paper_accepts_it
     from repro.paper.results import ConfigMismatchError, ResultReader
     from repro.workspace import Workspace
 
-    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first = second = tmp_path / "a.yaml"  # the profile file, then the same file edited (its folders are its own)
     first.write_text(AUTOCAST_PROFILE.format(name="autocast", autocast="none"))
-    second.write_text(AUTOCAST_PROFILE.format(name="autocast", autocast="bf16"))
     ws = Workspace.for_profile(str(first))
     shutil.copytree(tiny_corpus, ws.corpus_dir)
     runner = CliRunner()
     res = runner.invoke(main, ["probe", "--profile", str(first), "--quiet"])
     assert res.exit_code == 0 and "KS lr=0.01" in res.output and "written" in res.output, res.output
     assert ResultReader(ws).probe("tiny-hubert", "KS")["input"] == "upstream"
+    second.write_text(AUTOCAST_PROFILE.format(name="autocast", autocast="bf16"))
     later = Workspace.for_profile(str(second))
     with pytest.raises(ConfigMismatchError):
         ResultReader(later).probe("tiny-hubert", "KS")

@@ -149,7 +149,7 @@ def test_a_published_model_is_judged_by_its_provenance_stamp(tiny_corpus, tmp_pa
 
 
 def test_untrained_model_names_the_command_that_trains_it(tmp_path):
-    with pytest.raises(ModelUnavailableError, match=r"repro train --recipe dino --profile smoke"):
+    with pytest.raises(ModelUnavailableError, match=r"repro train --profile smoke --recipe dino"):
         load_upstream("tiny-ecapa-dino", tmp_path / "work" / "smoke" / "models")
 
 

@@ -210,7 +210,7 @@ def test_a_run_no_better_than_the_majority_cluster_is_not_published(tiny_corpus,
 
 
 def test_untrained_model_names_the_command_that_trains_it(tmp_path):
-    with pytest.raises(ModelUnavailableError, match=r"repro train --recipe wavlm --profile smoke"):
+    with pytest.raises(ModelUnavailableError, match=r"repro train --profile smoke --recipe wavlm"):
         load_upstream("tiny-wavlm-mp", tmp_path / "work" / "smoke" / "models")
 
 

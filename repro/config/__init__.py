@@ -19,6 +19,8 @@ import yaml
 
 from repro.config.schema import ProfileConfig, iter_settings
 from repro.config.typed import ConfigError, from_dict, to_dict
+from repro.errors import shown
+from repro.config.yamlfile import safe_load
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 
@@ -61,10 +63,10 @@ def load_profile(name_or_path: str | Path) -> ProfileConfig:
 
 def _own_name(path: Path) -> str:
     """A profile file's own `name:`, else its file name without the suffix; a safe folder name."""
-    data = yaml.safe_load(path.read_text())
+    data = safe_load(path.read_text(), str(path))
     name = data.get("name") if isinstance(data, dict) and "name" in data else path.stem
     if not isinstance(name, str) or not _NAME.fullmatch(name) or name in (".", ".."):
-        raise ConfigError(f"{path}: key 'name' is {name!r}; a profile's name names its folders: use letters, "
+        raise ConfigError(f"{path}: key 'name' is {shown(name)}; a profile's name names its folders: use letters, "
                           "digits, '.', '_' and '-', starting with a letter or digit")
     return name
 
@@ -78,7 +80,7 @@ def _resolve(name_or_path: str | Path) -> Path:
     candidate = PROFILE_DIR / f"{name_or_path}.yaml"
     if not candidate.is_file():
         raise ConfigError(
-            f"unknown profile '{name_or_path}'; built-in profiles: {', '.join(profile_names())} "
+            f"unknown profile {shown(str(name_or_path))}; built-in profiles: {', '.join(profile_names())} "
             "(or give the path of a .yaml file)"
         )
     return candidate
@@ -88,7 +90,7 @@ def _load_merged(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     if path in seen:
         raise ConfigError(f"{path}: 'extends' forms a cycle: {' -> '.join(map(str, seen + (path,)))}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = safe_load(path.read_text(), str(path))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(data, dict):

@@ -126,6 +126,22 @@ class AttentionPaths:
                               f"paths here: {', '.join(paths)}")
 
 
+class FolderNames:
+    """The check (used as a `Range`) of a setting naming a manifest or split (`manifests/<task>.jsonl`):
+    one file name, never a path (`..`, `a/b`, `/abs`): letters, digits, '.', '_' and '-'."""
+
+    def check(self, value: Any, source: str, key: str) -> None:
+        import re
+
+        from repro.errors import ConfigError, shown
+
+        for i, name in enumerate(value if isinstance(value, list) else [value]):
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+                where = f"{key}[{i}]" if isinstance(value, list) else key
+                raise ConfigError(f"{source}: key '{where}' is {shown(name)}; it names a manifest or split, not a "
+                                  "path: use letters, digits, '.', '_' and '-', starting with a letter or digit")
+
+
 @dataclass(frozen=True)
 class ExtractionConfig:
     """How layer features are computed and cached."""
@@ -401,7 +417,8 @@ class SpeakerTrainingConfig:
 
     RANGES = {"grad_accumulation": Range(1), "num_workers": Range(0), "log_every": Range(1),
               "checkpoint_every": Range(1), "eval_every_epochs": Range(1), "collapse_min_embedding_std": Range(0),
-              "collapse_min_teacher_kl": Range(0)}
+              "collapse_min_teacher_kl": Range(0),
+              **{k: FolderNames() for k in ("train_task", "train_split", "eval_task", "eval_split")}}
 
     pipeline_recipes: list[Literal["supervised", "dino"]] = setting(
         [], "recipes the `train` stage trains; real profiles use public stand-ins unless asked "
@@ -521,7 +538,7 @@ class SslTrainingConfig:
     require_above_majority: bool = setting(
         True, "publish a model only if its held-out masked-prediction accuracy beats always answering the most "
         "frequent cluster (a broken run is not used)")
-    RANGES = {"threads": Range(0), "log_every": Range(1), "checkpoint_every": Range(1)}
+    RANGES = {"threads": Range(0), "log_every": Range(1), "checkpoint_every": Range(1), "train_tasks": FolderNames()}
     hubert: HubertRecipeConfig = field(default_factory=HubertRecipeConfig)
     wavlm: WavlmRecipeConfig = field(default_factory=WavlmRecipeConfig)
 

@@ -15,7 +15,7 @@ import types
 import typing
 from typing import Any, Literal, Union
 
-from repro.errors import ConfigError
+from repro.errors import ConfigError, shown
 
 __all__ = ["ConfigError", "Range", "from_dict", "to_dict"]
 
@@ -64,15 +64,15 @@ class Range:
                     size = f"at least {self.min_items}"
                 else:
                     size = f"{self.min_items} to {self.max_items}"
-                raise ConfigError(f"{source}: key '{key}' has {n} item(s) {list(value)}; it needs {size}")
+                raise ConfigError(f"{source}: key '{key}' has {n} item(s) {shown(list(value))}; it needs {size}")
             if self.unique and len(set(value)) != n:
                 twice = sorted({v for v in value if list(value).count(v) > 1})
-                raise ConfigError(f"{source}: key '{key}' lists {twice} more than once; list each value once")
+                raise ConfigError(f"{source}: key '{key}' lists {shown(twice)} more than once; list each value once")
             for i, v in enumerate(value):
                 self.check(v, source, f"{key}[{i}]")
             return
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not self.allows(value):
-            raise ConfigError(f"{source}: key '{key}' is {value!r}; allowed: {self.describe()}")
+            raise ConfigError(f"{source}: key '{key}' is {shown(value)}; allowed: {self.describe()}")
 
 
 def from_dict(cls: type, data: Any, source: str, prefix: str = "") -> Any:
@@ -129,7 +129,7 @@ def _convert(tp: Any, value: Any, source: str, key: str) -> Any:
     if origin is Literal:
         if value not in args:
             allowed = ", ".join(repr(a) for a in args)
-            raise ConfigError(f"{source}: key '{key}' is {value!r}; allowed values: {allowed}")
+            raise ConfigError(f"{source}: key '{key}' is {shown(value)}; allowed values: {allowed}")
         return value
     if origin is list:
         if not isinstance(value, list):
@@ -171,7 +171,7 @@ def _join(prefix: str, name: str) -> str:
 
 
 def _describe(value: Any) -> str:
-    return f"{type(value).__name__} {value!r}"
+    return f"{type(value).__name__} {shown(value)}"
 
 
 def _type_name(tp: Any) -> str:

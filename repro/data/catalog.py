@@ -27,6 +27,7 @@ import yaml
 
 from repro.config.typed import ConfigError, from_dict
 from repro.errors import ReproError
+from repro.config.yamlfile import safe_load
 
 CATALOG_PATH = Path(__file__).with_name("catalog.yaml")
 
@@ -169,7 +170,7 @@ def load_catalog(path: str | Path | None = None) -> Catalog:
 @lru_cache(maxsize=8)
 def _load(path: str) -> Catalog:
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = safe_load(Path(path).read_text(), str(path))
     except (OSError, yaml.YAMLError) as err:
         raise ConfigError(f"{path}: cannot read the data catalogue ({err})") from err
     cat = from_dict(Catalog, data, path)

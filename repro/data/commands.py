@@ -12,6 +12,7 @@ from repro.data.diskspace import gib
 from repro.data.download import data_root, describe, fetch, plan, verify_auto
 from repro.data.lock import DataLock, lock_path
 from repro.data.manual import manual_path, verify_manual
+from repro.remedy import command
 from repro.util.atomic import check_writable
 from repro.util.locks import output_lock
 
@@ -95,7 +96,8 @@ def run_prepare(profile: str, quiet: bool) -> None:
 
     ws = Workspace.for_profile(profile)
     if ws.profile.corpus.kind != "real":
-        raise click.UsageError(f"profile {ws.profile.name!r} uses the synthetic corpus: `repro run --stage corpus`")
+        raise click.UsageError(f"profile {ws.profile.name!r} uses the synthetic corpus: "
+                               f"{command('run', ws, '--stage', 'corpus')}")
     check_writable(ws.work)
     with output_lock(ws.lock_file(ws.corpus_dir), f"corpus {ws.corpus_dir}"):  # the corpus stage's lock
         prepare_corpus(ws.corpus_dir, ws.profile, progress=not quiet)

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-import yaml
 
 from repro.config.typed import from_dict
 from repro.data.manifest import Utterance
 from repro.errors import ReproError
+from repro.config.yamlfile import safe_load
 
 COMMITTED_PATH = Path(__file__).with_name("committed_lists.yaml")
 
@@ -44,7 +44,7 @@ class _File:
 @lru_cache(maxsize=4)
 def load_committed(path: str | None = None) -> list[CommittedList]:
     p = path or str(COMMITTED_PATH)
-    return from_dict(_File, yaml.safe_load(Path(p).read_text()), p).lists
+    return from_dict(_File, safe_load(Path(p).read_text(), str(p)), p).lists
 
 
 def list_text(utts: list[Utterance], with_labels: bool) -> str:

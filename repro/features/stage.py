@@ -20,6 +20,7 @@ from repro.models.loaders import LOADERS, recipe_of
 from repro.models.registry import load_upstream, resolve_spec, spec_identity, weights_fingerprint
 from repro.models.upstream import Upstream
 from repro.provenance import DAMAGED, is_acceptable, read_stamp, store_key, trained_model_key
+from repro.remedy import command
 from repro.runtime import DistEnv, run_sharded, writer_lock
 from repro.tasks import stores_needed
 from repro.util.atomic import check_writable
@@ -67,7 +68,7 @@ def check_trained_model(ws: Workspace, name: str) -> None:
             "it has no stamp (made by an earlier version)" if recorded is None else \
             f"it was trained under other settings than profile '{ws.profile.name}' gives"
         raise StaleInputError(f"{path}: model '{name}': {why}; train it again with "
-                              f"`repro train --recipe {recipe} --profile {ws.profile.name}`")
+                              f"{command('train', ws, '--recipe', recipe)}")
 
 
 def load_profile_upstream(ws: Workspace, name: str, env: DistEnv | None = None) -> Upstream:
@@ -96,7 +97,7 @@ def open_store(ws: Workspace, model: str, task: str, split: str, kind: str = "fr
     StoreError when it is missing or incomplete, StaleInputError when it was made under other
     settings; both name the command that makes it."""
     path = ws.store_dir(model, task, split, pooled=kind == "pooled")
-    remedy = f"`repro extract --profile {ws.profile.name} -m {model} -t {task}`"
+    remedy = command("extract", ws, "-m", model, "-t", task)
     try:
         store = FeatureStore(path)
     except StoreError as err:

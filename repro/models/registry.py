@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import yaml
 
 from repro.config.typed import ConfigError, from_dict
 from repro.models.loaders import FAMILIES, LOADERS, check_entry
 from repro.models.upstream import UnknownModelError, Upstream
+from repro.config.yamlfile import safe_load
+from repro.errors import shown
 
 REGISTRY_FILE = Path(__file__).with_name("registry.yaml")
 
@@ -66,7 +67,7 @@ def _parse_registry(files: tuple[tuple[str, int, int], ...]) -> dict[str, ModelS
     specs: dict[str, ModelSpec] = {}
     for name_, _, _ in files:
         path = Path(name_)
-        data = yaml.safe_load(path.read_text()) or {}
+        data = safe_load(path.read_text(), str(path)) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a registry must map model names to entries")
         for name, entry in data.items():
@@ -83,7 +84,7 @@ def resolve_spec(name: str) -> ModelSpec:
     registry = load_registry()
     if name not in registry:
         raise UnknownModelError(
-            f"unknown model '{name}'; known models: {', '.join(sorted(registry))} "
+            f"unknown model {shown(name)}; known models: {', '.join(sorted(registry))} "
             "(or give your own as path/to/file.py:factory)"
         )
     return registry[name]

@@ -26,8 +26,7 @@ def _published(models_dir: str | os.PathLike, name: str, recipe: str) -> tuple[P
         profile = Path(models_dir).parent.name
         raise ModelUnavailableError(
             f"model '{name}' has not been trained ({info_path} is missing); train it with "
-            f"`repro train --recipe {recipe} --profile {profile}` "
-            f"(or `repro run --profile {profile} --stage train`)")
+            f"{command('train', profile, '--recipe', recipe)} (or {command('run', profile, '--stage', 'train')})")
     profile = Path(models_dir).parent.name
     try:
         info = json.loads(info_path.read_text())
@@ -51,7 +50,8 @@ def load_trained_hf(models_dir: str | os.PathLike, name: str, recipe: str, atten
     folder, info, _ = _published(models_dir, name, recipe)
     if info.get("kind") != "hf_pretrained":
         raise ModelUnavailableError(f"{folder / 'model.json'}: not a transformers model (kind {info.get('kind')!r}); "
-                                    f"retrain with `repro train --recipe {recipe} --force`")
+                                    "retrain with " + command("train", folder.parent.parent.name, "--recipe", recipe,
+                                                              "--force"))
     return load_hf_ssl(str(folder), None, None, attention)
 
 
@@ -77,4 +77,5 @@ def load_trained_ecapa(models_dir: str | os.PathLike, name: str, recipe: str,
         model = load_wespeaker_ecapa(weights, WespeakerEcapaArch.from_dict(info["arch"]))
         return wrap_wespeaker_ecapa(model, layers)
     raise ModelUnavailableError(f"{info_path}: unknown model kind {info['kind']!r}; retrain with "
-                                f"`repro train --recipe {info.get('recipe', '...')} --force`")
+                                + command("train", folder.parent.parent.name, "--recipe", info.get("recipe", "..."),
+                                          "--force"))

@@ -219,12 +219,12 @@ def load_wespeaker_ecapa(path: str | os.PathLike, arch: WespeakerEcapaArch, with
 
 def check_zip_config(folder: str | os.PathLike, arch: WespeakerEcapaArch) -> None:
     """If a wespeaker `config.yaml` came with the checkpoint, its model must be the one we build."""
-    import yaml
+    from repro.config.yamlfile import safe_load
 
     path = Path(folder) / "config.yaml"
     if not path.is_file():
         return
-    cfg = yaml.safe_load(path.read_text()) or {}
+    cfg = safe_load(path.read_text(), str(path)) or {}
     model = cfg.get("model")
     args = cfg.get("model_args") or {}
     expected_model = f"ECAPA_TDNN{'_GLOB' if arch.global_context else ''}_c{arch.channels}"

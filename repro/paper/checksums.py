@@ -69,6 +69,7 @@ from typing import Any, Literal
 import numpy as np
 
 from repro.errors import MissingInputError
+from repro.remedy import command, make_line, profile_argument
 from repro.util.atomic import atomic_write_text
 from repro.util.hashing import sha256_file
 from repro.util.npz import read_npz
@@ -400,8 +401,8 @@ def numerics_mismatch(ws: Workspace) -> str | None:
     if w is not None and w == h:
         return None
     how = {True: "with pinned CPU numerics", False: "without pinned CPU numerics", None: "with and without them"}
-    rerun = (f"make clean PROFILE={ws.profile.name} && make demo" if ws.profile.name == "smoke"
-             else f"make clean PROFILE={ws.profile.name} && make reproduce PROFILE={ws.profile.name}")
+    rerun = (f"{make_line('clean', ws)} && make demo" if profile_argument(ws) == "smoke"
+             else f"{make_line('clean', ws)} && {make_line('reproduce', ws)}")
     fix = ("with runtime.pinned_cpu_numerics: true and without REPRO_PINNED_CPU_NUMERICS=0" if w
            else "with runtime.pinned_cpu_numerics: false")
     return (f"the record {record_path(ws)} was made {how[w]} and these outputs {how[h]} "
@@ -435,7 +436,7 @@ def check(ws: Workspace, portable: bool = False, by_value: bool = False) -> list
     path = record_path(ws)
     if not path.is_file():
         raise MissingInputError(f"{path}: no recorded checksums for profile {ws.profile.name}; "
-                                f"record them with `repro paper verify --profile {ws.profile.name} --record`")
+                                f"record them with {command('paper verify', ws, '--record')}")
     want, files = parse_record(path.read_text()), output_files(ws)
     if portable:
         want = {n: h for n, h in want.items() if n.startswith(PORTABLE)}

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import yaml
 from scipy.stats import spearmanr
 
 from repro.paper.results import ResultReader, models_by_family, relative_depth
 from repro.tasks import TASKS
 from repro.workspace import Workspace
+from repro.config.yamlfile import safe_load
 
 REFERENCE_FILE = Path(__file__).resolve().parents[2] / "artifacts" / "reference_values.yaml"
 
@@ -253,7 +253,7 @@ def evaluate_claims(ws: Workspace) -> list[Outcome]:
 
 def load_references(path: Path = REFERENCE_FILE) -> list[dict[str, Any]]:
     """Reference values, each with its group's source."""
-    data = yaml.safe_load(path.read_text())
+    data = safe_load(path.read_text(), str(path))
     return [{**v, "group": group, "source": body["source"]} for group, body in data.items() for v in body["values"]]
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from repro.errors import ReproError
 from repro.models.registry import FAMILIES, family_of
 from repro.provenance import asv_idt_key, cka_key, is_acceptable, probe_key, recorded_settings
+from repro.remedy import make_line
 from repro.workspace import Workspace
 
 
@@ -52,7 +53,7 @@ class ResultReader:
 
     def probe(self, model: str, task: str) -> dict | None:
         """`best.json` of (model, task): the learning rate selected on dev and the sweep."""
-        target = f"make probe PROFILE={self.ws.profile.name}"
+        target = make_line("probe", self.ws)
         path = self.ws.probe_dir(model, task) / "best.json"
         data = self._load(path, target)
         if data is None:
@@ -61,7 +62,7 @@ class ResultReader:
 
     def asv_idt(self, model: str) -> dict | None:
         """`ASV-IDT.json` of a model."""
-        target = f"make probe PROFILE={self.ws.profile.name}"
+        target = make_line("probe", self.ws)
         path = self.ws.asv_idt_file(model)
         data = self._load(path, target)
         if data is None:
@@ -70,7 +71,7 @@ class ResultReader:
 
     def cka(self, a: str, b: str) -> dict | None:
         """The CKA result of models (a, b): `matrix` `[L_a, L_b]`, `layers_a`, `layers_b` and its metadata."""
-        target = f"make cka PROFILE={self.ws.profile.name}"
+        target = make_line("cka", self.ws)
         path = self.ws.cka_file(a, b, "json")
         data = self._load(path, target)
         if data is None:

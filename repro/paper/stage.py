@@ -8,6 +8,9 @@ A run killed before the swap leaves the previous outputs as they were; one kille
 two renames leaves no outputs (never a mix). Temporaries such a run leaves (`.<profile>.tmp-*`,
 `.<profile>.old-*`, and `.*.tmp-*` files of a killed `repro paper render`) are removed at the
 start of the next run, under the lock of the profile's paper outputs (`repro.util.locks`).
+
+When `paper_figures/<profile>` is a symbolic link, the outputs are written through it: the folder
+it names is the one swapped (its temporaries beside it), and the link stays as it was.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from repro.paper.registry import OUTPUTS, render_output
 from repro.paper.report import write_report
 from repro.util.atomic import check_writable, writable
 from repro.util.locks import output_lock
-from repro.workspace import Workspace
+from repro.workspace import OWNER_FILE, Workspace
 
 
 @dataclass(frozen=True)
@@ -58,11 +61,18 @@ def paper_lock(ws: Workspace):
     return output_lock(ws.lock_file(ws.figures), f"paper outputs {ws.figures}")
 
 
+def figures_place(ws: Workspace) -> Path:
+    """The folder that holds the profile's figures: `ws.figures`, or the folder its symbolic link names."""
+    return Path(os.path.realpath(ws.figures)) if ws.figures.is_symlink() else ws.figures
+
+
 def remove_stale(ws: Workspace) -> list[Path]:
     """Delete what killed runs left: `.<profile>.tmp-*` / `.<profile>.old-*` folders beside the profile's
     figures folder and `.*.tmp-*` files inside it. Call under `paper_lock`. Returns what was removed."""
-    root, name = ws.figures_root, ws.profile.name
-    stale = [p for pattern in (f".{name}.tmp-*", f".{name}.old-*") for p in root.glob(pattern)] if root.is_dir() else []
+    stale = []
+    for root, name in {(ws.figures_root, ws.profile.name), (figures_place(ws).parent, figures_place(ws).name)}:
+        if root.is_dir():
+            stale += [p for pattern in (f".{name}.tmp-*", f".{name}.old-*") for p in root.glob(pattern)]
     if ws.figures.is_dir():
         stale += [p for p in ws.figures.glob(".*.tmp-*")]
     for p in stale:
@@ -77,9 +87,11 @@ def run_paper(ws: Workspace) -> PaperOutcome:
     """Render all applicable outputs, then checks, report and CHECKSUMS.sha256, into a fresh folder
     that replaces the profile's figures folder as a whole (see the module doc)."""
     check_writable(ws.figures_root)
+    place = figures_place(ws)
+    check_writable(place.parent)
     with paper_lock(ws):
         remove_stale(ws)
-        staging = Path(tempfile.mkdtemp(prefix=f".{ws.profile.name}.tmp-", dir=ws.figures_root))
+        staging = Path(tempfile.mkdtemp(prefix=f".{place.name}.tmp-", dir=place.parent))
         try:
             new = dataclasses.replace(ws, figures_root=staging)
             new.figures.mkdir()
@@ -87,7 +99,9 @@ def run_paper(ws: Workspace) -> PaperOutcome:
             report = check(new)
             write_report(new, report.claims, report.references, rendered)
             checksums.write_current(new)
-            _swap_in(new.figures, ws)
+            if (ws.work / OWNER_FILE).is_file():  # the profile that owns the folders (repro.ownership)
+                shutil.copy2(ws.work / OWNER_FILE, new.figures / OWNER_FILE)
+            _swap_in(new.figures, place)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -99,13 +113,13 @@ def run_paper(ws: Workspace) -> PaperOutcome:
                         ws.figures / "REPORT.md", ws.figures / "CHECKSUMS.sha256")
 
 
-def _swap_in(fresh: Path, ws: Workspace) -> None:
-    """Put the folder `fresh` in the place of `ws.figures` with two renames; the old folder is deleted."""
-    target = ws.figures
+def _swap_in(fresh: Path, target: Path) -> None:
+    """Put the folder `fresh` in the place of folder `target` (never a link) with two renames; the old
+    folder is deleted."""
     with writable(target):
         old = None
         if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{ws.profile.name}.old-", dir=ws.figures_root)) / "previous"
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent)) / "previous"
             os.replace(target, old)
         os.replace(fresh, target)
         if old is not None:

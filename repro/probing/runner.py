@@ -354,7 +354,7 @@ def select_best(ws: Workspace, model: str, task: str, inputs: ProbeInputs | None
     for lr in grid:
         path = ws.probe_dir(model, task) / f"{lr_tag(lr)}.json"
         if not path.is_file():
-            raise ManifestError(f"{path}: missing; run `repro probe --profile {ws.profile.name} -m {model} -t {task}`")
+            raise ManifestError(f"{path}: missing; run {command('probe', ws, '-m', model, '-t', task)}")
         runs.append(json.loads(path.read_text()))
     higher = runs[0]["higher_is_better"]
     best = max(runs, key=lambda r: r["dev"] if higher else -r["dev"])

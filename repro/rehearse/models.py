@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from repro.util.atomic import atomic_directory, atomic_path
+from repro.config.yamlfile import safe_load
 
 MODELS = ("wavlm-base-plus", "hubert-base", "ecapa-sup-speechbrain", "ecapa-dino-wespeaker")
 # the preprocessor settings of the published checkpoints
@@ -49,7 +50,7 @@ def arch_of(name: str, tiny: bool) -> dict:
 def _builtin(name: str):
     from repro.models.registry import REGISTRY_FILE
 
-    entries = yaml.safe_load(Path(REGISTRY_FILE).read_text())
+    entries = safe_load(Path(REGISTRY_FILE).read_text(), str(REGISTRY_FILE))
     return entries[name]
 
 

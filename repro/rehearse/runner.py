@@ -58,21 +58,25 @@ def rehearse(base: str, *, ci: bool = False, device: str | None = None, train: b
              progress: bool = True, log=print, record_dir: Path | None = None) -> dict:
     """Rehearse profile `base` (fast or full); returns the rehearsal's record (also REHEARSAL.md)."""
     from repro.config import load_profile
-    from repro.workspace import Workspace
+    from repro.workspace import Workspace, check_folder, root
 
     started = time.perf_counter()
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     # the profile's num_workers is kept on any machine; torch warns about it once per store on small ones
     warnings.filterwarnings("ignore", message="This DataLoader will create")
     name = rprofile.name_of(base)
-    folder = (Path(os.environ.get("REPRO_WORK", "work")) / name).resolve()
+    check_folder(root("REPRO_WORK"), "REPRO_WORK")
+    check_folder(root("REPRO_WORK") / name, "REPRO_WORK")
+    folder = (root("REPRO_WORK") / name).resolve()
     profile_path, shrunk = rprofile.write_profile(base, folder, ci)
     if device:
         text = profile_path.read_text()
         runtime = {"extraction": {"device": device}, "probing": {"device": device}, "cka": {"device": device}}
         import yaml
 
-        data = yaml.safe_load(text)
+        from repro.config.yamlfile import safe_load
+
+        data = safe_load(text, str(profile_path))
         for k, v in runtime.items():
             data.setdefault(k, {}).update(v)
         data["speaker_training"]["device"] = device

@@ -282,7 +282,8 @@ def _train(ws: Workspace, recipe: str, device: torch.device, force: bool, progre
             if ckpt.get("config_hash") != key or int(ckpt["step"]) > cfg.steps:
                 raise CheckpointMismatchError(
                     f"{ckpt_path}: checkpoint of another configuration (settings or data changed since it was "
-                    f"written); delete it or retrain from scratch with `repro train --recipe {recipe} --force`")
+                    "written); delete it or retrain from scratch with "
+                    + command("train", ws, "--recipe", recipe, "--force"))
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             start, acc0 = int(ckpt["step"]), dict(ckpt["heldout_untrained"])

@@ -35,6 +35,7 @@ from repro.data.prepare import fluent, iemocap, librispeech, speech_commands, vo
 from repro.data.prepare.common import AudioIndex, Item, PrepareError, inspect_all
 from repro.data.subsets import id_list_text, list_sha256, select, subset_key
 from repro.provenance import Stamp, complete_record, corpus_folder_key
+from repro.remedy import make_line
 from repro.util.atomic import atomic_directory, atomic_write_json, atomic_write_text
 
 PREPARER_VERSION = 1
@@ -78,7 +79,7 @@ def missing_data(profile: ProfileConfig, *, root: Path, catalog: Catalog,
     if absent:
         names = sorted({k.split("/")[0] for k in absent})
         out.append(f"not downloaded under {root}: {', '.join(absent)}; run `repro data fetch {' '.join(names)}` "
-                   f"(or `make data PROFILE={profile.name}`)")
+                   f"(or `{make_line('data', profile)}`)")
     for name in manual:
         corpus = catalog.corpus(name)
         path = (manual_override or {}).get(name) or manual_path(corpus, root, profile.data.manual_paths)
