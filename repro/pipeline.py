@@ -30,6 +30,7 @@ from repro.errors import ConfigError, ReproError
 from repro.features.stage import extract_model
 from repro.models.registry import family_of
 from repro.paper.stage import run_paper
+from repro.provenance import corpus_folder_key, is_acceptable, read_stamp
 from repro.probing.runner import run_all
 from repro.runtime import DistEnv, on_rank_zero, session
 from repro.similarity.stage import run_cka
@@ -50,17 +51,6 @@ class CorpusLinkError(ReproError):
     """The corpus folder is a symbolic link whose corpus the run would have to delete."""
 
 
-def corpus_key(ws: Workspace) -> str:
-    """The settings hash a complete corpus of the profile records in its `corpus.json` (`config_hash`)."""
-    if ws.profile.corpus.kind == "synthetic":
-        from repro.data.synth import corpus_config_hash
-
-        return corpus_config_hash(ws.profile.corpus.synthetic, ws.profile.seed)
-    from repro.data.prepare import _settings_hash
-
-    return _settings_hash(ws.profile)
-
-
 def corpus_place(ws: Workspace, force: bool) -> Path:
     """Where the corpus stage writes: `work/<profile>/corpus`, or, when that is a symbolic link, the folder
     it names (written through: the link stays). A linked folder that holds anything but a complete corpus
@@ -73,8 +63,7 @@ def corpus_place(ws: Workspace, force: bool) -> Path:
     if not target.exists() or (target.is_dir() and not any(target.iterdir())):
         return target
     info = target / "corpus.json"
-    recorded = json.loads(info.read_text()).get("config_hash") if info.is_file() else None
-    if force or recorded != corpus_key(ws):
+    if force or not is_acceptable(read_stamp(info), corpus_folder_key(ws.profile)):
         why = ("--force would delete the corpus there and make it again" if force else
                "the corpus there was made under other settings (or is not a corpus), and making this profile's "
                "would delete it")

@@ -282,7 +282,8 @@ def test_fix_it_commands_name_the_profile_file(tmp_path, workspace_env):
     import hashlib
 
     info = {"recipe": "supervised", "kind": "speechbrain_ecapa", "weights_file": "embedding_model.ckpt",
-            "weights_sha256": "0" * 64, "settings": trained_model_key(load_profile(str(prof)), "supervised")}
+            "weights_sha256": "0" * 64,
+            "provenance": {"settings": trained_model_key(load_profile(str(prof)), "supervised")}}
     (folder / "model.json").write_text(json.dumps(info))
     res = _invoke("extract", "--profile", prof, "-m", "tiny-ecapa-sup", "-t", "KS", "--quiet")
     assert res.exit_code == 2 and res.output.strip().endswith(
