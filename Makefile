@@ -106,8 +106,8 @@ models: $(VENV)/.installed ## list the model registry
 config: $(VENV)/.installed ## show the settings the paper leaves open, with our values and reasons
 	$(REPRO) config explain --profile $(PROFILE)
 
-test: $(VENV)/.installed ## run the whole test suite (what CI runs)
-	$(PY) -m pytest -q
+test: $(VENV)/.installed ## run the whole test suite (what CI runs), then its 15 slowest tests
+	$(PY) -m pytest -q --durations=15
 
 test-fast: $(VENV)/.installed ## the test suite without the long end-to-end tests (marked slow)
 	$(PY) -m pytest -q -m "not slow"
