@@ -65,7 +65,7 @@ corpus: $(VENV)/.installed ## create the corpus of PROFILE
 	$(REPRO) run --profile $(PROFILE) --stage corpus
 
 RECIPE ?= dino
-train: $(VENV)/.installed ## train a model of PROFILE with RECIPE=dino|supervised (resumes)
+train: $(VENV)/.installed ## train a model of PROFILE with RECIPE=supervised|dino|hubert|wavlm (resumes)
 	$(REPRO) train --recipe $(RECIPE) --profile $(PROFILE)
 
 extract: $(VENV)/.installed ## extract layer features of every model of PROFILE

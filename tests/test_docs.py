@@ -171,3 +171,15 @@ def test_readme_numbers_are_the_records_rounded():
         assert cells[4] == hours, row
     row = next(r for r in rows if r.startswith("| first check"))
     assert f"≈ {round(fast['hours']['float32'])} / {round(fast['hours']['bf16'])}" in row
+
+def test_every_list_of_recipes_names_the_registered_ones():
+    """`RECIPE=a|b|...` in the Makefile's help and the docs lists every recipe of `repro.recipes.RECIPES`."""
+    from repro.recipes import RECIPES
+
+    lists = []
+    for path in [ROOT / "Makefile", *PAGES]:
+        for found in re.findall(r"RECIPE=([a-z_]+(?:\\?\|[a-z_]+)+)", path.read_text()):
+            lists.append((path.name, found.replace("\\", "").split("|")))
+    assert any(name == "Makefile" for name, _ in lists)
+    for name, recipes in lists:
+        assert sorted(recipes) == sorted(RECIPES), (name, recipes)
