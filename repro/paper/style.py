@@ -8,7 +8,7 @@ same data gives the same bytes.
 
 from __future__ import annotations
 
-import pickle
+import copy
 import re
 from pathlib import Path
 from typing import Callable
@@ -94,7 +94,7 @@ def fit_labels(fig, rounds: int = 4) -> None:
     wrapped lines take from the axes, so that long model names neither run into each other nor out of
     the figure, and the panels keep their height.
 
-    Measured on a copy of the figure drawn as it will be saved (`pickle`), so that a figure whose
+    Measured on a copy of the figure (`copy.deepcopy`) drawn as it will be saved, so that a figure whose
     labels fit is left untouched and keeps its bytes. A change moves the other labels: measured
     again, up to `rounds` times."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -102,7 +102,7 @@ def fit_labels(fig, rounds: int = 4) -> None:
     rows = max([ax.get_subplotspec().get_gridspec().nrows for ax in fig.axes if ax.get_subplotspec()] or [1])
     first_heights = None
     for _ in range(rounds):
-        probe = pickle.loads(pickle.dumps(fig))
+        probe = copy.deepcopy(fig)
         canvas = FigureCanvasAgg(probe)
         canvas.draw()
         renderer = canvas.get_renderer()
