@@ -65,7 +65,7 @@ corpus: $(VENV)/.installed ## create the corpus of PROFILE
 	$(REPRO) run --profile $(PROFILE) --stage corpus
 
 RECIPE ?= dino
-train: $(VENV)/.installed ## train a model of PROFILE with RECIPE=dino|supervised (resumes)
+train: $(VENV)/.installed ## train a model of PROFILE with RECIPE=supervised|dino|hubert|wavlm (resumes)
 	$(REPRO) train --recipe $(RECIPE) --profile $(PROFILE)
 
 extract: $(VENV)/.installed ## extract layer features of every model of PROFILE
@@ -107,8 +107,8 @@ models: $(VENV)/.installed ## list the model registry
 config: $(VENV)/.installed ## show the settings the paper leaves open, with our values and reasons
 	$(REPRO) config explain --profile $(PROFILE)
 
-test: $(VENV)/.installed ## run the whole test suite (what CI runs)
-	$(PY) -m pytest -q
+test: $(VENV)/.installed ## run the whole test suite (what CI runs), then its 15 slowest tests
+	$(PY) -m pytest -q --durations=15
 
 test-fast: $(VENV)/.installed ## the test suite without the long end-to-end tests (marked slow)
 	$(PY) -m pytest -q -m "not slow"

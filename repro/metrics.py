@@ -95,11 +95,25 @@ def equal_error_rate(scores: np.ndarray, targets: np.ndarray) -> tuple[float, fl
     # rejected / n_tar rounds once, as FAR does, where 1 - tpr would round twice.
     far, thresholds = fpr[::-1], thresholds[::-1]
     frr = (n_tar - np.rint(tpr[::-1] * n_tar)) / n_tar
+    return eer_crossing(far, frr, thresholds)
+
+
+def eer_crossing(far: np.ndarray, frr: np.ndarray, thresholds: np.ndarray) -> tuple[float, float]:
+    """(EER, threshold) from error rates at ascending thresholds.
+
+    Args:
+        far, frr: `[K]` false-acceptance and false-rejection rates at `thresholds` `[K]` (ascending,
+            the last may be +inf), FAR - FRR decreasing from positive to non-positive.
+
+    Where FAR - FRR changes sign between thresholds k-1 and k, the EER is the point where the
+    straight lines between the two (FAR, FRR) points meet, and the threshold is interpolated with
+    the same weight (the last finite one when threshold k is +inf); where FAR = FRR at a threshold,
+    that rate and threshold.
+    """
     diff = far - frr
     k = int(np.argmax(diff <= 0))
     if k == 0 or diff[k] == 0:
         return float((far[k] + frr[k]) / 2), float(thresholds[k])
-    # linear interpolation between thresholds k-1 and k
     w = diff[k - 1] / (diff[k - 1] - diff[k])
     eer = far[k - 1] + w * (far[k] - far[k - 1])
     thr = thresholds[k - 1] + w * (thresholds[k] - thresholds[k - 1]) if np.isfinite(thresholds[k]) else thresholds[k - 1]

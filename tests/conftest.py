@@ -1,8 +1,12 @@
-"""Shared fixtures: a tiny synthetic corpus and tiny models, made once per test session."""
+"""Shared fixtures: synthetic corpora and tiny models, made once per test session.
+
+A test that changes a corpus works on its own copy (`copy_corpus`), never on the session's."""
 
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -53,6 +57,23 @@ def tiny_corpus(tmp_path_factory):
     from repro.data.synth import make_corpus
 
     return make_corpus(tmp_path_factory.mktemp("tiny") / "corpus", TINY_SYNTH, seed=0, progress=False)
+
+
+def copy_corpus(corpus: Path, dest: Path) -> Path:
+    """A copy of a session's corpus at `dest` (its parents made), for a test that changes or moves it."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copytree(corpus, dest, symlinks=True))
+
+
+@pytest.fixture(scope="session")
+def smoke_corpus(tmp_path_factory):
+    """The smoke profile's synthetic corpus (36 speakers, every task), made once per session."""
+    from repro.config import load_profile
+    from repro.data.synth import make_corpus
+
+    smoke = load_profile("smoke")
+    return make_corpus(tmp_path_factory.mktemp("smoke") / "corpus", smoke.corpus.synthetic, smoke.seed,
+                       progress=False)
 
 
 @pytest.fixture(scope="session")

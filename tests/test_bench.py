@@ -1,7 +1,10 @@
 """The benchmark harness: it measures, cross-checks its two methods and writes a JSON record."""
 
 import json
+import time
+from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from repro.bench import run_benchmarks
@@ -34,14 +37,40 @@ def test_flop_counts_of_both_methods():
     assert flops(10, [2], symmetric=True, naive=True) == 2 * 10 * (4 + 3 + 3)
 
 
-def test_peak_memory_sees_a_large_allocation():
+def _allocate(mib: int, hold_s: float = 0.0) -> None:
     import numpy as np
 
+    a = np.ones(mib << 17)  # `mib` MiB of float64, every page touched
+    time.sleep(hold_s)
+    del a
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="peak memory is read from /proc (Linux)")
+def test_peak_memory_sees_a_large_allocation_and_not_a_small_one():
+    with PeakMemory() as big:
+        _allocate(64)
+    with PeakMemory() as small:
+        _allocate(1)
+    assert big.method in ("VmHWM", "sampled VmRSS") and small.method == big.method
+    assert big.peak_bytes is not None and big.peak_bytes > 48 << 20
+    assert small.peak_bytes is not None and small.peak_bytes < 16 << 20
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="peak memory is read from /proc (Linux)")
+def test_peak_memory_samples_the_resident_size_where_the_high_water_mark_cannot_be_reset(monkeypatch):
+    import builtins
+
+    from repro.bench import common
+
+    def no_clear_refs(path, *args, **kwargs):
+        if str(path) == "/proc/self/clear_refs":
+            raise PermissionError(13, "Permission denied", path)
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(common, "open", no_clear_refs, raising=False)
     with PeakMemory() as mem:
-        a = np.ones(64 << 17)  # 64 MiB, touched
-        del a
-    assert mem.peak_bytes is None or mem.peak_bytes > 48 << 20
-    assert mem.method in (None, "VmHWM", "sampled VmRSS")
+        _allocate(64, hold_s=0.05)  # held longer than the sampling interval
+    assert mem.method == "sampled VmRSS" and mem.peak_bytes is not None and mem.peak_bytes > 48 << 20
 
 
 def test_bench_commands_are_listed():

@@ -2,6 +2,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from repro.cli import main
@@ -42,6 +43,7 @@ cka: {task: KS, device: cpu}
 """
 
 
+@pytest.mark.slow  # the whole pipeline twice (`make test-fast` leaves it out)
 def test_run_profile_end_to_end(tmp_path, workspace_env, monkeypatch):
     prof = tmp_path / "tinyprof.yaml"
     prof.write_text(TINY_PROFILE)

@@ -171,3 +171,38 @@ def test_readme_numbers_are_the_records_rounded():
         assert cells[4] == hours, row
     row = next(r for r in rows if r.startswith("| first check"))
     assert f"≈ {round(fast['hours']['float32'])} / {round(fast['hours']['bf16'])}" in row
+
+def test_every_list_of_recipes_names_the_registered_ones():
+    """`RECIPE=a|b|...` in the Makefile's help and the docs lists every recipe of `repro.recipes.RECIPES`."""
+    from repro.recipes import RECIPES
+
+    lists = []
+    for path in [ROOT / "Makefile", *PAGES]:
+        for found in re.findall(r"RECIPE=([a-z_]+(?:\\?\|[a-z_]+)+)", path.read_text()):
+            lists.append((path.name, found.replace("\\", "").split("|")))
+    assert any(name == "Makefile" for name, _ in lists)
+    for name, recipes in lists:
+        assert sorted(recipes) == sorted(RECIPES), (name, recipes)
+
+
+def _architecture_tree() -> str:
+    """The file tree under "Where things are" in docs/architecture.md."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    section = text[text.index("## Where things are"):]
+    return re.search(r"```\n(repro/\n.*?)```", section, flags=re.S).group(1)
+
+
+def test_the_architecture_tree_lists_exactly_the_package_s_modules_and_the_files_it_names_exist():
+    tree = _architecture_tree()
+    package = ROOT / "repro"
+    listed = re.findall(r"^  (\S+) ", tree, flags=re.M)
+    modules = {p.name for p in package.glob("*.py") if p.name != "__init__.py"}
+    subpackages = {f"{p.name}/" for p in package.iterdir() if (p / "__init__.py").is_file()}
+    assert sorted(listed) == sorted(modules | subpackages)
+    assert len(listed) == len(set(listed))
+    # what a subpackage's description names (file.py, file.yaml, folder/) is in that subpackage
+    for entry, description in re.findall(r"^  (\S+/) +(.*(?:\n {20}.*)*)", tree, flags=re.M):
+        for name in re.findall(r"(?<![\w/.])(\w+\.(?:py|yaml)|\w+/)(?=[\s(*,);:]|$)", description):
+            assert (package / entry / name).exists(), f"docs/architecture.md: {entry} names {name}, not in repro/{entry}"
+    for entry in re.findall(r"^(\S+)", tree, flags=re.M):  # the project's other files
+        assert (ROOT / entry).exists(), entry

@@ -38,13 +38,29 @@ cka: {task: KS, device: cpu}
 """
 
 
+@pytest.fixture(scope="session")
+def faultprof_corpus(tmp_path_factory):
+    """The corpus of the faultprof profile, made once per session."""
+    from repro.config import load_profile
+    from repro.data.synth import make_corpus
+
+    root = tmp_path_factory.mktemp("faultprof")
+    (root / "faultprof.yaml").write_text(PROFILE)
+    prof = load_profile(str(root / "faultprof.yaml"))
+    return make_corpus(root / "corpus", prof.corpus.synthetic, prof.seed, progress=False)
+
+
 @pytest.fixture
-def faultprof(tmp_path, workspace_env):
-    """A one-model, one-task profile file with its corpus made (roots under tmp_path)."""
+def faultprof(tmp_path, workspace_env, faultprof_corpus):
+    """A one-model, one-task profile file with its corpus in place (a copy; roots under tmp_path)."""
+    from conftest import copy_corpus
+
     prof = tmp_path / "faultprof.yaml"
     prof.write_text(PROFILE)
+    info = copy_corpus(faultprof_corpus, workspace_env / "work" / "faultprof" / "corpus") / "corpus.json"
+    stamp = info.stat().st_mtime_ns
     res = CliRunner().invoke(main, ["run", "--stage", "corpus", "--profile", str(prof), "--quiet"])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 0 and info.stat().st_mtime_ns == stamp, res.output  # the copy is kept as it is
     return prof
 
 

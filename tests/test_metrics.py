@@ -1,4 +1,5 @@
 import random
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -17,21 +18,47 @@ def reference_edit_distance(ref, hyp) -> int:
     return prev[-1]
 
 
-def reference_equal_error_rate(scores, targets):
-    """The sweep over every distinct score with Python-level comparisons (O(N^2)), kept as the oracle."""
-    scores = np.asarray(scores, dtype=np.float64)
-    targets = np.asarray(targets, dtype=bool)
-    thresholds = np.concatenate([np.unique(scores), [np.inf]])
-    far = np.array([(scores[~targets] >= t).mean() for t in thresholds])
-    frr = np.array([(scores[targets] < t).mean() for t in thresholds])
-    diff = far - frr
-    k = int(np.argmax(diff <= 0))
-    if k == 0 or diff[k] == 0:
-        return float((far[k] + frr[k]) / 2), float(thresholds[k])
-    w = diff[k - 1] / (diff[k - 1] - diff[k])
-    eer = far[k - 1] + w * (far[k] - far[k - 1])
-    thr = thresholds[k - 1] + w * (thresholds[k] - thresholds[k - 1]) if np.isfinite(thresholds[k]) else thresholds[k - 1]
-    return float(eer), float(thr)
+def oracle_equal_error_rate(scores, targets) -> tuple[Fraction, Fraction]:
+    """The EER from its definition, in exact rational arithmetic, sharing nothing with the code.
+
+    Accept a trial when its score >= t. For every distinct score t (ascending, then +inf) count by
+    hand the accepted non-targets (FAR) and rejected targets (FRR); the points (FAR, FRR) form the
+    DET polyline, which runs from (1, 0) to (0, 1). The EER is where that polyline meets the diagonal
+    FAR = FRR: a vertex on it, or the one segment that crosses it (its point s of the way from one
+    end, the threshold s of the way between the two ends' thresholds; the first end's threshold when
+    the second is +inf)."""
+    scores = [Fraction(float(s)) for s in np.asarray(scores, dtype=np.float64).reshape(-1)]
+    flags = [bool(t) for t in np.asarray(targets).reshape(-1)]
+    tar = [s for s, t in zip(scores, flags) if t]
+    non = [s for s, t in zip(scores, flags) if not t]
+    points = []
+    for t in sorted(set(scores)) + [None]:  # None: +inf, nothing accepted
+        far = Fraction(sum(1 for s in non if t is not None and s >= t), len(non))
+        frr = Fraction(sum(1 for s in tar if t is None or s < t), len(tar))
+        points.append((far, frr, t))
+    for (x0, y0, t0), (x1, y1, t1) in zip(points, points[1:]):
+        if x0 == y0:
+            return x0, t0
+        if x1 == y1:
+            return x1, t1 if t1 is not None else t0
+        if (x0 - y0) * (x1 - y1) < 0:  # the segment crosses the diagonal at x0 + s (x1 - x0) = y0 + s (y1 - y0)
+            s = (x0 - y0) / ((x0 - y0) - (x1 - y1))
+            return x0 + s * (x1 - x0), t0 if t1 is None else t0 + s * (t1 - t0)
+    raise AssertionError("the DET polyline always meets the diagonal")
+
+
+def test_the_oracle_on_crossings_computed_by_hand():
+    # targets 1..5, non-targets 0 and 2.5: at t=2.5 (FAR, FRR) = (1/2, 2/5), at t=3 (0, 2/5): the segment
+    # meets FAR = FRR where 1/2 - s/2 = 2/5, s = 1/5: EER 2/5 at threshold 2.5 + 0.5/5 = 2.6
+    assert oracle_equal_error_rate([1, 2, 3, 4, 5, 0, 2.5], [1] * 5 + [0] * 2) == (Fraction(2, 5), Fraction(13, 5))
+    # a vertex on the diagonal: at t=3, FAR = 1/4 (6 accepted), FRR = 1/4 (2 rejected)
+    assert oracle_equal_error_rate([2, 3, 4, 5, 0, 1, 2.5, 6], [1] * 4 + [0] * 4) == (Fraction(1, 4), 3)
+    # targets 1 and 3, non-target 2: (FAR, FRR) = (1, 0) at t=1, (1, 1/2) at t=2, (0, 1/2) at t=3: the
+    # segment from t=2 to t=3 meets the diagonal half way, EER 1/2 at threshold 2.5
+    assert oracle_equal_error_rate([1, 3, 2], [1, 1, 0]) == (Fraction(1, 2), Fraction(5, 2))
+    # perfectly separated: (0, 0) at the lowest target score; perfectly inverted: (1, 1) at the lowest non-target score
+    assert oracle_equal_error_rate([0.9, 0.8, 0.1, 0.2], [1, 1, 0, 0]) == (0, Fraction(0.8))
+    assert oracle_equal_error_rate([0.1, 0.2, 0.9, 0.8], [1, 1, 0, 0]) == (1, Fraction(0.8))
 
 
 def test_edit_distance_by_hand():
@@ -108,7 +135,7 @@ def test_eer_known_crossings():
     assert eer == pytest.approx(0.4) and thr == pytest.approx(2.6)
 
 
-def test_eer_matches_the_reference_sweep_on_random_scores_with_ties():
+def test_eer_matches_the_exact_oracle_on_random_scores_with_ties():
     rng = np.random.default_rng(0)
     for case in range(300):
         n = int(rng.integers(2, 400))
@@ -124,9 +151,9 @@ def test_eer_matches_the_reference_sweep_on_random_scores_with_ties():
         else:  # perfectly separated or inverted, with ties inside each kind
             sign = 1 if rng.random() < 0.5 else -1
             scores = sign * (targets * 10.0 + rng.integers(0, 3, n))
-        got, want = equal_error_rate(scores, targets), reference_equal_error_rate(scores, targets)
-        assert got[0] == pytest.approx(want[0], abs=1e-12), (case, scores, targets)
-        assert got[1] == pytest.approx(want[1], abs=1e-12), (case, scores, targets)
+        got, want = equal_error_rate(scores, targets), oracle_equal_error_rate(scores, targets)
+        assert got[0] == pytest.approx(float(want[0]), abs=1e-12), (case, scores, targets)
+        assert got[1] == pytest.approx(float(want[1]), abs=1e-12), (case, scores, targets)
 
 
 def test_eer_of_identical_distributions_is_half():
@@ -177,6 +204,6 @@ def test_score_trials_equals_the_per_trial_loop():
     loop_scores = np.array([float(cache[t.enroll] @ cache[t.test]) for t in trials])
     np.testing.assert_allclose(trial_scores(emb, trials), loop_scores, rtol=0, atol=1e-12)
     targets = np.array([t.target for t in trials])
-    assert score_trials(emb, trials) == reference_equal_error_rate(loop_scores, targets)[0]
+    assert score_trials(emb, trials) == pytest.approx(float(oracle_equal_error_rate(loop_scores, targets)[0]), abs=1e-12)
     with pytest.raises(ValueError, match=r"1 trial utterance\(s\) have no embedding, e.g. \['missing'\]"):
         score_trials(emb, [Trial(True, "utt0", "missing")])

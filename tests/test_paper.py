@@ -226,3 +226,38 @@ def test_each_claim_declares_the_results_its_check_reads(tmp_path):
             expected |= {tuple(sorted((a, b), key=ws.profile.models.all().index))
                          for a in families["speech_ssl"] for b in families["speaker_ssl"]}
         assert reader.asked == expected, claim.id
+
+
+def test_long_labels_wrap_after_separators_and_inside_a_word_only_when_it_must():
+    from repro.paper.style import wrap_text
+
+    def fits(n):
+        return lambda line: len(line) <= n
+
+    assert wrap_text("tiny-wavlm-mp vs tiny-hubert-mp", fits(40)) == "tiny-wavlm-mp vs tiny-hubert-mp"
+    assert wrap_text("a_very_long_model_name vs another-long-name", fits(12)) == \
+        "a_very_long_\nmodel_name\nvs another-\nlong-name"
+    assert wrap_text("abcdefghijklmnopqrstuvwxyz", fits(10)) == "abcdefghij\nklmnopqrst\nuvwxyz"
+
+
+def test_a_figure_whose_labels_fit_keeps_the_bytes_matplotlib_gives_it(tmp_path):
+    """`style.save` fits labels on a copy first: a figure with nothing to fit is saved exactly as
+    matplotlib saves it, so fitting labels changes no figure that needs none."""
+    from repro.paper import style
+    from repro.paper.style import STYLE
+    from repro.util.plotstyle import fixed_style
+
+    def draw():
+        fig = style.figure(style.COLUMN_WIDTH, 2.0)
+        ax = fig.subplots()
+        ax.imshow(np.eye(3), aspect="auto")
+        ax.set_title("tiny-wavlm-mp")
+        ax.set_xlabel("layer")
+        return fig
+
+    with fixed_style(STYLE):
+        saved = style.save(draw(), tmp_path / "fitted")
+        plain = draw()
+        plain.savefig(tmp_path / "plain.pdf", format="pdf",  # the first file saved: a layout run before it shows
+                      metadata={"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None})
+    assert saved[0].suffix == ".pdf" and saved[0].read_bytes() == (tmp_path / "plain.pdf").read_bytes()

@@ -87,15 +87,6 @@ def _profile(corpus_cfg, models, tasks, steps=60, lr_grid=(0.01,), **probing):
         tasks=list(tasks), probing=dataclasses.replace(base.probing, tasks=budgets, **probing))
 
 
-@pytest.fixture(scope="module")
-def smoke_corpus(tmp_path_factory):
-    """The smoke-size synthetic corpus (36 speakers), shared by the probing tests."""
-    from repro.data.synth import make_corpus
-
-    return make_corpus(tmp_path_factory.mktemp("smoke") / "corpus", load_profile("smoke").corpus.synthetic, 0,
-                       progress=False)
-
-
 def workspace(tmp_path, profile, corpus):
     ws = Workspace(profile, tmp_path / "work", tmp_path / "results", tmp_path / "figures")
     ws.work.mkdir(parents=True)

@@ -89,12 +89,33 @@ def test_inputs_are_validated_per_task():
         task_input(cropped, "SID")
 
 
-def test_mean_pooled_tasks_are_the_tasks_with_mean_pooled_heads(tiny_corpus):
+def _flat(out) -> torch.Tensor:
+    return torch.cat([o.reshape(len(o), -1) for o in out], dim=1) if isinstance(out, (list, tuple)) \
+        else out.reshape(len(out), -1)
+
+
+def test_a_task_is_mean_pooled_exactly_when_its_head_gives_the_same_output_on_the_frames_and_on_their_mean(
+        tiny_corpus):
+    """`TaskSpec.mean_pooled` lets a probe train on utterance means instead of frames; that is exact only
+    for a head whose output on an utterance's frames equals its output on their mean (one frame)."""
+    info = json.loads((tiny_corpus / "corpus.json").read_text())
+    cfg = load_profile("smoke").probing
+    gen = torch.Generator().manual_seed(0)
+    frames, lengths = torch.randn(3, 40, 12, generator=gen), torch.tensor([40, 23, 17])
+    means = torch.stack([frames[b, :n].mean(0) for b, n in enumerate(lengths.tolist())])[:, None, :]
+    pooled = set()
     for name in ("PR", "KS", "IC", "SID", "ASV", "ER"):
         utts = load_task(tiny_corpus, name)
-        task = make_task(name, {"train": [u for u in utts if u.split == "train"]},
-                         json.loads((tiny_corpus / "corpus.json").read_text()))
-        assert task.pooled == (name in MEAN_POOLED_TASKS), name
+        task = make_task(name, {"train": [u for u in utts if u.split == "train"]}, info)
+        torch.manual_seed(0)
+        head = task.make_head(12, cfg).eval()
+        with torch.no_grad():
+            on_frames, on_means = _flat(head(frames, lengths)), _flat(head(means, torch.ones(3, dtype=torch.long)))
+        same = on_frames.shape == on_means.shape and torch.allclose(on_frames, on_means, rtol=1e-5, atol=1e-6)
+        assert task.pooled == same, (name, task.pooled)
+        if same:
+            pooled.add(name)
+    assert set(MEAN_POOLED_TASKS) == pooled and pooled and pooled != {"PR", "KS", "IC", "SID", "ASV", "ER"}
 
 
 def test_full_and_fast_profiles_choose_the_cheapest_exact_input():

@@ -2,15 +2,15 @@
 
 from pathlib import Path
 
+from conftest import copy_corpus
 from repro.config import load_profile
-from repro.data.synth import make_corpus
 from repro.paper import checksums
 from repro.workspace import Workspace
 
 
-def test_smoke_corpus_matches_the_committed_record(tmp_path):
+def test_smoke_corpus_matches_the_committed_record(tmp_path, smoke_corpus):
     ws = Workspace(load_profile("smoke"), tmp_path / "work", tmp_path / "results", tmp_path / "figures")
-    make_corpus(ws.corpus_dir, ws.profile.corpus.synthetic, ws.profile.seed, progress=False)
+    copy_corpus(smoke_corpus, ws.corpus_dir)  # the session's smoke corpus (conftest), made by make_corpus
     record = checksums.parse_record(checksums.record_path(ws).read_text())
     portable = {n for n in record if n.startswith(checksums.PORTABLE)}
     assert len(portable) >= 8  # corpus.json, phones.txt, 6 task manifests, 2 trial lists

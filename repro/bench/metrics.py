@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from repro.bench.common import machine_info
+from repro.metrics import eer_crossing
 
 DEFAULTS = {"utterances": 2620, "phones": 110.0, "phone_errors": 0.10, "trials": 37720, "trial_utterances": 4715,
             "embedding_dim": 512, "repeats": 3, "share_items": 1}
@@ -76,18 +77,12 @@ def baseline_error_rate(refs: Sequence[Sequence], hyps: Sequence[Sequence]) -> f
 
 
 def baseline_equal_error_rate(scores: np.ndarray, targets: np.ndarray) -> tuple[float, float]:
-    """The sweep over every distinct score with one Python-level comparison pass per threshold."""
+    """The sweep over every distinct score with one Python-level comparison pass per threshold (the
+    crossing of the two rates is `repro.metrics.eer_crossing`, as in the code it is compared with)."""
     thresholds = np.concatenate([np.unique(scores), [np.inf]])
     far = np.array([(scores[~targets] >= t).mean() for t in thresholds])
     frr = np.array([(scores[targets] < t).mean() for t in thresholds])
-    diff = far - frr
-    k = int(np.argmax(diff <= 0))
-    if k == 0 or diff[k] == 0:
-        return float((far[k] + frr[k]) / 2), float(thresholds[k])
-    w = diff[k - 1] / (diff[k - 1] - diff[k])
-    eer = far[k - 1] + w * (far[k] - far[k - 1])
-    thr = thresholds[k - 1] + w * (thresholds[k] - thresholds[k - 1]) if np.isfinite(thresholds[k]) else thresholds[k - 1]
-    return float(eer), float(thr)
+    return eer_crossing(far, frr, thresholds)
 
 
 def baseline_trial_scores(embeddings: dict, trials: Sequence) -> np.ndarray:

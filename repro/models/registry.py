@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -106,6 +107,59 @@ def family_of(profile, name: str) -> str:
         raise ConfigError(f"profile {profile.name}: model '{name}' is listed under models.{listed[0]}, but its "
                           f"registry entry says family '{registered}'; move it to models.{registered} or fix the entry")
     return listed[0]
+
+
+def display_name(name: str) -> str:
+    """The short name of model `name` in tables and figures: a registry name as it is; a
+    `path/to/file.py:factory` plug-in by its factory's own name (`factory`). Its full name stays
+    in the provenance of every result (`display_names` tells apart names that collide)."""
+    if not _is_python_ref(name):
+        return name
+    return name.rpartition(":")[2] or _file_stem(name)
+
+
+def _file_stem(name: str) -> str:
+    """The stem of a plug-in's file: `path/to/my_model.py:build` -> `my_model`."""
+    return Path(name.rpartition(":")[0]).stem
+
+
+_NOTICES_GIVEN: set[str] = set()
+
+
+def display_names(names: list[str], say=None) -> dict[str, str]:
+    """The display name of each of `names` (the models of one output), told apart where they collide.
+
+    Registry names stay as they are. A plug-in whose factory name is shared with another model of
+    the output is shown by its file's stem; one still shared gets a suffix `-1`, `-2`, ... (in the
+    order of `names`). Each such change is announced once per process, in one line, through `say`
+    (default: stderr)."""
+    shown = {n: display_name(n) for n in dict.fromkeys(names)}
+
+    def shared(n: str) -> bool:
+        return sum(v == shown[n] for v in shown.values()) > 1
+
+    for n in [n for n in shown if _is_python_ref(n) and shared(n)]:
+        shown[n] = _file_stem(n)
+    clashing = [n for n in shown if _is_python_ref(n) and shared(n)]
+    taken = {shown[n] for n in shown if n not in clashing}
+    counters: dict[str, int] = {}
+    for n in clashing:
+        base = shown[n]
+        while True:
+            counters[base] = counters.get(base, 0) + 1
+            candidate = f"{base}-{counters[base]}"
+            if candidate not in taken and candidate not in shown.values():
+                break
+        shown[n] = candidate
+        taken.add(candidate)
+    changed = [n for n in shown if shown[n] != display_name(n)]
+    if changed:
+        line = ("notice: models whose short names collide are told apart in tables and figures: "
+                + "; ".join(f"{shown[n]} = {n}" for n in changed))
+        if line not in _NOTICES_GIVEN:
+            _NOTICES_GIVEN.add(line)
+            (say or (lambda text: print(text, file=sys.stderr, flush=True)))(line)
+    return shown
 
 
 def spec_identity(name: str) -> dict:

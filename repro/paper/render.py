@@ -1,4 +1,8 @@
-"""Renderers: result files -> one figure or table of the paper. Each returns the files it wrote."""
+"""Renderers: result files -> one figure or table of the paper. Each returns the files it wrote.
+
+Models appear under their display names (`repro.models.registry.display_names`: a registry name as it
+is, a `path/to/file.py:factory` plug-in by its factory's name or its file's stem, told apart within
+each output); their full names stay in the provenance of the result files."""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from repro.errors import ConfigError
-from repro.models.registry import family_of, resolve_spec
+from repro.models.registry import display_names, family_of, resolve_spec
 from repro.paper import style
 from repro.paper.results import ResultReader, models_by_family
 from repro.paper.tables import Table, percent
@@ -53,9 +57,10 @@ def table_probing(ws: Workspace, reader: ResultReader, out: Path) -> list[Path]:
     idt = {m: reader.asv_idt(m) for m in models} if "ASV" in tasks else {}
     reader.check("table-1")
     headers = ["Model", "Family"] + [TASK_COLUMNS[t][0] for t in tasks] + (["ASV-IDT EER↓"] if idt else [])
+    shown = display_names(models)
     rows = []
     for m in models:
-        row = [m, FAMILY_NAMES[family_of(ws.profile, m)]] + [percent(cells[(m, t)]["test"]) for t in tasks]
+        row = [shown[m], FAMILY_NAMES[family_of(ws.profile, m)]] + [percent(cells[(m, t)]["test"]) for t in tasks]
         if idt:
             row.append(percent(idt[m]["test"]))
         rows.append(row)
@@ -71,12 +76,13 @@ def table_sweep(ws: Workspace, reader: ResultReader, out: Path) -> list[Path]:
     models, tasks = ws.profile.models.all(), list(ws.profile.tasks)
     best = {(m, t): reader.probe(m, t) for m in models for t in tasks}
     reader.check("table-2")
+    shown = display_names(models)
     rows = []
     for m in models:
         for t in tasks:
             b = best[(m, t)]
             for run in b["sweep"]:
-                rows.append([m, t, f"{run['lr']:g}", percent(run["dev"]), percent(run["test"]),
+                rows.append([shown[m], t, f"{run['lr']:g}", percent(run["dev"]), percent(run["test"]),
                              "yes" if run["lr"] == b["selected_lr"] else ""])
     table = Table(["Model", "Task", "lr", "dev (%)", "test (%)", "selected"], rows,
                   f"Learning-rate sweep of every probe ({ws.profile.name} profile).",
@@ -108,11 +114,12 @@ def _weights_figure(ws: Workspace, reader: ResultReader, out: Path, fig_id: str,
     fig = style.figure(style.PAGE_WIDTH if corrected else style.COLUMN_WIDTH * 1.4,
                        1.25 + 1.15 * len(models))
     axes = np.atleast_2d(fig.subplots(len(models), len(kinds), squeeze=False))
+    shown = display_names(models)
     for i, m in enumerate(models):
         layers = results[(m, tasks[0])]["layers"]
         for j, (key, label) in enumerate(kinds):
             mat = np.array([results[(m, t)][key] for t in tasks])
-            title = f"{m} ({FAMILY_NAMES[family_of(ws.profile, m)]})" + (f": {label}" if corrected else "")
+            title = f"{shown[m]} ({FAMILY_NAMES[family_of(ws.profile, m)]})" + (f": {label}" if corrected else "")
             im = _heatmap(axes[i, j], mat, layers, tasks, title, vmax=float(mat.max()), ylabel="task")
             fig.colorbar(im, ax=axes[i, j], label="weight", shrink=0.9)
     return style.save(fig, out / fig_id)
@@ -138,14 +145,15 @@ def _cka_figure(ws: Workspace, reader: ResultReader, out: Path, fig_id: str,
     rows = int(np.ceil(len(pairs) / cols))
     fig = style.figure(style.PAGE_WIDTH if cols > 1 else style.COLUMN_WIDTH, 0.4 + 2.3 * rows)
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False).ravel())
+    shown = display_names([m for pair in pairs for m in pair])
     for ax, (a, b) in zip(axes, pairs):
         r = results[(a, b)]
         im = ax.imshow(r["matrix"], origin="lower", vmin=0, vmax=1, interpolation="nearest", aspect="auto")
         _ticks(ax, "x", r["layers_b"])
         _ticks(ax, "y", r["layers_a"])
-        ax.set_xlabel(f"{b} layer")
-        ax.set_ylabel(f"{a} layer")
-        ax.set_title(a if a == b else f"{a} vs {b}")
+        ax.set_xlabel(f"{shown[b]} layer")
+        ax.set_ylabel(f"{shown[a]} layer")
+        ax.set_title(shown[a] if a == b else f"{shown[a]} vs {shown[b]}")
         fig.colorbar(im, ax=ax, label="linear CKA", shrink=0.9)
     for ax in axes[len(pairs):]:
         ax.axis("off")

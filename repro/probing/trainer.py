@@ -211,7 +211,7 @@ def train_group(
     loss and gradient norm before clipping, each averaged over an evaluation window; dev
     metric), and `failed`: None, or the line saying why the probe stopped. A probe's checkpoint
     with its `run_key` is resumed. `env` (a `DistEnv` with more than one rank) trains with
-    DistributedDataParallel (see the module doc). `on_step(step)` is called after each step.
+    one all-reduce of the group's gradients per step (see the module doc). `on_step(step)` is called after each step.
 
     A step reads nothing back from the device: the window's loss and gradient-norm sums (float64,
     as the host's float sums they replace) stay there and are read at the evaluation. A probe
