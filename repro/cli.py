@@ -521,8 +521,9 @@ def bench_attention(repeats: int | None, out: Path) -> None:
 
 
 @bench.command("numerics-cost")
-@click.option("--workload", type=click.Choice(["core", "demo"]), default="core", show_default=True,
-              help="demo: the smoke pipeline from scratch (about 12 CPU minutes a run); core: tests/numeric_core.py")
+@click.option("--workload", type=click.Choice(["core", "train", "demo"]), default="core", show_default=True,
+              help="demo: the smoke pipeline from scratch (about 12 CPU minutes a run); train: its corpus and a tenth "
+              "of its training; core: tests/numeric_core.py")
 @click.option("--rounds", type=int, default=3, show_default=True, help="rounds of one pinned and one unpinned run")
 @click.option("--steps", type=int, default=None, help="core: training steps per recipe (default 300)")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts/bench"),

@@ -78,6 +78,15 @@ def test_the_demo_arms_differ_only_in_pinned_numerics(tmp_path):
         env = nc.child_environ(pinned, folder, base={**cpu_numerics.PINNED_ENV, "PATH": "/bin"})
         assert cpu_numerics.is_pinned(env) is pinned
         assert env["REPRO_WORK"] == str(folder / "work") and env["PATH"] == "/bin"
+    for pinned in (True, False):  # the train slice: the same profile but for the setting, both arms from files
+        argv = nc.make_workload("train").argv(pinned, tmp_path)
+        assert argv[argv.index("--profile") + 1].endswith(".yaml") and "--stage" in argv
+        assert load_profile(argv[5]).runtime.pinned_cpu_numerics is pinned
+        assert cpu_numerics.wants_pinned(argv[3:]) is pinned
+    sliced = [to_dict(load_profile(tmp_path / f"smoke-train-slice{s}.yaml")) for s in ("", "-unpinned")]
+    for d in sliced:
+        d.pop("name"), d["runtime"].pop("pinned_cpu_numerics")
+    assert sliced[0] == sliced[1]
     smoke, unpinned = to_dict(load_profile("smoke")), to_dict(load_profile(tmp_path / "False" / "smoke-unpinned.yaml"))
     assert (smoke.pop("name"), unpinned.pop("name")) == ("smoke", "smoke-unpinned")
     unpinned["runtime"]["pinned_cpu_numerics"] = True
