@@ -522,7 +522,7 @@ def bench_attention(repeats: int | None, out: Path) -> None:
 
 @bench.command("numerics-cost")
 @click.option("--workload", type=click.Choice(["core", "train", "demo"]), default="core", show_default=True,
-              help="demo: the smoke pipeline from scratch (about 12 CPU minutes a run); train: its corpus and a tenth "
+              help="demo: the smoke pipeline from scratch (about 12 CPU minutes a run); train: its corpus and a twentieth "
               "of its training; core: tests/numeric_core.py")
 @click.option("--rounds", type=int, default=3, show_default=True, help="rounds of one pinned and one unpinned run")
 @click.option("--steps", type=int, default=None, help="core: training steps per recipe (default 300)")

@@ -30,9 +30,9 @@ Workloads (`make_workload`):
   `runtime.pinned_cpu_numerics: false`), with `REPRO_WORK`, `REPRO_RESULTS` and `REPRO_FIGURES` in the
   run's own folder: corpus, speaker and speech SSL training, features, probes, CKA, paper; about
   730 CPU seconds per run on an AMD EPYC core, so 3 rounds take about 75 CPU minutes.
-- `train`: the smoke profile's corpus and train stages with a tenth of its training (`TRAIN_SLICE`: the two
-  speaker recipes for 2 and 3 epochs, the two speech SSL recipes for 60 steps), a profile file that extends
-  smoke in both arms; training is about two thirds of the demo's time. About 70 CPU seconds a run.
+- `train`: the smoke profile's corpus and train stages with a twentieth of its training (`TRAIN_SLICE`: the
+  two speaker recipes for 1 and 2 epochs, the two speech SSL recipes for 30 steps), a profile file that
+  extends smoke in both arms; training is about two thirds of the demo's time.
 - `core`: tests/numeric_core.py (a few steps of each training recipe, features, a probe, a CKA pair on
   one thread) with `--steps` steps per recipe (default 300: about 8 CPU seconds, 2.5 of them Python
   and torch starting): for a quick check.
@@ -68,16 +68,16 @@ extends: smoke
 name: smoke-unpinned
 runtime: {pinned_cpu_numerics: false}
 """
-# The `train` workload: the smoke profile's four training recipes at a tenth of their length.
+# The `train` workload: the smoke profile's four training recipes at about a twentieth of their length.
 TRAIN_SLICE = """\
 extends: smoke
 name: {name}
 runtime: {{pinned_cpu_numerics: {pinned}}}
 speaker_training:
   eval_every_epochs: 1
-  supervised: {{epochs: 2}}
-  dino: {{epochs: 3, warmup_epochs: 1, num_avg: 1}}
-ssl_training: {{hubert: {{steps: 60}}, wavlm: {{steps: 60}}}}
+  supervised: {{epochs: 1}}
+  dino: {{epochs: 2, warmup_epochs: 1, num_avg: 1}}
+ssl_training: {{hubert: {{steps: 30}}, wavlm: {{steps: 30}}}}
 """
 
 
@@ -103,7 +103,7 @@ def _demo_argv(pinned: bool, folder: Path) -> list[str]:
 
 
 def _train_argv(pinned: bool, folder: Path) -> list[str]:
-    """The corpus and train stages of the smoke profile with a tenth of its training (`TRAIN_SLICE`)."""
+    """The corpus and train stages of the smoke profile with a twentieth of its training (`TRAIN_SLICE`)."""
     name = "smoke-train-slice" + ("" if pinned else "-unpinned")
     text = TRAIN_SLICE.format(name=name, pinned=str(pinned).lower())
     (folder / f"{name}.yaml").write_text(text)
@@ -144,8 +144,8 @@ def make_workload(name: str, steps: int = DEFAULTS["steps"]) -> Workload:
         return Workload("demo", "the smoke profile's whole pipeline from scratch (`python -m repro run --profile "
                         "smoke`: corpus, training, features, probes, CKA, paper)", _demo_argv, _demo_seen)
     if name == "train":
-        return Workload("train", "the smoke profile's corpus and train stages with a tenth of its training (2 "
-                        "supervised and 3 DINO epochs of the speaker models, 60 steps of each speech SSL model)",
+        return Workload("train", "the smoke profile's corpus and train stages with a twentieth of its training (1 "
+                        "supervised and 2 DINO epochs of the speaker models, 30 steps of each speech SSL model)",
                         _train_argv, _demo_seen)
     if name == "core":
         return Workload("core", f"tests/numeric_core.py --steps {steps} (each training recipe, features, a probe, "
