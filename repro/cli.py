@@ -573,6 +573,22 @@ def bench_padding(steps: int | None, out: Path) -> None:
     run_benchmarks(["padding"], out, echo=click.echo, options={"padding": {"steps": steps}})
 
 
+@bench.command("numerics-cost")
+@click.option("--workload", type=click.Choice(["core", "train", "demo"]), default="core", show_default=True,
+              help="demo: the smoke pipeline from scratch (about 12 CPU minutes a run); train: its corpus and a twentieth "
+              "of its training; core: tests/numeric_core.py")
+@click.option("--rounds", type=int, default=3, show_default=True, help="rounds of one pinned and one unpinned run")
+@click.option("--steps", type=int, default=None, help="core: training steps per recipe (default 300)")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts/bench"),
+              show_default=True)
+def bench_numerics_cost(workload: str, rounds: int, steps: int | None, out: Path) -> None:
+    """CPU seconds with pinned CPU numerics against without: interleaved runs, median of per-round ratios."""
+    from repro.bench import run_benchmarks
+
+    run_benchmarks(["numerics_cost"], out, echo=click.echo,
+                   options={"numerics_cost": {"workload": workload, "rounds": rounds, "steps": steps}})
+
+
 @bench.command("projection")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts/bench"),
               show_default=True)

@@ -19,7 +19,8 @@ BENCHMARKS = {"extract": "repro.bench.extract", "cka": "repro.bench.cka", "probe
               "probe_syncs": "repro.bench.probe_syncs",
               "pipeline": "repro.bench.pipeline", "metrics": "repro.bench.metrics", "gpu": "repro.bench.gpu",
               "attention": "repro.bench.attention", "ecapa": "repro.bench.ecapa_batch",
-              "padding": "repro.bench.padding", "projection": "repro.bench.projection"}
+              "padding": "repro.bench.padding", "numerics_cost": "repro.bench.numerics_cost",
+              "projection": "repro.bench.projection"}
 NEEDS_GPU = ("gpu",)  # `repro bench all` runs these only where a GPU is visible
 # `repro bench all --large`: longer runs for steadier figures.
 LARGE = {"extract": {"seconds": 300.0}, "cka": {"frames": 8192, "repeats": 3},
@@ -42,6 +43,8 @@ def run_benchmarks(names: list[str] | None, out: Path, echo: Callable[[str], Non
             opts.setdefault("bench_dir", Path(out))
         if name == "gpu":  # written section by section: an interrupted run keeps what it measured
             opts.setdefault("record_path", Path(out) / "gpu.json")
+        if name == "numerics_cost":  # one result per workload: a core run keeps the demo's
+            opts.setdefault("record_path", Path(out) / "numerics_cost.json")
         result = module.run(**opts)
         path = Path(out) / f"{name}.json"
         atomic_write_json(path, result)

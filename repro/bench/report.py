@@ -74,6 +74,17 @@ SECTIONS = {
                 "size (`repro.probing.length_window`, after). Padding share = 1 - valid / padded audio; padded / "
                 "valid is the factor the projection multiplies PR's training forwards by; `expected alone` is "
                 "the same factor from the distribution's order statistics (`repro.bench.lengths.padded_mean`)."),
+    "numerics_cost": ("The cost of pinned CPU numerics", "CPU seconds of a workload run with the smoke profile's "
+                      "pinned CPU numerics (`runtime.pinned_cpu_numerics`: ATen and oneDNN at AVX2, MKL's COMPATIBLE "
+                      "branch, the square root that no variable pins replaced; repro/cpu_numerics.py) against the "
+                      "same workload on the machine's native code paths, in child processes run alternately "
+                      "(pinned, unpinned, pinned, ...), each from scratch (`repro bench numerics-cost`, "
+                      "`repro/bench/numerics_cost.py`). CPU seconds are user + system of each child and what it "
+                      "waited for (on a shared machine the wall time includes waiting for a core); the ratio is "
+                      "the median over rounds of each round's pinned / unpinned. The `demo` workload is `make "
+                      "demo`'s pipeline (`--workload demo`); `core` is tests/numeric_core.py, a few hundred steps "
+                      "of each training recipe, features, a probe and a CKA pair (Python and torch starting "
+                      "included). The target for the demo is a ratio of at most 1.20."),
     "gpu": ("GPU calibration", "Random weights of the real shapes on one GPU (`repro bench gpu`, `make bench-gpu`; "
             "runs from the source tree in a stock CUDA PyTorch environment, `repro/bench/gpu.py`): every model's "
             "forward at the full profile's batch shapes in float32 (TF32 off), TF32 and bf16 autocast with how far "
@@ -135,7 +146,7 @@ def render(bench_dir: Path) -> str:
         path = Path(bench_dir) / f"{name}.json"
         if not path.is_file():
             how = "measure it as `repro/bench/fresh_machine.py` describes" if name == "fresh_machine" \
-                else f"`repro bench {name}`"
+                else f"`repro bench {name.replace('_', '-')}`"
             if name == "rehearsal":
                 how = importlib.import_module("repro.bench.rehearsal").HOW
             if name == "gpu":
