@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -99,7 +100,7 @@ def test_ci_rehearsal_runs_every_stage(tmp_path, monkeypatch):
     for var in ("REPRO_WORK", "REPRO_RESULTS", "REPRO_FIGURES"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("REPRO_DATA", str(tmp_path / "real-data"))  # as in the Docker image: never read or written
-    result = CliRunner().invoke(main, ["rehearse", "--profile", "fast", "--ci", "--quiet", "--no-train"])
+    result = CliRunner().invoke(main, ["rehearse", "--profile", "fast", "--ci", "--quiet"])
     assert result.exit_code == 0, result.output
     assert not (tmp_path / "work" / "fast").exists() and not (tmp_path / "data.lock.json").exists()
     assert not (tmp_path / "real-data").exists() and os.environ["REPRO_DATA"] == str(tmp_path / "real-data")
@@ -107,7 +108,16 @@ def test_ci_rehearsal_runs_every_stage(tmp_path, monkeypatch):
     assert "REHEARSAL of profile `fast`: NOT RESULTS" in (figures / "REPORT.md").read_text()
     assert json.loads((figures / "provenance.json").read_text())["rehearsal"]["profile"] == "fast"
     record = json.loads((figures / "REHEARSAL.json").read_text())
-    assert {"features", "cka", "probe", "paper"} <= set(record["seconds"])
+    assert {"features", "cka", "probe", "paper"} <= set(record["seconds"]) <= set(record["cpu_seconds"])
+    if shutil.which("ffmpeg") is None:
+        assert record["train"] == {"skipped": "no ffmpeg on this machine: the rehearsal VoxCeleb2 (.m4a) cannot be "
+                                              "made or converted"}
+    else:  # `repro train` of both recipes on the rehearsal VoxCeleb2 (m4a, prepared by `repro data prepare-vox2`)
+        vox2 = tmp_path / "work" / "rehearse-fast" / "data" / "voxceleb2" / "dev-wav16k" / "manifest.jsonl"
+        assert vox2.is_file() and set(record["train"]) == {"supervised", "dino"}
+        for recipe, out in record["train"].items():  # trained, then published or judged (a few steps)
+            assert out["published"] or "failed and its model is not used" in out["judged"], (recipe, out)
+            assert (Path(out["run"]) / "train_log.jsonl").is_file(), recipe
     profile = load_profile(str(tmp_path / "work" / "rehearse-fast" / "profile.yaml"))
     for model in profile.models.all():
         for task in profile.tasks:
