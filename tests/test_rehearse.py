@@ -131,3 +131,32 @@ def test_ci_rehearsal_runs_every_stage(tmp_path, monkeypatch):
     plan = make_plan(Workspace.for_profile(profile), ["features", "cka", "probe"])
     assert plan.counts()["missing"] == 0 and plan.counts()["stale"] == 0, [
         (o.path, o.status, o.detail) for o in plan.outputs if o.status != "complete"]
+
+
+def test_cpu_seconds_count_finished_child_processes():
+    """Data-loading workers, ffmpeg and espeak-ng are child processes: their CPU time is the rehearsal's."""
+    import subprocess
+    import sys
+
+    from repro.rehearse.runner import cpu_seconds
+
+    before = cpu_seconds()
+    subprocess.run([sys.executable, "-c", "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"],
+                   check=True)
+    assert cpu_seconds() - before >= 0.3
+
+
+def test_the_record_keeps_wall_and_cpu_seconds_and_the_load(tmp_path):
+    from repro.bench.rehearsal import record, table
+
+    rehearsal = {"profile": "fast", "ci": False, "seconds": {"corpora": 30.0, "features": 300.0, "total": 400.0},
+                 "cpu_seconds": {"corpora": 20.0, "features": 500.0, "total": 540.0}, "load_average_start": 1.5,
+                 "load_average_end": 3.25, "disk_bytes": {"work": 3 << 20}, "shrunk": ["a", "b"],
+                 "train": {"skipped": "no ffmpeg"}}
+    r = json.loads(record(rehearsal, tmp_path).read_text())
+    assert r["machine"]["load_average_1min"] == 1.5 and r["load_average_end"] == 3.25
+    assert r["seconds"] == rehearsal["seconds"] and r["cpu_seconds"] == rehearsal["cpu_seconds"]
+    text = table(r)
+    assert "6.7 min wall, 9.0 min CPU" in text and "load average 1.5 at the start, 3.25 at the end" in text
+    assert [line.split() for line in text.splitlines() if "features" in line] == [["features", "300", "500"]]
+    assert "work 3 MiB" in text and "skipped (no ffmpeg)" in text
