@@ -47,9 +47,10 @@ def test_corpora_are_read_by_the_real_preparation_code(data_root):
         assert {i.label for i in er if i.fold_splits[fold] == "train"} == set(er_labels), fold
 
 
-def test_the_profile_keeps_every_setting_but_sizes(tmp_path):
+@pytest.mark.parametrize("ci", [False, True])
+def test_the_profile_keeps_every_setting_but_sizes(tmp_path, ci):
     base = to_dict(load_profile("fast"))
-    path, shrunk = write_profile("fast", tmp_path)
+    path, shrunk = write_profile("fast", tmp_path, ci)
     rehearsal = to_dict(load_profile(str(path)))
     assert rehearsal["name"] == "rehearse-fast"
     assert rehearsal["data"]["lock_file"] != base["data"]["lock_file"]  # never data.lock.json
@@ -70,7 +71,8 @@ def test_the_profile_keeps_every_setting_but_sizes(tmp_path):
     for kept in ("extraction.dtype", "extraction.num_workers", "extraction.autocast", "probing.tasks.SID.input",
                  "probing.tasks.SID.train_crop_seconds", "probing.tasks.KS.input", "probing.tasks.PR.lr_grid",
                  "probing.asv_idt_without_embedding", "cka.task"):
-        assert a[kept] == b[kept], kept
+        if not (ci and kept == "extraction.num_workers"):  # the CI keeps worker processes, two of them
+            assert a[kept] == b[kept], kept
 
 
 def test_rehearsal_outputs_are_refused_by_the_real_profile(tmp_path, monkeypatch):

@@ -94,8 +94,11 @@ def overrides(base: str, folder: Path, ci: bool = False) -> tuple[dict[str, Any]
         out["speaker_training"]["dino"].update(arch=TINY["ecapa-dino-wespeaker"], head_out_dim=head["out_dim"],
                                                head_hidden_dim=head["hidden_dim"],
                                                head_bottleneck_dim=head["bottleneck_dim"])
+        st_dino = real.speaker_training.dino
         shrunk += ["speaker_training.supervised.arch: the registry's -> tiny (CI only)",
-                   "speaker_training.dino.arch and head_*_dim: wespeaker's -> tiny (CI only)"]
+                   "speaker_training.dino.arch: wespeaker's -> tiny (CI only)"]
+        shrunk += [f"speaker_training.dino.head_{k}_dim: {getattr(st_dino, f'head_{k}_dim')} -> {head[f'{k}_dim']} "
+                   "(CI only)" for k in ("out", "hidden", "bottleneck")]
     return out, shrunk
 
 
