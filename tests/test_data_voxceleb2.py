@@ -11,7 +11,7 @@ from fake_corpora import write_audio
 
 from repro.data.manifest import read_manifest
 from repro.data.prepare.common import PrepareError
-from repro.data.prepare.voxceleb2 import convert_voxceleb2
+from repro.data.prepare.voxceleb2 import SPLIT, convert_voxceleb2, manifest_file
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
 
@@ -33,6 +33,7 @@ def test_convert_voxceleb2_resumable_with_manifest(tmp_path):
             _m4a(src / spk / "21Uxsk56VDQ" / f"{n + 1:05d}.m4a", 10 * i + n, 1.0 + 0.5 * n)
     out = convert_voxceleb2(tmp_path, workers=2, speakers=1, progress=False)
     utts = read_manifest(out)
+    assert out == manifest_file(tmp_path) and {u.split for u in utts} == {SPLIT} == {"train"}  # what training reads
     assert [u.id for u in utts] == ["id00012-21Uxsk56VDQ-00001", "id00012-21Uxsk56VDQ-00002"]
     wav = out.parent / utts[1].path
     info = sf.info(str(wav))

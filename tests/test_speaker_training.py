@@ -1,7 +1,9 @@
 """The speaker-training recipes on the tiny synthetic corpus: resume, collapse, ranks, publishing."""
 
+import dataclasses
 import json
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -101,6 +103,8 @@ def test_resumed_run_gives_the_same_model_as_an_uninterrupted_one(recipe, tiny_c
     assert [l.dim for l in up.layer_info()][:4] == [16] * 4 and up.embedding_dim == 12
     # the same settings again: nothing is retrained (CLI), the model is reused
     monkeypatch.setenv("REPRO_WORK", str(straight.work_root))
+    monkeypatch.setenv("REPRO_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("REPRO_FIGURES", str(tmp_path / "figures"))
     res = CliRunner().invoke(main, ["train", "-r", recipe, "-p", str(tmp_path / "a" / "spk.yaml")])
     assert res.exit_code == 0 and "exists" in res.output and "EER" in res.output
 
@@ -139,13 +143,45 @@ def test_a_published_model_is_judged_by_its_provenance_stamp(tiny_corpus, tmp_pa
     trained_again("it has no stamp (made by an earlier version)")
     path.write_text('{"format": 1, "provenance": {"sett')
     with pytest.raises(StaleInputError, match=r"model.json: model 'tiny-ecapa-sup': its stamp cannot be read \(damaged\); "
-                                              r"train it again with `repro train --recipe supervised --profile spk`"):
+                                              r"train it again with `repro train --profile \S*spk\.yaml --recipe supervised`"):
         check_trained_model(ws, "tiny-ecapa-sup")
     trained_again("its stamp cannot be read (damaged)")
     st = ws.profile.speaker_training
     lr = dataclasses.replace(ws.profile, speaker_training=dataclasses.replace(
         st, supervised=dataclasses.replace(st.supervised, lr=st.supervised.lr * 2)))
     trained_again("made under other settings", Workspace(lr, ws.work_root, ws.results_root, ws.figures_root))
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
+def test_repro_train_reads_prepared_voxceleb2_and_fetched_augmentation(tiny_corpus, tmp_path, monkeypatch):
+    """The real profiles' path with their defaults: VoxCeleb2 dev as published (m4a), `repro data
+    prepare-vox2`, then `repro train`, with MUSAN and the RIRs where `repro data fetch` extracts them."""
+    from repro.rehearse import corpora
+
+    data = tmp_path / "data"
+    sizes = dataclasses.replace(corpora.CI, vox2_speakers=2, vox2_per_speaker=2, musan_per_category=1,
+                                rirs_per_room=1)
+    corpora.make_voxceleb2(data, sizes, 0)
+    corpora.make_augmentation(data, sizes, 0)
+    prof = tmp_path / "spk.yaml"
+    prof.write_text(PROFILE.replace("ACCUM", "1").replace("TEMPS", "")
+                    .replace("  train_task: ASV\n  train_split: train\n", "")
+                    .replace("  augment: {synthetic: true}\n", "") + f"data: {{root: {data}}}\n")
+    monkeypatch.delenv("REPRO_DATA", raising=False)
+    for var, sub in (("REPRO_WORK", "work"), ("REPRO_RESULTS", "results"), ("REPRO_FIGURES", "figures")):
+        monkeypatch.setenv(var, str(tmp_path / sub))
+    ws = Workspace.for_profile(load_profile(prof))
+    assert ws.profile.speaker_training.train_task == "VoxCeleb2"  # the default, as in the real profiles
+    ws.work.mkdir(parents=True)
+    ws.corpus_dir.symlink_to(tiny_corpus)  # the ASV trials it is evaluated on
+    res = CliRunner().invoke(main, ["train", "-r", "supervised", "-p", str(prof)])
+    assert res.exit_code != 0 and f"repro data prepare-vox2 --profile {prof}" in res.output, res.output
+    res = CliRunner().invoke(main, ["data", "prepare-vox2", "-p", str(prof), "--workers", "1", "--quiet"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, ["train", "-r", "supervised", "-p", str(prof)])
+    assert res.exit_code == 0, res.output
+    info = json.loads((ws.models_dir / "tiny-ecapa-sup" / "model.json").read_text())
+    assert info["train"] == {"task": "VoxCeleb2", "split": "train", "utterances": 4, "speakers": 2}
 
 
 def test_untrained_model_names_the_command_that_trains_it(tmp_path):

@@ -95,8 +95,14 @@ SECTIONS = {
     "rehearsal": ("A rehearsal of the fast profile", "`make rehearse PROFILE=fast` on this machine: the rehearsal "
                   "corpora made in the real layouts, the four models written at their real sizes with random "
                   "weights, then every stage of the profile with its settings and shrunk sizes "
-                  "(docs/reviewing.md, \"Rehearsing the run\"); wall seconds per stage and the disk it used. On a "
-                  "shared machine the wall time includes waiting for a core."),
+                  "(docs/reviewing.md, \"Rehearsing the run\"), then `repro train` of both speaker recipes on "
+                  "the rehearsal VoxCeleb2; per stage the wall seconds (`time.perf_counter`) and the CPU seconds "
+                  "(user + system of the process and of its finished children: data-loading workers, ffmpeg, "
+                  "espeak-ng; `resource.getrusage`), the 1-minute load average at the start and at the end, and "
+                  "the disk of its work, results and figures folders. The target (at most 15 minutes on a 2-core "
+                  "machine) is judged on CPU seconds: on a shared machine the wall time includes waiting for a "
+                  "core, and on an idle 2-core machine it is close to the CPU seconds divided by the cores kept busy "
+                  "(one to two)."),
     "projection": ("Projection: the full profile on one GPU", None),
 }
 

@@ -425,7 +425,7 @@ class SpeakerTrainingConfig:
         "(`repro train`): DINO on VoxCeleb2 costs tens of GPU-hours (`repro train --recipe dino --estimate`)")
     train_task: str = setting("VoxCeleb2", "manifests/<task>.jsonl of the training speakers (VoxCeleb2 dev, as "
                               "wespeaker's and speechbrain's recipes)", open=True)
-    train_split: str = setting("dev", "the split of train_task used for training")
+    train_split: str = setting("train", "the split of train_task used for training (all of VoxCeleb2 dev is `train`)")
     eval_task: str = setting("ASV", "manifest holding the evaluation utterances")
     eval_split: str = setting("test", "their split; its trial list is manifests/ASV_trials_<split>.txt "
                               "(VoxCeleb1-O in the real corpora)")

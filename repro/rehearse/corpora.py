@@ -11,7 +11,9 @@ and where the user puts the manual ones:
     speech-commands/test-v0.01/<class>/*.wav     (the 12 classes, `_silence_` and `_unknown_` included)
     voxceleb1/{dev,test}/wav/idXXXXX/<video>/<n>.wav, voxceleb1/meta/iden_split.txt (`<1|2|3> <wav>`),
                                  voxceleb1/meta/voxceleb1_test_v2.txt (`<1|0> <enroll wav> <test wav>`)
-    voxceleb2/dev/aac/idXXXXX/<video>/<n>.m4a    (only with ffmpeg)
+    voxceleb2/dev/aac/idXXXXX/<video>/<n>.m4a    (only with ffmpeg; with the augmentation data below)
+    musan/musan/musan/{noise,music,speech}/<source>/*.wav, rirs-noises/rirs-noises/RIRS_NOISES/simulated_rirs/
+                                 <room>/RoomNNN/*.wav   (MUSAN and the simulated RIRs, as `repro data fetch` extracts them)
     fluent_speech_commands_dataset/data/{train,valid,test}_data.csv, wavs/speakers/<spk>/<uuid>.wav
     IEMOCAP_full_release/Session{1..5}/dialog/EmoEvaluation/<dialog>.txt, sentences/wav/<dialog>/<utt>.wav
 
@@ -39,7 +41,7 @@ from repro.data.espeak import Voice, synthesize
 from repro.data.prepare.speech_commands import which_set
 from repro.util.atomic import atomic_path
 
-VERSION = 3  # of the corpus makers: a rehearsal remakes its corpora when it changes
+VERSION = 4  # of the corpus makers: a rehearsal remakes its corpora when it changes
 LANGUAGES = ["en", "en-us", "en-gb-x-rp", "en-029", "en-gb-scotland", "en-us-nyc"]
 VARIANTS = ["m1", "f1", "m2", "f2", "m3", "f3", "m4", "f4", "m5", "f5", "m6", "m7"]
 # s3prl's phone inventory (downstream/ctc/vocab/phoneme.txt): SIL, SPN, then stressed ARPAbet
@@ -78,6 +80,8 @@ class Sizes:
     vox_trials: int = 24
     vox2_speakers: int = 3
     vox2_per_speaker: int = 3
+    musan_per_category: int = 2
+    rirs_per_room: int = 2
     iemocap_per_dialog: int = 7  # one turn of each label of the cycle: every class in every session
     noise_seconds: float = 6.0
 
@@ -349,6 +353,38 @@ def make_voxceleb2(root: Path, sizes: Sizes, seed: int) -> int:
     return count
 
 
+def make_augmentation(root: Path, sizes: Sizes, seed: int) -> int:
+    """MUSAN (noise, music, babble speech) and the simulated RIRs of RIRS_NOISES in the folders
+    `repro data fetch musan rirs-noises` extracts them to; what the speaker recipes read."""
+    v = _Voices(seed)
+    musan = root / "musan" / "musan" / "musan"
+    count = 0
+    for category, source in (("noise", "free-sound"), ("music", "fma"), ("speech", "librivox")):
+        for n in range(sizes.musan_per_category):
+            rng = v.rng("musan", category, n)
+            if category == "noise":
+                wav = _noise(rng, 4 * SAMPLE_RATE, 0.05)
+            elif category == "music":  # a few tones
+                t = np.arange(4 * SAMPLE_RATE) / SAMPLE_RATE
+                wav = sum(0.1 * np.sin(2 * np.pi * f * t) for f in rng.uniform(110, 880, 3)).astype(np.float32)
+            else:
+                wav = _spoken(v, f"musan-{n}", rng, 3.0)
+            _write(musan / category / source / f"{category}-{source}-{n:04d}.wav", wav)
+            count += 1
+    _mark_ready(root / "musan" / "musan", "MUSAN")
+    rirs = root / "rirs-noises" / "rirs-noises" / "RIRS_NOISES" / "simulated_rirs"
+    for room, decay in (("smallroom", 0.05), ("mediumroom", 0.15)):
+        for n in range(1, sizes.rirs_per_room + 1):
+            rng = v.rng("rir", room, n)
+            t = np.arange(int(0.3 * SAMPLE_RATE)) / SAMPLE_RATE  # exponentially decaying noise
+            rir = (rng.standard_normal(len(t)) * np.exp(-t / decay)).astype(np.float32)
+            rir[0] = 1.0
+            _write(rirs / room / "Room001" / f"Room001-{n:05d}.wav", 0.5 * rir / np.abs(rir).max())
+            count += 1
+    _mark_ready(root / "rirs-noises" / "rirs-noises", "RIRS_NOISES")
+    return count
+
+
 # ---- IEMOCAP ---------------------------------------------------------------------------------
 
 def make_iemocap(folder: Path, sizes: Sizes, seed: int) -> dict:
@@ -394,6 +430,7 @@ def make_all(root: Path, sizes: Sizes, seed: int, *, voxceleb2: bool = False, lo
     made["iemocap"] = make_iemocap(root / "IEMOCAP_full_release", sizes, seed)
     log(f"rehearsal corpora: Speech Commands ({made['speech-commands']}), Fluent Speech Commands "
         f"({made['fluent-speech-commands']}), VoxCeleb1 ({made['voxceleb1']}), IEMOCAP ({made['iemocap']['total']} kept)")
-    if voxceleb2:
+    if voxceleb2:  # `repro train`'s data: VoxCeleb2 dev, MUSAN and the RIRs
         made["voxceleb2"] = make_voxceleb2(root, sizes, seed)
+        made["augmentation"] = make_augmentation(root, sizes, seed)
     return made

@@ -75,14 +75,30 @@ def overrides(base: str, folder: Path, ci: bool = False) -> tuple[dict[str, Any]
         out["extraction"] = {"num_workers": 2}
         shrunk.append(f"extraction.num_workers: {real.extraction.num_workers} -> 2 (CI only)")
     st = real.speaker_training
-    out["speaker_training"] = {"supervised": {"epochs": 1, "batch_size": 2}, "dino": {"epochs": 1, "batch_size": 2},
+    # DINO: two epochs, the first one the learning-rate warm-up (a warm-up must be shorter than training)
+    out["speaker_training"] = {"supervised": {"epochs": 1, "batch_size": 2},
+                               "dino": {"epochs": 2, "warmup_epochs": 1, "batch_size": 2},
                                "log_every": 1, "eval_every_epochs": 1}
     shrunk += [f"speaker_training.supervised.epochs: {st.supervised.epochs} -> 1",
                f"speaker_training.supervised.batch_size: {st.supervised.batch_size} -> 2",
-               f"speaker_training.dino.epochs: {st.dino.epochs} -> 1",
+               f"speaker_training.dino.epochs: {st.dino.epochs} -> 2",
+               f"speaker_training.dino.warmup_epochs: {st.dino.warmup_epochs} -> 1",
                f"speaker_training.dino.batch_size: {st.dino.batch_size} -> 2",
-               f"speaker_training.eval_every_epochs: {st.eval_every_epochs} -> 1 (one epoch, one evaluation)",
+               f"speaker_training.eval_every_epochs: {st.eval_every_epochs} -> 1 (an evaluation after each epoch)",
                f"speaker_training.log_every: {st.log_every} -> 1"]
+    if ci:  # the trained networks in the CI sizes too (the models the stages load are tiny there as well)
+        from repro.rehearse.models import TINY
+
+        head = TINY["dino_head"]
+        out["speaker_training"]["supervised"]["arch"] = TINY["ecapa-sup-speechbrain"]
+        out["speaker_training"]["dino"].update(arch=TINY["ecapa-dino-wespeaker"], head_out_dim=head["out_dim"],
+                                               head_hidden_dim=head["hidden_dim"],
+                                               head_bottleneck_dim=head["bottleneck_dim"])
+        st_dino = real.speaker_training.dino
+        shrunk += ["speaker_training.supervised.arch: the registry's -> tiny (CI only)",
+                   "speaker_training.dino.arch: wespeaker's -> tiny (CI only)"]
+        shrunk += [f"speaker_training.dino.head_{k}_dim: {getattr(st_dino, f'head_{k}_dim')} -> {head[f'{k}_dim']} "
+                   "(CI only)" for k in ("out", "hidden", "bottleneck")]
     return out, shrunk
 
 

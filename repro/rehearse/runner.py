@@ -32,6 +32,7 @@ from repro.paper.rehearsal import MARKER
 from repro.rehearse import corpora, models, profile as rprofile
 from repro.util.atomic import atomic_directory, atomic_write_json, atomic_write_text
 
+TRAIN = "repro train"  # the key of `repro train`'s seconds (the pipeline's own `train` stage has its own)
 CANNOT = [
     "downloads from the real hosts (OpenSLR, TensorFlow, Hugging Face, VoxCeleb mirrors) and their checksums",
     "the real corpora's published counts and committed utterance lists (replaced by the rehearsal corpus's own)",
@@ -42,6 +43,19 @@ CANNOT = [
     "the real corpora's sizes and length distribution: the time and memory of the real run (see `repro run "
     "--dry-run` for the price)",
 ]
+
+
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and of its finished child processes (data-loading
+    workers, ffmpeg, espeak-ng): on a shared machine the measure of work that waiting for a core does not inflate."""
+    import resource
+
+    return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+               for f in ("ru_utime", "ru_stime"))
+
+
+def _load() -> float | None:
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
 
 def _du(paths: list[Path]) -> int:
@@ -60,8 +74,8 @@ def rehearse(base: str, *, ci: bool = False, device: str | None = None, train: b
     from repro.config import load_profile
     from repro.workspace import Workspace, check_folder, root
 
-    started = time.perf_counter()
-    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    started, cpu_started = time.perf_counter(), cpu_seconds()
+    load_start = _load()
     # the profile's num_workers is kept on any machine; torch warns about it once per store on small ones
     warnings.filterwarnings("ignore", message="This DataLoader will create")
     name = rprofile.name_of(base)
@@ -87,6 +101,12 @@ def rehearse(base: str, *, ci: bool = False, device: str | None = None, train: b
     else:
         shrunk.append("corpus sizes: repro.rehearse.corpora.Sizes (speakers, utterances per speaker)")
     seconds: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+    mark = [cpu_seconds()]
+
+    def cpu_done(stage: str) -> None:
+        now = cpu_seconds()
+        cpu[stage], mark[0] = now - mark[0], now
     atomic_write_json(folder / MARKER, {"rehearsal": True, "profile": base, "ci": ci, "shrunk": shrunk,
                                         "weights": "random", "speech": "synthetic (libespeak-ng)"})
 
@@ -106,6 +126,7 @@ def rehearse(base: str, *, ci: bool = False, device: str | None = None, train: b
         (folder / "data.lock.json").unlink(missing_ok=True)
     made = json.loads(made_path.read_text())
     seconds["corpora"] = time.perf_counter() - t
+    cpu_done("corpora")
 
     # 2. models at their real sizes, random weights; the registry entries overridden by a file
     t = time.perf_counter()
@@ -117,6 +138,7 @@ def rehearse(base: str, *, ci: bool = False, device: str | None = None, train: b
     real_data = os.environ.get("REPRO_DATA")
     os.environ["REPRO_DATA"] = str(data_root)
     seconds["models"] = time.perf_counter() - t
+    cpu_done("models")
     try:
         cfg = load_profile(str(profile_path))
         ws = Workspace.for_profile(cfg)
@@ -125,17 +147,21 @@ def rehearse(base: str, *, ci: bool = False, device: str | None = None, train: b
         t = time.perf_counter()
         prepare(ws, made, progress, log)
         seconds["corpus"] = time.perf_counter() - t
+        cpu_done("corpus")
         # 4. every other stage of the profile
         from repro.pipeline import run as run_pipeline
 
         def on_stage(r, env):
             seconds[r.stage] = r.seconds
+            cpu_done(r.stage)
             log(f"rehearsal: stage {r.stage} done in {r.seconds:.0f} s")
 
         run_pipeline(ws, [s for s in ("train", "features", "cka", "probe", "paper")], progress=progress,
                      on_stage=on_stage)
         # 5. `repro train` for both speaker recipes
         trained = train_recipes(ws, want_vox2, train, progress, log, seconds)
+        if TRAIN in seconds:
+            cpu_done(TRAIN)
     finally:
         if real_data is None:
             os.environ.pop("REPRO_DATA", None)
@@ -146,7 +172,9 @@ def rehearse(base: str, *, ci: bool = False, device: str | None = None, train: b
         else:
             os.environ.pop("REPRO_MODEL_REGISTRY", None)
     seconds["total"] = time.perf_counter() - started
-    record = {"profile": base, "rehearsal_profile": name, "ci": ci, "seconds": seconds, "load_average_start": load_start,
+    cpu["total"] = cpu_seconds() - cpu_started
+    record = {"profile": base, "rehearsal_profile": name, "ci": ci, "seconds": seconds, "cpu_seconds": cpu,
+              "load_average_start": load_start, "load_average_end": _load(),
               "disk_bytes": {"work": _du([ws.work]), "results": _du([ws.results]), "figures": _du([ws.figures])},
               "shrunk": shrunk, "corpora": made, "train": trained, "cannot_cover": CANNOT}
     write_report(ws, record)
@@ -191,15 +219,23 @@ def train_recipes(ws, have_vox2: bool, asked: bool | None, progress: bool, log, 
         log(f"rehearsal: repro train skipped: {reason}")
         return {"skipped": reason}
     from repro import recipes
+    from repro.data.download import data_root
     from repro.data.prepare.voxceleb2 import convert_voxceleb2
+    from repro.speaker.train import SpeakerTrainingFailed
 
     t = time.perf_counter()
-    convert_voxceleb2(Path(ws.profile.data.root), workers=2, progress=progress)
+    convert_voxceleb2(data_root(ws.profile.data.root), workers=2, progress=progress)  # `repro data prepare-vox2`
     out = {}
     for recipe in ("supervised", "dino"):
-        info = recipes.train(ws, recipe, progress=progress)
-        out[recipe] = {"model": str(recipes.run_dir(ws, recipe)), "done": info is not None}
-    seconds["train"] = time.perf_counter() - t
+        try:
+            info = recipes.train(ws, recipe, progress=progress)
+            out[recipe] = {"run": str(recipes.run_dir(ws, recipe)), "published": info is not None,
+                           "steps": info and info["steps"], "utterances": info and info["train"]["utterances"]}
+        except SpeakerTrainingFailed as err:  # trained and judged: a few steps on synthetic speech may not beat
+            # the untrained network, and then the model is rightly not published
+            out[recipe] = {"run": str(recipes.run_dir(ws, recipe)), "published": False, "judged": str(err)}
+        log(f"rehearsal: repro train --recipe {recipe}: {json.dumps(out[recipe])}")
+    seconds[TRAIN] = time.perf_counter() - t
     return out
 
 

@@ -36,13 +36,36 @@ class AugmentationDataError(ReproError, FileNotFoundError):
     """A noise or RIR folder that is missing or holds no usable audio."""
 
 
+# the catalogue corpus (`repro data fetch <name>`) that holds each folder of `speaker_training.augment`
+FETCHED_IN = {"noise_dir": "musan", "rir_dir": "rirs-noises"}
+
+
+def augmentation_folder(ws, setting: str) -> Path:
+    """The folder `speaker_training.augment.<setting>` (`noise_dir` or `rir_dir`) names.
+
+    Absolute: as given. Relative (the real profiles' `musan`, `RIRS_NOISES/simulated_rirs`): under the
+    corpus folder when it is there, else inside the corpus `repro data fetch` extracted under the data root
+    (`<data root>/musan/musan/musan`, `<data root>/rirs-noises/rirs-noises/RIRS_NOISES/simulated_rirs`)."""
+    from repro.data.catalog import load_catalog
+    from repro.data.download import archive_path, data_root
+
+    value = Path(getattr(ws.profile.speaker_training.augment, setting))
+    if value.is_absolute() or (ws.corpus_dir / value).is_dir():
+        return ws.corpus_dir / value
+    corpus = load_catalog().corpus(FETCHED_IN[setting])
+    root = data_root(ws.profile.data.root)
+    fetched = [archive_path(root, corpus, a) / value for a in corpus.archives]
+    return next((f for f in fetched if f.is_dir()), fetched[0])
+
+
 def list_audio(folder: str | os.PathLike, what: str) -> list[Path]:
     """Every audio file under `folder` (recursively), sorted; a clear error if there is none."""
     folder = Path(folder)
     if not folder.is_dir():
         raise AugmentationDataError(
-            f"{folder}: {what} folder not found; download it (MUSAN: openslr.org/17, RIRS_NOISES: openslr.org/28) "
-            "and set speaker_training.augment in the profile, or set speaker_training.augment.synthetic: true"
+            f"{folder}: {what} folder not found; download it (`repro data fetch musan rirs-noises`: MUSAN from "
+            "openslr.org/17, RIRS_NOISES from openslr.org/28) or set speaker_training.augment in the profile, or set "
+            "speaker_training.augment.synthetic: true"
         )
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
     if not files:

@@ -20,7 +20,7 @@ import numpy as np
 import soundfile as sf
 
 from repro.audio import read_audio
-from repro.data.manifest import ManifestError, load_task
+from repro.data.manifest import ManifestError, manifest_path, read_manifest
 from repro.errors import ConfigError
 
 FRAME_SHIFT_MS = 10
@@ -38,16 +38,42 @@ class TrainUtterance:
     sha256: str | None = None
 
 
-def load_training_set(corpus_dir: str | os.PathLike, task: str, split: str
-                      ) -> tuple[list[TrainUtterance], list[str]]:
-    """The utterances of `task`/`split` with integer speaker labels, and the sorted speaker ids."""
+def training_manifest(ws) -> tuple[Path, Path]:
+    """(manifest, the folder its audio paths are relative to) of `speaker_training.train_task`.
+
+    `VoxCeleb2` (the real profiles): the manifest `repro data prepare-vox2` writes under the data root
+    (`repro.data.prepare.voxceleb2.manifest_file`); any other task: its manifest in the corpus folder
+    (the smoke profile trains on `ASV`)."""
+    from repro.data.download import data_root
+    from repro.data.prepare import voxceleb2
+
+    if ws.profile.speaker_training.train_task == voxceleb2.TASK:
+        path = voxceleb2.manifest_file(data_root(ws.profile.data.root))
+        return path, path.parent
+    return manifest_path(ws.corpus_dir, ws.profile.speaker_training.train_task), Path(ws.corpus_dir)
+
+
+def load_training_set(ws) -> tuple[list[TrainUtterance], list[str]]:
+    """The utterances of `speaker_training.train_task`/`train_split` of workspace `ws` with integer
+    speaker labels, and the sorted speaker ids."""
+    from repro.data.prepare import voxceleb2
+    from repro.remedy import command
+
+    cfg = ws.profile.speaker_training
+    path, root = training_manifest(ws)
+    if not path.is_file() and cfg.train_task == voxceleb2.TASK:
+        raise ManifestError(f"{path}: VoxCeleb2 dev is not prepared for speaker training; run "
+                            f"{command('data prepare-vox2', ws)} (after {command('data fetch voxceleb2')}; needs ffmpeg)")
     try:
-        utts = load_task(corpus_dir, task, split)
+        utts = read_manifest(path)
     except ManifestError as err:
         raise ManifestError(f"{err} (speaker training reads speaker_training.train_task/train_split)") from err
+    utts = [u for u in utts if u.split == cfg.train_split]
+    if not utts:
+        raise ManifestError(f"{path}: no utterances in split {cfg.train_split!r} (speaker_training.train_split); "
+                            f"splits: {', '.join(sorted({u.split for u in read_manifest(path)}))}")
     speakers = sorted({u.speaker for u in utts})
     index = {s: i for i, s in enumerate(speakers)}
-    root = Path(corpus_dir)
     return [TrainUtterance(root / u.path, u.num_samples, index[u.speaker], u.sha256) for u in utts], speakers
 
 

@@ -25,7 +25,7 @@ from repro.errors import ConfigError, ReproError
 from repro.provenance import Stamp, complete_record, trained_model_key
 from repro.runtime import DistEnv, barrier, setup, teardown, threads_of, writer_lock
 from repro.speaker import data as D
-from repro.speaker.augment import Augmenter, NoiseBank, RirBank
+from repro.speaker.augment import Augmenter, NoiseBank, RirBank, augmentation_folder
 from repro.speaker.evaluate import TrialSet, collapse_report, embed, trial_eer
 from repro.speaker.recipes import BatchMaker, DinoRecipe, Plan, SupervisedRecipe
 from repro.remedy import command
@@ -64,8 +64,7 @@ def training_stamp(ws: Workspace, recipe: str) -> Stamp:
     cfg = ws.profile.speaker_training
     recipe_config(ws, recipe)  # one of this package's recipes
     corpus = ws.corpus_dir
-    files = [manifest_path(corpus, cfg.train_task), manifest_path(corpus, cfg.eval_task),
-             trials_path(corpus, cfg.eval_split)]
+    files = [D.training_manifest(ws)[0], manifest_path(corpus, cfg.eval_task), trials_path(corpus, cfg.eval_split)]
     return Stamp(trained_model_key(ws.profile, recipe), {
         "trainer": TRAINER_VERSION, "data": {f.name: sha256_file(f) if f.is_file() else None for f in files}})
 
@@ -88,7 +87,7 @@ def _augmenter(ws: Workspace, env: DistEnv) -> Augmenter:
         barrier(env)
         noise_dir, rir_dir = folder / "noise", folder / "rir"
     else:
-        noise_dir, rir_dir = (ws.corpus_dir / cfg.noise_dir), (ws.corpus_dir / cfg.rir_dir)
+        noise_dir, rir_dir = augmentation_folder(ws, "noise_dir"), augmentation_folder(ws, "rir_dir")
     snr = {"noise": tuple(cfg.snr_noise), "music": tuple(cfg.snr_music), "speech": tuple(cfg.snr_speech)}
     return Augmenter(NoiseBank.from_folder(noise_dir, snr), RirBank.from_folder(rir_dir))
 
@@ -121,7 +120,7 @@ def _train(ws: Workspace, recipe: str, rcfg, env: DistEnv, progress: bool, stop_
     cfg = ws.profile.speaker_training
     started, cpu_started = time.perf_counter(), time.process_time()
     stamp = training_stamp(ws, recipe)
-    utts, speakers = D.load_training_set(ws.corpus_dir, cfg.train_task, cfg.train_split)
+    utts, speakers = D.load_training_set(ws)
     spe = D.steps_per_epoch(len(utts), rcfg.batch_size)
     total = rcfg.epochs * spe
     D.micro_batch_positions(rcfg.batch_size, cfg.grad_accumulation, 0)  # divisibility check
@@ -212,7 +211,7 @@ def estimate(ws: Workspace, recipe: str, tflops: float, utterances: int | None =
 
     cfg = ws.profile.speaker_training
     if utterances is None:
-        utts, speakers = D.load_training_set(ws.corpus_dir, cfg.train_task, cfg.train_split)
+        utts, speakers = D.load_training_set(ws)
         utterances, n_speakers = len(utts), len(speakers)
     else:
         n_speakers = VOXCELEB2_DEV_SPEAKERS

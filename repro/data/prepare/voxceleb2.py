@@ -5,7 +5,9 @@ requirement: `apt-get install ffmpeg`) on every `<root>/voxceleb2/dev/aac/<spk>/
 and writes `<root>/voxceleb2/dev-wav16k/<spk>/<video>/<n>.wav`. Each file is written to a
 temporary name and renamed when ffmpeg succeeds, so an interrupted run resumes where it stopped
 (finished files are skipped). It then writes `<root>/voxceleb2/dev-wav16k/manifest.jsonl`
-(Utterance lines, paths relative to that folder, split `train`, label = speaker).
+(Utterance lines, paths relative to that folder, split `train`, label = speaker): `manifest_file(root)`,
+the one place that says where the VoxCeleb2 training manifest is. Speaker training reads it when
+`speaker_training.train_task` is `VoxCeleb2` (`TASK`, the real profiles' default).
 """
 
 from __future__ import annotations
@@ -24,8 +26,15 @@ from repro.util.tools import require_tool
 
 SOURCE = "voxceleb2/dev/aac"
 TARGET = "voxceleb2/dev-wav16k"
+TASK = "VoxCeleb2"  # the speaker_training.train_task that names this manifest
+SPLIT = "train"  # every utterance of VoxCeleb2 dev is a training utterance
 FFMPEG_HINT = ("VoxCeleb2's AAC audio needs it: install it with `sudo apt-get install ffmpeg` (Debian/Ubuntu) or "
                "`brew install ffmpeg` (macOS), or use the Docker image")
+
+
+def manifest_file(root: Path) -> Path:
+    """The VoxCeleb2 dev manifest under data root `root` (its audio paths are relative to its folder)."""
+    return Path(root) / TARGET / "manifest.jsonl"
 
 
 def ffmpeg_command(src: Path, dst: Path) -> list[str]:
@@ -70,13 +79,13 @@ def convert_voxceleb2(root: Path, *, workers: int = 8, speakers: int | None = No
     for _, dst in pairs:
         rel = dst.relative_to(dst_root).as_posix()
         spk = rel.split("/", 1)[0]
-        items.append(Item(rel[: -len(".wav")].replace("/", "-"), "train", rel, dst, spk, spk))
+        items.append(Item(rel[: -len(".wav")].replace("/", "-"), SPLIT, rel, dst, spk, spk))
     index = AudioIndex(root / ".audio-index" / "voxceleb2-wav16k.jsonl")
     infos = inspect_all(items, {"corpus": index}, workers=workers, progress=progress, desc="vox2 audio")
-    utts = [Utterance(id=it.id, split="train", path=it.path, num_samples=a.frames,
+    utts = [Utterance(id=it.id, split=SPLIT, path=it.path, num_samples=a.frames,
                       duration=round(a.frames / SAMPLE_RATE, 6), speaker=it.speaker, label=it.label, sha256=a.sha256)
             for it, a in zip(items, infos)]
-    out = dst_root / "manifest.jsonl"
+    out = manifest_file(root)
     write_manifest(out, utts)
     if progress:
         print(f"voxceleb2: {sum(done):,} converted now, {len(done) - sum(done):,} already done; {out}")
