@@ -222,6 +222,10 @@ class ProbingConfig:
         0, "learning rates of a task trained together on one forward per batch (0: all of them); fewer bound the "
         "memory of a group, with the same results")
     device: Literal["auto", "cpu", "cuda"] = setting("auto", "cuda when available")
+    tf32: bool = setting(
+        False, "TF32 tensor-core matmuls for the probes' featurizers and heads on NVIDIA GPUs, switched on around "
+        "their work only (`extraction.tf32` is the upstream's); off keeps the heads float32 exact; no effect on the "
+        "CPU")
 
 
 @dataclass(frozen=True)
