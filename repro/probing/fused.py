@@ -100,12 +100,17 @@ class DeviceRows:
         if isinstance(source, StorePooled):
             self.table = torch.from_numpy(np.concatenate(source.means, axis=1)).to(device)
 
-    def rows(self, idx: Sequence[int], step: int | None) -> Tensor:
-        """`[B, sum D_l]` float32 on the device."""
+    def rows(self, idx: Sequence[int], step: int | None, on_device: Tensor | None = None) -> Tensor:
+        """`[B, sum D_l]` float32 on the device (`on_device`: `idx` there already)."""
         if self.table is not None:
-            return self.table.index_select(0, torch.as_tensor(np.asarray(idx, dtype=np.int64)).to(self.device))
+            return self.table.index_select(0, _index(idx, self.device) if on_device is None else on_device)
         layers, _ = self.source.batch(list(idx), step)
         return torch.cat([h.to(self.device)[:, 0] for h in layers], dim=1)
+
+
+def _index(idx: Sequence[int], device: torch.device) -> Tensor:
+    """`idx` as int64 on `device` (the one upload of a micro-batch read from resident rows)."""
+    return torch.as_tensor(np.asarray(idx, dtype=np.int64)).to(device)
 
 
 def _targets(task: Any, targets: list, device: torch.device) -> Tensor:
@@ -319,9 +324,9 @@ def _train_phase(folds: Sequence[Fold], budget: TaskBudget, seed: int, device: t
         for a in computed:
             kk = step * budget.grad_accum + a
             idx = [micro_batch(n, budget.batch_size, seed, kk) for n in sizes]
-            x = torch.stack([r.rows(i, step) for r, i in zip(rows, idx)])  # [F, B, sum D_l]
-            y = torch.stack([t.index_select(0, torch.as_tensor(np.asarray(i, dtype=np.int64)).to(device))
-                             for t, i in zip(targets, idx)])  # [F, B, blocks]
+            on_device = [_index(i, device) for i in idx]
+            x = torch.stack([r.rows(i, step, d) for r, i, d in zip(rows, idx, on_device)])  # [F, B, sum D_l]
+            y = torch.stack([t.index_select(0, d) for t, d in zip(targets, on_device)])  # [F, B, blocks]
             with tf32_context(tf32):
                 loss = stacked.losses(stacked.forward(x), y) / budget.grad_accum
                 loss.sum().backward()
