@@ -80,17 +80,22 @@ class ProjectedWeightedSum(nn.Module):
         return c / c.sum()
 
 
-def group_features(featurizers: Sequence[nn.Module], layers: list[Tensor]) -> list[Tensor]:
+def group_features(featurizers: Sequence[nn.Module], layers: list[Tensor],
+                   one_product: bool | None = None) -> list[Tensor]:
     """The outputs of K featurizers of one kind (a probe group's) on the same `layers` (L x `[B, T, D_l]`),
     computed together: the layers are stacked (or concatenated) once for the whole group.
 
     `WeightedSum`: `[L, B, T, D]` stacked once, then each probe's weighted sum of it (a product with a `[K, L]`
     matrix computes a probe's row by another kernel when K = 1, so its bytes would depend on K).
     `ProjectedWeightedSum`: `sum_l w_l A_l h_l = [w_1 A_1 | ... | w_L A_L] [h_1; ...; h_L]`: the layers
-    concatenated once, `[B, T, sum D_l]`, and the per-layer projections of all K probes as one matrix
-    product with `[K x out_dim, sum D_l]` (each block of columns scaled by its layer's weight).
-    Each output is `[B, T, D]` (`out_dim` when projected); the arithmetic of one probe's output does not
-    depend on the others (the same per-row products), so a probe gives the same bytes in any group."""
+    concatenated once, `[B, T, sum D_l]`, and the per-layer projections of a probe as one product with its
+    `[out_dim, sum D_l]` (each block of columns scaled by its layer's weight); with `one_product` (default:
+    on a GPU) the projections of all K probes as one matrix product with `[K x out_dim, sum D_l]`.
+    Each output is `[B, T, D]` (`out_dim` when projected). Apart from `one_product`, one probe's arithmetic
+    does not depend on the others, so a probe gives the same bytes in any group. A CPU's BLAS picks its
+    kernel by the matrices' shapes, so with `one_product` a probe's columns can round otherwise at another
+    K (seen at small widths; at the real 7,168 -> 768 they were the same bytes): the CPU keeps the bytes of
+    a solo run, a GPU (whose results hold within a tolerance, not to the byte) takes the one product."""
     first = featurizers[0]
     if not all(type(f) is type(first) and f.layer_norm == first.layer_norm for f in featurizers):
         return [f(layers) for f in featurizers]
@@ -103,8 +108,10 @@ def group_features(featurizers: Sequence[nn.Module], layers: list[Tensor]) -> li
         column_layer = torch.repeat_interleave(torch.arange(len(dims), device=w.device),
                                                torch.tensor(dims, device=w.device))
         a = torch.stack([torch.cat([lin.weight for lin in f.proj], dim=1) for f in featurizers])  # [K, out, sum D]
-        scaled = (a * w[:, column_layer][:, None, :]).reshape(k * first.output_dim, -1)
-        out = torch.matmul(x, scaled.T)  # [B, T, K x out]: every probe's projections in one product
+        scaled = a * w[:, column_layer][:, None, :]  # [K, out, sum D]
+        if not (x.is_cuda if one_product is None else one_product):
+            return [torch.matmul(x, scaled[i].T) for i in range(k)]  # one product per probe
+        out = torch.matmul(x, scaled.reshape(k * first.output_dim, -1).T)  # [B, T, K x out]: every probe's at once
         return list(out.unflatten(-1, (k, first.output_dim)).movedim(-2, 0).unbind(0))
     stacked = torch.stack(layers, dim=0)  # [L, B, T, D], once for the group
     if first.layer_norm:
