@@ -220,3 +220,23 @@ def test_probing_tf32_changes_nothing_on_the_cpu(tmp_path):
         on = _final(fused.train_fused(_folds(tmp_path / "on", k=2), budget, 0, CPU, tf32=True, progress=False))
     assert _same(on[0], off[0])
     assert seen and all(seen) and not torch.backends.cuda.matmul.allow_tf32  # on for the heads only, then off
+
+
+def test_a_projected_probes_gradients_in_a_group_are_its_solo_bytes():
+    """At ECAPA-TDNN's real widths (7,168 -> 768), where a CPU reduction splits its work by threads."""
+    dims = [1024] * 4 + [3072]
+    torch.manual_seed(0)
+    group = [ProjectedWeightedSum(dims, 768) for _ in range(3)]
+    for f in group:
+        torch.nn.init.normal_(f.weights)
+    layers = [torch.randn(2, 20, d) for d in dims]
+
+    def grads(featurizers):
+        for f in featurizers:
+            f.zero_grad(set_to_none=True)
+        outs = group_features(featurizers, layers)
+        torch.autograd.backward(outs, [o.detach() * 1e-3 + 1e-2 for o in outs])
+        return [[q.grad.clone() for q in f.parameters()] for f in featurizers]
+
+    together, alone = grads(group), grads(group[:1])
+    assert all(torch.equal(a, b) for a, b in zip(together[0], alone[0]))

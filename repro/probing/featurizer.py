@@ -104,13 +104,14 @@ def group_features(featurizers: Sequence[nn.Module], layers: list[Tensor],
     if isinstance(first, ProjectedWeightedSum):
         hs = [F.layer_norm(h, (h.shape[-1],)) for h in layers] if first.layer_norm else layers
         x = torch.cat(hs, dim=-1)  # [B, T, sum D_l], once for the group
-        dims = [h.shape[-1] for h in layers]
-        column_layer = torch.repeat_interleave(torch.arange(len(dims), device=w.device),
-                                               torch.tensor(dims, device=w.device))
-        a = torch.stack([torch.cat([lin.weight for lin in f.proj], dim=1) for f in featurizers])  # [K, out, sum D]
-        scaled = a * w[:, column_layer][:, None, :]  # [K, out, sum D]
-        if not (x.is_cuda if one_product is None else one_product):
-            return [torch.matmul(x, scaled[i].T) for i in range(k)]  # one product per probe
+        if not (x.is_cuda if one_product is None else one_product):  # one product per probe; its own
+            # [out, sum D] scaled alone (a reduction over several probes' weights splits otherwise by threads)
+            return [torch.matmul(x, torch.cat([f.proj[l].weight * w[i, l] for l in range(len(layers))], dim=1).T)
+                    for i, f in enumerate(featurizers)]
+        # [K, out, sum D]: each probe's A_l scaled by its w_l, side by side (no index tensor: nothing for a GPU
+        # to size on the host)
+        scaled = torch.cat([torch.stack([f.proj[l].weight for f in featurizers]) * w[:, l, None, None]
+                            for l in range(len(layers))], dim=2)
         out = torch.matmul(x, scaled.reshape(k * first.output_dim, -1).T)  # [B, T, K x out]: every probe's at once
         return list(out.unflatten(-1, (k, first.output_dim)).movedim(-2, 0).unbind(0))
     stacked = torch.stack(layers, dim=0)  # [L, B, T, D], once for the group

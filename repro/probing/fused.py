@@ -230,11 +230,11 @@ def _predict(task: Any, out: list[Tensor], lengths: Tensor, k: int) -> list:
 
 @torch.no_grad()
 def evaluate_fused(task: Any, stacked: Stacked, members: Sequence[int], split: Any, batch_size: int,
-                   device: torch.device) -> list[float]:
+                   device: torch.device, rows: DeviceRows | None = None) -> list[float]:
     """The task metric on `split` of the probes `members` (indices into `stacked`, one fold's), one fused
-    forward per batch and one copy of its logits to the host."""
+    forward per batch and one copy of its logits to the host (`rows`: the split's, made once by the caller)."""
     params = {n: q[list(members)] for n, q in stacked.params.items()}
-    rows = DeviceRows(split.source, device)
+    rows = rows or DeviceRows(split.source, device)
     predictions: list[list] = [[] for _ in members]
     for start in range(0, len(split.utts), batch_size):
         idx = list(range(start, min(start + batch_size, len(split.utts))))
@@ -313,6 +313,7 @@ def _train_phase(folds: Sequence[Fold], budget: TaskBudget, seed: int, device: t
     lr_text = ", ".join(f"{p.lr:g}" for p in folds[0].probes)
     bar = progress_bar(total=budget.steps, initial=first, desc=f"probe {task.name} lr={lr_text} (fused, "
                        f"{len(probes)} probes)", unit="step", disable=not progress or rank != 0, leave=False)
+    dev_rows = None
     for step in range(first, until):
         for a in mine:  # let a source that reads audio start on this step's micro-batches
             kk = step * budget.grad_accum + (a if a >= 0 else rank % budget.grad_accum)
@@ -348,7 +349,8 @@ def _train_phase(folds: Sequence[Fold], budget: TaskBudget, seed: int, device: t
         if on_step is not None:
             on_step(step + 1)
         if (step + 1) % budget.eval_every == 0 or step + 1 == budget.steps:
-            _evaluate_window(folds, stacked, sums, budget, device, failed, rank, tf32)
+            dev_rows = dev_rows or [DeviceRows(f.dev.source, device) for f in folds]  # made once a phase
+            _evaluate_window(folds, stacked, sums, budget, device, failed, rank, tf32, dev_rows)
             if on_eval is not None:
                 on_eval(step + 1)
     for i, p in enumerate(probes):  # where the phase leaves them (a later phase or the caller reads them)
@@ -358,7 +360,7 @@ def _train_phase(folds: Sequence[Fold], budget: TaskBudget, seed: int, device: t
 
 
 def _evaluate_window(folds, stacked: Stacked, sums: Tensor, budget: TaskBudget, device, failed: dict,
-                     rank: int, tf32: bool) -> None:
+                     rank: int, tf32: bool, dev_rows: list) -> None:
     """At an evaluation: the window's one read, each live probe's dev metric, best state and checkpoint."""
     probes = [p for f in folds for p in f.probes]
     read = sums.tolist()
@@ -382,7 +384,8 @@ def _evaluate_window(folds, stacked: Stacked, sums: Tensor, budget: TaskBudget, 
         if not members:
             continue
         with tf32_context(tf32):
-            metrics = evaluate_fused(fold.task, stacked, members, fold.dev, budget.batch_size, device)
+            metrics = evaluate_fused(fold.task, stacked, members, fold.dev, budget.batch_size, device,
+                                     dev_rows[f_i])
         for i, metric in zip(members, metrics):
             _record(fold.task, probes[i], stacked, i, metric, rank)
 
