@@ -117,7 +117,7 @@ RUN_RECORDS = ("timing.json", "REPORT.md", "provenance.json", "numerics.json", "
 ROUNDED = ("probes/*/PR/*.pt", "probing/*/PR/*.json")
 # Drawn from PR's layer weights as vectors (the .png beside it, rasterised, keeps its bytes), and
 # the checksums of the outputs.
-FOLLOWERS = ("figure-1.pdf", "CHECKSUMS.sha256")
+FOLLOWERS = ("figure-1.pdf", "figure-2.pdf", "CHECKSUMS.sha256")
 
 
 def _within(x, y, where: str = "") -> None:
