@@ -498,6 +498,20 @@ def bench_probe_syncs(steps: int | None, out: Path) -> None:
     run_benchmarks(["probe_syncs"], out, echo=click.echo, options={"probe_syncs": {"steps": steps}})
 
 
+@bench.command("probe-fused")
+@click.option("--previous", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+              help="a checkout of the previous engine (`git worktree add DIR COMMIT`), measured alternately")
+@click.option("--steps", type=int, default=None, help="training steps of each group (default 60)")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts/bench"),
+              show_default=True)
+def bench_probe_fused(previous: Path | None, steps: int | None, out: Path) -> None:
+    """Pooled probe groups (KS K=4, ER 5 folds x 4): fused steps per CPU second against a previous checkout."""
+    from repro.bench import run_benchmarks
+
+    run_benchmarks(["probe_fused"], out, echo=click.echo,
+                   options={"probe_fused": {"previous": previous, "steps": steps}})
+
+
 @bench.command("pipeline")
 @click.option("--speakers", is_flag=True, help="also train the smoke profile's two speaker models (~12 min)")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("artifacts/bench"),

@@ -65,7 +65,7 @@ READS: dict[str, tuple[str, ...]] = {
     "store": ("extraction.dtype", "extraction.max_batch_seconds", "extraction.autocast", "extraction.tf32",
               "extraction.resample", "extraction.downmix"),
     # the probe of one (model, task, learning rate)
-    "probe": ("seed", "probing.tasks.{task}.steps", "probing.tasks.{task}.batch_size",
+    "probe": ("seed", "probing.tf32", "probing.tasks.{task}.steps", "probing.tasks.{task}.batch_size",
               "probing.tasks.{task}.eval_every", "probing.tasks.{task}.grad_accum", "probing.tasks.{task}.optimizer",
               "probing.tasks.{task}.grad_clip", "probing.tasks.{task}.train_crop_seconds"),
     # the learning rate selected on dev among a task's grid

@@ -129,6 +129,21 @@ def set_tf32(enabled: bool) -> None:
     torch.backends.cudnn.allow_tf32 = enabled
 
 
+@contextlib.contextmanager
+def tf32_context(enabled: bool) -> Iterator[None]:
+    """TF32 for float32 matmuls and cuDNN convolutions while the block runs (`probing.tf32` around the
+    probes' work), the flags it found restored on leaving, however it leaves.
+
+    The flags govern NVIDIA GPU kernels only: on the CPU they are set and restored all the same,
+    and nothing computes differently (a no-op there)."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    set_tf32(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def set_threads(threads: int) -> int:
     """Set this process's intra-op CPU threads to `threads` (`runtime.threads`; 0 keeps torch's
     default) and return the count it had before.

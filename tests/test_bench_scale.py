@@ -86,13 +86,17 @@ BEFORE = facts(features_round_trip_host=True, loss_read_per_probe=True, terms_ov
                attention_flops_counted=False, pr_batches="random_permutation_padded")
 
 
-def _model(profile="full", code=None, tasks=None):
+def _model(profile="full", code=None, tasks=None, tf32=False):
     prof = load_profile(profile)
     if tasks:
         prof = dataclasses.replace(prof, tasks=tasks)
+    if tf32:
+        prof = dataclasses.replace(prof, probing=dataclasses.replace(prof.probing, tf32=True))
     flops = {m: 10e9 for m in MODELS}
     head = {m: {t: {"forward": 1e6, "train": 3e6} for t in ("PR", "SID", "ASV")} for m in MODELS}
-    pooled = {m: {t: {"micro_batch": 90, "optimizer_step": 60} for t in ("KS", "IC", "ER")} for m in MODELS}
+    pooled = {m: {t: {"micro_batch": 90, "optimizer_step": 60,
+                      "fused": {"micro_batch": 120, "optimizer_step": 70, "evaluation": 40}}
+                  for t in ("KS", "IC", "ER")} for m in MODELS}
     measured = {"decode_flac": Input(1e9, "x", "measured", "test"), "decode_wav": Input(1e9, "x", "measured", "test"),
                 "cka_gemm_fraction": Input(0.5, "x", "measured", "test")}
     return CostModel(prof, flops, head, pooled, measured, code or costmodel.CODE_PATHS)
@@ -135,6 +139,28 @@ def test_heads_cost_k_probes_and_padding_follows_the_librispeech_lengths():
     # an ECAPA-TDNN runs each LibriSpeech utterance alone: one fixed cost per utterance
     assert _hours(terms, "ecapa-dino-wespeaker", "PR", "ECAPA-TDNN forwards, train") == pytest.approx(
         micro * b.batch_size * 2e-3 / 3600)
+
+
+def test_a_fused_pooled_group_pays_its_operators_once_for_every_learning_rate_and_fold():
+    fused = _model(tasks=["KS", "ER"]).terms()
+    apart = _model(tasks=["KS", "ER"], code=facts(pooled_heads="one_step_per_probe")).terms()
+    prof = load_profile("full")
+    for task, folds in (("KS", 1), ("ER", len(prof.probing.er_folds))):
+        b = prof.probing.tasks[task]
+        micro = b.steps * b.grad_accum
+        assert _hours(fused, "hubert-base", task, "pooled-head steps, train") == pytest.approx(
+            (micro * 120 + b.steps * 70) * 10e-6 / 3600)  # one step whatever the learning rates and folds
+        assert _hours(apart, "hubert-base", task, "pooled-head steps, train") == pytest.approx(
+            len(b.lr_grid) * folds * (micro * 90 + b.steps * 60) * 10e-6 / 3600)
+        assert not _hours(fused, "hubert-base", task, "loss reads")
+
+
+def test_probing_tf32_prices_the_heads_at_the_tf32_rate_and_leaves_the_upstream():
+    off = _model(tasks=["PR"]).terms()
+    on = _model(tasks=["PR"], tf32=True).terms()
+    assert _hours(on, "hubert-base", "PR", "heads (tf32), train") == pytest.approx(
+        _hours(off, "hubert-base", "PR", "heads (float32), train") * 30 / 200)
+    assert _hours(on, "hubert-base", "PR", "upstream") == _hours(off, "hubert-base", "PR", "upstream")
 
 
 def test_flipping_a_code_path_fact_recomputes_the_figure():

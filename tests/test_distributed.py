@@ -122,7 +122,7 @@ RUN_RECORDS = ("timing.json", "REPORT.md", "provenance.json", "numerics.json", "
 ROUNDED = ("probes/*/PR/*.pt", "probing/*/PR/*.json")
 # Drawn from PR's layer weights as vectors (the .png beside it, rasterised, keeps its bytes), and
 # the checksums of the outputs.
-FOLLOWERS = ("figure-1.pdf", "CHECKSUMS.sha256")
+FOLLOWERS = ("figure-1.pdf", "figure-2.pdf", "CHECKSUMS.sha256")
 
 
 # The tolerance of an output rounded in another order comes from a measured spread, with a margin:

@@ -16,7 +16,7 @@ from repro.util.atomic import atomic_write_json
 
 # In the order `repro bench all` runs them; the projection reads the others' records.
 BENCHMARKS = {"extract": "repro.bench.extract", "cka": "repro.bench.cka", "probe": "repro.bench.probe",
-              "probe_syncs": "repro.bench.probe_syncs",
+              "probe_syncs": "repro.bench.probe_syncs", "probe_fused": "repro.bench.probe_fused",
               "pipeline": "repro.bench.pipeline", "metrics": "repro.bench.metrics", "gpu": "repro.bench.gpu",
               "attention": "repro.bench.attention", "ecapa": "repro.bench.ecapa_batch",
               "padding": "repro.bench.padding", "numerics_cost": "repro.bench.numerics_cost",

@@ -38,9 +38,14 @@ change's effect is the difference of two tables. The facts and the code each des
                               `torch.utils.flop_counter` (and FlexAttention runs under it), so the counted FLOPs
                               include attention on every path and are rescaled to each length; `False`: the
                               counter missed SDPA attention, added from the shapes (4 T^2 D per layer and item).
-    pooled_heads              `one_step_per_probe`: each learning rate of a pooled task (KS, IC, ER) trains its
-                              own small head step by step on `[B, 1, D]` layer means; a step is a few hundred
-                              tiny kernels, priced per operator on the host (launch-bound), not as FLOPs.
+    pooled_heads              `fused_group`: every learning rate and every fold of a pooled task (KS, IC, ER)
+                              trains as one step on stacked parameters (`repro.probing.fused`), its operators
+                              counted once per micro-batch and optimiser step whatever the number of probes
+                              (`repro.bench.shapes.fused_step_ops`), priced per operator on the host
+                              (launch-bound), no host read inside a step; `one_step_per_probe` (before): each
+                              learning rate (and fold) trained its own small head step by step on `[B, 1, D]`
+                              layer means, a few hundred tiny kernels per probe and micro-batch and a loss
+                              read each.
     pr_batches                `length_window_padded`: the micro-batches of `probing.length_window` steps per
                               accumulation slot are forwarded together, sorted by length into forwards of
                               batch_size items (`repro.probing.length_window`); their padded audio over the
@@ -51,8 +56,11 @@ change's effect is the difference of two tables. The facts and the code each des
     eval_batches              `manifest_order_padded`: `trainer.evaluate` takes consecutive utterances of the
                               split in manifest order, padded to the longest (order taken as independent of
                               length).
-    head_precision            `float32`: the heads run outside autocast, in float32; TF32 follows
-                              `extraction.tf32` (off), so they run at the float32 rate in both columns.
+    head_precision            `probing_tf32`: the heads run outside autocast, in float32, with TF32 as
+                              `probing.tf32` says (switched around their work only, apart from
+                              `extraction.tf32`): at the assumed TF32 rate where a profile sets it, the float32
+                              rate otherwise (full and fast: off); `float32` (before): TF32 followed the
+                              process-wide `extraction.tf32` (off), the float32 rate in both columns.
     upstream_grouped          `True`: `probing.max_group: all`, one upstream forward per micro-batch for every
                               learning rate of a task (`False`: one run per learning rate).
     terms_overlap             `True`: no host read inside a step, and the next micro-batch is read and copied
@@ -71,7 +79,7 @@ from dataclasses import dataclass, field
 from repro.bench import lengths as lengths_mod
 from repro.bench.shapes import MODELS, SPEECH_HEADS, SPEECH_LAYERS, SPEECH_WIDTH
 
-CODE_PATHS_VERSION = 4
+CODE_PATHS_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -84,10 +92,10 @@ class CodePaths:
     wavlm_attention: str = "sdpa_float_mask"
     hubert_attention: str = "sdpa"
     attention_flops_counted: bool = True
-    pooled_heads: str = "one_step_per_probe"
+    pooled_heads: str = "fused_group"
     pr_batches: str = "length_window_padded"
     eval_batches: str = "manifest_order_padded"
-    head_precision: str = "float32"
+    head_precision: str = "probing_tf32"
     upstream_grouped: bool = True
     terms_overlap: bool = True
 
@@ -135,6 +143,8 @@ ASSUMED = {
                         "eager PyTorch dispatch and CUDA launch of one small operator on a server CPU"),
     "sync_us": Input(20.0, "us per sync", "assumed", "a host-device synchronisation drains the queue: the "
                      "device idles until the host launches the next kernels"),
+    "tf32_tflops": Input(200.0, "TFLOP/s", "assumed",
+                         "40% of the datasheet's 494 dense TF32 TFLOP/s (989 with sparsity), small heads' matmuls"),
     "fp64_tflops": Input(50.0, "TFLOP/s", "assumed", "float64 tensor cores: 67 TFLOPS peak (H100 datasheet)"),
     "decode_threads": Input(8.0, "threads", "assumed", "the full profile's extraction.num_workers"),
     "voxceleb_short_share": Input(0.6, "fraction", "assumed",
@@ -398,9 +408,11 @@ class CostModel:
                 frames_padded = batches * items * pad * fr
             # heads: forward + backward per probe in training, forward in evaluation, K probes
             hf = self.head_flops[model][task]["train" if training else "forward"]
-            head_rate = 1e12 * self.v("fp32_tflops") if self.code.head_precision == "float32" else tput
-            head_in = ["fp32_tflops" if self.code.head_precision == "float32" else tname]
-            terms.append(self._term(model, task, precision, f"heads ({self.code.head_precision}), {label}",
+            head_name = self._head_rate()
+            head_rate = 1e12 * self.v(head_name) if head_name != "upstream" else tput
+            head_in = [tname if head_name == "upstream" else head_name]
+            head_label = "tf32" if head_name == "tf32_tflops" else "float32"
+            terms.append(self._term(model, task, precision, f"heads ({head_label}), {label}",
                                     lrs * frames_padded * hf / head_rate / 3600, head_in,
                                     f"{lrs} probes x {hf / 1e6:.1f} MFLOP per frame, "
                                     f"{'forward + backward' if training else 'forward'}"))
@@ -432,12 +444,36 @@ class CostModel:
                                     f"{decode:.1f} h of decoding in worker threads"))
         return terms
 
+    def _head_rate(self) -> str:
+        """The input that prices the heads' FLOPs: `fp32_tflops`, `tf32_tflops` (`probing.tf32` on, where the
+        heads have their own switch) or `upstream` (the upstream's rate: the heads under its precision)."""
+        if self.code.head_precision == "probing_tf32":
+            return "tf32_tflops" if getattr(self.profile.probing, "tf32", False) else "fp32_tflops"
+        return "fp32_tflops" if self.code.head_precision == "float32" else "upstream"
+
     def _pooled_terms(self, model, task, precision, b, lrs, micro, evals) -> list[Term]:
         c = self.corpus[task]
         ops = self.pooled_ops[model][task]
         steps = micro / b.grad_accum
         terms = []
         measured = f"pooled_step_s:{model}:{task}"
+        folds = len(self.profile.probing.er_folds) if task == "ER" else 1
+        if self.code.pooled_heads == "fused_group":
+            fused = ops["fused"]
+            group_micro, group_steps = micro / folds, steps / folds  # every fold in the same step
+            n = group_micro * fused["micro_batch"] + group_steps * fused["optimizer_step"]
+            terms.append(self._term(model, task, precision, "pooled-head steps, train",
+                                    n * self.v("host_op_us") / 1e6 / 3600, ["host_op_us"],
+                                    f"one fused step for {lrs} learning rates x {folds} fold(s): "
+                                    f"{fused['micro_batch']} operators per micro-batch, {fused['optimizer_step']} "
+                                    f"per optimiser step, {n / 1e9:.3f} G operators"))
+            split = "dev" if "dev" in c else "all"
+            batches = evals * c["utterances"][split] / b.batch_size
+            n = batches * fused["evaluation"]
+            terms.append(self._term(model, task, precision, "pooled-head evaluation",
+                                    n * self.v("host_op_us") / 1e6 / 3600, ["host_op_us"],
+                                    f"one fused forward for {lrs} probes x {batches:.0f} dev batches"))
+            return terms
         if self.code.pooled_heads == "one_step_per_probe" and measured in self.inputs:
             terms.append(self._term(model, task, precision, "pooled-head steps, train",
                                     lrs * micro * self.v(measured) / 3600, [measured],

@@ -213,7 +213,7 @@ def probe_group_step(model, task: str, wavs, lengths, k: int, grad_accum: int, m
             layers, n = [h.cpu() for h in layers], n.cpu()
             layers, n = [h.to(device) for h in layers], n.to(device)
         n = n.clamp(min=1, max=layers[0].shape[1])
-        with _precision(device, "float32" if code.head_precision == "float32" else mode):
+        with _precision(device, "float32" if code.head_precision in ("float32", "probing_tf32") else mode):
             for p in probes:
                 value = loss(task, p, layers, n, targets) / grad_accum
                 value.backward()

@@ -29,13 +29,16 @@ from repro.util.device_syncs import DeviceSyncs
 DEFAULTS = {"steps": 12, "eval_every": 4, "batch_size": 4, "group": 2}
 TINY_WAVLM = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
                   conv_dim=(8,) * 7, num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2)
-CASES = (("PR", "upstream"), ("SID", "upstream"), ("ASV", "upstream"), ("PR", "cache"), ("KS", "pooled"))
+CASES = (("PR", "upstream"), ("SID", "upstream"), ("ASV", "upstream"), ("PR", "cache"), ("KS", "pooled"),
+         ("KS", "fused"))  # fused: the pooled store's means resident on the device, the group one fused step
 
 
 def count_steps(task, probes: Sequence, train, dev, budget: TaskBudget, seed: int, device: torch.device,
-                upstream: torch.nn.Module | None = None) -> list[dict[str, Any]]:
-    """Train the group (`repro.probing.trainer.train_group`) and count each step between its first
-    two evaluations: `[{"step": n, "syncs": {op: calls}, "h2d_bytes": b}]`, n = steps done after it."""
+                upstream: torch.nn.Module | None = None, fused: bool = False) -> list[dict[str, Any]]:
+    """Train the group (`repro.probing.trainer.train_group`; `fused`: `repro.probing.fused.train_fused`) and
+    count each step between its first two evaluations: `[{"step": n, "syncs": {op: calls}, "h2d_bytes": b}]`,
+    n = steps done after it."""
+    from repro.probing.fused import Fold, train_fused
     from repro.probing.trainer import train_group
 
     counter = DeviceSyncs()
@@ -54,15 +57,20 @@ def count_steps(task, probes: Sequence, train, dev, budget: TaskBudget, seed: in
 
     def on_eval(n: int) -> None:
         evals.append(n)
-        if not optimizers_marked:  # their state exists from the first step on
+        if not optimizers_marked and not fused:  # their state exists from the first step on (fused: computed
+            # on the device from the stacked parameters, marked as they are made)
             for p in probes:
                 counter.mark_optimizer(p.optimizer)
             optimizers_marked.append(True)
         counter.reset()
 
     with counter:
-        train_group(task, probes, train, dev, budget, seed, device, progress=False, on_eval=on_eval,
-                    on_step=on_step)
+        if fused:
+            train_fused([Fold(task, train, dev, list(probes))], budget, seed, device, progress=False,
+                        on_eval=on_eval, on_step=on_step)
+        else:
+            train_group(task, probes, train, dev, budget, seed, device, progress=False, on_eval=on_eval,
+                        on_step=on_step)
     return steps
 
 
@@ -122,12 +130,12 @@ def run(work: Path | None = None, steps: int = DEFAULTS["steps"], eval_every: in
                 source = UpstreamFrames(upstream, corpus, utts, layers, device=device)
             else:
                 store = extract(upstream, utts, corpus, work / "features" / f"{task_name}-{input_}",
-                                model_info={"name": "bench"}, dtype="float16", pooled=input_ == "pooled",
+                                model_info={"name": "bench"}, dtype="float16", pooled=input_ != "cache",
                                 progress=False)
-                source = StorePooled(store, utts, layers) if input_ == "pooled" else StoreFrames(store, utts, layers)
+                source = StoreFrames(store, utts, layers) if input_ == "cache" else StorePooled(store, utts, layers)
             probes, train, dev = _group(task, source, utts, lrs, device, work, f"{task_name}-{input_}")
             counted = count_steps(task, probes, train, dev, budget, 0, device,
-                                  upstream if input_ == "upstream" else None)
+                                  upstream if input_ == "upstream" else None, fused=input_ == "fused")
             ops: dict[str, int] = {}
             for s in counted:
                 for op, n in s["syncs"].items():

@@ -211,11 +211,15 @@ def claim_hours(terms: list[costmodel.Term], profile, precision: str) -> dict[st
 
 
 def _model_and_counts(profile, flops, flop_seconds, measured, code, steps) -> CostModel:
-    from repro.bench.shapes import head_flops_per_frame, pooled_step_ops
+    from repro.bench.shapes import fused_step_ops, head_flops_per_frame, pooled_step_ops
 
     head = {m: {t: head_flops_per_frame(m, t) for t in ("PR", "SID", "ASV")} for m in MODELS}
     pooled = {m: {t: pooled_step_ops(m, t, profile.probing.tasks[t].batch_size) for t in ("KS", "IC", "ER")}
               for m in MODELS}
+    for m in MODELS:  # one learning rate: a fused step's operators do not depend on their number
+        for t in ("KS", "IC", "ER"):
+            folds = len(profile.probing.er_folds) if t == "ER" else 1
+            pooled[m][t]["fused"] = fused_step_ops(m, t, profile.probing.tasks[t].batch_size, folds, 1)
     return CostModel(profile, flops, head, pooled, measured, code, flop_seconds, steps)
 
 

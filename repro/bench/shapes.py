@@ -140,3 +140,46 @@ def pooled_step_ops(model: str, task: str, batch: int) -> dict[str, int]:
             opt.step()
             opt.zero_grad(set_to_none=True)
     return {"micro_batch": micro.n, "optimizer_step": step.n}
+
+
+def fused_step_ops(model: str, task: str, batch: int, folds: int, k: int) -> dict[str, int]:
+    """Operators of one fused micro-batch (the rows and targets gathered, forward, loss, backward) and of one
+    fused optimiser step (clipping and Adam of every probe), and of one fused evaluation forward, for a
+    group of `k` learning rates x `folds` folds of pooled probes (`repro.probing.fused.Stacked`), counted
+    with a `TorchDispatchMode` on the CPU; they do not depend on `k` (`tests/test_fused_heads.py`)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from repro.probing.fused import Stacked
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += 1
+            return func(*args, **(kwargs or {}))
+
+    class _P:
+        def __init__(self, m):
+            self.model = m
+
+    torch.manual_seed(0)
+    stacked = Stacked([_P(probe(model, task)) for _ in range(k * folds)], folds, torch.device("cpu"))
+    dims = MODELS[model]["dims"]
+    table = torch.randn(4 * batch, sum(dims))
+    targets = torch.stack([torch.randint(0, n, (4 * batch,)) for n in outputs_of(task)], -1)
+    lrs = torch.full((k * folds,), 1e-3)
+    for step in (1, 2):  # the second round is counted (the moments exist from the first)
+        with Count() as micro:
+            idx = [torch.arange(batch) for _ in range(folds)]
+            x = torch.stack([table.index_select(0, i) for i in idx])
+            y = torch.stack([targets.index_select(0, i) for i in idx])
+            stacked.losses(stacked.forward(x), y).sum().backward()
+        with Count() as opt:
+            stacked.clip_(1.0)
+            stacked.adam_step(lrs, step, None)
+            stacked.zero_grad()
+    with torch.no_grad(), Count() as evaluation:
+        [o.cpu() for o in stacked.forward(table[None, :batch])]
+    return {"micro_batch": micro.n, "optimizer_step": opt.n, "evaluation": evaluation.n}

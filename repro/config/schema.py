@@ -244,6 +244,10 @@ class ProbingConfig:
         "micro-batches, results equal up to float rounding; costs the layers of grad_accum x length_window "
         "micro-batches of device memory; 1 forwards each micro-batch alone")
     device: Literal["auto", "cpu", "cuda"] = setting("auto", "cuda when available")
+    tf32: bool = setting(
+        False, "TF32 tensor-core matmuls for the probes' featurizers and heads on NVIDIA GPUs, switched on around "
+        "their work only (`extraction.tf32` is the upstream's); off keeps the heads float32 exact; no effect on the "
+        "CPU")
 
 
 @dataclass(frozen=True)

@@ -26,13 +26,14 @@ from repro.data.manifest import ManifestError, Utterance, load_task, manifest_pa
 from repro.features.stage import load_profile_upstream, model_info, open_store
 from repro.features.store import FeatureStore
 from repro.probing.featurizer import make_featurizer
+from repro.probing.fused import Fold, Stacked, evaluate_fused, fusable, train_fused
 from repro.probing.sources import StoreFrames, StorePooled, UpstreamFrames, check_layers
 from repro.probing.tasks import Task, make_task
 from repro.probing.trainer import NonFiniteLoss, Probe, ProbeModel, Split, evaluate, free_device_memory, \
     group_memory, score_trials, train_group
 from repro.provenance import Stamp, asv_idt_key, is_complete, probe_key
 from repro.remedy import command
-from repro.runtime import DistEnv, barrier, resolve_device, writer_lock
+from repro.runtime import DistEnv, barrier, resolve_device, tf32_context, writer_lock
 from repro.util.locks import output_lock
 from repro.tasks import idt_store_kind, task_input, task_spec
 from repro.util.atomic import atomic_write_json, check_writable
@@ -209,20 +210,49 @@ def _fold_group(inputs: ProbeInputs, splits: dict[str, list[Utterance]], lrs: li
     return task, train, dev, test, dev_name, probes
 
 
-def _train_fold(inputs: ProbeInputs, splits: dict[str, list[Utterance]], lrs: list[float], fold: int | None,
-                progress: bool, env: DistEnv | None = None, on_eval=None) -> dict[float, dict[str, Any]]:
-    """Train the probes of `lrs` on one set of splits as one group; each one's run record, by lr
-    (a probe that stopped on a non-finite loss: `{"failed": <why>}`)."""
-    task, train, dev, test, dev_name, probes = _fold_group(inputs, splits, lrs, fold)
-    outs = train_group(task, probes, train, dev, inputs.budget, inputs.ws.profile.seed, inputs.device, progress,
-                       on_eval, env)
+def _train_folds(inputs: ProbeInputs, lrs: list[float], progress: bool, env: DistEnv | None = None,
+                 on_eval=None) -> dict[float, list[dict[str, Any]]]:
+    """Train the probes of `lrs` on every fold of (model, task); each one's run records (one per fold), by
+    lr. Pooled probes (`fused.fusable`) of every fold train as one fused group (`repro.probing.fused`);
+    any other group trains fold by fold (`trainer.train_group`)."""
+    built = [(fold, _fold_group(inputs, splits, lrs, fold)) for fold, splits in inputs.folds()]
+    runs: dict[float, list[dict[str, Any]]] = {lr: [] for lr in lrs}
+    if all(fusable(g[0], g[1], g[5]) for _, g in built):
+        folds = [Fold(task, train, dev, probes) for _, (task, train, dev, _, _, probes) in built]
+        outs = train_fused(folds, inputs.budget, inputs.ws.profile.seed, inputs.device, inputs.cfg.tf32, progress,
+                           on_eval, env)
+        for (fold, group), fold_outs in zip(built, outs):
+            for lr, run in _fold_records(inputs, fold, group, fold_outs, fused=True).items():
+                runs[lr].append(run)
+        return runs
+    for fold, group in built:
+        task, train, dev, _, _, probes = group
+        outs = train_group(task, probes, train, dev, inputs.budget, inputs.ws.profile.seed, inputs.device,
+                           progress, on_eval, env, tf32=inputs.cfg.tf32)
+        for lr, run in _fold_records(inputs, fold, group, outs, fused=False).items():
+            runs[lr].append(run)
+    return runs
+
+
+def _fold_records(inputs: ProbeInputs, fold: int | None, group: tuple, outs: list[dict[str, Any]],
+                  fused: bool) -> dict[float, dict[str, Any]]:
+    """The run record of each probe of one fold's group, by lr (a probe that stopped on a non-finite loss:
+    `{"failed": <why>}`), its best state loaded and tested."""
+    task, train, dev, test, dev_name, probes = group
     failed = {p.lr: out["failed"] for p, out in zip(probes, outs) if out["failed"]}
     kept = [(p, out) for p, out in zip(probes, outs) if p.lr not in failed]
     probes, outs = [p for p, _ in kept], [out for _, out in kept]
     for p, out in zip(probes, outs):
         p.model.load_state_dict(out["best_state"])
-    tests = ([out["best"] for out in outs] if dev is test else
-             evaluate(task, [p.model for p in probes], test, inputs.budget.batch_size, inputs.device) if probes else [])
+    if dev is test or not probes:
+        tests = [out["best"] for out in outs]
+    elif fused:
+        with tf32_context(inputs.cfg.tf32):
+            tests = evaluate_fused(task, Stacked(probes, 1, inputs.device), range(len(probes)), test,
+                                   inputs.budget.batch_size, inputs.device)
+    else:
+        tests = evaluate(task, [p.model for p in probes], test, inputs.budget.batch_size, inputs.device,
+                         inputs.cfg.tf32)
     return {lr: {"failed": why} for lr, why in failed.items()} | {p.lr: {
         "fold": fold, "dev": out["best"], "test": metric, "best_step": out["best_step"],
         "selected_on": dev_name, "layer_weights": [float(x) for x in p.model.featurizer.layer_weights()],
@@ -296,10 +326,7 @@ def _run_probes(ws: Workspace, model: str, task: str, lrs: list[float], progress
                     remove_checkpoint(ckpt)
         barrier(env)
         started = time.perf_counter()
-        runs: dict[float, list[dict]] = {lr: [] for lr in group}
-        for fold, splits in inputs.folds():
-            for lr, run in _train_fold(inputs, splits, group, fold, progress, env, on_eval).items():
-                runs[lr].append(run)
+        runs = _train_folds(inputs, group, progress, env, on_eval)
         seconds = time.perf_counter() - started
         for lr in group:
             why = [run["failed"] for run in runs[lr] if run.get("failed")]

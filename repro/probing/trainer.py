@@ -56,7 +56,8 @@ from repro.micro_batches import OrderedRunningStats, all_reduce_gradients, rank_
 from repro.probing.length_window import LengthWindow
 from repro.probing.sources import micro_batch, to_device
 from repro.probing.tasks import Task
-from repro.runtime import all_reduce_sum, broadcast_tensors_from_rank_zero
+from repro.probing.featurizer import group_features
+from repro.runtime import all_reduce_sum, broadcast_tensors_from_rank_zero, tf32_context
 from repro.util.progress import progress_bar
 from repro.weights import load_checkpoint, save_checkpoint
 
@@ -112,10 +113,10 @@ def load_batch(source: Any, idx: Sequence[int], step: int | None, device: torch.
 
 @torch.no_grad()
 def evaluate(task: Task, models: Sequence[ProbeModel], split: Split, batch_size: int,
-             device: torch.device) -> list[float]:
+             device: torch.device, tf32: bool = False) -> list[float]:
     """The task metric of each of `models` on `split` (EER on its trials for ASV), one forward of
     the split's features for all of them. Speaker embeddings stay on the device until the split
-    is done (one copy to the host per model)."""
+    is done (one copy to the host per model). `tf32` (`probing.tf32`) is on around the probes' work."""
     for m in models:
         m.eval()
     trials = split.trials is not None
@@ -131,12 +132,13 @@ def evaluate(task: Task, models: Sequence[ProbeModel], split: Split, batch_size:
             nxt = starts[k + 1]
             _prefetch(split.source, range(nxt + batch_size, min(nxt + 2 * batch_size, len(split.utts))), None)
             ahead = load_batch(split.source, list(range(nxt, min(nxt + batch_size, len(split.utts)))), None, device)
-        for model, out in zip(models, outputs):
-            if trials:
-                out.append(torch.nn.functional.normalize(
-                    model.head.embed(model.featurizer(batch.layers), batch.lengths), dim=-1))
-            else:
-                out += task.predict(model(batch.layers, batch.lengths), batch.host[1])
+        with tf32_context(tf32):
+            features = group_features([m.featurizer for m in models], batch.layers)  # layers stacked once
+            for model, feats, out in zip(models, features, outputs):
+                if trials:
+                    out.append(torch.nn.functional.normalize(model.head.embed(feats, batch.lengths), dim=-1))
+                else:
+                    out += task.predict(model.head(feats, batch.lengths), batch.host[1])
     if trials:
         ids = [u.id for u in split.utts]
         return [score_trials(dict(zip(ids, torch.cat(emb).cpu())), split.trials) for emb in outputs]
@@ -169,6 +171,7 @@ class Probe:
     state: dict = field(default_factory=dict)
     optimizer: torch.optim.Optimizer | None = None
     params: list = field(default_factory=list)
+    moments: dict | None = None  # the fused engine's Adam moments (`repro.probing.fused`), by parameter name
     fix: str = "delete it and train the probe again"  # what to do about a damaged or refused checkpoint
 
 
@@ -204,6 +207,7 @@ def train_group(
     on_eval: Callable[[int], None] | None = None,
     env=None,
     on_step: Callable[[int], None] | None = None,
+    tf32: bool = False,
 ) -> list[dict[str, Any]]:
     """Train every probe of a group on `train`, evaluating all of them on `dev` every `budget.eval_every` steps.
 
@@ -211,7 +215,10 @@ def train_group(
     loss and gradient norm before clipping, each averaged over an evaluation window; dev
     metric), and `failed`: None, or the line saying why the probe stopped. A probe's checkpoint
     with its `run_key` is resumed. `env` (a `DistEnv` with more than one rank) trains with
-    one all-reduce of the group's gradients per step (see the module doc). `on_step(step)` is called after each step.
+    one all-reduce of the group's gradients per step (see the module doc). `on_step(step)` is called after each step. `tf32`
+    (`probing.tf32`) switches TF32 on around the probes' work only (`runtime.tf32_context`). The
+    featurizers of the group run together (`featurizer.group_features`: the layers stacked once,
+    the projections of every probe one matrix product).
 
     A step reads nothing back from the device: the window's loss and gradient-norm sums (float64,
     as the host's float sums they replace) stay there and are read at the evaluation. A probe
@@ -279,17 +286,22 @@ def train_group(
                 nxt = order[j + 1] if j + 1 < len(order) else None
                 if nxt is not None and nxt not in ahead and device.type == "cuda":  # its copies go ahead of this work
                     ahead = {nxt: load(*nxt)}
-                for i, p in enumerate(active):
-                    out = p.model(batch.layers, batch.lengths)
-                    loss = task.loss(p.model.head, out, batch.targets, batch.lengths, batch.host) / budget.grad_accum
-                    loss.backward()
-                    totals[i] += loss.detach()
+                with tf32_context(tf32):  # the probes' work (not the upstream's forward, in `load`)
+                    features = group_features([p.model.featurizer for p in active], batch.layers)
+                    cut = [f.detach().requires_grad_(True) for f in features]
+                    for i, (p, feats) in enumerate(zip(active, cut)):  # heads one after another (their memory)
+                        out = p.model.head(feats, batch.lengths)
+                        loss = task.loss(p.model.head, out, batch.targets, batch.lengths, batch.host) / budget.grad_accum
+                        loss.backward()
+                        totals[i] += loss.detach()
+                    torch.autograd.backward(features, [c.grad for c in cut])  # the group's featurizers at once
             if world > 1:
                 all_reduce_sum(totals, env)
                 all_reduce_gradients([q for p in active for q in p.params], env)
             for i, p in enumerate(active):
-                norm = torch.nn.utils.clip_grad_norm_(p.params, budget.grad_clip)
-                p.optimizer.step()
+                with tf32_context(tf32):
+                    norm = torch.nn.utils.clip_grad_norm_(p.params, budget.grad_clip)
+                    p.optimizer.step()
                 window = sums[id(p)]
                 window[0] += totals[i]
                 window[1] += norm
@@ -314,7 +326,7 @@ def train_group(
                     p.state["window"][0], p.state["window"][2] = loss_sum, norm_sum
                     sums[id(p)].zero_()
                     good.append(p)
-                metrics = evaluate(task, [p.model for p in good], dev, budget.batch_size, device) if good else []
+                metrics = evaluate(task, [p.model for p in good], dev, budget.batch_size, device, tf32) if good else []
                 for p, metric in zip(good, metrics):
                     _record_evaluation(task, p, metric, rank)
                 bar.set_postfix({task.metric: " ".join(f"{m:.4f}" for m in metrics)})

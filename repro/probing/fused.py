@@ -1,0 +1,409 @@
+"""Pooled probes trained as one fused step: every learning rate (and every fold) of a mean-pooled task.
+
+A mean-pooled head (KS, IC, ER: `UtteranceHead`) on pooled inputs sees one row per utterance and
+layer (`[B, 1, D_l]`, valid length 1), so a probe's step is a few tiny matrix products whose cost
+is their launches, not their arithmetic. Here the P probes of a group (K learning rates x F folds,
+fold-major: probe `p` is fold `p // K`) keep their parameters stacked, `[P, ...]` per parameter of
+`ProbeModel`, and one step runs the same torch calls for any P:
+
+    X      `[F, B, sum D_l]`   the micro-batch of each fold, its layers concatenated once (pooled
+                               means resident on the device: `DeviceRows`; one index copy per step)
+    a      `[P, L]`            softmax of each probe's layer weights
+    h      `[P, B, D]`         WeightedSum: `sum_l a_pl x_l` (one batched product over the layers);
+                               ProjectedWeightedSum: `X @ [a_p1 A_p1 | ... | a_pL A_pL]^T`, the
+                               per-layer projections of every probe of a fold as one matrix product
+    z      `[P, B, H]`         the head's projector (`baddbmm`); the mean over 1 frame is z itself
+    logits `[P, B, C]`         the classifier (`baddbmm`), split into blocks (IC's slots)
+    loss   `[P]`               each probe's cross-entropy (summed over blocks), over its micro-batch
+
+One backward of the sum gives every probe its own gradient (a probe's loss reads only its own
+slice). Each probe keeps what a solo run keeps: its gradient norm and clipping (`clip_`), Adam or
+AdamW moments and its own learning rate (`adam_step`, the arithmetic of torch's single-tensor
+implementation with the learning rate as a `[P]` tensor), dev evaluations, dev-best state,
+checkpoint (in `ProbeModel`'s own names, with the moments) and result. Probes of different folds
+read different micro-batches (each fold's own train split) and are evaluated on their own dev split.
+
+A probe trained in a fused group of any size gives the bytes it gives alone in this engine (float32
+on the CPU: each slice of a batched kernel computes as the slice alone; `tests/test_fused_heads.py`
+checks it); against the per-probe engine (`trainer.train_group`) the results differ by float rounding
+(other kernels), measured there and in `repro bench fused`.
+
+Probes are fused only when their budgets agree (steps, batch size, gradient accumulation, crops,
+evaluation interval, optimiser, clipping: `check_budgets`) and their parameters have one shape.
+A checkpoint is resumed only when it carries the probe's run key and this engine's name
+(`ENGINE`); any other is rebuilt from the probe's start, never mixed into a group.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from repro.config.schema import TaskBudget
+from repro.errors import ConfigError
+from repro.micro_batches import all_reduce_gradients, rank_micro_batches
+from repro.probing.featurizer import ProjectedWeightedSum, WeightedSum
+from repro.probing.heads import UtteranceHead
+from repro.probing.sources import StorePooled, micro_batch
+from repro.runtime import all_reduce_sum, tf32_context
+from repro.util.progress import progress_bar
+from repro.weights import load_checkpoint, save_checkpoint
+
+ENGINE = "fused-pooled-1"
+BETAS, EPS, ADAMW_DECAY = (0.9, 0.999), 1e-8, 1e-2  # torch.optim.Adam / AdamW defaults
+BUDGET_FIELDS = ("steps", "batch_size", "grad_accum", "train_crop_seconds", "eval_every", "optimizer", "grad_clip")
+
+
+@dataclass
+class Fold:
+    """One fold's share of a fused group: its task, splits and probes (the group's learning rates)."""
+
+    task: Any
+    train: Any
+    dev: Any
+    probes: list
+
+
+def fusable(task: Any, train: Any, probes: Sequence[Any]) -> bool:
+    """Whether these probes can train fused: a mean-pooled utterance head on pooled inputs, no layer norm."""
+    pooled = isinstance(train.source, StorePooled) or getattr(train.source, "pooled", False)
+    return pooled and bool(probes) and all(
+        isinstance(p.model.head, UtteranceHead) and isinstance(p.model.featurizer, (WeightedSum, ProjectedWeightedSum))
+        and not p.model.featurizer.layer_norm for p in probes)
+
+
+def check_budgets(budgets: dict[str, TaskBudget]) -> TaskBudget:
+    """The one budget of probes to fuse (`{name: budget}`); a `ConfigError` naming every setting that differs."""
+    names = list(budgets)
+    first = budgets[names[0]]
+    differ = [f for f in BUDGET_FIELDS if any(getattr(b, f) != getattr(first, f) for b in budgets.values())]
+    if differ:
+        values = "; ".join(f"{f}: " + ", ".join(f"{n}={getattr(budgets[n], f)!r}" for n in names) for f in differ)
+        raise ConfigError(f"probes with different budgets cannot train as one fused group ({values}); give them "
+                          f"the same probing.tasks.<task>.{'/'.join(differ)} or train them apart")
+    return first
+
+
+class DeviceRows:
+    """A pooled split as one device tensor `[N, sum D_l]` (its layers' utterance means, concatenated once);
+    any other source is read per batch (`source.batch`) and concatenated per micro-batch."""
+
+    def __init__(self, source: Any, device: torch.device):
+        self.source, self.device = source, device
+        self.table = None
+        if isinstance(source, StorePooled):
+            self.table = torch.from_numpy(np.concatenate(source.means, axis=1)).to(device)
+
+    def rows(self, idx: Sequence[int], step: int | None, on_device: Tensor | None = None) -> Tensor:
+        """`[B, sum D_l]` float32 on the device (`on_device`: `idx` there already)."""
+        if self.table is not None:
+            return self.table.index_select(0, _index(idx, self.device) if on_device is None else on_device)
+        layers, _ = self.source.batch(list(idx), step)
+        return torch.cat([h.to(self.device)[:, 0] for h in layers], dim=1)
+
+
+def _index(idx: Sequence[int], device: torch.device) -> Tensor:
+    """`idx` as int64 on `device` (the one upload of a micro-batch read from resident rows)."""
+    return torch.as_tensor(np.asarray(idx, dtype=np.int64)).to(device)
+
+
+def _targets(task: Any, targets: list, device: torch.device) -> Tensor:
+    """`[N, blocks]` int64 on the device (one column per output block: IC's slots; one for a class)."""
+    t = task.collate(targets)
+    return (t[:, None] if t.dim() == 1 else t).to(device)
+
+
+class Stacked:
+    """The parameters of P probes of one shape, stacked (`[P, ...]` per name of `ProbeModel`), and their
+    Adam moments; `forward` is the fused computation of the module doc."""
+
+    def __init__(self, probes: Sequence[Any], folds: int, device: torch.device):
+        models = [p.model for p in probes]
+        self.names = [n for n, q in models[0].named_parameters() if q.requires_grad]
+        shapes = [[tuple(dict(m.named_parameters())[n].shape) for n in self.names] for m in models]
+        if any(s != shapes[0] for s in shapes):
+            raise ConfigError("probes of one fused group must have parameters of one shape (the same layers, widths "
+                              "and classes); train them apart")
+        self.params = {n: torch.stack([dict(m.named_parameters())[n].detach() for m in models]).to(device)
+                       .requires_grad_(True) for n in self.names}
+        self.folds, self.per_fold = folds, len(probes) // folds
+        feat = models[0].featurizer
+        self.projected = isinstance(feat, ProjectedWeightedSum)
+        self.dims = [lin.in_features for lin in feat.proj] if self.projected else None
+        self.blocks = list(models[0].head.blocks)
+        if self.projected:  # the layer of each concatenated input column
+            self.column_layer = torch.repeat_interleave(torch.arange(len(self.dims)), torch.tensor(self.dims)).to(device)
+        self.exp_avg = {n: torch.zeros_like(q) for n, q in self.params.items()}
+        self.exp_avg_sq = {n: torch.zeros_like(q) for n, q in self.params.items()}
+
+    def forward(self, x: Tensor, params: dict[str, Tensor] | None = None) -> list[Tensor]:
+        """`x` `[F, B, sum D_l]` (fold-major, F folds) -> logits per block, each `[P, B, C_k]`."""
+        q = self.params if params is None else params
+        n_folds, b, _ = x.shape
+        k = q["featurizer.weights"].shape[0] // n_folds
+        a = F.softmax(q["featurizer.weights"], dim=-1)  # [P, L]
+        if self.projected:
+            proj = torch.cat([q[f"featurizer.proj.{l}.weight"] for l in range(len(self.dims))], dim=2)  # [P, D, sumD]
+            scaled = proj * a[:, self.column_layer][:, None, :]  # a_pl A_pl, blocks side by side
+            d = scaled.shape[1]
+            h = torch.bmm(x, scaled.reshape(n_folds, k * d, -1).transpose(1, 2))  # [F, B, K * D]: one product
+            h = h.reshape(n_folds, b, k, d).transpose(1, 2).reshape(n_folds * k, b, d)
+        else:
+            layers = a.shape[1]
+            xs = x.reshape(n_folds, b, layers, -1).transpose(1, 2).reshape(n_folds, 1, layers, -1)  # [F, 1, L, B D]
+            xs = xs.expand(n_folds, k, layers, xs.shape[-1]).reshape(n_folds * k, layers, -1)  # each probe's fold
+            # one product per probe, `[1, L] x [L, B D]`, in one batched call: a probe's slice computes alike
+            # for any K (a `[K, L]` matrix would take another kernel at K = 1)
+            h = torch.bmm(a[:, None, :], xs).reshape(n_folds * k, b, -1)
+        z = torch.baddbmm(q["head.proj.bias"][:, None, :], h, q["head.proj.weight"].transpose(1, 2))  # [P, B, H]
+        logits = torch.baddbmm(q["head.out.bias"][:, None, :], z, q["head.out.weight"].transpose(1, 2))
+        return list(torch.split(logits, self.blocks, dim=-1))
+
+    def losses(self, out: list[Tensor], targets: Tensor) -> Tensor:
+        """`[P]` cross-entropy of each probe over its micro-batch (summed over blocks); `targets`
+        `[F, B, blocks]`, each fold's for its K probes."""
+        n_folds, b, _ = targets.shape
+        k = out[0].shape[0] // n_folds
+        total = 0
+        for j, o in enumerate(out):
+            t = targets[:, None, :, j].expand(n_folds, k, b).reshape(-1)
+            total = total + F.cross_entropy(o.reshape(-1, o.shape[-1]), t, reduction="none").view(-1, b).mean(1)
+        return total
+
+    def clip_(self, max_norm: float) -> Tensor:
+        """Clip each probe's gradient to `max_norm` (its own total norm, as `clip_grad_norm_` does); -> `[P]` norms."""
+        grads = [self.params[n].grad for n in self.names]
+        p = grads[0].shape[0]
+        norms = torch.stack([torch.linalg.vector_norm(g.reshape(p, -1), 2, dim=1) for g in grads], dim=1)
+        total = torch.linalg.vector_norm(norms, 2, dim=1)  # [P]
+        coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+        for g in grads:
+            g.mul_(coef.view(p, *([1] * (g.dim() - 1))))
+        return total
+
+    def adam_step(self, lrs: Tensor, step: int, decay: Tensor | None) -> None:
+        """One Adam (AdamW: `decay` `[P]`, the factors 1 - lr x weight decay) step of every probe at its
+        learning rate (`lrs` `[P]` float32); `step` is the step count after it (all probes share it)."""
+        beta1, beta2 = BETAS
+        bc1, bc2 = 1 - beta1 ** step, 1 - beta2 ** step
+        neg_step = lrs / -bc1
+        with torch.no_grad():
+            for n in self.names:
+                q, g = self.params[n], self.params[n].grad
+                shape = (q.shape[0], *([1] * (q.dim() - 1)))
+                if decay is not None:
+                    q.mul_(decay.view(shape))
+                m, v = self.exp_avg[n], self.exp_avg_sq[n]
+                m.lerp_(g, 1 - beta1)
+                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                denom = (v.sqrt() / bc2 ** 0.5).add_(EPS)
+                q.add_(m * neg_step.view(shape) / denom)
+
+    def zero_grad(self) -> None:
+        for q in self.params.values():
+            q.grad = None
+
+    def state_of(self, i: int) -> tuple[dict[str, Tensor], dict[str, dict[str, Tensor]]]:
+        """Probe `i`'s parameters (names of `ProbeModel`) and moments, host copies."""
+        model = {n: self.params[n][i].detach().cpu().clone() for n in self.names}
+        moments = {"exp_avg": {n: self.exp_avg[n][i].cpu().clone() for n in self.names},
+                   "exp_avg_sq": {n: self.exp_avg_sq[n][i].cpu().clone() for n in self.names}}
+        return model, moments
+
+    def load_moments(self, i: int, moments: dict) -> None:
+        with torch.no_grad():
+            for n in self.names:
+                self.exp_avg[n][i].copy_(moments["exp_avg"][n])
+                self.exp_avg_sq[n][i].copy_(moments["exp_avg_sq"][n])
+
+
+def _predict(task: Any, out: list[Tensor], lengths: Tensor, k: int) -> list:
+    """Probe `k`'s predictions from host logits."""
+    return task.predict([o[k] for o in out], lengths)
+
+
+@torch.no_grad()
+def evaluate_fused(task: Any, stacked: Stacked, members: Sequence[int], split: Any, batch_size: int,
+                   device: torch.device, rows: DeviceRows | None = None) -> list[float]:
+    """The task metric on `split` of the probes `members` (indices into `stacked`, one fold's), one fused
+    forward per batch and one copy of its logits to the host (`rows`: the split's, made once by the caller)."""
+    params = {n: q[list(members)] for n, q in stacked.params.items()}
+    rows = rows or DeviceRows(split.source, device)
+    predictions: list[list] = [[] for _ in members]
+    for start in range(0, len(split.utts), batch_size):
+        idx = list(range(start, min(start + batch_size, len(split.utts))))
+        out = [o.cpu() for o in stacked.forward(rows.rows(idx, None)[None], params)]
+        ones = torch.ones(len(idx), dtype=torch.long)
+        for k in range(len(members)):
+            predictions[k] += _predict(task, out, ones, k)
+    return [task.score(split.utts, p) for p in predictions]
+
+
+def _new_state() -> dict[str, Any]:
+    return {"step": 0, "best": None, "best_step": 0, "best_state": None,
+            "curve": {"step": [], "train_loss": [], "grad_norm": [], "dev": []}, "window": [0.0, 0, 0.0]}
+
+
+def train_fused(folds: Sequence[Fold], budget: TaskBudget, seed: int, device: torch.device, tf32: bool = False,
+                progress: bool = True, on_eval: Callable[[int], None] | None = None, env=None,
+                on_step: Callable[[int], None] | None = None) -> list[list[dict[str, Any]]]:
+    """Train every probe of `folds` (each fold the same learning rates) as one fused group.
+
+    Returns per fold, per probe, what `trainer.train_group` returns (best dev metric and step, best state
+    in `ProbeModel`'s names, curve, `failed`). Checkpoints are each probe's own; a group resumed from
+    checkpoints at different steps trains the ones behind (fused among themselves) until they reach
+    the others. `tf32` (`probing.tf32`) is switched on around the heads' work only."""
+    probes = [p for f in folds for p in f.probes]
+    k = len(folds[0].probes)
+    if any(len(f.probes) != k for f in folds) or any(
+            [p.lr for p in f.probes] != [p.lr for p in folds[0].probes] for f in folds):
+        raise ConfigError("the folds of a fused group must train the same learning rates")
+    for p in probes:
+        p.state, p.moments = _new_state(), None
+        if p.checkpoint.is_file():
+            saved = load_checkpoint(p.checkpoint, p.fix)
+            if saved.get("run_key") == p.run_key and saved.get("engine") == ENGINE:
+                p.model.load_state_dict(saved["model"])
+                p.moments, p.state = saved["optimizer"], saved["state"]
+    failed: dict[int, str] = {}
+    while True:
+        live = [p for p in probes if id(p) not in failed and p.state["step"] < budget.steps]
+        live_ids = {id(p) for p in live}
+        if not live:
+            break
+        first = min(p.state["step"] for p in live)
+        later = sorted({p.state["step"] for p in live if p.state["step"] > first})
+        until = later[0] if later else budget.steps
+        members = [[p for p in f.probes if id(p) in live_ids and p.state["step"] == first] for f in folds]
+        # folds fuse when each has the same learning rates at this step; otherwise one fold at a time
+        same = all([p.lr for p in m] == [p.lr for p in members[0]] for m in members)
+        phases = [list(range(len(folds)))] if same else [[i] for i, m in enumerate(members) if m]
+        for chosen in phases:
+            part = [Fold(folds[i].task, folds[i].train, folds[i].dev, members[i]) for i in chosen]
+            _train_phase(part, budget, seed, device, first, until, failed, tf32, progress, on_eval, env, on_step)
+    return [[{"best": p.state["best"], "best_step": p.state["best_step"], "best_state": p.state["best_state"],
+              "curve": p.state["curve"], "failed": failed.get(id(p))} for p in f.probes] for f in folds]
+
+
+def _train_phase(folds: Sequence[Fold], budget: TaskBudget, seed: int, device: torch.device, first: int,
+                 until: int, failed: dict[int, str], tf32: bool, progress: bool, on_eval, env, on_step) -> None:
+    """Steps `first`..`until` - 1 of the probes of `folds` (all at step `first`), fused."""
+    world, rank = (env.world_size, env.rank) if env is not None and env.distributed else (1, 0)
+    mine = rank_micro_batches(budget.grad_accum, world, rank)
+    computed = [a for a in mine if a >= 0]
+    probes = [p for f in folds for p in f.probes]
+    stacked = Stacked(probes, len(folds), device)
+    for i, p in enumerate(probes):
+        if p.moments is not None:
+            stacked.load_moments(i, p.moments)
+    lrs = torch.tensor([p.lr for p in probes], dtype=torch.float32, device=device)
+    decay = 1 - lrs * ADAMW_DECAY if budget.optimizer == "adamw" else None
+    sums = torch.tensor([[p.state["window"][0], p.state["window"][2]] for p in probes], dtype=torch.float64,
+                        device=device)  # [P, 2]: the window's loss and gradient-norm sums
+    rows = [DeviceRows(f.train.source, device) for f in folds]
+    targets = [_targets(f.task, f.train.targets, device) for f in folds]
+    sizes = [len(f.train.utts) for f in folds]
+    task = folds[0].task
+    lr_text = ", ".join(f"{p.lr:g}" for p in folds[0].probes)
+    bar = progress_bar(total=budget.steps, initial=first, desc=f"probe {task.name} lr={lr_text} (fused, "
+                       f"{len(probes)} probes)", unit="step", disable=not progress or rank != 0, leave=False)
+    dev_rows = None
+    for step in range(first, until):
+        for a in mine:  # let a source that reads audio start on this step's micro-batches
+            kk = step * budget.grad_accum + (a if a >= 0 else rank % budget.grad_accum)
+            for f, n in zip(folds, sizes):
+                if hasattr(f.train.source, "prefetch"):
+                    f.train.source.prefetch(micro_batch(n, budget.batch_size, seed, kk), step)
+        stacked.zero_grad()
+        totals = torch.zeros(len(probes), dtype=torch.float64, device=device)
+        for a in computed:
+            kk = step * budget.grad_accum + a
+            idx = [micro_batch(n, budget.batch_size, seed, kk) for n in sizes]
+            on_device = [_index(i, device) for i in idx]
+            x = torch.stack([r.rows(i, step, d) for r, i, d in zip(rows, idx, on_device)])  # [F, B, sum D_l]
+            y = torch.stack([t.index_select(0, d) for t, d in zip(targets, on_device)])  # [F, B, blocks]
+            with tf32_context(tf32):
+                loss = stacked.losses(stacked.forward(x), y) / budget.grad_accum
+                loss.sum().backward()
+            totals += loss.detach()
+        if world > 1:
+            all_reduce_sum(totals, env)
+            all_reduce_gradients([stacked.params[n] for n in stacked.names], env)
+        elif not computed:
+            for q in stacked.params.values():
+                q.grad = torch.zeros_like(q)
+        with tf32_context(tf32):
+            norms = stacked.clip_(budget.grad_clip)
+            stacked.adam_step(lrs, step + 1, decay)
+        sums += torch.stack([totals, norms.to(torch.float64)], dim=1)
+        for p in probes:
+            p.state["step"] = step + 1
+            p.state["window"][1] += 1
+        bar.update(1)
+        if on_step is not None:
+            on_step(step + 1)
+        if (step + 1) % budget.eval_every == 0 or step + 1 == budget.steps:
+            dev_rows = dev_rows or [DeviceRows(f.dev.source, device) for f in folds]  # made once a phase
+            _evaluate_window(folds, stacked, sums, budget, device, failed, rank, tf32, dev_rows)
+            if on_eval is not None:
+                on_eval(step + 1)
+    for i, p in enumerate(probes):  # where the phase leaves them (a later phase or the caller reads them)
+        model, p.moments = stacked.state_of(i)
+        p.model.load_state_dict(model, strict=False)
+    bar.close()
+
+
+def _evaluate_window(folds, stacked: Stacked, sums: Tensor, budget: TaskBudget, device, failed: dict,
+                     rank: int, tf32: bool, dev_rows: list) -> None:
+    """At an evaluation: the window's one read, each live probe's dev metric, best state and checkpoint."""
+    probes = [p for f in folds for p in f.probes]
+    read = sums.tolist()
+    good = []
+    for i, (p, (loss_sum, norm_sum)) in enumerate(zip(probes, read)):
+        if id(p) in failed:
+            continue
+        if not (np.isfinite(loss_sum) and np.isfinite(norm_sum)):
+            count = p.state["window"][1]
+            step = p.state["step"]
+            failed[id(p)] = (f"probe {folds[0].task.name} lr={p.lr:g}: non-finite training loss or gradient norm in "
+                             f"steps {step + 1 - count}..{step}; it stops (lower the learning rate, "
+                             f"probing.tasks.{folds[0].task.name}.lr_grid)")
+            continue
+        p.state["window"][0], p.state["window"][2] = loss_sum, norm_sum
+        good.append(i)
+    sums.zero_()
+    k = stacked.per_fold
+    for f_i, fold in enumerate(folds):
+        members = [i for i in good if i // k == f_i]
+        if not members:
+            continue
+        with tf32_context(tf32):
+            metrics = evaluate_fused(fold.task, stacked, members, fold.dev, budget.batch_size, device,
+                                     dev_rows[f_i])
+        for i, metric in zip(members, metrics):
+            _record(fold.task, probes[i], stacked, i, metric, rank)
+
+
+def _record(task: Any, p: Any, stacked: Stacked, i: int, metric: float, rank: int) -> None:
+    """Add a dev evaluation to probe `i`'s curve, keep its best state, and checkpoint it (rank 0)."""
+    state = p.state
+    curve, window = state["curve"], state["window"]
+    curve["step"].append(state["step"])
+    curve["train_loss"].append(window[0] / max(window[1], 1))
+    curve["grad_norm"].append(window[2] / max(window[1], 1))
+    curve["dev"].append(metric)
+    state["window"] = [0.0, 0, 0.0]
+    model, moments = stacked.state_of(i)
+    if task.better(metric, state["best"]):
+        state["best"], state["best_step"] = metric, state["step"]
+        state["best_state"] = copy.deepcopy(model)
+    if rank == 0:
+        save_checkpoint({"run_key": p.run_key, "engine": ENGINE, "model": model, "optimizer": moments,
+                         "state": state}, p.checkpoint)
+

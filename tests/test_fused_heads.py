@@ -1,0 +1,251 @@
+"""Pooled probes as one fused step (repro.probing.fused), a group's featurizers together, probing.tf32."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+
+from repro.bench.probe_fused import _fold
+from repro.config.schema import TaskBudget
+from repro.errors import ConfigError
+from repro.probing import fused
+from repro.probing.featurizer import ProjectedWeightedSum, WeightedSum, group_features
+from repro.probing.trainer import train_group
+from repro.runtime import tf32_context
+
+torch.set_num_threads(2)
+CPU = torch.device("cpu")
+LAYERS, DIM, TRAIN = 3, 16, 40
+
+
+def _folds(tmp_path, task="KS", folds=1, k=2, classes=4):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    return [fused.Fold(*_fold(task, f, classes, TRAIN, LAYERS, DIM, k, tmp_path)) for f in range(folds)]
+
+
+def _budget(**changes):
+    return TaskBudget(**{"steps": 6, "batch_size": 8, "lr_grid": [1e-3], "eval_every": 3, **changes})
+
+
+class _Calls(TorchFunctionMode):
+    """Torch calls by name, reset at each step's end."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: collections.Counter = collections.Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.calls[getattr(func, "__name__", str(func))] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _step_calls(folds, budget) -> list[dict]:
+    """The torch calls of each training step between the first two evaluations."""
+    steps, evals = [], []
+    with _Calls() as mode:
+        def on_step(n):
+            if len(evals) == 1:
+                steps.append(dict(mode.calls))
+            mode.calls.clear()
+
+        def on_eval(n):
+            evals.append(n)
+            mode.calls.clear()
+
+        fused.train_fused(folds, budget, 0, CPU, progress=False, on_eval=on_eval, on_step=on_step)
+    return steps
+
+
+def test_the_torch_calls_of_a_fused_step_do_not_depend_on_the_number_of_probes(tmp_path):
+    budget = _budget(grad_accum=2)
+    one = _step_calls(_folds(tmp_path / "1", k=1), budget)
+    four = _step_calls(_folds(tmp_path / "4", k=4), budget)
+    assert len(one) == 3 and one == four and sum(one[0].values()) > 20
+    # folds add their own reads of a micro-batch (an index and rows per fold), never per learning rate
+    two_folds = [_step_calls(_folds(tmp_path / f"f{k}", task="ER", folds=2, k=k), budget) for k in (1, 4)]
+    assert two_folds[0] == two_folds[1]
+
+
+def _final(outs):
+    return [[(o["best"], o["best_step"], o["curve"], {n: t.clone() for n, t in o["best_state"].items()})
+             for o in fold] for fold in outs]
+
+
+def _same(a, b) -> bool:
+    return all(x[:3] == y[:3] and all(torch.equal(x[3][n], y[3][n]) for n in x[3]) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("task,folds", [("KS", 1), ("ER", 2)])
+def test_a_probe_in_a_fused_group_gives_the_bytes_of_its_solo_run(task, folds, tmp_path):
+    budget = _budget()
+    group = _final(fused.train_fused(_folds(tmp_path / "g", task, folds, k=3), budget, 0, CPU, progress=False))
+    for i in range(3):
+        solo_folds = _folds(tmp_path / f"s{i}", task, folds, k=3)
+        for f in solo_folds:
+            f.probes = [f.probes[i]]
+        solo = _final(fused.train_fused(solo_folds, budget, 0, CPU, progress=False))
+        assert all(_same([g[i]], s) for g, s in zip(group, solo))
+
+
+def test_the_fused_engine_matches_the_per_probe_engine_within_float_rounding(tmp_path):
+    """The tolerance stated in docs/probing.md: after 30 steps every weight within 1e-5 of the per-probe
+    engine's (relative to the weight's largest magnitude), the same dev metrics."""
+    budget = _budget(steps=30, eval_every=10)
+    (fold,) = _folds(tmp_path / "f", k=3)
+    outs = fused.train_fused([fold], budget, 0, CPU, progress=False)[0]
+    (other,) = _folds(tmp_path / "p", k=3)
+    ref = train_group(other.task, other.probes, other.train, other.dev, budget, 0, CPU, progress=False)
+    worst = 0.0
+    for a, b in zip(outs, ref):
+        assert a["curve"]["dev"] == b["curve"]["dev"] and a["best_step"] == b["best_step"]
+        for n, t in a["best_state"].items():
+            worst = max(worst, float((t - b["best_state"][n]).abs().max() / b["best_state"][n].abs().max()))
+        assert a["curve"]["train_loss"] == pytest.approx(b["curve"]["train_loss"], rel=1e-5)
+    assert 0 < worst < 1e-5
+
+
+def test_probes_with_different_budgets_are_refused_with_the_settings_named():
+    with pytest.raises(ConfigError, match=r"different budgets .*steps: KS=100, ER=200; batch_size: KS=32, ER=4; "
+                                          r"train_crop_seconds: KS=None, ER=1\.0"):
+        fused.check_budgets({"KS": _budget(steps=100, batch_size=32),
+                             "ER": _budget(steps=200, batch_size=4, train_crop_seconds=1.0)})
+    assert fused.check_budgets({"a": _budget(), "b": _budget()}) == _budget()
+
+
+def test_folds_of_other_shapes_are_refused(tmp_path):
+    folds = _folds(tmp_path / "a", "ER", 1, k=2) + _folds(tmp_path / "b", "ER", 1, k=2, classes=3)
+    with pytest.raises(ConfigError, match="one shape"):
+        fused.train_fused(folds, _budget(), 0, CPU, progress=False)
+
+
+def test_a_checkpoint_of_other_settings_or_engine_is_rebuilt_never_mixed(tmp_path):
+    budget = _budget()
+    clean = _final(fused.train_fused(_folds(tmp_path / "clean", k=2), budget, 0, CPU, progress=False))
+    # checkpoints written by the per-probe engine with the same run key, and by a group of another budget
+    for name, write in (("engine", lambda f: train_group(f.task, f.probes, f.train, f.dev, budget, 0, CPU,
+                                                         progress=False)),
+                        ("settings", lambda f: fused.train_fused([f], _budget(steps=3), 0, CPU, progress=False))):
+        (fold,) = _folds(tmp_path / name, k=2)
+        if name == "settings":
+            for p in fold.probes:
+                p.run_key = "other"
+        write(fold)
+        assert all(p.checkpoint.is_file() for p in fold.probes)
+        (again,) = _folds(tmp_path / name, k=2)  # the same checkpoint paths, this run's key
+        assert _same(_final(fused.train_fused([again], budget, 0, CPU, progress=False))[0], clean[0])
+
+
+def test_an_interrupted_fused_group_resumes_to_the_uninterrupted_results(tmp_path):
+    import shutil
+
+    budget = _budget(steps=9)
+    whole = _final(fused.train_fused(_folds(tmp_path / "whole", k=2), budget, 0, CPU, progress=False))
+
+    class Stop(Exception):
+        pass
+
+    def stop_at(n):
+        def stop(step):
+            if step == n:
+                raise Stop
+        return stop
+
+    def run(**kw):
+        return fused.train_fused(_folds(tmp_path / "broken", k=2), budget, 0, CPU, progress=False, **kw)
+
+    ckpt = _folds(tmp_path / "broken", k=2)[0].probes[0].checkpoint
+    with pytest.raises(Stop):
+        run(on_eval=stop_at(3))
+    for suffix in ("", ".sha256"):
+        shutil.copy(f"{ckpt}{suffix}", tmp_path / f"step3.pt{suffix}")
+    with pytest.raises(Stop):
+        run(on_eval=stop_at(6))
+    # a kill between two checkpoint writes: one probe a checkpoint behind the other catches up alone, then fused
+    for suffix in ("", ".sha256"):
+        shutil.copy(tmp_path / f"step3.pt{suffix}", f"{ckpt}{suffix}")
+    assert torch.load(ckpt, weights_only=True)["state"]["step"] == 3
+    assert _same(_final(run())[0], whole[0])
+
+
+def test_group_features_equal_each_featurizer_alone_and_the_per_layer_sum():
+    torch.manual_seed(0)
+    dims = [8, 16, 24]
+    projected = [ProjectedWeightedSum(dims, 12) for _ in range(3)]
+    for f in projected:
+        torch.nn.init.normal_(f.weights)
+    layers = [torch.randn(2, 5, d) for d in dims]
+    together = group_features(projected, layers)
+    one = group_features(projected, layers, one_product=True)  # a GPU's path: every probe in one product
+    for f, out, out_one in zip(projected, together, one):
+        assert torch.equal(out, group_features([f], layers)[0]) and torch.equal(out, f(layers))
+        w = torch.softmax(f.weights, -1)
+        per_layer = sum(w[l] * a(h) for l, (h, a) in enumerate(zip(layers, f.proj)))
+        assert torch.allclose(out, per_layer, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(out_one, out, rtol=1e-6, atol=1e-6)
+    plain = [WeightedSum(3) for _ in range(2)]
+    for f in plain:
+        torch.nn.init.normal_(f.weights)
+    same = [torch.randn(2, 5, 8) for _ in range(3)]
+    assert all(torch.equal(a, f(same)) for f, a in zip(plain, group_features(plain, same)))
+
+
+def test_tf32_is_set_around_the_probes_work_and_restored():
+    flags = lambda: (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    before = flags()
+    for enabled in (True, False):
+        with tf32_context(enabled):
+            assert flags() == (enabled, enabled)
+        assert flags() == before
+    with pytest.raises(RuntimeError), tf32_context(not before[0]):
+        raise RuntimeError
+    assert flags() == before
+
+
+@pytest.fixture
+def tf32_off():
+    """TF32 off whatever earlier tests of the process left (a profile's `extraction.tf32` sets it)."""
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_probing_tf32_changes_nothing_on_the_cpu(tmp_path, tf32_off):
+    budget = _budget()
+    seen = []
+
+    class Watch(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if getattr(func, "__name__", "") == "baddbmm":
+                seen.append(torch.backends.cuda.matmul.allow_tf32)
+            return func(*args, **(kwargs or {}))
+
+    off = _final(fused.train_fused(_folds(tmp_path / "off", k=2), budget, 0, CPU, progress=False))
+    with Watch():
+        on = _final(fused.train_fused(_folds(tmp_path / "on", k=2), budget, 0, CPU, tf32=True, progress=False))
+    assert _same(on[0], off[0])
+    assert seen and all(seen) and not torch.backends.cuda.matmul.allow_tf32  # on for the heads only, then off
+
+
+def test_a_projected_probes_gradients_in_a_group_are_its_solo_bytes():
+    """At ECAPA-TDNN's real widths (7,168 -> 768), where a CPU reduction splits its work by threads."""
+    dims = [1024] * 4 + [3072]
+    torch.manual_seed(0)
+    group = [ProjectedWeightedSum(dims, 768) for _ in range(3)]
+    for f in group:
+        torch.nn.init.normal_(f.weights)
+    layers = [torch.randn(2, 20, d) for d in dims]
+
+    def grads(featurizers):
+        for f in featurizers:
+            f.zero_grad(set_to_none=True)
+        outs = group_features(featurizers, layers)
+        torch.autograd.backward(outs, [o.detach() * 1e-3 + 1e-2 for o in outs])
+        return [[q.grad.clone() for q in f.parameters()] for f in featurizers]
+
+    together, alone = grads(group), grads(group[:1])
+    assert all(torch.equal(a, b) for a, b in zip(together[0], alone[0]))
