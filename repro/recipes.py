@@ -21,7 +21,12 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-from repro.errors import ConfigError
+from repro.errors import ConfigError, ReproError
+
+
+class TrainingFailed(ReproError):
+    """A training run whose model must not be used (collapsed, or no better than untrained); each recipe
+    package raises its own subclass."""
 
 
 @dataclass(frozen=True)

@@ -100,3 +100,13 @@ def workspace_env(tmp_path, monkeypatch):
     for var, sub in (("REPRO_WORK", "work"), ("REPRO_RESULTS", "results"), ("REPRO_FIGURES", "figures")):
         monkeypatch.setenv(var, str(tmp_path / sub))
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def _outputs_outside_the_clone(tmp_path, monkeypatch):
+    """Results and figures of a test go to its temporary folder unless it names its own (`workspace_env`
+    and the tests that set the variables override this), so no test writes results/ or paper_figures/
+    into the clone and no two tests meet in one profile's folders."""
+    for var, sub in (("REPRO_RESULTS", "results"), ("REPRO_FIGURES", "figures")):
+        if var not in os.environ:
+            monkeypatch.setenv(var, str(tmp_path / sub))

@@ -38,7 +38,8 @@ def extracted(tiny_corpus, tmp_path_factory):
     root = tmp_path_factory.mktemp("cka-work")
     prof = write_profile(root / "ckaprof.yaml")
     mp = pytest.MonkeyPatch()
-    mp.setenv("REPRO_WORK", str(root / "work"))
+    for var, sub in (("REPRO_WORK", "work"), ("REPRO_RESULTS", "results"), ("REPRO_FIGURES", "figures")):
+        mp.setenv(var, str(root / sub))
     try:
         ws = Workspace.for_profile(prof)
         shutil.copytree(tiny_corpus, ws.corpus_dir)

@@ -116,7 +116,8 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 # Outputs that say how a run went rather than what it computed (wall and CPU time, the world size,
 # the machine and its CPU settings), and the lock files of the two runs' own paths.
-RUN_RECORDS = ("timing.json", "REPORT.md", "provenance.json", "numerics.json", ".lock", ".lock.owner")
+RUN_RECORDS = ("timing.json", "REPORT.md", "provenance.json", "numerics.json", ".lock", ".lock.owner",
+               ".profile.json")
 # PR's probes compute 3 micro-batches per step on 2 ranks: rank 0 adds two gradients before the
 # all-reduce, so the sum is rounded in another order (compared within the measured spread, below).
 ROUNDED = ("probes/*/PR/*.pt", "probing/*/PR/*.json")

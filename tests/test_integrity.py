@@ -21,7 +21,7 @@ from repro import weights
 from repro.models.upstream import ModelUnavailableError
 from repro.cli import main
 from repro.weights import WeightsError, digest_record, load_checkpoint, load_weights, save_checkpoint
-from test_faults import faultprof  # noqa: F401 - the one-model, one-task profile (a fixture)
+from test_faults import faultprof, faultprof_corpus  # noqa: F401 - the one-model, one-task profile (fixtures)
 from test_wespeaker_ecapa import _register, tiny_checkpoint  # noqa: F401 - a tiny wespeaker checkpoint (a fixture)
 
 PACKAGE = Path(__file__).resolve().parents[1] / "repro"

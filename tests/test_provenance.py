@@ -88,7 +88,7 @@ def direct(setting: str, p) -> set[str]:
             if field == "lr_grid":
                 return {f"best:*:{task}"}
             return {f"probe:*:{task}:*"} | ({"asv_idt:*"} if (task, field) == ("ASV", "input") else set())
-        if parts[1] in ("layer_norm", "projection", "projection_dim", "layers"):
+        if parts[1] in ("layer_norm", "projection", "projection_dim", "layers", "tf32"):
             return {"probe:*:*:*"}
         if parts[1] in head:
             return {f"probe:*:{t}:*" for t in head[parts[1]]}

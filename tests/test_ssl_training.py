@@ -103,7 +103,8 @@ def test_same_seed_same_weights_and_a_resumed_run_equals_an_uninterrupted_one(re
     moved = [k for k, v in init.state_dict().items() if k in trained and not torch.equal(v, trained[k])]
     assert len(moved) > 10
     # the same settings again: nothing is retrained, the model is reused (CLI)
-    res = CliRunner(env={"REPRO_WORK": str(straight.work_root)}).invoke(
+    res = CliRunner(env={"REPRO_WORK": str(straight.work_root), "REPRO_RESULTS": str(tmp_path / "results"),
+                         "REPRO_FIGURES": str(tmp_path / "figures")}).invoke(
         main, ["train", "-r", recipe, "-p", str(tmp_path / "a" / "ssl.yaml")])
     assert res.exit_code == 0 and "exists" in res.output and "masked-prediction accuracy" in res.output, res.output
 
@@ -160,7 +161,8 @@ def test_checkpoint_of_another_configuration_is_refused_until_forced(tiny_corpus
     with pytest.raises(T.TrainingInterrupted):
         T.train_ssl(ws, "hubert", progress=False, stop_after_step=2)
     changed = make_ws(tmp_path, tiny_corpus, extra="mask_length: 5")
-    res = CliRunner(env={"REPRO_WORK": str(ws.work_root)}).invoke(
+    res = CliRunner(env={"REPRO_WORK": str(ws.work_root), "REPRO_RESULTS": str(tmp_path / "results"),
+                         "REPRO_FIGURES": str(tmp_path / "figures")}).invoke(
         main, ["train", "-r", "hubert", "-p", str(tmp_path / "ssl.yaml")])
     ckpt = T.run_dir(changed, "hubert") / T.CHECKPOINT
     assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, res.output

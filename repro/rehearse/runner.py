@@ -221,7 +221,6 @@ def train_recipes(ws, have_vox2: bool, asked: bool | None, progress: bool, log, 
     from repro import recipes
     from repro.data.download import data_root
     from repro.data.prepare.voxceleb2 import convert_voxceleb2
-    from repro.speaker.train import SpeakerTrainingFailed
 
     t = time.perf_counter()
     convert_voxceleb2(data_root(ws.profile.data.root), workers=2, progress=progress)  # `repro data prepare-vox2`
@@ -231,7 +230,7 @@ def train_recipes(ws, have_vox2: bool, asked: bool | None, progress: bool, log, 
             info = recipes.train(ws, recipe, progress=progress)
             out[recipe] = {"run": str(recipes.run_dir(ws, recipe)), "published": info is not None,
                            "steps": info and info["steps"], "utterances": info and info["train"]["utterances"]}
-        except SpeakerTrainingFailed as err:  # trained and judged: a few steps on synthetic speech may not beat
+        except recipes.TrainingFailed as err:  # trained and judged: a few steps on synthetic speech may not beat
             # the untrained network, and then the model is rightly not published
             out[recipe] = {"run": str(recipes.run_dir(ws, recipe)), "published": False, "judged": str(err)}
         log(f"rehearsal: repro train --recipe {recipe}: {json.dumps(out[recipe])}")

@@ -42,7 +42,7 @@ TRAINER_VERSION = 1
 CACHE_AUDIO_BYTES = 512 << 20
 
 
-class SpeakerTrainingFailed(ReproError, RuntimeError):
+class SpeakerTrainingFailed(recipes.TrainingFailed, RuntimeError):
     """A training run whose model must not be used (collapsed, or no better than untrained)."""
 
 
