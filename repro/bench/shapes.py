@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 # layer widths and frames per audio second of the full profile's models
 MODELS = {
@@ -111,31 +112,32 @@ def head_flops_per_frame(model: str, task: str, frames: int = 200) -> dict[str, 
     return {"forward": fwd.get_total_flops() / frames, "train": train.get_total_flops() / frames}
 
 
+class _Operators(TorchDispatchMode):
+    """Counts the operators dispatched while it is active (`n`); on a GPU each is at least one launch."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
 def pooled_step_ops(model: str, task: str, batch: int) -> dict[str, int]:
     """Operators dispatched per micro-batch (forward, loss, backward, loss read) and per optimiser
     step (gradient clipping, Adam) of one pooled probe, counted with a `TorchDispatchMode` on the CPU;
     on a GPU each is at least one kernel launch."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Count(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.n = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.n += 1
-            return func(*args, **(kwargs or {}))
-
     torch.manual_seed(0)
     m = probe(model, task)
     opt = torch.optim.Adam(m.parameters(), lr=1e-3)
     layers, lengths, targets = random_batch(model, task, batch, 1, "cpu", pooled=True)
     for _ in range(2):  # the second round is counted (Adam's state exists from the first)
-        with Count() as micro:
+        with _Operators() as micro:
             value = loss(task, m, layers, lengths, targets)
             value.backward()
             float(value.detach())
-        with Count() as step:
+        with _Operators() as step:
             torch.nn.utils.clip_grad_norm_(list(m.parameters()), 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -147,18 +149,7 @@ def fused_step_ops(model: str, task: str, batch: int, folds: int, k: int) -> dic
     fused optimiser step (clipping and Adam of every probe), and of one fused evaluation forward, for a
     group of `k` learning rates x `folds` folds of pooled probes (`repro.probing.fused.Stacked`), counted
     with a `TorchDispatchMode` on the CPU; they do not depend on `k` (`tests/test_fused_heads.py`)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     from repro.probing.fused import Stacked
-
-    class Count(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.n = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.n += 1
-            return func(*args, **(kwargs or {}))
 
     class _P:
         def __init__(self, m):
@@ -171,15 +162,15 @@ def fused_step_ops(model: str, task: str, batch: int, folds: int, k: int) -> dic
     targets = torch.stack([torch.randint(0, n, (4 * batch,)) for n in outputs_of(task)], -1)
     lrs = torch.full((k * folds,), 1e-3)
     for step in (1, 2):  # the second round is counted (the moments exist from the first)
-        with Count() as micro:
+        with _Operators() as micro:
             idx = [torch.arange(batch) for _ in range(folds)]
             x = torch.stack([table.index_select(0, i) for i in idx])
             y = torch.stack([targets.index_select(0, i) for i in idx])
             stacked.losses(stacked.forward(x), y).sum().backward()
-        with Count() as opt:
+        with _Operators() as opt:
             stacked.clip_(1.0)
             stacked.adam_step(lrs, step, None)
             stacked.zero_grad()
-    with torch.no_grad(), Count() as evaluation:
+    with torch.no_grad(), _Operators() as evaluation:
         [o.cpu() for o in stacked.forward(table[None, :batch])]
     return {"micro_batch": micro.n, "optimizer_step": opt.n, "evaluation": evaluation.n}

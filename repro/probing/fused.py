@@ -51,6 +51,7 @@ from repro.micro_batches import all_reduce_gradients, rank_micro_batches
 from repro.probing.featurizer import ProjectedWeightedSum, WeightedSum
 from repro.probing.heads import UtteranceHead
 from repro.probing.sources import StorePooled, micro_batch
+from repro.probing.trainer import add_evaluation
 from repro.runtime import all_reduce_sum, tf32_context
 from repro.util.progress import progress_bar
 from repro.weights import load_checkpoint, save_checkpoint
@@ -393,15 +394,8 @@ def _evaluate_window(folds, stacked: Stacked, sums: Tensor, budget: TaskBudget, 
 def _record(task: Any, p: Any, stacked: Stacked, i: int, metric: float, rank: int) -> None:
     """Add a dev evaluation to probe `i`'s curve, keep its best state, and checkpoint it (rank 0)."""
     state = p.state
-    curve, window = state["curve"], state["window"]
-    curve["step"].append(state["step"])
-    curve["train_loss"].append(window[0] / max(window[1], 1))
-    curve["grad_norm"].append(window[2] / max(window[1], 1))
-    curve["dev"].append(metric)
-    state["window"] = [0.0, 0, 0.0]
     model, moments = stacked.state_of(i)
-    if task.better(metric, state["best"]):
-        state["best"], state["best_step"] = metric, state["step"]
+    if add_evaluation(task, state, metric):
         state["best_state"] = copy.deepcopy(model)
     if rank == 0:
         save_checkpoint({"run_key": p.run_key, "engine": ENGINE, "model": model, "optimizer": moments,

@@ -337,17 +337,26 @@ def train_group(
              "curve": p.state["curve"], "failed": failed.get(id(p))} for p in probes]
 
 
-def _record_evaluation(task: Task, p: Probe, metric: float, rank: int) -> None:
-    """Add a dev evaluation to a probe's curve, keep its best state, and checkpoint it (rank 0)."""
-    state = p.state
+def add_evaluation(task: Task, state: dict[str, Any], metric: float) -> bool:
+    """Add a dev evaluation to a probe's `state` (`_new_state`): the curve gets the window's mean loss
+    and gradient norm and the metric, the window restarts; True when `metric` is the new best (then
+    `best` and `best_step` are updated; the caller keeps the best state, whose form is its engine's)."""
     curve, window = state["curve"], state["window"]
     curve["step"].append(state["step"])
     curve["train_loss"].append(window[0] / max(window[1], 1))
     curve["grad_norm"].append(window[2] / max(window[1], 1))
     curve["dev"].append(metric)
     state["window"] = [0.0, 0, 0.0]
-    if task.better(metric, state["best"]):
-        state["best"], state["best_step"] = metric, state["step"]
+    if not task.better(metric, state["best"]):
+        return False
+    state["best"], state["best_step"] = metric, state["step"]
+    return True
+
+
+def _record_evaluation(task: Task, p: Probe, metric: float, rank: int) -> None:
+    """Add a dev evaluation to a probe's curve, keep its best state, and checkpoint it (rank 0)."""
+    state = p.state
+    if add_evaluation(task, state, metric):
         state["best_state"] = copy.deepcopy({k: v.cpu() for k, v in p.model.state_dict().items()})
     if rank == 0:
         save_checkpoint({"run_key": p.run_key, "model": p.model.state_dict(), "optimizer": p.optimizer.state_dict(),
