@@ -8,6 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -45,6 +46,21 @@ def test_corpora_are_read_by_the_real_preparation_code(data_root):
     assert len(er) == made["iemocap"]["total"]
     for fold in "12345":  # every class in the training part of every fold
         assert {i.label for i in er if i.fold_splits[fold] == "train"} == set(er_labels), fold
+
+
+def test_the_trial_list_has_distinct_pairs_half_of_them_targets(data_root):
+    """VoxCeleb1-O's properties: no trial twice, no file against itself, as many target as non-target
+    trials, each label the speakers' (same id = target)."""
+    root, _ = data_root
+    lines = (root / "voxceleb1" / "meta" / "voxceleb1_test_v2.txt").read_text().splitlines()
+    trials = [line.split() for line in lines]
+    assert len(trials) == corpora.CI.vox_trials and all(len(t) == 3 for t in trials)
+    assert len({frozenset(t[1:]) for t in trials}) == len(trials) and all(t[1] != t[2] for t in trials)
+    assert all(t[0] == str(int(t[1].split("/")[0] == t[2].split("/")[0])) for t in trials)
+    assert sum(t[0] == "1" for t in trials) == len(trials) // 2
+    files = [f"id1027{s}/v/{n}.wav" for s in range(2) for n in range(3)]  # 6 target, 9 non-target pairs
+    with pytest.raises(ValueError, match="vox_trials=14"):
+        corpora.trial_list(files, 14, np.random.default_rng(0))
 
 
 @pytest.mark.parametrize("ci", [False, True])

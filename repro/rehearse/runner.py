@@ -96,10 +96,7 @@ def rehearse(base: str, *, ci: bool = False, device: str | None = None, train: b
         data["speaker_training"]["device"] = device
         profile_path.write_text(text.split("\n", 1)[0] + "\n" + yaml.safe_dump(data, sort_keys=False))
     sizes = corpora.CI if ci else corpora.Sizes()
-    if ci:
-        shrunk.append("corpus sizes: the CI sizes (repro.rehearse.corpora.CI); models: tiny configurations")
-    else:
-        shrunk.append("corpus sizes: repro.rehearse.corpora.Sizes (speakers, utterances per speaker)")
+    shrunk.append(corpora.sizes_line(sizes, ci))
     seconds: dict[str, float] = {}
     cpu: dict[str, float] = {}
     mark = [cpu_seconds()]
