@@ -34,22 +34,25 @@ def _plan(base: str, ci: bool, folder: Path, scratch: Path):
     return ws, make_plan(ws, list(SCALED)), shrunk
 
 
-def price(base: str, ci: bool, record_path: Path = RECORD) -> tuple[dict[str, float] | None, str]:
-    """CPU seconds per stage of rehearsing `base`, scaled from the record; (None, why) without a record."""
+def _counts(plan) -> dict[str, int]:
+    return {stage: len([o for o in plan.outputs if o.stage == stage]) for stage in SCALED}
+
+
+def price(planned: dict[str, int], record_path: Path = RECORD) -> tuple[dict[str, float] | None, str]:
+    """CPU seconds per stage of a rehearsal with `planned` outputs per stage (of `SCALED`), scaled from the
+    record; (None, why) without a record."""
     if not record_path.is_file():
         return None, f"no record of a rehearsal ({record_path}: `repro rehearse --profile fast --record " \
                      f"{record_path.parent}`)"
     record = json.loads(record_path.read_text())
     cpu = record.get("cpu_seconds") or {}
-    counts = {}
     with tempfile.TemporaryDirectory() as scratch:
-        for key, (which, its_ci) in (("planned", (base, ci)), ("recorded", (record["profile"], bool(record.get("ci"))))):
-            _, plan, _ = _plan(which, its_ci, Path(scratch) / key, Path(scratch))
-            counts[key] = {stage: len([o for o in plan.outputs if o.stage == stage]) for stage in SCALED}
+        _, plan, _ = _plan(record["profile"], bool(record.get("ci")), Path(scratch) / "recorded", Path(scratch))
+    recorded = _counts(plan)
     out = {}
     for stage, seconds in cpu.items():
         if stage != "total":
-            ratio = counts["planned"][stage] / max(counts["recorded"][stage], 1) if stage in SCALED else 1.0
+            ratio = planned[stage] / max(recorded[stage], 1) if stage in SCALED else 1.0
             out[stage] = seconds * ratio
     out["total"] = sum(out.values())
     load = record.get("machine", {}).get("load_average_1min")
@@ -84,7 +87,7 @@ def lines(base: str, ci: bool = False, train: bool | None = None, record_path: P
     vox2 = corpora.has_ffmpeg() if train is None else train and corpora.has_ffmpeg()
     out.append("repro train: both speaker recipes on the rehearsal VoxCeleb2" if vox2 else
                "repro train: skipped (" + ("--no-train" if train is False else "no ffmpeg on this machine") + ")")
-    cpu, source = price(base, ci, record_path)
+    cpu, source = price(_counts(plan), record_path)
     if cpu is None:
         out.append(f"price: not known ({source})")
     else:
