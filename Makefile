@@ -52,8 +52,8 @@ reproduce: $(VENV)/.installed ## run every stage of PROFILE (smoke|fast|full), s
 	$(REPRO) run --profile $(PROFILE)$(if $(DRY_RUN), --dry-run)
 
 DEVICE ?=
-rehearse: $(VENV)/.installed ## rehearse PROFILE=fast|full (default fast): every stage on local corpora in the real layouts, random-weight models at real sizes (minutes)
-	$(REPRO) rehearse --profile $(if $(filter smoke,$(PROFILE)),fast,$(PROFILE))$(if $(DEVICE), --device $(DEVICE))
+rehearse: $(VENV)/.installed ## rehearse PROFILE=fast|full (default fast): every stage on local corpora in the real layouts, random-weight models at real sizes (minutes); DRY_RUN=1: the plan and its CPU-minutes only
+	$(REPRO) rehearse --profile $(if $(filter smoke,$(PROFILE)),fast,$(PROFILE))$(if $(DEVICE), --device $(DEVICE))$(if $(DRY_RUN), --dry-run)
 
 data: $(VENV)/.installed ## download, verify and extract the real corpora PROFILE needs (fast|full)
 	$(REPRO) data fetch --profile $(PROFILE)

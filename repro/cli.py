@@ -110,19 +110,27 @@ def _check_names(tasks: tuple[str, ...] = (), models: tuple[str, ...] = (),
 
 
 @main.command()
-@click.option("--profile", "-p", type=click.Choice(["fast", "full"]), default="fast", show_default=True,
-              help="the real profile to rehearse")
+@click.option("--profile", "-p", default="fast", show_default=True,
+              help="the real profile to rehearse: fast, full or a profile file of the real corpora")
 @click.option("--device", default=None, help="cpu or cuda (default: each stage's auto)")
 @click.option("--ci", is_flag=True, help="the CI sizes: smaller corpora and tiny models, the same code paths")
 @click.option("--train/--no-train", default=None, help="rehearse `repro train` (default: where ffmpeg is present)")
 @click.option("--record", "record_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="also write the seconds and disk as DIR/rehearsal.json (docs/PERFORMANCE.md's record)")
 @QUIET
+@click.option("--dry-run", is_flag=True, help="list what the rehearsal would make and run, and its CPU-minutes; run "
+              "nothing, write nothing")
 def rehearse(profile: str, device: str | None, ci: bool, train: bool | None, record_dir: Path | None,
-             quiet: bool) -> None:
+             quiet: bool, dry_run: bool) -> None:
     """Run every stage of a real profile on locally made corpora in the real layouts and random-weight
     models at the real sizes, in work/rehearse-<profile>/ (minutes; its numbers are not results)."""
     from repro.rehearse.runner import rehearse as run_rehearsal
+
+    if dry_run:
+        from repro.rehearse.dryrun import lines
+
+        _echo(lines(profile, ci, train))
+        return
 
     record = run_rehearsal(profile, ci=ci, device=device, train=train, progress=not quiet, log=click.echo,
                            record_dir=record_dir)

@@ -8,6 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -45,6 +46,21 @@ def test_corpora_are_read_by_the_real_preparation_code(data_root):
     assert len(er) == made["iemocap"]["total"]
     for fold in "12345":  # every class in the training part of every fold
         assert {i.label for i in er if i.fold_splits[fold] == "train"} == set(er_labels), fold
+
+
+def test_the_trial_list_has_distinct_pairs_half_of_them_targets(data_root):
+    """VoxCeleb1-O's properties: no trial twice, no file against itself, as many target as non-target
+    trials, each label the speakers' (same id = target)."""
+    root, _ = data_root
+    lines = (root / "voxceleb1" / "meta" / "voxceleb1_test_v2.txt").read_text().splitlines()
+    trials = [line.split() for line in lines]
+    assert len(trials) == corpora.CI.vox_trials and all(len(t) == 3 for t in trials)
+    assert len({frozenset(t[1:]) for t in trials}) == len(trials) and all(t[1] != t[2] for t in trials)
+    assert all(t[0] == str(int(t[1].split("/")[0] == t[2].split("/")[0])) for t in trials)
+    assert sum(t[0] == "1" for t in trials) == len(trials) // 2
+    files = [f"id1027{s}/v/{n}.wav" for s in range(2) for n in range(3)]  # 6 target, 9 non-target pairs
+    with pytest.raises(ValueError, match="vox_trials=14"):
+        corpora.trial_list(files, 14, np.random.default_rng(0))
 
 
 @pytest.mark.parametrize("ci", [False, True])
@@ -108,6 +124,7 @@ def test_ci_rehearsal_runs_every_stage(tmp_path, monkeypatch):
     assert not (tmp_path / "real-data").exists() and os.environ["REPRO_DATA"] == str(tmp_path / "real-data")
     figures = tmp_path / "paper_figures" / "rehearse-fast"
     assert "REHEARSAL of profile `fast`: NOT RESULTS" in (figures / "REPORT.md").read_text()
+    assert "means nothing about any model" in (figures / "REHEARSAL.md").read_text()  # EER 0 of synthetic voices
     assert json.loads((figures / "provenance.json").read_text())["rehearsal"]["profile"] == "fast"
     record = json.loads((figures / "REHEARSAL.json").read_text())
     assert {"features", "cka", "probe", "paper"} <= set(record["seconds"]) <= set(record["cpu_seconds"])
@@ -162,3 +179,30 @@ def test_the_record_keeps_wall_and_cpu_seconds_and_the_load(tmp_path):
     assert "6.7 min wall, 9.0 min CPU" in text and "load average 1.5 at the start, 3.25 at the end" in text
     assert [line.split() for line in text.splitlines() if "features" in line] == [["features", "300", "500"]]
     assert "work 3 MiB" in text and "skipped (no ffmpeg)" in text
+
+
+def test_dry_run_names_a_profile_file_as_given_and_writes_nothing(tmp_path, monkeypatch):
+    """`repro rehearse --profile FILE --dry-run`: the file's path as given and its name, the rehearsal's
+    folders, sizes, outputs and price; nothing written. A profile of the synthetic corpus is refused."""
+    from repro.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for var in ("REPRO_WORK", "REPRO_RESULTS", "REPRO_FIGURES"):
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "mine.yaml").write_text("extends: fast\nname: mine\n")
+    (tmp_path / "artifacts" / "bench").mkdir(parents=True)
+    shutil.copy(Path(__file__).resolve().parents[1] / "artifacts" / "bench" / "rehearsal.json",
+                tmp_path / "artifacts" / "bench")
+    before = sorted(tmp_path.rglob("*"))
+    result = CliRunner().invoke(main, ["rehearse", "--profile", "profiles/mine.yaml", "--dry-run", "--no-train"])
+    assert result.exit_code == 0, result.output
+    out = result.output.splitlines()
+    assert out[0] == "rehearsal plan of profile file profiles/mine.yaml, named 'mine' (nothing is run or written now)"
+    assert out[1].startswith("rehearsal profile 'rehearse-mine': work/rehearse-mine/")
+    assert any(line.startswith("  corpus sizes (repro.rehearse.corpora.Sizes): sentence_words") for line in out)
+    assert "repro train: skipped (--no-train)" in out
+    assert out[-1].startswith("price: about ") and "CPU-minutes" in out[-1], out[-1]
+    assert sorted(tmp_path.rglob("*")) == before
+    result = CliRunner().invoke(main, ["rehearse", "--profile", "smoke", "--dry-run"])
+    assert result.exit_code != 0 and "smoke: corpus.kind is 'synthetic'" in result.output, result.output

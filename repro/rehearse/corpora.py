@@ -6,8 +6,7 @@ and where the user puts the manual ones:
     librispeech/<part>/LibriSpeech/<part>/<spk>/<chapter>/<spk>-<chapter>-<n>.flac + <spk>-<chapter>.trans.txt
     librispeech-lexicon/lexicon/{librispeech-lexicon-200k-g2p.txt, librispeech-lexicon-allothers-g2p.txt,
                                  phoneme.txt}   (s3prl's 71-token inventory: SIL, SPN, 69 stressed ARPAbet)
-    speech-commands/v0.01/<word>/<hash>_nohash_<n>.wav, _background_noise_/*.wav, testing_list.txt,
-                                 validation_list.txt
+    speech-commands/v0.01/<word>/<hash>_nohash_<n>.wav, _background_noise_/*.wav, {testing,validation}_list.txt
     speech-commands/test-v0.01/<class>/*.wav     (the 12 classes, `_silence_` and `_unknown_` included)
     voxceleb1/{dev,test}/wav/idXXXXX/<video>/<n>.wav, voxceleb1/meta/iden_split.txt (`<1|2|3> <wav>`),
                                  voxceleb1/meta/voxceleb1_test_v2.txt (`<1|0> <enroll wav> <test wav>`)
@@ -17,8 +16,8 @@ and where the user puts the manual ones:
     fluent_speech_commands_dataset/data/{train,valid,test}_data.csv, wavs/speakers/<spk>/<uuid>.wav
     IEMOCAP_full_release/Session{1..5}/dialog/EmoEvaluation/<dialog>.txt, sentences/wav/<dialog>/<utt>.wav
 
-Every speaker is an espeak-ng voice of its own; words, sentences and intents come from
-`repro.data.synth_text`. Everything random comes from the seed: the same seed gives the same files.
+Every speaker is an espeak-ng voice of its own; words, sentences and intents come from `repro.data.synth_text`.
+Everything random comes from the seed: the same seed gives the same files.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ import hashlib
 import json
 import shutil
 import subprocess
-from dataclasses import dataclass
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +39,9 @@ from repro.data.download import MARKER
 from repro.data.espeak import Voice, synthesize
 from repro.data.prepare.speech_commands import which_set
 from repro.util.atomic import atomic_path
+from repro.rehearse.sizes import CI, Sizes, sizes_line  # noqa: F401  (the corpora's sizes)
 
-VERSION = 4  # of the corpus makers: a rehearsal remakes its corpora when it changes
+VERSION = 5  # of the corpus makers: a rehearsal remakes its corpora when it changes
 LANGUAGES = ["en", "en-us", "en-gb-x-rp", "en-029", "en-gb-scotland", "en-us-nyc"]
 VARIANTS = ["m1", "f1", "m2", "f2", "m3", "f3", "m4", "f4", "m5", "f5", "m6", "m7"]
 # s3prl's phone inventory (downstream/ctc/vocab/phoneme.txt): SIL, SPN, then stressed ARPAbet
@@ -57,45 +57,17 @@ IEMOCAP_LABELS = ["neu", "hap", "exc", "ang", "sad", "fru", "xxx"]
 ER_STYLE_OF = {"neu": "neu", "hap": "hap", "exc": "hap", "ang": "ang", "sad": "sad", "fru": "neu", "xxx": "neu"}
 
 
-@dataclass(frozen=True)
-class Sizes:
-    """How much of each corpus a rehearsal makes (speakers, utterances per speaker, seconds).
-
-    VoxCeleb1's identification split puts a speaker's last utterance in test, the one before in dev and
-    the others in train: `vox_videos * vox_per_video` must be at least 3."""
-
-    libri_speakers: tuple[int, int, int] = (6, 3, 3)  # train-clean-100, dev-clean, test-clean
-    libri_per_speaker: int = 3
-    ks_train_speakers: int = 4  # per word, chosen so that the hashing rule puts them in train
-    ks_dev_speakers: int = 1
-    ks_unknown_words: int = 2
-    ks_test_per_class: int = 1
-    fsc_speakers: tuple[int, int, int] = (2, 1, 1)  # train, valid, test
-    fsc_intents_per_speaker: int = 0  # 0: every intent
-    vox_dev_speakers: int = 6
-    vox_test_speakers: int = 3
-    vox_videos: int = 2
-    vox_per_video: int = 2
-    vox_long_seconds: float = 9.0  # one utterance per speaker longer than the 8 s training crop
-    vox_trials: int = 24
-    vox2_speakers: int = 3
-    vox2_per_speaker: int = 3
-    musan_per_category: int = 2
-    rirs_per_room: int = 2
-    iemocap_per_dialog: int = 7  # one turn of each label of the cycle: every class in every session
-    noise_seconds: float = 6.0
-
-
-CI = Sizes(libri_speakers=(3, 2, 2), libri_per_speaker=2, ks_train_speakers=2, ks_unknown_words=1, fsc_speakers=(1, 1, 1),
-           fsc_intents_per_speaker=0, vox_dev_speakers=4, vox_test_speakers=2, vox_videos=2, vox_per_video=2,
-           vox_long_seconds=0.0, vox_trials=6, vox2_speakers=2, vox2_per_speaker=2, iemocap_per_dialog=7)
-
-
 class _Voices:
-    """One espeak-ng voice per speaker id, drawn from the seed and the id."""
+    """One espeak-ng voice per speaker id, drawn from the seed and the id; sentences of at most
+    `words` words (0: whole)."""
 
-    def __init__(self, seed: int):
-        self.seed = seed
+    def __init__(self, seed: int, words: int = 0):
+        self.seed, self.words = seed, words
+
+    def sentence(self, rng: np.random.Generator) -> str:
+        """A sentence of `repro.data.synth_text`, its first `self.words` words when set."""
+        text = T.random_sentence(rng)
+        return " ".join(text.split()[:self.words]) if self.words else text
 
     def rng(self, *key) -> np.random.Generator:
         digest = hashlib.sha256(repr((self.seed, *key)).encode()).digest()
@@ -147,7 +119,7 @@ def _spoken(v: _Voices, speaker: str, rng: np.random.Generator, seconds: float =
     parts = []
     total = 0
     while not parts or total < seconds * SAMPLE_RATE:
-        wav = v.say(T.random_sentence(rng), speaker, style)
+        wav = v.say(v.sentence(rng), speaker, style)
         parts += [wav, np.zeros(int(0.2 * SAMPLE_RATE), np.float32)]
         total += len(wav) + int(0.2 * SAMPLE_RATE)
     wav = np.concatenate(parts)
@@ -162,7 +134,7 @@ def pronounce(word: str) -> list[str]:
 
 
 def make_librispeech(root: Path, sizes: Sizes, seed: int) -> int:
-    v = _Voices(seed)
+    v = _Voices(seed, sizes.sentence_words)
     words: set[str] = set()
     count = 0
     for part, n_spk, spk0 in zip(("train-clean-100", "dev-clean", "test-clean"), sizes.libri_speakers, (19, 1272, 1089)):
@@ -173,7 +145,7 @@ def make_librispeech(root: Path, sizes: Sizes, seed: int) -> int:
             lines = []
             for n in range(sizes.libri_per_speaker):
                 rng = v.rng("libri", part, s, n)
-                text = T.random_sentence(rng).upper()
+                text = v.sentence(rng).upper()
                 uid = f"{spk}-{chapter}-{n:04d}"
                 wav = v.say(text, f"libri-{spk}")
                 _write(folder / f"{uid}.flac", wav + _noise(rng, len(wav)), fmt="FLAC")
@@ -208,7 +180,7 @@ def _ks_speakers(word: str, split: str, n: int) -> list[str]:
 
 
 def make_speech_commands(root: Path, sizes: Sizes, seed: int) -> int:
-    v = _Voices(seed)
+    v = _Voices(seed, sizes.sentence_words)
     base = root / "speech-commands" / "v0.01"
     test = root / "speech-commands" / "test-v0.01"
     words = [*T.KEYWORDS, *T.UNKNOWN_WORDS[:sizes.ks_unknown_words]]
@@ -251,7 +223,7 @@ def make_speech_commands(root: Path, sizes: Sizes, seed: int) -> int:
 # ---- Fluent Speech Commands -----------------------------------------------------------------
 
 def make_fluent(folder: Path, sizes: Sizes, seed: int) -> int:
-    v = _Voices(seed)
+    v = _Voices(seed, sizes.sentence_words)
     intents = list(T.INTENTS.items())
     (folder / "data").mkdir(parents=True, exist_ok=True)
     count = 0
@@ -288,7 +260,7 @@ def _video(v: _Voices, spk: str, k: int) -> str:
 
 
 def make_voxceleb1(root: Path, sizes: Sizes, seed: int) -> int:
-    v = _Voices(seed)
+    v = _Voices(seed, sizes.sentence_words)
     iden, test_files = [], []
     count = 0
     for part, ids in (("dev", [f"id1{i:04d}" for i in range(1, sizes.vox_dev_speakers + 1)]),
@@ -302,7 +274,7 @@ def make_voxceleb1(root: Path, sizes: Sizes, seed: int) -> int:
                     # longer than the training crop: training speakers only (test trials stay short)
                     long = sizes.vox_long_seconds and part == "dev" and k == 0 and n == 1
                     _write(root / "voxceleb1" / part / "wav" / rel,
-                           _spoken(v, f"vox-{spk}", rng, sizes.vox_long_seconds if long else 2.5))
+                           _spoken(v, f"vox-{spk}", rng, sizes.vox_long_seconds if long else sizes.vox_seconds))
                     # the identification split: the last utterance of the last video is test, the one before dev
                     last = (k, n) == (sizes.vox_videos - 1, sizes.vox_per_video)
                     before = (k, n) == (sizes.vox_videos - 1, sizes.vox_per_video - 1)
@@ -314,17 +286,21 @@ def make_voxceleb1(root: Path, sizes: Sizes, seed: int) -> int:
     meta = root / "voxceleb1" / "meta"
     meta.mkdir(parents=True, exist_ok=True)
     (meta / "iden_split.txt").write_text("\n".join(iden) + "\n")
-    r = v.rng("trials")
-    trials = []
-    while len(trials) < sizes.vox_trials:
-        a, b = (test_files[int(i)] for i in r.choice(len(test_files), 2, replace=False))
-        target = a.split("/")[0] == b.split("/")[0]
-        if len(trials) % 2 == 0 and not target:  # as many target as non-target trials
-            same = [f for f in test_files if f.split("/")[0] == a.split("/")[0] and f != a]
-            b, target = same[int(r.integers(len(same)))], True
-        trials.append(f"{int(target)} {a} {b}")
-    (meta / "voxceleb1_test_v2.txt").write_text("\n".join(trials) + "\n")
+    (meta / "voxceleb1_test_v2.txt").write_text("".join(f"{t} {a} {b}\n" for t, a, b in
+                                                        trial_list(test_files, sizes.vox_trials, v.rng("trials"))))
     return count
+
+
+def trial_list(files: list[str], n: int, rng: np.random.Generator) -> list[tuple[int, str, str]]:
+    """`n` distinct trials `(target, enrolment, test)` over `files` (`idXXXXX/<video>/<n>.wav`), target and
+    non-target by turns (half each), no file paired with itself, as in VoxCeleb1-O."""
+    pairs = [(a, b) for i, a in enumerate(files) for b in files[i + 1:]]
+    kinds = [[p for p in pairs if (p[0].split("/")[0] == p[1].split("/")[0]) == t] for t in (True, False)]
+    if min(len(k) for k in kinds) < (n + 1) // 2:
+        raise ValueError(f"Sizes.vox_trials={n}: the test speakers' files give {len(kinds[0])} target and "
+                         f"{len(kinds[1])} non-target pairs; lower it or add test speakers or utterances")
+    picked = [[k[int(i)] for i in rng.permutation(len(k))] for k in kinds]
+    return [(int(j % 2 == 0), *picked[j % 2][j // 2]) for j in range(n)]
 
 
 def has_ffmpeg() -> bool:
@@ -333,7 +309,7 @@ def has_ffmpeg() -> bool:
 
 def make_voxceleb2(root: Path, sizes: Sizes, seed: int) -> int:
     """VoxCeleb2 dev as published (`aac/idXXXXX/<video>/<n>.m4a`, AAC in MP4); needs ffmpeg."""
-    v = _Voices(seed)
+    v = _Voices(seed, sizes.sentence_words)
     base = root / "voxceleb2" / "dev" / "aac"
     count = 0
     for i in range(sizes.vox2_speakers):
@@ -356,7 +332,7 @@ def make_voxceleb2(root: Path, sizes: Sizes, seed: int) -> int:
 def make_augmentation(root: Path, sizes: Sizes, seed: int) -> int:
     """MUSAN (noise, music, babble speech) and the simulated RIRs of RIRS_NOISES in the folders
     `repro data fetch musan rirs-noises` extracts them to; what the speaker recipes read."""
-    v = _Voices(seed)
+    v = _Voices(seed, sizes.sentence_words)
     musan = root / "musan" / "musan" / "musan"
     count = 0
     for category, source in (("noise", "free-sound"), ("music", "fma"), ("speech", "librivox")):
@@ -388,14 +364,16 @@ def make_augmentation(root: Path, sizes: Sizes, seed: int) -> int:
 # ---- IEMOCAP ---------------------------------------------------------------------------------
 
 def make_iemocap(folder: Path, sizes: Sizes, seed: int) -> dict:
-    """Five sessions, two dialogs each (improvised and scripted), both speakers of a session in each;
+    """Five sessions, `sizes.iemocap_dialogs` dialogs each (improvised and scripted: both, or one of them
+    by turns), both speakers of a session in each;
     labels cycle through IEMOCAP's (neu, hap, exc, ang, sad kept; fru, xxx dropped as SUPERB does).
     Returns the counts the 4-class setup keeps (total, per session, per label)."""
-    v = _Voices(seed)
+    v = _Voices(seed, sizes.sentence_words)
     kept: list[tuple[int, str]] = []
     for k in range(1, 6):
         sess = folder / f"Session{k}"
-        for dialog in (f"Ses0{k}F_impro0{k}", f"Ses0{k}M_script0{k}_1"):
+        both = (f"Ses0{k}F_impro0{k}", f"Ses0{k}M_script0{k}_1")
+        for dialog in both if sizes.iemocap_dialogs > 1 else both[(k + 1) % 2:][:1]:
             lines = ["% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]", ""]
             t = 0.0
             for n in range(sizes.iemocap_per_dialog):
@@ -403,7 +381,7 @@ def make_iemocap(folder: Path, sizes: Sizes, seed: int) -> dict:
                 utt = f"{dialog}_{gender}{n:03d}"
                 label = IEMOCAP_LABELS[(n + 2 * k + len(dialog)) % len(IEMOCAP_LABELS)]
                 rng = v.rng("iemocap", utt)
-                wav = v.say(T.random_sentence(rng), f"iemocap-{k}{gender}", ER_STYLE_OF[label])
+                wav = v.say(v.sentence(rng), f"iemocap-{k}{gender}", ER_STYLE_OF[label])
                 _write(sess / "sentences" / "wav" / dialog / f"{utt}.wav", wav + _noise(rng, len(wav)))
                 end = t + len(wav) / SAMPLE_RATE
                 lines.append(f"[{t:.4f} - {end:.4f}]\t{utt}\t{label}\t[2.5000, 2.5000, 2.5000]")
@@ -413,8 +391,6 @@ def make_iemocap(folder: Path, sizes: Sizes, seed: int) -> dict:
                     kept.append((k, "hap" if label == "exc" else label))
             (sess / "dialog" / "EmoEvaluation").mkdir(parents=True, exist_ok=True)
             (sess / "dialog" / "EmoEvaluation" / f"{dialog}.txt").write_text("\n".join(lines) + "\n")
-    from collections import Counter
-
     return {"total": len(kept), "per_session": dict(Counter(k for k, _ in kept)),
             "per_label": dict(Counter(lab for _, lab in kept))}
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from repro.config import load_profile, to_dict
+from repro.config import ConfigError, load_profile, to_dict
 
 STEPS = 2  # optimiser steps of every probe: one evaluation (eval_every = steps)
 MAX_BATCH = 2
@@ -30,7 +30,14 @@ CKA_MAX_FRAMES = 600
 
 
 def name_of(base: str) -> str:
-    return f"rehearse-{base}"
+    """The rehearsal profile's name, `rehearse-<name>`: of a profile file, its own name (not its path)."""
+    return f"rehearse-{load_profile(base).name if Path(base).suffix in ('.yaml', '.yml') else base}"
+
+
+def extends_of(base: str) -> str:
+    """What the rehearsal profile `extends:`: a built-in profile's name, or a profile file's absolute path
+    (the rehearsal profile lives in another folder)."""
+    return str(Path(base).resolve()) if Path(base).suffix in (".yaml", ".yml") else base
 
 
 def overrides(base: str, folder: Path, ci: bool = False) -> tuple[dict[str, Any], list[str]]:
@@ -38,6 +45,9 @@ def overrides(base: str, folder: Path, ci: bool = False) -> tuple[dict[str, Any]
 
     `folder`: the rehearsal's work folder (its data root and data lock file live there)."""
     real = load_profile(base)
+    if real.corpus.kind != "real":
+        raise ConfigError(f"{base}: corpus.kind is {real.corpus.kind!r}; a rehearsal rehearses a profile of the real "
+                          "corpora: fast, full or a profile file extending them")
     shrunk: list[str] = []
     tasks: dict[str, dict] = {}
     for task, b in real.probing.tasks.items():
@@ -62,7 +72,7 @@ def overrides(base: str, folder: Path, ci: bool = False) -> tuple[dict[str, Any]
                     shrunk.append(f"data.subsets.{task}.{split}: {old} -> {new}")
         data["subsets"] = subsets
     out: dict[str, Any] = {
-        "extends": base, "name": name_of(base),
+        "extends": extends_of(base), "name": name_of(base),
         "description": f"REHEARSAL of profile '{base}': synthetic speech in the real corpora's layouts, the real "
                        "model classes at their real sizes with RANDOM weights; every setting kept except sizes. "
                        "Its numbers are not results.",

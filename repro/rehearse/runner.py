@@ -20,12 +20,13 @@ utterance lists of VoxCeleb1-O and IEMOCAP) are replaced by the rehearsal corpus
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
-import warnings
 import time
+import warnings
 from pathlib import Path
 
 from repro.paper.rehearsal import MARKER
@@ -43,6 +44,12 @@ CANNOT = [
     "the real corpora's sizes and length distribution: the time and memory of the real run (see `repro run "
     "--dry-run` for the price)",
 ]
+# why the speaker tasks' numbers (ASV's EER, SID's accuracy, `repro train`'s judgement) say nothing here
+EASY_SPEAKERS = (
+    "Each synthetic speaker is one espeak-ng voice: the same formants, pitch, speed and loudness in every utterance. "
+    "Speakers differ by trivial cues (an utterance's mean log-mel spectrum, or its loudness alone, separates the "
+    "trial list's speakers without error), so ASV's EER is 0 even for a random-weight or untrained network; "
+    "an EER of 0 here, like every other number beside this file, means nothing about any model.")
 
 
 def cpu_seconds() -> float:
@@ -68,113 +75,49 @@ def _du(paths: list[Path]) -> int:
     return total
 
 
+class _Clock:
+    """Wall and CPU seconds (`cpu_seconds`) of each stage, in the order the stages end."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self._wall, self._cpu = time.perf_counter(), cpu_seconds()
+
+    def lap(self, stage: str, wall: float | None = None) -> None:
+        """`stage` ended now; its wall seconds are `wall` when the stage measured them itself."""
+        now, now_cpu = time.perf_counter(), cpu_seconds()
+        self.seconds[stage] = now - self._wall if wall is None else wall
+        self.cpu[stage] = now_cpu - self._cpu
+        self._wall, self._cpu = now, now_cpu
+
+
 def rehearse(base: str, *, ci: bool = False, device: str | None = None, train: bool | None = None,
              progress: bool = True, log=print, record_dir: Path | None = None) -> dict:
-    """Rehearse profile `base` (fast or full); returns the rehearsal's record (also REHEARSAL.md)."""
-    from repro.config import load_profile
-    from repro.workspace import Workspace, check_folder, root
-
-    started, cpu_started = time.perf_counter(), cpu_seconds()
-    load_start = _load()
+    """Rehearse profile `base` (fast, full or a profile file of the real corpora); returns the rehearsal's
+    record (also REHEARSAL.md)."""
+    started, cpu_started, load_start = time.perf_counter(), cpu_seconds(), _load()
     # the profile's num_workers is kept on any machine; torch warns about it once per store on small ones
     warnings.filterwarnings("ignore", message="This DataLoader will create")
-    name = rprofile.name_of(base)
-    check_folder(root("REPRO_WORK"), "REPRO_WORK")
-    check_folder(root("REPRO_WORK") / name, "REPRO_WORK")
-    folder = (root("REPRO_WORK") / name).resolve()
-    profile_path, shrunk = rprofile.write_profile(base, folder, ci)
-    if device:
-        text = profile_path.read_text()
-        runtime = {"extraction": {"device": device}, "probing": {"device": device}, "cka": {"device": device}}
-        import yaml
-
-        from repro.config.yamlfile import safe_load
-
-        data = safe_load(text, str(profile_path))
-        for k, v in runtime.items():
-            data.setdefault(k, {}).update(v)
-        data["speaker_training"]["device"] = device
-        profile_path.write_text(text.split("\n", 1)[0] + "\n" + yaml.safe_dump(data, sort_keys=False))
+    folder = work_folder(base)
     sizes = corpora.CI if ci else corpora.Sizes()
-    if ci:
-        shrunk.append("corpus sizes: the CI sizes (repro.rehearse.corpora.CI); models: tiny configurations")
-    else:
-        shrunk.append("corpus sizes: repro.rehearse.corpora.Sizes (speakers, utterances per speaker)")
-    seconds: dict[str, float] = {}
-    cpu: dict[str, float] = {}
-    mark = [cpu_seconds()]
-
-    def cpu_done(stage: str) -> None:
-        now = cpu_seconds()
-        cpu[stage], mark[0] = now - mark[0], now
+    profile_path, shrunk = write_rehearsal_profile(base, folder, ci, device)
+    clock = _Clock()
     atomic_write_json(folder / MARKER, {"rehearsal": True, "profile": base, "ci": ci, "shrunk": shrunk,
                                         "weights": "random", "speech": "synthetic (libespeak-ng)"})
-
-    # 1. corpora in their real layouts
-    t = time.perf_counter()
-    data_root = folder / "data"
-    made_path = data_root / ".rehearsal-corpora.json"
     want_vox2 = corpora.has_ffmpeg() if train is None else train and corpora.has_ffmpeg()
-    wanted = {"sizes": dataclasses.asdict(sizes), "voxceleb2": want_vox2, "version": corpora.VERSION}
-    previous_made = json.loads(made_path.read_text()) if made_path.is_file() else None
-    if previous_made is None or previous_made.get("made_with") != json.loads(json.dumps(wanted)):
-        with atomic_directory(data_root, replace=True) as tmp:
-            made = corpora.make_all(tmp, sizes, 0, voxceleb2=want_vox2, log=log)
-            atomic_write_json(tmp / made_path.name, {**made, "made_with": wanted})
-        # prepared from the previous corpora, and the lock of their subset lists: made again with these
-        shutil.rmtree(folder / "corpus", ignore_errors=True)
-        (folder / "data.lock.json").unlink(missing_ok=True)
-    made = json.loads(made_path.read_text())
-    seconds["corpora"] = time.perf_counter() - t
-    cpu_done("corpora")
-
+    made = make_corpora(folder, sizes, want_vox2, log)  # 1. corpora in their real layouts
+    clock.lap("corpora")
     # 2. models at their real sizes, random weights; the registry entries overridden by a file
-    t = time.perf_counter()
     sources = models.make_models(folder / "upstreams", seed=0, tiny=ci, log=log)
     registry = models.registry_file(folder / "models.yaml", sources, tiny=ci)
-    previous = os.environ.get("REPRO_MODEL_REGISTRY", "")
-    os.environ["REPRO_MODEL_REGISTRY"] = os.pathsep.join([p for p in previous.split(os.pathsep) if p] + [str(registry)])
-    # $REPRO_DATA (the Docker image sets /data) would send the corpus stage to the real corpora
-    real_data = os.environ.get("REPRO_DATA")
-    os.environ["REPRO_DATA"] = str(data_root)
-    seconds["models"] = time.perf_counter() - t
-    cpu_done("models")
-    try:
-        cfg = load_profile(str(profile_path))
-        ws = Workspace.for_profile(cfg)
-        assert ws.work.resolve() == folder, (ws.work, folder)
-        # 3. the corpus stage: `repro data prepare` on the rehearsal corpora
-        t = time.perf_counter()
-        prepare(ws, made, progress, log)
-        seconds["corpus"] = time.perf_counter() - t
-        cpu_done("corpus")
-        # 4. every other stage of the profile
-        from repro.pipeline import run as run_pipeline
-
-        def on_stage(r, env):
-            seconds[r.stage] = r.seconds
-            cpu_done(r.stage)
-            log(f"rehearsal: stage {r.stage} done in {r.seconds:.0f} s")
-
-        run_pipeline(ws, [s for s in ("train", "features", "cka", "probe", "paper")], progress=progress,
-                     on_stage=on_stage)
-        # 5. `repro train` for both speaker recipes
-        trained = train_recipes(ws, want_vox2, train, progress, log, seconds)
-        if TRAIN in seconds:
-            cpu_done(TRAIN)
-    finally:
-        if real_data is None:
-            os.environ.pop("REPRO_DATA", None)
-        else:
-            os.environ["REPRO_DATA"] = real_data
-        if previous:
-            os.environ["REPRO_MODEL_REGISTRY"] = previous
-        else:
-            os.environ.pop("REPRO_MODEL_REGISTRY", None)
-    seconds["total"] = time.perf_counter() - started
-    cpu["total"] = cpu_seconds() - cpu_started
-    record = {"profile": base, "rehearsal_profile": name, "ci": ci, "seconds": seconds, "cpu_seconds": cpu,
-              "load_average_start": load_start, "load_average_end": _load(),
+    clock.lap("models")
+    with rehearsal_environment(registry, folder / "data"):
+        ws = _workspace(profile_path, folder)
+        trained = run_stages(ws, made, (want_vox2, train), progress, log, clock)
+    clock.seconds["total"] = time.perf_counter() - started
+    clock.cpu["total"] = cpu_seconds() - cpu_started
+    record = {"profile": base, "rehearsal_profile": ws.profile.name, "ci": ci, "seconds": clock.seconds,
+              "cpu_seconds": clock.cpu, "load_average_start": load_start, "load_average_end": _load(),
               "disk_bytes": {"work": _du([ws.work]), "results": _du([ws.results]), "figures": _du([ws.figures])},
               "shrunk": shrunk, "corpora": made, "train": trained, "cannot_cover": CANNOT}
     write_report(ws, record)
@@ -183,6 +126,99 @@ def rehearse(base: str, *, ci: bool = False, device: str | None = None, train: b
 
         log(f"record: {write_record(record, record_dir)}")
     return record
+
+
+def work_folder(base: str) -> Path:
+    """`work/rehearse-<name>` of real profile `base` (its folder checked as any profile's)."""
+    from repro.workspace import check_folder, root
+
+    name = rprofile.name_of(base)
+    check_folder(root("REPRO_WORK"), "REPRO_WORK")
+    check_folder(root("REPRO_WORK") / name, "REPRO_WORK")
+    return (root("REPRO_WORK") / name).resolve()
+
+
+def write_rehearsal_profile(base: str, folder: Path, ci: bool, device: str | None) -> tuple[Path, list[str]]:
+    """`folder/profile.yaml` (`repro.rehearse.profile`), every stage on `device` when given; returns its
+    path and the shrunk settings, the corpus sizes last."""
+    profile_path, shrunk = rprofile.write_profile(base, folder, ci)
+    if device:
+        import yaml
+
+        from repro.config.yamlfile import safe_load
+
+        text = profile_path.read_text()
+        data = safe_load(text, str(profile_path))
+        for k in ("extraction", "probing", "cka", "speaker_training"):
+            data.setdefault(k, {})["device"] = device
+        profile_path.write_text(text.split("\n", 1)[0] + "\n" + yaml.safe_dump(data, sort_keys=False))
+    shrunk.append(corpora.sizes_line(corpora.CI if ci else corpora.Sizes(), ci))
+    return profile_path, shrunk
+
+
+def make_corpora(folder: Path, sizes: corpora.Sizes, voxceleb2: bool, log) -> dict:
+    """The corpora under `folder/data`, made again only when their sizes or makers changed (then the
+    corpus prepared from the previous ones and the data lock of their subset lists go too); returns
+    what was made (`corpora.make_all`)."""
+    data_root = folder / "data"
+    made_path = data_root / ".rehearsal-corpora.json"
+    wanted = {"sizes": dataclasses.asdict(sizes), "voxceleb2": voxceleb2, "version": corpora.VERSION}
+    previous = json.loads(made_path.read_text()) if made_path.is_file() else None
+    if previous is None or previous.get("made_with") != json.loads(json.dumps(wanted)):
+        with atomic_directory(data_root, replace=True) as tmp:
+            made = corpora.make_all(tmp, sizes, 0, voxceleb2=voxceleb2, log=log)
+            atomic_write_json(tmp / made_path.name, {**made, "made_with": wanted})
+        shutil.rmtree(folder / "corpus", ignore_errors=True)
+        (folder / "data.lock.json").unlink(missing_ok=True)
+    return json.loads(made_path.read_text())
+
+
+@contextlib.contextmanager
+def rehearsal_environment(registry: Path, data_root: Path):
+    """$REPRO_MODEL_REGISTRY with the rehearsal's registry file added and $REPRO_DATA set to its data root
+    ($REPRO_DATA, /data in the Docker image, would send the corpus stage to the real corpora); both as
+    they were afterwards."""
+    saved = {k: os.environ.get(k) for k in ("REPRO_MODEL_REGISTRY", "REPRO_DATA")}
+    previous = [p for p in (saved["REPRO_MODEL_REGISTRY"] or "").split(os.pathsep) if p]
+    os.environ["REPRO_MODEL_REGISTRY"] = os.pathsep.join([*previous, str(registry)])
+    os.environ["REPRO_DATA"] = str(data_root)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _workspace(profile_path: Path, folder: Path):
+    from repro.config import load_profile
+    from repro.workspace import Workspace
+
+    ws = Workspace.for_profile(load_profile(str(profile_path)))
+    assert ws.work.resolve() == folder, (ws.work, folder)
+    return ws
+
+
+def run_stages(ws, made: dict, train: tuple[bool, bool | None], progress: bool, log, clock: _Clock) -> dict:
+    """The corpus stage (`repro data prepare` on the rehearsal corpora), every other stage of the profile,
+    then `repro train` of both speaker recipes (`train`: the rehearsal VoxCeleb2 made, and --train/--no-train);
+    returns what `train_recipes` did."""
+    from repro.pipeline import run as run_pipeline
+
+    prepare(ws, made, progress, log)
+    clock.lap("corpus")
+
+    def on_stage(r, env):
+        clock.lap(r.stage, r.seconds)
+        log(f"rehearsal: stage {r.stage} done in {r.seconds:.0f} s")
+
+    run_pipeline(ws, ["train", "features", "cka", "probe", "paper"], progress=progress, on_stage=on_stage)
+    trained = train_recipes(ws, *train, progress, log)
+    if "skipped" not in trained:
+        clock.lap(TRAIN)
+    return trained
 
 
 def rehearsal_catalog(made: dict):
@@ -210,7 +246,7 @@ def prepare(ws, made: dict, progress: bool, log) -> None:
                        log=log)
 
 
-def train_recipes(ws, have_vox2: bool, asked: bool | None, progress: bool, log, seconds: dict) -> dict:
+def train_recipes(ws, have_vox2: bool, asked: bool | None, progress: bool, log) -> dict:
     """`repro train` of both speaker recipes on the rehearsal VoxCeleb2, a few steps each."""
     if asked is False:
         return {"skipped": "not asked (--no-train)"}
@@ -222,7 +258,6 @@ def train_recipes(ws, have_vox2: bool, asked: bool | None, progress: bool, log, 
     from repro.data.download import data_root
     from repro.data.prepare.voxceleb2 import convert_voxceleb2
 
-    t = time.perf_counter()
     convert_voxceleb2(data_root(ws.profile.data.root), workers=2, progress=progress)  # `repro data prepare-vox2`
     out = {}
     for recipe in ("supervised", "dino"):
@@ -234,7 +269,6 @@ def train_recipes(ws, have_vox2: bool, asked: bool | None, progress: bool, log, 
             # the untrained network, and then the model is rightly not published
             out[recipe] = {"run": str(recipes.run_dir(ws, recipe)), "published": False, "judged": str(err)}
         log(f"rehearsal: repro train --recipe {recipe}: {json.dumps(out[recipe])}")
-    seconds[TRAIN] = time.perf_counter() - t
     return out
 
 
@@ -249,6 +283,7 @@ def write_report(ws, record: dict) -> Path:
              + ("in tiny configurations (--ci)" if record["ci"] else "at their real sizes")
              + " with random seeded weights; the profile's settings with only sizes shrunk. The figures, tables "
              "and checks beside this file show that every stage runs, not what any model learns.", "",
+             EASY_SPEAKERS, "",
              "## Seconds per stage", ""]
     lines += [f"- {k}: {v:.0f} s" for k, v in record["seconds"].items()]
     lines += ["", "## Disk", ""] + [f"- {k}: {_gib(v)}" for k, v in record["disk_bytes"].items()]
