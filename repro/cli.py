@@ -99,9 +99,9 @@ def _check_names(tasks: tuple[str, ...] = (), models: tuple[str, ...] = (),
     `CKA`), every model against the model registry or as a `path/to/file.py:factory` reference."""
     from repro.errors import shown
     from repro.models.registry import resolve_spec
-    from repro.tasks import TASK_NAMES
+    from repro.tasks import task_names
 
-    allowed = [*TASK_NAMES, *extra_tasks]
+    allowed = [*task_names(), *extra_tasks]
     for task in tasks:
         if task not in allowed:
             raise ConfigError(f"--task {shown(task)}: not a task; tasks: {', '.join(allowed)}")

@@ -19,7 +19,7 @@ from repro.data.download import fetch
 from repro.data.lock import DataLock
 from repro.data.manifest import load_task
 from repro.data.manual import verify_manual
-from repro.data.prepare import prepare_corpus
+from repro.data.prepare import Sources, prepare_corpus
 
 
 def test_verify_manual_corpus_absent_prints_where_to_get_it(tmp_path):
@@ -95,8 +95,8 @@ def test_fetch_then_prepare_speech_commands_from_archives(tmp_path):
 
     base = load_profile("fast")
     prof = dataclasses.replace(base, tasks=["KS"], data=dataclasses.replace(base.data, cka_utterances=0, subsets={}))
-    out = prepare_corpus(tmp_path / "corpus", prof, progress=False, catalog=catalog, root=tmp_path / "data",
-                         lock=lock, log=lambda m: None)
+    out = prepare_corpus(tmp_path / "corpus", prof, progress=False, log=lambda m: None,
+                         sources=Sources(catalog=catalog, root=tmp_path / "data", lock=lock))
     utts = load_task(out, "KS")
     assert len([u for u in utts if u.split == "test"]) == 24
     assert all((out / u.path).is_file() for u in utts)

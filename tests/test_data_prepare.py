@@ -22,7 +22,7 @@ from repro.data.catalog import CATALOG_PATH, load_catalog
 from repro.data.committed import CommittedList, CommittedListError, load_committed
 from repro.data.lock import DataLock, LockMismatchError
 from repro.data.manifest import load_task, read_corpus_info, read_manifest, read_trials
-from repro.data.prepare import DataMissingError, PrepareError, prepare_corpus
+from repro.data.prepare import DataMissingError, PrepareError, Sources, prepare_corpus
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +61,10 @@ def _profile(tasks, **data):
 def _prepare(data, out: Path, prof, lock: Path | None = None, logs: list | None = None, committed=()):
     """Prepare from the fake corpora; `committed` replaces the built-in lists (which pin the real corpora)."""
     manual = {"iemocap": data["base"] / "IEMOCAP_full_release", "fluent-speech-commands": data["base"] / "fsc"}
-    return prepare_corpus(out, prof, progress=False, catalog=data["catalog"], root=data["root"],
-                          lock=DataLock(lock or out.parent / f"{out.name}.lock.json"), manual_override=manual,
-                          committed=list(committed), log=(logs.append if logs is not None else lambda m: None))
+    return prepare_corpus(out, prof, progress=False, log=(logs.append if logs is not None else lambda m: None),
+                          sources=Sources(catalog=data["catalog"], root=data["root"], manual_override=manual or {},
+                                          lock=DataLock(lock or out.parent / f"{out.name}.lock.json"),
+                                          committed=list(committed)))
 
 
 def _check_audio_fields(corpus: Path, utts) -> None:
@@ -271,8 +272,8 @@ def test_prepared_corpus_is_judged_by_its_provenance_stamp(data, tmp_path):
 def test_missing_data_lists_every_corpus_and_how_to_get_it(tmp_path):
     prof = _profile(["PR", "KS", "SID", "ER"])
     with pytest.raises(DataMissingError) as err:
-        prepare_corpus(tmp_path / "corpus", prof, progress=False, root=tmp_path / "empty",
-                       lock=DataLock(tmp_path / "l.json"), log=lambda m: None)
+        prepare_corpus(tmp_path / "corpus", prof, progress=False, log=lambda m: None,
+                       sources=Sources(root=tmp_path / "empty", lock=DataLock(tmp_path / "l.json")))
     msg = str(err.value)
     assert "repro data fetch librispeech librispeech-lexicon speech-commands voxceleb1" in msg
     assert "librispeech/train-clean-100" in msg and "voxceleb1/iden-split" in msg

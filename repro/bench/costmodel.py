@@ -78,6 +78,7 @@ from dataclasses import dataclass, field
 
 from repro.bench import lengths as lengths_mod
 from repro.bench.shapes import MODELS, SPEECH_HEADS, SPEECH_LAYERS, SPEECH_WIDTH
+from repro.tasks import TASKS
 
 CODE_PATHS_VERSION = 5
 
@@ -157,21 +158,13 @@ ASSUMED = {
                              "transformers' WavLM attention: position bias write, scores write (baddbmm), mask "
                              "read, softmax read + write, weights read by bmm, head-average read + write"),
 }
-CORPUS = {
-    "PR": {"train": 100.6, "dev": 5.4, "test": 5.4, "item_seconds": 12.7, "format": "flac",
-           "utterances": {"train": 28539, "dev": 2703, "test": 2620},
-           "lengths": {"train": "train-clean-100", "dev": "dev-clean", "test": "test-clean"}},
-    "KS": {"train": 14.2, "dev": 1.9, "test": 0.9, "item_seconds": 1.0, "format": "wav",
-           "utterances": {"train": 51094, "dev": 6798, "test": 3081}},
-    "IC": {"train": 14.7, "dev": 1.9, "test": 2.4, "item_seconds": 2.3, "format": "wav",
-           "utterances": {"train": 23132, "dev": 3118, "test": 3793}},
-    "SID": {"train": 317.1, "dev": 15.8, "test": 18.9, "item_seconds": 8.0, "format": "wav",
-            "utterances": {"train": 138361, "dev": 6904, "test": 8251}, "speakers": 1251},
-    "ASV": {"train": 340.6, "test": 10.8, "item_seconds": 8.0, "format": "wav",
-            "utterances": {"train": 148642, "test": 4715}, "speakers": 1211},
-    "ER": {"all": 7.0, "item_seconds": 4.6, "format": "wav", "utterances": {"all": 5531}},
-    "CKA": {"test": 500 * 7.42 / 3600, "format": "flac", "utterances": {"test": 500}},
-}
+def full_corpus() -> dict:
+    """The full corpus of every registered task (its module's `corpus_size`) and of the CKA set."""
+    return {**{t.name: t.corpus_size for t in TASKS.values() if t.corpus_size},
+            "CKA": {"test": 500 * 7.42 / 3600, "format": "flac", "utterances": {"test": 500}}}
+
+
+CORPUS = full_corpus()  # the built-in tasks'
 KS_LABELS = 12
 CKA_FRAME_RATE = 50.0
 
@@ -198,7 +191,8 @@ def _kind(inputs: dict[str, Input], names: list[str]) -> str:
 def corpus_for(profile) -> dict:
     """The corpus sizes a profile reads: the full corpora, shrunk by `data.subsets` (hours scale with
     utterances at the split's mean length; SID's speaker subsets shrink every split)."""
-    out = {t: {**c, "utterances": dict(c["utterances"])} for t, c in CORPUS.items()}
+    full_sizes = full_corpus()
+    out = {t: {**c, "utterances": dict(c["utterances"])} for t, c in full_sizes.items()}
     out["CKA"]["utterances"]["test"] = profile.data.cka_utterances
     out["CKA"]["test"] = profile.data.cka_utterances * 7.42 / 3600
     for task, splits in (profile.data.subsets or {}).items():
@@ -207,7 +201,7 @@ def corpus_for(profile) -> dict:
             continue
         for split, rule in splits.items():
             rule = rule if isinstance(rule, dict) else dataclasses.asdict(rule)
-            full = CORPUS[task]["utterances"].get(split)
+            full = full_sizes[task]["utterances"].get(split)
             if full is None:
                 continue
             if rule.get("utterances"):
@@ -215,10 +209,10 @@ def corpus_for(profile) -> dict:
             elif rule.get("per_label"):
                 n = min(full, rule["per_label"] * KS_LABELS)
             elif rule.get("speakers"):
-                n = round(full * min(1.0, rule["speakers"] / CORPUS[task]["speakers"]))
+                n = round(full * min(1.0, rule["speakers"] / full_sizes[task]["speakers"]))
             else:
                 continue
-            c[split] = CORPUS[task][split] * n / full
+            c[split] = full_sizes[task][split] * n / full
             c["utterances"][split] = n
     return out
 

@@ -20,6 +20,7 @@ import yaml
 from repro.config.schema import ProfileConfig, iter_settings
 from repro.config.typed import ConfigError, from_dict, to_dict
 from repro.errors import shown
+from repro.tasks import load_task_modules
 from repro.config.yamlfile import safe_load
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
@@ -48,6 +49,7 @@ def load_profile(name_or_path: str | Path) -> ProfileConfig:
     path = _resolve(name_or_path)
     data = _load_merged(path, seen=())
     data["name"] = _own_name(path)
+    load_task_modules(data.pop("tasks_from", []), str(path), path.parent)  # a profile's own tasks
     cfg = from_dict(ProfileConfig, data, str(path))
     builtin = PROFILE_DIR / f"{cfg.name}.yaml"
     if builtin.is_file() and builtin.resolve() != path.resolve() and to_dict(cfg) != to_dict(load_profile(cfg.name)):

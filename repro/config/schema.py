@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from repro.config.typed import Range
-from repro.tasks import TASK_NAMES, TASKS
+from repro.tasks import TASK_NAMES, TASKS, TaskNames
 
 
 def setting(default: Any, reason: str, *, open: bool = False) -> Any:
@@ -637,14 +637,14 @@ class RuntimeConfig:
 class ProfileConfig:
     """A complete profile: corpus, models, and the settings of every stage."""
 
-    RANGES = {"seed": Range(0)}
+    RANGES = {"seed": Range(0), "tasks": TaskNames()}
 
     name: str
     description: str
     seed: int
     corpus: CorpusConfig
     models: ModelsConfig = field(default_factory=ModelsConfig)
-    tasks: list[Literal[TASK_NAMES]] = setting(
+    tasks: list[str] = setting(
         list(TASK_NAMES),
         "the SUPERB tasks the paper probes: content, semantics, speaker, paralinguistics",
         open=True,

@@ -26,12 +26,24 @@ from typing import Literal
 import yaml
 
 from repro.config.typed import ConfigError, from_dict
-from repro.errors import ReproError
+from repro.errors import ReproError, shown
+from repro.tasks import task_names
 from repro.config.yamlfile import safe_load
 
 CATALOG_PATH = Path(__file__).with_name("catalog.yaml")
 
-CorpusTask = Literal["PR", "KS", "IC", "SID", "ASV", "ER", "CKA", "SPK", "AUG"]
+OTHER_USES = ("CKA", "SPK", "AUG")  # besides probing tasks: the CKA set, speaker-model training, augmentation
+
+
+class CorpusUses:
+    """The check (used as a `Range`) of a corpus's `tasks`: registered tasks (`repro.tasks`) or `OTHER_USES`."""
+
+    def check(self, value: list[str], source: str, key: str) -> None:
+        allowed = [*task_names(), *OTHER_USES]
+        for i, name in enumerate(value):
+            if name not in allowed:
+                raise ConfigError(f"{source}: key '{key}[{i}]' is {shown(name)}; allowed values: "
+                                  + ", ".join(repr(a) for a in allowed))
 
 _MD5 = re.compile(r"^[0-9a-f]{32}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -123,11 +135,13 @@ class ErCounts:
 class Corpus:
     """A corpus: downloadable archives (access `auto`) or a user-provided folder (`manual`)."""
 
+    RANGES = {"tasks": CorpusUses()}
+
     title: str
     homepage: str
     licence: str
     access: Literal["auto", "manual"]
-    tasks: list[CorpusTask]
+    tasks: list[str]
     archives: list[Archive] = field(default_factory=list)
     notes: str | None = None
     folder: str | None = None

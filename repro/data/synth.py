@@ -11,6 +11,8 @@ with real speech and real labels for every probing task of the paper:
 - ASV: training = SID's training utterances; dev/test trial lists over held-out speakers;
 - ER: four speaking styles (pitch, speed, amplitude) standing in for emotions, in folds.
 
+What each task's clips are is its module's (`repro.tasks`: `TaskSpec.synthetic`, called with a
+`SynthContext`); every registered task with synthetic jobs is made, in registry order.
 Speakers are espeak-ng voices (language x variant) with their own pitch and speed.
 PR/KS/IC splits are speaker-disjoint, as in the real corpora. Everything random
 comes from `seed` and the utterance id, so the same seed gives byte-identical
@@ -25,8 +27,9 @@ import os
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -38,7 +41,8 @@ from repro.data.espeak import Voice, synthesize, voice_library
 from repro.data.manifest import Trial, Utterance, manifest_path, trials_path, write_manifest, write_trials
 from repro.errors import ConfigError
 from repro.provenance import Stamp, complete_record, synthetic_corpus_key
-from repro.tasks import TASK_NAMES
+from repro.tasks import TASK_NAMES, TASKS, TaskSpec
+from repro.tasks.spec import SynthJob
 from repro.util.atomic import atomic_directory, atomic_write_json, atomic_write_text
 from repro.util.hashing import sha256_file
 from repro.util.progress import progress_bar
@@ -46,7 +50,6 @@ from repro.util.progress import progress_bar
 GENERATOR_VERSION = 3  # 2: ER fold splits in the manifest; 3: libespeak-ng through its C API (1: the espeak-ng program)
 LANGUAGES = ["en", "en-us", "en-029", "en-gb-scotland", "en-gb-x-rp", "en-us-nyc"]
 VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5"]
-KS_CLIP_SAMPLES = SAMPLE_RATE  # 1 s, as in Speech Commands
 BACKGROUND_NOISES = ["white_noise", "pink_noise", "brown_noise", "hum"]
 BACKGROUND_SECONDS = 10.0
 
@@ -62,34 +65,39 @@ class Speaker:
     fold: int  # ER fold (1-based) for closed-set speakers, 0 otherwise
 
 
+Job = SynthJob  # one clip to render (repro.tasks.spec.SynthJob)
+
+
 @dataclass(frozen=True)
-class Job:
-    """One clip to render: speech (`text` with `voice`) or background noise (`text` None)."""
+class SynthContext:
+    """What a task's `SynthJobs` hooks read: the corpus settings, the seed, the sample rate (Hz) and the
+    sentence and vocabulary generator `text` (`repro.data.synth_text`); `voice` gives an utterance its voice."""
 
-    task: str
-    id: str
-    split: str
-    speaker: str
-    label: object
-    text: str | None
-    voice: Voice | None
-    clip_samples: int | None = None  # pad or crop to this length (KS)
-    fold: int | None = None
-    fold_splits: dict[str, str] | None = None
+    config: SynthConfig
+    seed: int
+    sample_rate: int = SAMPLE_RATE
+    text: ModuleType = T
+
+    def voice(self, speaker: Speaker, uid: str, style: dict[str, float] | None = None) -> Voice:
+        """`speaker`'s voice for utterance `uid`, jittered (seeded by the utterance id) and in `style`
+        (`synth_text.ER_STYLES`; default neutral)."""
+        return _jitter(speaker.voice, _utt_rng(self.seed, uid), style)
 
 
-def fold_splits(fold: int, folds: int) -> dict[str, str]:
-    """The split of an utterance of `fold` when each of `folds` folds is held out: that fold is
-    test, the next one (cyclically) dev, the others train; speaker-disjoint, like IEMOCAP sessions."""
-    return {str(held): "test" if fold == held else "dev" if fold == held % folds + 1 else "train"
-            for held in range(1, folds + 1)}
+def synthetic_tasks() -> list[TaskSpec]:
+    """The registered tasks the synthetic corpus makes, in registry order."""
+    return [t for t in TASKS.values() if t.synthetic is not None]
 
 
 def corpus_stamp(config: SynthConfig, seed: int) -> Stamp:
     """What a synthetic corpus made now from (`config`, `seed`) is made from: the settings key of
     those settings (`repro.provenance.synthetic_corpus_key`), the generator's version and the voice
     library that speaks it (`voice_library` fails where libespeak-ng is missing)."""
-    return Stamp(synthetic_corpus_key(config, seed), {"generator": GENERATOR_VERSION, "voice_library": voice_library()})
+    inputs = {"generator": GENERATOR_VERSION, "voice_library": voice_library()}
+    extra = [t.name for t in synthetic_tasks() if t.name not in TASK_NAMES]
+    if extra:  # tasks registered besides the built-in ones are made too
+        inputs["tasks"] = extra
+    return Stamp(synthetic_corpus_key(config, seed), inputs)
 
 
 def plan_speakers(config: SynthConfig, seed: int) -> list[Speaker]:
@@ -134,50 +142,19 @@ def _jitter(voice: Voice, rng: np.random.Generator, style: dict[str, float] | No
 
 
 def plan_jobs(config: SynthConfig, seed: int, speakers: list[Speaker]) -> list[Job]:
-    """Every clip of the corpus, in a fixed order."""
-    if config.sid_per_speaker < 3:
-        raise ConfigError("synthetic.sid_per_speaker must be at least 3 (train, dev and test utterances)")
+    """Every clip of the corpus, in a fixed order: for each closed-set speaker every task's clips (one
+    generator per speaker, drawn from in registry order), then each held-out speaker's."""
+    ctx = SynthContext(config, seed)
+    tasks = [t.synthetic for t in synthetic_tasks()]
     jobs: list[Job] = []
-    closed = [s for s in speakers if s.role == "closed"]
-    intents = sorted(T.INTENTS)
-    for s in closed:
-        rng = np.random.default_rng([seed, 2, int(s.id[3:])])
-        for k in range(config.pr_per_speaker):
-            uid = f"PR-{s.id}-{k:03d}"
-            jobs.append(Job("PR", uid, s.group, s.id, None, T.random_sentence(rng), _jitter(s.voice, _utt_rng(seed, uid))))
-        words = [(w, w) for w in T.KEYWORDS for _ in range(config.ks_repeats)]
-        words += [(str(rng.choice(T.UNKNOWN_WORDS)), T.UNKNOWN_LABEL) for _ in range(config.ks_unknown_per_speaker)]
-        for k, (word, label) in enumerate(words):
-            uid = f"KS-{s.id}-{k:03d}"
-            jobs.append(Job("KS", uid, s.group, s.id, label, word, _jitter(s.voice, _utt_rng(seed, uid)), KS_CLIP_SAMPLES))
-        for k in range(config.ks_silence_per_speaker):
-            uid = f"KS-noise-{s.id}-{k:03d}"
-            jobs.append(Job("KS", uid, s.group, "_noise_", T.SILENCE_LABEL, None, None, KS_CLIP_SAMPLES))
-        order = rng.permutation(len(intents))
-        for k in range(config.ic_per_speaker):
-            intent = intents[order[k % len(intents)]]
-            text = str(rng.choice(T.INTENTS[intent]))
-            uid = f"IC-{s.id}-{k:03d}"
-            label = dict(zip(T.IC_SLOTS, intent))
-            jobs.append(Job("IC", uid, s.group, s.id, label, text, _jitter(s.voice, _utt_rng(seed, uid))))
-        for k in range(config.sid_per_speaker):
-            split = "test" if k == config.sid_per_speaker - 1 else "dev" if k == config.sid_per_speaker - 2 else "train"
-            uid = f"SID-{s.id}-{k:03d}"
-            jobs.append(Job("SID", uid, split, s.id, s.id, T.random_sentence(rng), _jitter(s.voice, _utt_rng(seed, uid))))
-        er_splits = fold_splits(s.fold, config.er_folds)
-        for style, params in T.ER_STYLES.items():
-            for k in range(config.er_per_style):
-                uid = f"ER-{s.id}-{style}-{k:03d}"
-                voice = _jitter(s.voice, _utt_rng(seed, uid), params)
-                jobs.append(Job("ER", uid, er_splits["1"], s.id, style, T.random_sentence(rng), voice, fold=s.fold,
-                                fold_splits=er_splits))
     for s in speakers:
         if s.role == "closed":
-            continue
-        rng = np.random.default_rng([seed, 3, int(s.id[3:])])
-        for k in range(config.asv_per_speaker):
-            uid = f"ASV-{s.id}-{k:03d}"
-            jobs.append(Job("ASV", uid, s.group, s.id, s.id, T.random_sentence(rng), _jitter(s.voice, _utt_rng(seed, uid))))
+            rng = np.random.default_rng([seed, 2, int(s.id[3:])])
+            jobs += [j for t in tasks if t.closed for j in t.closed(ctx, s, rng)]
+    for s in speakers:
+        if s.role != "closed":
+            rng = np.random.default_rng([seed, 3, int(s.id[3:])])
+            jobs += [j for t in tasks if t.held_out for j in t.held_out(ctx, s, rng)]
     return jobs
 
 
@@ -253,71 +230,92 @@ def make_corpus(
     speakers = plan_speakers(config, seed)
     jobs = plan_jobs(config, seed, speakers)
     noises = make_background_noises(seed)
-    workers = workers or os.cpu_count() or 1
+    ctx = SynthContext(config, seed)
     started = time.perf_counter()
     with atomic_directory(out, replace=True) as tmp:
         for name, wav in noises.items():
             write_wav(tmp / "audio" / "KS" / "_background_noise_" / f"{name}.wav", wav)
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = pool.map(lambda j: render(j, seed, config, noises), jobs)
-            utterances: dict[str, list[Utterance]] = {t: [] for t in TASK_NAMES}
-            phone_counts: Counter[str] = Counter()
-            for job, (wav, phonemes) in progress_bar(
-                zip(jobs, results), total=len(jobs), desc="synth corpus", unit="clip", disable=not progress
-            ):
-                rel = f"audio/{job.task}/{job.id}.wav"
-                write_wav(tmp / rel, wav)
-                label = phonemes if job.task == "PR" else job.label
-                if job.task == "PR":
-                    phone_counts.update(phonemes)
-                utterances[job.task].append(
-                    Utterance(
-                        id=job.id, split=job.split, path=rel, num_samples=len(wav),
-                        duration=round(len(wav) / SAMPLE_RATE, 6), speaker=job.speaker, label=label,
-                        sha256=sha256_file(tmp / rel), text=job.text, fold=job.fold, fold_splits=job.fold_splits,
-                    )
-                )
-        # ASV trains on the closed-set speakers' SID training utterances (same files).
-        utterances["ASV"] = [
-            Utterance(**{**asdict(u), "split": "train"}) for u in utterances["SID"] if u.split == "train"
-        ] + utterances["ASV"]
+        utterances, phones = _render_all(tmp, jobs, ctx, noises, workers or os.cpu_count() or 1, progress)
+        for spec in synthetic_tasks():
+            if spec.synthetic.derived:
+                utterances[spec.name] = spec.synthetic.derived(ctx, utterances)
         for task, utts in utterances.items():
             write_manifest(manifest_path(tmp, task), utts)
-        trial_counts = {}
-        for split in ("dev", "test"):
-            held = [u for u in utterances["ASV"] if u.split == split]
-            trials = [Trial(a.speaker == b.speaker, a.id, b.id) for a, b in itertools.combinations(held, 2)]
-            write_trials(trials_path(tmp, split), trials)
-            trial_counts[split] = {"target": sum(t.target for t in trials), "nontarget": sum(not t.target for t in trials)}
-        phones = sorted(phone_counts)
+        trial_counts = _write_trials(tmp, utterances)
         atomic_write_text(tmp / "phones.txt", "".join(f"{p}\n" for p in phones))
-        info = {
-            "name": "synthetic-espeak",
-            "generator_version": GENERATOR_VERSION,
-            "voice_library": voice_library(),
-            "seed": seed,
-            "config": to_dict(config),
-            "provenance": stamp.as_dict(),
-            "sample_rate": SAMPLE_RATE,
-            "speakers": [
-                {"id": s.id, "voice": s.voice.spec(), "pitch": round(s.voice.pitch, 3), "speed": round(s.voice.speed, 3),
-                 "role": s.role, "group": s.group, "fold": s.fold}
-                for s in speakers
-            ],
-            "labels": {
-                "PR": phones,
-                "KS": T.KS_LABELS,
-                "IC": {slot: sorted({k[i] for k in T.INTENTS}) for i, slot in enumerate(T.IC_SLOTS)},
-                "SID": sorted(s.id for s in speakers if s.role == "closed"),
-                "ER": list(T.ER_STYLES),
-            },
-            "counts": {
-                task: dict(sorted(Counter(u.split for u in utts).items())) for task, utts in utterances.items()
-            },
-            "asv_trials": trial_counts,
-            "hours": round(sum(u.duration for utts in utterances.values() for u in utts) / 3600, 4),
-        }
+        info = _corpus_info(ctx, stamp, speakers, utterances, phones)
+        info["asv_trials"] = trial_counts
+        info["hours"] = round(sum(u.duration for utts in utterances.values() for u in utts) / 3600, 4)
         atomic_write_json(tmp / "corpus.json", info)
     if progress:
         print(f"synthetic corpus: {len(jobs)} clips in {time.perf_counter() - started:.1f} s -> {out}")
     return out
+
+
+def _render_all(tmp: Path, jobs: list[Job], ctx: SynthContext, noises: dict[str, np.ndarray], workers: int,
+                progress: bool) -> tuple[dict[str, list[Utterance]], list[str]]:
+    """Render every job into `tmp/audio/<task>/<id>.wav` on `workers` threads (written in job order);
+    ({task: [Utterance]}, the sorted phonemes spoken in the `phones` tasks)."""
+    utterances: dict[str, list[Utterance]] = {t.name: [] for t in synthetic_tasks()}
+    phone_tasks = {t.name for t in synthetic_tasks() if t.labels == "phones"}
+    phone_counts: Counter[str] = Counter()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(lambda j: render(j, ctx.seed, ctx.config, noises), jobs)
+        for job, (wav, phonemes) in progress_bar(
+            zip(jobs, results), total=len(jobs), desc="synth corpus", unit="clip", disable=not progress
+        ):
+            rel = f"audio/{job.task}/{job.id}.wav"
+            write_wav(tmp / rel, wav)
+            label = phonemes if job.task in phone_tasks else job.label
+            if job.task in phone_tasks:
+                phone_counts.update(phonemes)
+            utterances[job.task].append(
+                Utterance(
+                    id=job.id, split=job.split, path=rel, num_samples=len(wav),
+                    duration=round(len(wav) / SAMPLE_RATE, 6), speaker=job.speaker, label=label,
+                    sha256=sha256_file(tmp / rel), text=job.text, fold=job.fold, fold_splits=job.fold_splits,
+                )
+            )
+    return utterances, sorted(phone_counts)
+
+
+def _write_trials(tmp: Path, utterances: dict[str, list[Utterance]]) -> dict[str, dict[str, int]]:
+    """Trial lists over every pair of the dev and of the test utterances of the task selected on trials;
+    their target and non-target counts per split."""
+    counts = {}
+    for spec in synthetic_tasks():
+        if spec.selection != "trials":
+            continue
+        for split in ("dev", "test"):
+            held = [u for u in utterances[spec.name] if u.split == split]
+            trials = [Trial(a.speaker == b.speaker, a.id, b.id) for a, b in itertools.combinations(held, 2)]
+            write_trials(trials_path(tmp, split), trials)
+            counts[split] = {"target": sum(t.target for t in trials), "nontarget": sum(not t.target for t in trials)}
+    return counts
+
+
+def _corpus_info(ctx: SynthContext, stamp: Stamp, speakers: list[Speaker], utterances: dict[str, list[Utterance]],
+                 phones: list[str]) -> dict:
+    """`corpus.json`'s content but the trial counts and hours."""
+    labels = {}
+    for spec in synthetic_tasks():
+        if spec.labels == "phones":
+            labels[spec.name] = phones
+        elif spec.synthetic.labels:
+            labels[spec.name] = spec.synthetic.labels(ctx, speakers)
+    return {
+        "name": "synthetic-espeak",
+        "generator_version": GENERATOR_VERSION,
+        "voice_library": voice_library(),
+        "seed": ctx.seed,
+        "config": to_dict(ctx.config),
+        "provenance": stamp.as_dict(),
+        "sample_rate": SAMPLE_RATE,
+        "speakers": [
+            {"id": s.id, "voice": s.voice.spec(), "pitch": round(s.voice.pitch, 3), "speed": round(s.voice.speed, 3),
+             "role": s.role, "group": s.group, "fold": s.fold}
+            for s in speakers
+        ],
+        "labels": labels,
+        "counts": {task: dict(sorted(Counter(u.split for u in utts).items())) for task, utts in utterances.items()},
+    }

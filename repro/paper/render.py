@@ -15,12 +15,9 @@ from repro.models.registry import display_names, family_of, resolve_spec
 from repro.paper import style
 from repro.paper.results import ResultReader, models_by_family
 from repro.paper.tables import Table, percent
+from repro.tasks import task_spec
 from repro.workspace import Workspace
 
-TASK_COLUMNS = {  # task -> (header, metric is an error rate)
-    "PR": ("PR PER↓", True), "KS": ("KS Acc↑", False), "IC": ("IC Acc↑", False),
-    "SID": ("SID Acc↑", False), "ASV": ("ASV EER↓", True), "ER": ("ER Acc↑", False),
-}
 FAMILY_NAMES = {"speech_ssl": "speech SSL", "speaker_ssl": "speaker SSL", "speaker_sup": "supervised speaker"}
 SHORT_LAYER = {"tdnn": "TDNN", "res2net1": "SE1", "res2net2": "SE2", "res2net3": "SE3", "mfa": "MFA"}
 
@@ -56,7 +53,7 @@ def table_probing(ws: Workspace, reader: ResultReader, out: Path) -> list[Path]:
     cells = {(m, t): reader.probe(m, t) for m in models for t in tasks}
     idt = {m: reader.asv_idt(m) for m in models} if "ASV" in tasks else {}
     reader.check("table-1")
-    headers = ["Model", "Family"] + [TASK_COLUMNS[t][0] for t in tasks] + (["ASV-IDT EER↓"] if idt else [])
+    headers = ["Model", "Family"] + [task_spec(t).column.header for t in tasks] + (["ASV-IDT EER↓"] if idt else [])
     shown = display_names(models)
     rows = []
     for m in models:

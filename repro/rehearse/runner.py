@@ -238,12 +238,12 @@ def rehearsal_catalog(made: dict):
 
 
 def prepare(ws, made: dict, progress: bool, log) -> None:
-    from repro.data.prepare import prepare_corpus
+    from repro.data.prepare import Sources, prepare_corpus
     from repro.util.locks import output_lock
 
     with output_lock(ws.lock_file(ws.corpus_dir), f"corpus {ws.corpus_dir}"):
-        prepare_corpus(ws.corpus_dir, ws.profile, progress=progress, catalog=rehearsal_catalog(made), committed=[],
-                       log=log)
+        prepare_corpus(ws.corpus_dir, ws.profile, progress=progress, log=log,
+                       sources=Sources(catalog=rehearsal_catalog(made), committed=[]))
 
 
 def train_recipes(ws, have_vox2: bool, asked: bool | None, progress: bool, log) -> dict:

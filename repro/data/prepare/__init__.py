@@ -12,7 +12,9 @@
     out/sources/data -> <data root>, out/sources/<corpus> -> a user-provided corpus
 
 Everything the profile needs is checked first; what is missing is listed with the command that
-fetches it. `corpus.json` records the folder's stamp (`corpus_stamp`) as its `provenance`; a folder
+fetches it. What a task reads and keeps comes from its module (`repro.tasks`: `TaskSpec.real`,
+called with a `PrepareContext`); the readers of the real corpora are here (`READERS`, by corpus name).
+`corpus.json` records the folder's stamp (`corpus_stamp`) as its `provenance`; a folder
 whose stamp is complete (`repro.provenance.is_complete`) is kept (only its links are refreshed).
 """
 
@@ -20,7 +22,9 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from repro.audio import SAMPLE_RATE
@@ -29,26 +33,61 @@ from repro.data.catalog import Catalog, load_catalog
 from repro.data.committed import check_committed
 from repro.data.download import data_root, is_ready
 from repro.data.lock import DataLock, lock_path
-from repro.data.manifest import Trial, Utterance, manifest_path, trials_path, write_manifest, write_trials
+from repro.data.manifest import Utterance, manifest_path, trials_path, write_manifest, write_trials
 from repro.data.manual import instructions, manual_path, verify_manual
 from repro.data.prepare import fluent, iemocap, librispeech, speech_commands, voxceleb
 from repro.data.prepare.common import AudioIndex, Item, PrepareError, inspect_all
 from repro.data.subsets import id_list_text, list_sha256, select, subset_key
 from repro.provenance import Stamp, complete_record, corpus_folder_key
 from repro.remedy import make_line
+from repro.tasks import TaskSpec, task_names, task_spec
 from repro.util.atomic import atomic_directory, atomic_write_json, atomic_write_text
 
 PREPARER_VERSION = 1
 SPLITS = ("train", "dev", "test")
-SUPPORTED = {"PR": "librispeech", "KS": "speech-commands", "IC": "fluent-speech-commands", "SID": "voxceleb1",
-             "ASV": "voxceleb1", "ER": "iemocap"}
-NEEDS: dict[str, list[str]] = {**librispeech.NEEDS, **speech_commands.NEEDS, **voxceleb.NEEDS}
+READERS: dict[str, ModuleType] = {"librispeech": librispeech, "speech-commands": speech_commands,
+                                  "fluent-speech-commands": fluent, "voxceleb1": voxceleb, "iemocap": iemocap}
+CKA_SOURCE = "PR"  # the CKA set is drawn from LibriSpeech's items as this task reads them (data.pr_oov)
 
-__all__ = ["DataMissingError", "PrepareError", "prepare_corpus", "missing_data"]
+__all__ = ["DataMissingError", "PrepareContext", "PrepareError", "Sources", "prepare_corpus", "missing_data"]
 
 
 class DataMissingError(PrepareError):
     """Corpora the profile needs are not on disk; the message says how to get each."""
+
+
+@dataclass
+class Sources:
+    """Where the real corpora come from: the catalog (default: `load_catalog()`), the data root (default:
+    `data.root`), the subset lock file (default: `data.lock_file`), corpus folders given instead of the
+    manual corpora's places, and the committed subset lists checked (None: the repository's)."""
+
+    catalog: Catalog | None = None
+    root: Path | None = None
+    lock: DataLock | None = None
+    manual_override: dict[str, Path] = field(default_factory=dict)
+    committed: list | None = None
+
+
+@dataclass(frozen=True)
+class PrepareContext:
+    """What a task's `RealCorpus` hooks read: the data root, the corpus folder being written (`tmp`), the
+    profile's seed and `data` settings, the manual corpora's folders and the reader of the task's corpus."""
+
+    root: Path
+    tmp: Path
+    seed: int
+    data: DataConfig
+    manual_dirs: dict[str, Path]
+    reader: ModuleType | None
+
+
+def _real(task: str) -> TaskSpec:
+    spec = task_spec(task)
+    if spec.real is None:
+        raise PrepareError(f"task {task}: its module defines no real-corpus preparer (TaskSpec.real); "
+                           "use the synthetic corpus (corpus.kind: synthetic)")
+    return spec
 
 
 def _needs(profile: ProfileConfig) -> tuple[list[str], list[str]]:
@@ -56,12 +95,13 @@ def _needs(profile: ProfileConfig) -> tuple[list[str], list[str]]:
     cfg = profile.data
     auto, manual = [], []
     for task in profile.tasks:
-        corpus = cfg.corpora.get(task)
-        if corpus != SUPPORTED[task]:
+        spec = _real(task)
+        corpus = cfg.corpora.get(task, spec.corpus)
+        if corpus != spec.corpus:
             raise PrepareError(f"data.corpora.{task} = {corpus!r}: this version prepares {task} from "
-                               f"{SUPPORTED[task]!r} only (the SUPERB setup)")
-        if task in NEEDS:
-            auto += [k for k in NEEDS[task] if k not in auto]
+                               f"{spec.corpus!r} only (the SUPERB setup)")
+        if spec.real.needs:
+            auto += [k for k in spec.real.needs if k not in auto]
         elif corpus not in manual:
             manual.append(corpus)
     if cfg.cka_utterances > 0:
@@ -112,32 +152,22 @@ def _link(link: Path, target: Path) -> None:
     os.replace(tmp, link)
 
 
-def prepare_corpus(
-    out: str | os.PathLike,
-    profile: ProfileConfig,
-    *,
-    progress: bool = True,
-    catalog: Catalog | None = None,
-    root: Path | None = None,
-    lock: DataLock | None = None,
-    manual_override: dict[str, Path] | None = None,
-    committed: list | None = None,
-    log=print,
-    force: bool = False,
-) -> Path:
-    """Prepare the profile's tasks from the real corpora into `out` (see the module docstring);
-    a folder prepared with the same settings is kept unless `force`."""
+def prepare_corpus(out: str | os.PathLike, profile: ProfileConfig, *, sources: Sources | None = None,
+                   progress: bool = True, log=print, force: bool = False) -> Path:
+    """Prepare the profile's tasks from the real corpora (`sources`) into `out` (see the module
+    docstring); a folder prepared with the same settings is kept unless `force`."""
     out = Path(out)
     cfg = profile.data
-    catalog = catalog or load_catalog()
-    root = root or data_root(cfg.root)
-    lock = lock or DataLock(lock_path(cfg.lock_file))
+    src = sources or Sources()
+    catalog = src.catalog or load_catalog()
+    root = src.root or data_root(cfg.root)
+    lock = src.lock or DataLock(lock_path(cfg.lock_file))
     _check_subset_keys(cfg, profile)
-    problems = missing_data(profile, root=root, catalog=catalog, manual_override=manual_override)
+    problems = missing_data(profile, root=root, catalog=catalog, manual_override=src.manual_override)
     if problems:
         raise DataMissingError(f"profile {profile.name!r} needs data that is not there:\n  - " + "\n  - ".join(problems))
     _, manual = _needs(profile)
-    manual_dirs = {n: (manual_override or {}).get(n) or manual_path(catalog.corpus(n), root, cfg.manual_paths)
+    manual_dirs = {n: src.manual_override.get(n) or manual_path(catalog.corpus(n), root, cfg.manual_paths)
                    for n in manual}
     stamp = corpus_stamp(profile)
     if not force and complete_record(out / "corpus.json", stamp, "prepared again", log):
@@ -152,7 +182,9 @@ def prepare_corpus(
             _link(tmp / "sources" / n, d)
         indexes = {"data": AudioIndex(root / ".audio-index" / "data.jsonl"),
                    **{n: AudioIndex(root / ".audio-index" / f"{n}.jsonl") for n in manual_dirs}}
-        info = _build(tmp, profile, root, manual_dirs, indexes, lock, progress, log, committed)
+        ctx = PrepareContext(root, tmp, profile.seed, cfg, manual_dirs, None)
+        run = _Run(ctx, profile, indexes, lock, progress, log, src.committed)
+        info = _build(run)
         info["provenance"] = stamp.as_dict()
         atomic_write_json(tmp / "corpus.json", info)
     log(f"corpus: prepared {', '.join(profile.tasks)} into {out}")
@@ -161,8 +193,8 @@ def prepare_corpus(
 
 def _check_subset_keys(cfg: DataConfig, profile: ProfileConfig) -> None:
     for task, rules in cfg.subsets.items():
-        if task not in SUPPORTED:
-            raise PrepareError(f"data.subsets.{task}: unknown task; tasks: {', '.join(SUPPORTED)}")
+        if task not in task_names():
+            raise PrepareError(f"data.subsets.{task}: unknown task; tasks: {', '.join(task_names())}")
         for split, rule in rules.items():
             if split not in SPLITS:
                 raise PrepareError(f"data.subsets.{task}.{split}: unknown split; splits: {', '.join(SPLITS)}")
@@ -171,100 +203,92 @@ def _check_subset_keys(cfg: DataConfig, profile: ProfileConfig) -> None:
                     raise PrepareError(f"data.subsets.{task}.{split}.{name} = {v}: must be at least 1")
 
 
-def _task_items(task: str, tmp: Path, profile: ProfileConfig, root: Path, manual_dirs: dict[str, Path]):
-    """(items, labels, trials) of one task from its corpus."""
-    cfg = profile.data
-    if task == "PR":
-        items, vocab = librispeech.items(root, list(SPLITS), cfg.pr_oov)
-        return items, vocab, None
-    if task == "KS":
-        items, labels = speech_commands.items(root, tmp, profile.seed)
-        return items, labels, None
-    if task == "IC":
-        items, values = fluent.items(manual_dirs["fluent-speech-commands"], "fluent-speech-commands")
-        return items, values, None
-    if task == "SID":
-        return voxceleb.sid_items(root), None, None
-    if task == "ASV":
-        items, trials = voxceleb.asv_items(root)
-        return items, None, trials
-    if task == "ER":
-        items, labels = iemocap.items(manual_dirs["iemocap"], "iemocap", cfg.er_test_fold, cfg.er_valid_ratio)
-        return items, labels, None
-    raise PrepareError(f"unknown task {task}")
-
-
-def _task_settings(task: str, cfg: DataConfig) -> dict[str, Any] | None:
-    """Settings besides the subset rule that decide which utterances a task split holds."""
-    if task == "ASV":
-        return {"asv_min_seconds": cfg.asv_min_seconds}
-    if task == "ER":
-        return {"er_test_fold": cfg.er_test_fold, "er_valid_ratio": cfg.er_valid_ratio}
-    return None
-
-
 def _label_key(label: Any) -> str:
     return label if isinstance(label, str) else repr(label)
 
 
-def _build(tmp: Path, profile: ProfileConfig, root: Path, manual_dirs, indexes, lock: DataLock, progress,
-           log, committed) -> dict[str, Any]:
-    cfg = profile.data
+@dataclass
+class _Run:
+    """One preparation: the hooks' context, the profile, the audio indexes, the lock and how to report."""
+
+    ctx: PrepareContext
+    profile: ProfileConfig
+    indexes: dict[str, AudioIndex]
+    lock: DataLock
+    progress: bool
+    log: Any
+    committed: list | None
+
+
+def _build(run: _Run) -> dict[str, Any]:
+    """Every task's manifest, subset lists and files, then the CKA set; `corpus.json`'s content."""
+    profile = run.profile
     info: dict[str, Any] = {"name": "real", "preparer_version": PREPARER_VERSION, "seed": profile.seed,
                             "sample_rate": SAMPLE_RATE, "labels": {}, "counts": {}, "subsets": {}, "corpora": {},
                             "asv_trials": {}, "committed": {}}
-    pr_items: list[Item] | None = None
+    read: dict[str, list[Item]] = {}
     seconds = 0.0
     for task in profile.tasks:
-        corpus = cfg.corpora[task]
-        items, labels, trials = _task_items(task, tmp, profile, root, manual_dirs)
-        if task == "PR":
-            pr_items = items
-        chosen: list[Item] = []
-        for split in SPLITS:
-            part = [it for it in items if it.split == split]
-            rule = cfg.subsets.get(task, {}).get(split)
-            chosen += select(part, rule, profile.seed, task, uid=lambda x: x.id, speaker=lambda x: x.speaker,
-                             label=lambda x: _label_key(x.label))
-        if task == "SID":  # closed set: dev/test keep the speakers trained on
-            train_spk = {it.speaker for it in chosen if it.split == "train"}
-            chosen = [it for it in chosen if it.speaker in train_spk]
-        infos = inspect_all(chosen, indexes, workers=cfg.workers, progress=progress, desc=f"{task} audio")
-        utts = [Utterance(id=it.id, split=it.split, path=it.path, num_samples=a.frames,
-                          duration=round(a.frames / SAMPLE_RATE, 6), speaker=it.speaker, label=it.label,
-                          sha256=a.sha256, text=it.text, fold=it.fold, fold_splits=it.fold_splits)
-                for it, a in zip(chosen, infos)]
-        if task == "ASV":
-            short = [u for u in utts if u.split == "train" and u.duration < cfg.asv_min_seconds]
-            utts = [u for u in utts if not (u.split == "train" and u.duration < cfg.asv_min_seconds)]
-            if short:
-                log(f"  ASV: dropped {len(short)} training utterance(s) shorter than {cfg.asv_min_seconds} s")
-        rules = cfg.subsets.get(task, {})
-        info["committed"][task] = check_committed(task, utts, {s for s in SPLITS if s not in rules}, not rules,
-                                                  committed)
-        write_manifest(manifest_path(tmp, task), utts)
+        items, utts = _prepare_task(run, task, info)
+        read[task] = items
         seconds += sum(u.duration for u in utts)
-        info["counts"][task] = dict(sorted(Counter(u.split for u in utts).items()))
-        info["corpora"][task] = corpus
-        info["subsets"][task] = _record_lists(tmp, task, corpus, utts, cfg.subsets.get(task, {}), profile.seed,
-                                              _task_settings(task, cfg), lock)
-        if task == "PR":
-            atomic_write_text(tmp / "phones.txt", "".join(f"{p}\n" for p in labels))
-        if labels is None:
-            labels = sorted({u.label for u in utts if u.split == "train"})
-        info["labels"][task] = labels
-        if trials:
-            ids = {u.id for u in utts}
-            for split, tr in trials.items():
-                kept = [t for t in tr if t.enroll in ids and t.test in ids]
-                write_trials(trials_path(tmp, split), kept)
-                info["asv_trials"][split] = {"target": sum(t.target for t in kept),
-                                             "nontarget": sum(not t.target for t in kept)}
-        log(f"  {task}: " + ", ".join(f"{s} {n:,}" for s, n in info["counts"][task].items()))
-    if cfg.cka_utterances > 0:
-        info["cka"] = _cka(tmp, profile, root, pr_items, indexes, lock, progress)
+    if profile.data.cka_utterances > 0:
+        info["cka"] = _cka(run.ctx.tmp, profile, run.ctx.root, read.get(CKA_SOURCE), run.indexes, run.lock,
+                           run.progress)
     info["hours"] = round(seconds / 3600, 3)
     return info
+
+
+def _select(run: _Run, task: str, items: list[Item]) -> list[Item]:
+    """The items the profile's subsets (`data.subsets.<task>`) keep, split by split."""
+    chosen: list[Item] = []
+    for split in SPLITS:
+        part = [it for it in items if it.split == split]
+        rule = run.profile.data.subsets.get(task, {}).get(split)
+        chosen += select(part, rule, run.profile.seed, task, uid=lambda x: x.id, speaker=lambda x: x.speaker,
+                         label=lambda x: _label_key(x.label))
+    return chosen
+
+
+def _prepare_task(run: _Run, task: str, info: dict[str, Any]) -> tuple[list[Item], list[Utterance]]:
+    """Write one task's manifest, subset lists, files and trial lists into the folder; record them in
+    `info`; (every item its corpus holds, the utterances kept)."""
+    cfg, spec, tmp = run.profile.data, task_spec(task), run.ctx.tmp
+    real, corpus = spec.real, cfg.corpora.get(task, spec.corpus)
+    found = real.read(PrepareContext(**{**vars(run.ctx), "reader": READERS.get(corpus)}))
+    chosen = _select(run, task, found.items)
+    if real.keep:
+        chosen = real.keep(chosen)
+    infos = inspect_all(chosen, run.indexes, workers=cfg.workers, progress=run.progress, desc=f"{task} audio")
+    utts = [Utterance(id=it.id, split=it.split, path=it.path, num_samples=a.frames,
+                      duration=round(a.frames / SAMPLE_RATE, 6), speaker=it.speaker, label=it.label,
+                      sha256=a.sha256, text=it.text, fold=it.fold, fold_splits=it.fold_splits)
+            for it, a in zip(chosen, infos)]
+    if real.drop:
+        utts = real.drop(utts, cfg, run.log)
+    rules = cfg.subsets.get(task, {})
+    info["committed"][task] = check_committed(task, utts, {s for s in SPLITS if s not in rules}, not rules,
+                                              run.committed)
+    write_manifest(manifest_path(tmp, task), utts)
+    info["counts"][task] = dict(sorted(Counter(u.split for u in utts).items()))
+    info["corpora"][task] = corpus
+    settings = real.subset_settings(cfg) if real.subset_settings else None
+    info["subsets"][task] = _record_lists(tmp, task, corpus, utts, rules, run.profile.seed, settings, run.lock)
+    for rel, text in (real.files(found.labels) if real.files else {}).items():
+        atomic_write_text(tmp / rel, text)
+    labels = found.labels
+    if labels is None:
+        labels = sorted({u.label for u in utts if u.split == "train"})
+    info["labels"][task] = labels
+    if found.trials:
+        ids = {u.id for u in utts}
+        for split, tr in found.trials.items():
+            kept = [t for t in tr if t.enroll in ids and t.test in ids]
+            write_trials(trials_path(tmp, split), kept)
+            info["asv_trials"][split] = {"target": sum(t.target for t in kept),
+                                         "nontarget": sum(not t.target for t in kept)}
+    run.log(f"  {task}: " + ", ".join(f"{s} {n:,}" for s, n in info["counts"][task].items()))
+    return found.items, utts
 
 
 def _record_lists(tmp: Path, task: str, corpus: str, utts: list[Utterance], rules: dict[str, SubsetRule],

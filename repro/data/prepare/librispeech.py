@@ -14,9 +14,6 @@ from repro.data.prepare.lexicon import Phonemizer, read_lexicons, read_vocabular
 SPLITS = {"train": "train-clean-100", "dev": "dev-clean", "test": "test-clean"}
 LEXICONS = ["lexicon/librispeech-lexicon-200k-g2p.txt", "lexicon/librispeech-lexicon-allothers-g2p.txt"]
 VOCAB = "lexicon/phoneme.txt"
-NEEDS = {"PR": ["librispeech/train-clean-100", "librispeech/dev-clean", "librispeech/test-clean",
-                "librispeech-lexicon/lexicon-200k", "librispeech-lexicon/lexicon-allothers",
-                "librispeech-lexicon/phoneme-vocab"]}
 
 
 def cka_needs(split: str) -> list[str]:

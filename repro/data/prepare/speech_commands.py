@@ -25,7 +25,6 @@ from repro.data.prepare.common import Item, PrepareError
 from repro.data.synth_text import KEYWORDS, KS_LABELS, SILENCE_LABEL, UNKNOWN_LABEL
 from repro.util.atomic import atomic_path
 
-NEEDS = {"KS": ["speech-commands/v0.01", "speech-commands/test-v0.01"]}
 MAX_NUM_WAVS_PER_CLASS = 2**27 - 1
 TRAIN_REGION = 0.8
 

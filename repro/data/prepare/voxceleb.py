@@ -14,8 +14,6 @@ from pathlib import Path
 from repro.data.manifest import Trial
 from repro.data.prepare.common import Item, PrepareError, read_text_lines
 
-NEEDS = {"SID": ["voxceleb1/dev", "voxceleb1/test", "voxceleb1/iden-split"],
-         "ASV": ["voxceleb1/dev", "voxceleb1/test", "voxceleb1/trials"]}
 SID_SPLITS = {"1": "train", "2": "dev", "3": "test"}
 
 
