@@ -15,9 +15,9 @@ from click.testing import CliRunner
 from repro.cli import main
 from repro.config import load_profile
 from repro.models.registry import load_upstream
-from repro.speaker import data as D
-from repro.speaker.train import SpeakerTrainingFailed, run_dir, train_speaker
-from repro.speaker.trainer import TrainingInterrupted
+from repro.recipes.speaker import data as D
+from repro.recipes.speaker.train import SpeakerTrainingFailed, run_dir, train_speaker
+from repro.recipes.speaker.trainer import TrainingInterrupted
 from repro.models.upstream import ModelUnavailableError
 from repro.workspace import Workspace
 
@@ -118,7 +118,7 @@ def test_a_published_model_is_judged_by_its_provenance_stamp(tiny_corpus, tmp_pa
 
     from repro.features.stage import StaleInputError, check_trained_model
     from repro.provenance import is_complete, trained_model_key
-    from repro.speaker.train import training_stamp
+    from repro.recipes.speaker.train import training_stamp
 
     ws = make_ws(tmp_path, tiny_corpus)
     info = train_speaker(ws, "supervised", progress=False)
@@ -204,7 +204,7 @@ def test_collapse_detector_fires_on_collapsed_outputs_only(tiny_corpus):
     from repro.models.ecapa import KaldiFbank
     from repro.models.wespeaker_ecapa import WespeakerEcapa, WespeakerEcapaArch
     from repro.models.dino_head import DinoHead
-    from repro.speaker.evaluate import collapse_report, embed
+    from repro.recipes.speaker.evaluate import collapse_report, embed
     from repro.audio import read_audio
 
     audio = [read_audio(tiny_corpus / u.path) for u in load_task(tiny_corpus, "ASV", "test")]
@@ -299,7 +299,7 @@ def test_two_gloo_ranks_train_the_single_process_model_to_the_byte(recipe, accum
 def test_cost_estimate_counts_flops_per_step_and_scales_with_batch_and_epochs(tiny_corpus, tmp_path):
     import dataclasses
 
-    from repro.speaker.cost import estimate
+    from repro.recipes.speaker.cost import estimate
 
     cfg = make_ws(tmp_path, tiny_corpus).profile.speaker_training.dino
     one = estimate("dino", cfg, 100, 10, tflops=1.0)

@@ -15,9 +15,9 @@ from repro.config import ConfigError, load_profile
 from repro.data.manifest import load_task
 from repro.models.registry import load_upstream
 from repro.models.upstream import ModelUnavailableError
-from repro.ssl import train as T
-from repro.ssl.model import span_mask
-from repro.ssl.targets import FrameGrid, mfcc_features
+from repro.recipes.speech_ssl import train as T
+from repro.recipes.speech_ssl.model import span_mask
+from repro.recipes.speech_ssl.targets import FrameGrid, mfcc_features
 from repro.workspace import Workspace
 
 PROFILE = """

@@ -12,7 +12,7 @@
 A step takes `batch_size` training utterances (a seeded permutation per pass), cuts every one to the shortest
 of them (at most `crop_seconds`) at a random frame boundary, mixes another utterance of the batch into a
 `mix_prob` share of them (WavLM), masks spans of frames (HuBERT's mask_prob and mask_length) and minimises
-the cross-entropy of the cluster of each masked frame (`repro.ssl.model`). The learning rate rises linearly
+the cross-entropy of the cluster of each masked frame (`repro.recipes.speech_ssl.model`). The learning rate rises linearly
 over `warmup_fraction` of the steps and falls linearly to 0. Every draw is a function of (seed, step), and a
 checkpoint holds the networks and the optimizer, so a resumed run equals an uninterrupted one bit for bit (on
 one device, one thread count).
@@ -42,9 +42,9 @@ from repro.provenance import Stamp, complete_record, trained_model_key
 from repro.remedy import command
 from repro.runtime import on_rank_zero, setup, teardown
 from repro.trainlog import TrainLog, publish_or_fail
-from repro.ssl import prepare as P
-from repro.ssl.model import MaskedPredictor, build_backbone, masked_loss, span_mask
-from repro.ssl.targets import FrameGrid, KMeansSettings, Targets, make_targets, targets_key
+from repro.recipes.speech_ssl import prepare as P
+from repro.recipes.speech_ssl.model import MaskedPredictor, build_backbone, masked_loss, span_mask
+from repro.recipes.speech_ssl.targets import FrameGrid, KMeansSettings, Targets, make_targets, targets_key
 from repro.util.atomic import atomic_write_json
 from repro.util.progress import progress_bar
 from repro.weights import load_checkpoint, remove_checkpoint, save_checkpoint
@@ -85,7 +85,7 @@ def frame_grid(recipe: str, arch: dict) -> FrameGrid:
     """The model's frames in samples, from its configuration's CNN (kernels and strides)."""
     import transformers
 
-    from repro.ssl.model import MODEL_CLASSES
+    from repro.recipes.speech_ssl.model import MODEL_CLASSES
 
     config = getattr(transformers, MODEL_CLASSES[recipe][0])(**arch)
     return FrameGrid.of_cnn(list(config.conv_kernel), list(config.conv_stride))
