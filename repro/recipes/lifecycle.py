@@ -192,8 +192,9 @@ class TrainingRecipe:
         """Write `timing.json` (the run's clocks and `timing`), then publish the model (`write(folder)`
         writes its weights) with `info` as its model.json, or record `problems` and raise TrainingFailed."""
         elapsed, cpu = time.perf_counter() - self.clocks[0], time.process_time() - self.clocks[1]
-        atomic_write_json(self.run_dir / "timing.json", {"wall_seconds": round(elapsed, 1), "cpu_seconds": round(cpu, 1),
-                                                         "threads": torch.get_num_threads(), **timing})
+        atomic_write_json(self.run_dir / "timing.json", {
+            "wall_seconds": round(elapsed, 1), "cpu_seconds": round(cpu, 1), "threads": torch.get_num_threads(),
+            **timing})
         name = self.settings.output_name
 
         def failure(message: str) -> recipes.TrainingFailed:

@@ -123,21 +123,3 @@ class SpeakerTraining(TrainingRecipe):
         else:
             n_speakers = VOXCELEB2_DEV_SPEAKERS
         return estimate(self.name, self.settings, utterances, n_speakers, tflops)
-
-
-def _augmenter(ws: Workspace, env: DistEnv) -> Augmenter:
-    cfg = ws.profile.speaker_training.augment
-    if cfg.synthetic:
-        from repro.recipes.speaker.synthetic_aug import make_synthetic_augmentation
-
-        folder = ws.work / "speaker_training" / "augmentation"
-        if env.is_main:
-            make_synthetic_augmentation(folder, ws.profile.seed)
-        barrier(env)
-        noise_dir, rir_dir = folder / "noise", folder / "rir"
-    else:
-        noise_dir, rir_dir = augmentation_folder(ws, "noise_dir"), augmentation_folder(ws, "rir_dir")
-    snr = {"noise": tuple(cfg.snr_noise), "music": tuple(cfg.snr_music), "speech": tuple(cfg.snr_speech)}
-    return Augmenter(NoiseBank.from_folder(noise_dir, snr), RirBank.from_folder(rir_dir))
-
-

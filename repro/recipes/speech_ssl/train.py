@@ -12,8 +12,8 @@
 A step takes `batch_size` training utterances (a seeded permutation per pass), cuts every one to the shortest
 of them (at most `crop_seconds`) at a random frame boundary, mixes another utterance of the batch into a
 `mix_prob` share of them (WavLM), masks spans of frames (HuBERT's mask_prob and mask_length) and minimises
-the cross-entropy of the cluster of each masked frame (`repro.recipes.speech_ssl.model`). The learning rate rises linearly
-over `warmup_fraction` of the steps and falls linearly to 0. Every draw is a function of (seed, step), and a
+the cross-entropy of the cluster of each masked frame (`repro.recipes.speech_ssl.model`). The learning rate
+rises linearly over `warmup_fraction` of the steps and falls linearly to 0. Every draw is a function of (seed, step), and a
 checkpoint holds the networks and the optimizer, so a resumed run equals an uninterrupted one bit for bit (on
 one device, one thread count).
 
