@@ -116,6 +116,21 @@ class Stamp:
         return config_hash(self.as_dict())
 
 
+RESUME_FIELD = "run_key"  # the entry of a checkpoint that holds its resume key
+
+
+def resume_key(stamp: Stamp) -> str:
+    """The key a checkpoint of a run records and must carry to be resumed (probes, trained models): one hash
+    of the stamp of the output the run makes, so a checkpoint is resumed only by a run that would make the
+    same output from the same inputs."""
+    return stamp.key
+
+
+def resumes(checkpoint: dict, key: str) -> bool:
+    """Does `checkpoint` (a loaded checkpoint's dict) carry the resume key `key`?"""
+    return checkpoint.get(RESUME_FIELD) == key
+
+
 def is_complete(recorded: Any, expected: Stamp) -> bool:
     """Is an output stamped `recorded` exactly what a run would make now (skip it)?"""
     return recorded == expected.as_dict()

@@ -351,9 +351,8 @@ def test_a_damaged_generated_model_is_refused_before_any_store_is_touched(faultp
 
 def test_a_speaker_resume_checkpoint_with_a_flipped_bit_is_neither_resumed_nor_published(tiny_corpus, tmp_path,
                                                                                            monkeypatch):
-    from repro.speaker.train import train_speaker
-    from repro.speaker.trainer import TrainingInterrupted
-    from test_speaker_training import make_ws
+    from repro.recipes import TrainingInterrupted
+    from test_speaker_training import make_ws, train_speaker
 
     ws = make_ws(tmp_path, tiny_corpus)
     with pytest.raises(TrainingInterrupted):

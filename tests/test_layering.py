@@ -19,12 +19,12 @@ FLOORS: list[tuple[str, ...]] = [
     ("repro.probing", "repro.similarity"),
     ("repro.paper",),
     ("repro.pipeline", "repro.console", "repro.ownership"),
-    ("repro.speaker", "repro.ssl"),
+    ("repro.recipes.lifecycle", "repro.recipes.speaker", "repro.recipes.speech_ssl"),
     ("repro.bench",),
     ("repro.plan", "repro.rehearse"),
     ("repro.cli", "repro.__main__"),
 ]
-RECIPE_PACKAGES = ("repro.speaker", "repro.ssl")
+RECIPE_PACKAGES = ("repro.recipes.speaker", "repro.recipes.speech_ssl")
 
 
 def floor(module: str) -> int:

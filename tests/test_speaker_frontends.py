@@ -13,7 +13,7 @@ from repro.audio import read_audio
 from repro.data.manifest import load_task
 from repro.models import ecapa
 from repro.models.registry import load_upstream
-from repro.speaker.fbank import BatchedKaldiFbank
+from repro.recipes.speaker.fbank import BatchedKaldiFbank
 
 TOL = 1e-4
 

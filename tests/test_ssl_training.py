@@ -10,14 +10,15 @@ import torch
 from click.testing import CliRunner
 
 from repro import recipes
+from repro.recipes.lifecycle import CHECKPOINT
 from repro.cli import main
 from repro.config import ConfigError, load_profile
 from repro.data.manifest import load_task
 from repro.models.registry import load_upstream
 from repro.models.upstream import ModelUnavailableError
-from repro.ssl import train as T
-from repro.ssl.model import span_mask
-from repro.ssl.targets import FrameGrid, mfcc_features
+from repro.recipes.speech_ssl import train as T
+from repro.recipes.speech_ssl.model import span_mask
+from repro.recipes.speech_ssl.targets import FrameGrid, mfcc_features
 from repro.workspace import Workspace
 
 PROFILE = """
@@ -80,15 +81,15 @@ def test_same_seed_same_weights_and_a_resumed_run_equals_an_uninterrupted_one(re
     assert recipes.train(again, recipe, progress=False) == info
     assert weights(again, recipe) == weights(straight, recipe), "same seed, different weights"
     resumed = make_ws(tmp_path / "c", tiny_corpus, recipe, extra=extra)
-    with pytest.raises(T.TrainingInterrupted):
-        T.train_ssl(resumed, recipe, progress=False, stop_after_step=3)  # crash after step 3; checkpoint at 2
+    with pytest.raises(recipes.TrainingInterrupted):
+        T.SslPretraining(resumed, recipe).train(progress=False, stop_after_step=3)  # crash after step 3; checkpoint at 2
     assert not (resumed.models_dir / OUTPUT[recipe]).exists()
-    assert torch.load(T.run_dir(resumed, recipe) / T.CHECKPOINT)["step"] == 2
-    assert T.train_ssl(resumed, recipe, progress=False) == info
+    assert torch.load(recipes.run_dir(resumed, recipe) / CHECKPOINT)["step"] == 2
+    assert T.SslPretraining(resumed, recipe).train(progress=False) == info
     assert weights(resumed, recipe) == weights(straight, recipe), "resumed model differs"
     for f in ("train_log.jsonl", "model.json"):
         assert (resumed.models_dir / OUTPUT[recipe] / f).read_text() == (straight.models_dir / OUTPUT[recipe] / f).read_text()
-    timing = json.loads((T.run_dir(resumed, recipe) / "timing.json").read_text())
+    timing = json.loads((recipes.run_dir(resumed, recipe) / "timing.json").read_text())
     assert timing["resumed_from"] == 2 and timing["steps_run"] == 3
     # the published folder is a transformers checkpoint: the registry loads it with from_pretrained
     up = load_upstream(OUTPUT[recipe], straight.models_dir)
@@ -158,16 +159,16 @@ def test_unknown_recipe_is_one_line_listing_the_recipes(tiny_corpus, tmp_path):
 
 def test_checkpoint_of_another_configuration_is_refused_until_forced(tiny_corpus, tmp_path):
     ws = make_ws(tmp_path, tiny_corpus)
-    with pytest.raises(T.TrainingInterrupted):
-        T.train_ssl(ws, "hubert", progress=False, stop_after_step=2)
+    with pytest.raises(recipes.TrainingInterrupted):
+        T.SslPretraining(ws, "hubert").train(progress=False, stop_after_step=2)
     changed = make_ws(tmp_path, tiny_corpus, extra="mask_length: 5")
     res = CliRunner(env={"REPRO_WORK": str(ws.work_root), "REPRO_RESULTS": str(tmp_path / "results"),
                          "REPRO_FIGURES": str(tmp_path / "figures")}).invoke(
         main, ["train", "-r", "hubert", "-p", str(tmp_path / "ssl.yaml")])
-    ckpt = T.run_dir(changed, "hubert") / T.CHECKPOINT
+    ckpt = recipes.run_dir(changed, "hubert") / CHECKPOINT
     assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, res.output
     assert f"{ckpt}: checkpoint of another configuration" in res.output and "--force" in res.output
-    info = T.train_ssl(changed, "hubert", progress=False, force=True)
+    info = T.SslPretraining(changed, "hubert").train(progress=False, force=True)
     assert info["steps"] == 5 and torch.load(ckpt)["step"] == 5
 
 
@@ -196,7 +197,7 @@ def test_a_published_model_is_judged_by_its_provenance_stamp(tiny_corpus, tmp_pa
     path.write_text(json.dumps({k: v for k, v in info.items() if k != "provenance"} | {"config_hash": "0123abcd"}))
     trained_again("it has no stamp (made by an earlier version)")
     changed = make_ws(tmp_path, tiny_corpus, extra="mask_length: 5")
-    with pytest.raises(T.CheckpointMismatchError, match="checkpoint of another configuration"):
+    with pytest.raises(recipes.CheckpointMismatchError, match="checkpoint of another configuration"):
         recipes.train(changed, "hubert", progress=True)
     assert f"{path.parent}: not complete (made under other settings): trained again" in capsys.readouterr().out
 
@@ -206,9 +207,9 @@ def test_a_run_no_better_than_the_majority_cluster_is_not_published(tiny_corpus,
     prof = tmp_path / "ssl.yaml"
     prof.write_text(prof.read_text().replace("require_above_majority: false", "require_above_majority: true"))
     ws = Workspace(load_profile(prof), ws.work_root, ws.results_root, ws.figures_root)
-    with pytest.raises(T.SslTrainingFailed, match="not above the majority-cluster rate"):
+    with pytest.raises(recipes.TrainingFailed, match="not above the majority-cluster rate"):
         recipes.train(ws, "hubert", progress=False)
-    assert (T.run_dir(ws, "hubert") / "failure.json").is_file() and not (ws.models_dir / "tiny-hubert-mp").exists()
+    assert (recipes.run_dir(ws, "hubert") / "failure.json").is_file() and not (ws.models_dir / "tiny-hubert-mp").exists()
 
 
 def test_untrained_model_names_the_command_that_trains_it(tmp_path):

@@ -317,7 +317,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class SpeakerAugmentConfig:
-    """Noise and reverberation data for speaker-model training (see `repro.speaker.augment`)."""
+    """Noise and reverberation data for speaker-model training (see `repro.recipes.speaker.augment`)."""
 
     RANGES = {k: Range(min_items=2, max_items=2) for k in ("snr_noise", "snr_music", "snr_speech")}
 
@@ -455,7 +455,7 @@ class SpeakerTrainingConfig:
 @dataclass(frozen=True)
 class MaskedPredictionConfig:
     """Masked prediction of k-means clusters of MFCC frames (HuBERT's first iteration); defaults: HuBERT Base,
-    fairseq `hubert_base_librispeech.yaml` and `simple_kmeans/` (see `repro.ssl`)."""
+    fairseq `hubert_base_librispeech.yaml` and `simple_kmeans/` (see `repro.recipes.speech_ssl`)."""
 
     output_name: str = setting("hubert-mp", "models/<name>/ receives the trained model; the registry entry of "
                                "that name loads it")

@@ -2,7 +2,7 @@
 
 Parameter names match wespeaker's checkpoints (`projection_head.mlp.*`,
 `projection_head.last_layer.weight_g/_v`), so a DINO-trained checkpoint's head loads as it is;
-the DINO recipe (`repro.speaker.dino`) trains it.
+the DINO recipe (`repro.recipes.speaker.dino`) trains it.
 """
 
 from __future__ import annotations

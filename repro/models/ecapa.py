@@ -90,7 +90,7 @@ class KaldiFbank(nn.Module):
     10 ms hop, no energy; dither 0 at inference), then mean normalisation over time (CMN).
 
     Frames: `1 + (S - 400) // 160` (Kaldi's `snip_edges`). `dither > 0` (training) draws from
-    torch's global RNG: seed it (see `repro.speaker.augment.seeded_torch`).
+    torch's global RNG: seed it (see `repro.recipes.speaker.augment.seeded_torch`).
     """
 
     CPU_SAMPLES_PER_CALL = 1 << 19  # batch(): torchaudio's intermediates for 33 s of audio, a few L2/L3 caches

@@ -31,7 +31,7 @@ from repro.probing.sources import StoreFrames, StorePooled, UpstreamFrames, chec
 from repro.probing.tasks import Task, make_task
 from repro.probing.trainer import NonFiniteLoss, Probe, ProbeModel, Split, evaluate, free_device_memory, \
     group_memory, score_trials, train_group
-from repro.provenance import Stamp, asv_idt_key, is_complete, probe_key
+from repro.provenance import Stamp, asv_idt_key, is_complete, probe_key, resume_key
 from repro.remedy import command
 from repro.runtime import DistEnv, barrier, resolve_device, tf32_context, writer_lock
 from repro.util.locks import output_lock
@@ -204,7 +204,7 @@ def _fold_group(inputs: ProbeInputs, splits: dict[str, list[Utterance]], lrs: li
         tag = lr_tag(lr) + (f"-fold{fold}" if fold is not None else "")
         probes.append(Probe(lr, ProbeModel(featurizer, head),
                             inputs.ws.probe_checkpoint_dir(inputs.model, inputs.task_name) / f"{tag}.pt",
-                            Stamp(inputs.stamp(lr).settings, {**inputs.content, "fold": fold}).key,
+                            resume_key(Stamp(inputs.stamp(lr).settings, {**inputs.content, "fold": fold})),
                             fix="delete it (the probe then trains from its start), or train again with "
                                 + command("probe", inputs.ws, "-m", inputs.model, "-t", inputs.task_name, "--force")))
     return task, train, dev, test, dev_name, probes

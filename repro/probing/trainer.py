@@ -60,6 +60,7 @@ from repro.probing.featurizer import group_features
 from repro.runtime import all_reduce_sum, broadcast_tensors_from_rank_zero, tf32_context
 from repro.util.progress import progress_bar
 from repro.weights import load_checkpoint, save_checkpoint
+from repro.provenance import RESUME_FIELD, resumes
 
 
 class ProbeModel(nn.Module):
@@ -234,7 +235,7 @@ def train_group(
         p.state = _new_state()
         if p.checkpoint.is_file():
             saved = load_checkpoint(p.checkpoint, p.fix)  # weights only, its digest checked
-            if saved.get("run_key") == p.run_key:
+            if resumes(saved, p.run_key):
                 p.model.load_state_dict(saved["model"])
                 p.optimizer.load_state_dict(saved["optimizer"])
                 p.state = saved["state"]
@@ -359,7 +360,7 @@ def _record_evaluation(task: Task, p: Probe, metric: float, rank: int) -> None:
     if add_evaluation(task, state, metric):
         state["best_state"] = copy.deepcopy({k: v.cpu() for k, v in p.model.state_dict().items()})
     if rank == 0:
-        save_checkpoint({"run_key": p.run_key, "model": p.model.state_dict(), "optimizer": p.optimizer.state_dict(),
+        save_checkpoint({RESUME_FIELD: p.run_key, "model": p.model.state_dict(), "optimizer": p.optimizer.state_dict(),
                          "state": state}, p.checkpoint)
 
 

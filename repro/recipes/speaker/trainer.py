@@ -7,7 +7,8 @@ bytes when each rank computes at most one micro-batch of a step (A <= W), float 
 the gradient sum otherwise. Ranks beyond A compute nothing: spread training over W ranks by
 setting A to a multiple of W.
 
-A checkpoint (`checkpoint.pt`, written atomically by rank 0) holds the step, the recipe's
+A checkpoint (`checkpoint.pt`, written atomically by rank 0 through the recipe's lifecycle,
+`repro.recipes.lifecycle.TrainingRecipe.save`, with its resume key) holds the step, the recipe's
 networks and state, the optimizer state and the evaluation history. Since every sample's
 randomness is a function of (seed, step, position), resuming from a checkpoint continues
 exactly where an uninterrupted run would be (bit for bit on CPU).
@@ -16,26 +17,16 @@ exactly where an uninterrupted run would be (bit for bit on CPU).
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from repro.micro_batches import OrderedRunningStats, all_reduce_gradients, rank_micro_batches, update_in_order
-from repro.runtime import DistEnv, all_reduce_sum, barrier, broadcast_tensors_from_rank_zero
-from repro.speaker.evaluate import TrialSet, trial_eer
-from repro.speaker.recipes import BatchMaker, micro_batch_loader
+from repro.runtime import DistEnv, all_reduce_sum, broadcast_tensors_from_rank_zero
+from repro.recipes.speaker.evaluate import TrialSet, trial_eer
+from repro.recipes.speaker.recipes import BatchMaker, micro_batch_loader
 from repro.trainlog import TrainLog
 from repro.util.progress import progress_bar
-from repro.weights import load_checkpoint, save_checkpoint
-
-CHECKPOINT = "checkpoint.pt"
-
-
-class TrainingInterrupted(RuntimeError):
-    """Raised by `stop_after_step` to emulate a crash (tests of resuming)."""
-
 
 @dataclass(frozen=True)
 class LoopSettings:
@@ -46,10 +37,8 @@ class LoopSettings:
     log_every: int
     checkpoint_every: int
     eval_every_epochs: int
-    config_hash: str
     progress: bool = True
     stop_after_step: int | None = None
-    checkpoint_fix: str = "delete it to train from scratch"  # what to do about a damaged checkpoint
 
 
 @dataclass
@@ -64,25 +53,19 @@ def _to(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def run_loop(recipe, maker: BatchMaker, trials: TrialSet, env: DistEnv, run_dir: str | os.PathLike,
-             s: LoopSettings) -> LoopResult:
-    """Train `recipe` from its last checkpoint in `run_dir` (or from scratch) to `s.total_steps`."""
-    run_dir = Path(run_dir)
-    ckpt_path = run_dir / CHECKPOINT
+def run_loop(recipe, maker: BatchMaker, trials: TrialSet, env: DistEnv, life, s: LoopSettings) -> LoopResult:
+    """Train `recipe` from the last checkpoint of `life` (its `repro.recipes.lifecycle.TrainingRecipe`:
+    run folder, resume, checkpoints) or from scratch to `s.total_steps`."""
     optimizer = recipe.make_optimizer(recipe.trainable)
     start, history, eer0 = 0, [], None
-    if ckpt_path.is_file():
-        ckpt = load_checkpoint(ckpt_path, s.checkpoint_fix, env.device)  # weights only, its digest checked
-        if ckpt.get("config_hash") == s.config_hash and ckpt["step"] <= s.total_steps:
-            recipe.load_state_dict(ckpt["recipe"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            start, eer0 = int(ckpt["step"]), float(ckpt["eer_untrained"])
-            history = [tuple(h) for h in ckpt["eer_history"]]
-        elif env.is_main:
-            print(f"{ckpt_path}: made with other settings; training from scratch")
-    log = TrainLog(run_dir / "train_log.jsonl", keep_until_step=start, enabled=env.is_main)
+    if (ckpt := life.resume(env, s.total_steps)) is not None:
+        recipe.load_state_dict(ckpt["recipe"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start, eer0 = int(ckpt["step"]), float(ckpt["eer_untrained"])
+        history = [tuple(h) for h in ckpt["eer_history"]]
+    log = TrainLog(life.run_dir / "train_log.jsonl", keep_until_step=start, enabled=env.is_main)
     if start > 0 and env.is_main and s.progress:
-        print(f"resuming {recipe.name} from step {start} of {s.total_steps} ({ckpt_path})")
+        print(f"resuming {recipe.name} from step {start} of {s.total_steps} ({life.checkpoint})")
     mine = rank_micro_batches(s.accumulation, env.world_size, env.rank)
     computed = [a for a in mine if a >= 0]
     if env.distributed and env.is_main and s.progress and s.accumulation < env.world_size:
@@ -137,10 +120,11 @@ def run_loop(recipe, maker: BatchMaker, trials: TrialSet, env: DistEnv, run_dir:
                     history.append((done, eer))
                     log.write(step=done, epoch=epoch + 1, eer=eer)
             if done % s.checkpoint_every == 0 or done == s.total_steps:
-                _save(ckpt_path, recipe, optimizer, done, eer0, history, s.config_hash, env)
-            if s.stop_after_step is not None and done == s.stop_after_step:
+                life.save({"step": done, "recipe": recipe.state_dict(), "optimizer": optimizer.state_dict(),
+                           "eer_untrained": eer0, "eer_history": [list(h) for h in history]}, env)
+            if s.stop_after_step == done:
                 bar.close()
-                raise TrainingInterrupted(f"stopped after step {done}")
+            life.interrupt_at(s.stop_after_step, done)
     bar.close()
     return LoopResult(s.total_steps, start, eer0, history)
 
@@ -153,11 +137,3 @@ def _evaluate(recipe, trials: TrialSet, env: DistEnv) -> float:
         eer[0] = trial_eer(frontend, network, trials, env.device)
     all_reduce_sum(eer, env)
     return float(eer[0])
-
-
-def _save(path: Path, recipe, optimizer, step: int, eer0: float, history, config_hash: str, env: DistEnv) -> None:
-    if env.is_main:
-        state = {"step": step, "recipe": recipe.state_dict(), "optimizer": optimizer.state_dict(),
-                 "eer_untrained": eer0, "eer_history": [list(h) for h in history], "config_hash": config_hash}
-        save_checkpoint(state, path)
-    barrier(env)

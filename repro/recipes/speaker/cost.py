@@ -19,7 +19,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from repro.config.schema import DinoRecipeConfig, SupervisedRecipeConfig
-from repro.speaker import data as D
+from repro.recipes.speaker import data as D
 
 
 def _count(fn) -> int:
@@ -53,7 +53,7 @@ def dino_step_flops(cfg: DinoRecipeConfig, micro: int = 2) -> float:
     """FLOPs of one optimizer step (global batch `cfg.batch_size`), student and teacher."""
     from repro.models.wespeaker_ecapa import WespeakerEcapa, WespeakerEcapaArch
     from repro.models.dino_head import DinoHead
-    from repro.speaker.dino import DinoStudent
+    from repro.recipes.speaker.dino import DinoStudent
 
     arch = WespeakerEcapaArch.from_dict(cfg.arch)
 

@@ -19,9 +19,9 @@ from repro.config.schema import DinoRecipeConfig, SupervisedRecipeConfig
 from repro.errors import ConfigError
 from repro.models.dino_head import DinoHead
 from repro.runtime import DistEnv, all_reduce_sum
-from repro.speaker import augment as A
-from repro.speaker import data as D
-from repro.speaker import dino as dn
+from repro.recipes.speaker import augment as A
+from repro.recipes.speaker import data as D
+from repro.recipes.speaker import dino as dn
 
 
 # ----------------------------------------------------------------------------- batches
@@ -29,7 +29,7 @@ from repro.speaker import dino as dn
 
 @dataclass
 class Plan:
-    """How steps map to samples (see `repro.speaker.data`)."""
+    """How steps map to samples (see `repro.recipes.speaker.data`)."""
 
     seed: int
     num_utterances: int
@@ -52,7 +52,7 @@ class BatchMaker:
     def frontend(self):
         if self._frontend is None:
             from repro.models.ecapa import SpeechbrainFbank
-            from repro.speaker.fbank import BatchedKaldiFbank
+            from repro.recipes.speaker.fbank import BatchedKaldiFbank
 
             self._frontend = (SpeechbrainFbank(self.n_mels) if self.recipe == "supervised"
                               else BatchedKaldiFbank(self.n_mels, dither=self.cfg.dither))
@@ -256,7 +256,7 @@ class SupervisedRecipe:
 
 
 class DinoRecipe:
-    """Student/teacher DINO on wespeaker's ECAPA-TDNN (see `repro.speaker.dino`)."""
+    """Student/teacher DINO on wespeaker's ECAPA-TDNN (see `repro.recipes.speaker.dino`)."""
 
     name = "dino"
     metrics = ("teacher_entropy",)
