@@ -25,7 +25,7 @@ from repro.data.archives import DamagedArchiveError, UnsafeArchiveError, extract
 from repro.data.catalog import load_catalog
 from repro.data.checksums import ChecksumError
 from repro.data.diskspace import NotEnoughSpaceError
-from repro.data.download import MARKER, ExpectationError, describe, fetch, plan, verify_auto
+from repro.data.download import MARKER, ExpectationError, FetchOptions, describe, fetch, plan, verify_auto
 from repro.data.http import RetryPolicy
 from repro.data.lock import DataLock, LockMismatchError
 
@@ -45,8 +45,8 @@ def _run(names, tmp_path, catalog, **kw):
     logs: list[str] = []
     lock = DataLock(tmp_path / "data.lock.json")
     kw.setdefault("policy", FAST)
-    steps = fetch(names, root=tmp_path / "data", lock=lock, catalog=catalog, progress=False,
-                  sleep=lambda s: None, log=logs.append, **kw)
+    steps = fetch(names, root=tmp_path / "data", lock=lock, catalog=catalog,
+                  options=FetchOptions(progress=False, sleep=lambda s: None, log=logs.append, **kw))
     return steps, lock, logs
 
 
@@ -246,7 +246,8 @@ def test_interrupted_extraction_is_detected_and_redone(server, tmp_path):
         from repro.data.http import RetryPolicy
         from pathlib import Path
         d.fetch(["toy"], root=Path({str(tmp_path / 'data')!r}), lock=DataLock({str(tmp_path / 'l.json')!r}),
-                catalog=load_catalog({str(tmp_path / 'catalog.yaml')!r}), progress=False, log=lambda m: None)
+                catalog=load_catalog({str(tmp_path / 'catalog.yaml')!r}),
+                options=d.FetchOptions(progress=False, log=lambda m: None))
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.returncode == 3, proc.stderr
