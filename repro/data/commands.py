@@ -1,4 +1,4 @@
-"""The `repro data fetch | verify | prepare | list | prepare-vox2` commands (cli.py stays thin)."""
+"""The `repro data fetch | verify | prepare | list | prepare-vox2` commands (repro/cli/ stays thin)."""
 
 from __future__ import annotations
 
