@@ -159,6 +159,27 @@ class Term:
     source: str = ""
 
 
+@dataclass(frozen=True)
+class Pass:
+    """One pass of a probe group over a split: `batches` forwards of `items` items padded to `pad` seconds
+    (mean `mean` seconds), and how the padding was found."""
+
+    split: str
+    batches: float
+    items: int
+    pad: float
+    mean: float
+    how: str
+
+    @property
+    def training(self) -> bool:
+        return self.split == "train"
+
+    @property
+    def label(self) -> str:
+        return "train" if self.training else f"eval ({self.split})"
+
+
 def weakest_kind(inputs: dict[str, Input], names: list[str]) -> str:
     """The weakest kind among the inputs `names` (assumed < measured < counted; none: counted)."""
     kinds = {inputs[n].kind for n in names}

@@ -18,11 +18,11 @@ describes each fact and the code it describes); the sourced hardware numbers and
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
 from repro.bench import lengths as lengths_mod
 from repro.bench.cost_inputs import (ASSUMED, CODE_PATHS, CODE_PATHS_VERSION, H100, KINDS,  # noqa: F401
-                                     CodePaths, Input, Term, facts, largest, totals, weakest_kind)
+                                     CodePaths, Input, Pass, Term, facts, largest, totals,
+                                     weakest_kind)
 from repro.bench.shapes import MODELS, SPEECH_HEADS, SPEECH_LAYERS, SPEECH_WIDTH
 
 CORPUS = {
@@ -70,27 +70,6 @@ def corpus_for(profile) -> dict:
             c[split] = CORPUS[task][split] * n / full
             c["utterances"][split] = n
     return out
-
-
-@dataclass(frozen=True)
-class _Pass:
-    """One pass of a probe group over a split: `batches` forwards of `items` items padded to `pad` seconds
-    (mean `mean` seconds), and how the padding was found."""
-
-    split: str
-    batches: float
-    items: int
-    pad: float
-    mean: float
-    how: str
-
-    @property
-    def training(self) -> bool:
-        return self.split == "train"
-
-    @property
-    def label(self) -> str:
-        return "train" if self.training else f"eval ({self.split})"
 
 
 class CostModel:
@@ -233,7 +212,7 @@ class CostModel:
                                     f"{decode:.1f} h of decoding in worker threads"))
         return terms
 
-    def _passes(self, task: str, b, counts: tuple[int, int, int], dev_split: str) -> list[_Pass]:
+    def _passes(self, task: str, b, counts: tuple[int, int, int], dev_split: str) -> list[Pass]:
         """The passes of a frame-level probe group over its splits: training micro-batches, then the dev
         evaluations and one test evaluation per run; `counts` = (micro-batches, evaluations, runs)."""
         micro, evals, runs = counts
@@ -241,20 +220,20 @@ class CostModel:
         crop = b.train_crop_seconds
         if crop:
             tr_mean = min(c["item_seconds"], crop)  # 8 s crops: most batches hold one full crop
-            passes = [_Pass("train", micro, b.batch_size, tr_mean, tr_mean,
+            passes = [Pass("train", micro, b.batch_size, tr_mean, tr_mean,
                             f"{crop:g} s crops (an upper bound: shorter utterances are not cropped)")]
         else:
             tr_mean, tr_pad, how_train = self.padded_seconds(task, "train", b.batch_size, True)
-            passes = [_Pass("train", micro, b.batch_size, tr_pad, tr_mean, how_train)]
+            passes = [Pass("train", micro, b.batch_size, tr_pad, tr_mean, how_train)]
         for split, n in ((dev_split, evals), ("test", runs if dev_split != "test" else 0)):
             if n == 0 or split not in c:
                 continue
             mean, pad, how = self.padded_seconds(task, split, b.batch_size, False)
             batches = c["utterances"][split] / b.batch_size
-            passes.append(_Pass(split, n * batches, b.batch_size, pad, mean, how))
+            passes.append(Pass(split, n * batches, b.batch_size, pad, mean, how))
         return passes
 
-    def _pass_terms(self, key: tuple[str, str, str], p: _Pass, lrs: int, crop: float | None,
+    def _pass_terms(self, key: tuple[str, str, str], p: Pass, lrs: int, crop: float | None,
                     terms: list[Term]) -> None:
         """Append the terms of one pass to `terms`: the upstream's, the heads' (K probes), the features'
         round trip to the host and the loss reads, as the code paths say."""
@@ -289,7 +268,7 @@ class CostModel:
                                     syncs * self.v("sync_us") / 1e6 / 3600, ["sync_us"],
                                     f"{syncs / 1e6:.1f} M `float(loss)` reads"))
 
-    def _ecapa_pass_terms(self, key: tuple[str, str, str], p: _Pass, crop: float | None, terms: list[Term]) -> float:
+    def _ecapa_pass_terms(self, key: tuple[str, str, str], p: Pass, crop: float | None, terms: list[Term]) -> float:
         """Append an ECAPA-TDNN pass's upstream terms (FLOPs, per-forward overhead); returns its frames."""
         model, task, precision = key
         tput, tname = self._tput(precision)
@@ -313,7 +292,7 @@ class CostModel:
                                 f"{forwards / 1e6:.2f} M forwards ({self.code.ecapa_forward})"))
         return seconds_run * MODELS[model]["frame_rate"]  # features per utterance, no padding
 
-    def _speech_pass_terms(self, key: tuple[str, str, str], p: _Pass, crop: float | None, terms: list[Term]) -> float:
+    def _speech_pass_terms(self, key: tuple[str, str, str], p: Pass, crop: float | None, terms: list[Term]) -> float:
         """Append a speech model's pass's upstream terms (FLOPs, WavLM's T x T traffic); returns its padded
         frames."""
         model, task, precision = key
