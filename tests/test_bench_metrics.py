@@ -7,7 +7,7 @@ import types
 import pytest
 
 from repro.bench import run_benchmarks
-from repro.bench.metrics import DEV, TRAIN_ITEM_SECONDS, baseline_error_rate, eval_share, phone_pairs
+from repro.bench.metrics import DEV, TRAIN_ITEM_SECONDS, Sizes, baseline_error_rate, eval_share, phone_pairs
 from repro.bench.report import write_performance
 from repro.metrics import error_rate
 
@@ -19,7 +19,7 @@ def record(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     lines = []
     results = run_benchmarks(["metrics"], out, echo=lines.append, options={"metrics": {
-        "utterances": 40, "trials": 400, "trial_utterances": 60, "embedding_dim": 8, "repeats": 1,
+        "sizes": Sizes(utterances=40, trials=400, trial_utterances=60, embedding_dim=8), "repeats": 1,
         "model_config": TINY_HF}})
     return out, results["metrics"], lines
 

@@ -102,7 +102,7 @@ def test_a_pinned_profile_in_a_process_started_without_the_variables_says_so_onc
     from repro.runtime import apply_cpu_numerics
     import repro.runtime as runtime
 
-    monkeypatch.setattr(runtime, "_WARNED", False)
+    monkeypatch.setattr(runtime.numerics, "_WARNED", False)
     monkeypatch.delenv("MKL_CBWR", raising=False)
     state = apply_cpu_numerics(load_profile("smoke"))
     apply_cpu_numerics(load_profile("smoke"))

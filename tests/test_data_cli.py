@@ -15,7 +15,7 @@ from loopback import LoopbackServer
 
 from repro.cli import main
 from repro.data.catalog import load_catalog
-from repro.data.download import fetch
+from repro.data.download import FetchOptions, fetch
 from repro.data.lock import DataLock
 from repro.data.manifest import load_task
 from repro.data.manual import verify_manual
@@ -86,8 +86,8 @@ def test_fetch_then_prepare_speech_commands_from_archives(tmp_path):
         (tmp_path / "catalog.yaml").write_text(yaml.safe_dump(cat))
         catalog = load_catalog(tmp_path / "catalog.yaml")
         lock = DataLock(tmp_path / "data.lock.json")
-        fetch(["speech-commands"], root=tmp_path / "data", lock=lock, catalog=catalog, progress=False,
-              log=lambda m: None)
+        fetch(["speech-commands"], root=tmp_path / "data", lock=lock, catalog=catalog,
+              options=FetchOptions(progress=False, log=lambda m: None))
     assert lock.archive("speech-commands/speech_commands_test_set_v0.01.tar.gz")["verified_by"] == [
         "none published: sha256 recorded at first download"]
     from repro.config import load_profile

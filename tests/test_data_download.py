@@ -25,7 +25,7 @@ from repro.data.archives import DamagedArchiveError, UnsafeArchiveError, extract
 from repro.data.catalog import load_catalog
 from repro.data.checksums import ChecksumError
 from repro.data.diskspace import NotEnoughSpaceError
-from repro.data.download import MARKER, ExpectationError, describe, fetch, plan, verify_auto
+from repro.data.download import MARKER, ExpectationError, FetchOptions, describe, fetch, plan, verify_auto
 from repro.data.http import RetryPolicy
 from repro.data.lock import DataLock, LockMismatchError
 
@@ -45,8 +45,8 @@ def _run(names, tmp_path, catalog, **kw):
     logs: list[str] = []
     lock = DataLock(tmp_path / "data.lock.json")
     kw.setdefault("policy", FAST)
-    steps = fetch(names, root=tmp_path / "data", lock=lock, catalog=catalog, progress=False,
-                  sleep=lambda s: None, log=logs.append, **kw)
+    steps = fetch(names, root=tmp_path / "data", lock=lock, catalog=catalog,
+                  options=FetchOptions(progress=False, sleep=lambda s: None, log=logs.append, **kw))
     return steps, lock, logs
 
 
@@ -246,7 +246,8 @@ def test_interrupted_extraction_is_detected_and_redone(server, tmp_path):
         from repro.data.http import RetryPolicy
         from pathlib import Path
         d.fetch(["toy"], root=Path({str(tmp_path / 'data')!r}), lock=DataLock({str(tmp_path / 'l.json')!r}),
-                catalog=load_catalog({str(tmp_path / 'catalog.yaml')!r}), progress=False, log=lambda m: None)
+                catalog=load_catalog({str(tmp_path / 'catalog.yaml')!r}),
+                options=d.FetchOptions(progress=False, log=lambda m: None))
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.returncode == 3, proc.stderr
@@ -446,17 +447,23 @@ def test_chained_links_are_refused_through_fetch_with_a_valid_checksum(server, t
     assert (tmp_path / "data/secret.txt").read_bytes() == b"outside the corpus"
 
 
-def test_unsafe_archive_is_one_line_through_the_cli(server, tmp_path, monkeypatch):
-    fmt, data, _ = ESCAPES["tar-symlink-chain"]
-    server.files["/x"] = data
-    _catalog(tmp_path, [{"name": "a", "file": "x.tar.gz", "format": fmt, "urls": [server.url("/x")],
-                         "sha256": sha256(data), "checksum_source": "test"}])
+def _cli_fetch_errors(tmp_path, monkeypatch) -> list[str]:
+    """`repro data fetch toy --quiet` with the test's catalogue, data root and lock: it fails with status 2
+    and no traceback; returns its `error:` lines."""
     monkeypatch.setattr(catalog_module, "CATALOG_PATH", tmp_path / "catalog.yaml")
     monkeypatch.setenv("REPRO_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("REPRO_DATA_LOCK", str(tmp_path / "data.lock.json"))
     res = CliRunner().invoke(main, ["data", "fetch", "toy", "--quiet"])
     assert res.exit_code == 2 and "Traceback" not in res.output
-    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+    return [line for line in res.output.splitlines() if line.startswith("error:")]
+
+
+def test_unsafe_archive_is_one_line_through_the_cli(server, tmp_path, monkeypatch):
+    fmt, data, _ = ESCAPES["tar-symlink-chain"]
+    server.files["/x"] = data
+    _catalog(tmp_path, [{"name": "a", "file": "x.tar.gz", "format": fmt, "urls": [server.url("/x")],
+                         "sha256": sha256(data), "checksum_source": "test"}])
+    errors = _cli_fetch_errors(tmp_path, monkeypatch)
     assert errors == ["error: x.tar.gz: member 'd1/l/e' is a link to '..', which leads outside the target; "
                       "refusing to extract"]
     assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "data/escaped.txt").exists()
@@ -572,12 +579,7 @@ def test_truncated_archive_is_one_line_through_the_cli(server, tmp_path, monkeyp
     server.files["/a.tar.gz"] = good[:-6]
     _catalog(tmp_path, [{"name": "a", "file": "a.tar.gz", "format": "tar.gz", "urls": [server.url("/a.tar.gz")],
                          "checksum_source": "none published"}])
-    monkeypatch.setattr(catalog_module, "CATALOG_PATH", tmp_path / "catalog.yaml")
-    monkeypatch.setenv("REPRO_DATA", str(tmp_path / "data"))
-    monkeypatch.setenv("REPRO_DATA_LOCK", str(tmp_path / "data.lock.json"))
-    res = CliRunner().invoke(main, ["data", "fetch", "toy", "--quiet"])
-    assert res.exit_code == 2 and "Traceback" not in res.output
-    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+    errors = _cli_fetch_errors(tmp_path, monkeypatch)
     assert len(errors) == 1 and errors[0].startswith("error: a.tar.gz: the archive is cut short or damaged")
     assert "Fetch again" in errors[0] and not (tmp_path / "data.lock.json").exists()
     server.files["/a.tar.gz"] = good

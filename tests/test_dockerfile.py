@@ -235,7 +235,7 @@ def test_build_context_keeps_the_sources_and_leaves_out_data_and_outputs(dockerf
                 if p.strip() and not p.startswith("#")]
     assert not any(p.startswith("!") for p in patterns)
     needed = ["requirements.lock", "pyproject.toml", "README.md", "Makefile", "docker/pip.lock",
-              "repro/cli.py", "repro/data/manifest.py", "repro/config/profiles/full.yaml", "tests/conftest.py"]
+              "repro/cli/__init__.py", "repro/data/manifest.py", "repro/config/profiles/full.yaml", "tests/conftest.py"]
     for path in needed:
         assert (ROOT / path).exists() and not dockerignored(path, patterns), path
     for path in [".venv/bin/python", ".git/HEAD", "work/smoke/corpus/x.wav", "results/full/a.json", "data/x",

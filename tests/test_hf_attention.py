@@ -139,7 +139,8 @@ def test_flops_include_attention(kind):
 
 
 def test_attention_setting_is_checked_at_profile_load(tmp_path, monkeypatch):
-    from repro.config import ConfigError, load_profile, schema
+    from repro.config import ConfigError, load_profile
+    from repro.config.schema import extraction as schema
 
     path = tmp_path / "p.yaml"
     path.write_text("extends: smoke\nname: p\nextraction:\n  attention: flex\n")

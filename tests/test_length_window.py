@@ -189,7 +189,7 @@ def test_a_windowed_step_reads_nothing_back(tiny_corpus, tmp_path):
 
     budget = TaskBudget(steps=8, batch_size=4, lr_grid=[0.01, 0.002], eval_every=4, grad_accum=2)
     task, probes, train, dev = _group(tiny_corpus, tmp_path, window=4)
-    steps = count_steps(task, probes, train, dev, budget, 0, torch.device("cpu"), train.source.upstream)
+    steps = count_steps(task, probes, (train, dev), budget, 0, torch.device("cpu"), train.source.upstream)
     assert [s["step"] for s in steps] == [5, 6, 7, 8] and [s["syncs"] for s in steps] == [{}] * 4
     # the window's audio is copied at its first step (step 5 done = step 4, the window 4..7), then only
     # each micro-batch's gather index, lengths and targets

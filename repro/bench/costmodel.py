@@ -10,154 +10,22 @@ it multiplies, and each input carries its kind:
               the reasoning that gives it).
 A term's kind is its weakest input's (assumed < measured < counted).
 
-What today's code does is a table of code-path facts, `CODE_PATHS` (version `CODE_PATHS_VERSION`); each
-term reads the facts it depends on, so a change to the code that flips a fact (say, features kept on the
-device) recomputes the figure with `dataclasses.replace`-style overrides (`facts(**changes)`), and the
-change's effect is the difference of two tables. The facts and the code each describes:
-
-    features_round_trip_host  `False`: `repro.probing.sources.UpstreamFrames.batch` leaves every layer on the
-                              device, from the upstream's output to the heads, losses and metric inputs; `True`
-                              (the engine before it): every layer went to the host with `.cpu()` (float32) and
-                              back, in training and in `evaluate`: bytes = padded frames x sum of layer widths
-                              x 4, once each way, over PCIe.
-    loss_read_per_probe       `False`: loss and gradient-norm sums stay on the device, read once per evaluation
-                              (`repro.probing.trainer`); `True`: each probe's loss read with `float(loss)` every
-                              micro-batch, a host-device synchronisation per probe per micro-batch.
-    ecapa_forward             `repro.models.ecapa.EcapaUpstream.forward`: `batched`, one length-aware front-end
-                              and encoder call per padded batch (`repro.models.ecapa_lengths`); before it,
-                              `per_utterance_unless_equal_lengths` (equal lengths together, any other alone).
-    wavlm_attention           WavLM's attention as `repro.models.hf_encoder` runs it (`extraction.attention`):
-                              `sdpa_float_mask`, the gated position bias gathered into one (B, heads, T, T)
-                              float mask per layer, written once and read once by the fused kernel
-                              (`wavlm_sdpa_mask_passes`); `flex`, the bias added inside the kernel (nothing
-                              T x T stored); `unfused_eager_TxT`, transformers' own
-                              `F.multi_head_attention_forward(need_weights=True)`, which materialises several
-                              (B x heads, T, T) tensors (`wavlm_tt_passes`).
-    hubert_attention          HuBERT's attention: `sdpa` (fused; no T x T traffic) or `eager`.
-    attention_flops_counted   `True`: `repro.models.hf_encoder` registers the CPU SDPA kernels with
-                              `torch.utils.flop_counter` (and FlexAttention runs under it), so the counted FLOPs
-                              include attention on every path and are rescaled to each length; `False`: the
-                              counter missed SDPA attention, added from the shapes (4 T^2 D per layer and item).
-    pooled_heads              `fused_group`: every learning rate and every fold of a pooled task (KS, IC, ER)
-                              trains as one step on stacked parameters (`repro.probing.fused`), its operators
-                              counted once per micro-batch and optimiser step whatever the number of probes
-                              (`repro.bench.shapes.fused_step_ops`), priced per operator on the host
-                              (launch-bound), no host read inside a step; `one_step_per_probe` (before): each
-                              learning rate (and fold) trained its own small head step by step on `[B, 1, D]`
-                              layer means, a few hundred tiny kernels per probe and micro-batch and a loss
-                              read each.
-    pr_batches                `length_window_padded`: the micro-batches of `probing.length_window` steps per
-                              accumulation slot are forwarded together, sorted by length into forwards of
-                              batch_size items (`repro.probing.length_window`); their padded audio over the
-                              valid audio is counted by `repro bench padding` (padding.json, per profile) on
-                              the pinned lengths. Before it, `random_permutation_padded`:
-                              `repro.probing.sources.micro_batch` draws a random permutation and each
-                              micro-batch is padded to the longest of its batch_size items.
-    eval_batches              `manifest_order_padded`: `trainer.evaluate` takes consecutive utterances of the
-                              split in manifest order, padded to the longest (order taken as independent of
-                              length).
-    head_precision            `probing_tf32`: the heads run outside autocast, in float32, with TF32 as
-                              `probing.tf32` says (switched around their work only, apart from
-                              `extraction.tf32`): at the assumed TF32 rate where a profile sets it, the float32
-                              rate otherwise (full and fast: off); `float32` (before): TF32 followed the
-                              process-wide `extraction.tf32` (off), the float32 rate in both columns.
-    upstream_grouped          `True`: `probing.max_group: all`, one upstream forward per micro-batch for every
-                              learning rate of a task (`False`: one run per learning rate).
-    terms_overlap             `True`: no host read inside a step, and the next micro-batch is read and copied
-                              ahead of the current one's work, so copies hide behind the same pass's compute and
-                              count only beyond it; `False` (before): the `.cpu()` of the features and the loss
-                              reads synchronised every micro-batch, so device work, copies and host work added
-                              up. Audio decoding, in worker threads, overlaps in either case and counts only
-                              where slower.
+What today's code does is a table of code-path facts, `CODE_PATHS` (`repro.bench.cost_inputs`, which
+describes each fact and the code it describes); the sourced hardware numbers and the assumptions are
+`H100` and `ASSUMED` there. Each term reads the facts and inputs it depends on.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 
 from repro.bench import lengths as lengths_mod
+from repro.bench.cost_inputs import (ASSUMED, CODE_PATHS, CODE_PATHS_VERSION, H100, KINDS,  # noqa: F401
+                                     CodePaths, Input, Pass, Term, facts, largest, totals,
+                                     weakest_kind)
 from repro.bench.shapes import MODELS, SPEECH_HEADS, SPEECH_LAYERS, SPEECH_WIDTH
 from repro.tasks import TASKS
 
-CODE_PATHS_VERSION = 5
-
-
-@dataclass(frozen=True)
-class CodePaths:
-    """What today's code does, fact by fact (module doc)."""
-
-    features_round_trip_host: bool = False
-    loss_read_per_probe: bool = False
-    ecapa_forward: str = "batched"
-    wavlm_attention: str = "sdpa_float_mask"
-    hubert_attention: str = "sdpa"
-    attention_flops_counted: bool = True
-    pooled_heads: str = "fused_group"
-    pr_batches: str = "length_window_padded"
-    eval_batches: str = "manifest_order_padded"
-    head_precision: str = "probing_tf32"
-    upstream_grouped: bool = True
-    terms_overlap: bool = True
-
-
-CODE_PATHS = CodePaths()
-
-
-def facts(**changes) -> CodePaths:
-    """Today's facts with `changes` (e.g. `facts(features_round_trip_host=False)`)."""
-    return dataclasses.replace(CODE_PATHS, **changes)
-
-
-@dataclass(frozen=True)
-class Input:
-    """One number a term reads: its value, unit, kind (counted / measured / assumed) and source."""
-
-    value: float
-    unit: str
-    kind: str
-    source: str
-
-
-KINDS = ("counted", "measured", "assumed")
-
-# Sourced hardware numbers (NVIDIA H100 Tensor Core GPU datasheet, SXM5 column, nvidia.com/en-us/data-center/h100:
-# FP32 67 TFLOPS; BF16 Tensor Core 1,979 TFLOPS with sparsity, 989 dense; GPU memory bandwidth 3.35 TB/s;
-# PCIe Gen5 128 GB/s, both directions together) and the utilisations assumed of them.
-H100 = {
-    "fp32_peak_tflops": Input(67.0, "TFLOP/s", "assumed", "NVIDIA H100 datasheet (SXM5): FP32 67 TFLOPS"),
-    "bf16_peak_tflops": Input(989.0, "TFLOP/s", "assumed",
-                              "NVIDIA H100 datasheet (SXM5): BF16 Tensor Core 1,979 TFLOPS with sparsity, half dense"),
-    "hbm_tb_s": Input(3.35, "TB/s", "assumed", "NVIDIA H100 datasheet (SXM5): GPU memory bandwidth 3.35 TB/s"),
-    "pcie_gb_s": Input(64.0, "GB/s each way", "assumed",
-                       "NVIDIA H100 datasheet: PCIe Gen5 128 GB/s (both directions; 64 each way; pageable "
-                       "`.cpu()` copies reach less, so this is a lower bound)"),
-}
-ASSUMED = {
-    "fp32_tflops": Input(30.0, "TFLOP/s", "assumed",
-                         "45% of the datasheet's 67 FP32 TFLOP/s, sustained by a Base-size model (TF32 off)"),
-    "autocast_tflops": Input(200.0, "TFLOP/s", "assumed",
-                             "20% of the datasheet's 989 dense BF16 TFLOP/s, sustained under bf16 autocast"),
-    "ecapa_overhead_ms": Input(2.0, "ms per forward", "assumed",
-                               "about 150 kernel launches of one ECAPA-TDNN forward (one per padded batch)"),
-    "host_op_us": Input(10.0, "us per operator", "assumed",
-                        "eager PyTorch dispatch and CUDA launch of one small operator on a server CPU"),
-    "sync_us": Input(20.0, "us per sync", "assumed", "a host-device synchronisation drains the queue: the "
-                     "device idles until the host launches the next kernels"),
-    "tf32_tflops": Input(200.0, "TFLOP/s", "assumed",
-                         "40% of the datasheet's 494 dense TF32 TFLOP/s (989 with sparsity), small heads' matmuls"),
-    "fp64_tflops": Input(50.0, "TFLOP/s", "assumed", "float64 tensor cores: 67 TFLOPS peak (H100 datasheet)"),
-    "decode_threads": Input(8.0, "threads", "assumed", "the full profile's extraction.num_workers"),
-    "voxceleb_short_share": Input(0.6, "fraction", "assumed",
-                                  "VoxCeleb1 utterances are 4 s to 145 s, mean 8.2 s (Nagrani et al. 2017); the "
-                                  "share under 8 s (not cropped, so run alone by ECAPA-TDNN) is not pinned"),
-    "wavlm_sdpa_mask_passes": Input(2.0, "passes", "counted",
-                                    "repro.models.hf_encoder's SDPA path: the bias mask written once (gathered "
-                                    "from the bucket table) and read once by the fused kernel"),
-    "wavlm_tt_passes": Input(8.0, "passes", "counted",
-                             "transformers' WavLM attention: position bias write, scores write (baddbmm), mask "
-                             "read, softmax read + write, weights read by bmm, head-average read + write"),
-}
 def full_corpus() -> dict:
     """The full corpus of every registered task (its module's `corpus_size`) and of the CKA set."""
     return {**{t.name: t.corpus_size for t in TASKS.values() if t.corpus_size},
@@ -167,25 +35,6 @@ def full_corpus() -> dict:
 CORPUS = full_corpus()  # the built-in tasks'
 KS_LABELS = 12
 CKA_FRAME_RATE = 50.0
-
-
-@dataclass
-class Term:
-    """One cost: `hours` of `what` for (model, task, precision), from `inputs` (names of `Input`s)."""
-
-    model: str
-    task: str
-    precision: str
-    what: str
-    hours: float
-    inputs: list[str] = field(default_factory=list)
-    kind: str = "counted"
-    source: str = ""
-
-
-def _kind(inputs: dict[str, Input], names: list[str]) -> str:
-    kinds = {inputs[n].kind for n in names}
-    return next(k for k in reversed(KINDS) if k in kinds) if kinds else "counted"
 
 
 def corpus_for(profile) -> dict:
@@ -316,7 +165,7 @@ class CostModel:
         return out
 
     def _term(self, model, task, precision, what, hours, inputs, source) -> Term:
-        return Term(model, task, precision, what, hours, inputs, _kind(self.inputs, inputs), source)
+        return Term(model, task, precision, what, hours, inputs, weakest_kind(self.inputs, inputs), source)
 
     def _task_terms(self, model: str, task: str, precision: str) -> list[Term]:
         from repro.tasks import task_input
@@ -330,28 +179,9 @@ class CostModel:
         if task_input(self.profile, task) == "pooled":
             return self._pooled_terms(model, task, precision, b, lrs, micro, evals)
         c = self.corpus[task]
-        spec = MODELS[model]
-        ecapa = spec["kind"] == "ecapa"
-        tput, tname = self._tput(precision)
-        width = sum(spec["dims"])
-        fr = spec["frame_rate"]
-        terms: list[Term] = []
-        crop = b.train_crop_seconds
         dev_split = "dev" if "dev" in c else "test"
-        # (split, forwards of the split, items per batch, seconds padded to, mean seconds, utterances)
-        passes = []
-        if crop:
-            tr_mean = tr_pad = min(c["item_seconds"], crop)  # 8 s crops: most batches hold one full crop
-            how_train = f"{crop:g} s crops (an upper bound: shorter utterances are not cropped)"
-        else:
-            tr_mean, tr_pad, how_train = self.padded_seconds(task, "train", b.batch_size, True)
-        passes.append(("train", micro, b.batch_size, tr_pad, tr_mean, how_train))
-        for split, n in ((dev_split, evals), ("test", runs * folds if dev_split != "test" else 0)):
-            if n == 0 or split not in c:
-                continue
-            mean, pad, how = self.padded_seconds(task, split, b.batch_size, False)
-            batches = c["utterances"][split] / b.batch_size
-            passes.append((split, n * batches, b.batch_size, pad, mean, how))
+        passes = self._passes(task, b, (micro, evals, runs * folds), dev_split)
+        terms: list[Term] = []
         key = (model, task, precision)
         if key in self.step_seconds:  # measured probe-group step on a GPU, for training micro-batches
             name = f"step_seconds:{model}:{task}:{precision}"
@@ -359,77 +189,15 @@ class CostModel:
             terms.append(self._term(model, task, precision, "probe-group micro-batches (measured step)",
                                     micro * self.v(name) / 3600, [name], self.step_seconds[key].source))
             passes = passes[1:]
-        for split, batches, items, pad, mean, how in passes:
-            training = split == "train"
-            label = "train" if training else f"eval ({split})"
-            if ecapa:
-                if self.code.ecapa_forward == "batched":
-                    forwards, seconds_run = batches, batches * items * pad
-                elif training and crop:
-                    short = self.v("voxceleb_short_share")
-                    forwards = batches * (1 + items * short)
-                    seconds_run = batches * items * tr_mean
-                else:  # every utterance alone (lengths differ)
-                    forwards, seconds_run = batches * items, batches * items * mean
-                flops = seconds_run * self.upstream_flops(model, 1.0)
-                ins = [tname] + (["voxceleb_short_share"] if training and crop and
-                                 self.code.ecapa_forward != "batched" else [])
-                terms.append(self._term(model, task, precision, f"upstream FLOPs, {label}", flops / tput / 3600,
-                                        ins, f"{seconds_run / 3600:.0f} audio h, each utterance run as "
-                                        f"{self.code.ecapa_forward}"))
-                terms.append(self._term(model, task, precision, f"ECAPA-TDNN forwards, {label}",
-                                        forwards * self.v("ecapa_overhead_ms") / 1e3 / 3600, ["ecapa_overhead_ms"],
-                                        f"{forwards / 1e6:.2f} M forwards ({self.code.ecapa_forward})"))
-                frames_padded = seconds_run * fr  # features per utterance, no padding
-            else:
-                flops = batches * items * self.upstream_flops(model, pad)
-                padding = [self.padding_input(task)] if training and not crop and c.get("lengths") and \
-                    self.code.pr_batches == "length_window_padded" else []
-                terms.append(self._term(model, task, precision, f"upstream FLOPs, {label}", flops / tput / 3600,
-                                        [tname] + padding, f"{batches * items * pad / 3600:.0f} padded audio h "
-                                        f"({pad / mean:.2f}x the mean: {how}), attention included"))
-                passes_in = {"unfused_eager_TxT": "wavlm_tt_passes", "sdpa_float_mask": "wavlm_sdpa_mask_passes"}
-                if spec.get("attention") == "wavlm" and self.code.wavlm_attention in passes_in:
-                    passes_name = passes_in[self.code.wavlm_attention]
-                    t = pad * fr
-                    element = 4 if precision == "float32" else 3  # bf16 scores, float32 softmax under autocast
-                    per_layer = self.v(passes_name) * items * SPEECH_HEADS * t * t * element
-                    bytes_ = batches * SPEECH_LAYERS * per_layer
-                    terms.append(self._term(model, task, precision, f"attention T x T traffic, {label}",
-                                            bytes_ / (1e12 * self.v("hbm_tb_s")) / 3600,
-                                            [passes_name, "hbm_tb_s"],
-                                            f"{bytes_ / 1e15:.1f} PB of (B x heads, T, T) tensors"))
-                frames_padded = batches * items * pad * fr
-            # heads: forward + backward per probe in training, forward in evaluation, K probes
-            hf = self.head_flops[model][task]["train" if training else "forward"]
-            head_name = self._head_rate()
-            head_rate = 1e12 * self.v(head_name) if head_name != "upstream" else tput
-            head_in = [tname if head_name == "upstream" else head_name]
-            head_label = "tf32" if head_name == "tf32_tflops" else "float32"
-            terms.append(self._term(model, task, precision, f"heads ({head_label}), {label}",
-                                    lrs * frames_padded * hf / head_rate / 3600, head_in,
-                                    f"{lrs} probes x {hf / 1e6:.1f} MFLOP per frame, "
-                                    f"{'forward + backward' if training else 'forward'}"))
-            if self.code.features_round_trip_host:
-                bytes_ = frames_padded * width * 4
-                copy = 2 * bytes_ / (1e9 * self.v("pcie_gb_s")) / 3600
-                if self.code.terms_overlap:  # copies behind the compute of the same pass count only beyond it
-                    copy = max(0.0, copy - sum(t.hours for t in terms if t.what.endswith(label)))
-                terms.append(self._term(model, task, precision, f"features to the host and back, {label}",
-                                        copy, ["pcie_gb_s"],
-                                        f"{bytes_ / 1e15:.2f} PB each way ({width} float32 per frame)"))
-            if training and self.code.loss_read_per_probe:
-                syncs = batches * lrs
-                terms.append(self._term(model, task, precision, "loss reads (host syncs), train",
-                                        syncs * self.v("sync_us") / 1e6 / 3600, ["sync_us"],
-                                        f"{syncs / 1e6:.1f} M `float(loss)` reads"))
+        for p in passes:
+            self._pass_terms(key, p, lrs, b.train_crop_seconds, terms)
         if task == "PR" and "pr_eval_host_s_per_utt" in self.inputs:
             utts = evals * c["utterances"][dev_split]
             terms.append(self._term(model, task, precision, "CTC decoding and PER on the host, eval",
                                     lrs * utts * self.v("pr_eval_host_s_per_utt") / 3600, ["pr_eval_host_s_per_utt"],
                                     f"{evals} evaluations x {lrs} probes"))
         device = sum(t.hours for t in terms)
-        audio_s = sum(batches * items * mean for _, batches, items, _, mean, _ in passes)
+        audio_s = sum(p.batches * p.items * p.mean for p in passes)
         dec_rate = self.inputs.get(f"decode_{c['format']}")
         if dec_rate is not None:
             decode = audio_s / (dec_rate.value * self.v("decode_threads")) / 3600
@@ -437,6 +205,112 @@ class CostModel:
                                     max(0.0, decode - device), [f"decode_{c['format']}", "decode_threads"],
                                     f"{decode:.1f} h of decoding in worker threads"))
         return terms
+
+    def _passes(self, task: str, b, counts: tuple[int, int, int], dev_split: str) -> list[Pass]:
+        """The passes of a frame-level probe group over its splits: training micro-batches, then the dev
+        evaluations and one test evaluation per run; `counts` = (micro-batches, evaluations, runs)."""
+        micro, evals, runs = counts
+        c = self.corpus[task]
+        crop = b.train_crop_seconds
+        if crop:
+            tr_mean = min(c["item_seconds"], crop)  # 8 s crops: most batches hold one full crop
+            passes = [Pass("train", micro, b.batch_size, tr_mean, tr_mean,
+                            f"{crop:g} s crops (an upper bound: shorter utterances are not cropped)")]
+        else:
+            tr_mean, tr_pad, how_train = self.padded_seconds(task, "train", b.batch_size, True)
+            passes = [Pass("train", micro, b.batch_size, tr_pad, tr_mean, how_train)]
+        for split, n in ((dev_split, evals), ("test", runs if dev_split != "test" else 0)):
+            if n == 0 or split not in c:
+                continue
+            mean, pad, how = self.padded_seconds(task, split, b.batch_size, False)
+            batches = c["utterances"][split] / b.batch_size
+            passes.append(Pass(split, n * batches, b.batch_size, pad, mean, how))
+        return passes
+
+    def _pass_terms(self, key: tuple[str, str, str], p: Pass, lrs: int, crop: float | None,
+                    terms: list[Term]) -> None:
+        """Append the terms of one pass to `terms`: the upstream's, the heads' (K probes), the features'
+        round trip to the host and the loss reads, as the code paths say."""
+        model, task, precision = key
+        width = sum(MODELS[model]["dims"])
+        tput, tname = self._tput(precision)
+        if MODELS[model]["kind"] == "ecapa":
+            frames_padded = self._ecapa_pass_terms(key, p, crop, terms)
+        else:
+            frames_padded = self._speech_pass_terms(key, p, crop, terms)
+        # heads: forward + backward per probe in training, forward in evaluation, K probes
+        hf = self.head_flops[model][task]["train" if p.training else "forward"]
+        head_name = self._head_rate()
+        head_rate = 1e12 * self.v(head_name) if head_name != "upstream" else tput
+        head_in = [tname if head_name == "upstream" else head_name]
+        head_label = "tf32" if head_name == "tf32_tflops" else "float32"
+        terms.append(self._term(model, task, precision, f"heads ({head_label}), {p.label}",
+                                lrs * frames_padded * hf / head_rate / 3600, head_in,
+                                f"{lrs} probes x {hf / 1e6:.1f} MFLOP per frame, "
+                                f"{'forward + backward' if p.training else 'forward'}"))
+        if self.code.features_round_trip_host:
+            bytes_ = frames_padded * width * 4
+            copy = 2 * bytes_ / (1e9 * self.v("pcie_gb_s")) / 3600
+            if self.code.terms_overlap:  # copies behind the compute of the same pass count only beyond it
+                copy = max(0.0, copy - sum(t.hours for t in terms if t.what.endswith(p.label)))
+            terms.append(self._term(model, task, precision, f"features to the host and back, {p.label}",
+                                    copy, ["pcie_gb_s"],
+                                    f"{bytes_ / 1e15:.2f} PB each way ({width} float32 per frame)"))
+        if p.training and self.code.loss_read_per_probe:
+            syncs = p.batches * lrs
+            terms.append(self._term(model, task, precision, "loss reads (host syncs), train",
+                                    syncs * self.v("sync_us") / 1e6 / 3600, ["sync_us"],
+                                    f"{syncs / 1e6:.1f} M `float(loss)` reads"))
+
+    def _ecapa_pass_terms(self, key: tuple[str, str, str], p: Pass, crop: float | None, terms: list[Term]) -> float:
+        """Append an ECAPA-TDNN pass's upstream terms (FLOPs, per-forward overhead); returns its frames."""
+        model, task, precision = key
+        tput, tname = self._tput(precision)
+        batches, items = p.batches, p.items
+        if self.code.ecapa_forward == "batched":
+            forwards, seconds_run = batches, batches * items * p.pad
+        elif p.training and crop:
+            short = self.v("voxceleb_short_share")
+            forwards = batches * (1 + items * short)
+            seconds_run = batches * items * p.mean
+        else:  # every utterance alone (lengths differ)
+            forwards, seconds_run = batches * items, batches * items * p.mean
+        flops = seconds_run * self.upstream_flops(model, 1.0)
+        ins = [tname] + (["voxceleb_short_share"] if p.training and crop and
+                         self.code.ecapa_forward != "batched" else [])
+        terms.append(self._term(model, task, precision, f"upstream FLOPs, {p.label}", flops / tput / 3600,
+                                ins, f"{seconds_run / 3600:.0f} audio h, each utterance run as "
+                                f"{self.code.ecapa_forward}"))
+        terms.append(self._term(model, task, precision, f"ECAPA-TDNN forwards, {p.label}",
+                                forwards * self.v("ecapa_overhead_ms") / 1e3 / 3600, ["ecapa_overhead_ms"],
+                                f"{forwards / 1e6:.2f} M forwards ({self.code.ecapa_forward})"))
+        return seconds_run * MODELS[model]["frame_rate"]  # features per utterance, no padding
+
+    def _speech_pass_terms(self, key: tuple[str, str, str], p: Pass, crop: float | None, terms: list[Term]) -> float:
+        """Append a speech model's pass's upstream terms (FLOPs, WavLM's T x T traffic); returns its padded
+        frames."""
+        model, task, precision = key
+        tput, tname = self._tput(precision)
+        spec, fr = MODELS[model], MODELS[model]["frame_rate"]
+        batches, items, pad = p.batches, p.items, p.pad
+        flops = batches * items * self.upstream_flops(model, pad)
+        padding = [self.padding_input(task)] if p.training and not crop and self.corpus[task].get("lengths") and \
+            self.code.pr_batches == "length_window_padded" else []
+        terms.append(self._term(model, task, precision, f"upstream FLOPs, {p.label}", flops / tput / 3600,
+                                [tname] + padding, f"{batches * items * pad / 3600:.0f} padded audio h "
+                                f"({pad / p.mean:.2f}x the mean: {p.how}), attention included"))
+        passes_in = {"unfused_eager_TxT": "wavlm_tt_passes", "sdpa_float_mask": "wavlm_sdpa_mask_passes"}
+        if spec.get("attention") == "wavlm" and self.code.wavlm_attention in passes_in:
+            passes_name = passes_in[self.code.wavlm_attention]
+            t = pad * fr
+            element = 4 if precision == "float32" else 3  # bf16 scores, float32 softmax under autocast
+            per_layer = self.v(passes_name) * items * SPEECH_HEADS * t * t * element
+            bytes_ = batches * SPEECH_LAYERS * per_layer
+            terms.append(self._term(model, task, precision, f"attention T x T traffic, {p.label}",
+                                    bytes_ / (1e12 * self.v("hbm_tb_s")) / 3600,
+                                    [passes_name, "hbm_tb_s"],
+                                    f"{bytes_ / 1e15:.1f} PB of (B x heads, T, T) tensors"))
+        return batches * items * pad * fr
 
     def _head_rate(self) -> str:
         """The input that prices the heads' FLOPs: `fp32_tflops`, `tf32_tflops` (`probing.tf32` on, where the
@@ -547,17 +421,3 @@ def cka_pair_flops(frames: float, dims_a: list[int], dims_b: list[int] | None) -
     if dims_b is None:
         return frames * sum(dims_a) * (sum(dims_a) + 1)
     return 2 * frames * sum(dims_a) * sum(dims_b) + sum(frames * d * (d + 1) for d in dims_a + dims_b)
-
-
-def totals(terms: list[Term], precision: str) -> float:
-    return sum(t.hours for t in terms if t.precision == precision)
-
-
-def largest(terms: list[Term], precision: str, n: int = 3) -> list[tuple[str, float]]:
-    """The `n` largest kinds of cost (a term's `what` without its split), summed over models and tasks."""
-    sums: dict[str, float] = {}
-    for t in terms:
-        if t.precision == precision:
-            what = t.what.split(",")[0]
-            sums[what] = sums.get(what, 0.0) + t.hours
-    return sorted(sums.items(), key=lambda kv: -kv[1])[:n]

@@ -182,27 +182,36 @@ def run(seconds: float = DEFAULTS["seconds"], max_batch_seconds: float = DEFAULT
             if device.type == "cuda":
                 for mode in ("bf16", "fp16"):
                     ours(f"ours-{mode}", mode, attempt=attempt)
-        store = cases["ours"]["store"]
-        first = [np.asarray(store.layer(l, utts[0].id)) for l in range(store.num_layers)]
-        difference = max(float(np.abs(a - b).max() / np.abs(b).max()) for a, b in zip(first, ref))
-        from repro.features.batching import plan_batches
-
+        difference = _max_difference(cases["ours"]["store"], utts[0].id, ref)
         for case in cases.values():
             case.pop("store", None)
-        result = {
+        return {
             "benchmark": "extract", "machine": machine_info(), "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else machine_info()["cpu"],
-            "setup": {"model": "WavLM Base+ shape (transformers' default WavLMConfig), random weights"
-                      if not model_config else f"WavLM {model_config}, random weights",
-                      "parameters": sum(p.numel() for p in upstream.parameters()), "utterances": len(utts),
-                      "audio_seconds": audio, "max_batch_seconds": max_batch_seconds,
-                      "batches": len(plan_batches(utts, max_batch_seconds)), "store_dtype": "float32",
-                      "repeats": repeats},
+            "setup": _setup(upstream, utts, max_batch_seconds, model_config, repeats),
             "flops_per_audio_second": flops, "flop_count_seconds": flop_seconds, "gemm_float32_gflops": gemm,
             "cases": cases, "speedup": cases["ours"]["audio_s_per_s"] / cases["baseline"]["audio_s_per_s"],
             "max_relative_difference": difference, "wall_seconds": time.perf_counter() - started,
         }
-        return result
+
+
+def _max_difference(store, utt_id: str, ref: list) -> float:
+    """The largest difference of a layer of the first utterance in `store` from the plain loop's (`ref`),
+    relative to that layer's largest magnitude."""
+    first = [np.asarray(store.layer(l, utt_id)) for l in range(store.num_layers)]
+    return max(float(np.abs(a - b).max() / np.abs(b).max()) for a, b in zip(first, ref))
+
+
+def _setup(upstream, utts: list, max_batch_seconds: float, model_config: dict | None, repeats: int) -> dict:
+    """The record's `setup`: the model, its size, the utterances, their audio seconds and batches."""
+    from repro.features.batching import plan_batches
+
+    return {"model": "WavLM Base+ shape (transformers' default WavLMConfig), random weights"
+            if not model_config else f"WavLM {model_config}, random weights",
+            "parameters": sum(p.numel() for p in upstream.parameters()), "utterances": len(utts),
+            "audio_seconds": sum(u.duration for u in utts), "max_batch_seconds": max_batch_seconds,
+            "batches": len(plan_batches(utts, max_batch_seconds)), "store_dtype": "float32",
+            "repeats": repeats}
 
 
 def _mib(b: int | None) -> float | None:

@@ -182,9 +182,12 @@ def upstream_section(device, tiny, steps, models) -> dict:
     return out
 
 
-def probe_group_step(model, task: str, wavs, lengths, k: int, grad_accum: int, mode: str, device,
-                     code=CODE_PATHS, tiny: bool = False) -> Callable[[], None]:
-    """One training micro-batch of a group of `k` probes as the trainer runs it (module doc)."""
+def probe_group_step(model, task: str, batch: tuple[torch.Tensor, torch.Tensor], group: tuple[int, int], mode: str,
+                     device, code=CODE_PATHS, tiny: bool = False) -> Callable[[], None]:
+    """One training micro-batch of a group of probes as the trainer runs it (module doc): `batch` is
+    (wavs, lengths), `group` (k probes, grad_accum micro-batches per step)."""
+    wavs, lengths = batch
+    k, grad_accum = group
     from repro.bench.shapes import HEAD_KIND, loss, outputs_of, probe
 
     with torch.no_grad(), _precision(device, mode):
@@ -234,10 +237,10 @@ def probe_group_section(device, tiny, steps, models) -> dict:
     for name, model in models.items():
         out[name] = {}
         for task, (items, seconds, k, accum) in (TINY_SHAPES if tiny else SHAPES).items():
-            wavs, lengths = _batch(task, items, seconds, tiny, device)
+            batch = _batch(task, items, seconds, tiny, device)
             out[name][task] = {"k": k, "grad_accum": accum, "items": items}
             for mode in ("float32", "bf16"):
-                step = probe_group_step(model, task, wavs, lengths, k, accum, mode, device, tiny=tiny)
+                step = probe_group_step(model, task, batch, (k, accum), mode, device, tiny=tiny)
                 case = timed(step, device, steps, 1 if tiny else None)
                 case["seconds_per_step"] = case["seconds"]
                 out[name][task][mode] = case

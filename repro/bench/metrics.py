@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -51,8 +52,7 @@ import torch
 from repro.bench.common import machine_info
 from repro.metrics import eer_crossing
 
-DEFAULTS = {"utterances": 2620, "phones": 110.0, "phone_errors": 0.10, "trials": 37720, "trial_utterances": 4715,
-            "embedding_dim": 512, "repeats": 3, "share_items": 1}
+DEFAULTS = {"repeats": 3, "share_items": 1}
 NUM_PHONES = 71
 FRAME_RATE = 50.0
 DEV = {"utterances": 2703, "seconds": 5.4 * 3600 / 2703}  # LibriSpeech dev-clean
@@ -352,12 +352,24 @@ def eval_share(costs: dict, per: dict, decode: dict, budget, assumed_tflops: dic
             "assumed_gpu": assumed}
 
 
-def run(utterances: int = DEFAULTS["utterances"], phones: float = DEFAULTS["phones"],
-        phone_errors: float = DEFAULTS["phone_errors"], trials: int = DEFAULTS["trials"],
-        trial_utterances: int = DEFAULTS["trial_utterances"], embedding_dim: int = DEFAULTS["embedding_dim"],
-        repeats: int = DEFAULTS["repeats"], share: bool = True, share_items: int | None = None,
-        model_config: dict | None = None) -> dict[str, Any]:
-    """Measure and return the figures (see module doc); `model_config` (a tiny model) is for tests."""
+@dataclass(frozen=True)
+class Sizes:
+    """The evaluation's sizes at full scale: PER and CTC decoding over LibriSpeech test-clean (utterances,
+    mean phones per utterance, the share of them wrong), EER over VoxCeleb1-O's trials, and trial scoring
+    of its utterances' embeddings."""
+
+    utterances: int = 2620
+    phones: float = 110.0
+    phone_errors: float = 0.10
+    trials: int = 37720
+    trial_utterances: int = 4715
+    embedding_dim: int = 512
+
+
+def run(sizes: Sizes = Sizes(), repeats: int = DEFAULTS["repeats"], share: bool = True,
+        share_items: int | None = None, model_config: dict | None = None) -> dict[str, Any]:
+    """Measure and return the figures (see module doc); smaller `sizes` and `model_config` (a tiny model)
+    are for tests."""
     from repro.bench.costmodel import ASSUMED
     from repro.config import load_profile
     from repro.features.extract import resolve_device
@@ -366,10 +378,10 @@ def run(utterances: int = DEFAULTS["utterances"], phones: float = DEFAULTS["phon
     device = resolve_device("auto")
     out: dict[str, Any] = {"benchmark": "metrics", "machine": machine_info(), "device": str(device),
                            "repeats": repeats}
-    out["per"] = bench_per(utterances, phones, phone_errors, repeats)
-    out["decode"] = bench_decode(utterances, repeats, device)
-    out["eer"] = bench_eer(trials, repeats)
-    out["trials"] = bench_trials(trial_utterances, embedding_dim, trials, repeats)
+    out["per"] = bench_per(sizes.utterances, sizes.phones, sizes.phone_errors, repeats)
+    out["decode"] = bench_decode(sizes.utterances, repeats, device)
+    out["eer"] = bench_eer(sizes.trials, repeats)
+    out["trials"] = bench_trials(sizes.trial_utterances, sizes.embedding_dim, sizes.trials, repeats)
     if share:
         items = share_items or (16 if device.type == "cuda" else DEFAULTS["share_items"])
         costs = _probe_costs(items, repeats, device, model_config)

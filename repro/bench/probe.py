@@ -24,8 +24,9 @@ on-the-fly path (seconds per step) runs once.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -38,32 +39,69 @@ BENCH_SYNTH = SynthConfig(speakers=14, asv_speakers=4, asv_dev_speakers=2, dev_s
 DEFAULTS = {"steps": 20, "fly_steps": 3, "batch_size": 8, "repeats": 3, "group": 4}
 
 
-def _steps_per_second(task, source, utts, steps: int, batch_size: int, device, work: Path, tag: str,
-                      repeats: int = 1) -> float:
-    """Best of `repeats` trainings of `steps` steps (each from scratch)."""
-    return max(_train_rate(task, source, utts, steps, batch_size, device, work, f"{tag}-{r}")
-               for r in range(max(1, repeats)))
+def bench_inputs(work: Path, corpus: Path | None, model_name: str, model_config: dict | None) -> tuple:
+    """(corpus, upstream, device) of a probing benchmark in `work`: the given corpus or a small synthetic
+    one, a random-weight WavLM (Base+ shape, or `model_config`) saved as `work/model_name`, on the device."""
+    from repro.bench.extract import base_plus_model
+    from repro.data.synth import make_corpus
+    from repro.models.hf_ssl import load_hf_ssl
+    from repro.runtime import resolve_device
+
+    work.mkdir(parents=True, exist_ok=True)
+    corpus = Path(corpus) if corpus else make_corpus(work / "corpus", BENCH_SYNTH, seed=0, progress=False)
+    upstream = load_hf_ssl(str(base_plus_model(work / model_name, model_config)))
+    device = resolve_device("auto")
+    upstream.to(device)
+    return corpus, upstream, device
 
 
-def _train_rate(task, source, utts, steps: int, batch_size: int, device, work: Path, tag: str) -> float:
-    return steps / _train_seconds(task, source, utts, steps, batch_size, device, work, tag, [1e-3])
-
-
-def _train_seconds(task, source, utts, steps: int, batch_size: int, device, work: Path, tag: str,
-                   lrs: list[float]) -> float:
-    """Wall seconds to train one group of probes (one per learning rate of `lrs`) for `steps` steps."""
+def make_probes(task, source, lrs: list[float], checkpoint: Callable[[float], Path], tag: str) -> list:
+    """One freshly seeded probe (featurizer + task head, the smoke profile's probing settings) per learning
+    rate, reading `source`'s layers; `checkpoint(lr)` is its checkpoint file."""
     from repro.config import load_profile
-    from repro.data.manifest import Trial
     from repro.probing.featurizer import make_featurizer
-    from repro.probing.trainer import Probe, ProbeModel, Split, train_group
+    from repro.probing.trainer import Probe, ProbeModel
 
     cfg = load_profile("smoke").probing
-    dims = source.dims
     probes = []
     for lr in lrs:
         torch.manual_seed(0)
-        model = ProbeModel(make_featurizer(dims, "auto", cfg.projection_dim, False), task.make_head(dims[0], cfg))
-        probes.append(Probe(lr, model, work / f"{tag}-{lr:g}.pt", tag))
+        model = ProbeModel(make_featurizer(source.dims, "auto", cfg.projection_dim, False),
+                           task.make_head(source.dims[0], cfg))
+        probes.append(Probe(lr, model, checkpoint(lr), tag))
+    return probes
+
+
+@dataclass(frozen=True)
+class _Trial:
+    """What a timed probe training reads: the task, its input source and utterances, the steps and batch
+    size, the device, and the folder its checkpoints go to."""
+
+    task: Any
+    source: Any
+    utts: list
+    steps: int
+    batch_size: int
+    device: Any
+    work: Path
+
+
+def _steps_per_second(trial: _Trial, tag: str, repeats: int = 1) -> float:
+    """Best of `repeats` trainings of `trial.steps` steps (each from scratch)."""
+    return max(_train_rate(trial, f"{tag}-{r}") for r in range(max(1, repeats)))
+
+
+def _train_rate(trial: _Trial, tag: str) -> float:
+    return trial.steps / _train_seconds(trial, tag, [1e-3])
+
+
+def _train_seconds(trial: _Trial, tag: str, lrs: list[float]) -> float:
+    """Wall seconds to train one group of probes (one per learning rate of `lrs`) for `trial.steps` steps."""
+    from repro.data.manifest import Trial
+    from repro.probing.trainer import Split, train_group
+
+    task, source, utts = trial.task, trial.source, trial.utts
+    probes = make_probes(task, source, lrs, lambda lr: trial.work / f"{tag}-{lr:g}.pt", tag)
     train = Split(utts, source, [task.encode(u) for u in utts])
     dev = Split(utts[:1], source, train.targets[:1])
     if task.spec.selection == "trials":  # a target and a non-target trial
@@ -72,19 +110,18 @@ def _train_seconds(task, source, utts, steps: int, batch_size: int, device, work
         other = next(u for u in utts if u.speaker != a.speaker)
         dev = Split([a, same, other], source, [task.encode(u) for u in (a, same, other)],
                     trials=[Trial(True, a.id, same.id), Trial(False, a.id, other.id)])
-    budget = TaskBudget(steps=steps, batch_size=batch_size, lr_grid=list(lrs), eval_every=steps)
+    budget = TaskBudget(steps=trial.steps, batch_size=trial.batch_size, lr_grid=list(lrs), eval_every=trial.steps)
     start = time.perf_counter()
-    train_group(task, probes, train, dev, budget, 0, device, progress=False)
+    train_group(task, probes, train, dev, budget, 0, trial.device, progress=False)
     return time.perf_counter() - start
 
 
-def _group_speedup(task, source, utts, steps: int, batch_size: int, device, work: Path, tag: str,
-                   k: int) -> dict[str, float]:
+def _group_speedup(trial: _Trial, tag: str, k: int) -> dict[str, float]:
     """K learning rates: K solo trainings one after the other, then one group; seconds and their ratio."""
     lrs = [10.0 ** -(2 + i) for i in range(k)]
-    solo = sum(_train_seconds(task, source, utts, steps, batch_size, device, work, f"{tag}-solo", [lr]) for lr in lrs)
-    group = _train_seconds(task, source, utts, steps, batch_size, device, work, f"{tag}-group", lrs)
-    return {"k": k, "steps": steps, "solo_seconds": solo, "group_seconds": group, "speedup": solo / group}
+    solo = sum(_train_seconds(trial, f"{tag}-solo", [lr]) for lr in lrs)
+    group = _train_seconds(trial, f"{tag}-group", lrs)
+    return {"k": k, "steps": trial.steps, "solo_seconds": solo, "group_seconds": group, "speedup": solo / group}
 
 
 def _store_bytes(store) -> int:
@@ -96,22 +133,14 @@ def run(work: Path | None = None, steps: int = DEFAULTS["steps"], fly_steps: int
         model_config: dict | None = None, repeats: int = DEFAULTS["repeats"],
         group: int = DEFAULTS["group"]) -> dict[str, Any]:
     """Measure and return the figures (see module doc); `corpus` and `model_config` are for tests."""
-    from repro.bench.extract import base_plus_model
     from repro.data.manifest import load_task
-    from repro.data.synth import make_corpus
     from repro.features.extract import extract
-    from repro.runtime import resolve_device
-    from repro.models.hf_ssl import load_hf_ssl
     from repro.probing.sources import StoreFrames, StorePooled, UpstreamFrames
     from repro.probing.tasks import make_task
 
     started = time.perf_counter()
     with work_folder(work, "bench-probe-") as work:
-        work.mkdir(parents=True, exist_ok=True)
-        corpus = Path(corpus) if corpus else make_corpus(work / "corpus", BENCH_SYNTH, seed=0, progress=False)
-        upstream = load_hf_ssl(str(base_plus_model(work / "wavlm-base-plus-random", model_config)))
-        device = resolve_device("auto")
-        upstream.to(device)
+        corpus, upstream, device = bench_inputs(work, corpus, "wavlm-base-plus-random", model_config)
         out: dict[str, Any] = {"benchmark": "probe", "machine": machine_info(), "device": str(device),
                                "model": "WavLM Base+ shape, random weights" if not model_config else
                                f"WavLM {model_config}, random weights", "batch_size": batch_size,
@@ -131,12 +160,12 @@ def run(work: Path | None = None, steps: int = DEFAULTS["steps"], fly_steps: int
                 t0 = time.perf_counter()
                 source = StorePooled(store, utts, layers) if pooled else StoreFrames(store, utts, layers)
                 setup = time.perf_counter() - t0
-                rate = _steps_per_second(task, source, utts, steps, batch_size, device, work, f"{task_name}-{name}",
-                                         repeats)
+                trial = _Trial(task, source, utts, steps, batch_size, device, work)
+                rate = _steps_per_second(trial, f"{task_name}-{name}", repeats)
                 paths[name] = {"steps_per_s": rate, "setup_seconds": setup, "extract_seconds": extract_s,
                                "bytes_per_utterance": _store_bytes(store) / len(utts)}
             fly = UpstreamFrames(upstream, corpus, utts, layers, pooled=pooled, device=device)
-            rate = _steps_per_second(task, fly, utts, fly_steps, batch_size, device, work, f"{task_name}-fly")
+            rate = _steps_per_second(_Trial(task, fly, utts, fly_steps, batch_size, device, work), f"{task_name}-fly")
             paths["upstream"] = {"steps_per_s": rate, "setup_seconds": 0.0, "extract_seconds": 0.0,
                                  "bytes_per_utterance": 0.0}
             for p in paths.values():
@@ -148,8 +177,8 @@ def run(work: Path | None = None, steps: int = DEFAULTS["steps"], fly_steps: int
             utts = [u for u in load_task(corpus, task_name) if u.split == "train"]
             task = make_task(task_name, {"train": utts})
             fly = UpstreamFrames(upstream, corpus, utts, list(range(upstream.num_layers)), device=device)
-            out["groups"][task_name] = _group_speedup(task, fly, utts, fly_steps, batch_size, device, work,
-                                                      f"{task_name}-groups", group)
+            trial = _Trial(task, fly, utts, fly_steps, batch_size, device, work)
+            out["groups"][task_name] = _group_speedup(trial, f"{task_name}-groups", group)
         out["group_speedup"] = {t: g["speedup"] for t, g in out["groups"].items()}
         out["wall_seconds"] = time.perf_counter() - started
         return out

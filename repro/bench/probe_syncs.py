@@ -33,11 +33,12 @@ CASES = (("PR", "upstream"), ("SID", "upstream"), ("ASV", "upstream"), ("PR", "c
          ("KS", "fused"))  # fused: the pooled store's means resident on the device, the group one fused step
 
 
-def count_steps(task, probes: Sequence, train, dev, budget: TaskBudget, seed: int, device: torch.device,
+def count_steps(task, probes: Sequence, splits: tuple, budget: TaskBudget, seed: int, device: torch.device,
                 upstream: torch.nn.Module | None = None, fused: bool = False) -> list[dict[str, Any]]:
-    """Train the group (`repro.probing.trainer.train_group`; `fused`: `repro.probing.fused.train_fused`) and
-    count each step between its first two evaluations: `[{"step": n, "syncs": {op: calls}, "h2d_bytes": b}]`,
-    n = steps done after it."""
+    """Train the group on `splits` = (train, dev) (`repro.probing.trainer.train_group`; `fused`:
+    `repro.probing.fused.train_fused`) and count each step between its first two evaluations:
+    `[{"step": n, "syncs": {op: calls}, "h2d_bytes": b}]`, n = steps done after it."""
+    train, dev = splits
     from repro.probing.fused import Fold, train_fused
     from repro.probing.trainer import train_group
 
@@ -75,18 +76,12 @@ def count_steps(task, probes: Sequence, train, dev, budget: TaskBudget, seed: in
 
 
 def _group(task, source, utts, lrs, device, work: Path, tag: str):
-    from repro.config import load_profile
+    from repro.bench.probe import make_probes
     from repro.data.manifest import Trial
-    from repro.probing.featurizer import make_featurizer
-    from repro.probing.trainer import Probe, ProbeModel, Split
+    from repro.probing.trainer import Split
 
-    cfg = load_profile("smoke").probing
-    probes = []
-    for lr in lrs:
-        torch.manual_seed(0)
-        model = ProbeModel(make_featurizer(source.dims, "auto", cfg.projection_dim, False),
-                           task.make_head(source.dims[0], cfg))
-        probes.append(Probe(lr, model, Path(tempfile.mkdtemp(dir=work)) / f"{tag}-{lr:g}.pt", tag))  # no resume
+    probes = make_probes(task, source, lrs, lambda lr: Path(tempfile.mkdtemp(dir=work)) / f"{tag}-{lr:g}.pt",
+                         tag)  # a fresh folder each: no resume
     train = Split(utts, source, [task.encode(u) for u in utts])
     dev = Split(utts[:2], source, train.targets[:2])
     if task.spec.selection == "trials":  # one trial of each kind (their labels do not matter to the counts)
@@ -100,23 +95,15 @@ def run(work: Path | None = None, steps: int = DEFAULTS["steps"], eval_every: in
         batch_size: int = DEFAULTS["batch_size"], group: int = DEFAULTS["group"],
         corpus: Path | None = None) -> dict[str, Any]:
     """Count and return the figures (see module doc); `corpus` is for tests."""
-    from repro.bench.extract import base_plus_model
-    from repro.bench.probe import BENCH_SYNTH
+    from repro.bench.probe import bench_inputs
     from repro.data.manifest import load_task
-    from repro.data.synth import make_corpus
     from repro.features.extract import extract
-    from repro.models.hf_ssl import load_hf_ssl
     from repro.probing.sources import StoreFrames, StorePooled, UpstreamFrames
     from repro.probing.tasks import make_task
-    from repro.runtime import resolve_device
 
     started = time.perf_counter()
     with work_folder(work, "bench-probe-syncs-") as work:
-        work.mkdir(parents=True, exist_ok=True)
-        corpus = Path(corpus) if corpus else make_corpus(work / "corpus", BENCH_SYNTH, seed=0, progress=False)
-        upstream = load_hf_ssl(str(base_plus_model(work / "wavlm-tiny-random", TINY_WAVLM)))
-        device = resolve_device("auto")
-        upstream.to(device)
+        corpus, upstream, device = bench_inputs(work, corpus, "wavlm-tiny-random", TINY_WAVLM)
         layers = list(range(upstream.num_layers))
         lrs = [10.0 ** -(2 + i) for i in range(group)]
         budget = TaskBudget(steps=steps, batch_size=batch_size, lr_grid=lrs, eval_every=eval_every)
@@ -134,7 +121,7 @@ def run(work: Path | None = None, steps: int = DEFAULTS["steps"], eval_every: in
                                 progress=False)
                 source = StoreFrames(store, utts, layers) if input_ == "cache" else StorePooled(store, utts, layers)
             probes, train, dev = _group(task, source, utts, lrs, device, work, f"{task_name}-{input_}")
-            counted = count_steps(task, probes, train, dev, budget, 0, device,
+            counted = count_steps(task, probes, (train, dev), budget, 0, device,
                                   upstream if input_ == "upstream" else None, fused=input_ == "fused")
             ops: dict[str, int] = {}
             for s in counted:

@@ -1,4 +1,4 @@
-"""The `repro data fetch | verify | prepare | list | prepare-vox2` commands (cli.py stays thin)."""
+"""The `repro data fetch | verify | prepare | list | prepare-vox2` commands (repro/cli/ stays thin)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import click
 from repro.config import load_profile
 from repro.data.catalog import load_catalog
 from repro.data.diskspace import gib
-from repro.data.download import data_root, describe, fetch, plan, verify_auto
+from repro.data.download import FetchOptions, data_root, describe, fetch, plan, verify_auto
 from repro.data.lock import DataLock, lock_path
 from repro.data.manual import manual_path, verify_manual
 from repro.remedy import command
@@ -34,7 +34,8 @@ def run_fetch(names: tuple[str, ...], profile: str, dry_run: bool, keep_archives
         click.echo(describe(plan(wanted, root, catalog), root))
     else:
         lock = DataLock(lock_path(cfg.data.lock_file))
-        fetch(wanted, root=root, lock=lock, catalog=catalog, progress=not quiet, keep_archives=keep_archives)
+        fetch(wanted, root=root, lock=lock, catalog=catalog,
+              options=FetchOptions(progress=not quiet, keep_archives=keep_archives))
     for name in manual:
         corpus = catalog.corpus(name)
         rep = verify_manual(corpus, manual_path(corpus, root, cfg.data.manual_paths))

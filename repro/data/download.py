@@ -44,188 +44,76 @@ from pathlib import Path
 from typing import Callable
 
 from repro.data.archives import DamagedArchiveError, extract, zip_uncompressed_bytes
-from repro.data.catalog import Archive, Catalog, Corpus, Expect, UnknownCorpusError, load_catalog
+from repro.data.catalog import Archive, Catalog, Corpus, Expect
 from repro.data.checksums import ChecksumError, Digests, Expected, cached_digests, digest_files, quarantine
-from repro.data.diskspace import EXTRACT_FACTOR, FreeSpace, free_bytes, gib, human, require_space
-from repro.data.http import RetryPolicy, download, part_path
+from repro.data.diskspace import FreeSpace, free_bytes, require_space
+from repro.data.fetch_plan import (MARKER, Step, archive_dir, archive_path, data_root, describe, downloads_dir,
+                                   fetch_lock_file, is_ready, plan)
+from repro.data.http import RetryPolicy, download
 from repro.data.lock import DataLock
 from repro.errors import ReproError
 from repro.util.atomic import atomic_directory, atomic_path, atomic_write_json
 from repro.util.locks import output_lock
 
-MARKER = ".repro-extracted.json"
+__all__ = ["MARKER", "ExpectationError", "FetchOptions", "Step", "VerifyReport", "archive_dir", "archive_path",
+           "check_expectations", "data_root", "describe", "downloads_dir", "fetch", "is_ready", "plan",
+           "read_marker", "verify_auto"]
 
 
 class ExpectationError(ReproError, ValueError):
     """Extracted content that does not hold what the catalogue says it must."""
 
 
-def data_root(configured: str | None = None) -> Path:
-    """The data root: `$REPRO_DATA`, else `configured`, else `data` under the current folder."""
-    return Path(os.environ.get("REPRO_DATA") or configured or "data")
+@dataclass(frozen=True)
+class FetchOptions:
+    """How a fetch runs: progress bars, the retry policy, the free-space probe (bytes free under a path),
+    the sleep between retries, where its lines go, and whether archives stay in downloads/ once extracted."""
+
+    progress: bool = True
+    policy: RetryPolicy = RetryPolicy()
+    free: FreeSpace = free_bytes
+    sleep: Callable[[float], None] = time.sleep
+    log: Callable[[str], None] = print
+    keep_archives: bool = True
 
 
-def downloads_dir(root: Path) -> Path:
-    return root / "downloads"
+@dataclass(frozen=True)
+class _Fetch:
+    """One fetch under way: the data root, the lock file's records and the options."""
+
+    root: Path
+    lock: DataLock
+    opts: FetchOptions
 
 
-def fetch_lock_file(root: Path, corpus: Corpus) -> Path:
-    """The lock a fetch of `corpus` holds while it downloads, verifies and extracts its archives."""
-    return downloads_dir(root) / ".locks" / f"{corpus.name}.lock"
-
-
-def archive_dir(root: Path, corpus: Corpus, archive: Archive) -> Path:
-    """Where an archive's content lives (for a plain file: the folder that holds it)."""
-    return root / corpus.name / archive.dest_name
-
-
-def archive_path(root: Path, corpus: Corpus, archive: Archive) -> Path:
-    """The extracted folder of an archive, or the placed file of a `file` entry."""
-    d = archive_dir(root, corpus, archive)
-    return d / archive.file if archive.format == "file" else d
-
-
-def is_ready(root: Path, corpus: Corpus, archive: Archive) -> bool:
-    """True when the archive's content is in place and complete."""
-    if archive.format == "file":
-        return archive_path(root, corpus, archive).is_file()
-    return (archive_dir(root, corpus, archive) / MARKER).is_file()
-
-
-@dataclass
-class Step:
-    """One archive of a fetch plan."""
-
-    corpus: Corpus
-    archive: Archive
-    ready: bool
-    have_files: list[str]  # files already in downloads/ (complete or .part)
-    to_download: int | None  # bytes still to download, None when unknown
-    to_extract: int | None  # bytes the extraction needs (estimate)
-    unknown_size: bool = False
-
-    @property
-    def key(self) -> str:
-        return f"{self.corpus.name}/{self.archive.name}"
-
-
-def resolve(names: list[str], catalog: Catalog) -> list[tuple[Corpus, Archive]]:
-    """Corpus names (`librispeech`) or single archives (`librispeech/dev-clean`) -> pairs, in order."""
-    out: list[tuple[Corpus, Archive]] = []
-    for name in names:
-        corpus_name, _, archive_name = name.partition("/")
-        corpus = catalog.corpus(corpus_name)
-        if corpus.access == "manual":
-            raise UnknownCorpusError(
-                f"{corpus_name} is licence-restricted and never downloaded: request it ({corpus.homepage}) "
-                f"and check your copy with `repro data verify {corpus_name} --path DIR`"
-            )
-        chosen = [corpus.archive(archive_name)] if archive_name else corpus.archives
-        out += [(corpus, a) for a in chosen if (corpus, a) not in out]
-    return out
-
-
-def _files_of(archive: Archive) -> list[tuple[str, int | None]]:
-    if archive.split_of:
-        return [(p.file, p.bytes) for p in archive.split_of]
-    return [(archive.file, archive.bytes)]
-
-
-def plan(names: list[str], root: Path, catalog: Catalog | None = None) -> list[Step]:
-    """What fetching `names` would do, and how many bytes it needs."""
-    catalog = catalog or load_catalog()
-    steps = []
-    for corpus, archive in resolve(names, catalog):
-        ready = is_ready(root, corpus, archive)
-        have, missing, unknown = [], 0, False
-        for fname, size in _files_of(archive):
-            path = downloads_dir(root) / fname
-            part = part_path(path)
-            if path.is_file():
-                have.append(fname)
-                continue
-            if size is None:
-                unknown = True
-                continue
-            got = part.stat().st_size if part.is_file() else 0
-            if got:
-                have.append(fname + ".part")
-            missing += max(size - got, 0)
-        total = archive.download_bytes
-        if ready:
-            steps.append(Step(corpus, archive, True, have, 0, 0))
-            continue
-        extract_need = None if total is None else int(total * (1.0 if archive.format == "file" else EXTRACT_FACTOR))
-        steps.append(Step(corpus, archive, False, have, missing, extract_need, unknown or total is None))
-    return steps
-
-
-def describe(steps: list[Step], root: Path, free: FreeSpace = free_bytes) -> str:
-    """A table of the plan (the `--dry-run` output)."""
-    lines = [f"data root: {root.absolute()}", f"{'archive':38s} {'size':>12s}  {'state':28s} licence"]
-    for s in steps:
-        size = s.archive.download_bytes
-        size_txt = "unknown" if size is None else human(size) + ("" if _exact(s.archive) else "~")
-        if s.ready:
-            state = "ready"
-        elif s.have_files:
-            state = f"have {len(s.have_files)} file(s), to fetch"
-        else:
-            state = "to fetch"
-        licence = s.corpus.licence.split(" (")[0].split(";")[0]
-        lines.append(f"{s.key:38s} {size_txt:>12s}  {state:28s} {licence}")
-    todo = [s for s in steps if not s.ready]
-    dl = sum(s.to_download or 0 for s in todo)
-    ex = sum(s.to_extract or 0 for s in todo)
-    lines.append(f"to download: {gib(dl)}; to extract (estimate): {gib(ex)}; free at {root}: {gib(free(root))}")
-    unknown = [s.key for s in todo if s.unknown_size]
-    if unknown:
-        lines.append(f"size unknown (not counted): {', '.join(unknown)}")
-    lines.append("~ approximate size")
-    return "\n".join(lines)
-
-
-def _exact(a: Archive) -> bool:
-    return all(p.bytes_exact for p in a.split_of) if a.split_of else a.bytes_exact
-
-
-def fetch(
-    names: list[str],
-    *,
-    root: Path,
-    lock: DataLock,
-    catalog: Catalog | None = None,
-    progress: bool = True,
-    policy: RetryPolicy = RetryPolicy(),
-    free: FreeSpace = free_bytes,
-    sleep: Callable[[float], None] = time.sleep,
-    log: Callable[[str], None] = print,
-    keep_archives: bool = True,
-) -> list[Step]:
+def fetch(names: list[str], *, root: Path, lock: DataLock, catalog: Catalog | None = None,
+          options: FetchOptions = FetchOptions()) -> list[Step]:
     """Fetch, verify and extract `names` (see the module docstring); returns the plan it carried out."""
+    run = _Fetch(root, lock, options)
+    log = options.log
     steps = plan(names, root, catalog)
     todo = [s for s in steps if not s.ready]
     need = sum(s.to_download or 0 for s in todo) + sum(s.to_extract or 0 for s in todo)
     if todo:
-        require_space(root, need, f"{len(todo)} archive(s) ({', '.join(s.key for s in todo)})", free)
+        require_space(root, need, f"{len(todo)} archive(s) ({', '.join(s.key for s in todo)})", options.free)
     i = 0
     while i < len(steps):  # runs of steps of one corpus, each under the corpus's fetch lock
         j = i
         while j < len(steps) and steps[j].corpus.name == steps[i].corpus.name:
             j += 1
-        run, i = steps[i:j], j
-        if all(s.ready for s in run):
-            for s in run:
+        group, i = steps[i:j], j
+        if all(s.ready for s in group):
+            for s in group:
                 log(f"{s.key}: ready")
             continue
-        corpus = run[0].corpus
+        corpus = group[0].corpus
         with output_lock(fetch_lock_file(root, corpus), f"the download of {corpus.name} under {root}"):
             lock.refresh()  # what fetches that held this lock before recorded
-            for s in run:
+            for s in group:
                 if is_ready(root, s.corpus, s.archive):  # possibly put in place by a fetch we waited for
                     log(f"{s.key}: ready")
                     continue
-                _fetch_one(s.corpus, s.archive, root, lock, progress, policy, sleep, log, free, keep_archives)
+                _fetch_one(run, s.corpus, s.archive)
     return steps
 
 
@@ -240,7 +128,8 @@ class _Unpinned:
     url: str
 
 
-def _fetch_one(corpus, archive, root, lock, progress, policy, sleep, log, free, keep_archives) -> None:
+def _fetch_one(run: _Fetch, corpus: Corpus, archive: Archive) -> None:
+    root, lock, log, progress = run.root, run.lock, run.opts.log, run.opts.progress
     key = f"{corpus.name}/{archive.name}"
     target = archive_dir(root, corpus, archive)
     if archive.format != "file":
@@ -255,8 +144,8 @@ def _fetch_one(corpus, archive, root, lock, progress, policy, sleep, log, free, 
         paths, parts = [], []
         for p in archive.split_of:
             exp = Expected(p.md5, p.sha256, _lock_sha(lock, corpus, p.file), archive.part_checksum_source or "catalogue")
-            path, unpinned = _obtain(dl / p.file, p.urls, exp, p.bytes, p.bytes_exact, f"{corpus.name}/{p.file}",
-                                     lock, progress, policy, sleep, log)
+            file = _File(dl / p.file, p.urls, p.bytes, p.bytes_exact, f"{corpus.name}/{p.file}")
+            path, unpinned = _obtain(run, file, exp)
             paths.append(path)
             parts += [unpinned] if unpinned else []
         exp = Expected(archive.md5, archive.sha256, _lock_sha(lock, corpus, archive.file), archive.checksum_source)
@@ -273,8 +162,8 @@ def _fetch_one(corpus, archive, root, lock, progress, policy, sleep, log, free, 
         unpinned = []
     else:
         exp = Expected(archive.md5, archive.sha256, _lock_sha(lock, corpus, archive.file), archive.checksum_source)
-        path, one = _obtain(dl / archive.file, archive.urls, exp, archive.bytes, archive.bytes_exact,
-                            f"{corpus.name}/{archive.file}", lock, progress, policy, sleep, log)
+        path, one = _obtain(run, _File(dl / archive.file, archive.urls, archive.bytes, archive.bytes_exact,
+                                       f"{corpus.name}/{archive.file}"), exp)
         paths, unpinned = [path], [one] if one else []
         if unpinned and archive.bytes_exact and archive.bytes is not None and one.digests.bytes != archive.bytes:
             _refuse_unpinned(unpinned, lock, ExpectationError(
@@ -285,8 +174,8 @@ def _fetch_one(corpus, archive, root, lock, progress, policy, sleep, log, free, 
             shutil.copyfile(paths[0], tmp)
         log(f"{key}: placed {target / archive.file}")
     else:
-        _extract_into_place(corpus, archive, paths, target, lock, progress, log, free, unpinned)
-    if not keep_archives:
+        _extract_into_place(run, corpus, archive, paths, unpinned)
+    if not run.opts.keep_archives:
         for p in paths:
             p.unlink()
 
@@ -296,13 +185,25 @@ def _lock_sha(lock: DataLock, corpus: Corpus, file: str) -> str | None:
     return entry["sha256"] if entry else None
 
 
-def _obtain(path: Path, urls, exp: Expected, size, size_exact, lock_key, lock, progress, policy, sleep,
-            log) -> tuple[Path, _Unpinned | None]:
-    """A copy of one file at `path` (downloaded if needed) that passed every checksum known for it;
-    quarantines failures. A file verified by a checksum is recorded in the lock at once; one with
-    no checksum comes back as `_Unpinned`, for the caller to pin once its content passed its checks.
-    `size`, `size_exact`: the catalogue's byte count and whether it is exact (a transfer without an
-    announced length that ends before an exact count is cut and resumed, never judged by checksum)."""
+@dataclass(frozen=True)
+class _File:
+    """One file to obtain: where it goes, its mirrors, the catalogue's byte count and whether it is exact
+    (a transfer without an announced length that ends before an exact count is cut and resumed, never
+    judged by checksum), and its key in the lock file."""
+
+    path: Path
+    urls: list[str]
+    size: int | None
+    size_exact: bool
+    lock_key: str
+
+
+def _obtain(run: _Fetch, file: _File, exp: Expected) -> tuple[Path, _Unpinned | None]:
+    """A copy of `file` (downloaded if needed) that passed every checksum known for it; quarantines
+    failures. A file verified by a checksum is recorded in the lock at once; one with no checksum comes
+    back as `_Unpinned`, for the caller to pin once its content passed its checks."""
+    path, lock, lock_key, size = file.path, run.lock, file.lock_key, file.size
+    progress, log = run.opts.progress, run.opts.log
     if path.is_file():
         d = cached_digests([path], progress=progress)
         bad = exp.mismatches(d)
@@ -310,11 +211,11 @@ def _obtain(path: Path, urls, exp: Expected, size, size_exact, lock_key, lock, p
             return path, _accept(lock, lock_key, path, d, exp, "already downloaded", log)
         q = quarantine(path, "; ".join(bad))
         log(f"  {path.name}: the existing file fails its checksum ({'; '.join(bad)}); moved to {q}")
-    remaining = list(urls)
+    remaining = list(file.urls)
     last_q = None
     while remaining:
-        used = download(remaining, path, policy=policy, expected_bytes=size, exact_bytes=size if size_exact else None,
-                        progress=progress, sleep=sleep, log=log)
+        used = download(remaining, path, policy=run.opts.policy, expected_bytes=size,
+                        exact_bytes=size if file.size_exact else None, progress=progress, sleep=run.opts.sleep, log=log)
         d = cached_digests([path], progress=progress)
         bad = exp.mismatches(d)
         if not bad:
@@ -372,7 +273,12 @@ def _clean_interrupted(target: Path, log) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _extract_into_place(corpus, archive, paths, target, lock, progress, log, free, unpinned) -> None:
+def _extract_into_place(run: _Fetch, corpus: Corpus, archive: Archive, paths: list[Path],
+                        unpinned: list[_Unpinned]) -> None:
+    """Extract `paths` into the archive's folder through a temporary folder, check the expected counts, pin
+    the unpinned downloads and write the marker; a failed check quarantines the unpinned downloads."""
+    lock, log, progress = run.lock, run.opts.log, run.opts.progress
+    target = archive_dir(run.root, corpus, archive)
     key = f"{corpus.name}/{archive.name}"
     if archive.format == "zip":
         try:
@@ -383,7 +289,7 @@ def _extract_into_place(corpus, archive, paths, target, lock, progress, log, fre
             if unpinned:
                 _refuse_unpinned(unpinned, lock, damaged)
             raise damaged from err
-        require_space(target.parent, need, f"extracting {key}", free)
+        require_space(target.parent, need, f"extracting {key}", run.opts.free)
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_directory(target) as tmp:
         log(f"{key}: extracting into {target}")

@@ -137,22 +137,24 @@ def c2b(ws, reader):
     return ", ".join(f"{m}: {g:+.2f}" for m, g in gaps.items()), all(g >= 0.1 for g in gaps.values())
 
 
-def c3a(ws, reader):
+def _test_by_family(ws, reader, task: str) -> tuple[list[float], list[float]]:
+    """The test metric of `task`'s probe of every speech-SSL model, then of every speaker-SSL model."""
     speech, speaker = _family(ws, "speech_ssl"), _family(ws, "speaker_ssl")
-    res = {m: _probe(ws, reader, m, "PR") for m in speech + speaker}
+    res = {m: _probe(ws, reader, m, task) for m in speech + speaker}
     _need(reader, None)
-    worst_speech = max(res[m]["test"] for m in speech)
-    best_speaker = min(res[m]["test"] for m in speaker)
+    return [res[m]["test"] for m in speech], [res[m]["test"] for m in speaker]
+
+
+def c3a(ws, reader):
+    speech, speaker = _test_by_family(ws, reader, "PR")
+    worst_speech, best_speaker = max(speech), min(speaker)
     return (f"best speaker-SSL PER {100 * best_speaker:.1f}% vs worst speech-SSL PER {100 * worst_speech:.1f}%",
             best_speaker > worst_speech)
 
 
 def c3b(ws, reader):
-    speech, speaker = _family(ws, "speech_ssl"), _family(ws, "speaker_ssl")
-    res = {m: _probe(ws, reader, m, "ASV") for m in speech + speaker}
-    _need(reader, None)
-    best_speech = min(res[m]["test"] for m in speech)
-    best_speaker = min(res[m]["test"] for m in speaker)
+    speech, speaker = _test_by_family(ws, reader, "ASV")
+    best_speech, best_speaker = min(speech), min(speaker)
     return (f"best speaker-SSL EER {100 * best_speaker:.2f}% vs best speech-SSL EER {100 * best_speech:.2f}%",
             best_speaker < best_speech)
 
