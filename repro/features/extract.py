@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from repro.audio import read_audio
 from repro.data.manifest import Utterance
 from repro.features.batching import padding_fraction, plan_batches
+from repro.features.pooling import utterance_mean
 from repro.features.store import FeatureStore, StoreError, StoreWriter
 from repro.models.upstream import Upstream, UpstreamOutput, length_mask, pad_waveforms
 from repro.runtime import autocast_context, resolve_device
@@ -93,13 +94,11 @@ def gather_batch(out: UpstreamOutput, dtype: str, pooled: bool = False
     parts, counts = [], []
     for h, n in zip(out.layers, out.lengths):
         n = n.to(h.device).clamp(max=h.shape[1])
-        mask = length_mask(n, h.shape[1])
         if pooled:
-            total = torch.where(mask[..., None], h.to(torch.float64), 0.0).sum(1)
-            parts.append((total / n.clamp(min=1).to(torch.float64)[:, None]).to(target))
+            parts.append(utterance_mean(h, n).to(target))
             counts.append(torch.ones_like(n))
         else:
-            parts.append(h[mask].float().to(target))
+            parts.append(h[length_mask(n, h.shape[1])].float().to(target))
             counts.append(n)
     if out.embedding is not None:
         parts.append(out.embedding.float().to(target))

@@ -24,6 +24,7 @@ from repro.config.typed import ConfigError, to_dict
 from repro.data.manifest import ManifestError, Utterance, load_task, manifest_path, read_corpus_info, read_trials, \
     trials_path
 from repro.features.stage import load_profile_upstream, model_info, open_store
+from repro.features.pooling import frames_mean
 from repro.features.store import FeatureStore
 from repro.probing.featurizer import make_featurizer
 from repro.probing.fused import Fold, Stacked, evaluate_fused, fusable, train_fused
@@ -425,7 +426,7 @@ def _asv_idt(ws: Workspace, model: str, force: bool, stores: dict[str, FeatureSt
             source = "embedding"
         elif ws.profile.probing.asv_idt_without_embedding == "mean_last_layer":
             last = store.num_layers - 1
-            emb = {u: np.asarray(store.layer(last, u), np.float64).mean(0) for u in ids}
+            emb = {u: frames_mean(store.layer(last, u)) for u in ids}
             source = f"mean of layer {store.layers[last].name}"
         else:
             return None

@@ -28,6 +28,7 @@ from torch import Tensor
 from repro.audio import read_audio
 from repro.data.manifest import Utterance
 from repro.errors import ConfigError
+from repro.features.pooling import frames_mean, utterance_mean
 from repro.features.store import FeatureStore, StoreError
 from repro.models.upstream import Upstream, pad_waveforms
 from repro.runtime import autocast_context
@@ -93,8 +94,7 @@ class StorePooled:
     def __init__(self, store: FeatureStore, utts: Sequence[Utterance], layers: list[int]):
         frames = StoreFrames(store, utts, layers)
         self.dims, self.layers = frames.dims, layers
-        self.means = [np.stack([np.asarray(store.layer(l, u.id), dtype=np.float64).mean(0) for u in utts])
-                      .astype(np.float32) for l in layers]
+        self.means = [np.stack([frames_mean(store.layer(l, u.id)) for u in utts]).astype(np.float32) for l in layers]
 
     def batch(self, idx: Sequence[int], step: int | None = None) -> tuple[list[Tensor], Tensor]:
         idx = list(idx)
@@ -167,9 +167,8 @@ class UpstreamFrames:
         the audio lengths, `Upstream.frame_lengths`)."""
         layers, host_frames, n = self.forward(self.audio(idx, step))
         if self.pooled:
-            from repro.probing.heads import masked_mean
-
-            return [masked_mean(h.float(), n)[:, None, :] for h in layers], torch.ones(len(idx), dtype=torch.long)
+            return [utterance_mean(h.float(), n, "input")[:, None, :] for h in layers], \
+                torch.ones(len(idx), dtype=torch.long)
         padding = ~(torch.arange(layers[0].shape[1], device=n.device)[None, :] < n[:, None])[..., None]
         return [h.float().masked_fill(padding, 0.0) for h in layers], host_frames
 
