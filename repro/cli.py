@@ -422,7 +422,9 @@ def train(recipe: str, profile: str, force: bool, estimate: bool, tflops: float,
         return
     info = recipes.train(ws, recipe, force=force, progress=not quiet)
     if info is not None:  # rank 0
-        _echo(console.describe("train", info, ws))
+        from repro.pipeline import train_outcome
+
+        _echo(console.describe("train", train_outcome(info), ws))
 
 
 @main.command()

@@ -33,7 +33,7 @@ from repro.paper.stage import run_paper
 from repro.provenance import corpus_folder_key, is_acceptable, read_stamp
 from repro.probing.runner import run_all
 from repro.runtime import DistEnv, on_rank_zero, session
-from repro.similarity.stage import run_cka
+from repro.similarity.stage import CKAOutcome, run_cka
 from repro.util.atomic import check_writable
 from repro.util.locks import output_lock
 from repro.workspace import Workspace
@@ -111,7 +111,8 @@ def stage_features(ws: Workspace, progress: bool = True, env: DistEnv | None = N
             for name in ws.profile.models.all()]
 
 
-def stage_cka(ws: Workspace, progress: bool = True, env: DistEnv | None = None, force: bool = False) -> list[dict]:
+def stage_cka(ws: Workspace, progress: bool = True, env: DistEnv | None = None,
+              force: bool = False) -> list[CKAOutcome]:
     """Linear CKA between the layers of every model pair of the profile (within and across models)."""
     # the frame stores of the CKA utterances (the features stage makes them only for tasks probed from the cache)
     for name in ws.profile.models.all():

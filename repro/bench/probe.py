@@ -99,7 +99,8 @@ def run(work: Path | None = None, steps: int = DEFAULTS["steps"], fly_steps: int
     from repro.bench.extract import base_plus_model
     from repro.data.manifest import load_task
     from repro.data.synth import make_corpus
-    from repro.features.extract import extract
+    from repro.config.schema import ExtractionConfig
+    from repro.features.extract import ExtractRun, StoreIdentity, extract
     from repro.runtime import resolve_device
     from repro.models.hf_ssl import load_hf_ssl
     from repro.probing.sources import StoreFrames, StorePooled, UpstreamFrames
@@ -126,7 +127,8 @@ def run(work: Path | None = None, steps: int = DEFAULTS["steps"], fly_steps: int
             for name, pooled_store in kinds:
                 t0 = time.perf_counter()
                 store = extract(upstream, utts, corpus, work / "features" / f"{task_name}-{name}",
-                                model_info={"name": "bench"}, dtype="float16", pooled=pooled_store, progress=False)
+                                StoreIdentity({"name": "bench"}, pooled=pooled_store),
+                                ExtractionConfig(dtype="float16"), ExtractRun(progress=False))
                 extract_s = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 source = StorePooled(store, utts, layers) if pooled else StoreFrames(store, utts, layers)

@@ -104,7 +104,8 @@ def run(work: Path | None = None, steps: int = DEFAULTS["steps"], eval_every: in
     from repro.bench.probe import BENCH_SYNTH
     from repro.data.manifest import load_task
     from repro.data.synth import make_corpus
-    from repro.features.extract import extract
+    from repro.config.schema import ExtractionConfig
+    from repro.features.extract import ExtractRun, StoreIdentity, extract
     from repro.models.hf_ssl import load_hf_ssl
     from repro.probing.sources import StoreFrames, StorePooled, UpstreamFrames
     from repro.probing.tasks import make_task
@@ -130,8 +131,8 @@ def run(work: Path | None = None, steps: int = DEFAULTS["steps"], eval_every: in
                 source = UpstreamFrames(upstream, corpus, utts, layers, device=device)
             else:
                 store = extract(upstream, utts, corpus, work / "features" / f"{task_name}-{input_}",
-                                model_info={"name": "bench"}, dtype="float16", pooled=input_ != "cache",
-                                progress=False)
+                                StoreIdentity({"name": "bench"}, pooled=input_ != "cache"),
+                                ExtractionConfig(dtype="float16"), ExtractRun(progress=False))
                 source = StoreFrames(store, utts, layers) if input_ == "cache" else StorePooled(store, utts, layers)
             probes, train, dev = _group(task, source, utts, lrs, device, work, f"{task_name}-{input_}")
             counted = count_steps(task, probes, train, dev, budget, 0, device,
