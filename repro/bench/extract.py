@@ -158,8 +158,8 @@ def run(seconds: float = DEFAULTS["seconds"], max_batch_seconds: float = DEFAULT
             with PeakMemory() as mem:
                 t0 = time.perf_counter()
                 store = extract(upstream, utts, corpus, work / f"store-{tag}-{attempt}",
-                                StoreIdentity({"name": "bench"}),
-                                ExtractionConfig(dtype="float32", max_batch_seconds=budget, device=str(device.type), autocast=autocast),
+                                StoreIdentity({"name": "bench"}), ExtractionConfig(
+                                    dtype="float32", max_batch_seconds=budget, device=str(device.type), autocast=autocast),
                                 ExtractRun(progress=False, stats=stats))
                 _sync(device)
                 wall = time.perf_counter() - t0

@@ -55,7 +55,7 @@ def _train_seconds(task, source, utts, steps: int, batch_size: int, device, work
     from repro.config import load_profile
     from repro.data.manifest import Trial
     from repro.probing.featurizer import make_featurizer
-    from repro.probing.trainer import Probe, ProbeModel, Split, train_group
+    from repro.probing.trainer import Probe, ProbeModel, Split, TrainContext, train_group
 
     cfg = load_profile("smoke").probing
     dims = source.dims
@@ -74,7 +74,7 @@ def _train_seconds(task, source, utts, steps: int, batch_size: int, device, work
                     trials=[Trial(True, a.id, same.id), Trial(False, a.id, other.id)])
     budget = TaskBudget(steps=steps, batch_size=batch_size, lr_grid=list(lrs), eval_every=steps)
     start = time.perf_counter()
-    train_group(task, probes, train, dev, budget, 0, device, progress=False)
+    train_group(task, probes, train, dev, budget, TrainContext(device, progress=False))
     return time.perf_counter() - start
 
 
@@ -103,7 +103,7 @@ def run(work: Path | None = None, steps: int = DEFAULTS["steps"], fly_steps: int
     from repro.features.extract import ExtractRun, StoreIdentity, extract
     from repro.runtime import resolve_device
     from repro.models.hf_ssl import load_hf_ssl
-    from repro.probing.sources import StoreFrames, StorePooled, UpstreamFrames
+    from repro.probing.sources import OnTheFly, StoreFrames, StorePooled, UpstreamFrames
     from repro.probing.tasks import make_task
 
     started = time.perf_counter()
@@ -137,7 +137,7 @@ def run(work: Path | None = None, steps: int = DEFAULTS["steps"], fly_steps: int
                                          repeats)
                 paths[name] = {"steps_per_s": rate, "setup_seconds": setup, "extract_seconds": extract_s,
                                "bytes_per_utterance": _store_bytes(store) / len(utts)}
-            fly = UpstreamFrames(upstream, corpus, utts, layers, pooled=pooled, device=device)
+            fly = UpstreamFrames(upstream, corpus, utts, layers, OnTheFly(pooled=pooled, device=device))
             rate = _steps_per_second(task, fly, utts, fly_steps, batch_size, device, work, f"{task_name}-fly")
             paths["upstream"] = {"steps_per_s": rate, "setup_seconds": 0.0, "extract_seconds": 0.0,
                                  "bytes_per_utterance": 0.0}
@@ -149,7 +149,7 @@ def run(work: Path | None = None, steps: int = DEFAULTS["steps"], fly_steps: int
         for task_name in ("PR", "SID"):
             utts = [u for u in load_task(corpus, task_name) if u.split == "train"]
             task = make_task(task_name, {"train": utts})
-            fly = UpstreamFrames(upstream, corpus, utts, list(range(upstream.num_layers)), device=device)
+            fly = UpstreamFrames(upstream, corpus, utts, list(range(upstream.num_layers)), OnTheFly(device=device))
             out["groups"][task_name] = _group_speedup(task, fly, utts, fly_steps, batch_size, device, work,
                                                       f"{task_name}-groups", group)
         out["group_speedup"] = {t: g["speedup"] for t, g in out["groups"].items()}

@@ -39,7 +39,7 @@ def count_steps(task, probes: Sequence, train, dev, budget: TaskBudget, seed: in
     count each step between its first two evaluations: `[{"step": n, "syncs": {op: calls}, "h2d_bytes": b}]`,
     n = steps done after it."""
     from repro.probing.fused import Fold, train_fused
-    from repro.probing.trainer import train_group
+    from repro.probing.trainer import TrainContext, train_group
 
     counter = DeviceSyncs()
     for p in probes:
@@ -69,8 +69,8 @@ def count_steps(task, probes: Sequence, train, dev, budget: TaskBudget, seed: in
             train_fused([Fold(task, train, dev, list(probes))], budget, seed, device, progress=False,
                         on_eval=on_eval, on_step=on_step)
         else:
-            train_group(task, probes, train, dev, budget, seed, device, progress=False, on_eval=on_eval,
-                        on_step=on_step)
+            train_group(task, probes, train, dev, budget, TrainContext(device, seed, progress=False, on_eval=on_eval,
+                                                                      on_step=on_step))
     return steps
 
 
@@ -107,7 +107,7 @@ def run(work: Path | None = None, steps: int = DEFAULTS["steps"], eval_every: in
     from repro.config.schema import ExtractionConfig
     from repro.features.extract import ExtractRun, StoreIdentity, extract
     from repro.models.hf_ssl import load_hf_ssl
-    from repro.probing.sources import StoreFrames, StorePooled, UpstreamFrames
+    from repro.probing.sources import OnTheFly, StoreFrames, StorePooled, UpstreamFrames
     from repro.probing.tasks import make_task
     from repro.runtime import resolve_device
 
@@ -128,7 +128,7 @@ def run(work: Path | None = None, steps: int = DEFAULTS["steps"], eval_every: in
             utts = [u for u in load_task(corpus, task_name) if u.split == "train"]
             task = make_task(task_name, {"train": utts})
             if input_ == "upstream":
-                source = UpstreamFrames(upstream, corpus, utts, layers, device=device)
+                source = UpstreamFrames(upstream, corpus, utts, layers, OnTheFly(device=device))
             else:
                 store = extract(upstream, utts, corpus, work / "features" / f"{task_name}-{input_}",
                                 StoreIdentity({"name": "bench"}, pooled=input_ != "cache"),
