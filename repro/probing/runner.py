@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from repro.config.typed import ConfigError
-from repro.data.manifest import Utterance
 from repro.probing.asv_idt import run_asv_idt
 from repro.probing.fused import Fold, Stacked, evaluate_fused, fusable, train_fused
 from repro.probing.inputs import ProbeInputs, StoreUnion, fold_group, lr_tag, require_budgets
