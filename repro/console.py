@@ -19,16 +19,13 @@ def _corpus(o, ws) -> list[str]:
     return [f"{o.kind} corpus at {o.path}"]
 
 
-def _train(info: dict, ws) -> list[str]:
-    if "heldout" in info:  # a speech SSL model pre-trained by masked prediction
-        h = info["heldout"]
-        acc = h["masked_accuracy"]
-        return [f"{info['name']} ({info['recipe']}): held-out masked-prediction accuracy "
-                f"{100 * acc['trained']:.1f}% (untrained {100 * acc['untrained']:.1f}%, majority cluster "
-                f"{100 * h['majority_rate']:.1f}%) over {h['masked_frames']} frames -> {ws.models_dir / info['name']}"]
-    eer = info["eer"]
-    return [f"{info['name']} ({info['recipe']}): EER {100 * eer['trained']:.2f}% (untrained "
-            f"{100 * eer['untrained']:.2f}%) on {info['eval']['trials']} trials -> {ws.models_dir / info['name']}"]
+def _train(o, ws) -> list[str]:
+    where = ws.models_dir / o.name
+    if o.metric == "accuracy":  # a speech SSL model pre-trained by masked prediction
+        return [f"{o.name} ({o.recipe}): held-out masked-prediction accuracy {100 * o.trained:.1f}% (untrained "
+                f"{100 * o.untrained:.1f}%, majority cluster {100 * o.chance:.1f}%) over {o.over} frames -> {where}"]
+    return [f"{o.name} ({o.recipe}): EER {100 * o.trained:.2f}% (untrained {100 * o.untrained:.2f}%) on {o.over} "
+            f"trials -> {where}"]
 
 
 def _features(e, ws) -> list[str]:
@@ -39,12 +36,9 @@ def _features(e, ws) -> list[str]:
     return [f"{e.model}: {len(e.stores)} stores under {ws.features_dir}; {now}"]
 
 
-def _cka(meta: dict, ws) -> list[str]:
-    a, b = meta["models"]
-    shape = f"{len(meta['layers']['a'])}x{len(meta['layers']['b'])}"
-    what = "up to date" if meta["skipped"] else "written"
-    return [f"cka {a} x {b}: {shape} layers, {meta['items']} {meta['level']} items; {what}: "
-            f"{ws.cka_file(a, b, 'npz')}"]
+def _cka(o, ws) -> list[str]:
+    what = "up to date" if o.skipped else "written"
+    return [f"cka {o.a} x {o.b}: {o.layers[0]}x{o.layers[1]} layers, {o.items} {o.level} items; {what}: {o.npz}"]
 
 
 def _probe(o, ws) -> list[str]:

@@ -33,7 +33,7 @@ from repro.paper.stage import run_paper
 from repro.provenance import corpus_folder_key, is_acceptable, read_stamp
 from repro.probing.runner import run_all
 from repro.runtime import DistEnv, on_rank_zero, session
-from repro.similarity.stage import run_cka
+from repro.similarity.stage import CKAOutcome, run_cka
 from repro.util.atomic import check_writable
 from repro.util.locks import output_lock
 from repro.workspace import Workspace
@@ -93,15 +93,44 @@ def stage_corpus(ws: Workspace, progress: bool = True, env: DistEnv | None = Non
     return [CorpusOutcome(ws.corpus_dir, ws.profile.corpus.kind)]
 
 
+@dataclass(frozen=True)
+class TrainOutcome:
+    """A model trained by a recipe, and its quality beside its untrained start.
+
+    Speech SSL models pre-trained by masked prediction: `metric` "accuracy" (held-out
+    masked-prediction accuracy, a fraction), `chance` the majority cluster's rate, `over` the
+    masked frames counted. Speaker models: `metric` "eer" (a fraction), `chance` None, `over` the
+    trials scored."""
+
+    name: str
+    recipe: str
+    metric: str
+    trained: float
+    untrained: float
+    chance: float | None
+    over: int
+    info: dict = field(default_factory=dict, repr=False)  # the model's model.json
+
+
+def train_outcome(info: dict) -> TrainOutcome:
+    """The outcome of a recipe's training from the model.json it wrote (`repro.recipes.train`)."""
+    if "heldout" in info:  # a speech SSL model pre-trained by masked prediction
+        h = info["heldout"]
+        return TrainOutcome(info["name"], info["recipe"], "accuracy", h["masked_accuracy"]["trained"],
+                            h["masked_accuracy"]["untrained"], h["majority_rate"], h["masked_frames"], info)
+    return TrainOutcome(info["name"], info["recipe"], "eer", info["eer"]["trained"], info["eer"]["untrained"], None,
+                        info["eval"]["trials"], info)
+
+
 def stage_train(ws: Workspace, progress: bool = True, env: DistEnv | None = None,
-                force: bool = False) -> list[dict]:
+                force: bool = False) -> list[TrainOutcome]:
     """Train the models the profile asks for (`speaker_training.pipeline_recipes`, then
-    `ssl_training.pipeline_recipes`); their model.json."""
+    `ssl_training.pipeline_recipes`)."""
     out = []
     for name in [*ws.profile.speaker_training.pipeline_recipes, *ws.profile.ssl_training.pipeline_recipes]:
         info = recipes.train(ws, name, force=force, progress=progress)
         if info is not None:
-            out.append(info)
+            out.append(train_outcome(info))
     return out
 
 
@@ -111,7 +140,8 @@ def stage_features(ws: Workspace, progress: bool = True, env: DistEnv | None = N
             for name in ws.profile.models.all()]
 
 
-def stage_cka(ws: Workspace, progress: bool = True, env: DistEnv | None = None, force: bool = False) -> list[dict]:
+def stage_cka(ws: Workspace, progress: bool = True, env: DistEnv | None = None,
+              force: bool = False) -> list[CKAOutcome]:
     """Linear CKA between the layers of every model pair of the profile (within and across models)."""
     # the frame stores of the CKA utterances (the features stage makes them only for tasks probed from the cache)
     for name in ws.profile.models.all():

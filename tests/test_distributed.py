@@ -328,7 +328,8 @@ def _failing_rank(rank: int, port: int, corpus: str, folder: str, bad: str, mode
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    from repro.features.extract import extract
+    from repro.config.schema import ExtractionConfig
+    from repro.features.extract import ExtractRun, StoreIdentity, extract
     from repro.models.hf_ssl import load_hf_ssl
     from repro.runtime import setup
 
@@ -338,8 +339,8 @@ def _failing_rank(rank: int, port: int, corpus: str, folder: str, bad: str, mode
         utts = [u if u.id != Path(bad).stem else u.__class__(**{**u.__dict__, "path": bad}) for u in utts]
     message = "no error"
     try:
-        extract(load_hf_ssl(model_dir), utts, corpus, Path(folder) / "store", model_info={"name": "tiny"},
-                max_batch_seconds=6, device="cpu", progress=False, env=env, timeout_s=60)
+        extract(load_hf_ssl(model_dir), utts, corpus, Path(folder) / "store", StoreIdentity({"name": "tiny"}),
+                ExtractionConfig(max_batch_seconds=6, device="cpu"), ExtractRun(progress=False, env=env, timeout_s=60))
     except RankFailure as err:
         message = str(err)
     Path(folder, f"rank{rank}.txt").write_text(message)

@@ -11,7 +11,8 @@ import torch
 from repro.audio import read_audio
 from repro.data.manifest import load_task
 from repro.features.batching import padding_fraction, plan_batches
-from repro.features.extract import extract, store_content_key
+from repro.config.schema import ExtractionConfig
+from repro.features.extract import ExtractRun, StoreIdentity, extract, store_content_key
 from repro.features.store import FeatureStore, StoreWriter
 from repro.models.hf_ssl import load_hf_ssl
 from repro.models.upstream import pad_waveforms
@@ -68,8 +69,8 @@ def test_whole_batch_gathering_writes_the_bytes_of_per_utterance_copies(upstream
     for name, model in (("hf", upstream), ("ecapa", ecapa)):
         some = utts if name == "hf" else utts[:10]
         ref = per_utterance_reference(model, some, tiny_corpus, tmp_path / f"{name}-ref", dtype, 8)
-        new = extract(model, some, tiny_corpus, tmp_path / f"{name}-new", model_info=INFO, dtype=dtype,
-                      max_batch_seconds=8, device="cpu", progress=False)
+        new = extract(model, some, tiny_corpus, tmp_path / f"{name}-new", StoreIdentity(INFO),
+                      ExtractionConfig(dtype=dtype, max_batch_seconds=8, device="cpu"), ExtractRun(progress=False))
         assert files_of(new.path) == files_of(ref.path)
         assert len(plan_batches(some, 8)) > 2
 
@@ -86,10 +87,12 @@ def test_torch_rounds_to_float16_exactly_as_numpy():
 
 def test_worker_processes_give_the_same_store(upstream, utts, tiny_corpus, tmp_path):
     stats = {}
-    a = extract(upstream, utts, tiny_corpus, tmp_path / "w0", model_info=INFO, max_batch_seconds=8, dtype="float16",
-                device="cpu", num_workers=0, progress=False)
-    b = extract(upstream, utts, tiny_corpus, tmp_path / "w2", model_info=INFO, max_batch_seconds=8, dtype="float16",
-                device="cpu", num_workers=2, progress=False, stats=stats)
+    a = extract(upstream, utts, tiny_corpus, tmp_path / "w0", StoreIdentity(INFO),
+                ExtractionConfig(max_batch_seconds=8, dtype="float16", device="cpu", num_workers=0),
+                ExtractRun(progress=False))
+    b = extract(upstream, utts, tiny_corpus, tmp_path / "w2", StoreIdentity(INFO),
+                ExtractionConfig(max_batch_seconds=8, dtype="float16", device="cpu", num_workers=2),
+                ExtractRun(progress=False, stats=stats))
     assert files_of(a.path) == files_of(b.path)
     assert stats["padding_fraction"] == a.meta["info"]["padding_fraction"]
     assert 0 < stats["padding_fraction"] < 0.5 and stats["audio_seconds"] == pytest.approx(
@@ -127,9 +130,10 @@ AMX = pytest.mark.skipif(_cpu_has_amx_bf16(), reason="bf16 on AMX CPUs is outsid
     not torch.cuda.is_available(), reason="fp16 autocast runs on a GPU only"))])
 def test_autocast_features_match_float32_within_the_stated_tolerance(upstream, utts, tiny_corpus, tmp_path, mode):
     device = "cuda" if mode == "fp16" else "cpu"
-    ref = extract(upstream, utts[:12], tiny_corpus, tmp_path / "f32", model_info=INFO, device=device, progress=False)
-    low = extract(upstream, utts[:12], tiny_corpus, tmp_path / mode, model_info=INFO, device=device, autocast=mode,
-                  progress=False)
+    ref = extract(upstream, utts[:12], tiny_corpus, tmp_path / "f32", StoreIdentity(INFO),
+                  ExtractionConfig(device=device), ExtractRun(progress=False))
+    low = extract(upstream, utts[:12], tiny_corpus, tmp_path / mode, StoreIdentity(INFO),
+                  ExtractionConfig(device=device, autocast=mode), ExtractRun(progress=False))
     assert low.key != ref.key and low.meta["info"]["autocast"] == mode
     errors = _relative_errors(ref, low)
     assert max(errors) < AUTOCAST_TOLERANCE[mode], errors
@@ -138,17 +142,17 @@ def test_autocast_features_match_float32_within_the_stated_tolerance(upstream, u
 
 def test_fp16_autocast_on_the_cpu_is_refused(upstream, utts, tiny_corpus, tmp_path):
     with pytest.raises(ValueError, match="'fp16', which runs on a GPU only"):
-        extract(upstream, utts[:2], tiny_corpus, tmp_path / "s", model_info=INFO, device="cpu", autocast="fp16",
-                progress=False)
+        extract(upstream, utts[:2], tiny_corpus, tmp_path / "s", StoreIdentity(INFO),
+                ExtractionConfig(device="cpu", autocast="fp16"), ExtractRun(progress=False))
 
 
 def test_pooled_store_holds_the_utterance_means_of_the_frame_store(upstream, ecapa, utts, tiny_corpus, tmp_path):
     for name, model in (("hf", upstream), ("ecapa", ecapa)):
         some = utts[:10]
-        frames = extract(model, some, tiny_corpus, tmp_path / f"{name}-frames", model_info=INFO, max_batch_seconds=8,
-                         progress=False)
-        pooled = extract(model, some, tiny_corpus, tmp_path / f"{name}-pooled", model_info=INFO, max_batch_seconds=8,
-                         dtype="float16", pooled=True, progress=False)
+        frames = extract(model, some, tiny_corpus, tmp_path / f"{name}-frames", StoreIdentity(INFO),
+                         ExtractionConfig(max_batch_seconds=8), ExtractRun(progress=False))
+        pooled = extract(model, some, tiny_corpus, tmp_path / f"{name}-pooled", StoreIdentity(INFO, pooled=True),
+                         ExtractionConfig(max_batch_seconds=8, dtype="float16"), ExtractRun(progress=False))
         assert pooled.pooled and not frames.pooled and pooled.meta["dtype"] == "float32"
         assert pooled.key != frames.key and pooled.ids == frames.ids
         for u in some:

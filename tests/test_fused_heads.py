@@ -14,7 +14,7 @@ from repro.config.schema import TaskBudget
 from repro.errors import ConfigError
 from repro.probing import fused
 from repro.probing.featurizer import ProjectedWeightedSum, WeightedSum, group_features
-from repro.probing.trainer import train_group
+from repro.probing.trainer import TrainContext, train_group
 from repro.runtime import tf32_context
 
 torch.set_num_threads(2)
@@ -98,7 +98,7 @@ def test_the_fused_engine_matches_the_per_probe_engine_within_float_rounding(tmp
     (fold,) = _folds(tmp_path / "f", k=3)
     outs = fused.train_fused([fold], budget, 0, CPU, progress=False)[0]
     (other,) = _folds(tmp_path / "p", k=3)
-    ref = train_group(other.task, other.probes, other.train, other.dev, budget, 0, CPU, progress=False)
+    ref = train_group(other.task, other.probes, other.train, other.dev, budget, TrainContext(CPU, progress=False))
     worst = 0.0
     for a, b in zip(outs, ref):
         assert a["curve"]["dev"] == b["curve"]["dev"] and a["best_step"] == b["best_step"]
@@ -126,8 +126,8 @@ def test_a_checkpoint_of_other_settings_or_engine_is_rebuilt_never_mixed(tmp_pat
     budget = _budget()
     clean = _final(fused.train_fused(_folds(tmp_path / "clean", k=2), budget, 0, CPU, progress=False))
     # checkpoints written by the per-probe engine with the same run key, and by a group of another budget
-    for name, write in (("engine", lambda f: train_group(f.task, f.probes, f.train, f.dev, budget, 0, CPU,
-                                                         progress=False)),
+    for name, write in (("engine", lambda f: train_group(f.task, f.probes, f.train, f.dev, budget,
+                                                         TrainContext(CPU, progress=False))),
                         ("settings", lambda f: fused.train_fused([f], _budget(steps=3), 0, CPU, progress=False))):
         (fold,) = _folds(tmp_path / name, k=2)
         if name == "settings":

@@ -11,7 +11,7 @@ import torch
 from repro.config.schema import TaskBudget
 from repro.data.manifest import load_task
 from repro.probing.length_window import LengthWindow, padding_share, plan_chunks, window_steps
-from repro.probing.sources import UpstreamFrames, micro_batch
+from repro.probing.sources import OnTheFly, UpstreamFrames, micro_batch
 
 torch.set_num_threads(2)
 # Measured on the tiny WavLM (float32, CPU; PR and SID training micro-batches, 4 items, windows of 4
@@ -51,7 +51,7 @@ def upstream(hf_folder):
 
 def _source(upstream, corpus, task="PR", **kw):
     utts = [u for u in load_task(corpus, task) if u.split == "train"]
-    return UpstreamFrames(upstream, corpus, utts, [0, 1, 2], **kw)
+    return UpstreamFrames(upstream, corpus, utts, [0, 1, 2], OnTheFly(**kw))
 
 
 def _window(source, steps, window, batch=4, accum=2, seed=0):
@@ -129,7 +129,7 @@ def _group(corpus, tmp_path, window, lrs=(0.01, 0.002), task_name="PR"):
     upstream = load_hf_ssl(str(base_plus_model(tmp_path / "wavlm", probe_syncs.TINY_WAVLM)))
     utts = [u for u in load_task(corpus, task_name) if u.split == "train"]
     task = make_task(task_name, {"train": utts})
-    source = UpstreamFrames(upstream, corpus, utts, list(range(upstream.num_layers)), length_window=window)
+    source = UpstreamFrames(upstream, corpus, utts, list(range(upstream.num_layers)), OnTheFly(length_window=window))
     tmp_path.mkdir(parents=True, exist_ok=True)
     probes, train, dev = probe_syncs._group(task, source, utts, list(lrs), torch.device("cpu"), tmp_path, "g")
     for p in probes:  # checkpoints where a second call finds them
@@ -138,13 +138,13 @@ def _group(corpus, tmp_path, window, lrs=(0.01, 0.002), task_name="PR"):
 
 
 def test_probes_trained_on_windows_match_direct_forwards_and_resume_to_the_same_bytes(tiny_corpus, tmp_path):
-    from repro.probing.trainer import train_group
+    from repro.probing.trainer import TrainContext, train_group
 
     budget = TaskBudget(steps=6, batch_size=4, lr_grid=[0.01, 0.002], eval_every=2, grad_accum=2)
     task, probes, train, dev = _group(tiny_corpus, tmp_path / "direct", window=1)
-    direct = train_group(task, probes, train, dev, budget, 0, torch.device("cpu"), progress=False)
+    direct = train_group(task, probes, train, dev, budget, TrainContext(torch.device("cpu"), progress=False))
     task, probes, train, dev = _group(tiny_corpus, tmp_path / "window", window=4)
-    windowed = train_group(task, probes, train, dev, budget, 0, torch.device("cpu"), progress=False)
+    windowed = train_group(task, probes, train, dev, budget, TrainContext(torch.device("cpu"), progress=False))
     # measured here: training losses within 2.3e-7 relative, the dev PER equal, the best states' weights
     # within 7.1e-6 absolute; the bounds leave room for other CPUs
     for d, w in zip(direct, windowed):
@@ -160,9 +160,9 @@ def test_probes_trained_on_windows_match_direct_forwards_and_resume_to_the_same_
             raise Stop
 
     with pytest.raises(Stop):
-        train_group(task, probes, train, dev, budget, 0, torch.device("cpu"), progress=False, on_eval=halt)
+        train_group(task, probes, train, dev, budget, TrainContext(torch.device("cpu"), progress=False, on_eval=halt))
     task, probes, train, dev = _group(tiny_corpus, tmp_path / "resumed", window=4)
-    again = train_group(task, probes, train, dev, budget, 0, torch.device("cpu"), progress=False)
+    again = train_group(task, probes, train, dev, budget, TrainContext(torch.device("cpu"), progress=False))
     for w, r in zip(windowed, again):
         assert w["curve"] == r["curve"] and w["best"] == r["best"]
         assert all(torch.equal(w["best_state"][k], r["best_state"][k]) for k in w["best_state"])

@@ -11,7 +11,7 @@ import torch
 
 from repro.config import load_profile
 from repro.features.stage import extract_model
-from repro.probing.runner import ProbeInputs, lr_tag, run_probes
+from repro.probing.runner import ProbeInputs, ProbeRun, lr_tag, run_probes
 from repro.workspace import Workspace
 
 torch.set_num_threads(2)
@@ -56,8 +56,8 @@ def test_a_group_writes_the_result_files_of_solo_runs(task, input_, budget, tiny
     for ws in (solo, group):
         extract_model(ws, MODEL, progress=False)
     for lr in LRS:
-        run_probes(solo, MODEL, task, [lr], progress=False)
-    outcomes = run_probes(group, MODEL, task, LRS, progress=False)
+        run_probes(solo, MODEL, task, [lr], ProbeRun(progress=False))
+    outcomes = run_probes(group, MODEL, task, LRS, ProbeRun(progress=False))
     assert [o.lr for o in outcomes] == LRS and not any(o.skipped for o in outcomes)
     assert _result_files(group, task) == _result_files(solo, task) and len(_result_files(solo, task)) == 2
     if task == "ER":
@@ -76,7 +76,7 @@ def test_one_upstream_forward_feeds_every_learning_rate(tiny_corpus, tmp_path):
         ws = _workspace(tmp_path / name, _profile("PR", "upstream"), tiny_corpus)
         inputs = ProbeInputs(ws, MODEL, "PR")
         calls = _count_forwards(inputs)
-        run_probes(ws, MODEL, "PR", lrs, progress=False, inputs=inputs)
+        run_probes(ws, MODEL, "PR", lrs, ProbeRun(progress=False), inputs=inputs)
         counts[name] = calls[0]
     assert counts["group"] == counts["solo"] > 0  # train, dev and test forwards shared by both learning rates
 
@@ -87,7 +87,7 @@ def test_an_interrupted_group_resumes_to_the_uninterrupted_results(tiny_corpus, 
     broken = _workspace(tmp_path / "broken", profile, tiny_corpus)
     for ws in (whole, broken):
         extract_model(ws, MODEL, progress=False)
-    run_probes(whole, MODEL, "PR", LRS, progress=False)
+    run_probes(whole, MODEL, "PR", LRS, ProbeRun(progress=False))
 
     class Stop(Exception):
         pass
@@ -100,14 +100,14 @@ def test_an_interrupted_group_resumes_to_the_uninterrupted_results(tiny_corpus, 
 
     ckpts = broken.probe_checkpoint_dir(MODEL, "PR")
     with pytest.raises(Stop):
-        run_probes(broken, MODEL, "PR", LRS, progress=False, on_eval=stop_at(4))
+        run_probes(broken, MODEL, "PR", LRS, ProbeRun(progress=False, on_eval=stop_at(4)))
     shutil.copy(ckpts / f"{lr_tag(LRS[0])}.pt", tmp_path / "step4.pt")
     with pytest.raises(Stop):
-        run_probes(broken, MODEL, "PR", LRS, progress=False, on_eval=stop_at(8))
+        run_probes(broken, MODEL, "PR", LRS, ProbeRun(progress=False, on_eval=stop_at(8)))
     assert not _result_files(broken, "PR")
     # a kill between two checkpoint writes: one probe is a checkpoint behind the other and catches up alone
     shutil.copy(tmp_path / "step4.pt", ckpts / f"{lr_tag(LRS[0])}.pt")
-    run_probes(broken, MODEL, "PR", LRS, progress=False)
+    run_probes(broken, MODEL, "PR", LRS, ProbeRun(progress=False))
     assert _result_files(broken, "PR") == _result_files(whole, "PR")
 
 
@@ -118,9 +118,9 @@ def test_complete_learning_rates_are_kept_and_groups_split_by_max_group(tiny_cor
         profile.probing, max_group=1)), tiny_corpus)
     for ws in (full, split):
         extract_model(ws, MODEL, progress=False)
-    run_probes(full, MODEL, "KS", LRS, progress=False)
-    run_probes(split, MODEL, "KS", LRS[:1], progress=False)
-    outcomes = run_probes(split, MODEL, "KS", LRS, progress=False)
+    run_probes(full, MODEL, "KS", LRS, ProbeRun(progress=False))
+    run_probes(split, MODEL, "KS", LRS[:1], ProbeRun(progress=False))
+    outcomes = run_probes(split, MODEL, "KS", LRS, ProbeRun(progress=False))
     assert [o.skipped for o in outcomes] == [True, False]
     assert _result_files(split, "KS") == _result_files(full, "KS")
 
@@ -132,11 +132,11 @@ def test_a_checkpoint_of_other_settings_is_not_resumed(tiny_corpus, tmp_path):
     other = _workspace(tmp_path / "other", _profile("KS", "pooled", steps=4), tiny_corpus)
     for ws in (clean, stale, other):
         extract_model(ws, MODEL, progress=False)
-    run_probes(other, MODEL, "KS", LRS, progress=False)  # checkpoints of a 4-step budget
+    run_probes(other, MODEL, "KS", LRS, ProbeRun(progress=False))  # checkpoints of a 4-step budget
     stale.probe_checkpoint_dir(MODEL, "KS").mkdir(parents=True)
     # each checkpoint with its digest record (.pt.sha256)
     for p in other.probe_checkpoint_dir(MODEL, "KS").glob("*.pt*"):
         shutil.copy(p, stale.probe_checkpoint_dir(MODEL, "KS") / p.name)
-    run_probes(clean, MODEL, "KS", LRS, progress=False)
-    run_probes(stale, MODEL, "KS", LRS, progress=False)
+    run_probes(clean, MODEL, "KS", LRS, ProbeRun(progress=False))
+    run_probes(stale, MODEL, "KS", LRS, ProbeRun(progress=False))
     assert _result_files(stale, "KS") == _result_files(clean, "KS")

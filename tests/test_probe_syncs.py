@@ -16,7 +16,7 @@ from repro.data.manifest import load_task
 from repro.errors import ConfigError
 from repro.probing.sources import micro_batch
 from repro.probing.tasks import make_task
-from repro.probing.trainer import group_memory, train_group
+from repro.probing.trainer import TrainContext, group_memory, train_group
 
 torch.set_num_threads(2)
 STEPS, EVERY, BATCH = 8, 4, 4
@@ -91,7 +91,7 @@ def test_the_benchmark_table_names_every_task(counted):
 def _group(corpus, tmp_path, task_name="SID", lrs=(0.01, 0.002)):
     from repro.models.hf_ssl import load_hf_ssl
     from repro.bench.extract import base_plus_model
-    from repro.probing.sources import UpstreamFrames
+    from repro.probing.sources import OnTheFly, UpstreamFrames
 
     upstream = load_hf_ssl(str(base_plus_model(tmp_path / "wavlm", probe_syncs.TINY_WAVLM)))
     utts = _train_utts(corpus, task_name)
@@ -106,12 +106,12 @@ def test_a_non_finite_loss_stops_only_its_probe(tiny_corpus, tmp_path):
     task, probes, train, dev = _group(tiny_corpus, tmp_path / "group")
     with torch.no_grad():
         probes[0].model.head.proj.weight[0, 0] = float("nan")  # this probe's loss is NaN from the first step
-    outs = train_group(task, probes, train, dev, budget, 0, torch.device("cpu"), progress=False)
+    outs = train_group(task, probes, train, dev, budget, TrainContext(torch.device("cpu"), progress=False))
     assert outs[0]["failed"] == ("probe SID lr=0.01: non-finite training loss or gradient norm in steps 1..4; it "
                                  "stops (lower the learning rate, probing.tasks.SID.lr_grid)")
     assert outs[0]["curve"]["step"] == [] and not probes[0].checkpoint.exists()
     task, (solo,), train, dev = _group(tiny_corpus, tmp_path / "solo", lrs=(0.002,))
-    (alone,) = train_group(task, [solo], train, dev, budget, 0, torch.device("cpu"), progress=False)
+    (alone,) = train_group(task, [solo], train, dev, budget, TrainContext(torch.device("cpu"), progress=False))
     assert outs[1]["failed"] is None and outs[1]["curve"] == alone["curve"] and outs[1]["best"] == alone["best"]
 
 
@@ -133,24 +133,25 @@ def test_group_memory_is_counted_and_a_probe_too_large_names_the_setting(tiny_co
 
 
 def test_groups_are_cut_to_the_probes_that_fit(tiny_corpus, tmp_path):
-    from repro.probing.runner import ProbeInputs, _fitting_group, lr_tag, run_probes
+    from repro.probing.runner import ProbeInputs, ProbeRun, _fitting_group, lr_tag, run_probes
 
     lrs = [0.01, 0.002]
     ws = _ks_workspace(tiny_corpus, tmp_path, "fit", lrs)
     inputs = ProbeInputs(ws, "tiny-wavlm", "KS")
     fold, splits = inputs.folds()[0]
     assert _fitting_group(inputs, lrs[0], 10 ** 12) > 2
-    from repro.probing.runner import _fold_group
+    from repro.probing.inputs import fold_group
 
-    task, train, _, _, _, (probe,) = _fold_group(inputs, splits, lrs[:1], fold)
+    task, train, _, _, _, (probe,) = fold_group(inputs, splits, lrs[:1], fold)
     plan = group_memory(task, probe.model, train, inputs.budget, ws.profile.seed, inputs.device)
     one = plan.shared + plan.activations + plan.window + plan.per_probe
-    run_probes(ws, "tiny-wavlm", "KS", lrs, progress=False, inputs=inputs, device_memory=one)
+    run_probes(ws, "tiny-wavlm", "KS", lrs, ProbeRun(progress=False, device_memory=one), inputs=inputs)
     for lr in lrs:
         timing = json.loads((ws.probe_dir("tiny-wavlm", "KS") / f"{lr_tag(lr)}.timing.json").read_text())
         assert timing["group"] == [lr]  # one probe a group
     with pytest.raises(ConfigError, match="probing.tasks.KS.batch_size"):
-        run_probes(ws, "tiny-wavlm", "KS", lrs, progress=False, inputs=inputs, device_memory=one - 1, force=True)
+        run_probes(ws, "tiny-wavlm", "KS", lrs, ProbeRun(progress=False, device_memory=one - 1, force=True),
+                   inputs=inputs)
 
 
 def _ks_workspace(tiny_corpus, tmp_path, name: str, lrs: list[float]):
@@ -171,12 +172,12 @@ def _ks_workspace(tiny_corpus, tmp_path, name: str, lrs: list[float]):
 
 
 def test_a_diverging_learning_rate_stops_alone_and_is_named(tiny_corpus, tmp_path):
-    from repro.probing.runner import lr_tag, run_probes
+    from repro.probing.runner import ProbeRun, lr_tag, run_probes
     from repro.probing.trainer import NonFiniteLoss
 
     lrs = [0.01, 1e30]  # Adam moves every weight by about lr: the logits overflow after one step
     ws = _ks_workspace(tiny_corpus, tmp_path, "nan", lrs)
     with pytest.raises(NonFiniteLoss, match=r"^model tiny-wavlm: probe KS lr=1e\+30: non-finite .* in steps \d\.\.\d"):
-        run_probes(ws, "tiny-wavlm", "KS", lrs, progress=False)
+        run_probes(ws, "tiny-wavlm", "KS", lrs, ProbeRun(progress=False))
     folder = ws.probe_dir("tiny-wavlm", "KS")
     assert (folder / f"{lr_tag(0.01)}.json").is_file() and not (folder / f"{lr_tag(1e30)}.json").exists()

@@ -14,7 +14,7 @@ from repro.data.manifest import Utterance, load_task
 from repro.features.stage import extract_model
 from repro.metrics import error_rate
 from repro.probing.featurizer import ProjectedWeightedSum, WeightedSum, make_featurizer
-from repro.probing.runner import run_asv_idt, run_probe, run_probes, select_best
+from repro.probing.runner import ProbeRun, run_asv_idt, run_probe, run_probes, select_best
 from repro.probing.tasks import TaskLabelError, make_task
 from repro.workspace import Workspace
 
@@ -105,8 +105,8 @@ def test_planted_layers_get_the_weight(tmp_path, smoke_corpus, monkeypatch):
     ws = workspace(tmp_path, _profile(load_profile("smoke").corpus.synthetic, ["planted"], ["SID", "KS"], steps=150,
                                       lr_grid=(0.05,)), smoke_corpus)
     extract_model(ws, "planted", progress=False)
-    sid = run_probe(ws, "planted", "SID", 0.05, progress=False).result
-    ks = run_probe(ws, "planted", "KS", 0.05, progress=False).result
+    sid = run_probe(ws, "planted", "SID", 0.05, ProbeRun(progress=False)).result
+    ks = run_probe(ws, "planted", "KS", 0.05, ProbeRun(progress=False)).result
     assert int(np.argmax(sid["layer_weights"])) == K_SPEAKER and sid["layer_weights"][K_SPEAKER] > 0.5
     assert int(np.argmax(ks["layer_weights"])) == K_WORD and ks["layer_weights"][K_WORD] > 0.5
     assert sid["test"] > 0.9 and ks["test"] > 0.9
@@ -138,19 +138,19 @@ def test_each_probe_beats_chance_with_a_tiny_model(ecapa_ws):
     info = json.loads((ws.corpus_dir / "corpus.json").read_text())
     chance = {"KS": 1 / 12, "SID": 1 / len(info["labels"]["SID"]), "ER": 1 / 4, "IC": 1 / 21}
     for task, margin in (("KS", 3), ("SID", 4), ("ER", 1.4), ("IC", 2)):
-        r = run_probe(ws, "rand-ecapa", task, 0.01, progress=False).result
+        r = run_probe(ws, "rand-ecapa", task, 0.01, ProbeRun(progress=False)).result
         assert r["test"] > margin * chance[task], (task, r["test"])
         assert r["projected"] and abs(sum(r["contributions"]) - 1) < 1e-6
     # CTC leaves the constant-transcript regime within 300 steps at lr 0.03 (test PER measured on
     # the smoke corpus: 0.88 at lr 0.01, 0.62 at 0.03, 0.94 at 0.1; the baseline 0.87), as the
     # sweep over the grid would select it.
-    pr = run_probe(ws, "rand-ecapa", "PR", 0.03, progress=False).result
+    pr = run_probe(ws, "rand-ecapa", "PR", 0.03, ProbeRun(progress=False)).result
     assert pr["test"] < constant_transcript_per(ws) - 0.1, pr["test"]
-    asv = run_probe(ws, "rand-ecapa", "ASV", 0.01, progress=False).result
+    asv = run_probe(ws, "rand-ecapa", "ASV", 0.01, ProbeRun(progress=False)).result
     assert asv["test"] < 0.4  # chance is 0.5
     idt = run_asv_idt(ws, "rand-ecapa").result
     assert idt["embedding"] == "embedding" and 0 <= idt["test"] < 0.5
-    er = run_probe(ws, "rand-ecapa", "ER", 0.01, progress=False).result
+    er = run_probe(ws, "rand-ecapa", "ER", 0.01, ProbeRun(progress=False)).result
     assert [r["fold"] for r in er["runs"]] == [1, 2, 3, 4, 5]
     assert er["test"] == pytest.approx(np.mean([r["test"] for r in er["runs"]]))
 
@@ -163,7 +163,7 @@ def test_cache_and_on_the_fly_agree(ecapa_ws, tmp_path):
     for mode in ("cache", "upstream"):
         p = dataclasses.replace(prof, probing=dataclasses.replace(prof.probing, tasks=small, input=mode))
         w = dataclasses.replace(ws, profile=p, results_root=tmp_path / mode)
-        outs[mode] = [run_probe(w, "rand-ecapa", t, 0.01, progress=False).result for t in ("KS", "PR")]
+        outs[mode] = [run_probe(w, "rand-ecapa", t, 0.01, ProbeRun(progress=False)).result for t in ("KS", "PR")]
     for a, b in zip(outs["cache"], outs["upstream"]):
         assert a["dev"] == pytest.approx(b["dev"], abs=1e-4)
         assert a["test"] == pytest.approx(b["test"], abs=1e-4)
@@ -173,7 +173,7 @@ def test_cache_and_on_the_fly_agree(ecapa_ws, tmp_path):
 
 def test_interrupted_probe_resumes_to_the_same_result(ecapa_ws, tmp_path):
     ws = dataclasses.replace(ecapa_ws, results_root=tmp_path / "a")
-    whole = run_probe(ws, "rand-ecapa", "SID", 0.01, progress=False).result
+    whole = run_probe(ws, "rand-ecapa", "SID", 0.01, ProbeRun(progress=False)).result
     ws_b = dataclasses.replace(ecapa_ws, results_root=tmp_path / "b", work_root=tmp_path / "w")
     ws_b.work.mkdir(parents=True)
     (ws_b.work / "corpus").symlink_to(ecapa_ws.corpus_dir.resolve())
@@ -187,9 +187,9 @@ def test_interrupted_probe_resumes_to_the_same_result(ecapa_ws, tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        run_probes(ws_b, "rand-ecapa", "SID", [0.01], progress=False, on_eval=stop)
+        run_probes(ws_b, "rand-ecapa", "SID", [0.01], ProbeRun(progress=False, on_eval=stop))
     assert not (ws_b.probe_dir("rand-ecapa", "SID") / "lr-1e-02.json").exists()
-    resumed = run_probe(ws_b, "rand-ecapa", "SID", 0.01, progress=False).result
+    resumed = run_probe(ws_b, "rand-ecapa", "SID", 0.01, ProbeRun(progress=False)).result
     assert resumed == whole
 
 
@@ -202,7 +202,7 @@ def test_results_are_byte_stable_and_the_sweep_selects_on_dev(ecapa_ws, tmp_path
     for run in ("one", "two"):
         ws = dataclasses.replace(ecapa_ws, profile=p, results_root=tmp_path / run)
         for lr in (0.001, 0.03):
-            run_probe(ws, "rand-ecapa", "KS", lr, progress=False).result
+            run_probe(ws, "rand-ecapa", "KS", lr, ProbeRun(progress=False)).result
         best = select_best(ws, "rand-ecapa", "KS").result
         d = ws.results / "probing" / "rand-ecapa" / "KS"
         files.append({f.name: f.read_bytes() for f in sorted(d.iterdir()) if not f.name.endswith(".timing.json")})
@@ -215,4 +215,4 @@ def test_too_few_layers_is_an_error(ecapa_ws, tmp_path):
     p = dataclasses.replace(prof, probing=dataclasses.replace(prof.probing, layers=[0, 7]))
     ws = dataclasses.replace(ecapa_ws, profile=p, results_root=tmp_path)
     with pytest.raises(ConfigError, match=r"the model has 5 layers, but layers \[7\] were asked for"):
-        run_probe(ws, "rand-ecapa", "KS", 0.01, progress=False)
+        run_probe(ws, "rand-ecapa", "KS", 0.01, ProbeRun(progress=False))

@@ -12,8 +12,8 @@ from repro.config import ConfigError, load_profile
 from repro.data.manifest import load_task
 from repro.features.stage import extract_model
 from repro.tasks import MEAN_POOLED_TASKS, stores_needed, task_input
-from repro.probing.runner import run_asv_idt, run_probe
-from repro.probing.sources import UpstreamFrames
+from repro.probing.runner import ProbeRun, run_asv_idt, run_probe
+from repro.probing.sources import OnTheFly, UpstreamFrames
 from repro.probing.tasks import make_task
 from repro.workspace import Workspace
 
@@ -47,8 +47,8 @@ def test_pooled_store_probes_equal_frame_store_probes(tiny_corpus, tmp_path):
     extract_model(pooled, "tiny-wavlm", progress=False)
     assert not list((pooled.features_dir / "tiny-wavlm" / "KS").glob("train")), "a pooled input needs no frames"
     for task in POOLED:
-        a = run_probe(cache, "tiny-wavlm", task, 0.01, progress=False).result
-        b = run_probe(pooled, "tiny-wavlm", task, 0.01, progress=False).result
+        a = run_probe(cache, "tiny-wavlm", task, 0.01, ProbeRun(progress=False)).result
+        b = run_probe(pooled, "tiny-wavlm", task, 0.01, ProbeRun(progress=False)).result
         assert (a["input"], b["input"]) == ("cache", "pooled") and a["pooled"] and b["pooled"]
         assert a["provenance"]["inputs"] != b["provenance"]["inputs"]
         assert b["dev"] == pytest.approx(a["dev"], abs=1e-4) and b["test"] == pytest.approx(a["test"], abs=1e-4)
@@ -132,7 +132,7 @@ def test_upstream_training_crops_are_cut_from_the_audio(hf_folder, tiny_corpus):
 
     up = load_hf_ssl(str(hf_folder("wavlm")))
     utts = [u for u in load_task(tiny_corpus, "SID") if u.num_samples > 20000][:3]
-    crop = UpstreamFrames(up, tiny_corpus, utts, [0, 1, 2], crop_samples=16000, seed=0)
+    crop = UpstreamFrames(up, tiny_corpus, utts, [0, 1, 2], OnTheFly(crop_samples=16000, seed=0))
     whole = UpstreamFrames(up, tiny_corpus, utts, [0, 1, 2])
     layers, lengths = crop.batch([0, 1, 2], step=5)
     assert lengths.tolist() == [49] * 3  # 1 s of audio: 49 frames
@@ -148,8 +148,8 @@ def test_prefetched_audio_gives_the_same_batches(hf_folder, tiny_corpus):
 
     up = load_hf_ssl(str(hf_folder("wavlm")))
     utts = load_task(tiny_corpus, "SID")[:6]
-    plain = UpstreamFrames(up, tiny_corpus, utts, [1], crop_samples=12000, seed=3)
-    ahead = UpstreamFrames(up, tiny_corpus, utts, [1], crop_samples=12000, seed=3, workers=2)
+    plain = UpstreamFrames(up, tiny_corpus, utts, [1], OnTheFly(crop_samples=12000, seed=3))
+    ahead = UpstreamFrames(up, tiny_corpus, utts, [1], OnTheFly(crop_samples=12000, seed=3, workers=2))
     ahead.prefetch([0, 4, 5], 7)
     ahead.prefetch([1, 2], None)
     for idx, step in (([0, 4, 5], 7), ([1, 2], None), ([3], 2)):

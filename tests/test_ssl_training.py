@@ -247,5 +247,5 @@ def test_the_train_stage_runs_the_profiles_ssl_recipes(tiny_corpus, tmp_path):
     ws = Workspace(load_profile(prof), ws.work_root, ws.results_root, ws.figures_root)
     assert ws.profile.ssl_training.pipeline_recipes == ["hubert"]
     [info] = stage_train(ws, progress=False)
-    assert info["name"] == "tiny-hubert-mp" and (ws.models_dir / "tiny-hubert-mp" / "config.json").is_file()
+    assert info.name == "tiny-hubert-mp" and info.metric == "accuracy" and (ws.models_dir / "tiny-hubert-mp" / "config.json").is_file()
     assert stage_train(ws, progress=False) == [info]  # kept: the same settings and data

@@ -125,7 +125,8 @@ def run(seconds: float = DEFAULTS["seconds"], max_batch_seconds: float = DEFAULT
     """Measure (see module doc) and return the result record. `corpus` (an existing synthetic corpus)
     and `model_config` (other model sizes) are for tests."""
     from repro.data.synth import make_corpus
-    from repro.features.extract import extract
+    from repro.config.schema import ExtractionConfig
+    from repro.features.extract import ExtractRun, StoreIdentity, extract
     from repro.runtime import resolve_device
     from repro.models.hf_ssl import load_hf_ssl
 
@@ -156,9 +157,10 @@ def run(seconds: float = DEFAULTS["seconds"], max_batch_seconds: float = DEFAULT
             stats: dict = {}
             with PeakMemory() as mem:
                 t0 = time.perf_counter()
-                store = extract(upstream, utts, corpus, work / f"store-{tag}-{attempt}", model_info={"name": "bench"},
-                                dtype="float32", max_batch_seconds=budget, device=str(device.type),
-                                autocast=autocast, progress=False, stats=stats)
+                store = extract(upstream, utts, corpus, work / f"store-{tag}-{attempt}",
+                                StoreIdentity({"name": "bench"}), ExtractionConfig(
+                                    dtype="float32", max_batch_seconds=budget, device=str(device.type), autocast=autocast),
+                                ExtractRun(progress=False, stats=stats))
                 _sync(device)
                 wall = time.perf_counter() - t0
             if not keep(tag, wall, {"peak_mib": _mib(mem.peak_bytes), "padding_fraction": stats["padding_fraction"],

@@ -98,7 +98,7 @@ def _train_rate(trial: _Trial, tag: str) -> float:
 def _train_seconds(trial: _Trial, tag: str, lrs: list[float]) -> float:
     """Wall seconds to train one group of probes (one per learning rate of `lrs`) for `trial.steps` steps."""
     from repro.data.manifest import Trial
-    from repro.probing.trainer import Split, train_group
+    from repro.probing.trainer import Split, TrainContext, train_group
 
     task, source, utts = trial.task, trial.source, trial.utts
     probes = make_probes(task, source, lrs, lambda lr: trial.work / f"{tag}-{lr:g}.pt", tag)
@@ -112,7 +112,7 @@ def _train_seconds(trial: _Trial, tag: str, lrs: list[float]) -> float:
                     trials=[Trial(True, a.id, same.id), Trial(False, a.id, other.id)])
     budget = TaskBudget(steps=trial.steps, batch_size=trial.batch_size, lr_grid=list(lrs), eval_every=trial.steps)
     start = time.perf_counter()
-    train_group(task, probes, train, dev, budget, 0, trial.device, progress=False)
+    train_group(task, probes, train, dev, budget, TrainContext(trial.device, progress=False))
     return time.perf_counter() - start
 
 
@@ -134,8 +134,9 @@ def run(work: Path | None = None, steps: int = DEFAULTS["steps"], fly_steps: int
         group: int = DEFAULTS["group"]) -> dict[str, Any]:
     """Measure and return the figures (see module doc); `corpus` and `model_config` are for tests."""
     from repro.data.manifest import load_task
-    from repro.features.extract import extract
-    from repro.probing.sources import StoreFrames, StorePooled, UpstreamFrames
+    from repro.config.schema import ExtractionConfig
+    from repro.features.extract import ExtractRun, StoreIdentity, extract
+    from repro.probing.sources import OnTheFly, StoreFrames, StorePooled, UpstreamFrames
     from repro.probing.tasks import make_task
 
     started = time.perf_counter()
@@ -155,7 +156,8 @@ def run(work: Path | None = None, steps: int = DEFAULTS["steps"], fly_steps: int
             for name, pooled_store in kinds:
                 t0 = time.perf_counter()
                 store = extract(upstream, utts, corpus, work / "features" / f"{task_name}-{name}",
-                                model_info={"name": "bench"}, dtype="float16", pooled=pooled_store, progress=False)
+                                StoreIdentity({"name": "bench"}, pooled=pooled_store),
+                                ExtractionConfig(dtype="float16"), ExtractRun(progress=False))
                 extract_s = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 source = StorePooled(store, utts, layers) if pooled else StoreFrames(store, utts, layers)
@@ -164,7 +166,7 @@ def run(work: Path | None = None, steps: int = DEFAULTS["steps"], fly_steps: int
                 rate = _steps_per_second(trial, f"{task_name}-{name}", repeats)
                 paths[name] = {"steps_per_s": rate, "setup_seconds": setup, "extract_seconds": extract_s,
                                "bytes_per_utterance": _store_bytes(store) / len(utts)}
-            fly = UpstreamFrames(upstream, corpus, utts, layers, pooled=pooled, device=device)
+            fly = UpstreamFrames(upstream, corpus, utts, layers, OnTheFly(pooled=pooled, device=device))
             rate = _steps_per_second(_Trial(task, fly, utts, fly_steps, batch_size, device, work), f"{task_name}-fly")
             paths["upstream"] = {"steps_per_s": rate, "setup_seconds": 0.0, "extract_seconds": 0.0,
                                  "bytes_per_utterance": 0.0}
@@ -176,7 +178,7 @@ def run(work: Path | None = None, steps: int = DEFAULTS["steps"], fly_steps: int
         for task_name in ("PR", "SID"):
             utts = [u for u in load_task(corpus, task_name) if u.split == "train"]
             task = make_task(task_name, {"train": utts})
-            fly = UpstreamFrames(upstream, corpus, utts, list(range(upstream.num_layers)), device=device)
+            fly = UpstreamFrames(upstream, corpus, utts, list(range(upstream.num_layers)), OnTheFly(device=device))
             trial = _Trial(task, fly, utts, fly_steps, batch_size, device, work)
             out["groups"][task_name] = _group_speedup(trial, f"{task_name}-groups", group)
         out["group_speedup"] = {t: g["speedup"] for t, g in out["groups"].items()}

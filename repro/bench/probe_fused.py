@@ -95,10 +95,10 @@ def measure(task_name: str, steps: int, k: int, layers: int, dim: int, train: in
         if fused is not None:
             fused.train_fused([fused.Fold(*f) for f in folds], budget, 0, device, progress=False)
         else:
-            from repro.probing.trainer import train_group
+            from repro.probing.trainer import TrainContext, train_group
 
             for task, tr, dev, probes in folds:
-                train_group(task, probes, tr, dev, budget, 0, device, progress=False)
+                train_group(task, probes, tr, dev, budget, TrainContext(device, progress=False))
         cpu, wall = time.process_time() - start, time.perf_counter() - wall
     return {"engine": "fused" if fused is not None else "per-probe", "probes": k * shape["folds"], "steps": steps,
             "cpu_seconds": cpu, "wall_seconds": wall, "steps_per_cpu_s": steps / cpu}

@@ -40,7 +40,7 @@ def count_steps(task, probes: Sequence, splits: tuple, budget: TaskBudget, seed:
     `[{"step": n, "syncs": {op: calls}, "h2d_bytes": b}]`, n = steps done after it."""
     train, dev = splits
     from repro.probing.fused import Fold, train_fused
-    from repro.probing.trainer import train_group
+    from repro.probing.trainer import TrainContext, train_group
 
     counter = DeviceSyncs()
     for p in probes:
@@ -70,8 +70,8 @@ def count_steps(task, probes: Sequence, splits: tuple, budget: TaskBudget, seed:
             train_fused([Fold(task, train, dev, list(probes))], budget, seed, device, progress=False,
                         on_eval=on_eval, on_step=on_step)
         else:
-            train_group(task, probes, train, dev, budget, seed, device, progress=False, on_eval=on_eval,
-                        on_step=on_step)
+            train_group(task, probes, train, dev, budget, TrainContext(device, seed, progress=False, on_eval=on_eval,
+                                                                      on_step=on_step))
     return steps
 
 
@@ -97,8 +97,9 @@ def run(work: Path | None = None, steps: int = DEFAULTS["steps"], eval_every: in
     """Count and return the figures (see module doc); `corpus` is for tests."""
     from repro.bench.probe import bench_inputs
     from repro.data.manifest import load_task
-    from repro.features.extract import extract
-    from repro.probing.sources import StoreFrames, StorePooled, UpstreamFrames
+    from repro.config.schema import ExtractionConfig
+    from repro.features.extract import ExtractRun, StoreIdentity, extract
+    from repro.probing.sources import OnTheFly, StoreFrames, StorePooled, UpstreamFrames
     from repro.probing.tasks import make_task
 
     started = time.perf_counter()
@@ -114,11 +115,11 @@ def run(work: Path | None = None, steps: int = DEFAULTS["steps"], eval_every: in
             utts = [u for u in load_task(corpus, task_name) if u.split == "train"]
             task = make_task(task_name, {"train": utts})
             if input_ == "upstream":
-                source = UpstreamFrames(upstream, corpus, utts, layers, device=device)
+                source = UpstreamFrames(upstream, corpus, utts, layers, OnTheFly(device=device))
             else:
                 store = extract(upstream, utts, corpus, work / "features" / f"{task_name}-{input_}",
-                                model_info={"name": "bench"}, dtype="float16", pooled=input_ != "cache",
-                                progress=False)
+                                StoreIdentity({"name": "bench"}, pooled=input_ != "cache"),
+                                ExtractionConfig(dtype="float16"), ExtractRun(progress=False))
                 source = StoreFrames(store, utts, layers) if input_ == "cache" else StorePooled(store, utts, layers)
             probes, train, dev = _group(task, source, utts, lrs, device, work, f"{task_name}-{input_}")
             counted = count_steps(task, probes, (train, dev), budget, 0, device,

@@ -149,7 +149,9 @@ def train(recipe: str, profile: str, force: bool, estimate: bool, tflops: float,
         return
     info = recipes.train(ws, recipe, force=force, progress=not quiet)
     if info is not None:  # rank 0
-        echo_lines(console.describe("train", info, ws))
+        from repro.pipeline import train_outcome
+
+        echo_lines(console.describe("train", train_outcome(info), ws))
 
 
 @main.command()

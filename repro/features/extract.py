@@ -19,15 +19,18 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from repro.audio import read_audio
+from repro.config.schema import ExtractionConfig
 from repro.data.manifest import Utterance
 from repro.features.batching import padding_fraction, plan_batches
+from repro.features.pooling import utterance_mean
 from repro.features.store import FeatureStore, StoreError, StoreWriter
 from repro.models.upstream import Upstream, UpstreamOutput, length_mask, pad_waveforms
 from repro.runtime import autocast_context, resolve_device
@@ -93,13 +96,11 @@ def gather_batch(out: UpstreamOutput, dtype: str, pooled: bool = False
     parts, counts = [], []
     for h, n in zip(out.layers, out.lengths):
         n = n.to(h.device).clamp(max=h.shape[1])
-        mask = length_mask(n, h.shape[1])
         if pooled:
-            total = torch.where(mask[..., None], h.to(torch.float64), 0.0).sum(1)
-            parts.append((total / n.clamp(min=1).to(torch.float64)[:, None]).to(target))
+            parts.append(utterance_mean(h, n).to(target))
             counts.append(torch.ones_like(n))
         else:
-            parts.append(h[mask].float().to(target))
+            parts.append(h[length_mask(n, h.shape[1])].float().to(target))
             counts.append(n)
     if out.embedding is not None:
         parts.append(out.embedding.float().to(target))
@@ -113,105 +114,105 @@ def gather_batch(out: UpstreamOutput, dtype: str, pooled: bool = False
     return views, lengths, emb
 
 
-def extract(
-    upstream: Upstream,
-    utterances: list[Utterance],
-    corpus_root: str | os.PathLike,
-    store: str | os.PathLike,
-    *,
-    model_info: dict,
-    dtype: str = "float32",
-    max_batch_seconds: float = 64.0,
-    device: str = "auto",
-    num_workers: int = 0,
-    resample: bool = False,
-    downmix: bool = False,
-    autocast: str = "none",
-    pooled: bool = False,
-    progress: bool = True,
-    on_batch: Callable[[int], None] | None = None,
-    stats: dict | None = None,
-    env=None,
-    timeout_s: float = 1800.0,
-    settings: str | None = None,
-    force: bool = False,
-) -> FeatureStore:
+@dataclass(frozen=True)
+class StoreIdentity:
+    """What a store is of, beyond the extraction settings: the model (`model_info`: registry spec and
+    weights digest), whether it keeps only utterance means (`pooled`: float32, the settings' dtype
+    ignored) and the profile's settings key of the store (`settings`, `repro.provenance.store_key`;
+    recorded in its meta as `info.settings`, where readers check it). All three are part of its key."""
+
+    model_info: dict
+    pooled: bool = False
+    settings: str | None = None
+
+
+@dataclass
+class ExtractRun:
+    """How one extraction runs, not what it writes.
+
+    `on_batch` is called with the number of batches committed so far, after each commit; `stats`,
+    if given, is filled with `audio_seconds` and `wall_seconds` of this call's extraction and the
+    batch plan's `padding_fraction`; `env` (a `repro.runtime.DistEnv`) with more than one rank
+    shards the batches (see the module doc) and every rank returns the merged store; `timeout_s`:
+    how long ranks wait for each other; `force` builds the store again even if a complete one with
+    the same key exists."""
+
+    progress: bool = True
+    on_batch: Callable[[int], None] | None = None
+    stats: dict | None = None
+    env: Any = None
+    timeout_s: float = 1800.0
+    force: bool = False
+
+
+def extract(upstream: Upstream, utterances: list[Utterance], corpus_root: str | os.PathLike,
+            store: str | os.PathLike, identity: StoreIdentity, config: ExtractionConfig | None = None,
+            run: ExtractRun | None = None) -> FeatureStore:
     """Write every layer of `upstream` over `utterances` to the store folder `store`.
 
     A complete store with the same key is returned as it is; one with another
     key is rebuilt; an interrupted build (`<store>.partial`) is resumed.
 
-    Args:
-        model_info: identifies the model (registry spec and weight fingerprint); part of the key.
-        autocast: run the upstream under `torch.autocast` (none | bf16 | fp16; fp16 on a GPU only).
-        pooled: keep only each layer's mean over each utterance's frames (float32; `dtype` is ignored).
-        on_batch: called with the number of batches committed so far, after each commit.
-        stats: if given, filled with `audio_seconds` and `wall_seconds` of this call's extraction
-            and the batch plan's `padding_fraction`.
-        env: a `repro.runtime.DistEnv`; with more than one rank the batches are
-            sharded (see the module doc); every rank returns the merged store.
-        timeout_s: how long ranks wait for each other (sharded extraction only).
-        settings: the profile's settings key of this store (`repro.provenance.store_key`): part of
-            the store's key and recorded in its meta (`info.settings`), where readers check it.
-        force: build the store again even if a complete one with the same key exists.
+    `config` (the profile's `extraction` section; its defaults when None) gives the precision, the
+    batch plan's `max_batch_seconds`, the device, the decoding workers, resampling and downmixing
+    and `autocast` (run the upstream under `torch.autocast`: none | bf16 | fp16; fp16 on a GPU only).
     """
-    store = Path(store)
-    dtype = "float32" if pooled else dtype
-    key = store_content_key(model_info, utterances, dtype, max_batch_seconds, autocast, pooled, settings)
-    batches = plan_batches(utterances, max_batch_seconds)
+    store, cfg, run = Path(store), config or ExtractionConfig(), run or ExtractRun()
+    dtype = "float32" if identity.pooled else cfg.dtype
+    key = store_content_key(identity.model_info, utterances, dtype, cfg.max_batch_seconds, cfg.autocast,
+                            identity.pooled, identity.settings)
+    batches = plan_batches(utterances, cfg.max_batch_seconds)
     fraction = round(padding_fraction(utterances, batches), 6)
-    if stats is not None:
-        stats.update(audio_seconds=0.0, wall_seconds=0.0, padding_fraction=fraction)
-    if store.is_dir() and not force:
+    if run.stats is not None:
+        run.stats.update(audio_seconds=0.0, wall_seconds=0.0, padding_fraction=fraction)
+    if store.is_dir() and not run.force:
         try:
             existing = FeatureStore(store)
             if existing.key == key:
                 return existing
         except StoreError:
             pass
-    info = {"model": model_info.get("name"), "model_info": model_info, "max_batch_seconds": max_batch_seconds,
-            "padding_fraction": fraction}
-    if autocast != "none":
-        info["autocast"] = autocast
-    if pooled:
+    info = {"model": identity.model_info.get("name"), "model_info": identity.model_info,
+            "max_batch_seconds": cfg.max_batch_seconds, "padding_fraction": fraction}
+    if cfg.autocast != "none":
+        info["autocast"] = cfg.autocast
+    if identity.pooled:
         info["pooled"] = True
-    if settings is not None:
-        info["settings"] = settings
-    job = _Job(upstream, utterances, batches, Path(corpus_root), dtype, device, num_workers, resample, downmix,
-               autocast, pooled, progress, on_batch, stats)
-    if env is not None and env.distributed:
+    if identity.settings is not None:
+        info["settings"] = identity.settings
+    job = _Job(upstream, utterances, batches, Path(corpus_root), dtype, cfg, identity.pooled, run)
+    if run.env is not None and run.env.distributed:
         from repro.features.shards import extract_sharded
 
-        return extract_sharded(job, store, key, info, env, timeout_s)
+        return extract_sharded(job, store, key, info, run.env, run.timeout_s)
     return job.run(list(range(len(batches))), store, key, info)
 
 
 class _Job:
     """One extraction: the upstream, the utterances, the batch plan and the settings."""
 
-    def __init__(self, upstream, utterances, batches, corpus_root, dtype, device, num_workers, resample, downmix,
-                 autocast, pooled, progress, on_batch, stats):
+    def __init__(self, upstream: Upstream, utterances: list[Utterance], batches: list[list[int]], corpus_root: Path,
+                 dtype: str, cfg: ExtractionConfig, pooled: bool, run: ExtractRun):
         self.upstream, self.utterances, self.batches, self.root = upstream, utterances, batches, corpus_root
-        self.dtype, self.device, self.num_workers = dtype, device, num_workers
-        self.resample, self.downmix, self.autocast, self.pooled = resample, downmix, autocast, pooled
-        self.progress, self.on_batch, self.stats = progress, on_batch, stats
+        self.dtype, self.cfg, self.pooled, self.ctx = dtype, cfg, pooled, run
 
     def run(self, selected: list[int], store: Path, key: str, info: dict) -> FeatureStore:
         """Write the batches `selected` (indices into the plan, in this order) to `store`."""
         upstream, utterances = self.upstream, self.utterances
-        dev = resolve_device(self.device)
-        cast = autocast_context(dev, self.autocast)
+        cfg, ctx = self.cfg, self.ctx
+        dev = resolve_device(cfg.device)
+        cast = autocast_context(dev, cfg.autocast)
         upstream.to(dev)
         writer = StoreWriter(store, key, info, upstream.layer_info(), upstream.embedding_dim, self.dtype)
         done = writer.done_ids()
         todo = [b for b in selected if not all(utterances[i].id in done for i in self.batches[b])]
-        loader = DataLoader(_AudioDataset(utterances, self.batches, self.root, self.resample, self.downmix),
-                            sampler=todo, batch_size=None, num_workers=self.num_workers,
+        loader = DataLoader(_AudioDataset(utterances, self.batches, self.root, cfg.resample, cfg.downmix),
+                            sampler=todo, batch_size=None, num_workers=cfg.num_workers,
                             pin_memory=dev.type == "cuda")
         audio_seconds, started = 0.0, time.perf_counter()
         committed = len(selected) - len(todo)
         bar = progress_bar(total=len(selected), initial=committed, desc=f"extract {store.parent.name}/{store.name}",
-                   unit="batch", disable=not self.progress)
+                   unit="batch", disable=not ctx.progress)
         try:
             for _, ids, wavs, lengths in loader:
                 with cast:
@@ -221,12 +222,12 @@ class _Job:
                 audio_seconds += float(lengths.sum()) / upstream.sample_rate
                 committed += 1
                 bar.update(1)
-                if self.on_batch is not None:
-                    self.on_batch(committed)
+                if ctx.on_batch is not None:
+                    ctx.on_batch(committed)
         finally:
             bar.close()
             writer.close()
-        if self.stats is not None:
-            self.stats.update(audio_seconds=audio_seconds, wall_seconds=time.perf_counter() - started)
+        if ctx.stats is not None:
+            ctx.stats.update(audio_seconds=audio_seconds, wall_seconds=time.perf_counter() - started)
         return writer.finish({"device": dev.type})
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from repro.data.manifest import load_task
-from repro.features.extract import extract
+from repro.features.extract import ExtractRun, StoreIdentity, extract
 from repro.features.store import FeatureStore, StoreError
 from repro.models.loaders import LOADERS, recipe_of
 from repro.models.registry import load_upstream, resolve_spec, spec_identity, weights_fingerprint
@@ -149,12 +149,9 @@ def extract_model(ws: Workspace, name: str, tasks: list[str] | None = None, prog
                 timeout = ws.profile.distributed.timeout_seconds
                 with writer_lock(env, ws.lock_file(path), f"feature store {path}", timeout):
                     done.stores[(task, f"{split}.pooled" if pooled else split)] = extract(
-                        upstream, part, ws.corpus_dir, path, model_info=info,
-                        dtype=cfg.dtype, max_batch_seconds=cfg.max_batch_seconds, device=cfg.device,
-                        num_workers=cfg.num_workers, resample=cfg.resample, downmix=cfg.downmix,
-                        autocast=cfg.autocast, pooled=pooled, progress=progress, stats=one, env=env,
-                        timeout_s=timeout, settings=store_key(ws.profile, name, task, kind), force=force,
-                    )
+                        upstream, part, ws.corpus_dir, path,
+                        StoreIdentity(info, pooled, store_key(ws.profile, name, task, kind)), cfg,
+                        ExtractRun(progress=progress, stats=one, env=env, timeout_s=timeout, force=force))
                 done.audio_seconds += one["audio_seconds"]
                 done.wall_seconds += one["wall_seconds"]
                 fractions.append((one["padding_fraction"], sum(u.duration for u in part)))

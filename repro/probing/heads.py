@@ -14,11 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from repro.features.pooling import utterance_mean
+
 
 def masked_mean(x: Tensor, lengths: Tensor) -> Tensor:
     """Mean over the valid frames: `[B, T, D]`, `[B]` -> `[B, D]`."""
-    mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]).to(x.dtype)
-    return (x * mask[..., None]).sum(1) / lengths.clamp(min=1).to(x.dtype)[:, None]
+    return utterance_mean(x, lengths, "input")
 
 
 class CTCHead(nn.Module):

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from repro.features.pooling import utterance_mean
 from repro.probing.sources import to_device
 
 
@@ -147,9 +148,7 @@ class LengthWindow:
         for chunk in chunks:
             layers, n_host, n_device = self.source.forward([wavs[m][i] for m, i in chunk])
             if self.source.pooled:
-                from repro.probing.heads import masked_mean
-
-                rows = [masked_mean(h.float(), n_device) for h in layers]
+                rows = [utterance_mean(h.float(), n_device, "input") for h in layers]
                 sizes = [1] * len(chunk)
             else:
                 t = layers[0].shape[1]

@@ -17,6 +17,7 @@ device). Three kinds:
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
@@ -28,6 +29,7 @@ from torch import Tensor
 from repro.audio import read_audio
 from repro.data.manifest import Utterance
 from repro.errors import ConfigError
+from repro.features.pooling import frames_mean, utterance_mean
 from repro.features.store import FeatureStore, StoreError
 from repro.models.upstream import Upstream, pad_waveforms
 from repro.runtime import autocast_context
@@ -93,18 +95,31 @@ class StorePooled:
     def __init__(self, store: FeatureStore, utts: Sequence[Utterance], layers: list[int]):
         frames = StoreFrames(store, utts, layers)
         self.dims, self.layers = frames.dims, layers
-        self.means = [np.stack([np.asarray(store.layer(l, u.id), dtype=np.float64).mean(0) for u in utts])
-                      .astype(np.float32) for l in layers]
+        self.means = [np.stack([frames_mean(store.layer(l, u.id)) for u in utts]).astype(np.float32) for l in layers]
 
     def batch(self, idx: Sequence[int], step: int | None = None) -> tuple[list[Tensor], Tensor]:
         idx = list(idx)
         return [torch.from_numpy(m[idx])[:, None, :] for m in self.means], torch.ones(len(idx), dtype=torch.long)
 
 
+@dataclass(frozen=True)
+class OnTheFly:
+    """How `UpstreamFrames` computes its batches (see there): mean-pooled or not, on which device, the
+    training crop (`crop_samples` from `seed`), autocast, audio-decoding threads and the length window."""
+
+    pooled: bool = False
+    device: torch.device | str = "cpu"
+    crop_samples: int | None = None
+    seed: int = 0
+    autocast: str = "none"
+    workers: int = 0
+    length_window: int = 1
+
+
 class UpstreamFrames:
     """Layer features computed by the upstream for every batch (the upstream stays frozen).
 
-    With `crop_samples`, batches given a training step get a seeded random crop of that many
+    Options (`OnTheFly`): with `crop_samples`, batches given a training step get a seeded random crop of that many
     samples of every longer utterance (start drawn from (seed, utterance, step)); `autocast`
     runs the upstream under `torch.autocast` (none | bf16 | fp16). With `workers` > 0, audio
     announced by `prefetch` is decoded ahead by that many threads (libsndfile releases the GIL),
@@ -115,16 +130,16 @@ class UpstreamFrames:
     """
 
     def __init__(self, upstream: Upstream, corpus_root: str | Path, utts: Sequence[Utterance], layers: list[int],
-                 pooled: bool = False, device: torch.device | str = "cpu", crop_samples: int | None = None,
-                 seed: int = 0, autocast: str = "none", workers: int = 0, length_window: int = 1):
+                 options: OnTheFly | None = None):
+        o = options or OnTheFly()
         self.upstream, self.root, self.utts, self.layers = upstream, Path(corpus_root), list(utts), layers
         info = upstream.layer_info()
         self.dims = [info[l].dim for l in layers]
-        self.pooled, self.device = pooled, torch.device(device)
-        self.crop, self.seed = crop_samples, seed
-        self.length_window = length_window
-        self._autocast = lambda: autocast_context(self.device, autocast)
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="audio") if workers > 0 else None
+        self.pooled, self.device = o.pooled, torch.device(o.device)
+        self.crop, self.seed = o.crop_samples, o.seed
+        self.length_window = o.length_window
+        self._autocast = lambda: autocast_context(self.device, o.autocast)
+        self._pool = ThreadPoolExecutor(o.workers, thread_name_prefix="audio") if o.workers > 0 else None
         self._pending: dict[tuple, list[Future]] = {}
 
     def prefetch(self, idx: Sequence[int], step: int | None = None) -> None:
@@ -167,9 +182,8 @@ class UpstreamFrames:
         the audio lengths, `Upstream.frame_lengths`)."""
         layers, host_frames, n = self.forward(self.audio(idx, step))
         if self.pooled:
-            from repro.probing.heads import masked_mean
-
-            return [masked_mean(h.float(), n)[:, None, :] for h in layers], torch.ones(len(idx), dtype=torch.long)
+            return [utterance_mean(h.float(), n, "input")[:, None, :] for h in layers], \
+                torch.ones(len(idx), dtype=torch.long)
         padding = ~(torch.arange(layers[0].shape[1], device=n.device)[None, :] < n[:, None])[..., None]
         return [h.float().masked_fill(padding, 0.0) for h in layers], host_frames
 

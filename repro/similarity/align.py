@@ -24,6 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from repro.errors import ReproError
+from repro.features.pooling import frames_mean
 
 LEVELS = ("frame", "utterance")
 ALIGNMENTS = ("average", "decimate")
@@ -90,5 +91,5 @@ def mean_pool(layers: Sequence[np.ndarray]) -> list[np.ndarray]:
     for x in layers:
         if x.shape[0] == 0:
             raise AlignmentError("an utterance has no frames in some layer; it cannot be mean-pooled")
-        pooled.append(np.asarray(x).mean(axis=0, dtype=np.float64)[None])
+        pooled.append(frames_mean(x)[None])
     return pooled

@@ -19,13 +19,15 @@ The same inputs give the same bytes.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
 from repro.config import to_dict
 from repro.errors import ReproError
+from repro.features.pooling import frames_mean
 from repro.features.stage import open_store
 from repro.features.store import FeatureStore
 from repro.provenance import Stamp, cka_key, is_complete
@@ -175,8 +177,52 @@ def _stream(boot: BlockBootstrap, reader: _PairReader, order: list[str], block_o
     flush()
 
 
-def compute_pair(ws: Workspace, a: str, b: str, *, force: bool = False, progress: bool = True, env=None) -> dict:
-    """Compute (or reuse) the CKA matrix of models `a` and `b`; returns the JSON metadata (+ "skipped").
+@dataclass(frozen=True)
+class CKAOutcome:
+    """One pair's result of the CKA stage, and whether it was made now or was up to date."""
+
+    a: str
+    b: str
+    layers: tuple[int, int]  # layers of model a, of model b
+    items: int  # items the matrix was computed over
+    level: str  # frame | utterance
+    npz: Path
+    skipped: bool
+    meta: dict = field(default_factory=dict, repr=False)  # the result JSON's content
+
+
+def _outcome(meta: dict, npz: Path, skipped: bool) -> CKAOutcome:
+    a, b = meta["models"]
+    return CKAOutcome(a, b, (len(meta["layers"]["a"]), len(meta["layers"]["b"])), meta["items"], meta["level"], npz,
+                      skipped, meta)
+
+
+@dataclass(frozen=True)
+class _Pair:
+    """What the computation of one pair works on: the workspace, the models, the settings, the stores
+    (`sb is sa` within one model), their common utterances and the stamp the result carries."""
+
+    ws: Workspace
+    a: str
+    b: str
+    cfg: Any  # the profile's `cka` section
+    sa: FeatureStore
+    sb: FeatureStore
+    ids: list[str]
+    expected: Stamp
+
+    @property
+    def sym(self) -> bool:
+        return self.a == self.b
+
+    @property
+    def paths(self) -> tuple[Path, Path]:
+        return result_paths(self.ws, self.a, self.b)
+
+
+def compute_pair(ws: Workspace, a: str, b: str, *, force: bool = False, progress: bool = True,
+                 env=None) -> CKAOutcome:
+    """Compute (or reuse) the CKA matrix of models `a` and `b`.
 
     With `env` (torchrun, several ranks) the utterances are sharded across the ranks and the
     statistics merged by addition on rank 0, which writes the result (`repro.similarity.shards`).
@@ -184,77 +230,78 @@ def compute_pair(ws: Workspace, a: str, b: str, *, force: bool = False, progress
     """
     cfg = ws.profile.cka
     check_settings(cfg)
-    sym = a == b
     sa = open_store(ws, a, cfg.task, cfg.split)
-    sb = sa if sym else open_store(ws, b, cfg.task, cfg.split)
-    ids = _check_same_items(sa, sb)
-    cfg_hash = config_hash(to_dict(cfg))
-    expected = Stamp(cka_key(ws.profile, a, b), {"a": sa.key, "b": sb.key})
-    npz_path, json_path = result_paths(ws, a, b)
-    with writer_lock(env if env is not None and env.distributed else None, ws.lock_file(json_path),
-                     f"CKA result {json_path}", ws.profile.distributed.timeout_seconds):
-        return _compute_pair(ws, a, b, force, progress, env, cfg, sa, sb, ids, cfg_hash, expected)
+    sb = sa if a == b else open_store(ws, b, cfg.task, cfg.split)
+    pair = _Pair(ws, a, b, cfg, sa, sb, _check_same_items(sa, sb),
+                 Stamp(cka_key(ws.profile, a, b), {"a": sa.key, "b": sb.key}))
+    with writer_lock(env if env is not None and env.distributed else None, ws.lock_file(pair.paths[1]),
+                     f"CKA result {pair.paths[1]}", ws.profile.distributed.timeout_seconds):
+        return _compute_pair(pair, force, progress, env)
 
 
-def _compute_pair(ws: Workspace, a: str, b: str, force: bool, progress: bool, env, cfg, sa: FeatureStore,
-                  sb: FeatureStore, ids: list[str], cfg_hash: str, expected: Stamp) -> dict:
+def _compute_pair(pair: _Pair, force: bool, progress: bool, env) -> CKAOutcome:
     """`compute_pair` under the lock of the pair's result."""
     import json
 
-    sym = a == b
-    npz_path, json_path = result_paths(ws, a, b)
-    if not force and _up_to_date(npz_path, json_path, expected):
-        return {**json.loads(json_path.read_text()), "skipped": True}
+    cfg, ids, (npz_path, json_path) = pair.cfg, pair.ids, pair.paths
+    if not force and _up_to_date(npz_path, json_path, pair.expected):
+        return _outcome(json.loads(json_path.read_text()), npz_path, skipped=True)
 
-    reader = _PairReader(sa, sb, a, b, ids, cfg)
+    reader = _PairReader(pair.sa, pair.sb, pair.a, pair.b, ids, cfg)
     blocks = max(1, cfg.bootstrap.blocks)
     if blocks > len(ids):
         raise CKAError(f"cka.bootstrap.blocks = {blocks} exceeds the {len(ids)} utterances of "
                        f"{cfg.task}/{cfg.split}; use fewer blocks")
     block_of = assign_blocks(ids, blocks, cfg.seed) if blocks > 1 else {u: 0 for u in ids}
-    device = resolve_device(cfg.device, "cka.device")  # products with numpy on the CPU, with torch on a GPU
-    boot = BlockBootstrap(blocks, [l.dim for l in sa.layers], None if sym else [l.dim for l in sb.layers],
-                          compute_dtype=cfg.dtype, backend="numpy" if device.type == "cpu" else "torch",
-                          device=str(device))
-    # One reference row for all blocks (and any future shard): the first utterance's items, unsubsampled.
-    first = next((u for u in ids if reader.count(u) > 0), None)
-    if first is None:
-        raise CKAError(f"{sa.path}: no utterance has a frame left after alignment")
-    ref_a, ref_b = reader.items(first, select=False)
-    boot.set_shift(np.concatenate([x.mean(0, dtype=np.float64) for x in ref_a]),
-                   None if sym else np.concatenate([x.mean(0, dtype=np.float64) for x in ref_b]))
+    boot = _bootstrap(pair, reader, blocks)
     order = sorted(ids, key=lambda u: (block_of[u], u))
+    desc = f"cka {pair.a} x {pair.b}"
     if env is not None and env.distributed:
-        timeout = ws.profile.distributed.timeout_seconds
+        timeout = pair.ws.profile.distributed.timeout_seconds
         merged = stream_sharded(
-            boot, lambda mine: _stream(boot, reader, mine, block_of, cfg.batch_frames, f"cka {a} x {b}",
-                                       progress and env.is_main),
-            order, env, ws.cka_shard_dir(a, b), f"CKA statistics of {a} x {b}", timeout)
+            boot, lambda mine: _stream(boot, reader, mine, block_of, cfg.batch_frames, desc, progress and env.is_main),
+            order, env, pair.ws.cka_shard_dir(pair.a, pair.b), f"CKA statistics of {pair.a} x {pair.b}", timeout)
         error = None
         if merged is not None:  # rank 0 finalises and writes; the others wait for it
             try:
-                meta = _finish(ws, a, b, merged, reader, sa, sb, ids, block_of, blocks, cfg, cfg_hash, expected)
+                done = _finish(pair, merged, reader, block_of, blocks)
             except Exception as err:
                 error = err
-        exchange(env, f"CKA result of {a} x {b}", error, timeout)
-        return meta if merged is not None else {**json.loads(json_path.read_text()), "skipped": False}
-    _stream(boot, reader, order, block_of, cfg.batch_frames, f"cka {a} x {b}", progress)
-    return _finish(ws, a, b, boot, reader, sa, sb, ids, block_of, blocks, cfg, cfg_hash, expected)
+        exchange(env, f"CKA result of {pair.a} x {pair.b}", error, timeout)
+        return done if merged is not None else _outcome(json.loads(json_path.read_text()), npz_path, skipped=False)
+    _stream(boot, reader, order, block_of, cfg.batch_frames, desc, progress)
+    return _finish(pair, boot, reader, block_of, blocks)
 
 
-def _finish(ws: Workspace, a: str, b: str, boot: BlockBootstrap, reader: _PairReader, sa: FeatureStore,
-            sb: FeatureStore, ids: list[str], block_of: dict[str, int], blocks: int, cfg, cfg_hash: str,
-            expected: Stamp) -> dict:
+def _bootstrap(pair: _Pair, reader: _PairReader, blocks: int) -> BlockBootstrap:
+    """The empty per-block sums of a pair, shifted by the first utterance's items (unsubsampled): one
+    reference row for all blocks (and any shard)."""
+    cfg = pair.cfg
+    device = resolve_device(cfg.device, "cka.device")  # products with numpy on the CPU, with torch on a GPU
+    dims_b = None if pair.sym else [l.dim for l in pair.sb.layers]
+    boot = BlockBootstrap(blocks, [l.dim for l in pair.sa.layers], dims_b, compute_dtype=cfg.dtype,
+                          backend="numpy" if device.type == "cpu" else "torch", device=str(device))
+    first = next((u for u in pair.ids if reader.count(u) > 0), None)
+    if first is None:
+        raise CKAError(f"{pair.sa.path}: no utterance has a frame left after alignment")
+    ref_a, ref_b = reader.items(first, select=False)
+    boot.set_shift(np.concatenate([frames_mean(x) for x in ref_a]),
+                   None if pair.sym else np.concatenate([frames_mean(x) for x in ref_b]))
+    return boot
+
+
+def _finish(pair: _Pair, boot: BlockBootstrap, reader: _PairReader, block_of: dict[str, int],
+            blocks: int) -> CKAOutcome:
     """Matrices, bootstrap interval and the two result files of a pair from its accumulated sums."""
-    npz_path, json_path = result_paths(ws, a, b)
-    sym = a == b
+    cfg, ws, (npz_path, json_path) = pair.cfg, pair.ws, pair.paths
     if boot.n < 4:
         raise CKAError(f"only {boot.n} {cfg.level} items in {cfg.task}/{cfg.split}; CKA needs at least 4")
 
     terms = boot.terms()
     matrices = {"cka_biased": cka_from_terms(terms, False), "cka_debiased": cka_from_terms(terms, True)}
     arrays = {**matrices, "cka": matrices[f"cka_{cfg.estimator}"],
-              "layers_a": np.array([l.name for l in sa.layers]), "layers_b": np.array([l.name for l in sb.layers])}
+              "layers_a": np.array([l.name for l in pair.sa.layers]),
+              "layers_b": np.array([l.name for l in pair.sb.layers])}
     boot_meta = None
     if blocks > 1:
         low, high = boot.interval(cfg.bootstrap.resamples, cfg.bootstrap.confidence, cfg.seed,
@@ -266,11 +313,11 @@ def _finish(ws: Workspace, a: str, b: str, boot: BlockBootstrap, reader: _PairRe
                                                                                  minlength=blocks))}
     meta = {
         "format": RESULT_FORMAT,
-        "models": [a, b],
-        "within_model": sym,
+        "models": [pair.a, pair.b],
+        "within_model": pair.sym,
         "layers": {"a": list(arrays["layers_a"]), "b": list(arrays["layers_b"])},
         "corpus": {"profile": ws.profile.name, "kind": ws.profile.corpus.kind, "task": cfg.task, "split": cfg.split,
-                   "utterances": len(ids)},
+                   "utterances": len(pair.ids)},
         "level": cfg.level,
         "alignment": reader.alignment,
         "items": boot.n,
@@ -279,20 +326,20 @@ def _finish(ws: Workspace, a: str, b: str, boot: BlockBootstrap, reader: _PairRe
         "estimator": cfg.estimator,
         "dtype": cfg.dtype,
         "bootstrap": boot_meta,
-        "config_hash": cfg_hash,
+        "config_hash": config_hash(to_dict(cfg)),
         "config": to_dict(cfg),
-        "provenance": expected.as_dict(),
+        "provenance": pair.expected.as_dict(),
         "cka": _finite_or_none(arrays["cka"]),
     }
     atomic_write_npz(npz_path, arrays)
     atomic_write_json(json_path, meta)
-    return {**meta, "skipped": False}
+    return _outcome(meta, npz_path, skipped=False)
 
 
 def run_cka(ws: Workspace, pairs: Iterable[tuple[str, str]] | None = None, *, force: bool = False,
-            progress: bool = True, env=None) -> list[dict]:
-    """Every requested pair (default: `default_pairs` of the profile's models); returns their metadata
-    (the result JSON, plus `skipped`: True when the result was up to date).
+            progress: bool = True, env=None) -> list[CKAOutcome]:
+    """Every requested pair (default: `default_pairs` of the profile's models); returns their outcomes
+    (`skipped`: the result was up to date).
 
     With `env` (torchrun) each pair's statistics are sharded across the ranks."""
     chosen = list(pairs) if pairs is not None else default_pairs(ws.profile.models.all())
