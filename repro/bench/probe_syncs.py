@@ -38,7 +38,7 @@ def count_steps(task, probes: Sequence, train, dev, budget: TaskBudget, seed: in
     """Train the group (`repro.probing.trainer.train_group`; `fused`: `repro.probing.fused.train_fused`) and
     count each step between its first two evaluations: `[{"step": n, "syncs": {op: calls}, "h2d_bytes": b}]`,
     n = steps done after it."""
-    from repro.probing.fused import Fold, train_fused
+    from repro.probing.fused import Fold, Hooks, train_fused
     from repro.probing.trainer import train_group
 
     counter = DeviceSyncs()
@@ -67,7 +67,7 @@ def count_steps(task, probes: Sequence, train, dev, budget: TaskBudget, seed: in
     with counter:
         if fused:
             train_fused([Fold(task, train, dev, list(probes))], budget, seed, device, progress=False,
-                        on_eval=on_eval, on_step=on_step)
+                        on_eval=Hooks(on_eval, on_step))
         else:
             train_group(task, probes, train, dev, budget, seed, device, progress=False, on_eval=on_eval,
                         on_step=on_step)
