@@ -69,7 +69,7 @@ def test_the_torch_calls_of_a_fused_step_do_not_depend_on_the_number_of_probes_o
     # rates make the calls of one probe
     for folds, k in ((2, 1), (5, 4)):
         assert _step_calls(_folds(tmp_path / f"f{folds}-{k}", task="ER", folds=folds, k=k), budget) == one
-    assert one[0]["index_select"] == 2 * budget.grad_accum  # the rows and the targets of each micro-batch
+    assert one[0]["index_select"] == 3 * budget.grad_accum  # each micro-batch's table rows, means, targets
 
 
 def _final(outs):

@@ -130,7 +130,7 @@ def _index(idx: Sequence[int], device: torch.device) -> Tensor:
 class GroupRows:
     """The train splits of a group's folds read as one: the pooled means of every utterance any fold trains on
     in one device table `[U, sum D_l]` (one row per utterance) and the folds' targets `[sum N_f, blocks]`: a
-    micro-batch of every fold is one index upload and two gathers. Other sources are read fold by fold."""
+    micro-batch of every fold is one index upload and three gathers. Other sources are read fold by fold."""
 
     def __init__(self, folds: Sequence[Fold], device: torch.device):
         self.device, self.sizes = device, [len(f.train.utts) for f in folds]
@@ -143,23 +143,23 @@ class GroupRows:
             for f in folds:
                 for u in f.train.utts:
                     row.setdefault(u.id, len(row))
-            self.where = [np.array([row[u.id] for u in f.train.utts], dtype=np.int64) for f in folds]
+            where = [np.array([row[u.id] for u in f.train.utts], dtype=np.int64) for f in folds]
             table = np.empty((len(row), sum(folds[0].train.source.dims)), dtype=np.float32)
-            for f, at in zip(folds, self.where):  # rows of utterances in two folds are written twice, alike
+            for f, at in zip(folds, where):  # rows of utterances in two folds are written twice, alike
                 table[at] = np.concatenate(f.train.source.means, axis=1)
             self.table = torch.from_numpy(table).to(device)
+            self.where = torch.from_numpy(np.concatenate(where)).to(device)  # [sum N_f]: a position's table row
         else:
             self.rows = [DeviceRows(f.train.source, device) for f in folds]
 
     def read(self, idx: Sequence[Sequence[int]], step: int) -> tuple[Tensor, Tensor]:
         """Each fold's micro-batch (`idx[f]`: positions in its split) -> `x` `[F, B, sum D_l]`, `y` `[F, B, blocks]`."""
         n, b = len(idx), len(idx[0])
-        at = [np.asarray(i, dtype=np.int64) for i in idx]
-        rows = [w[i] for w, i in zip(self.where, at)] if self.table is not None else []
-        index = _index(np.concatenate(rows + [i + s for i, s in zip(at, self.starts)]), self.device)  # one upload
-        y = self.targets.index_select(0, index[len(rows) * b:]).view(n, b, -1)
+        index = _index(np.concatenate([np.asarray(i, dtype=np.int64) + s for i, s in zip(idx, self.starts)]),
+                       self.device)  # the one upload: positions in the folds' splits, end to end
+        y = self.targets.index_select(0, index).view(n, b, -1)
         if self.table is not None:
-            return self.table.index_select(0, index[:n * b]).view(n, b, -1), y
+            return self.table.index_select(0, self.where.index_select(0, index)).view(n, b, -1), y
         return torch.stack([r.rows(i, step) for r, i in zip(self.rows, idx)]), y
 
 
