@@ -56,18 +56,20 @@ def _step_calls(folds, budget) -> list[dict]:
             evals.append(n)
             mode.calls.clear()
 
-        fused.train_fused(folds, budget, 0, CPU, progress=False, on_eval=on_eval, on_step=on_step)
+        fused.train_fused(folds, budget, 0, CPU, progress=False, on_eval=fused.Hooks(on_eval, on_step))
     return steps
 
 
-def test_the_torch_calls_of_a_fused_step_do_not_depend_on_the_number_of_probes(tmp_path):
+def test_the_torch_calls_of_a_fused_step_do_not_depend_on_the_number_of_probes_or_folds(tmp_path):
     budget = _budget(grad_accum=2)
     one = _step_calls(_folds(tmp_path / "1", k=1), budget)
     four = _step_calls(_folds(tmp_path / "4", k=4), budget)
     assert len(one) == 3 and one == four and sum(one[0].values()) > 20
-    # folds add their own reads of a micro-batch (an index and rows per fold), never per learning rate
-    two_folds = [_step_calls(_folds(tmp_path / f"f{k}", task="ER", folds=2, k=k), budget) for k in (1, 4)]
-    assert two_folds[0] == two_folds[1]
+    # every fold's micro-batch is one index upload and one gather from one table: ER's 5 folds x 4 learning
+    # rates make the calls of one probe
+    for folds, k in ((2, 1), (5, 4)):
+        assert _step_calls(_folds(tmp_path / f"f{folds}-{k}", task="ER", folds=folds, k=k), budget) == one
+    assert one[0]["index_select"] == 3 * budget.grad_accum  # each micro-batch's table rows, means, targets
 
 
 def _final(outs):

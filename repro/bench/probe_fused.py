@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,25 @@ SHAPES = {"KS": {"folds": 1, "classes": 12, "batch_size": 32, "grad_accum": 1},
           "ER": {"folds": 5, "classes": 4, "batch_size": 4, "grad_accum": 8}}
 DEFAULTS = {"steps": 60, "k": 4, "rounds": 3, "layers": 13, "dim": 768, "train": 2048}
 LRS = [1e-5, 1e-4, 1e-3, 1e-2]
+# Where a fused step's time goes on a CPU, and why ER's ratio stays small there (a profile of this engine,
+# kept with the record; `table` prints it)
+NOTE = ("Profile of a fused step (torch.profiler, self CPU time, one thread, steps 3 to 6 of a group, AMD EPYC "
+        "shared with other work). ER (20 probes, 8 micro-batches of 4): 74 % in the projector's three batched "
+        "products of each micro-batch (forward, gradient of its input, gradient of its weight; each reads or "
+        "writes the stacked [20, 768, 256] weight, 16 MB), 9 % adding each micro-batch's gradient into the "
+        "step's, 9 % Adam and clipping over the stacked parameters, 2 % the gathers, 7 % the rest. KS (4 probes, "
+        "one micro-batch of 32): 56 % the projector's products, 26 % Adam and clipping, 17 % the rest (8 % the "
+        "copy that puts a micro-batch's layers side by side). The per-probe engine runs the same products on one "
+        "probe's 0.8 MB weight, which stays in the cache from a micro-batch's forward to its accumulation; the "
+        "fused step's 16 MB operands do not, so at ER's shapes a CPU step is bound by memory traffic (about 100 "
+        "MB per micro-batch: the weight read twice, the gradient written, read and added), not by launches. "
+        "Each micro-batch's gradient stays its own float32 sum, added in micro-batch order, so that torchrun "
+        "ranks give the one-process bytes (tests/test_distributed.py); one product over a step's 32 utterances "
+        "would change that rounding. ER's 8x is out of reach on a CPU at these shapes; on a GPU, where a step is "
+        "launch-bound, a fused step's launches do not depend on K or the folds (tests/test_fused_heads.py). "
+        "Under a load average of 12 to 17 on 2 cores both engines' CPU seconds grow (the previous engine's KS "
+        "from 1.7 s in the earlier record to 2.4 s), the fused engine's most, its operands being the larger; "
+        "one A/B of 20 ER steps at load 14 (an intermediate state of this change) gave 3.6 s against 5.4 s (1.5x).")
 
 
 def _fold(task_name: str, fold: int, classes: int, n: int, layers: int, dim: int, k: int, work: Path):
@@ -130,7 +150,8 @@ def run(previous: Path | None = None, steps: int = DEFAULTS["steps"], k: int = D
     opts = {"steps": steps, "k": k, "layers": layers, "dim": dim, "train": train}
     out: dict[str, Any] = {"benchmark": "probe_fused", "machine": machine_info(), "device": "cpu", **opts,
                            "rounds": rounds, "this": _revision(here),
-                           "previous": _revision(Path(previous)) if previous else None, "tasks": {}}
+                           "previous": _revision(Path(previous)) if previous else None, "tasks": {},
+                           "note": NOTE}
     for task_name in SHAPES:
         runs: dict[str, list] = {"this": [], "previous": []}
         for _ in range(rounds):  # alternately, so load on a shared machine falls on both alike
@@ -159,7 +180,7 @@ def table(r: dict) -> str:
         label = f"{name} {shape['folds']} fold(s) x {r['k']} lr"
         prev = f"{t['previous_steps_per_cpu_s']:>10.2f} {t['speedup']:>7.1f}x" if "speedup" in t else ""
         lines.append(f"{label:22s} {t['this_steps_per_cpu_s']:>12.2f} {prev}")
-    return "\n".join(lines)
+    return "\n".join(lines + ([""] + textwrap.wrap(r["note"], 110) if r.get("note") else []))
 
 
 if __name__ == "__main__":  # one measurement in this process: `probe_fused.py TASK '{"steps": ...}'`

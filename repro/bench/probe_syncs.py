@@ -39,7 +39,7 @@ def count_steps(task, probes: Sequence, splits: tuple, budget: TaskBudget, seed:
     `repro.probing.fused.train_fused`) and count each step between its first two evaluations:
     `[{"step": n, "syncs": {op: calls}, "h2d_bytes": b}]`, n = steps done after it."""
     train, dev = splits
-    from repro.probing.fused import Fold, train_fused
+    from repro.probing.fused import Fold, Hooks, train_fused
     from repro.probing.trainer import TrainContext, train_group
 
     counter = DeviceSyncs()
@@ -68,7 +68,7 @@ def count_steps(task, probes: Sequence, splits: tuple, budget: TaskBudget, seed:
     with counter:
         if fused:
             train_fused([Fold(task, train, dev, list(probes))], budget, seed, device, progress=False,
-                        on_eval=on_eval, on_step=on_step)
+                        on_eval=Hooks(on_eval, on_step))
         else:
             train_group(task, probes, train, dev, budget, TrainContext(device, seed, progress=False, on_eval=on_eval,
                                                                       on_step=on_step))

@@ -1,37 +1,30 @@
 """Pooled probes trained as one fused step: every learning rate (and every fold) of a mean-pooled task.
 
-A mean-pooled head (KS, IC, ER: `UtteranceHead`) on pooled inputs sees one row per utterance and
-layer (`[B, 1, D_l]`, valid length 1), so a probe's step is a few tiny matrix products whose cost
-is their launches, not their arithmetic. Here the P probes of a group (K learning rates x F folds,
-fold-major: probe `p` is fold `p // K`) keep their parameters stacked, `[P, ...]` per parameter of
-`ProbeModel`, and one step runs the same torch calls for any P:
+A mean-pooled head (KS, IC, ER: `UtteranceHead`) on pooled inputs sees one row per utterance and layer. The
+P probes of a group (K learning rates x F folds, fold-major: probe `p` is fold `p // K`) keep their parameters
+stacked, `[P, ...]` per parameter of `ProbeModel` (the projector's weight as `[P, D, H]`, `TRANSPOSED`), and
+one step runs the same torch calls for any K and any F:
 
-    X      `[F, B, sum D_l]`   the micro-batch of each fold, its layers concatenated once (pooled
-                               means resident on the device: `DeviceRows`; one index copy per step)
+    X      `[F, B, sum D_l]`   every fold's micro-batch: one index upload, one gather from one device table
+                               of the folds' pooled means (`GroupRows`), one gather of their targets
     a      `[P, L]`            softmax of each probe's layer weights
     h      `[P, B, D]`         WeightedSum: `sum_l a_pl x_l` (one batched product over the layers);
-                               ProjectedWeightedSum: `X @ [a_p1 A_p1 | ... | a_pL A_pL]^T`, the
-                               per-layer projections of every probe of a fold as one matrix product
+                               ProjectedWeightedSum: `X @ [a_p1 A_p1 | ... | a_pL A_pL]^T`, the per-layer
+                               projections of every probe of a fold as one matrix product
     z      `[P, B, H]`         the head's projector (`baddbmm`); the mean over 1 frame is z itself
     logits `[P, B, C]`         the classifier (`baddbmm`), split into blocks (IC's slots)
     loss   `[P]`               each probe's cross-entropy (summed over blocks), over its micro-batch
 
-One backward of the sum gives every probe its own gradient (a probe's loss reads only its own
-slice). Each probe keeps what a solo run keeps: its gradient norm and clipping (`clip_`), Adam or
-AdamW moments and its own learning rate (`adam_step`, the arithmetic of torch's single-tensor
-implementation with the learning rate as a `[P]` tensor), dev evaluations, dev-best state,
-checkpoint (in `ProbeModel`'s own names, with the moments) and result. Probes of different folds
-read different micro-batches (each fold's own train split) and are evaluated on their own dev split.
+One backward of the sum gives every probe its own gradient. Each probe keeps what a solo run keeps: its
+gradient norm and clipping (`clip_`, batched over probes), Adam or AdamW moments and its own learning rate
+(`adam_step`: torch's single-tensor arithmetic with the learning rate a `[P]` tensor, in place), dev
+evaluations, dev-best state, checkpoint (in `ProbeModel`'s names and layout, with the moments) and result.
 
-A probe trained in a fused group of any size gives the bytes it gives alone in this engine (float32
-on the CPU: each slice of a batched kernel computes as the slice alone; `tests/test_fused_heads.py`
-checks it); against the per-probe engine (`trainer.train_group`) the results differ by float rounding
-(other kernels), measured there and in `repro bench fused`.
-
-Probes are fused only when their budgets agree (steps, batch size, gradient accumulation, crops,
-evaluation interval, optimiser, clipping: `check_budgets`) and their parameters have one shape.
-A checkpoint is resumed only when it carries the probe's run key and this engine's name
-(`ENGINE`); any other is rebuilt from the probe's start, never mixed into a group.
+A probe trained in a fused group of any size gives the bytes it gives alone in this engine (float32 on the
+CPU: each slice of a batched kernel computes as the slice alone; `tests/test_fused_heads.py` checks it);
+against the per-probe engine (`trainer.train_group`) the results differ by float rounding, within the
+tolerance stated there. A checkpoint is resumed only when it carries the probe's run key and this engine's
+name (`ENGINE`); any other is rebuilt from the probe's start, never mixed into a group.
 """
 
 from __future__ import annotations
@@ -56,9 +49,30 @@ from repro.runtime import all_reduce_sum, tf32_context
 from repro.util.progress import progress_bar
 from repro.weights import load_checkpoint, save_checkpoint
 
-ENGINE = "fused-pooled-1"
+ENGINE = "fused-pooled-2"
 BETAS, EPS, ADAMW_DECAY = (0.9, 0.999), 1e-8, 1e-2  # torch.optim.Adam / AdamW defaults
 BUDGET_FIELDS = ("steps", "batch_size", "grad_accum", "train_crop_seconds", "eval_every", "optimizer", "grad_clip")
+# kept `[P, in, out]`: the products read it as it lies, its gradients arrive so (contiguous adds)
+TRANSPOSED = ("head.proj.weight",)
+
+
+@dataclass
+class Hooks:
+    """Called with the steps done: `on_step` after each optimiser step, `on_eval` after each dev evaluation."""
+    on_eval: Callable[[int], None] | None = None
+    on_step: Callable[[int], None] | None = None
+
+
+@dataclass
+class _Run:  # what every phase of one `train_fused` call shares
+    budget: TaskBudget
+    seed: int
+    device: torch.device
+    tf32: bool
+    progress: bool
+    hooks: Hooks
+    env: Any
+    failed: dict  # id(probe) -> why it stopped
 
 
 @dataclass
@@ -92,8 +106,7 @@ def check_budgets(budgets: dict[str, TaskBudget]) -> TaskBudget:
 
 
 class DeviceRows:
-    """A pooled split as one device tensor `[N, sum D_l]` (its layers' utterance means, concatenated once);
-    any other source is read per batch (`source.batch`) and concatenated per micro-batch."""
+    """A pooled split as one device tensor `[N, sum D_l]`; any other source read per batch (`source.batch`)."""
 
     def __init__(self, source: Any, device: torch.device):
         self.source, self.device = source, device
@@ -101,10 +114,10 @@ class DeviceRows:
         if isinstance(source, StorePooled):
             self.table = torch.from_numpy(np.concatenate(source.means, axis=1)).to(device)
 
-    def rows(self, idx: Sequence[int], step: int | None, on_device: Tensor | None = None) -> Tensor:
-        """`[B, sum D_l]` float32 on the device (`on_device`: `idx` there already)."""
+    def rows(self, idx: Sequence[int], step: int | None) -> Tensor:
+        """`[B, sum D_l]` float32 on the device."""
         if self.table is not None:
-            return self.table.index_select(0, _index(idx, self.device) if on_device is None else on_device)
+            return self.table.index_select(0, _index(idx, self.device))
         layers, _ = self.source.batch(list(idx), step)
         return torch.cat([h.to(self.device)[:, 0] for h in layers], dim=1)
 
@@ -114,10 +127,45 @@ def _index(idx: Sequence[int], device: torch.device) -> Tensor:
     return torch.as_tensor(np.asarray(idx, dtype=np.int64)).to(device)
 
 
-def _targets(task: Any, targets: list, device: torch.device) -> Tensor:
-    """`[N, blocks]` int64 on the device (one column per output block: IC's slots; one for a class)."""
-    t = task.collate(targets)
-    return (t[:, None] if t.dim() == 1 else t).to(device)
+class GroupRows:
+    """The train splits of a group's folds read as one: the pooled means of every utterance any fold trains on
+    in one device table `[U, sum D_l]` (one row per utterance) and the folds' targets `[sum N_f, blocks]`: a
+    micro-batch of every fold is one index upload and three gathers. Other sources are read fold by fold."""
+
+    def __init__(self, folds: Sequence[Fold], device: torch.device):
+        self.device, self.sizes = device, [len(f.train.utts) for f in folds]
+        self.starts = np.cumsum([0] + self.sizes[:-1])
+        targets = [f.task.collate(f.train.targets) for f in folds]  # one column per output block (IC's slots)
+        self.targets = torch.cat([t[:, None] if t.dim() == 1 else t for t in targets]).to(device)  # [sum N_f, blocks]
+        self.table, self.rows = None, None
+        if all(isinstance(f.train.source, StorePooled) for f in folds):
+            row: dict[str, int] = {}  # utterance -> its table row
+            for f in folds:
+                for u in f.train.utts:
+                    row.setdefault(u.id, len(row))
+            where = [np.array([row[u.id] for u in f.train.utts], dtype=np.int64) for f in folds]
+            table = np.empty((len(row), sum(folds[0].train.source.dims)), dtype=np.float32)
+            for f, at in zip(folds, where):  # rows of utterances in two folds are written twice, alike
+                table[at] = np.concatenate(f.train.source.means, axis=1)
+            self.table = torch.from_numpy(table).to(device)
+            self.where = torch.from_numpy(np.concatenate(where)).to(device)  # [sum N_f]: a position's table row
+        else:
+            self.rows = [DeviceRows(f.train.source, device) for f in folds]
+
+    def read(self, idx: Sequence[Sequence[int]], step: int) -> tuple[Tensor, Tensor]:
+        """Each fold's micro-batch (`idx[f]`: positions in its split) -> `x` `[F, B, sum D_l]`, `y` `[F, B, blocks]`."""
+        n, b = len(idx), len(idx[0])
+        index = _index(np.concatenate([np.asarray(i, dtype=np.int64) + s for i, s in zip(idx, self.starts)]),
+                       self.device)  # the one upload: positions in the folds' splits, end to end
+        y = self.targets.index_select(0, index).view(n, b, -1)
+        if self.table is not None:
+            return self.table.index_select(0, self.where.index_select(0, index)).view(n, b, -1), y
+        return torch.stack([r.rows(i, step) for r, i in zip(self.rows, idx)]), y
+
+
+def _stored(name: str, t: Tensor) -> Tensor:
+    """`t` (`[..., out, in]`) in the layout `Stacked` keeps parameter `name` in, or back (contiguous)."""
+    return t.transpose(-1, -2).contiguous() if name in TRANSPOSED else t
 
 
 class Stacked:
@@ -131,8 +179,8 @@ class Stacked:
         if any(s != shapes[0] for s in shapes):
             raise ConfigError("probes of one fused group must have parameters of one shape (the same layers, widths "
                               "and classes); train them apart")
-        self.params = {n: torch.stack([dict(m.named_parameters())[n].detach() for m in models]).to(device)
-                       .requires_grad_(True) for n in self.names}
+        self.params = {n: _stored(n, torch.stack([dict(m.named_parameters())[n].detach() for m in models]))
+                       .to(device).requires_grad_(True) for n in self.names}
         self.folds, self.per_fold = folds, len(probes) // folds
         feat = models[0].featurizer
         self.projected = isinstance(feat, ProjectedWeightedSum)
@@ -142,6 +190,7 @@ class Stacked:
             self.column_layer = torch.repeat_interleave(torch.arange(len(self.dims)), torch.tensor(self.dims)).to(device)
         self.exp_avg = {n: torch.zeros_like(q) for n, q in self.params.items()}
         self.exp_avg_sq = {n: torch.zeros_like(q) for n, q in self.params.items()}
+        self.scratch = {n: torch.empty_like(q) for n, q in self.params.items()}  # Adam's step, made in place
 
     def forward(self, x: Tensor, params: dict[str, Tensor] | None = None) -> list[Tensor]:
         """`x` `[F, B, sum D_l]` (fold-major, F folds) -> logits per block, each `[P, B, C_k]`."""
@@ -162,7 +211,7 @@ class Stacked:
             # one product per probe, `[1, L] x [L, B D]`, in one batched call: a probe's slice computes alike
             # for any K (a `[K, L]` matrix would take another kernel at K = 1)
             h = torch.bmm(a[:, None, :], xs).reshape(n_folds * k, b, -1)
-        z = torch.baddbmm(q["head.proj.bias"][:, None, :], h, q["head.proj.weight"].transpose(1, 2))  # [P, B, H]
+        z = torch.baddbmm(q["head.proj.bias"][:, None, :], h, q["head.proj.weight"])  # [P, B, H]
         logits = torch.baddbmm(q["head.out.bias"][:, None, :], z, q["head.out.weight"].transpose(1, 2))
         return list(torch.split(logits, self.blocks, dim=-1))
 
@@ -203,8 +252,8 @@ class Stacked:
                 m, v = self.exp_avg[n], self.exp_avg_sq[n]
                 m.lerp_(g, 1 - beta1)
                 v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                denom = (v.sqrt() / bc2 ** 0.5).add_(EPS)
-                q.add_(m * neg_step.view(shape) / denom)
+                denom = torch.sqrt(v, out=g).div_(bc2 ** 0.5).add_(EPS)  # the gradient is spent: its memory
+                q.add_(torch.mul(m, neg_step.view(shape), out=self.scratch[n]).div_(denom))
 
     def zero_grad(self) -> None:
         for q in self.params.values():
@@ -212,21 +261,16 @@ class Stacked:
 
     def state_of(self, i: int) -> tuple[dict[str, Tensor], dict[str, dict[str, Tensor]]]:
         """Probe `i`'s parameters (names of `ProbeModel`) and moments, host copies."""
-        model = {n: self.params[n][i].detach().cpu().clone() for n in self.names}
-        moments = {"exp_avg": {n: self.exp_avg[n][i].cpu().clone() for n in self.names},
-                   "exp_avg_sq": {n: self.exp_avg_sq[n][i].cpu().clone() for n in self.names}}
+        model = {n: _stored(n, self.params[n][i].detach()).cpu().clone() for n in self.names}
+        moments = {"exp_avg": {n: _stored(n, self.exp_avg[n][i]).cpu().clone() for n in self.names},
+                   "exp_avg_sq": {n: _stored(n, self.exp_avg_sq[n][i]).cpu().clone() for n in self.names}}
         return model, moments
 
     def load_moments(self, i: int, moments: dict) -> None:
         with torch.no_grad():
             for n in self.names:
-                self.exp_avg[n][i].copy_(moments["exp_avg"][n])
-                self.exp_avg_sq[n][i].copy_(moments["exp_avg_sq"][n])
-
-
-def _predict(task: Any, out: list[Tensor], lengths: Tensor, k: int) -> list:
-    """Probe `k`'s predictions from host logits."""
-    return task.predict([o[k] for o in out], lengths)
+                self.exp_avg[n][i].copy_(_stored(n, moments["exp_avg"][n]))
+                self.exp_avg_sq[n][i].copy_(_stored(n, moments["exp_avg_sq"][n]))
 
 
 @torch.no_grad()
@@ -242,24 +286,25 @@ def evaluate_fused(task: Any, stacked: Stacked, members: Sequence[int], split: A
         out = [o.cpu() for o in stacked.forward(rows.rows(idx, None)[None], params)]
         ones = torch.ones(len(idx), dtype=torch.long)
         for k in range(len(members)):
-            predictions[k] += _predict(task, out, ones, k)
+            predictions[k] += task.predict([o[k] for o in out], ones)
     return [task.score(split.utts, p) for p in predictions]
 
 
 def _new_state() -> dict[str, Any]:
-    return {"step": 0, "best": None, "best_step": 0, "best_state": None,
-            "curve": {"step": [], "train_loss": [], "grad_norm": [], "dev": []}, "window": [0.0, 0, 0.0]}
+    curve = {"step": [], "train_loss": [], "grad_norm": [], "dev": []}
+    return {"step": 0, "best": None, "best_step": 0, "best_state": None, "curve": curve, "window": [0.0, 0, 0.0]}
 
 
 def train_fused(folds: Sequence[Fold], budget: TaskBudget, seed: int, device: torch.device, tf32: bool = False,
-                progress: bool = True, on_eval: Callable[[int], None] | None = None, env=None,
-                on_step: Callable[[int], None] | None = None) -> list[list[dict[str, Any]]]:
+                progress: bool = True, on_eval: Hooks | Callable[[int], None] | None = None,
+                env=None) -> list[list[dict[str, Any]]]:
     """Train every probe of `folds` (each fold the same learning rates) as one fused group.
 
     Returns per fold, per probe, what `trainer.train_group` returns (best dev metric and step, best state
     in `ProbeModel`'s names, curve, `failed`). Checkpoints are each probe's own; a group resumed from
     checkpoints at different steps trains the ones behind (fused among themselves) until they reach
-    the others. `tf32` (`probing.tf32`) is switched on around the heads' work only."""
+    the others. `tf32` (`probing.tf32`) is switched on around the heads' work only. `on_eval`: called
+    after each evaluation, or `Hooks` (also after each step)."""
     probes = [p for f in folds for p in f.probes]
     k = len(folds[0].probes)
     if any(len(f.probes) != k for f in folds) or any(
@@ -272,64 +317,66 @@ def train_fused(folds: Sequence[Fold], budget: TaskBudget, seed: int, device: to
             if saved.get("run_key") == p.run_key and saved.get("engine") == ENGINE:
                 p.model.load_state_dict(saved["model"])
                 p.moments, p.state = saved["optimizer"], saved["state"]
-    failed: dict[int, str] = {}
+    hooks = on_eval if isinstance(on_eval, Hooks) else Hooks(on_eval=on_eval)
+    run = _Run(budget, seed, device, tf32, progress, hooks, env, {})
     while True:
-        live = [p for p in probes if id(p) not in failed and p.state["step"] < budget.steps]
+        live = [p for p in probes if id(p) not in run.failed and p.state["step"] < budget.steps]
         live_ids = {id(p) for p in live}
         if not live:
             break
         first = min(p.state["step"] for p in live)
         later = sorted({p.state["step"] for p in live if p.state["step"] > first})
-        until = later[0] if later else budget.steps
         members = [[p for p in f.probes if id(p) in live_ids and p.state["step"] == first] for f in folds]
         # folds fuse when each has the same learning rates at this step; otherwise one fold at a time
         same = all([p.lr for p in m] == [p.lr for p in members[0]] for m in members)
         phases = [list(range(len(folds)))] if same else [[i] for i, m in enumerate(members) if m]
         for chosen in phases:
             part = [Fold(folds[i].task, folds[i].train, folds[i].dev, members[i]) for i in chosen]
-            _train_phase(part, budget, seed, device, first, until, failed, tf32, progress, on_eval, env, on_step)
+            _train_phase(part, run, first, later[0] if later else budget.steps)
     return [[{"best": p.state["best"], "best_step": p.state["best_step"], "best_state": p.state["best_state"],
-              "curve": p.state["curve"], "failed": failed.get(id(p))} for p in f.probes] for f in folds]
+              "curve": p.state["curve"], "failed": run.failed.get(id(p))} for p in f.probes] for f in folds]
 
 
-def _train_phase(folds: Sequence[Fold], budget: TaskBudget, seed: int, device: torch.device, first: int,
-                 until: int, failed: dict[int, str], tf32: bool, progress: bool, on_eval, env, on_step) -> None:
+def _optimiser(folds: Sequence[Fold], run: _Run) -> tuple[Stacked, Tensor, Tensor | None, Tensor]:
+    """The stacked probes of `folds` (their moments loaded), learning rates `[P]`, AdamW's decay factors `[P]`
+    (or None) and the window's loss and gradient-norm sums `[P, 2]` (float64), on the device."""
+    probes = [p for f in folds for p in f.probes]
+    stacked = Stacked(probes, len(folds), run.device)
+    for i, p in enumerate(probes):
+        if p.moments is not None:
+            stacked.load_moments(i, p.moments)
+    lrs = torch.tensor([p.lr for p in probes], dtype=torch.float32, device=run.device)
+    decay = 1 - lrs * ADAMW_DECAY if run.budget.optimizer == "adamw" else None
+    sums = torch.tensor([[p.state["window"][0], p.state["window"][2]] for p in probes], dtype=torch.float64,
+                        device=run.device)
+    return stacked, lrs, decay, sums
+
+
+def _train_phase(folds: Sequence[Fold], run: _Run, first: int, until: int) -> None:
     """Steps `first`..`until` - 1 of the probes of `folds` (all at step `first`), fused."""
+    budget, device, env = run.budget, run.device, run.env
     world, rank = (env.world_size, env.rank) if env is not None and env.distributed else (1, 0)
     mine = rank_micro_batches(budget.grad_accum, world, rank)
     computed = [a for a in mine if a >= 0]
     probes = [p for f in folds for p in f.probes]
-    stacked = Stacked(probes, len(folds), device)
-    for i, p in enumerate(probes):
-        if p.moments is not None:
-            stacked.load_moments(i, p.moments)
-    lrs = torch.tensor([p.lr for p in probes], dtype=torch.float32, device=device)
-    decay = 1 - lrs * ADAMW_DECAY if budget.optimizer == "adamw" else None
-    sums = torch.tensor([[p.state["window"][0], p.state["window"][2]] for p in probes], dtype=torch.float64,
-                        device=device)  # [P, 2]: the window's loss and gradient-norm sums
-    rows = [DeviceRows(f.train.source, device) for f in folds]
-    targets = [_targets(f.task, f.train.targets, device) for f in folds]
-    sizes = [len(f.train.utts) for f in folds]
-    task = folds[0].task
+    stacked, lrs, decay, sums = _optimiser(folds, run)
+    rows = GroupRows(folds, device)
     lr_text = ", ".join(f"{p.lr:g}" for p in folds[0].probes)
-    bar = progress_bar(total=budget.steps, initial=first, desc=f"probe {task.name} lr={lr_text} (fused, "
-                       f"{len(probes)} probes)", unit="step", disable=not progress or rank != 0, leave=False)
+    bar = progress_bar(total=budget.steps, initial=first, desc=f"probe {folds[0].task.name} lr={lr_text} (fused, "
+                       f"{len(probes)} probes)", unit="step", disable=not run.progress or rank != 0, leave=False)
     dev_rows = None
     for step in range(first, until):
         for a in mine:  # let a source that reads audio start on this step's micro-batches
             kk = step * budget.grad_accum + (a if a >= 0 else rank % budget.grad_accum)
-            for f, n in zip(folds, sizes):
+            for f, n in zip(folds, rows.sizes):
                 if hasattr(f.train.source, "prefetch"):
-                    f.train.source.prefetch(micro_batch(n, budget.batch_size, seed, kk), step)
+                    f.train.source.prefetch(micro_batch(n, budget.batch_size, run.seed, kk), step)
         stacked.zero_grad()
         totals = torch.zeros(len(probes), dtype=torch.float64, device=device)
         for a in computed:
             kk = step * budget.grad_accum + a
-            idx = [micro_batch(n, budget.batch_size, seed, kk) for n in sizes]
-            on_device = [_index(i, device) for i in idx]
-            x = torch.stack([r.rows(i, step, d) for r, i, d in zip(rows, idx, on_device)])  # [F, B, sum D_l]
-            y = torch.stack([t.index_select(0, d) for t, d in zip(targets, on_device)])  # [F, B, blocks]
-            with tf32_context(tf32):
+            x, y = rows.read([micro_batch(n, budget.batch_size, run.seed, kk) for n in rows.sizes], step)
+            with tf32_context(run.tf32):
                 loss = stacked.losses(stacked.forward(x), y) / budget.grad_accum
                 loss.sum().backward()
             totals += loss.detach()
@@ -339,42 +386,41 @@ def _train_phase(folds: Sequence[Fold], budget: TaskBudget, seed: int, device: t
         elif not computed:
             for q in stacked.params.values():
                 q.grad = torch.zeros_like(q)
-        with tf32_context(tf32):
+        with tf32_context(run.tf32):
             norms = stacked.clip_(budget.grad_clip)
             stacked.adam_step(lrs, step + 1, decay)
         sums += torch.stack([totals, norms.to(torch.float64)], dim=1)
         for p in probes:
-            p.state["step"] = step + 1
-            p.state["window"][1] += 1
+            p.state["step"], p.state["window"][1] = step + 1, p.state["window"][1] + 1
         bar.update(1)
-        if on_step is not None:
-            on_step(step + 1)
+        if run.hooks.on_step is not None:
+            run.hooks.on_step(step + 1)
         if (step + 1) % budget.eval_every == 0 or step + 1 == budget.steps:
             dev_rows = dev_rows or [DeviceRows(f.dev.source, device) for f in folds]  # made once a phase
-            _evaluate_window(folds, stacked, sums, budget, device, failed, rank, tf32, dev_rows)
-            if on_eval is not None:
-                on_eval(step + 1)
+            _evaluate_window(folds, stacked, sums, run, dev_rows)
+            if run.hooks.on_eval is not None:
+                run.hooks.on_eval(step + 1)
     for i, p in enumerate(probes):  # where the phase leaves them (a later phase or the caller reads them)
         model, p.moments = stacked.state_of(i)
         p.model.load_state_dict(model, strict=False)
     bar.close()
 
 
-def _evaluate_window(folds, stacked: Stacked, sums: Tensor, budget: TaskBudget, device, failed: dict,
-                     rank: int, tf32: bool, dev_rows: list) -> None:
+def _evaluate_window(folds: Sequence[Fold], stacked: Stacked, sums: Tensor, run: _Run, dev_rows: list) -> None:
     """At an evaluation: the window's one read, each live probe's dev metric, best state and checkpoint."""
     probes = [p for f in folds for p in f.probes]
+    rank = run.env.rank if run.env is not None and run.env.distributed else 0
     read = sums.tolist()
     good = []
     for i, (p, (loss_sum, norm_sum)) in enumerate(zip(probes, read)):
-        if id(p) in failed:
+        if id(p) in run.failed:
             continue
         if not (np.isfinite(loss_sum) and np.isfinite(norm_sum)):
             count = p.state["window"][1]
             step = p.state["step"]
-            failed[id(p)] = (f"probe {folds[0].task.name} lr={p.lr:g}: non-finite training loss or gradient norm in "
-                             f"steps {step + 1 - count}..{step}; it stops (lower the learning rate, "
-                             f"probing.tasks.{folds[0].task.name}.lr_grid)")
+            run.failed[id(p)] = (f"probe {folds[0].task.name} lr={p.lr:g}: non-finite training loss or gradient "
+                                 f"norm in steps {step + 1 - count}..{step}; it stops (lower the learning rate, "
+                                 f"probing.tasks.{folds[0].task.name}.lr_grid)")
             continue
         p.state["window"][0], p.state["window"][2] = loss_sum, norm_sum
         good.append(i)
@@ -384,8 +430,8 @@ def _evaluate_window(folds, stacked: Stacked, sums: Tensor, budget: TaskBudget, 
         members = [i for i in good if i // k == f_i]
         if not members:
             continue
-        with tf32_context(tf32):
-            metrics = evaluate_fused(fold.task, stacked, members, fold.dev, budget.batch_size, device,
+        with tf32_context(run.tf32):
+            metrics = evaluate_fused(fold.task, stacked, members, fold.dev, run.budget.batch_size, run.device,
                                      dev_rows[f_i])
         for i, metric in zip(members, metrics):
             _record(fold.task, probes[i], stacked, i, metric, rank)
