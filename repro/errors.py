@@ -20,6 +20,15 @@ class MissingInputError(ReproError, FileNotFoundError):
     """A file a command needs is absent: the message names it and the command that makes it."""
 
 
+class UnknownNameError(ReproError, LookupError):
+    """A name that a registry or catalogue does not hold: the message names what it does hold.
+
+    Shown as its message alone (a `KeyError` subclass would otherwise print it in quotes)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 SHOWN_CHARS = 80  # the most characters of a value an error message shows
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tool_path import bin_with
+
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ("bash", "env", "sed", "dirname", "id", "mkdir", "make")
 OPTIONAL_TOOLS = ("git",)  # the script records the commit when git is there
@@ -43,15 +45,7 @@ def dockerfile_volumes() -> set[str]:
 @pytest.fixture
 def sandbox(tmp_path):
     """A bin folder holding only the tools the script may use, and the host folders to mount."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for tool in TOOLS:
-        found = shutil.which(tool)
-        assert found, f"{tool} is needed to run these tests"
-        (bin_dir / tool).symlink_to(found)
-    for tool in OPTIONAL_TOOLS:
-        if shutil.which(tool):
-            (bin_dir / tool).symlink_to(shutil.which(tool))
+    bin_dir = bin_with(tmp_path, TOOLS, OPTIONAL_TOOLS)
     host = tmp_path / "host"
     env = {"PATH": str(bin_dir), "HOME": str(tmp_path), "FAKE_DOCKER_LOG": str(tmp_path / "docker.log"),
            "REPRO_DATA": str(host / "data"), "REPRO_CACHE": str(host / "cache"),

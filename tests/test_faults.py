@@ -191,9 +191,19 @@ def test_audio_edited_after_its_manifest_is_refused_and_listed(faultprof, worksp
     assert res.exit_code == 1 and f"missing  {victim}" in res.output
 
 
-def _extract_and_probe(runner, faultprof) -> None:
+def _extracted(faultprof) -> CliRunner:
+    """A runner after `repro extract` has made the profile's stores."""
+    runner = CliRunner()
     res = runner.invoke(main, ["extract", "--profile", str(faultprof), "--quiet"])
     assert res.exit_code == 0, res.output
+    return runner
+
+
+def _probe_error(runner, faultprof) -> str:
+    """The one-line error `repro probe` stops with (exit status 2, no traceback)."""
+    res = runner.invoke(main, ["probe", "--profile", str(faultprof), "--quiet"])
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    return res.output.strip().splitlines()[-1]
 
 
 def test_store_bytes_flipped_after_completion_are_refused_with_the_rebuild_command(faultprof, workspace_env):
@@ -201,20 +211,17 @@ def test_store_bytes_flipped_after_completion_are_refused_with_the_rebuild_comma
     from repro.workspace import Workspace
 
     ws = Workspace.for_profile(str(faultprof))
-    runner = CliRunner()
-    _extract_and_probe(runner, faultprof)
+    runner = _extracted(faultprof)
     store = ws.store_dir("tiny-hubert", "KS", "train")
     layer = store / "layer_05.bin"
     data = bytearray(layer.read_bytes())
     data[len(data) // 2] ^= 0x40  # one bit of one float
     layer.write_bytes(bytes(data))
     store_module._VERIFIED.clear()  # as a new process would start
-    res = runner.invoke(main, ["probe", "--profile", str(faultprof), "--quiet"])
-    assert res.exit_code == 2 and "Traceback" not in res.output
-    error = res.output.strip().splitlines()[-1]
-    assert error == (f"error: {layer}: changed after the store was completed (its sha256 differs from the one "
-                     f"meta.json records); extract it again: `repro extract --profile {faultprof} "
-                     f"-m tiny-hubert -t KS` makes it")  # the profile as it was given: its file
+    assert _probe_error(runner, faultprof) == (
+        f"error: {layer}: changed after the store was completed (its sha256 differs from the one "
+        f"meta.json records); extract it again: `repro extract --profile {faultprof} "
+        f"-m tiny-hubert -t KS` makes it")  # the profile as it was given: its file
     res = runner.invoke(main, ["extract", "--profile", str(faultprof), "--quiet", "-m", "tiny-hubert", "-t", "KS"])
     assert res.exit_code == 0 and "extracted now" in res.output, res.output  # the damaged store is remade
     res = runner.invoke(main, ["probe", "--profile", str(faultprof), "--quiet"])
@@ -225,15 +232,12 @@ def test_a_store_without_checksums_is_refused_with_the_rebuild_command(faultprof
     from repro.workspace import Workspace
 
     ws = Workspace.for_profile(str(faultprof))
-    runner = CliRunner()
-    _extract_and_probe(runner, faultprof)
+    runner = _extracted(faultprof)
     meta_path = ws.store_dir("tiny-hubert", "KS", "dev") / "meta.json"
     meta = json.loads(meta_path.read_text())
     del meta["checksums"]
     meta_path.write_text(json.dumps({**meta, "format": 1}))
-    res = runner.invoke(main, ["probe", "--profile", str(faultprof), "--quiet"])
-    assert res.exit_code == 2
-    assert res.output.strip().splitlines()[-1] == (
+    assert _probe_error(runner, faultprof) == (
         f"error: {meta_path.parent}: store format 1 (made before stores recorded checksums), expected 2; "
         f"extract it again: `repro extract --profile {faultprof} -m tiny-hubert -t KS` makes it")
 
@@ -266,8 +270,7 @@ def _refuse_creating(monkeypatch, folder: Path, code: int) -> None:
 def test_a_read_only_results_folder_stops_the_probe_before_training(faultprof, workspace_env, monkeypatch):
     import errno
 
-    runner = CliRunner()
-    _extract_and_probe(runner, faultprof)
+    runner = _extracted(faultprof)
     results = workspace_env / "results" / "faultprof"
     _refuse_creating(monkeypatch, results, errno.EROFS)
     res = runner.invoke(main, ["probe", "--profile", str(faultprof), "--quiet"])

@@ -16,6 +16,7 @@ from repro.probing import fused
 from repro.probing.featurizer import ProjectedWeightedSum, WeightedSum, group_features
 from repro.probing.trainer import TrainContext, train_group
 from repro.runtime import tf32_context
+from interrupt import Stop, stop_at
 
 torch.set_num_threads(2)
 CPU = torch.device("cpu")
@@ -146,15 +147,6 @@ def test_an_interrupted_fused_group_resumes_to_the_uninterrupted_results(tmp_pat
 
     budget = _budget(steps=9)
     whole = _final(fused.train_fused(_folds(tmp_path / "whole", k=2), budget, 0, CPU, progress=False))
-
-    class Stop(Exception):
-        pass
-
-    def stop_at(n):
-        def stop(step):
-            if step == n:
-                raise Stop
-        return stop
 
     def run(**kw):
         return fused.train_fused(_folds(tmp_path / "broken", k=2), budget, 0, CPU, progress=False, **kw)

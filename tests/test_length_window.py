@@ -12,6 +12,7 @@ from repro.config.schema import TaskBudget
 from repro.data.manifest import load_task
 from repro.probing.length_window import LengthWindow, padding_share, plan_chunks, window_steps
 from repro.probing.sources import OnTheFly, UpstreamFrames, micro_batch
+from interrupt import Stop, stop_at
 
 torch.set_num_threads(2)
 # Measured on the tiny WavLM (float32, CPU; PR and SID training micro-batches, 4 items, windows of 4
@@ -152,15 +153,8 @@ def test_probes_trained_on_windows_match_direct_forwards_and_resume_to_the_same_
         assert np.allclose(d["curve"]["dev"], w["curve"]["dev"], rtol=1e-4, atol=1e-6)
     # interrupted after step 2 (its checkpoint), mid-window: resumed, the same bytes as uninterrupted
     task, probes, train, dev = _group(tiny_corpus, tmp_path / "resumed", window=4)
-    class Stop(Exception):
-        pass
-
-    def halt(step):
-        if step == 2:
-            raise Stop
-
     with pytest.raises(Stop):
-        train_group(task, probes, train, dev, budget, TrainContext(torch.device("cpu"), progress=False, on_eval=halt))
+        train_group(task, probes, train, dev, budget, TrainContext(torch.device("cpu"), progress=False, on_eval=stop_at(2)))
     task, probes, train, dev = _group(tiny_corpus, tmp_path / "resumed", window=4)
     again = train_group(task, probes, train, dev, budget, TrainContext(torch.device("cpu"), progress=False))
     for w, r in zip(windowed, again):

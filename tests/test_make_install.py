@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tool_path import bin_with
+
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ("make", "touch", "mkdir", "cat", "chmod")
 
@@ -36,12 +38,7 @@ GET_PYTHON = ("on Debian 12 or Ubuntu: sudo apt-get install python3.11 python3.1
 
 @pytest.fixture
 def sandbox(tmp_path):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for tool in TOOLS:
-        found = shutil.which(tool)
-        assert found, f"{tool} is needed to run these tests"
-        (bin_dir / tool).symlink_to(found)
+    bin_dir = bin_with(tmp_path, TOOLS)
 
     class Sandbox:
         venv = tmp_path / "venv"

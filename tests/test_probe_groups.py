@@ -12,7 +12,8 @@ import torch
 from repro.config import load_profile
 from repro.features.stage import extract_model
 from repro.probing.runner import ProbeInputs, ProbeRun, lr_tag, run_probes
-from repro.workspace import Workspace
+from workspaces import workspace_on
+from interrupt import Stop, stop_at
 
 torch.set_num_threads(2)
 LRS = [0.01, 0.002]
@@ -29,14 +30,6 @@ def _profile(task: str, input_: str, steps: int = 8, **budget):
         probing=dataclasses.replace(base.probing, tasks=tasks, er_folds=[1, 2]))
 
 
-def _workspace(root, profile, corpus) -> Workspace:
-    ws = Workspace(profile, root / "work", root / "results", root / "figures")
-    ws.work.mkdir(parents=True, exist_ok=True)
-    if not ws.corpus_dir.exists():
-        ws.corpus_dir.symlink_to(corpus)
-    return ws
-
-
 def _result_files(ws, task) -> dict[str, bytes]:
     folder = ws.probe_dir(MODEL, task)
     return {p.name: p.read_bytes() for p in sorted(folder.glob("lr-*.json")) if not p.name.endswith(".timing.json")}
@@ -51,8 +44,8 @@ CASES = [  # a frame-level task (CTC), crops, x-vector with EER selection, folds
 @pytest.mark.parametrize("task,input_,budget", CASES, ids=[f"{t}-{i}" for t, i, _ in CASES])
 def test_a_group_writes_the_result_files_of_solo_runs(task, input_, budget, tiny_corpus, tmp_path):
     profile = _profile(task, input_, **budget)
-    solo = _workspace(tmp_path / "solo", profile, tiny_corpus)
-    group = _workspace(tmp_path / "group", profile, tiny_corpus)
+    solo = workspace_on(tmp_path / "solo", profile, tiny_corpus)
+    group = workspace_on(tmp_path / "group", profile, tiny_corpus)
     for ws in (solo, group):
         extract_model(ws, MODEL, progress=False)
     for lr in LRS:
@@ -73,7 +66,7 @@ def _count_forwards(inputs: ProbeInputs) -> list[int]:
 def test_one_upstream_forward_feeds_every_learning_rate(tiny_corpus, tmp_path):
     counts = {}
     for name, lrs in (("solo", LRS[:1]), ("group", LRS)):
-        ws = _workspace(tmp_path / name, _profile("PR", "upstream"), tiny_corpus)
+        ws = workspace_on(tmp_path / name, _profile("PR", "upstream"), tiny_corpus)
         inputs = ProbeInputs(ws, MODEL, "PR")
         calls = _count_forwards(inputs)
         run_probes(ws, MODEL, "PR", lrs, ProbeRun(progress=False), inputs=inputs)
@@ -83,20 +76,11 @@ def test_one_upstream_forward_feeds_every_learning_rate(tiny_corpus, tmp_path):
 
 def test_an_interrupted_group_resumes_to_the_uninterrupted_results(tiny_corpus, tmp_path):
     profile = _profile("PR", "cache", steps=12)
-    whole = _workspace(tmp_path / "whole", profile, tiny_corpus)
-    broken = _workspace(tmp_path / "broken", profile, tiny_corpus)
+    whole = workspace_on(tmp_path / "whole", profile, tiny_corpus)
+    broken = workspace_on(tmp_path / "broken", profile, tiny_corpus)
     for ws in (whole, broken):
         extract_model(ws, MODEL, progress=False)
     run_probes(whole, MODEL, "PR", LRS, ProbeRun(progress=False))
-
-    class Stop(Exception):
-        pass
-
-    def stop_at(n):
-        def stop(step):
-            if step == n:
-                raise Stop
-        return stop
 
     ckpts = broken.probe_checkpoint_dir(MODEL, "PR")
     with pytest.raises(Stop):
@@ -113,8 +97,8 @@ def test_an_interrupted_group_resumes_to_the_uninterrupted_results(tiny_corpus, 
 
 def test_complete_learning_rates_are_kept_and_groups_split_by_max_group(tiny_corpus, tmp_path):
     profile = _profile("KS", "pooled")
-    full = _workspace(tmp_path / "full", profile, tiny_corpus)
-    split = _workspace(tmp_path / "split", dataclasses.replace(profile, probing=dataclasses.replace(
+    full = workspace_on(tmp_path / "full", profile, tiny_corpus)
+    split = workspace_on(tmp_path / "split", dataclasses.replace(profile, probing=dataclasses.replace(
         profile.probing, max_group=1)), tiny_corpus)
     for ws in (full, split):
         extract_model(ws, MODEL, progress=False)
@@ -127,9 +111,9 @@ def test_complete_learning_rates_are_kept_and_groups_split_by_max_group(tiny_cor
 
 def test_a_checkpoint_of_other_settings_is_not_resumed(tiny_corpus, tmp_path):
     profile = _profile("KS", "pooled")
-    clean = _workspace(tmp_path / "clean", profile, tiny_corpus)
-    stale = _workspace(tmp_path / "stale", profile, tiny_corpus)
-    other = _workspace(tmp_path / "other", _profile("KS", "pooled", steps=4), tiny_corpus)
+    clean = workspace_on(tmp_path / "clean", profile, tiny_corpus)
+    stale = workspace_on(tmp_path / "stale", profile, tiny_corpus)
+    other = workspace_on(tmp_path / "other", _profile("KS", "pooled", steps=4), tiny_corpus)
     for ws in (clean, stale, other):
         extract_model(ws, MODEL, progress=False)
     run_probes(other, MODEL, "KS", LRS, ProbeRun(progress=False))  # checkpoints of a 4-step budget

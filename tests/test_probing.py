@@ -17,6 +17,7 @@ from repro.probing.featurizer import ProjectedWeightedSum, WeightedSum, make_fea
 from repro.probing.runner import ProbeRun, run_asv_idt, run_probe, run_probes, select_best
 from repro.probing.tasks import TaskLabelError, make_task
 from repro.workspace import Workspace
+from interrupt import Stop, stop_at
 
 torch.set_num_threads(2)
 HERE = Path(__file__).parent
@@ -179,15 +180,8 @@ def test_interrupted_probe_resumes_to_the_same_result(ecapa_ws, tmp_path):
     (ws_b.work / "corpus").symlink_to(ecapa_ws.corpus_dir.resolve())
     shutil.copytree(ecapa_ws.features_dir, ws_b.features_dir)
 
-    class Stop(Exception):
-        pass
-
-    def stop(step):
-        if step == 200:
-            raise Stop
-
     with pytest.raises(Stop):
-        run_probes(ws_b, "rand-ecapa", "SID", [0.01], ProbeRun(progress=False, on_eval=stop))
+        run_probes(ws_b, "rand-ecapa", "SID", [0.01], ProbeRun(progress=False, on_eval=stop_at(200)))
     assert not (ws_b.probe_dir("rand-ecapa", "SID") / "lr-1e-02.json").exists()
     resumed = run_probe(ws_b, "rand-ecapa", "SID", 0.01, ProbeRun(progress=False)).result
     assert resumed == whole

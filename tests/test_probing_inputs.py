@@ -15,7 +15,7 @@ from repro.tasks import MEAN_POOLED_TASKS, stores_needed, task_input
 from repro.probing.runner import ProbeRun, run_asv_idt, run_probe
 from repro.probing.sources import OnTheFly, UpstreamFrames
 from repro.probing.tasks import make_task
-from repro.workspace import Workspace
+from workspaces import workspace_on
 
 torch.set_num_threads(2)
 POOLED = ("KS", "ER")  # the tiny corpus has too few IC commands to train on
@@ -32,17 +32,9 @@ def _profile(inputs: dict[str, str | None], steps: int = 20, **probing):
         probing=dataclasses.replace(base.probing, tasks=tasks, **probing))
 
 
-def _workspace(root, profile, corpus) -> Workspace:
-    ws = Workspace(profile, root / "work", root / "results", root / "figures")
-    ws.work.mkdir(parents=True, exist_ok=True)
-    if not ws.corpus_dir.exists():
-        ws.corpus_dir.symlink_to(corpus)
-    return ws
-
-
 def test_pooled_store_probes_equal_frame_store_probes(tiny_corpus, tmp_path):
-    cache = _workspace(tmp_path / "cache", _profile({t: "cache" for t in POOLED}), tiny_corpus)
-    pooled = _workspace(tmp_path / "pooled", _profile({t: "pooled" for t in POOLED}), tiny_corpus)
+    cache = workspace_on(tmp_path / "cache", _profile({t: "cache" for t in POOLED}), tiny_corpus)
+    pooled = workspace_on(tmp_path / "pooled", _profile({t: "pooled" for t in POOLED}), tiny_corpus)
     extract_model(cache, "tiny-wavlm", progress=False)
     extract_model(pooled, "tiny-wavlm", progress=False)
     assert not list((pooled.features_dir / "tiny-wavlm" / "KS").glob("train")), "a pooled input needs no frames"
@@ -60,11 +52,11 @@ def test_pooled_store_probes_equal_frame_store_probes(tiny_corpus, tmp_path):
 
 
 def test_asv_idt_reads_the_pooled_store_when_asv_is_not_probed_from_the_cache(tiny_corpus, tmp_path):
-    ws = _workspace(tmp_path, _profile({"ASV": "upstream"}), tiny_corpus)
+    ws = workspace_on(tmp_path, _profile({"ASV": "upstream"}), tiny_corpus)
     stores = extract_model(ws, "tiny-wavlm", progress=False).stores
     assert sorted(stores) == [("ASV", "dev.pooled"), ("ASV", "test.pooled")]  # trial splits only
     idt = run_asv_idt(ws, "tiny-wavlm").result
-    frames = _workspace(tmp_path / "f", _profile({"ASV": "cache"}), tiny_corpus)
+    frames = workspace_on(tmp_path / "f", _profile({"ASV": "cache"}), tiny_corpus)
     extract_model(frames, "tiny-wavlm", progress=False)
     ref = run_asv_idt(frames, "tiny-wavlm").result
     assert idt["embedding"] == ref["embedding"] == "mean of layer L12"
@@ -160,7 +152,7 @@ def test_prefetched_audio_gives_the_same_batches(hf_folder, tiny_corpus):
 
 
 def test_tasks_read_from_the_upstream_need_no_store(tiny_corpus, tmp_path):
-    ws = _workspace(tmp_path, _profile({"PR": "upstream", "SID": "upstream"}), tiny_corpus)
+    ws = workspace_on(tmp_path, _profile({"PR": "upstream", "SID": "upstream"}), tiny_corpus)
     done = extract_model(ws, "tiny-wavlm", progress=False)
     assert done.stores == {} and (done.audio_seconds, done.wall_seconds, done.padding_fraction) == (0.0, 0.0, 0.0)
     assert not ws.features_dir.exists()

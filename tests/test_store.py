@@ -13,6 +13,7 @@ from repro.features.extract import ExtractRun, StoreIdentity, extract
 from repro.features.store import FeatureStore, StoreError, partial_dir
 from repro.models.hf_ssl import load_hf_ssl
 from fake_corpora import record_audio_sha256
+from interrupt import Stop, stop_at
 
 torch.set_num_threads(2)
 
@@ -53,16 +54,9 @@ def test_interrupted_extraction_resumes_to_identical_bytes(upstream, utts, tiny_
     whole = extract(upstream, utts, tiny_corpus, tmp_path / "whole", StoreIdentity(INFO),
                     ExtractionConfig(max_batch_seconds=8), ExtractRun(progress=False))
 
-    class Stop(Exception):
-        pass
-
-    def stop_after_two(n_committed):
-        if n_committed == 2:
-            raise Stop
-
     with pytest.raises(Stop):
         extract(upstream, utts, tiny_corpus, tmp_path / "cut", StoreIdentity(INFO),
-                ExtractionConfig(max_batch_seconds=8), ExtractRun(progress=False, on_batch=stop_after_two))
+                ExtractionConfig(max_batch_seconds=8), ExtractRun(progress=False, on_batch=stop_at(2)))
     assert not (tmp_path / "cut").exists() and partial_dir(tmp_path / "cut").is_dir()
     with pytest.raises(StoreError, match="interrupted extraction"):
         FeatureStore(tmp_path / "cut")

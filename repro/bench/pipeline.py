@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from repro.bench.common import machine_info
+from repro.util.environ import restore_environ, saved_environ
 
 DEFAULTS = {"speakers": False}
 WITHOUT_SPEAKERS = """\
@@ -37,7 +38,7 @@ def run(speakers: bool = DEFAULTS["speakers"], work: Path | None = None, profile
 
     tmp = tempfile.TemporaryDirectory(prefix="bench-pipeline-") if work is None else None
     root = Path(tmp.name) if tmp is not None else Path(work)
-    saved = {k: os.environ.get(k) for k in ("REPRO_WORK", "REPRO_RESULTS", "REPRO_FIGURES")}
+    saved = saved_environ(("REPRO_WORK", "REPRO_RESULTS", "REPRO_FIGURES"))
     try:
         root.mkdir(parents=True, exist_ok=True)
         for key, sub in (("REPRO_WORK", "work"), ("REPRO_RESULTS", "results"), ("REPRO_FIGURES", "figures")):
@@ -61,11 +62,7 @@ def run(speakers: bool = DEFAULTS["speakers"], work: Path | None = None, profile
                 "features_audio_seconds": audio,
                 "features_audio_s_per_s": audio / stages["features"]["seconds"] if "features" in stages else None}
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        restore_environ(saved)
         if tmp is not None:
             tmp.cleanup()
 

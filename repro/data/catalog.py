@@ -26,7 +26,7 @@ from typing import Literal
 import yaml
 
 from repro.config.typed import ConfigError, from_dict
-from repro.errors import ReproError, shown
+from repro.errors import UnknownNameError, shown
 from repro.tasks import task_names
 from repro.config.yamlfile import safe_load
 
@@ -169,11 +169,8 @@ class Catalog:
         return self.corpora[name]
 
 
-class UnknownCorpusError(ReproError, KeyError):
+class UnknownCorpusError(UnknownNameError, KeyError):
     """A corpus or archive name that is not in the catalogue."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 def load_catalog(path: str | Path | None = None) -> Catalog:

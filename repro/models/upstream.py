@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from repro.errors import ReproError
+from repro.errors import ReproError, UnknownNameError
 
 SAMPLE_RATE = 16000
 
@@ -21,11 +21,8 @@ class ModelUnavailableError(ReproError):
     """A model whose weights cannot be found, fetched or loaded; the message says how to get them."""
 
 
-class UnknownModelError(ReproError, KeyError):
+class UnknownModelError(UnknownNameError, KeyError):
     """A model name that is neither registered nor a `file.py:factory` reference."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 @dataclass(frozen=True)

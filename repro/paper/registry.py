@@ -11,17 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from repro.errors import ReproError
+from repro.errors import UnknownNameError
 from repro.paper import render
 from repro.paper.results import ResultReader
 from repro.workspace import Workspace
 
 
-class UnknownOutputError(ReproError, LookupError):
+class UnknownOutputError(UnknownNameError):
     """An output id that is not registered."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from pathlib import Path
 from repro.paper.rehearsal import MARKER
 from repro.rehearse import corpora, models, profile as rprofile
 from repro.util.atomic import atomic_directory, atomic_write_json, atomic_write_text
+from repro.util.environ import restore_environ, saved_environ
 
 TRAIN = "repro train"  # the key of `repro train`'s seconds (the pipeline's own `train` stage has its own)
 CANNOT = [
@@ -178,18 +179,14 @@ def rehearsal_environment(registry: Path, data_root: Path):
     """$REPRO_MODEL_REGISTRY with the rehearsal's registry file added and $REPRO_DATA set to its data root
     ($REPRO_DATA, /data in the Docker image, would send the corpus stage to the real corpora); both as
     they were afterwards."""
-    saved = {k: os.environ.get(k) for k in ("REPRO_MODEL_REGISTRY", "REPRO_DATA")}
+    saved = saved_environ(("REPRO_MODEL_REGISTRY", "REPRO_DATA"))
     previous = [p for p in (saved["REPRO_MODEL_REGISTRY"] or "").split(os.pathsep) if p]
     os.environ["REPRO_MODEL_REGISTRY"] = os.pathsep.join([*previous, str(registry)])
     os.environ["REPRO_DATA"] = str(data_root)
     try:
         yield
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        restore_environ(saved)
 
 
 def _workspace(profile_path: Path, folder: Path):

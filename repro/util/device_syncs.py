@@ -61,11 +61,15 @@ def _tensors(*trees: Any) -> list[torch.Tensor]:
     return [t for tree in trees for t in tree_flatten(tree)[0] if isinstance(t, torch.Tensor)]
 
 
-class _Functions(TorchFunctionMode):
+class _Counting:
+    """A torch mode that counts into its `DeviceSyncs` (mixed in before the torch mode class)."""
+
     def __init__(self, owner: "DeviceSyncs"):
         super().__init__()
         self.owner = owner
 
+
+class _Functions(_Counting, TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         owner = self.owner
@@ -109,12 +113,8 @@ def _names_device(args: tuple, kwargs: dict) -> bool:
     return bool(args) and isinstance(args[0], int)  # cuda(0)
 
 
-class _Dispatch(TorchDispatchMode):
+class _Dispatch(_Counting, TorchDispatchMode):
     supports_higher_order_operators = True  # FlexAttention: one fused kernel, its outputs follow its inputs
-
-    def __init__(self, owner: "DeviceSyncs"):
-        super().__init__()
-        self.owner = owner
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
