@@ -18,7 +18,6 @@ every output is the single-process one (docs/reviewing.md says to which precisio
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field

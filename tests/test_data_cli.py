@@ -7,7 +7,6 @@ import io
 import shutil
 import tarfile
 
-import pytest
 import yaml
 from click.testing import CliRunner
 from fake_corpora import make_fsc, make_iemocap, make_librispeech, make_speech_commands

@@ -12,8 +12,6 @@ failed rank fails every rank with a message naming it."""
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np

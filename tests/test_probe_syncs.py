@@ -91,7 +91,7 @@ def test_the_benchmark_table_names_every_task(counted):
 def _group(corpus, tmp_path, task_name="SID", lrs=(0.01, 0.002)):
     from repro.models.hf_ssl import load_hf_ssl
     from repro.bench.extract import base_plus_model
-    from repro.probing.sources import OnTheFly, UpstreamFrames
+    from repro.probing.sources import UpstreamFrames
 
     upstream = load_hf_ssl(str(base_plus_model(tmp_path / "wavlm", probe_syncs.TINY_WAVLM)))
     utts = _train_utts(corpus, task_name)

@@ -26,6 +26,7 @@ from repro.bench.cost_inputs import (ASSUMED, CODE_PATHS, CODE_PATHS_VERSION, H1
 from repro.bench.shapes import MODELS, SPEECH_HEADS, SPEECH_LAYERS, SPEECH_WIDTH
 from repro.tasks import TASKS
 
+
 def full_corpus() -> dict:
     """The full corpus of every registered task (its module's `corpus_size`) and of the CKA set."""
     return {**{t.name: t.corpus_size for t in TASKS.values() if t.corpus_size},

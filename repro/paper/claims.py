@@ -7,7 +7,6 @@ missing (a check is never PASS for lack of data).
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable

@@ -32,7 +32,7 @@ counted; `mark_optimizer` marks the state that an optimiser keeps on the device.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch.overrides import TorchFunctionMode

@@ -12,7 +12,6 @@ in the same micro-batches, and a resumed run the same as an uninterrupted one.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
