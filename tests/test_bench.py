@@ -37,12 +37,19 @@ def test_flop_counts_of_both_methods():
     assert flops(10, [2], symmetric=True, naive=True) == 2 * 10 * (4 + 3 + 3)
 
 
-def _allocate(mib: int, hold_s: float = 0.0) -> None:
-    import numpy as np
+def _resident(mib: int):
+    """`mib` MiB of fresh pages, every one touched: an anonymous mapping of its own, so that memory an
+    earlier test freed but the allocator kept cannot stand in for it."""
+    import mmap
 
-    a = np.ones(mib << 17)  # `mib` MiB of float64, every page touched
-    time.sleep(hold_s)
-    del a
+    m = mmap.mmap(-1, mib << 20)
+    for i in range(0, mib << 20, mmap.PAGESIZE):
+        m[i] = 1
+    return m
+
+
+def _allocate(mib: int) -> None:
+    _resident(mib).close()
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="peak memory is read from /proc (Linux)")
@@ -69,7 +76,11 @@ def test_peak_memory_samples_the_resident_size_where_the_high_water_mark_cannot_
 
     monkeypatch.setattr(common, "open", no_clear_refs, raising=False)
     with PeakMemory() as mem:
-        _allocate(64, hold_s=0.05)  # held longer than the sampling interval
+        a = _resident(64)  # held until the sampler has seen it
+        deadline = time.monotonic() + 30  # a sampler that never sees it fails below, however long it is given
+        while mem._peak - mem._start < 48 << 10 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        a.close()
     assert mem.method == "sampled VmRSS" and mem.peak_bytes is not None and mem.peak_bytes > 48 << 20
 
 
