@@ -48,11 +48,15 @@ NOTE = ("Profile of a fused step (torch.profiler, self CPU time, one thread, ste
         "MB per micro-batch: the weight read twice, the gradient written, read and added), not by launches. "
         "Each micro-batch's gradient stays its own float32 sum, added in micro-batch order, so that torchrun "
         "ranks give the one-process bytes (tests/test_distributed.py); one product over a step's 32 utterances "
-        "would change that rounding. ER's 8x is out of reach on a CPU at these shapes; on a GPU, where a step is "
+        "would change that rounding. With gradients kept per micro-batch ER's 8x is out of reach on a CPU at these "
+        "shapes; on a GPU, where a step is "
         "launch-bound, a fused step's launches do not depend on K or the folds (tests/test_fused_heads.py). "
-        "Under a load average of 12 to 17 on 2 cores both engines' CPU seconds grow (the previous engine's KS "
-        "from 1.7 s in the earlier record to 2.4 s), the fused engine's most, its operands being the larger; "
-        "one A/B of 20 ER steps at load 14 (an intermediate state of this change) gave 3.6 s against 5.4 s (1.5x).")
+        "On the idle machine (load average 0.5; one thread per process) KS took 1.1 s against 1.9 s (1.7x) and "
+        "ER 10.5 s against 11.2 s (1.07x); under a load average of 12 to 17 the ratios fell to 1.2x and 1.0x, the "
+        "fused engine's large operands suffering most from other work in the cache. What would lift ER on a CPU: "
+        "one product per step over all of its micro-batches' rows (the weight read once a step, not once per "
+        "micro-batch), with the ranks of a torchrun launch exchanging their rows so that every launch computes "
+        "that one product; its rounding then differs from a sum of per-micro-batch gradients.")
 
 
 def _fold(task_name: str, fold: int, classes: int, n: int, layers: int, dim: int, k: int, work: Path):
@@ -115,10 +119,13 @@ def measure(task_name: str, steps: int, k: int, layers: int, dim: int, train: in
         if fused is not None:
             fused.train_fused([fused.Fold(*f) for f in folds], budget, 0, device, progress=False)
         else:
-            from repro.probing.trainer import TrainContext, train_group
+            from repro.probing import trainer
 
             for task, tr, dev, probes in folds:
-                train_group(task, probes, tr, dev, budget, TrainContext(device, progress=False))
+                if hasattr(trainer, "TrainContext"):
+                    trainer.train_group(task, probes, tr, dev, budget, trainer.TrainContext(device, progress=False))
+                else:  # a checkout from before the run context (the previous engine's commit)
+                    trainer.train_group(task, probes, tr, dev, budget, 0, device, progress=False)
         cpu, wall = time.process_time() - start, time.perf_counter() - wall
     return {"engine": "fused" if fused is not None else "per-probe", "probes": k * shape["folds"], "steps": steps,
             "cpu_seconds": cpu, "wall_seconds": wall, "steps_per_cpu_s": steps / cpu}
