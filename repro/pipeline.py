@@ -124,13 +124,19 @@ def train_outcome(info: dict) -> TrainOutcome:
 def stage_train(ws: Workspace, progress: bool = True, env: DistEnv | None = None,
                 force: bool = False) -> list[TrainOutcome]:
     """Train the models the profile asks for (`speaker_training.pipeline_recipes`, then
-    `ssl_training.pipeline_recipes`)."""
-    out = []
-    for name in [*ws.profile.speaker_training.pipeline_recipes, *ws.profile.ssl_training.pipeline_recipes]:
-        info = recipes.train(ws, name, force=force, progress=progress)
-        if info is not None:
-            out.append(train_outcome(info))
-    return out
+    `ssl_training.pipeline_recipes`); the CPU recipes with threads of their own side by side, each in a
+    process of its own (`repro.recipes.side_by_side`), the others in this process."""
+    from repro.recipes import side_by_side
+
+    names = [*ws.profile.speaker_training.pipeline_recipes, *ws.profile.ssl_training.pipeline_recipes]
+    beside, processes = side_by_side.plan(ws, names, env, force)
+    done = {n: recipes.train(ws, n, force=force, progress=progress) for n in names if n not in beside}
+    if beside:
+        if progress:
+            print(f"[{ws.profile.name}] train: {', '.join(beside)} side by side, {processes} processes at once",
+                  flush=True)
+        done.update({n: info for n, (info, _) in side_by_side.train(ws, beside, processes, force=force).items()})
+    return [train_outcome(done[n]) for n in names if done[n] is not None]
 
 
 def stage_features(ws: Workspace, progress: bool = True, env: DistEnv | None = None, force: bool = False) -> list:

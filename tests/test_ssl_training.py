@@ -2,6 +2,7 @@
 `save_pretrained`/`from_pretrained`, determinism, resume, training utterances only, bad input."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -249,3 +250,39 @@ def test_the_train_stage_runs_the_profiles_ssl_recipes(tiny_corpus, tmp_path):
     [info] = stage_train(ws, progress=False)
     assert info.name == "tiny-hubert-mp" and info.metric == "accuracy" and (ws.models_dir / "tiny-hubert-mp" / "config.json").is_file()
     assert stage_train(ws, progress=False) == [info]  # kept: the same settings and data
+
+
+def test_single_threaded_recipes_train_side_by_side_to_the_bytes_they_train_alone(tiny_corpus, tmp_path, monkeypatch,
+                                                                                    capsys):
+    from repro.pipeline import stage_train
+    from repro.recipes import side_by_side
+    from repro.runtime import DistEnv
+
+    block = PROFILE[PROFILE.index("  RECIPE:"):]
+    text = (PROFILE + block.replace("RECIPE", "wavlm").replace("OUTPUT", OUTPUT["wavlm"]))
+    text = (text.replace("RECIPE", "hubert").replace("OUTPUT", OUTPUT["hubert"]).replace("CLUSTERS", "8")
+            .replace("EXTRA", "").replace("  device: cpu\n", "  device: cpu\n  pipeline_recipes: [hubert, wavlm]\n", 1))
+    spaces = []
+    for side in ("alone", "beside"):
+        ws = make_ws(tmp_path / side, tiny_corpus)
+        (tmp_path / side / "ssl.yaml").write_text(text)
+        spaces.append(Workspace(load_profile(tmp_path / side / "ssl.yaml"), ws.work_root, ws.results_root,
+                                ws.figures_root))
+    alone, beside = spaces
+    monkeypatch.setattr(side_by_side, "available_cores", lambda: 1)
+    assert side_by_side.plan(beside, ["hubert", "wavlm"]) == ([], 0)  # one core: one after the other
+    monkeypatch.setattr(side_by_side, "available_cores", lambda: 2)
+    assert side_by_side.plan(beside, ["hubert", "wavlm"]) == (["hubert", "wavlm"], 2)
+    assert side_by_side.plan(beside, ["hubert", "wavlm"], DistEnv(1, 2, 1, torch.device("cpu"))) == ([], 0)
+    infos = [recipes.train(alone, r, progress=False) for r in ("hubert", "wavlm")]
+    capsys.readouterr()
+    outcomes = stage_train(beside, progress=True)
+    assert "train: hubert, wavlm side by side, 2 processes at once" in capsys.readouterr().out
+    assert [o.info for o in outcomes] == infos
+    for r in ("hubert", "wavlm"):
+        assert weights(beside, r) == weights(alone, r), f"{r} trained beside another differs from {r} alone"
+    # published now: nothing left to train side by side; each process of a run reports its own id
+    assert side_by_side.plan(beside, ["hubert", "wavlm"]) == ([], 0)
+    ran = side_by_side.train(beside, ["hubert", "wavlm"], 2)
+    assert [info for info, _ in ran.values()] == infos
+    assert len({pid for _, pid in ran.values()} | {os.getpid()}) == 3

@@ -27,7 +27,8 @@ from repro import recipes
 from repro.errors import ConfigError
 from repro.provenance import RESUME_FIELD, Stamp, complete_record, resume_key, resumes, trained_model_key
 from repro.remedy import command
-from repro.runtime import DistEnv, barrier, on_rank_zero, setup, teardown, threads_of, writer_lock
+from repro.runtime import (DistEnv, barrier, on_rank_zero, resolve_device, setup, teardown, threads_of,
+                           writer_lock)
 from repro.trainlog import publish_or_fail
 from repro.util.atomic import atomic_write_json, check_writable
 from repro.weights import load_checkpoint, remove_checkpoint, save_checkpoint
@@ -81,6 +82,14 @@ class TrainingRecipe:
     def estimate(self, tflops: float, utterances: int | None = None) -> dict:
         """FLOPs and GPU-hours of the recipe at `tflops` sustained TFLOP/s."""
         raise NotImplementedError
+
+    @property
+    def own_cpu_threads(self) -> int:
+        """The CPU threads the recipe computes on when it trains on the CPU with a thread count of its own
+        (the same bytes in any process: `repro.recipes.side_by_side` may train it beside another); 0 when
+        it trains elsewhere or on the runtime's count."""
+        threads = getattr(self.common, "threads", 0)
+        return threads if threads and resolve_device(self.common.device).type == "cpu" else 0
 
     # ------------------------------------------------------------------ stamp and reuse
 
