@@ -118,6 +118,7 @@ extraction: {device: cpu, max_batch_seconds: 16}
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated", "nan"])
 def test_feature_extraction_stops_at_a_damaged_file_with_one_line(tiny_corpus, tmp_path, workspace_env, damage):
     from click.testing import CliRunner

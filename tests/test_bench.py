@@ -13,6 +13,7 @@ from repro.bench.common import PeakMemory
 from repro.cli import main
 
 
+@pytest.mark.slow
 def test_cka_benchmark_writes_a_record_whose_methods_agree(tmp_path):
     lines = []
     results = run_benchmarks(["cka"], tmp_path, echo=lines.append,

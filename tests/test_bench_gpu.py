@@ -24,6 +24,7 @@ def _stock_run(allowed: list[str], *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_tiny_calibration_runs_with_only_the_stock_set_and_the_wheels(tmp_path):
     done = _stock_run(list(WHEELS), "bench", "gpu", "--device", "cpu", "--tiny", "--steps", "1", "--out",
                       str(tmp_path))

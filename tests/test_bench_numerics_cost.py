@@ -93,6 +93,7 @@ def test_the_demo_arms_differ_only_in_pinned_numerics(tmp_path):
     assert unpinned == smoke
 
 
+@pytest.mark.slow
 def test_the_core_workload_runs_unpinned_on_the_native_level(tmp_path):
     """Both arms of the real core workload (one step per recipe): pinned ATen AVX2, unpinned the level the CPU's
     flags allow (AVX-512 here); the record keeps another workload's result."""

@@ -46,6 +46,7 @@ def records(tiny_corpus, tmp_path_factory):
     return out, results, lines
 
 
+@pytest.mark.slow
 def test_records_are_json_and_the_methods_agree(records):
     out, results, lines = records
     for name in ("extract", "probe", "pipeline", "projection"):

@@ -46,6 +46,7 @@ def needs_more_than_avx2() -> None:
         pytest.skip(f"this CPU offers ATen level {native_level()} only: pinning to AVX2 changes nothing to compare")
 
 
+@pytest.mark.slow
 def test_pinned_core_runs_at_avx2_and_is_repeatable():
     line = core()
     assert line.split()[0] == "AVX2"
@@ -57,6 +58,7 @@ def test_unpinned_core_differs_from_pinned_on_an_avx512_cpu():
     assert core(pinned=False).split()[1:] != core().split()[1:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("switch", sorted(PINNED_ENV))
 def test_each_switch_changes_the_bytes_on_an_avx512_cpu(switch):
     """Each variable pins a library that would otherwise choose another code path on this CPU: left out,
@@ -67,6 +69,7 @@ def test_each_switch_changes_the_bytes_on_an_avx512_cpu(switch):
 
 @pytest.mark.skipif(shutil.which("qemu-x86_64") is None,
                     reason="qemu-x86_64 is missing (Debian: apt-get install qemu-user): no emulated AVX2-only CPU")
+@pytest.mark.slow
 def test_pinned_bytes_hold_on_an_emulated_avx2_only_intel_cpu():
     """The same bytes, part by part, on this CPU and on an emulated Haswell (AVX2, FMA, no AVX-512,
     GenuineIntel)."""

@@ -344,6 +344,7 @@ def _failing_rank(rank: int, port: int, corpus: str, folder: str, bad: str, mode
     Path(folder, f"rank{rank}.txt").write_text(message)
 
 
+@pytest.mark.slow
 def test_a_failing_rank_fails_every_rank_with_its_name_and_error(tiny_corpus, tmp_path, hf_folder):
     from repro.features.batching import plan_batches
 
@@ -413,6 +414,7 @@ def _bn_rank(rank: int, port: int, folder: str, accum: int) -> None:
     teardown(env)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("accum", [1, 2, 3])
 def test_batchnorm_running_statistics_under_two_ranks_are_the_single_process_bytes(tmp_path, accum):
     """G = 1 (rank 1 has no micro-batch), 2 (one each), 3 (two and one): every rank ends with the

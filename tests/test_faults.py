@@ -90,6 +90,7 @@ def _stores(ws_root: Path) -> dict[str, str]:
 
 # --- one writer per output -------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_two_extractions_of_one_store_at_once_leave_complete_stores(faultprof, workspace_env):
     first = _repro("extract", "--profile", str(faultprof), "--quiet")
     time.sleep(0.3)
@@ -120,6 +121,7 @@ def _hold_store_lock(faultprof, split: str):
     return output_lock(ws.lock_file(path), f"feature store {path}")
 
 
+@pytest.mark.slow
 def test_a_run_waits_for_the_holder_then_keeps_its_store(faultprof, workspace_env):
     with _hold_store_lock(faultprof, "dev"):
         child = _repro("extract", "--profile", str(faultprof), "--quiet", "-t", "KS")
@@ -133,6 +135,7 @@ def test_a_run_waits_for_the_holder_then_keeps_its_store(faultprof, workspace_en
     assert _stores(workspace_env) == {"dev": "ok", "test": "ok", "train": "ok"}
 
 
+@pytest.mark.slow
 def test_a_held_lock_past_the_timeout_is_one_line(faultprof, workspace_env):
     with _hold_store_lock(faultprof, "dev"):
         child = _repro("extract", "--profile", str(faultprof), "--quiet", env={"REPRO_LOCK_TIMEOUT": "1"})
@@ -307,6 +310,7 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_a_paper_stage_killed_while_rendering_leaves_the_previous_outputs(faultprof, workspace_env, monkeypatch):
     from repro.paper import stage
 

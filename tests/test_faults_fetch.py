@@ -60,6 +60,7 @@ def _done(proc: subprocess.Popen) -> tuple[int, str]:
 
 # --- one writer for downloads and the data lock --------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_two_fetches_of_different_corpora_keep_every_pin(server, tmp_path):
     data = {c: make_tar_gz({**FILES, f"pack/{c}.id": c.encode()}) for c in ("toya", "toyb")}
     _catalog(tmp_path, {c: [_archive(server, f"{c}.tar.gz", d)] for c, d in data.items()})
@@ -79,6 +80,7 @@ def test_two_fetches_of_different_corpora_keep_every_pin(server, tmp_path):
         assert (tmp_path / "data" / c / c / "pack" / f"{c}.id").read_text() == c
 
 
+@pytest.mark.slow
 def test_a_second_fetch_of_one_corpus_waits_for_the_first(server, tmp_path):
     data = make_tar_gz(FILES)
     _catalog(tmp_path, {"toy": [_archive(server, "toy.tar.gz", data)]})
@@ -111,6 +113,7 @@ def test_a_second_fetch_of_one_corpus_waits_for_the_first(server, tmp_path):
 
 # --- transfers judged by what is known -----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_transfer_cut_without_a_length_is_resumed_not_blamed_on_the_publisher(server, tmp_path):
     data = make_tar_gz(FILES)
     _catalog(tmp_path, {"toy": [_archive(server, "toy.tar.gz", data)]})
@@ -137,6 +140,7 @@ def test_a_transfer_cut_without_a_length_is_resumed_not_blamed_on_the_publisher(
 
 # --- readable outputs ----------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("umask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750)])
 def test_fetched_outputs_have_the_modes_of_the_umask(server, tmp_path, umask, file_mode, dir_mode):
     listing = b"1 a b\n0 a c\n"

@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1] / "repro"
 
 # From the ground up (docs/architecture.md). A module may import its own floor and the floors below.
@@ -69,6 +71,7 @@ def test_every_module_is_on_a_floor():
         floor(name)
 
 
+@pytest.mark.slow
 def test_no_import_runs_upward():
     upward = []
     for name, path in modules().items():
@@ -84,6 +87,7 @@ def _in_recipes(module: str) -> bool:
     return any(module == p or module.startswith(p + ".") for p in RECIPE_PACKAGES)
 
 
+@pytest.mark.slow
 def test_recipes_are_reached_through_the_recipe_interface_only():
     from repro.recipes import RECIPES
 

@@ -225,6 +225,7 @@ def test_values_in_error_messages_are_cut_to_a_readable_length(tmp_path, text):
 
 # --- roots and links ---------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("var", ["REPRO_WORK", "REPRO_RESULTS"])
 def test_a_root_that_is_a_file_is_one_line_naming_it(tmp_path, monkeypatch, var):
     afile = tmp_path / "afile"

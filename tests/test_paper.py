@@ -117,6 +117,7 @@ def test_results_from_another_config_are_refused(ws):
         render_output(ws, "table-1")
 
 
+@pytest.mark.slow
 def test_tables_and_figures_are_byte_stable(ws, tmp_path):
     write_paper_like(ws)
     first = {}

@@ -138,6 +138,7 @@ def _drawn_labels(fig) -> list[tuple[str, object]]:
     return out
 
 
+@pytest.mark.slow
 def test_figures_with_two_long_named_plugins_have_labels_that_neither_overlap_nor_leave_the_figure(
         tmp_path, monkeypatch):
     import matplotlib.pyplot as plt

@@ -41,6 +41,7 @@ CASES = [  # a frame-level task (CTC), crops, x-vector with EER selection, folds
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task,input_,budget", CASES, ids=[f"{t}-{i}" for t, i, _ in CASES])
 def test_a_group_writes_the_result_files_of_solo_runs(task, input_, budget, tiny_corpus, tmp_path):
     profile = _profile(task, input_, **budget)

@@ -60,6 +60,7 @@ def _expected_bytes(corpus, name: str, dims: list[int], store_frames=None) -> di
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["PR-upstream", "SID-upstream", "ASV-upstream", "KS-pooled", "KS-fused", "PR-cache"])
 def test_a_training_step_reads_nothing_back_and_copies_only_its_data(name, counted, tiny_corpus, tmp_path):
     steps = counted["tasks"][name]["steps"]

@@ -95,6 +95,7 @@ def workspace(tmp_path, profile, corpus):
     return ws
 
 
+@pytest.mark.slow
 def test_planted_layers_get_the_weight(tmp_path, smoke_corpus, monkeypatch):
     registry = tmp_path / "planted.yaml"
     registry.write_text(f"planted:\n  family: speech_ssl\n  loader: python\n  source: {HERE / 'planted_model.py'}:build\n"
@@ -134,6 +135,7 @@ def constant_transcript_per(ws) -> float:
     return min(error_rate(refs, [top[:k]] * len(refs)) for k in range(1, len(top) + 1))
 
 
+@pytest.mark.slow
 def test_each_probe_beats_chance_with_a_tiny_model(ecapa_ws):
     ws = ecapa_ws
     info = json.loads((ws.corpus_dir / "corpus.json").read_text())
@@ -156,6 +158,7 @@ def test_each_probe_beats_chance_with_a_tiny_model(ecapa_ws):
     assert er["test"] == pytest.approx(np.mean([r["test"] for r in er["runs"]]))
 
 
+@pytest.mark.slow
 def test_cache_and_on_the_fly_agree(ecapa_ws, tmp_path):
     ws = ecapa_ws
     prof = ws.profile

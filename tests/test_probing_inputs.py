@@ -32,6 +32,7 @@ def _profile(inputs: dict[str, str | None], steps: int = 20, **probing):
         probing=dataclasses.replace(base.probing, tasks=tasks, **probing))
 
 
+@pytest.mark.slow
 def test_pooled_store_probes_equal_frame_store_probes(tiny_corpus, tmp_path):
     cache = workspace_on(tmp_path / "cache", _profile({t: "cache" for t in POOLED}), tiny_corpus)
     pooled = workspace_on(tmp_path / "pooled", _profile({t: "pooled" for t in POOLED}), tiny_corpus)

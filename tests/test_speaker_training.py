@@ -278,6 +278,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe,accumulation", [("dino", 2), ("supervised", 2), ("dino", 1)])
 def test_two_gloo_ranks_train_the_single_process_model_to_the_byte(recipe, accumulation, tiny_corpus, tmp_path):
     """The same profile (grad_accumulation A) trained by one process and by two gloo ranks: A = 2

@@ -72,6 +72,7 @@ def weights(ws: Workspace, recipe: str) -> bytes:
     return (ws.models_dir / OUTPUT[recipe] / info["weights_file"]).read_bytes()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["hubert", "wavlm"])
 def test_same_seed_same_weights_and_a_resumed_run_equals_an_uninterrupted_one(recipe, tiny_corpus, tmp_path):
     extra = "mix_prob: 0.5" if recipe == "wavlm" else ""
@@ -252,6 +253,7 @@ def test_the_train_stage_runs_the_profiles_ssl_recipes(tiny_corpus, tmp_path):
     assert stage_train(ws, progress=False) == [info]  # kept: the same settings and data
 
 
+@pytest.mark.slow
 def test_single_threaded_recipes_train_side_by_side_to_the_bytes_they_train_alone(tiny_corpus, tmp_path, monkeypatch,
                                                                                     capsys):
     from repro.pipeline import stage_train

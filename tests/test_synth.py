@@ -85,6 +85,7 @@ def test_speaker_splits(tiny_corpus: Path):
             assert t.target == (ids[t.enroll] == ids[t.test])
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_bytes(tiny_corpus: Path, tmp_path):
     again = make_corpus(tmp_path / "again", TINY_SYNTH, seed=0, workers=1, progress=False)
     files = sorted(p.relative_to(tiny_corpus) for p in tiny_corpus.rglob("*") if p.is_file())
@@ -95,6 +96,7 @@ def test_same_seed_gives_identical_bytes(tiny_corpus: Path, tmp_path):
     assert (other / "manifests" / "PR.jsonl").read_bytes() != (tiny_corpus / "manifests" / "PR.jsonl").read_bytes()
 
 
+@pytest.mark.slow
 def test_existing_corpus_is_reused_and_changed_config_rebuilds(tiny_corpus: Path, tmp_path, capsys):
     out = make_corpus(tmp_path / "c", TINY_SYNTH, seed=3, progress=False)
     mtime = (out / "corpus.json").stat().st_mtime_ns
@@ -105,6 +107,7 @@ def test_existing_corpus_is_reused_and_changed_config_rebuilds(tiny_corpus: Path
     assert f"{out}: not complete (made under other settings): made again" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_the_corpus_is_judged_by_its_recorded_stamp(tmp_path, capsys):
     """`corpus.json` records the corpus's provenance stamp, and that stamp alone decides a skip: a stamp
     edited to name other inputs, a damaged corpus.json or one with no stamp (an earlier version's
@@ -136,6 +139,7 @@ def _corpus_files(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_a_separate_process_without_espeak_on_path_builds_the_same_bytes(tiny_corpus: Path, tmp_path):
     """Another interpreter, with only the venv's bin folder on PATH (no espeak-ng program), 3 threads."""
     bin_dir = Path(sys.executable).parent

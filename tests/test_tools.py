@@ -37,6 +37,7 @@ def test_voxceleb2_conversion_without_ffmpeg_says_how_to_install_it(tmp_path, mo
     assert not (tmp_path / "voxceleb2/dev-wav16k").exists()
 
 
+@pytest.mark.slow
 def test_the_command_line_shows_a_missing_program_as_one_line(tmp_path):
     env = {"PATH": str(tmp_path / "empty"), "REPRO_DATA": str(tmp_path / "data"), "HOME": str(tmp_path),
            "PYTHONPATH": str(ROOT)}

@@ -37,6 +37,7 @@ def _env() -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_the_loopback_rendezvous_starts_every_worker_where_the_machine_has_no_name(tmp_path):
     (tmp_path / "worker.py").write_text(WORKER)
     launch = Launch(command(2, [str(tmp_path / "worker.py")]), 2, _env(), tmp_path, tmp_path / "launch",
@@ -48,6 +49,7 @@ def test_the_loopback_rendezvous_starts_every_worker_where_the_machine_has_no_na
     assert launch.started() == ["rank-0", "rank-1"]
 
 
+@pytest.mark.slow
 def test_a_launch_whose_workers_never_start_fails_in_time_with_the_launchers_output(tmp_path):
     """`--standalone` names the node by its FQDN, which does not resolve here: the rendezvous never
     completes. The watchdog (10 s here, 120 s in the tests that launch the pipeline) stops the launcher and
