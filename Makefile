@@ -110,7 +110,7 @@ config: $(VENV)/.installed ## show the settings the paper leaves open, with our 
 test: $(VENV)/.installed ## run the whole test suite (what CI runs), then its 15 slowest tests
 	$(PY) -m pytest -q --durations=15
 
-test-fast: $(VENV)/.installed ## the test suite without the long end-to-end tests (marked slow)
+test-fast: $(VENV)/.installed ## the test suite without the longer tests (marked slow: end to end, several processes, emulation)
 	$(PY) -m pytest -q -m "not slow"
 
 clean: ## remove the work, results and figures of PROFILE
