@@ -70,6 +70,7 @@ def test_records_are_json_and_the_methods_agree(records):
     assert pj["profiles"]["fast"]["hours"]["float32"] < pj["profiles"]["full"]["hours"]["float32"]
 
 
+@pytest.mark.slow  # the benchmark records (its module fixture) take about 95 s
 def test_performance_page_names_what_is_measured_and_what_is_assumed(records, tmp_path):
     out, _, _ = records
     page = write_performance(out, tmp_path / "PERFORMANCE.md").read_text()
