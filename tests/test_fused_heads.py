@@ -83,6 +83,9 @@ def _same(a, b) -> bool:
 
 @pytest.mark.parametrize("task,folds", [("KS", 1), ("ER", 2)])
 def test_a_probe_in_a_fused_group_gives_the_bytes_of_its_solo_run(task, folds, tmp_path):
+    # on one thread: on two, the bytes of a group and its solo runs have differed after other tests had run
+    # in the process (the suite's order), so the equality is asserted where it holds whatever ran before
+    torch.set_num_threads(1)  # the session's count is put back after the test (conftest)
     budget = _budget()
     group = _final(fused.train_fused(_folds(tmp_path / "g", task, folds, k=3), budget, 0, CPU, progress=False))
     for i in range(3):

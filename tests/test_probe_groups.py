@@ -97,6 +97,8 @@ def test_an_interrupted_group_resumes_to_the_uninterrupted_results(tiny_corpus, 
 
 
 def test_complete_learning_rates_are_kept_and_groups_split_by_max_group(tiny_corpus, tmp_path):
+    # on one thread, as test_fused_heads's byte test: on two, a group's bytes have followed what ran before
+    torch.set_num_threads(1)  # the session's count is put back after the test (conftest)
     profile = _profile("KS", "pooled")
     full = workspace_on(tmp_path / "full", profile, tiny_corpus)
     split = workspace_on(tmp_path / "split", dataclasses.replace(profile, probing=dataclasses.replace(
