@@ -111,13 +111,3 @@ def _outputs_outside_the_clone(tmp_path, monkeypatch):
         if var not in os.environ:
             monkeypatch.setenv(var, str(tmp_path / sub))
 
-
-@pytest.fixture(autouse=True)
-def _torch_threads_put_back():
-    """Every test starts with the thread count the session started with: CPU kernels split their work by
-    it, so a count one test left behind would change the rounding that a later test compares."""
-    import torch
-
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)

@@ -414,7 +414,6 @@ def _bn_rank(rank: int, port: int, folder: str, accum: int) -> None:
     teardown(env)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("accum", [1, 2, 3])
 def test_batchnorm_running_statistics_under_two_ranks_are_the_single_process_bytes(tmp_path, accum):
     """G = 1 (rank 1 has no micro-batch), 2 (one each), 3 (two and one): every rank ends with the
