@@ -110,4 +110,3 @@ def _outputs_outside_the_clone(tmp_path, monkeypatch):
     for var, sub in (("REPRO_RESULTS", "results"), ("REPRO_FIGURES", "figures")):
         if var not in os.environ:
             monkeypatch.setenv(var, str(tmp_path / sub))
-
