@@ -97,7 +97,7 @@ def _model(profile="full", code=None, tasks=None, tf32=False):
     flops = {m: 10e9 for m in MODELS}
     head = {m: {t: {"forward": 1e6, "train": 3e6} for t in ("PR", "SID", "ASV")} for m in MODELS}
     pooled = {m: {t: {"micro_batch": 90, "optimizer_step": 60,
-                      "fused": {"micro_batch": 120, "optimizer_step": 70, "evaluation": 40}}
+                      "fused": {"batch": 120, "optimizer_step": 70, "evaluation": 40}}
                   for t in ("KS", "IC", "ER")} for m in MODELS}
     measured = {"decode_flac": Input(1e9, "x", "measured", "test"), "decode_wav": Input(1e9, "x", "measured", "test"),
                 "cka_gemm_fraction": Input(0.5, "x", "measured", "test")}
@@ -145,13 +145,17 @@ def test_heads_cost_k_probes_and_padding_follows_the_librispeech_lengths():
 
 def test_a_fused_pooled_group_pays_its_operators_once_for_every_learning_rate_and_fold():
     fused = _model(tasks=["KS", "ER"]).terms()
+    per_micro_batch = _model(tasks=["KS", "ER"], code=facts(pooled_heads="fused_group")).terms()
     apart = _model(tasks=["KS", "ER"], code=facts(pooled_heads="one_step_per_probe")).terms()
     prof = load_profile("full")
     for task, folds in (("KS", 1), ("ER", len(prof.probing.er_folds))):
         b = prof.probing.tasks[task]
         micro = b.steps * b.grad_accum
+        # one batch of rows per step, whatever the learning rates, folds and accumulated micro-batches
         assert _hours(fused, "hubert-base", task, "pooled-head steps, train") == pytest.approx(
-            (micro * 120 + b.steps * 70) * 10e-6 / 3600)  # one step whatever the learning rates and folds
+            (b.steps * 120 + b.steps * 70) * 10e-6 / 3600)
+        assert _hours(per_micro_batch, "hubert-base", task, "pooled-head steps, train") == pytest.approx(
+            (micro * 120 + b.steps * 70) * 10e-6 / 3600)
         assert _hours(apart, "hubert-base", task, "pooled-head steps, train") == pytest.approx(
             len(b.lr_grid) * folds * (micro * 90 + b.steps * 60) * 10e-6 / 3600)
         assert not _hours(fused, "hubert-base", task, "loss reads")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +18,7 @@ from repro.probing.featurizer import ProjectedWeightedSum, WeightedSum, group_fe
 from repro.probing.trainer import TrainContext, train_group
 from repro.runtime import tf32_context
 from interrupt import Stop, stop_at
+from torchrun_launch import free_port
 
 torch.set_num_threads(2)
 CPU = torch.device("cpu")
@@ -69,7 +72,10 @@ def test_the_torch_calls_of_a_fused_step_do_not_depend_on_the_number_of_probes_o
     # rates make the calls of one probe
     for folds, k in ((2, 1), (5, 4)):
         assert _step_calls(_folds(tmp_path / f"f{folds}-{k}", task="ER", folds=folds, k=k), budget) == one
-    assert one[0]["index_select"] == 3 * budget.grad_accum  # each micro-batch's table rows, means, targets
+    # a step's micro-batches are one batch of rows: one read (table rows, means, targets), one forward and
+    # one backward, as many calls as a step without accumulation
+    assert one[0]["index_select"] == 3
+    assert _step_calls(_folds(tmp_path / "accum1", k=1), _budget(grad_accum=1)) == one
 
 
 def _final(outs):
@@ -96,10 +102,12 @@ def test_a_probe_in_a_fused_group_gives_the_bytes_of_its_solo_run(task, folds, t
         assert all(_same([g[i]], s) for g, s in zip(group, solo))
 
 
-def test_the_fused_engine_matches_the_per_probe_engine_within_float_rounding(tmp_path):
+@pytest.mark.parametrize("accum", [1, 3])
+def test_the_fused_engine_matches_the_per_probe_engine_within_float_rounding(tmp_path, accum):
     """The tolerance stated in docs/probing.md: after 30 steps every weight within 1e-5 of the per-probe
-    engine's (relative to the weight's largest magnitude), the same dev metrics."""
-    budget = _budget(steps=30, eval_every=10)
+    engine's (relative to the weight's largest magnitude), the same dev metrics; with accumulated
+    micro-batches (the fused step's one product over their rows against their gradients added) too."""
+    budget = _budget(steps=30, eval_every=10, grad_accum=accum)
     (fold,) = _folds(tmp_path / "f", k=3)
     outs = fused.train_fused([fold], budget, 0, CPU, progress=False)[0]
     (other,) = _folds(tmp_path / "p", k=3)
@@ -111,6 +119,55 @@ def test_the_fused_engine_matches_the_per_probe_engine_within_float_rounding(tmp
             worst = max(worst, float((t - b["best_state"][n]).abs().max() / b["best_state"][n].abs().max()))
         assert a["curve"]["train_loss"] == pytest.approx(b["curve"]["train_loss"], rel=1e-5)
     assert 0 < worst < 1e-5
+
+
+class _Computed:
+    """A pooled source whose rows are computed per batch (as an upstream forward computes them), not read
+    from a resident table: `batch` gives each layer's `[B, 1, D]` means."""
+
+    pooled = True
+
+    def __init__(self, store):
+        self.dims, self.means = store.dims, store.means
+
+    def batch(self, idx, step):
+        return [torch.from_numpy(m[idx])[:, None] for m in self.means], None
+
+
+def _computed_folds(tmp_path):
+    folds = _folds(tmp_path, "ER", folds=2, k=2)
+    for f in folds:
+        f.train.source = _Computed(f.train.source)
+    return folds
+
+
+def _two_rank_fold(rank: int, port: int, folder: str, accum: int) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from repro.runtime import setup, teardown
+
+    env = setup("cpu", timeout_s=60)
+    outs = fused.train_fused(_computed_folds(Path(folder) / f"rank{rank}"), _budget(grad_accum=accum), 0, CPU,
+                             progress=False, env=env)
+    torch.save(_final(outs), Path(folder) / f"rank{rank}.pt")
+    teardown(env)
+
+
+@pytest.mark.slow
+def test_two_ranks_exchange_computed_rows_and_give_the_bytes_of_one_process(tmp_path):
+    """Three micro-batches a step on two ranks (two and one): each rank computes its micro-batches' rows,
+    the ranks exchange them, and both end with the probes one process trains from a resident table."""
+    torch.set_num_threads(1)
+    budget = _budget(grad_accum=3)
+    single = _final(fused.train_fused(_folds(tmp_path / "one", "ER", folds=2, k=2), budget, 0, CPU,
+                                      progress=False))
+    computed = _final(fused.train_fused(_computed_folds(tmp_path / "computed"), budget, 0, CPU, progress=False))
+    assert all(_same(a, b) for a, b in zip(computed, single))
+    torch.multiprocessing.spawn(_two_rank_fold, args=(free_port(), str(tmp_path), 3), nprocs=2)
+    for rank in (0, 1):
+        ranked = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        assert all(_same(a, b) for a, b in zip(ranked, single)), rank
 
 
 def test_probes_with_different_budgets_are_refused_with_the_settings_named():
@@ -245,3 +302,18 @@ def test_a_projected_probes_gradients_in_a_group_are_its_solo_bytes():
 
     together, alone = grads(group), grads(group[:1])
     assert all(torch.equal(a, b) for a, b in zip(together[0], alone[0]))
+
+
+@pytest.mark.slow
+def test_the_benchmark_measures_a_steady_state_rate_and_the_fixed_cost_apart():
+    from repro.bench import probe_fused
+
+    r = probe_fused.run(steps=4, short=2, rounds=1, group={"layers": 2, "dim": 8, "train": 16, "k": 2})
+    for name, t in r["tasks"].items():
+        (one,) = t["runs"]["this"]
+        assert one["short"]["steps"] == 2 and one["long"]["steps"] == 6 and one["engine"] == "fused"
+        per_step = (one["long"]["cpu_seconds"] - one["short"]["cpu_seconds"]) / 4
+        assert t["this_steps_per_cpu_s"] == pytest.approx(1 / per_step)
+        assert t["this_fixed_cpu_seconds"] == pytest.approx(one["short"]["cpu_seconds"] - 2 * per_step)
+        assert "speedup" not in t and t["probes"] == 2 * probe_fused.SHAPES[name]["folds"]
+    assert "steady state over 4 steps (runs of 2 and 6 steps)" in probe_fused.table(r)

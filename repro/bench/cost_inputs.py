@@ -29,11 +29,14 @@ change's effect is the difference of two tables. The facts and the code each des
                               `torch.utils.flop_counter` (and FlexAttention runs under it), so the counted FLOPs
                               include attention on every path and are rescaled to each length; `False`: the
                               counter missed SDPA attention, added from the shapes (4 T^2 D per layer and item).
-    pooled_heads              `fused_group`: every learning rate and every fold of a pooled task (KS, IC, ER)
-                              trains as one step on stacked parameters (`repro.probing.fused`), its operators
-                              counted once per micro-batch and optimiser step whatever the number of probes
-                              (`repro.bench.shapes.fused_step_ops`), priced per operator on the host
-                              (launch-bound), no host read inside a step; `one_step_per_probe` (before): each
+    pooled_heads              `fused_step`: every learning rate and every fold of a pooled task (KS, IC, ER)
+                              trains as one step on stacked parameters (`repro.probing.fused`), the step's
+                              micro-batches read, forwarded and differentiated as one batch of rows: its
+                              operators counted once per optimiser step whatever the number of probes and of
+                              accumulated micro-batches (`repro.bench.shapes.fused_step_ops`), priced per
+                              operator on the host (launch-bound), no host read inside a step; `fused_group`
+                              (before): the same, with a forward and backward per micro-batch and their
+                              gradients added; `one_step_per_probe` (before that): each
                               learning rate (and fold) trained its own small head step by step on `[B, 1, D]`
                               layer means, a few hundred tiny kernels per probe and micro-batch and a loss
                               read each.
@@ -67,7 +70,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-CODE_PATHS_VERSION = 5
+CODE_PATHS_VERSION = 6
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,7 @@ class CodePaths:
     wavlm_attention: str = "sdpa_float_mask"
     hubert_attention: str = "sdpa"
     attention_flops_counted: bool = True
-    pooled_heads: str = "fused_group"
+    pooled_heads: str = "fused_step"
     pr_batches: str = "length_window_padded"
     eval_batches: str = "manifest_order_padded"
     head_precision: str = "probing_tf32"

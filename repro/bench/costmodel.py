@@ -74,7 +74,8 @@ class CostModel:
         profile: a loaded profile (`repro.config.load_profile`).
         flops: FLOPs per audio second of each model, counted at `flop_seconds` per item.
         head_flops: `{model: {task: {"forward", "train"}}}` FLOPs per frame of one probe.
-        pooled_ops: `{model: {task: {"micro_batch", "optimizer_step"}}}` operators of one pooled probe.
+        pooled_ops: `{model: {task: {"micro_batch", "optimizer_step", "fused": {"batch", "optimizer_step",
+            "evaluation"}}}}` operators of one pooled probe, and of a fused group (`shapes.fused_step_ops`).
         measured: `Input`s measured on this machine or read from records (decode rates, pooled steps,
             host scoring, CKA's GEMM share, a GPU record's rates), overriding the assumed ones by name.
         code: the code-path facts.
@@ -327,14 +328,17 @@ class CostModel:
         terms = []
         measured = f"pooled_step_s:{model}:{task}"
         folds = len(self.profile.probing.er_folds) if task == "ER" else 1
-        if self.code.pooled_heads == "fused_group":
+        if self.code.pooled_heads in ("fused_step", "fused_group"):
             fused = ops["fused"]
             group_micro, group_steps = micro / folds, steps / folds  # every fold in the same step
-            n = group_micro * fused["micro_batch"] + group_steps * fused["optimizer_step"]
+            # a step's rows as one batch (fused_step), or each micro-batch its own (fused_group, before)
+            batches, per = (group_steps, "step") if self.code.pooled_heads == "fused_step" else \
+                (group_micro, "micro-batch")
+            n = batches * fused["batch"] + group_steps * fused["optimizer_step"]
             terms.append(self._term(model, task, precision, "pooled-head steps, train",
                                     n * self.v("host_op_us") / 1e6 / 3600, ["host_op_us"],
                                     f"one fused step for {lrs} learning rates x {folds} fold(s): "
-                                    f"{fused['micro_batch']} operators per micro-batch, {fused['optimizer_step']} "
+                                    f"{fused['batch']} operators per {per}, {fused['optimizer_step']} "
                                     f"per optimiser step, {n / 1e9:.3f} G operators"))
             split = "dev" if "dev" in c else "all"
             batches = evals * c["utterances"][split] / b.batch_size

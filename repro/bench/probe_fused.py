@@ -7,14 +7,22 @@ pooled head reads nothing else):
     ER   5 folds x K = 4 learning rates, 4 classes, batch 4 x 8 accumulated micro-batches
 
 with WavLM Base+'s 13 layers of 768 (the projection and head widths of the full profile). A group
-trains `steps` steps (one evaluation at the end, on 8 dev utterances) with the engine of the code
-it imports: `repro.probing.fused.train_fused` where it exists, otherwise the per-probe engine
-(`trainer.train_group`, fold after fold). Seconds are the process's CPU seconds around training.
+trains with the engine of the code it imports: `repro.probing.fused.train_fused` where it exists,
+otherwise the per-probe engine (`trainer.train_group`, fold after fold). Seconds are the process's
+CPU seconds around training, one evaluation (8 dev utterances) at the end. The processes compute with
+the CPU's own code paths, as the full profile does (it does not pin CPU numerics); `pinned` measures
+under `repro.cpu_numerics.PINNED_ENV` instead (the smoke profile's: MKL's SSE2 branch, AVX2 kernels).
+
+A step's rate is measured in steady state: each measurement trains the group twice, in two processes,
+`short` steps and `short + steps` steps, and the rate is `steps` over the difference of their CPU
+seconds; what the two have in common (building the stacked parameters and the device table of means,
+the evaluation, the checkpoints) is reported apart as `fixed_cpu_seconds`, paid once per group,
+where the full profile trains 30,000 to 200,000 steps.
 
 `run(previous=<checkout>)` measures this checkout and the previous one alternately, `rounds` times
-each, each in its own process (`python repro/bench/probe_fused.py` with `PYTHONPATH` set to the
-checkout), and reports medians and the ratio (previous CPU seconds over this one's). Without
-`previous`, only this checkout is measured.
+each, each run in its own process (`python repro/bench/probe_fused.py` with `PYTHONPATH` set to the
+checkout), and reports medians and the ratio of the rates (this one's over the previous one's).
+Without `previous`, only this checkout is measured.
 """
 
 from __future__ import annotations
@@ -32,31 +40,29 @@ from typing import Any
 
 SHAPES = {"KS": {"folds": 1, "classes": 12, "batch_size": 32, "grad_accum": 1},
           "ER": {"folds": 5, "classes": 4, "batch_size": 4, "grad_accum": 8}}
-DEFAULTS = {"steps": 60, "k": 4, "rounds": 3, "layers": 13, "dim": 768, "train": 2048}
+DEFAULTS = {"steps": 120, "short": 20, "k": 4, "rounds": 3, "layers": 13, "dim": 768, "train": 2048}
 LRS = [1e-5, 1e-4, 1e-3, 1e-2]
-# Where a fused step's time goes on a CPU, and why ER's ratio stays small there (a profile of this engine,
-# kept with the record; `table` prints it)
-NOTE = ("Profile of a fused step (torch.profiler, self CPU time, one thread, steps 3 to 6 of a group, AMD EPYC "
-        "shared with other work). ER (20 probes, 8 micro-batches of 4): 74 % in the projector's three batched "
-        "products of each micro-batch (forward, gradient of its input, gradient of its weight; each reads or "
-        "writes the stacked [20, 768, 256] weight, 16 MB), 9 % adding each micro-batch's gradient into the "
-        "step's, 9 % Adam and clipping over the stacked parameters, 2 % the gathers, 7 % the rest. KS (4 probes, "
-        "one micro-batch of 32): 56 % the projector's products, 26 % Adam and clipping, 17 % the rest (8 % the "
-        "copy that puts a micro-batch's layers side by side). The per-probe engine runs the same products on one "
-        "probe's 0.8 MB weight, which stays in the cache from a micro-batch's forward to its accumulation; the "
-        "fused step's 16 MB operands do not, so at ER's shapes a CPU step is bound by memory traffic (about 100 "
-        "MB per micro-batch: the weight read twice, the gradient written, read and added), not by launches. "
-        "Each micro-batch's gradient stays its own float32 sum, added in micro-batch order, so that torchrun "
-        "ranks give the one-process bytes (tests/test_distributed.py); one product over a step's 32 utterances "
-        "would change that rounding. With gradients kept per micro-batch ER's 8x is out of reach on a CPU at these "
-        "shapes; on a GPU, where a step is "
-        "launch-bound, a fused step's launches do not depend on K or the folds (tests/test_fused_heads.py). "
-        "On the idle machine (load average 0.5; one thread per process) KS took 1.1 s against 1.9 s (1.7x) and "
-        "ER 10.5 s against 11.2 s (1.07x); under a load average of 12 to 17 the ratios fell to 1.2x and 1.0x, the "
-        "fused engine's large operands suffering most from other work in the cache. What would lift ER on a CPU: "
-        "one product per step over all of its micro-batches' rows (the weight read once a step, not once per "
-        "micro-batch), with the ranks of a torchrun launch exchanging their rows so that every launch computes "
-        "that one product; its rounding then differs from a sum of per-micro-batch gradients.")
+NUMERICS = {False: "the CPU's own code paths", True: "pinned CPU numerics"}
+# Where a fused step's time goes on a CPU, and what bounds each ratio there (a profile of this engine, kept with
+# the record; `table` prints it)
+NOTE = ("Profile of a fused step (torch.profiler, self CPU time, one thread, 40 steps, the CPU's own code paths, "
+        "AMD EPYC). ER (20 probes; a step's 8 micro-batches of 4 one batch of 32 rows): 46 % the projector's three "
+        "batched products (forward, gradient of its input, gradient of its stacked [20, 768, 256] weight, each "
+        "read or written once a step), 25 % Adam and clipping over the stacked parameters (16 MB per tensor), "
+        "8 % the layer-weighted sum and its gradient, 2 % the gathers. KS (4 probes, batch 32): 35 % the "
+        "projector's products, about 20 % Adam and clipping. Before, each of ER's micro-batches ran the three "
+        "products and added its gradient into the step's: the 16 MB weight read twice and its gradient written, "
+        "read and added 8 times a step, which bound a step by memory traffic (the last record: 1.07x the "
+        "per-probe engine, whole runs of 60 steps under pinned numerics). Reading a step's rows as one batch removes that; the layer-weighted sum, "
+        "computed layer after layer and broadcast over the probes, no longer copies each fold's rows once per "
+        "probe (23 % of ER's step before). KS has one micro-batch a step: at batch 32 the per-probe engine's "
+        "products are already of a useful size, so both engines are bound by the same arithmetic (about 150 "
+        "MFLOP a step) and fusion removes only the per-probe launches and Adam's small steps: its 3x is out of "
+        "reach on a CPU. Under pinned CPU numerics (`--pinned`, the smoke profile's: MKL's SSE2 branch) the "
+        "large products run at a fraction of their speed and the ratios fall to 1.3x (KS) and 1.5x (ER), "
+        "measured the same way on the same idle machine. On a GPU, where a step is launch-bound, a step of the "
+        "previous engine is K x folds x micro-batches x a few hundred launches and a fused step the same "
+        "launches for any K, folds and micro-batches (tests/test_fused_heads.py).")
 
 
 def _fold(task_name: str, fold: int, classes: int, n: int, layers: int, dim: int, k: int, work: Path):
@@ -131,9 +137,14 @@ def measure(task_name: str, steps: int, k: int, layers: int, dim: int, train: in
             "cpu_seconds": cpu, "wall_seconds": wall, "steps_per_cpu_s": steps / cpu}
 
 
-def _child(checkout: Path, task_name: str, opts: dict) -> dict[str, Any]:
-    """`measure` in a fresh process importing `repro` from `checkout`."""
-    env = {**os.environ, "PYTHONPATH": str(checkout), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+def _child(checkout: Path, task_name: str, opts: dict, pinned: bool = False) -> dict[str, Any]:
+    """`measure` in a fresh process importing `repro` from `checkout`, with the CPU's own code paths (the full
+    profile's numerics) or, `pinned`, with `cpu_numerics.PINNED_ENV` (the smoke profile's)."""
+    from repro.cpu_numerics import PINNED_ENV
+
+    env = {k: v for k, v in os.environ.items() if k not in PINNED_ENV}
+    env.update(PINNED_ENV if pinned else {}, PYTHONPATH=str(checkout),
+               OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     out = subprocess.run([sys.executable, __file__, task_name, json.dumps(opts)], env=env, check=True,
                          capture_output=True, text=True, cwd=checkout)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -147,46 +158,60 @@ def _revision(checkout: Path) -> str:
         return "unknown"
 
 
-def run(previous: Path | None = None, steps: int = DEFAULTS["steps"], k: int = DEFAULTS["k"],
-        rounds: int = DEFAULTS["rounds"], layers: int = DEFAULTS["layers"], dim: int = DEFAULTS["dim"],
-        train: int = DEFAULTS["train"]) -> dict[str, Any]:
-    """Measure (see the module doc) and return the figures."""
+def _steady(checkout: Path, task_name: str, opts: dict, short: int, pinned: bool) -> dict[str, Any]:
+    """One steady-state measurement (module doc): `short` and `short + opts["steps"]` steps, two processes."""
+    few = _child(checkout, task_name, {**opts, "steps": short}, pinned)
+    many = _child(checkout, task_name, {**opts, "steps": short + opts["steps"]}, pinned)
+    per_step = (many["cpu_seconds"] - few["cpu_seconds"]) / opts["steps"]
+    return {"engine": many["engine"], "probes": many["probes"], "short": few, "long": many,
+            "cpu_seconds_per_step": per_step, "fixed_cpu_seconds": few["cpu_seconds"] - short * per_step}
+
+
+def run(previous: Path | None = None, steps: int = DEFAULTS["steps"], rounds: int = DEFAULTS["rounds"],
+        short: int = DEFAULTS["short"], pinned: bool = False, group: dict[str, int] | None = None) -> dict[str, Any]:
+    """Measure (see the module doc) and return the figures; `group` overrides the group's shape (`k`,
+    `layers`, `dim`, `train`: learning rates, layers, their width, train utterances per fold)."""
     from repro.bench.common import machine_info
 
     here = Path(__file__).resolve().parents[2]
-    opts = {"steps": steps, "k": k, "layers": layers, "dim": dim, "train": train}
+    opts = {"steps": steps, **{n: DEFAULTS[n] for n in ("k", "layers", "dim", "train")}, **(group or {})}
     out: dict[str, Any] = {"benchmark": "probe_fused", "machine": machine_info(), "device": "cpu", **opts,
-                           "rounds": rounds, "this": _revision(here),
+                           "short": short, "rounds": rounds, "pinned_cpu_numerics": pinned, "this": _revision(here),
                            "previous": _revision(Path(previous)) if previous else None, "tasks": {},
                            "note": NOTE}
     for task_name in SHAPES:
         runs: dict[str, list] = {"this": [], "previous": []}
         for _ in range(rounds):  # alternately, so load on a shared machine falls on both alike
-            runs["this"].append(_child(here, task_name, opts))
+            runs["this"].append(_steady(here, task_name, opts, short, pinned))
             if previous:
-                runs["previous"].append(_child(Path(previous), task_name, opts))
-        entry = {"probes": runs["this"][0]["probes"], "runs": runs,
-                 "this_cpu_seconds": statistics.median(r["cpu_seconds"] for r in runs["this"])}
-        entry["this_steps_per_cpu_s"] = steps / entry["this_cpu_seconds"]
+                runs["previous"].append(_steady(Path(previous), task_name, opts, short, pinned))
+        entry: dict[str, Any] = {"probes": runs["this"][0]["probes"], "runs": runs}
+        for who in ("this", "previous") if previous else ("this",):
+            per_step = statistics.median(r["cpu_seconds_per_step"] for r in runs[who])
+            entry[f"{who}_steps_per_cpu_s"] = 1 / per_step
+            entry[f"{who}_fixed_cpu_seconds"] = statistics.median(r["fixed_cpu_seconds"] for r in runs[who])
         if previous:
             entry["previous_engine"] = runs["previous"][0]["engine"]
-            entry["previous_cpu_seconds"] = statistics.median(r["cpu_seconds"] for r in runs["previous"])
-            entry["previous_steps_per_cpu_s"] = steps / entry["previous_cpu_seconds"]
-            entry["speedup"] = entry["previous_cpu_seconds"] / entry["this_cpu_seconds"]
+            entry["speedup"] = entry["this_steps_per_cpu_s"] / entry["previous_steps_per_cpu_s"]
         out["tasks"][task_name] = entry
     return out
 
 
 def table(r: dict) -> str:
     """A short text table of a `run` result."""
-    lines = [f"pooled probe groups, {r['layers']} x {r['dim']}-d layers, {r['steps']} steps, CPU seconds (median of "
-             f"{r['rounds']}, alternately): this checkout ({r['this']}) vs the previous ({r['previous']})",
-             f"{'group':22s} {'steps/CPU s':>12s} {'previous':>10s} {'speedup':>8s}"]
+    lines = [f"pooled probe groups, {r['layers']} x {r['dim']}-d layers, steady state over {r['steps']} steps "
+             f"(runs of {r['short']} and {r['short'] + r['steps']} steps), CPU seconds, median of {r['rounds']}, "
+             f"alternately, {NUMERICS[bool(r.get('pinned_cpu_numerics'))]}: "
+             f"this checkout ({r['this']}) vs the previous ({r['previous']})",
+             f"{'group':22s} {'steps/CPU s':>12s} {'previous':>10s} {'speedup':>8s} {'fixed s':>8s} "
+             f"{'previous':>9s}"]
     for name, t in r["tasks"].items():
         shape = SHAPES[name]
         label = f"{name} {shape['folds']} fold(s) x {r['k']} lr"
-        prev = f"{t['previous_steps_per_cpu_s']:>10.2f} {t['speedup']:>7.1f}x" if "speedup" in t else ""
-        lines.append(f"{label:22s} {t['this_steps_per_cpu_s']:>12.2f} {prev}")
+        prev = f"{t['previous_steps_per_cpu_s']:>10.2f} {t['speedup']:>7.1f}x" if "speedup" in t else f"{'':19s}"
+        fixed = f"{t['this_fixed_cpu_seconds']:>8.2f}" + (
+            f" {t['previous_fixed_cpu_seconds']:>9.2f}" if "previous_fixed_cpu_seconds" in t else "")
+        lines.append(f"{label:22s} {t['this_steps_per_cpu_s']:>12.2f} {prev} {fixed}")
     return "\n".join(lines + ([""] + textwrap.wrap(r["note"], 110) if r.get("note") else []))
 
 

@@ -219,7 +219,8 @@ def _model_and_counts(profile, flops, flop_seconds, measured, code, steps) -> Co
     for m in MODELS:  # one learning rate: a fused step's operators do not depend on their number
         for t in ("KS", "IC", "ER"):
             folds = len(profile.probing.er_folds) if t == "ER" else 1
-            pooled[m][t]["fused"] = fused_step_ops(m, t, profile.probing.tasks[t].batch_size, folds, 1)
+            b = profile.probing.tasks[t]
+            pooled[m][t]["fused"] = fused_step_ops(m, t, b.batch_size, folds, 1, b.grad_accum)
     return CostModel(profile, flops, head, pooled, measured, code, flop_seconds, steps)
 
 

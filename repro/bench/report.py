@@ -47,15 +47,16 @@ SECTIONS = {
                     "(audio, targets and lengths, or store rows: nothing else)."),
     "probe_fused": ("Pooled probe groups as one fused step", "Steps per CPU second of a pooled probe group "
                     "(`repro.probing.fused`: every learning rate and fold of KS, IC or ER one step on stacked "
-                    "parameters) against the previous engine (one small step per probe), random utterance means "
-                    "of WavLM Base+'s 13 x 768 layers, the full profile's batch shapes: KS, K = 4 learning rates, "
-                    "batch 32; ER, 5 folds x K = 4, batch 4 x 8 accumulated. The same script "
-                    "(`repro/bench/probe_fused.py`) imports each checkout's code in its own process, the two "
-                    "alternately, three times each; CPU seconds of training, median. On a CPU the previous "
-                    "engine's steps are bound by memory traffic more than by launches (ER's 8 micro-batches of 4 "
-                    "each accumulate a full-size gradient per probe in both engines), so these ratios understate "
-                    "a GPU's, where a step of the previous engine is K x folds x a few hundred launches and a fused "
-                    "step the same launches for any K (counted: `tests/test_fused_heads.py`)."),
+                    "parameters, a step's micro-batches one batch of rows) against the previous engine (one "
+                    "small step per probe and micro-batch), random utterance means of WavLM Base+'s 13 x 768 "
+                    "layers, the full profile's batch shapes: KS, K = 4 learning rates, batch 32; ER, 5 folds x "
+                    "K = 4, batch 4 x 8 accumulated. The same script (`repro/bench/probe_fused.py`) imports each "
+                    "checkout's code in its own process, the two alternately, three times each; the rate in "
+                    "steady state (CPU seconds of a run of 140 steps less those of a run of 20, over 120), "
+                    "median; `fixed s` is what a run pays once (stacking, the device table of means, the "
+                    "evaluation, checkpoints). On a GPU, where a step is launch-bound, a step of the previous "
+                    "engine is K x folds x micro-batches x a few hundred launches and a fused step the same "
+                    "launches for any K, folds and micro-batches (counted: `tests/test_fused_heads.py`)."),
     "pipeline": ("The smoke pipeline", "Wall seconds per stage of `make demo`'s pipeline run from scratch in a "
                  "temporary folder."),
     "metrics": ("Evaluation metrics", "One PR evaluation's PER scoring (LibriSpeech test-clean size), its greedy CTC "

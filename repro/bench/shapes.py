@@ -144,11 +144,12 @@ def pooled_step_ops(model: str, task: str, batch: int) -> dict[str, int]:
     return {"micro_batch": micro.n, "optimizer_step": step.n}
 
 
-def fused_step_ops(model: str, task: str, batch: int, folds: int, k: int) -> dict[str, int]:
-    """Operators of one fused micro-batch (the rows and targets gathered, forward, loss, backward) and of one
-    fused optimiser step (clipping and Adam of every probe), and of one fused evaluation forward, for a
-    group of `k` learning rates x `folds` folds of pooled probes (`repro.probing.fused.Stacked`), counted
-    with a `TorchDispatchMode` on the CPU; they do not depend on `k` (`tests/test_fused_heads.py`)."""
+def fused_step_ops(model: str, task: str, batch: int, folds: int, k: int, accum: int = 1) -> dict[str, int]:
+    """Operators of one fused step's rows (`accum` micro-batches of `batch`, read, forwarded and
+    differentiated as one batch: the rows and targets gathered, forward, loss, backward) and of its
+    optimiser update (clipping and Adam of every probe), and of one fused evaluation forward, for a group of
+    `k` learning rates x `folds` folds of pooled probes (`repro.probing.fused.Stacked`), counted with a
+    `TorchDispatchMode` on the CPU; they depend on neither `k` nor `accum` (`tests/test_fused_heads.py`)."""
     from repro.probing.fused import Stacked
 
     class _P:
@@ -158,12 +159,13 @@ def fused_step_ops(model: str, task: str, batch: int, folds: int, k: int) -> dic
     torch.manual_seed(0)
     stacked = Stacked([_P(probe(model, task)) for _ in range(k * folds)], folds, torch.device("cpu"))
     dims = MODELS[model]["dims"]
-    table = torch.randn(4 * batch, sum(dims))
-    targets = torch.stack([torch.randint(0, n, (4 * batch,)) for n in outputs_of(task)], -1)
+    rows = batch * accum
+    table = torch.randn(4 * rows, sum(dims))
+    targets = torch.stack([torch.randint(0, n, (4 * rows,)) for n in outputs_of(task)], -1)
     lrs = torch.full((k * folds,), 1e-3)
     for step in (1, 2):  # the second round is counted (the moments exist from the first)
         with _Operators() as micro:
-            idx = [torch.arange(batch) for _ in range(folds)]
+            idx = [torch.arange(rows) for _ in range(folds)]
             x = torch.stack([table.index_select(0, i) for i in idx])
             y = torch.stack([targets.index_select(0, i) for i in idx])
             stacked.losses(stacked.forward(x), y).sum().backward()
@@ -173,4 +175,4 @@ def fused_step_ops(model: str, task: str, batch: int, folds: int, k: int) -> dic
             stacked.zero_grad()
     with torch.no_grad(), _Operators() as evaluation:
         [o.cpu() for o in stacked.forward(table[None, :batch])]
-    return {"micro_batch": micro.n, "optimizer_step": opt.n, "evaluation": evaluation.n}
+    return {"batch": micro.n, "optimizer_step": opt.n, "evaluation": evaluation.n}

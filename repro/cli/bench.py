@@ -65,11 +65,13 @@ def bench_probe_syncs(steps: int | None, out: Path) -> None:
 @bench.command("probe-fused")
 @click.option("--previous", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
               help="a checkout of the previous engine (`git worktree add DIR COMMIT`), measured alternately")
-@click.option("--steps", type=int, default=None, help="training steps of each group (default 60)")
+@click.option("--steps", type=int, default=None, help="steps measured in steady state (default 120, over runs of 20 and 140)")
+@click.option("--pinned", is_flag=True, default=None,
+              help="compute under pinned CPU numerics (the smoke profile's), not the CPU's own code paths")
 @OUT
-def bench_probe_fused(previous: Path | None, steps: int | None, out: Path) -> None:
+def bench_probe_fused(previous: Path | None, steps: int | None, pinned: bool | None, out: Path) -> None:
     """Pooled probe groups (KS K=4, ER 5 folds x 4): fused steps per CPU second against a previous checkout."""
-    _run("probe_fused", out, previous=previous, steps=steps)
+    _run("probe_fused", out, previous=previous, steps=steps, pinned=pinned)
 
 
 @bench.command("pipeline")

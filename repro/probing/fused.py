@@ -3,22 +3,34 @@
 A mean-pooled head (KS, IC, ER: `UtteranceHead`) on pooled inputs sees one row per utterance and layer. The
 P probes of a group (K learning rates x F folds, fold-major: probe `p` is fold `p // K`) keep their parameters
 stacked, `[P, ...]` per parameter of `ProbeModel` (the projector's weight as `[P, D, H]`, `TRANSPOSED`), and
-one step runs the same torch calls for any K and any F:
+one optimiser step runs the same torch calls for any K, any F and any number G of accumulated micro-batches
+(`grad_accum`): the step's G micro-batches of B utterances are one batch of R = G B rows, micro-batch after
+micro-batch, so each stacked weight is read once and its gradient written once per step (at ER's shapes,
+on a CPU, the step is bound by that memory traffic, not by arithmetic):
 
-    X      `[F, B, sum D_l]`   every fold's micro-batch: one index upload, one gather from one device table
-                               of the folds' pooled means (`GroupRows`), one gather of their targets
+    X      `[F, R, sum D_l]`   every fold's rows of the step: one index upload, one gather from one device table
+                               of the folds' pooled means (`GroupRows.read_step`), one gather of their targets
     a      `[P, L]`            softmax of each probe's layer weights
-    h      `[P, B, D]`         WeightedSum: `sum_l a_pl x_l` (one batched product over the layers);
+    h      `[P, R, D]`         WeightedSum: `sum_l a_pl x_l` (layer after layer, elementwise);
                                ProjectedWeightedSum: `X @ [a_p1 A_p1 | ... | a_pL A_pL]^T`, the per-layer
                                projections of every probe of a fold as one matrix product
-    z      `[P, B, H]`         the head's projector (`baddbmm`); the mean over 1 frame is z itself
-    logits `[P, B, C]`         the classifier (`baddbmm`), split into blocks (IC's slots)
-    loss   `[P]`               each probe's cross-entropy (summed over blocks), over its micro-batch
+    z      `[P, R, H]`         the head's projector (`baddbmm`); the mean over 1 frame is z itself
+    logits `[P, R, C]`         the classifier (`baddbmm`), split into blocks (IC's slots)
+    loss   `[P]`               each probe's cross-entropy (summed over blocks), the mean over the R rows:
+                               the mean over micro-batches of their means, as accumulation computes it
 
-One backward of the sum gives every probe its own gradient. Each probe keeps what a solo run keeps: its
-gradient norm and clipping (`clip_`, batched over probes), Adam or AdamW moments and its own learning rate
-(`adam_step`: torch's single-tensor arithmetic with the learning rate a `[P]` tensor, in place), dev
-evaluations, dev-best state, checkpoint (in `ProbeModel`'s names and layout, with the moments) and result.
+One backward of the sum gives every probe its own gradient: one product over the step's R rows per weight,
+where accumulation adds G products of B rows (the same sum, rounded once: the results differ from the
+per-probe engine's by float rounding where G > 1, and not at all where G = 1). Under torchrun every rank
+computes the whole step: the rows of a resident pooled store are on every rank; rows computed per batch
+(an upstream forward) are computed by the rank that `rank_micro_batches` deals the micro-batch to and
+exchanged (a sum to which the other ranks add zeros, which is exact). So a group gives the bytes of one
+process at any number of ranks, and the step has no gradient collective.
+
+Each probe keeps what a solo run keeps: its gradient norm and clipping (`clip_`, batched over probes), Adam
+or AdamW moments and its own learning rate (`adam_step`: torch's single-tensor arithmetic with the learning
+rate a `[P]` tensor, in place), dev evaluations, dev-best state, checkpoint (in `ProbeModel`'s names and
+layout, with the moments) and result.
 
 A probe trained in a fused group of any size gives the bytes it gives alone in this engine (float32 on the
 CPU: each slice of a batched kernel computes as the slice alone; `tests/test_fused_heads.py` checks it);
@@ -40,16 +52,17 @@ from torch import Tensor
 
 from repro.config.schema import TaskBudget
 from repro.errors import ConfigError
-from repro.micro_batches import all_reduce_gradients, rank_micro_batches
+from repro.micro_batches import rank_micro_batches
 from repro.probing.featurizer import ProjectedWeightedSum, WeightedSum
 from repro.probing.heads import UtteranceHead
+from repro.probing.fused_rows import DeviceRows, GroupRows
 from repro.probing.sources import StorePooled, micro_batch
 from repro.probing.trainer import add_evaluation
-from repro.runtime import all_reduce_sum, tf32_context
+from repro.runtime import tf32_context
 from repro.util.progress import progress_bar
 from repro.weights import load_checkpoint, save_checkpoint
 
-ENGINE = "fused-pooled-2"
+ENGINE = "fused-pooled-3"  # one product per step (2: one per micro-batch)
 BETAS, EPS, ADAMW_DECAY = (0.9, 0.999), 1e-8, 1e-2  # torch.optim.Adam / AdamW defaults
 BUDGET_FIELDS = ("steps", "batch_size", "grad_accum", "train_crop_seconds", "eval_every", "optimizer", "grad_clip")
 # kept `[P, in, out]`: the products read it as it lies, its gradients arrive so (contiguous adds)
@@ -105,64 +118,6 @@ def check_budgets(budgets: dict[str, TaskBudget]) -> TaskBudget:
     return first
 
 
-class DeviceRows:
-    """A pooled split as one device tensor `[N, sum D_l]`; any other source read per batch (`source.batch`)."""
-
-    def __init__(self, source: Any, device: torch.device):
-        self.source, self.device = source, device
-        self.table = None
-        if isinstance(source, StorePooled):
-            self.table = torch.from_numpy(np.concatenate(source.means, axis=1)).to(device)
-
-    def rows(self, idx: Sequence[int], step: int | None) -> Tensor:
-        """`[B, sum D_l]` float32 on the device."""
-        if self.table is not None:
-            return self.table.index_select(0, _index(idx, self.device))
-        layers, _ = self.source.batch(list(idx), step)
-        return torch.cat([h.to(self.device)[:, 0] for h in layers], dim=1)
-
-
-def _index(idx: Sequence[int], device: torch.device) -> Tensor:
-    """`idx` as int64 on `device` (the one upload of a micro-batch read from resident rows)."""
-    return torch.as_tensor(np.asarray(idx, dtype=np.int64)).to(device)
-
-
-class GroupRows:
-    """The train splits of a group's folds read as one: the pooled means of every utterance any fold trains on
-    in one device table `[U, sum D_l]` (one row per utterance) and the folds' targets `[sum N_f, blocks]`: a
-    micro-batch of every fold is one index upload and three gathers. Other sources are read fold by fold."""
-
-    def __init__(self, folds: Sequence[Fold], device: torch.device):
-        self.device, self.sizes = device, [len(f.train.utts) for f in folds]
-        self.starts = np.cumsum([0] + self.sizes[:-1])
-        targets = [f.task.collate(f.train.targets) for f in folds]  # one column per output block (IC's slots)
-        self.targets = torch.cat([t[:, None] if t.dim() == 1 else t for t in targets]).to(device)  # [sum N_f, blocks]
-        self.table, self.rows = None, None
-        if all(isinstance(f.train.source, StorePooled) for f in folds):
-            row: dict[str, int] = {}  # utterance -> its table row
-            for f in folds:
-                for u in f.train.utts:
-                    row.setdefault(u.id, len(row))
-            where = [np.array([row[u.id] for u in f.train.utts], dtype=np.int64) for f in folds]
-            table = np.empty((len(row), sum(folds[0].train.source.dims)), dtype=np.float32)
-            for f, at in zip(folds, where):  # rows of utterances in two folds are written twice, alike
-                table[at] = np.concatenate(f.train.source.means, axis=1)
-            self.table = torch.from_numpy(table).to(device)
-            self.where = torch.from_numpy(np.concatenate(where)).to(device)  # [sum N_f]: a position's table row
-        else:
-            self.rows = [DeviceRows(f.train.source, device) for f in folds]
-
-    def read(self, idx: Sequence[Sequence[int]], step: int) -> tuple[Tensor, Tensor]:
-        """Each fold's micro-batch (`idx[f]`: positions in its split) -> `x` `[F, B, sum D_l]`, `y` `[F, B, blocks]`."""
-        n, b = len(idx), len(idx[0])
-        index = _index(np.concatenate([np.asarray(i, dtype=np.int64) + s for i, s in zip(idx, self.starts)]),
-                       self.device)  # the one upload: positions in the folds' splits, end to end
-        y = self.targets.index_select(0, index).view(n, b, -1)
-        if self.table is not None:
-            return self.table.index_select(0, self.where.index_select(0, index)).view(n, b, -1), y
-        return torch.stack([r.rows(i, step) for r, i in zip(self.rows, idx)]), y
-
-
 def _stored(name: str, t: Tensor) -> Tensor:
     """`t` (`[..., out, in]`) in the layout `Stacked` keeps parameter `name` in, or back (contiguous)."""
     return t.transpose(-1, -2).contiguous() if name in TRANSPOSED else t
@@ -193,7 +148,7 @@ class Stacked:
         self.scratch = {n: torch.empty_like(q) for n, q in self.params.items()}  # Adam's step, made in place
 
     def forward(self, x: Tensor, params: dict[str, Tensor] | None = None) -> list[Tensor]:
-        """`x` `[F, B, sum D_l]` (fold-major, F folds) -> logits per block, each `[P, B, C_k]`."""
+        """`x` `[F, R, sum D_l]` (fold-major, F folds, R rows) -> logits per block, each `[P, R, C_k]`."""
         q = self.params if params is None else params
         n_folds, b, _ = x.shape
         k = q["featurizer.weights"].shape[0] // n_folds
@@ -205,19 +160,23 @@ class Stacked:
             h = torch.bmm(x, scaled.reshape(n_folds, k * d, -1).transpose(1, 2))  # [F, B, K * D]: one product
             h = h.reshape(n_folds, b, k, d).transpose(1, 2).reshape(n_folds * k, b, d)
         else:
+            # `sum_l a_pl x_l`, layer after layer, elementwise and broadcast over the fold's K probes: each
+            # element computes alike for any K (a `[K, L]` product would take another kernel at K = 1), and
+            # the fold's rows are read where they lie (no copy per probe)
             layers = a.shape[1]
-            xs = x.reshape(n_folds, b, layers, -1).transpose(1, 2).reshape(n_folds, 1, layers, -1)  # [F, 1, L, B D]
-            xs = xs.expand(n_folds, k, layers, xs.shape[-1]).reshape(n_folds * k, layers, -1)  # each probe's fold
-            # one product per probe, `[1, L] x [L, B D]`, in one batched call: a probe's slice computes alike
-            # for any K (a `[K, L]` matrix would take another kernel at K = 1)
-            h = torch.bmm(a[:, None, :], xs).reshape(n_folds * k, b, -1)
+            xl = x.view(n_folds, 1, b, layers, -1)  # [F, 1, R, L, D]
+            w = a.view(n_folds, k, 1, layers, 1)  # [F, K, 1, L, 1]
+            h = w[:, :, :, 0] * xl[:, :, :, 0]  # [F, K, R, D]
+            for l in range(1, layers):
+                h = h.addcmul_(w[:, :, :, l], xl[:, :, :, l])
+            h = h.view(n_folds * k, b, -1)
         z = torch.baddbmm(q["head.proj.bias"][:, None, :], h, q["head.proj.weight"])  # [P, B, H]
         logits = torch.baddbmm(q["head.out.bias"][:, None, :], z, q["head.out.weight"].transpose(1, 2))
         return list(torch.split(logits, self.blocks, dim=-1))
 
     def losses(self, out: list[Tensor], targets: Tensor) -> Tensor:
-        """`[P]` cross-entropy of each probe over its micro-batch (summed over blocks); `targets`
-        `[F, B, blocks]`, each fold's for its K probes."""
+        """`[P]` cross-entropy of each probe, the mean over its rows (summed over blocks); `targets`
+        `[F, R, blocks]`, each fold's for its K probes."""
         n_folds, b, _ = targets.shape
         k = out[0].shape[0] // n_folds
         total = 0
@@ -372,20 +331,13 @@ def _train_phase(folds: Sequence[Fold], run: _Run, first: int, until: int) -> No
                 if hasattr(f.train.source, "prefetch"):
                     f.train.source.prefetch(micro_batch(n, budget.batch_size, run.seed, kk), step)
         stacked.zero_grad()
-        totals = torch.zeros(len(probes), dtype=torch.float64, device=device)
-        for a in computed:
-            kk = step * budget.grad_accum + a
-            x, y = rows.read([micro_batch(n, budget.batch_size, run.seed, kk) for n in rows.sizes], step)
-            with tf32_context(run.tf32):
-                loss = stacked.losses(stacked.forward(x), y) / budget.grad_accum
-                loss.sum().backward()
-            totals += loss.detach()
-        if world > 1:
-            all_reduce_sum(totals, env)
-            all_reduce_gradients([stacked.params[n] for n in stacked.names], env)
-        elif not computed:
-            for q in stacked.params.values():
-                q.grad = torch.zeros_like(q)
+        batches = [[micro_batch(n, budget.batch_size, run.seed, step * budget.grad_accum + a) for n in rows.sizes]
+                   for a in range(budget.grad_accum)]
+        x, y = rows.read_step(batches, computed, step, env if world > 1 else None)
+        with tf32_context(run.tf32):
+            loss = stacked.losses(stacked.forward(x), y)  # [P]: over the step's rows
+            loss.sum().backward()
+        totals = loss.detach().to(torch.float64)
         with tf32_context(run.tf32):
             norms = stacked.clip_(budget.grad_clip)
             stacked.adam_step(lrs, step + 1, decay)
