@@ -58,9 +58,14 @@ NOTE = ("Profile of a fused step (torch.profiler, self CPU time, one thread, 40 
         "probe (23 % of ER's step before). KS has one micro-batch a step: at batch 32 the per-probe engine's "
         "products are already of a useful size, so both engines are bound by the same arithmetic (about 150 "
         "MFLOP a step) and fusion removes only the per-probe launches and Adam's small steps: its 3x is out of "
-        "reach on a CPU. Under pinned CPU numerics (`--pinned`, the smoke profile's: MKL's SSE2 branch) the "
-        "large products run at a fraction of their speed and the ratios fall to 1.3x (KS) and 1.5x (ER), "
-        "measured the same way on the same idle machine. On a GPU, where a step is launch-bound, a step of the "
+        "reach on a CPU (two records of this benchmark on the idle machine gave KS 1.7x and 2.4x, ER 4.8x and "
+        "4.9x: KS's steady rate is the difference of two short runs, 0.5 s and 1 s). Under pinned CPU numerics "
+        "(`--pinned`, the smoke profile's) the products take MKL's SSE2 branch and the square root of Adam "
+        "is the pinned one (`repro.runtime.numerics`: float64 `x * rsqrt(x)`, several passes over a float64 "
+        "copy), which on a stacked [4, 768, 256] tensor took half of KS's step; measured the same way on the "
+        "same idle machine, KS fell to 0.6x (slower than the per-probe engine, whose 0.8 MB tensors stay in "
+        "the cache) and ER to 1.4x. The full profile does not pin CPU numerics, and the smoke profile's "
+        "heads are small. On a GPU, where a step is launch-bound, a step of the "
         "previous engine is K x folds x micro-batches x a few hundred launches and a fused step the same "
         "launches for any K, folds and micro-batches (tests/test_fused_heads.py).")
 
