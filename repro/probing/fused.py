@@ -20,8 +20,8 @@ on a CPU, the step is bound by that memory traffic, not by arithmetic):
                                the mean over micro-batches of their means, as accumulation computes it
 
 One backward of the sum gives every probe its own gradient: one product over the step's R rows per weight,
-where accumulation adds G products of B rows (the same sum, rounded once: the results differ from the
-per-probe engine's by float rounding where G > 1, and not at all where G = 1). Under torchrun every rank
+where accumulation adds G products of B rows (the same sum, rounded once instead of G times: another float
+rounding where G > 1, within the tolerance stated below). Under torchrun every rank
 computes the whole step: the rows of a resident pooled store are on every rank; rows computed per batch
 (an upstream forward) are computed by the rank that `rank_micro_batches` deals the micro-batch to and
 exchanged (a sum to which the other ranks add zeros, which is exact). So a group gives the bytes of one
