@@ -164,7 +164,7 @@ def fused_step_ops(model: str, task: str, batch: int, folds: int, k: int, accum:
     targets = torch.stack([torch.randint(0, n, (4 * rows,)) for n in outputs_of(task)], -1)
     lrs = torch.full((k * folds,), 1e-3)
     for step in (1, 2):  # the second round is counted (the moments exist from the first)
-        with _Operators() as micro:
+        with _Operators() as batch_ops:
             idx = [torch.arange(rows) for _ in range(folds)]
             x = torch.stack([table.index_select(0, i) for i in idx])
             y = torch.stack([targets.index_select(0, i) for i in idx])
@@ -175,4 +175,4 @@ def fused_step_ops(model: str, task: str, batch: int, folds: int, k: int, accum:
             stacked.zero_grad()
     with torch.no_grad(), _Operators() as evaluation:
         [o.cpu() for o in stacked.forward(table[None, :batch])]
-    return {"batch": micro.n, "optimizer_step": opt.n, "evaluation": evaluation.n}
+    return {"batch": batch_ops.n, "optimizer_step": opt.n, "evaluation": evaluation.n}

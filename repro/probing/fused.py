@@ -316,7 +316,6 @@ def _train_phase(folds: Sequence[Fold], run: _Run, first: int, until: int) -> No
     budget, device, env = run.budget, run.device, run.env
     world, rank = (env.world_size, env.rank) if env is not None and env.distributed else (1, 0)
     mine = rank_micro_batches(budget.grad_accum, world, rank)
-    computed = [a for a in mine if a >= 0]
     probes = [p for f in folds for p in f.probes]
     stacked, lrs, decay, sums = _optimiser(folds, run)
     rows = GroupRows(folds, device)
@@ -325,15 +324,14 @@ def _train_phase(folds: Sequence[Fold], run: _Run, first: int, until: int) -> No
                        f"{len(probes)} probes)", unit="step", disable=not run.progress or rank != 0, leave=False)
     dev_rows = None
     for step in range(first, until):
-        for a in mine:  # let a source that reads audio start on this step's micro-batches
-            kk = step * budget.grad_accum + (a if a >= 0 else rank % budget.grad_accum)
-            for f, n in zip(folds, rows.sizes):
-                if hasattr(f.train.source, "prefetch"):
-                    f.train.source.prefetch(micro_batch(n, budget.batch_size, run.seed, kk), step)
-        stacked.zero_grad()
         batches = [[micro_batch(n, budget.batch_size, run.seed, step * budget.grad_accum + a) for n in rows.sizes]
-                   for a in range(budget.grad_accum)]
-        x, y = rows.read_step(batches, computed, step, env if world > 1 else None)
+                   for a in range(budget.grad_accum)]  # [micro-batch][fold]: positions in the fold's split
+        for a in mine:  # let a source that reads audio start on this step's micro-batches
+            for f, idx in zip(folds, batches[a if a >= 0 else rank % budget.grad_accum]):
+                if hasattr(f.train.source, "prefetch"):
+                    f.train.source.prefetch(idx, step)
+        stacked.zero_grad()
+        x, y = rows.read_step(batches, mine, step, env)
         with tf32_context(run.tf32):
             loss = stacked.losses(stacked.forward(x), y)  # [P]: over the step's rows
             loss.sum().backward()

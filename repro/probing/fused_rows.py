@@ -54,7 +54,7 @@ class GroupRows:
                 for u in f.train.utts:
                     row.setdefault(u.id, len(row))
             where = [np.array([row[u.id] for u in f.train.utts], dtype=np.int64) for f in folds]
-            table = np.empty((len(row), sum(folds[0].train.source.dims)), dtype=np.float32)
+            table = np.empty((len(row), self.width), dtype=np.float32)
             for f, at in zip(folds, where):  # rows of utterances in two folds are written twice, alike
                 table[at] = np.concatenate(f.train.source.means, axis=1)
             self.table = torch.from_numpy(table).to(device)
@@ -69,7 +69,7 @@ class GroupRows:
         y = self.targets.index_select(0, index).view(n, r, -1)
         if self.table is not None:
             return self.table.index_select(0, self.where.index_select(0, index)).view(n, r, -1), y
-        return torch.stack([rows.rows(i, step) for rows, i in zip(self.rows, idx)]), y
+        return self._computed(idx, step), y
 
     def read_step(self, batches: Sequence[Sequence[Sequence[int]]], mine: Sequence[int], step: int,
                   env: Any = None) -> tuple[Tensor, Tensor]:
@@ -84,20 +84,19 @@ class GroupRows:
                  for f in range(len(self.sizes))]
         if self.table is not None:
             return self.read(whole, step)
-        distributed = env is not None and env.distributed
-        parts = [self.read(mb, step)[0] if not distributed or a in mine else None for a, mb in enumerate(batches)]
-        if not distributed:
-            return torch.cat(parts, dim=1), self.read_targets(whole)
-        n, b = len(whole), len(batches[0][0])
-        x = torch.zeros(n, len(batches), b, self.width, device=self.device)
-        for a, part in enumerate(parts):
-            if part is not None:
-                x[:, a] = part
-        return all_reduce_sum(x, env).view(n, len(batches) * b, -1), self.read_targets(whole)
+        n, r = len(whole), len(whole[0])
+        y = self.targets.index_select(0, self._upload(whole)).view(n, r, -1)
+        if env is None or not env.distributed:
+            return torch.cat([self._computed(mb, step) for mb in batches], dim=1), y
+        x = torch.zeros(n, len(batches), r // len(batches), self.width, device=self.device)
+        for a in mine:
+            if a >= 0:
+                x[:, a] = self._computed(batches[a], step)
+        return all_reduce_sum(x, env).view(n, r, -1), y
 
-    def read_targets(self, idx: Sequence[Sequence[int]]) -> Tensor:
-        """Each fold's targets (`idx[f]`: positions in its split) -> `[F, R, blocks]`."""
-        return self.targets.index_select(0, self._upload(idx)).view(len(idx), len(idx[0]), -1)
+    def _computed(self, idx: Sequence[Sequence[int]], step: int) -> Tensor:
+        """Each fold's rows from a source that computes them per batch -> `[F, B, sum D_l]`."""
+        return torch.stack([rows.rows(i, step) for rows, i in zip(self.rows, idx)])
 
     def _upload(self, idx: Sequence[Sequence[int]]) -> Tensor:
         """The one upload of a read: positions in the folds' splits, end to end, int64 on the device."""
