@@ -166,7 +166,7 @@ def test_two_ranks_exchange_computed_rows_and_give_the_bytes_of_one_process(tmp_
     assert all(_same(a, b) for a, b in zip(computed, single))
     torch.multiprocessing.spawn(_two_rank_fold, args=(free_port(), str(tmp_path), 3), nprocs=2)
     for rank in (0, 1):
-        ranked = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        ranked = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert all(_same(a, b) for a, b in zip(ranked, single)), rank
 
 
