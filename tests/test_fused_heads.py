@@ -102,12 +102,13 @@ def test_a_probe_in_a_fused_group_gives_the_bytes_of_its_solo_run(task, folds, t
         assert all(_same([g[i]], s) for g, s in zip(group, solo))
 
 
-@pytest.mark.parametrize("accum", [1, 3])
-def test_the_fused_engine_matches_the_per_probe_engine_within_float_rounding(tmp_path, accum):
+@pytest.mark.parametrize("accum,optimizer", [(1, "adam"), (3, "adam"), (1, "adamw")])
+def test_the_fused_engine_matches_the_per_probe_engine_within_float_rounding(tmp_path, accum, optimizer):
     """The tolerance stated in docs/probing.md: after 30 steps every weight within 1e-5 of the per-probe
     engine's (relative to the weight's largest magnitude), the same dev metrics; with accumulated
-    micro-batches (the fused step's one product over their rows against their gradients added) too."""
-    budget = _budget(steps=30, eval_every=10, grad_accum=accum)
+    micro-batches (the fused step's one product over their rows against their gradients added) too, and
+    with AdamW (torch.optim.AdamW in the per-probe engine)."""
+    budget = _budget(steps=30, eval_every=10, grad_accum=accum, optimizer=optimizer)
     (fold,) = _folds(tmp_path / "f", k=3)
     outs = fused.train_fused([fold], budget, 0, CPU, progress=False)[0]
     (other,) = _folds(tmp_path / "p", k=3)
