@@ -317,4 +317,10 @@ def test_the_benchmark_measures_a_steady_state_rate_and_the_fixed_cost_apart():
         assert t["this_steps_per_cpu_s"] == pytest.approx(1 / per_step)
         assert t["this_fixed_cpu_seconds"] == pytest.approx(one["short"]["cpu_seconds"] - 2 * per_step)
         assert "speedup" not in t and t["probes"] == 2 * probe_fused.SHAPES[name]["folds"]
+        # the floor: a step's irreducible work at the group's shapes, measured in its own process
+        (low,) = t["runs"]["floor"]
+        shape = probe_fused.SHAPES[name]
+        assert low["probes"] == t["probes"] and low["rows"] == shape["batch_size"] * shape["grad_accum"]
+        assert t["floor_steps_per_cpu_s"] == pytest.approx(1 / low["cpu_seconds_per_step"])
+        assert "ceiling_speedup" not in t
     assert "steady state over 4 steps (runs of 2 and 6 steps)" in probe_fused.table(r)

@@ -19,6 +19,12 @@ seconds; what the two have in common (building the stacked parameters and the de
 the evaluation, the checkpoints) is reported apart as `fixed_cpu_seconds`, paid once per group,
 where the full profile trains 30,000 to 200,000 steps.
 
+What bounds a rate on this CPU is measured apart, each round in its own process (`floor`): the CPU
+seconds of the work of a step that no float32 engine of the group can leave out (reading the step's rows,
+the projector's three products, each probe's gradient norm, one pass of a fused Adam over the stacked
+parameters). Its rate over the previous engine's (`ceiling_speedup`) is the most any engine could gain
+here; a target above it cannot be met on this CPU.
+
 `run(previous=<checkout>)` measures this checkout and the previous one alternately, `rounds` times
 each, each run in its own process (`python repro/bench/probe_fused.py` with `PYTHONPATH` set to the
 checkout), and reports medians and the ratio of the rates (this one's over the previous one's).
@@ -142,15 +148,56 @@ def measure(task_name: str, steps: int, k: int, layers: int, dim: int, train: in
             "cpu_seconds": cpu, "wall_seconds": wall, "steps_per_cpu_s": steps / cpu}
 
 
-def _child(checkout: Path, task_name: str, opts: dict, pinned: bool = False) -> dict[str, Any]:
-    """`measure` in a fresh process importing `repro` from `checkout`, with the CPU's own code paths (the full
-    profile's numerics) or, `pinned`, with `cpu_numerics.PINNED_ENV` (the smoke profile's)."""
+def floor(task_name: str, k: int, layers: int, dim: int, train: int, repeats: int = 40) -> dict[str, Any]:
+    """CPU seconds per step of the work no float32 engine of the group can leave out (module doc): the
+    read of a step's rows (one gather of every fold's rows from the table of pooled means), the projector's
+    three products over them (forward, the gradient of its input, which the layer weights' gradients need,
+    and the gradient of its weight; in this engine's layouts, the fastest measured), each probe's gradient
+    norm (one read of the gradients: `grad_clip`) and one pass of torch's fused Adam over the stacked
+    parameters (each read once, the parameters and moments written once). The parameters' shapes are the
+    bench group's `ProbeModel`'s."""
+    import torch
+
+    shape = SHAPES[task_name]
+    with tempfile.TemporaryDirectory(prefix="bench-floor-") as tmp:
+        probes = _fold(task_name, 0, shape["classes"], 8, layers, dim, k, Path(tmp))[3]
+    p, rows = k * shape["folds"], shape["batch_size"] * shape["grad_accum"]
+    table = torch.ones(shape["folds"] * train, layers * dim)  # every page written: a gather reads memory
+    index = torch.randint(0, len(table), (shape["folds"] * rows,))
+    params = [torch.randn(p, *q.shape) for q in probes[0].model.parameters() if q.requires_grad]
+    w = dict(probes[0].model.named_parameters())["head.proj.weight"]
+    weight, h = torch.randn(p, *w.shape), torch.randn(p, rows, w.shape[1])
+    bias, grad = torch.randn(p, w.shape[0]), torch.randn(p, rows, w.shape[0])
+    state = [[torch.zeros_like(q) for q in params] for _ in range(3)]
+    step = torch.ones(())
+
+    def work() -> None:
+        table.index_select(0, index)
+        torch.baddbmm(bias[:, None, :], h, weight.transpose(1, 2))
+        torch.bmm(grad, weight)
+        torch.bmm(grad.transpose(1, 2), h)
+        for g in state[0]:
+            torch.linalg.vector_norm(g.view(p, -1), 2, dim=1)
+        torch._fused_adam_(params, state[0], state[1], state[2], [], [step] * len(params), lr=1e-3,
+                           beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False)
+
+    for _ in range(3):
+        work()
+    start = time.process_time()
+    for _ in range(repeats):
+        work()
+    return {"probes": p, "rows": rows, "cpu_seconds_per_step": (time.process_time() - start) / repeats}
+
+
+def _child(checkout: Path, task_name: str, opts: dict, pinned: bool = False, what: str = "measure") -> dict[str, Any]:
+    """`measure` (or `floor`) in a fresh process importing `repro` from `checkout`, with the CPU's own code
+    paths (the full profile's numerics) or, `pinned`, with `cpu_numerics.PINNED_ENV` (the smoke profile's)."""
     from repro.cpu_numerics import PINNED_ENV
 
     env = {k: v for k, v in os.environ.items() if k not in PINNED_ENV}
     env.update(PINNED_ENV if pinned else {}, PYTHONPATH=str(checkout),
                OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    out = subprocess.run([sys.executable, __file__, task_name, json.dumps(opts)], env=env, check=True,
+    out = subprocess.run([sys.executable, __file__, task_name, json.dumps(opts), what], env=env, check=True,
                          capture_output=True, text=True, cwd=checkout)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -185,8 +232,10 @@ def run(previous: Path | None = None, steps: int = DEFAULTS["steps"], rounds: in
                            "previous": _revision(Path(previous)) if previous else None, "tasks": {},
                            "note": NOTE}
     for task_name in SHAPES:
-        runs: dict[str, list] = {"this": [], "previous": []}
+        runs: dict[str, list] = {"this": [], "previous": [], "floor": []}
+        shape_opts = {n: opts[n] for n in ("k", "layers", "dim", "train")}
         for _ in range(rounds):  # alternately, so load on a shared machine falls on both alike
+            runs["floor"].append(_child(here, task_name, shape_opts, pinned, "floor"))
             runs["this"].append(_steady(here, task_name, opts, short, pinned))
             if previous:
                 runs["previous"].append(_steady(Path(previous), task_name, opts, short, pinned))
@@ -195,9 +244,12 @@ def run(previous: Path | None = None, steps: int = DEFAULTS["steps"], rounds: in
             per_step = statistics.median(r["cpu_seconds_per_step"] for r in runs[who])
             entry[f"{who}_steps_per_cpu_s"] = 1 / per_step
             entry[f"{who}_fixed_cpu_seconds"] = statistics.median(r["fixed_cpu_seconds"] for r in runs[who])
+        entry["floor_steps_per_cpu_s"] = 1 / statistics.median(r["cpu_seconds_per_step"] for r in runs["floor"])
         if previous:
             entry["previous_engine"] = runs["previous"][0]["engine"]
             entry["speedup"] = entry["this_steps_per_cpu_s"] / entry["previous_steps_per_cpu_s"]
+            # the most any float32 engine could gain over the previous one on this CPU
+            entry["ceiling_speedup"] = entry["floor_steps_per_cpu_s"] / entry["previous_steps_per_cpu_s"]
         out["tasks"][task_name] = entry
     return out
 
@@ -208,20 +260,24 @@ def table(r: dict) -> str:
              f"(runs of {r['short']} and {r['short'] + r['steps']} steps), CPU seconds, median of {r['rounds']}, "
              f"alternately, {NUMERICS[bool(r.get('pinned_cpu_numerics'))]}: "
              f"this checkout ({r['this']}) vs the previous ({r['previous']})",
-             f"{'group':22s} {'steps/CPU s':>12s} {'previous':>10s} {'speedup':>8s} {'fixed s':>8s} "
-             f"{'previous':>9s}"]
+             f"{'group':22s} {'steps/CPU s':>12s} {'previous':>10s} {'speedup':>8s} {'floor':>8s} {'ceiling':>8s} "
+             f"{'fixed s':>8s} {'previous':>9s}"]
     for name, t in r["tasks"].items():
         shape = SHAPES[name]
         label = f"{name} {shape['folds']} fold(s) x {r['k']} lr"
         prev = f"{t['previous_steps_per_cpu_s']:>10.2f} {t['speedup']:>7.1f}x" if "speedup" in t else f"{'':19s}"
+        bound = f"{t['floor_steps_per_cpu_s']:>8.1f} " + (
+            f"{t['ceiling_speedup']:>7.1f}x" if "ceiling_speedup" in t else f"{'':8s}") if "floor_steps_per_cpu_s" \
+            in t else f"{'':17s}"
         fixed = f"{t['this_fixed_cpu_seconds']:>8.2f}" + (
             f" {t['previous_fixed_cpu_seconds']:>9.2f}" if "previous_fixed_cpu_seconds" in t else "")
-        lines.append(f"{label:22s} {t['this_steps_per_cpu_s']:>12.2f} {prev} {fixed}")
+        lines.append(f"{label:22s} {t['this_steps_per_cpu_s']:>12.2f} {prev} {bound} {fixed}")
     return "\n".join(lines + ([""] + textwrap.wrap(r["note"], 110) if r.get("note") else []))
 
 
-if __name__ == "__main__":  # one measurement in this process: `probe_fused.py TASK '{"steps": ...}'`
+if __name__ == "__main__":  # one measurement in this process: `probe_fused.py TASK '{"steps": ...}' [floor]`
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    print(json.dumps(measure(sys.argv[1], **json.loads(sys.argv[2]))))
+    what = floor if sys.argv[3:] == ["floor"] else measure
+    print(json.dumps(what(sys.argv[1], **json.loads(sys.argv[2]))))
