@@ -322,5 +322,7 @@ def test_the_benchmark_measures_a_steady_state_rate_and_the_fixed_cost_apart():
         shape = probe_fused.SHAPES[name]
         assert low["probes"] == t["probes"] and low["rows"] == shape["batch_size"] * shape["grad_accum"]
         assert t["floor_steps_per_cpu_s"] == pytest.approx(1 / low["cpu_seconds_per_step"])
-        assert "ceiling_speedup" not in t
+        assert t["bound_steps_per_cpu_s"] == pytest.approx(
+            1 / (low["cpu_seconds_per_step"] + low["layer_sum_cpu_seconds_per_step"]))
+        assert "ceiling_speedup" not in t and "bound_speedup" not in t
     assert "steady state over 4 steps (runs of 2 and 6 steps)" in probe_fused.table(r)

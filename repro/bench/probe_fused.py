@@ -23,7 +23,10 @@ What bounds a rate on this CPU is measured apart, each round in its own process 
 seconds of the work of a step that no float32 engine of the group can leave out (reading the step's rows,
 the projector's three products, each probe's gradient norm, one pass of a fused Adam over the stacked
 parameters). Its rate over the previous engine's (`ceiling_speedup`) is the most any engine could gain
-here; a target above it cannot be met on this CPU.
+here; a target above it cannot be met on this CPU. `bound_speedup` adds the layer-weighted sum and its
+gradient as an engine computes them that keeps a probe's bytes independent of its group (elementwise,
+layer after layer: `repro.probing.fused_ops.LayerSum`; a product over the layers would take another kernel
+at another number of probes), the most such an engine could gain.
 
 `run(previous=<checkout>)` measures this checkout and the previous one alternately, `rounds` times
 each, each run in its own process (`python repro/bench/probe_fused.py` with `PYTHONPATH` set to the
@@ -181,12 +184,26 @@ def floor(task_name: str, k: int, layers: int, dim: int, train: int, repeats: in
         torch._fused_adam_(params, state[0], state[1], state[2], [], [step] * len(params), lr=1e-3,
                            beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False)
 
+    from repro.probing.fused_ops import LayerSum
+
+    a = torch.rand(shape["folds"], k, layers, requires_grad=True)
+    x = torch.randn(shape["folds"], rows, layers, dim)
+
+    def layer_sum() -> None:  # forward and backward, as this engine computes them
+        LayerSum.apply(a, x).sum().backward()
+
+    return {"probes": p, "rows": rows, "cpu_seconds_per_step": _cpu_seconds(work, repeats),
+            "layer_sum_cpu_seconds_per_step": _cpu_seconds(layer_sum, repeats)}
+
+
+def _cpu_seconds(work: Any, repeats: int) -> float:
+    """CPU seconds per call of `work()`, over `repeats` calls after 3 that warm up."""
     for _ in range(3):
         work()
     start = time.process_time()
     for _ in range(repeats):
         work()
-    return {"probes": p, "rows": rows, "cpu_seconds_per_step": (time.process_time() - start) / repeats}
+    return (time.process_time() - start) / repeats
 
 
 def _child(checkout: Path, task_name: str, opts: dict, pinned: bool = False, what: str = "measure") -> dict[str, Any]:
@@ -245,11 +262,15 @@ def run(previous: Path | None = None, steps: int = DEFAULTS["steps"], rounds: in
             entry[f"{who}_steps_per_cpu_s"] = 1 / per_step
             entry[f"{who}_fixed_cpu_seconds"] = statistics.median(r["fixed_cpu_seconds"] for r in runs[who])
         entry["floor_steps_per_cpu_s"] = 1 / statistics.median(r["cpu_seconds_per_step"] for r in runs["floor"])
+        entry["bound_steps_per_cpu_s"] = 1 / statistics.median(
+            r["cpu_seconds_per_step"] + r["layer_sum_cpu_seconds_per_step"] for r in runs["floor"])
         if previous:
             entry["previous_engine"] = runs["previous"][0]["engine"]
             entry["speedup"] = entry["this_steps_per_cpu_s"] / entry["previous_steps_per_cpu_s"]
             # the most any float32 engine could gain over the previous one on this CPU
             entry["ceiling_speedup"] = entry["floor_steps_per_cpu_s"] / entry["previous_steps_per_cpu_s"]
+            # and the most an engine keeping a probe's bytes independent of its group could gain
+            entry["bound_speedup"] = entry["bound_steps_per_cpu_s"] / entry["previous_steps_per_cpu_s"]
         out["tasks"][task_name] = entry
     return out
 
@@ -260,15 +281,15 @@ def table(r: dict) -> str:
              f"(runs of {r['short']} and {r['short'] + r['steps']} steps), CPU seconds, median of {r['rounds']}, "
              f"alternately, {NUMERICS[bool(r.get('pinned_cpu_numerics'))]}: "
              f"this checkout ({r['this']}) vs the previous ({r['previous']})",
-             f"{'group':22s} {'steps/CPU s':>12s} {'previous':>10s} {'speedup':>8s} {'floor':>8s} {'ceiling':>8s} "
+             f"{'group':22s} {'steps/CPU s':>12s} {'previous':>10s} {'speedup':>8s} {'floor':>8s} {'ceiling':>8s} {'bound':>6s} "
              f"{'fixed s':>8s} {'previous':>9s}"]
     for name, t in r["tasks"].items():
         shape = SHAPES[name]
         label = f"{name} {shape['folds']} fold(s) x {r['k']} lr"
         prev = f"{t['previous_steps_per_cpu_s']:>10.2f} {t['speedup']:>7.1f}x" if "speedup" in t else f"{'':19s}"
         bound = f"{t['floor_steps_per_cpu_s']:>8.1f} " + (
-            f"{t['ceiling_speedup']:>7.1f}x" if "ceiling_speedup" in t else f"{'':8s}") if "floor_steps_per_cpu_s" \
-            in t else f"{'':17s}"
+            f"{t['ceiling_speedup']:>7.1f}x {t['bound_speedup']:>5.1f}x" if "ceiling_speedup" in t else f"{'':15s}") \
+            if "floor_steps_per_cpu_s" in t else f"{'':24s}"
         fixed = f"{t['this_fixed_cpu_seconds']:>8.2f}" + (
             f" {t['previous_fixed_cpu_seconds']:>9.2f}" if "previous_fixed_cpu_seconds" in t else "")
         lines.append(f"{label:22s} {t['this_steps_per_cpu_s']:>12.2f} {prev} {bound} {fixed}")

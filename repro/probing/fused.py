@@ -55,6 +55,7 @@ from repro.errors import ConfigError
 from repro.micro_batches import rank_micro_batches
 from repro.probing.featurizer import ProjectedWeightedSum, WeightedSum
 from repro.probing.heads import UtteranceHead
+from repro.probing.fused_ops import LayerSum, Projector
 from repro.probing.fused_rows import DeviceRows, GroupRows
 from repro.probing.sources import StorePooled, micro_batch
 from repro.probing.trainer import add_evaluation
@@ -117,27 +118,6 @@ def check_budgets(budgets: dict[str, TaskBudget]) -> TaskBudget:
     return first
 
 
-class _Projector(torch.autograd.Function):
-    """The head's projector of P probes: `h` `[P, R, D]`, `weight` `[P, H, D]` (nn.Linear's layout), `bias`
-    `[P, H]` -> `bias + h weight^T`, `[P, R, H]`.
-
-    Its backward computes the gradient of `h` as `g weight` and the gradient of the weight as `g^T h`, in the
-    weight's layout: the operands as a CPU's batched kernels compute them fastest (autograd's own backward
-    of the same product takes `h^T g` and the weight's transpose, a third slower at ER's shapes, 40 % at
-    KS's, measured on one core). Each probe's slice computes as it does alone."""
-
-    @staticmethod
-    def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        ctx.save_for_backward(h, weight)
-        return torch.baddbmm(bias[:, None, :], h, weight.transpose(1, 2))
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor, Tensor]:
-        h, weight = ctx.saved_tensors
-        grad_h = torch.bmm(grad, weight) if ctx.needs_input_grad[0] else None
-        return grad_h, torch.bmm(grad.transpose(1, 2), h), grad.sum(1)
-
-
 class Stacked:
     """The parameters of P probes of one shape, stacked (`[P, ...]` per name of `ProbeModel`), and their
     Adam moments; `forward` is the fused computation of the module doc."""
@@ -178,18 +158,9 @@ class Stacked:
             d = scaled.shape[1]
             h = torch.bmm(x, scaled.reshape(n_folds, k * d, -1).transpose(1, 2))  # [F, B, K * D]: one product
             h = h.reshape(n_folds, b, k, d).transpose(1, 2).reshape(n_folds * k, b, d)
-        else:
-            # `sum_l a_pl x_l`, layer after layer, elementwise and broadcast over the fold's K probes: each
-            # element computes alike for any K (a `[K, L]` product would take another kernel at K = 1), and
-            # the fold's rows are read where they lie (no copy per probe)
-            layers = a.shape[1]
-            xl = x.view(n_folds, 1, b, layers, -1)  # [F, 1, R, L, D]
-            w = a.view(n_folds, k, 1, layers, 1)  # [F, K, 1, L, 1]
-            h = w[:, :, :, 0] * xl[:, :, :, 0]  # [F, K, R, D]
-            for l in range(1, layers):
-                h = h.addcmul_(w[:, :, :, l], xl[:, :, :, l])
-            h = h.view(n_folds * k, b, -1)
-        z = _Projector.apply(h, q["head.proj.weight"], q["head.proj.bias"])  # [P, B, H]
+        else:  # `sum_l a_pl x_l` of every probe
+            h = LayerSum.apply(a.view(n_folds, k, -1), x.view(n_folds, b, a.shape[1], -1)).view(n_folds * k, b, -1)
+        z = Projector.apply(h, q["head.proj.weight"], q["head.proj.bias"])  # [P, B, H]
         logits = torch.baddbmm(q["head.out.bias"][:, None, :], z, q["head.out.weight"].transpose(1, 2))
         return list(torch.split(logits, self.blocks, dim=-1))
 
@@ -219,21 +190,21 @@ class Stacked:
         """One Adam (AdamW: `decay` `[P]`, the factors 1 - lr x weight decay) step of every probe at its
         learning rate (`lrs` `[P]` float32); `step` is the step count after it (all probes share it).
 
-        torch's fused Adam kernel (one pass over parameters, gradients and moments, and a correctly rounded
-        square root on every CPU) makes every probe's step at learning rate 1 into `update`, each probe's
-        slice a tensor of its own; each probe's parameters then add it times their learning rate."""
+        torch's fused Adam kernel (one pass over the gradients, the moments and `update`, and a correctly
+        rounded square root on every CPU) makes every probe's step at learning rate 1 into `update`, each
+        probe's slice a tensor of its own; each probe's parameters then add it times their learning rate."""
         beta1, beta2 = BETAS
         with torch.no_grad():
             if decay is not None:
                 for n in self.names:
                     self.params[n].mul_(decay.view(self._per_probe(n)))
-            for u in self.update.values():
-                u.zero_()
             self.step_count.fill_(step)
             grads = [t for n in self.names for t in self.params[n].grad.unbind(0)]
-            torch._fused_adam_(self.slices["u"], grads, self.slices["m"], self.slices["v"], [],
-                               [self.step_count] * len(grads), lr=1.0, beta1=beta1, beta2=beta2,
-                               weight_decay=0.0, eps=EPS, amsgrad=False, maximize=False)
+            # AdamW's decay at learning rate 1 and weight decay 1 multiplies `update` by 0 before the step:
+            # the step starts from zero without a pass of its own (a NaN stays, as in its probe's parameters)
+            torch._fused_adamw_(self.slices["u"], grads, self.slices["m"], self.slices["v"], [],
+                                [self.step_count] * len(grads), lr=1.0, beta1=beta1, beta2=beta2,
+                                weight_decay=1.0, eps=EPS, amsgrad=False, maximize=False)
             for n in self.names:
                 self.params[n].addcmul_(self.update[n], lrs.view(self._per_probe(n)))
 
