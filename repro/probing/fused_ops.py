@@ -27,19 +27,18 @@ class LayerSum(torch.autograd.Function):
     def forward(ctx, a: Tensor, x: Tensor) -> Tensor:
         ctx.save_for_backward(x)
         folds, k, layers = a.shape
-        rows = x.shape[1]
-        xl = x[:, None]  # [F, 1, R, L, D]
-        w = a.view(folds, k, 1, layers, 1)
-        h = w[:, :, :, 0] * xl[:, :, :, 0]  # [F, K, R, D]
+        w = a.view(folds, k, 1, layers, 1).unbind(3)  # per layer `[F, K, 1, 1]`
+        xl = x[:, None].unbind(3)  # per layer `[F, 1, R, D]`
+        h = w[0] * xl[0]  # [F, K, R, D]
         for l in range(1, layers):
-            h.addcmul_(w[:, :, :, l], xl[:, :, :, l])
-        return h.view(folds, k, rows, -1)
+            h.addcmul_(w[l], xl[l])
+        return h
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         (x,) = ctx.saved_tensors
         scratch = torch.empty_like(grad)
-        sums = [torch.mul(grad, x[:, None, :, l], out=scratch).sum((2, 3)) for l in range(x.shape[2])]
+        sums = [torch.mul(grad, xl, out=scratch).sum((2, 3)) for xl in x[:, None].unbind(3)]
         return torch.stack(sums, dim=2), None
 
 
