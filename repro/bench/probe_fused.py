@@ -53,31 +53,27 @@ SHAPES = {"KS": {"folds": 1, "classes": 12, "batch_size": 32, "grad_accum": 1, "
 DEFAULTS = {"steps": 120, "short": 20, "k": 4, "rounds": 3, "layers": 13, "dim": 768, "train": 2048}
 LRS = [1e-5, 1e-4, 1e-3, 1e-2]
 NUMERICS = {False: "the CPU's own code paths", True: "pinned CPU numerics"}
-# Where a fused step's time goes on a CPU, and what bounds each ratio there (a profile of this engine, kept with
-# the record; `table` prints it)
-NOTE = ("Profile of a fused step (torch.profiler, self CPU time, one thread, 40 steps, the CPU's own code paths, "
-        "AMD EPYC). ER (20 probes; a step's 8 micro-batches of 4 one batch of 32 rows): 46 % the projector's three "
-        "batched products (forward, gradient of its input, gradient of its stacked [20, 768, 256] weight, each "
-        "read or written once a step), 25 % Adam and clipping over the stacked parameters (16 MB per tensor), "
-        "8 % the layer-weighted sum and its gradient, 2 % the gathers. KS (4 probes, batch 32): 35 % the "
-        "projector's products, about 20 % Adam and clipping. Before, each of ER's micro-batches ran the three "
-        "products and added its gradient into the step's: the 16 MB weight read twice and its gradient written, "
-        "read and added 8 times a step, which bound a step by memory traffic (the last record: 1.07x the "
-        "per-probe engine, whole runs of 60 steps under pinned numerics). Reading a step's rows as one batch removes that; the layer-weighted sum, "
-        "computed layer after layer and broadcast over the probes, no longer copies each fold's rows once per "
-        "probe (23 % of ER's step before). KS has one micro-batch a step: at batch 32 the per-probe engine's "
-        "products are already of a useful size, so both engines are bound by the same arithmetic (about 150 "
-        "MFLOP a step) and fusion removes only the per-probe launches and Adam's small steps: its 3x is out of "
-        "reach on a CPU (two records of this benchmark on the idle machine gave KS 1.7x and 2.4x, ER 4.8x and "
-        "4.9x: KS's steady rate is the difference of two short runs, 0.5 s and 1 s). Under pinned CPU numerics "
-        "(`--pinned`, the smoke profile's) the products take MKL's SSE2 branch and the square root of Adam "
-        "is the pinned one (`repro.runtime.numerics`: float64 `x * rsqrt(x)`, several passes over a float64 "
-        "copy), which on a stacked [4, 768, 256] tensor took half of KS's step; measured the same way on the "
-        "same idle machine, KS fell to 0.6x (slower than the per-probe engine, whose 0.8 MB tensors stay in "
-        "the cache) and ER to 1.4x. The full profile does not pin CPU numerics, and the smoke profile's "
-        "heads are small. On a GPU, where a step is launch-bound, a step of the "
-        "previous engine is K x folds x micro-batches x a few hundred launches and a fused step the same "
-        "launches for any K, folds and micro-batches (tests/test_fused_heads.py).")
+# Where a fused step's time goes on a CPU, and what bounds each ratio there (kept with the record; `table` prints it)
+NOTE = ("Where a fused step's time goes (one thread, the CPU's own code paths, AMD EPYC; each part timed apart at "
+        "the group's shapes). ER (20 probes; a step's 8 micro-batches of 4 one batch of 32 rows): the projector's "
+        "three batched products (forward, gradient of its input, gradient of its stacked [20, 256, 768] weight: "
+        "755 MFLOP at about 66 GFLOP/s) about 11.5 ms, one pass of torch's fused Adam over the stacked parameters "
+        "2.5 ms, the rows' gather 0.8 ms and the gradient norms 0.6 ms (together the floor), the layer-weighted sum "
+        "and its gradient 2 ms, each probe's learning rate applied to the kernel's step 1 ms (the kernel takes one "
+        "learning rate per call), then clipping's scaling, the classifier and the loss. KS (4 probes, batch 32): "
+        "the floor about 2.8 ms, of which the products 1.9 ms, and the layer-weighted sum 0.5 ms. The targets (KS "
+        "3x, ER 8x) lie above the bound: an engine that keeps a probe's bytes independent of its group computes "
+        "the layer-weighted sum elementwise, layer after layer (a product over the layers takes another kernel at "
+        "another number of probes), and the floor plus that sum alone allow at most the `bound` column. Against the "
+        "engine before (fused-pooled-3, the last record: KS 2.4x, ER 4.9x): Adam is torch's fused kernel (one pass "
+        "over gradients and moments; by hand it took nine passes and the pinned square root), the projector's "
+        "backward takes its products in the layouts MKL's batched kernels compute fastest (a third faster at ER's "
+        "shapes), and the layer-weighted sum has a backward of its own (one product and one sum a layer). Under "
+        "pinned CPU numerics (`--pinned`, the smoke profile's: MKL's SSE2 branch), measured the same way on the "
+        "same idle machine at this engine: KS 143 against 66 steps per CPU second (2.2x; bound 2.6x), ER 31.1 "
+        "against 6.5 (4.8x; bound 5.1x); the engine before gave 0.6x and 1.4x there. On a GPU, where a step is "
+        "launch-bound, a step of the previous engine is K x folds x micro-batches x a few hundred launches and a "
+        "fused step the same launches for any K, folds and micro-batches (tests/test_fused_heads.py).")
 
 
 def _fold(task_name: str, fold: int, classes: int, n: int, layers: int, dim: int, k: int, work: Path):
