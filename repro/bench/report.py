@@ -57,7 +57,8 @@ SECTIONS = {
                     "evaluation, checkpoints); `floor` the steps per CPU second of the work of a step no float32 "
                     "engine can leave out (the rows' gather, the projector's three products, the gradient norms, "
                     "one fused Adam pass), `ceiling` its ratio to the previous engine: the most any engine "
-                    "could gain on this CPU. On a GPU, where a step is launch-bound, a step of the previous "
+                    "could gain on this CPU; `bound` adds the layer-weighted sum as an engine computes it whose "
+                    "bytes do not depend on the group (elementwise, layer after layer). On a GPU, where a step is launch-bound, a step of the previous "
                     "engine is K x folds x micro-batches x a few hundred launches and a fused step the same "
                     "launches for any K, folds and micro-batches (counted: `tests/test_fused_heads.py`)."),
     "pipeline": ("The smoke pipeline", "Wall seconds per stage of `make demo`'s pipeline run from scratch in a "
