@@ -5,16 +5,16 @@ P probes of a group (K learning rates x F folds, fold-major: probe `p` is fold `
 stacked, `[P, ...]` per parameter of `ProbeModel` (in its layout: the projector's weight `[P, H, D]`), and
 one optimiser step runs the same torch calls for any K, any F and any number G of accumulated micro-batches
 (`grad_accum`): the step's G micro-batches of B utterances are one batch of R = G B rows, micro-batch after
-micro-batch, so each stacked weight is read once and its gradient written once per step (at ER's shapes,
-on a CPU, the step is bound by that memory traffic, not by arithmetic):
+micro-batch, so each stacked weight is read once and its gradient written once per step (read and written
+once per micro-batch, that memory traffic bound ER's step on a CPU; now its products do):
 
     X      `[F, R, sum D_l]`   every fold's rows of the step: one index upload, one gather from one device table
                                of the folds' pooled means (`GroupRows.read_step`), one gather of their targets
     a      `[P, L]`            softmax of each probe's layer weights
-    h      `[P, R, D]`         WeightedSum: `sum_l a_pl x_l` (layer after layer, elementwise);
+    h      `[P, R, D]`         WeightedSum: `sum_l a_pl x_l` (`fused_ops.LayerSum`: layer after layer, elementwise);
                                ProjectedWeightedSum: `X @ [a_p1 A_p1 | ... | a_pL A_pL]^T`, the per-layer
                                projections of every probe of a fold as one matrix product
-    z      `[P, R, H]`         the head's projector (`baddbmm`); the mean over 1 frame is z itself
+    z      `[P, R, H]`         the head's projector (`fused_ops.Projector`); the mean over 1 frame is z itself
     logits `[P, R, C]`         the classifier (`baddbmm`), split into blocks (IC's slots)
     loss   `[P]`               each probe's cross-entropy (summed over blocks), the mean over the R rows:
                                the mean over micro-batches of their means, as accumulation computes it
