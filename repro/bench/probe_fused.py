@@ -152,11 +152,13 @@ def floor(task_name: str, k: int, layers: int, dim: int, train: int, repeats: in
     """CPU seconds per step of the work no float32 engine of the group can leave out (module doc): the
     read of a step's rows (one gather of every fold's rows from the table of pooled means), the projector's
     three products over them (forward, the gradient of its input, which the layer weights' gradients need,
-    and the gradient of its weight; in this engine's layouts, the fastest measured), each probe's gradient
+    and the gradient of its weight: `fused_ops.Projector`'s, in the fastest layouts measured), each probe's gradient
     norm (one read of the gradients: `grad_clip`) and one pass of torch's fused Adam over the stacked
     parameters (each read once, the parameters and moments written once). The parameters' shapes are the
     bench group's `ProbeModel`'s."""
     import torch
+
+    from repro.probing.fused_ops import LayerSum
 
     shape = SHAPES[task_name]
     with tempfile.TemporaryDirectory(prefix="bench-floor-") as tmp:
@@ -168,20 +170,20 @@ def floor(task_name: str, k: int, layers: int, dim: int, train: int, repeats: in
     w = dict(probes[0].model.named_parameters())["head.proj.weight"]
     weight, h = torch.randn(p, *w.shape), torch.randn(p, rows, w.shape[1])
     bias, grad = torch.randn(p, w.shape[0]), torch.randn(p, rows, w.shape[0])
-    state = [[torch.zeros_like(q) for q in params] for _ in range(3)]
+    grads, exp_avg, exp_avg_sq = ([torch.zeros_like(q) for q in params] for _ in range(3))
     step = torch.ones(())
 
     def work() -> None:
         table.index_select(0, index)
+        # `fused_ops.Projector`'s forward and backward products, written out: through autograd each call would
+        # also allocate its gradients afresh or add them to the last ones, neither of which a step must do
         torch.baddbmm(bias[:, None, :], h, weight.transpose(1, 2))
         torch.bmm(grad, weight)
         torch.bmm(grad.transpose(1, 2), h)
-        for g in state[0]:
+        for g in grads:
             torch.linalg.vector_norm(g.view(p, -1), 2, dim=1)
-        torch._fused_adam_(params, state[0], state[1], state[2], [], [step] * len(params), lr=1e-3,
+        torch._fused_adam_(params, grads, exp_avg, exp_avg_sq, [], [step] * len(params), lr=1e-3,
                            beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False)
-
-    from repro.probing.fused_ops import LayerSum
 
     a = torch.rand(shape["folds"], k, layers, requires_grad=True)
     x = torch.randn(shape["folds"], rows, layers, dim)

@@ -182,8 +182,8 @@ class Stacked:
         norms = torch.stack([torch.linalg.vector_norm(g.reshape(p, -1), 2, dim=1) for g in grads], dim=1)
         total = torch.linalg.vector_norm(norms, 2, dim=1)  # [P]
         coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
-        for g in grads:
-            g.mul_(coef.view(p, *([1] * (g.dim() - 1))))
+        for n, g in zip(self.names, grads):
+            g.mul_(coef.view(self._per_probe(n)))
         return total
 
     def adam_step(self, lrs: Tensor, step: int, decay: Tensor | None) -> None:
